@@ -1,0 +1,1 @@
+fn main() { vip_operator::hello(); }
