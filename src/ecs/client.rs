@@ -1,0 +1,412 @@
+//! [`EcsClient`]: the signed HTTP implementation of [`EcsApi`] on one shared reqwest pool, with
+//! one token bucket and one concurrency cap for every cloud call the process makes.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+use url::Url;
+
+use super::error::{EcsError, TransportKind, parse_error_response, parse_retry_after};
+use super::retry::{RetryPolicy, with_retries};
+use super::sign::{RequestParts, sign};
+use super::{
+    BindRequest, Clock, CloudTarget, EcsApi, NicBody, Operation, SystemClock, UnbindRequest,
+    check_path_id, check_region,
+};
+
+/// Where ECS lives: the public regional endpoint, or one fixed URL (the simulator, a private
+/// cloud, a proxy) used for every region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `https://ecs.{region}.myhuaweicloud.com`
+    Regional,
+    Fixed(Url),
+}
+
+impl Endpoint {
+    /// Parses an `--ecs-endpoint` value. http is allowed (simulator, private clouds).
+    pub fn parse_override(value: &str) -> Result<Self, String> {
+        let url = Url::parse(value.trim())
+            .map_err(|e| format!("--ecs-endpoint {value:?} is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "--ecs-endpoint {value:?} must be an http:// or https:// URL"
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("--ecs-endpoint {value:?} has no host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "--ecs-endpoint {value:?} must not have a query or fragment"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "--ecs-endpoint {value:?} must not carry credentials"
+            ));
+        }
+        Ok(Endpoint::Fixed(url))
+    }
+
+    pub fn base_url(&self, region: &str) -> Result<Url, String> {
+        match self {
+            Endpoint::Fixed(url) => Ok(url.clone()),
+            Endpoint::Regional => {
+                check_region(region)?;
+                Url::parse(&format!("https://ecs.{region}.myhuaweicloud.com"))
+                    .map_err(|e| format!("region {region:?} does not make a valid endpoint: {e}"))
+            }
+        }
+    }
+
+    /// `{base}/v1/{project_id}/cloudservers/nics/{nic_id}`
+    pub fn nic_url(&self, region: &str, project_id: &str, nic_id: &str) -> Result<Url, String> {
+        check_path_id("projectId", project_id)?;
+        check_path_id("nicId", nic_id)?;
+        let mut url = self.base_url(region)?;
+        url.path_segments_mut()
+            .map_err(|_| "the ECS endpoint cannot have a path".to_string())?
+            .pop_if_empty()
+            .extend(["v1", project_id, "cloudservers", "nics", nic_id]);
+        Ok(url)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EcsClientConfig {
+    pub endpoint: Endpoint,
+    pub connect_timeout: Duration,
+    /// Whole-request timeout for one attempt.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Sustained cloud calls per second (every attempt counts, retries included).
+    pub qps: f64,
+    pub burst: u32,
+    /// Cloud calls in flight at once.
+    pub max_concurrency: usize,
+}
+
+impl Default for EcsClientConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: Endpoint::Regional,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            qps: 10.0,
+            burst: 10,
+            max_concurrency: 16,
+        }
+    }
+}
+
+/// What one HTTP attempt came to, for metrics. `code` is a Huawei error code (bounded set).
+#[derive(Debug, Clone)]
+pub struct AttemptReport<'a> {
+    pub operation: Operation,
+    pub result: Result<(), &'a EcsError>,
+    pub elapsed: Duration,
+}
+
+/// Receives one report per HTTP attempt (metrics live outside the client).
+pub trait CallObserver: Send + Sync {
+    fn attempt(&self, report: &AttemptReport<'_>);
+}
+
+#[derive(Clone)]
+pub struct EcsClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+    retry: RetryPolicy,
+    limiter: DefaultDirectRateLimiter,
+    in_flight: Semaphore,
+    clock: Arc<dyn Clock>,
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+#[derive(Deserialize)]
+struct PortResponse {
+    port_id: String,
+}
+
+fn quota(qps: f64, burst: u32) -> Result<Quota, String> {
+    if !(qps.is_finite() && qps > 0.0) {
+        return Err(format!("--cloud-qps must be a positive number, got {qps}"));
+    }
+    let period = Duration::from_secs_f64(1.0 / qps);
+    let quota =
+        Quota::with_period(period).ok_or_else(|| format!("--cloud-qps {qps} is too high"))?;
+    let burst = NonZeroU32::new(burst).ok_or("--cloud-burst must be at least 1")?;
+    Ok(quota.allow_burst(burst))
+}
+
+impl EcsClient {
+    pub fn new(config: EcsClientConfig) -> Result<Self, String> {
+        Self::with_clock(config, Arc::new(SystemClock), None)
+    }
+
+    pub fn with_clock(
+        config: EcsClientConfig,
+        clock: Arc<dyn Clock>,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> Result<Self, String> {
+        if config.max_concurrency == 0 {
+            return Err("the cloud concurrency cap must be at least 1".into());
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("vip-operator/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                endpoint: config.endpoint,
+                retry: config.retry,
+                limiter: RateLimiter::direct(quota(config.qps, config.burst)?),
+                in_flight: Semaphore::new(config.max_concurrency),
+                clock,
+                observer,
+            }),
+        })
+    }
+
+    async fn call(
+        &self,
+        op: Operation,
+        target: &CloudTarget,
+        nic_id: &str,
+        body: &NicBody,
+    ) -> Result<String, EcsError> {
+        let url = self
+            .inner
+            .endpoint
+            .nic_url(&target.region, &target.project_id, nic_id)
+            .map_err(EcsError::InvalidRequest)?;
+        let body = serde_json::to_vec(body).map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
+        with_retries(&self.inner.retry, || self.attempt(op, target, &url, &body))
+            .instrument(tracing::debug_span!("ecs", op = op.as_str(), nic = nic_id))
+            .await
+    }
+
+    /// One signed HTTP attempt: waits for a rate-limit token and a concurrency slot first.
+    async fn attempt(
+        &self,
+        op: Operation,
+        target: &CloudTarget,
+        url: &Url,
+        body: &[u8],
+    ) -> Result<String, EcsError> {
+        self.inner.limiter.until_ready().await;
+        let _slot = self
+            .inner
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| EcsError::Transport {
+                kind: TransportKind::Protocol,
+                message: "client closed".into(),
+            })?;
+        let started = Instant::now();
+        let result = self.send(target, url, body).await;
+        if let Some(observer) = &self.inner.observer {
+            observer.attempt(&AttemptReport {
+                operation: op,
+                result: result.as_ref().map(|_| ()),
+                elapsed: started.elapsed(),
+            });
+        }
+        if let Err(e) = &result {
+            tracing::debug!(op = op.as_str(), error = %e, class = e.class().as_str(), "ECS attempt failed");
+        }
+        result
+    }
+
+    async fn send(&self, target: &CloudTarget, url: &Url, body: &[u8]) -> Result<String, EcsError> {
+        let creds = &target.credentials;
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("Content-Type", "application/json"),
+            ("X-Project-Id", target.project_id.as_str()),
+        ];
+        if let Some(token) = creds.security_token() {
+            headers.push(("X-Security-Token", token));
+        }
+        // Signed per attempt: a retry gets a fresh X-Sdk-Date.
+        let signed = sign(
+            &RequestParts {
+                method: "PUT",
+                url,
+                headers: &headers,
+                body,
+            },
+            creds.access_key(),
+            creds.secret_key(),
+            self.inner.clock.now(),
+        );
+        let mut req = self
+            .inner
+            .http
+            .put(url.clone())
+            .header("Host", &signed.host)
+            .header("X-Sdk-Date", &signed.sdk_date)
+            .header("Authorization", &signed.authorization)
+            .body(body.to_vec());
+        for (name, value) in &headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let request_id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, self.inner.clock.now()));
+        let bytes = resp.bytes().await.map_err(transport_error)?;
+        if !(200..300).contains(&status) {
+            return Err(EcsError::Api(parse_error_response(
+                status,
+                &bytes,
+                request_id.as_deref(),
+                retry_after,
+            )));
+        }
+        let port: PortResponse =
+            serde_json::from_slice(&bytes).map_err(|e| EcsError::Transport {
+                kind: TransportKind::Protocol,
+                message: format!(
+                    "HTTP {status} without a port_id ({e}){}",
+                    request_id
+                        .map(|id| format!(" [request id {id}]"))
+                        .unwrap_or_default()
+                ),
+            })?;
+        Ok(port.port_id)
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> EcsError {
+    let kind = if e.is_timeout() {
+        TransportKind::Timeout
+    } else if e.is_connect() {
+        TransportKind::Connect
+    } else {
+        TransportKind::Protocol
+    };
+    // The error chain names the cause (refused, reset, DNS); it never contains headers.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    EcsError::Transport { kind, message }
+}
+
+impl EcsApi for EcsClient {
+    fn bind<'a>(
+        &'a self,
+        target: &'a CloudTarget,
+        req: &'a BindRequest,
+    ) -> BoxFuture<'a, Result<String, EcsError>> {
+        async move {
+            self.call(Operation::Bind, target, &req.nic_id, &NicBody::bind(req))
+                .await
+        }
+        .boxed()
+    }
+
+    fn unbind<'a>(
+        &'a self,
+        target: &'a CloudTarget,
+        req: &'a UnbindRequest,
+    ) -> BoxFuture<'a, Result<String, EcsError>> {
+        async move {
+            self.call(
+                Operation::Unbind,
+                target,
+                &req.nic_id,
+                &NicBody::unbind(req),
+            )
+            .await
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_override_validation() {
+        assert!(Endpoint::parse_override("http://127.0.0.1:8080").is_ok());
+        assert!(Endpoint::parse_override("https://ecs.private.example/prefix").is_ok());
+        for bad in [
+            "not a url",
+            "ftp://x",
+            "http://",
+            "http://h/?a=b",
+            "http://u:p@h/",
+            "127.0.0.1:80",
+            "",
+        ] {
+            let err = Endpoint::parse_override(bad).unwrap_err();
+            assert!(err.contains("--ecs-endpoint"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn nic_urls() {
+        let regional = Endpoint::Regional;
+        assert_eq!(
+            regional
+                .nic_url("cn-north-4", "p1", "n-1")
+                .unwrap()
+                .as_str(),
+            "https://ecs.cn-north-4.myhuaweicloud.com/v1/p1/cloudservers/nics/n-1"
+        );
+        let fixed = Endpoint::parse_override("http://127.0.0.1:9/").unwrap();
+        assert_eq!(
+            fixed.nic_url("", "p", "n").unwrap().as_str(),
+            "http://127.0.0.1:9/v1/p/cloudservers/nics/n"
+        );
+        let prefixed = Endpoint::parse_override("https://gw.example/ecs/").unwrap();
+        assert_eq!(
+            prefixed.nic_url("x", "p", "n").unwrap().as_str(),
+            "https://gw.example/ecs/v1/p/cloudservers/nics/n"
+        );
+        assert!(regional.nic_url("bad/region", "p", "n").is_err());
+        assert!(regional.nic_url("cn-north-4", "../x", "n").is_err());
+        assert!(regional.nic_url("cn-north-4", "p", "").is_err());
+    }
+
+    #[test]
+    fn quota_validation() {
+        assert!(quota(10.0, 5).is_ok());
+        assert!(quota(0.5, 1).is_ok());
+        assert!(quota(0.0, 1).is_err());
+        assert!(quota(-1.0, 1).is_err());
+        assert!(quota(f64::NAN, 1).is_err());
+        assert!(quota(10.0, 0).is_err());
+    }
+}

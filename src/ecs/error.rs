@@ -1,0 +1,427 @@
+//! ECS errors: what went wrong (HTTP status, Huawei code, message, request id) and what class of
+//! problem it is. The class drives every policy: retry inside a call, requeue, condition reason.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde::Deserialize;
+
+/// The four classes of failure. Each has one policy (see `docs` in the README):
+/// - `Retryable`: transient (5xx, 429, flow control, timeouts, connection errors) — retried
+///   within a call with backoff, then requeued.
+/// - `Terminal`: the request is wrong (other 4xx) — retrying the same request cannot help; wait
+///   for a spec change.
+/// - `Auth`: bad keys or permissions (401/403) — never retried in a loop (Huawei locks an AK
+///   after 5 failed signatures in a row).
+/// - `Gone`: the NIC or server does not exist (404, Ecs.0085).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    Retryable,
+    Terminal,
+    Auth,
+    Gone,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Terminal => "terminal",
+            ErrorClass::Auth => "auth",
+            ErrorClass::Gone => "gone",
+        }
+    }
+}
+
+/// An error answer from the ECS endpoint or the API gateway in front of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    /// Huawei error code (`Ecs.0005`, `APIGW.0301`, …) when the body had one.
+    pub code: Option<String>,
+    pub message: String,
+    /// Codes from `error.details[]` (ECS shape), kept for diagnostics.
+    pub detail_codes: Vec<String>,
+    /// `X-Request-Id` header, or `request_id` from the gateway body.
+    pub request_id: Option<String>,
+    /// `Retry-After`, when the server sent one we could parse.
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Timeout,
+    Connect,
+    /// The response could not be read or was not what the API documents.
+    Protocol,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EcsError {
+    #[error("{}", describe_api(.0))]
+    Api(ApiError),
+    #[error("{kind:?} error talking to the ECS endpoint: {message}")]
+    Transport {
+        kind: TransportKind,
+        message: String,
+    },
+    /// The request could not be built (a value that cannot go into a URL, a missing project).
+    /// Nothing was sent.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+fn describe_api(e: &ApiError) -> String {
+    let mut s = format!("HTTP {}", e.status);
+    if let Some(code) = &e.code {
+        s.push(' ');
+        s.push_str(code);
+    }
+    if !e.message.is_empty() {
+        s.push_str(": ");
+        s.push_str(&e.message);
+    }
+    if !e.detail_codes.is_empty() {
+        s.push_str(&format!(" (details: {})", e.detail_codes.join(", ")));
+    }
+    if let Some(id) = &e.request_id {
+        s.push_str(&format!(" [request id {id}]"));
+    }
+    s
+}
+
+/// Huawei codes that override the class their HTTP status would give.
+fn class_of_code(code: &str) -> Option<ErrorClass> {
+    match code {
+        // "The server has no such NIC".
+        "Ecs.0085" => Some(ErrorClass::Gone),
+        // Failed to update / query port / query NICs: backend hiccups reported as 400.
+        "Ecs.0213" | "Ecs.0307" | "Ecs.0323" => Some(ErrorClass::Retryable),
+        // Another operation is running on the server; retry later.
+        "Ecs.0603" => Some(ErrorClass::Retryable),
+        _ => None,
+    }
+}
+
+/// The class of an HTTP error answer. Unknown codes and bodies classify by status.
+pub fn classify(status: u16, code: Option<&str>) -> ErrorClass {
+    if let Some(class) = code.and_then(class_of_code) {
+        return class;
+    }
+    match status {
+        401 | 403 => ErrorClass::Auth,
+        404 => ErrorClass::Gone,
+        429 => ErrorClass::Retryable,
+        500..=599 => ErrorClass::Retryable,
+        // 408 Request Timeout is the server asking us to try again.
+        408 => ErrorClass::Retryable,
+        _ => ErrorClass::Terminal,
+    }
+}
+
+impl EcsError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            EcsError::Api(e) => classify(e.status, e.code.as_deref()),
+            EcsError::Transport { .. } => ErrorClass::Retryable,
+            EcsError::InvalidRequest(_) => ErrorClass::Terminal,
+        }
+    }
+
+    /// Throttling (429, gateway flow control) as opposed to the cloud being unwell.
+    pub fn is_throttled(&self) -> bool {
+        match self {
+            EcsError::Api(e) => {
+                e.status == 429 || matches!(e.code.as_deref(), Some("APIGW.0308" | "Common.1503"))
+            }
+            _ => false,
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            EcsError::Api(e) => e.code.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            EcsError::Api(e) => Some(e.status),
+            _ => None,
+        }
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            EcsError::Api(e) => e.request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            EcsError::Api(e) => e.retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the request may have changed cloud state. A gateway or validation refusal (4xx)
+    /// happened before anything was applied; a 5xx or a lost response may or may not have.
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            EcsError::Api(e) => e.status >= 500,
+            EcsError::Transport { kind, .. } => *kind != TransportKind::Connect,
+            EcsError::InvalidRequest(_) => false,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    error: Option<EcsShape>,
+    error_code: Option<String>,
+    error_msg: Option<String>,
+    request_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct EcsShape {
+    code: Option<String>,
+    message: Option<String>,
+    #[serde(default)]
+    details: Vec<Detail>,
+}
+
+#[derive(Deserialize, Default)]
+struct Detail {
+    code: Option<String>,
+}
+
+/// Builds an [`ApiError`] from an error response. Accepts the three documented body shapes
+/// (ECS `{"error":{...}}`, generic and API-gateway `{"error_code","error_msg"}`); anything else
+/// keeps the status and a short excerpt of the body as the message.
+pub fn parse_error_response(
+    status: u16,
+    body: &[u8],
+    request_id_header: Option<&str>,
+    retry_after: Option<Duration>,
+) -> ApiError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let (code, message, detail_codes, body_request_id) = match parsed {
+        Some(ErrorBody { error: Some(e), .. }) => (
+            e.code,
+            e.message.unwrap_or_default(),
+            e.details.into_iter().filter_map(|d| d.code).collect(),
+            None,
+        ),
+        Some(ErrorBody {
+            error_code: code @ Some(_),
+            error_msg,
+            request_id,
+            ..
+        }) => (code, error_msg.unwrap_or_default(), vec![], request_id),
+        _ => (None, excerpt(status, body), vec![], None),
+    };
+    ApiError {
+        status,
+        code: code.filter(|c| !c.is_empty()),
+        message,
+        detail_codes,
+        request_id: request_id_header
+            .map(str::to_string)
+            .or(body_request_id)
+            .filter(|s| !s.is_empty()),
+        retry_after,
+    }
+}
+
+fn excerpt(status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("error")
+            .to_string();
+    }
+    let mut cut: String = text.chars().take(200).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    cut
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date, relative to `now`.
+pub fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let delta = at.as_millisecond() - now.as_millisecond();
+    Some(Duration::from_millis(delta.max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_table() {
+        let cases: &[(u16, Option<&str>, ErrorClass)] = &[
+            (400, Some("Ecs.0005"), ErrorClass::Terminal),
+            (400, Some("Ecs.0000"), ErrorClass::Terminal),
+            (400, Some("Ecs.0038"), ErrorClass::Terminal),
+            (400, Some("Ecs.0039"), ErrorClass::Terminal),
+            (400, Some("Ecs.0014"), ErrorClass::Terminal),
+            (400, Some("Ecs.0010"), ErrorClass::Terminal),
+            (400, Some("Ecs.0085"), ErrorClass::Gone),
+            (400, Some("Ecs.0213"), ErrorClass::Retryable),
+            (400, Some("Ecs.0307"), ErrorClass::Retryable),
+            (400, Some("Ecs.0323"), ErrorClass::Retryable),
+            (401, Some("APIGW.0301"), ErrorClass::Auth),
+            (401, Some("Common.0013"), ErrorClass::Auth),
+            (403, Some("APIGW.0302"), ErrorClass::Auth),
+            (403, Some("Ecs.0110"), ErrorClass::Auth),
+            (403, Some("Pdp.0001"), ErrorClass::Auth),
+            (404, Some("Ecs.0114"), ErrorClass::Gone),
+            (404, Some("Ecs.0614"), ErrorClass::Gone),
+            (404, None, ErrorClass::Gone),
+            (405, None, ErrorClass::Terminal),
+            (409, Some("Ecs.9999"), ErrorClass::Terminal),
+            (429, Some("APIGW.0308"), ErrorClass::Retryable),
+            (429, None, ErrorClass::Retryable),
+            (500, Some("Common.0001"), ErrorClass::Retryable),
+            (502, None, ErrorClass::Retryable),
+            (503, Some("Common.1503"), ErrorClass::Retryable),
+            (504, Some("APIGW.0201"), ErrorClass::Retryable),
+            (501, Some("Ecs.0603"), ErrorClass::Retryable),
+            (418, Some("Whatever.1"), ErrorClass::Terminal),
+        ];
+        for (status, code, want) in cases {
+            assert_eq!(classify(*status, *code), *want, "{status} {code:?}");
+        }
+    }
+
+    #[test]
+    fn transport_errors_are_retryable_and_invalid_requests_terminal() {
+        let t = EcsError::Transport {
+            kind: TransportKind::Timeout,
+            message: "x".into(),
+        };
+        assert_eq!(t.class(), ErrorClass::Retryable);
+        assert!(t.may_have_applied());
+        let c = EcsError::Transport {
+            kind: TransportKind::Connect,
+            message: "x".into(),
+        };
+        assert!(!c.may_have_applied());
+        assert_eq!(
+            EcsError::InvalidRequest("x".into()).class(),
+            ErrorClass::Terminal
+        );
+    }
+
+    #[test]
+    fn parses_the_ecs_shape_with_details() {
+        let body = br#"{"error":{"code":"Ecs.0005","message":"bad param","details":[{"code":"Ecs.0039","message":"ip"}]}}"#;
+        let e = parse_error_response(400, body, Some("req-1"), None);
+        assert_eq!(e.code.as_deref(), Some("Ecs.0005"));
+        assert_eq!(e.message, "bad param");
+        assert_eq!(e.detail_codes, vec!["Ecs.0039"]);
+        assert_eq!(e.request_id.as_deref(), Some("req-1"));
+        let text = EcsError::Api(e).to_string();
+        assert_eq!(
+            text,
+            "HTTP 400 Ecs.0005: bad param (details: Ecs.0039) [request id req-1]"
+        );
+    }
+
+    #[test]
+    fn parses_the_generic_shape() {
+        let e = parse_error_response(
+            400,
+            br#"{"error_code":"IMG.0001","error_msg":"no"}"#,
+            None,
+            None,
+        );
+        assert_eq!(e.code.as_deref(), Some("IMG.0001"));
+        assert_eq!(e.message, "no");
+        assert_eq!(e.request_id, None);
+    }
+
+    #[test]
+    fn parses_the_gateway_shape_with_body_request_id() {
+        let body = br#"{"error_code":"APIGW.0301","error_msg":"Incorrect IAM authentication information","request_id":"abc"}"#;
+        let e = parse_error_response(401, body, None, None);
+        assert_eq!(e.code.as_deref(), Some("APIGW.0301"));
+        assert_eq!(e.request_id.as_deref(), Some("abc"));
+        // The header wins when both are present.
+        let e = parse_error_response(401, body, Some("hdr"), None);
+        assert_eq!(e.request_id.as_deref(), Some("hdr"));
+    }
+
+    #[test]
+    fn unknown_and_non_json_bodies_classify_by_status() {
+        for body in [
+            &b"<html>bad gateway</html>"[..],
+            b"",
+            br#"{"weird":1}"#,
+            b"[]",
+        ] {
+            let e = EcsError::Api(parse_error_response(502, body, None, None));
+            assert_eq!(e.class(), ErrorClass::Retryable);
+            assert_eq!(e.code(), None);
+            let e = EcsError::Api(parse_error_response(403, body, None, None));
+            assert_eq!(e.class(), ErrorClass::Auth);
+        }
+        let e = parse_error_response(502, b"", None, None);
+        assert_eq!(e.message, "Bad Gateway");
+        let long = vec![b'x'; 1000];
+        assert!(
+            parse_error_response(500, &long, None, None)
+                .message
+                .chars()
+                .count()
+                <= 201
+        );
+    }
+
+    #[test]
+    fn throttling_is_recognised() {
+        let throttled = EcsError::Api(parse_error_response(
+            429,
+            br#"{"error_code":"APIGW.0308","error_msg":"over ratelimit"}"#,
+            None,
+            None,
+        ));
+        assert!(throttled.is_throttled());
+        let flow = EcsError::Api(parse_error_response(
+            503,
+            br#"{"error_code":"Common.1503","error_msg":"flow control"}"#,
+            None,
+            None,
+        ));
+        assert!(flow.is_throttled());
+        let busy = EcsError::Api(parse_error_response(500, b"", None, None));
+        assert!(!busy.is_throttled());
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        let now: jiff::Timestamp = "2015-10-21T07:28:00Z".parse().unwrap();
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}
