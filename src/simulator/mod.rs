@@ -1,0 +1,919 @@
+//! The bundled ECS simulator: a stand-in for the Huawei Cloud ECS endpoint that behaves like the
+//! cloud (signature checks, body validation, state, throttling, faults), so the operator can be
+//! tried without an account and tested end to end.
+//!
+//! Cloud API: `PUT /v1/{project_id}/cloudservers/nics/{nic_id}` exactly as documented.
+//! Admin API (JSON, for tests and demos; no authentication — bind it to loopback):
+//! - `GET /sim/state` — NIC → VIP state, missing NICs, locked access keys, in-flight peak
+//! - `GET /sim/calls` — every cloud call received, in order, with its outcome
+//! - `POST /sim/faults` — script a fault ([`Fault`]); `DELETE /sim/faults` clears them
+//! - `PUT|DELETE /sim/missing-nics/{nic_id}` — declare a NIC missing (404) or present again
+//! - `PUT|DELETE /sim/nics/{nic_id}` — set or clear a NIC's VIP behind the operator's back (drift)
+//! - `PUT /sim/config` — `{"latency_ms": N, "qps": N|null}`
+//! - `POST /sim/credentials` — accept another AK/SK (optionally temporary, with a token)
+//! - `POST /sim/reset` — forget state, calls, faults and lockouts
+
+pub mod verify;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use verify::{AuthFailure, KnownKey};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SimCredential {
+    pub access_key: String,
+    pub secret_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    pub listen: SocketAddr,
+    pub credentials: Vec<SimCredential>,
+    /// Added to every cloud call, after its effect is applied and before the answer.
+    pub latency: Duration,
+    /// Above this rate the gateway answers 429 `APIGW.0308`. Burst: one second's worth.
+    pub qps: Option<f64>,
+    pub missing_nics: Vec<String>,
+    pub max_clock_skew: Duration,
+    /// Consecutive signature failures that lock an access key, and for how long.
+    pub lockout_after: u32,
+    pub lockout_for: Duration,
+}
+
+impl SimulatorConfig {
+    pub fn new(listen: SocketAddr, access_key: &str, secret_key: &str) -> Self {
+        Self {
+            listen,
+            credentials: vec![SimCredential {
+                access_key: access_key.into(),
+                secret_key: secret_key.into(),
+                security_token: None,
+            }],
+            latency: Duration::ZERO,
+            qps: None,
+            missing_nics: vec![],
+            max_clock_skew: Duration::from_secs(15 * 60),
+            lockout_after: 5,
+            lockout_for: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SimOperation {
+    Bind,
+    Unbind,
+}
+
+/// A scripted fault. The first fault that matches a call (operation and NIC, when given) and
+/// has uses left is consumed. A 2xx `status` does the call normally but holds the answer for
+/// `latency_ms` (a slow cloud, or a response the client never receives if it dies meanwhile).
+/// An error `status` answers with that error; with `apply: true` the call's effect happens
+/// anyway (a cloud that did the work but failed to say so).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Fault {
+    #[serde(default)]
+    pub operation: Option<SimOperation>,
+    #[serde(default)]
+    pub nic_id: Option<String>,
+    #[serde(default = "default_fault_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Uses; 0 means until cleared.
+    #[serde(default = "one")]
+    pub count: u32,
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    #[serde(default)]
+    pub apply: bool,
+}
+
+fn default_fault_status() -> u16 {
+    500
+}
+fn one() -> u32 {
+    1
+}
+
+impl Fault {
+    pub fn error(status: u16, code: &str, count: u32) -> Self {
+        Self {
+            operation: None,
+            nic_id: None,
+            status,
+            code: Some(code.into()),
+            message: None,
+            count,
+            retry_after: None,
+            latency_ms: None,
+            apply: false,
+        }
+    }
+
+    pub fn on(mut self, operation: SimOperation) -> Self {
+        self.operation = Some(operation);
+        self
+    }
+
+    pub fn for_nic(mut self, nic_id: &str) -> Self {
+        self.nic_id = Some(nic_id.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NicState {
+    pub project_id: String,
+    pub ip_address: String,
+    pub subnet_id: String,
+    pub reverse_binding: bool,
+}
+
+/// One cloud call as the simulator saw it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub seq: u64,
+    pub method: String,
+    pub path: String,
+    pub project_id: Option<String>,
+    pub nic_id: Option<String>,
+    pub operation: Option<SimOperation>,
+    pub access_key: Option<String>,
+    /// The body exactly as received.
+    pub body: String,
+    pub status: u16,
+    pub code: Option<String>,
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct StateSnapshot {
+    pub nics: BTreeMap<String, NicState>,
+    pub missing_nics: BTreeSet<String>,
+    pub locked_access_keys: BTreeSet<String>,
+    pub max_in_flight: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    nics: BTreeMap<String, NicState>,
+    missing: BTreeSet<String>,
+    credentials: Vec<SimCredential>,
+    faults: Vec<Fault>,
+    calls: Vec<CallRecord>,
+    failures: HashMap<String, u32>,
+    locked_until: HashMap<String, jiff::Timestamp>,
+    latency: Duration,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    seq: AtomicU64,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    max_skew: Duration,
+    lockout_after: u32,
+    lockout_for: Duration,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters for a simulator; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn limiter(qps: Option<f64>) -> Result<Option<Arc<DefaultDirectRateLimiter>>, String> {
+    let Some(qps) = qps else { return Ok(None) };
+    if !(qps.is_finite() && qps > 0.0) {
+        return Err(format!("qps must be positive, got {qps}"));
+    }
+    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / qps))
+        .ok_or_else(|| format!("qps {qps} is too high"))?;
+    let burst = NonZeroU32::new(qps.ceil() as u32).unwrap_or(NonZeroU32::MIN);
+    Ok(Some(Arc::new(RateLimiter::direct(
+        quota.allow_burst(burst),
+    ))))
+}
+
+/// A running simulator. Dropping it does not stop it; call [`Simulator::shutdown`].
+pub struct Simulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Simulator {
+    pub async fn start(config: SimulatorConfig) -> Result<Self, String> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                missing: config.missing_nics.iter().cloned().collect(),
+                credentials: config.credentials.clone(),
+                latency: config.latency,
+                limiter: limiter(config.qps)?,
+                ..Default::default()
+            }),
+            seq: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            max_skew: config.max_clock_skew,
+            lockout_after: config.lockout_after,
+            lockout_for: config.lockout_for,
+        });
+        let stop = CancellationToken::new();
+        let app = router(shared.clone());
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "simulator server failed");
+            }
+        });
+        Ok(Self {
+            addr,
+            shared,
+            stop,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The endpoint to give the operator (`--ecs-endpoint`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn state(&self) -> StateSnapshot {
+        snapshot(&self.shared)
+    }
+
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.shared.lock().calls.clone()
+    }
+
+    pub fn add_fault(&self, fault: Fault) {
+        self.shared.lock().faults.push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    pub fn set_missing(&self, nic_id: &str, missing: bool) {
+        let mut inner = self.shared.lock();
+        if missing {
+            inner.missing.insert(nic_id.into());
+        } else {
+            inner.missing.remove(nic_id);
+        }
+    }
+
+    pub fn set_nic(&self, nic_id: &str, state: Option<NicState>) {
+        let mut inner = self.shared.lock();
+        match state {
+            Some(s) => inner.nics.insert(nic_id.into(), s),
+            None => inner.nics.remove(nic_id),
+        };
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().latency = latency;
+    }
+
+    pub fn set_qps(&self, qps: Option<f64>) -> Result<(), String> {
+        let l = limiter(qps)?;
+        self.shared.lock().limiter = l;
+        Ok(())
+    }
+
+    pub fn add_credential(&self, credential: SimCredential) {
+        self.shared.lock().credentials.push(credential);
+    }
+
+    pub fn reset(&self) {
+        reset(&self.shared);
+    }
+
+    /// Stops accepting connections and waits for in-flight calls to finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Runs until `stop` is cancelled (for the CLI).
+    pub async fn run_until(self, stop: CancellationToken) {
+        stop.cancelled().await;
+        self.shutdown().await;
+    }
+}
+
+fn snapshot(shared: &Shared) -> StateSnapshot {
+    let inner = shared.lock();
+    let now = jiff::Timestamp::now();
+    StateSnapshot {
+        nics: inner.nics.clone(),
+        missing_nics: inner.missing.clone(),
+        locked_access_keys: inner
+            .locked_until
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(ak, _)| ak.clone())
+            .collect(),
+        max_in_flight: shared.max_in_flight.load(Ordering::SeqCst),
+    }
+}
+
+fn reset(shared: &Shared) {
+    let mut inner = shared.lock();
+    inner.nics.clear();
+    inner.calls.clear();
+    inner.faults.clear();
+    inner.failures.clear();
+    inner.locked_until.clear();
+    shared.max_in_flight.store(0, Ordering::SeqCst);
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/{project_id}/cloudservers/nics/{nic_id}", put(nic_call))
+        .route("/sim/state", get(admin_state))
+        .route("/sim/calls", get(admin_calls))
+        .route(
+            "/sim/faults",
+            post(admin_add_fault).delete(admin_clear_faults),
+        )
+        .route(
+            "/sim/missing-nics/{nic_id}",
+            put(admin_set_missing).delete(admin_unset_missing),
+        )
+        .route(
+            "/sim/nics/{nic_id}",
+            put(admin_set_nic).delete(admin_clear_nic),
+        )
+        .route("/sim/config", put(admin_config))
+        .route("/sim/credentials", post(admin_add_credential))
+        .route("/sim/reset", post(admin_reset))
+        .fallback(unknown_api)
+        .with_state(shared)
+}
+
+fn request_id(shared: &Shared) -> (u64, String) {
+    let seq = shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let random: u64 = rand::random();
+    (seq, format!("{random:016x}{seq:08x}"))
+}
+
+/// Error bodies in the shape the real service uses for each family of codes.
+fn error_response(
+    status: u16,
+    code: &str,
+    message: &str,
+    request_id: &str,
+    retry_after: Option<u64>,
+) -> Response {
+    let body = if code.starts_with("APIGW.") {
+        json!({"error_code": code, "error_msg": message, "request_id": request_id})
+    } else if code.starts_with("Ecs.") {
+        json!({"error": {"code": code, "message": message}})
+    } else {
+        json!({"error_code": code, "error_msg": message})
+    };
+    let mut resp = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(body),
+    )
+        .into_response();
+    if let Some(secs) = retry_after
+        && let Ok(v) = secs.to_string().parse()
+    {
+        resp.headers_mut().insert("retry-after", v);
+    }
+    resp
+}
+
+fn with_request_id(mut resp: Response, request_id: &str) -> Response {
+    if let Ok(v) = request_id.parse() {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Outcome of a call before latency is applied.
+struct Outcome {
+    status: u16,
+    code: Option<String>,
+    message: String,
+    retry_after: Option<u64>,
+    hold: Duration,
+}
+
+impl Outcome {
+    fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: Some(code.into()),
+            message: message.into(),
+            retry_after: None,
+            hold: Duration::ZERO,
+        }
+    }
+}
+
+/// Validates the body as ECS does: exactly `{"nic": {subnet_id, ip_address[, reverse_binding]}}`,
+/// typed, with both strings empty (unbind) or both set to valid values (bind).
+fn parse_body(body: &[u8]) -> Result<(SimOperation, NicFieldsIn), String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("request body is not JSON: {e}"))?;
+    let obj = value
+        .as_object()
+        .ok_or("request body must be a JSON object")?;
+    if let Some(k) = obj.keys().find(|k| *k != "nic") {
+        return Err(format!("unknown field {k:?}"));
+    }
+    let nic = obj
+        .get("nic")
+        .and_then(Value::as_object)
+        .ok_or("field nic (object) is required")?;
+    if let Some(k) = nic
+        .keys()
+        .find(|k| !matches!(k.as_str(), "subnet_id" | "ip_address" | "reverse_binding"))
+    {
+        return Err(format!("unknown field nic.{k}"));
+    }
+    let string = |k: &str| -> Result<String, String> {
+        match nic.get(k) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("nic.{k} must be a string")),
+            None => Err(format!("nic.{k} is required")),
+        }
+    };
+    let subnet_id = string("subnet_id")?;
+    let ip_address = string("ip_address")?;
+    let reverse_binding = match nic.get("reverse_binding") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err("nic.reverse_binding must be a boolean".into()),
+    };
+    let op = match (subnet_id.is_empty(), ip_address.is_empty()) {
+        (true, true) => SimOperation::Unbind,
+        (false, false) => {
+            if ip_address.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!(
+                    "nic.ip_address {ip_address:?} is not an IP address"
+                ));
+            }
+            SimOperation::Bind
+        }
+        _ => return Err(
+            "nic.subnet_id and nic.ip_address must both be empty (unbind) or both be set (bind)"
+                .into(),
+        ),
+    };
+    Ok((
+        op,
+        NicFieldsIn {
+            subnet_id,
+            ip_address,
+            reverse_binding,
+        },
+    ))
+}
+
+struct NicFieldsIn {
+    subnet_id: String,
+    ip_address: String,
+    reverse_binding: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    shared: &Shared,
+    inner: &mut Inner,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    project_id: &str,
+    nic_id: &str,
+    record: &mut CallRecord,
+) -> Outcome {
+    if let Some(l) = &inner.limiter
+        && l.check().is_err()
+    {
+        return Outcome::error(
+            429,
+            "APIGW.0308",
+            "The throttling threshold has been reached: policy ip over ratelimit",
+        );
+    }
+    let now = jiff::Timestamp::now();
+    let claimed = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| verify::parse_authorization(v).ok())
+        .map(|a| a.access_key);
+    if let Some(ak) = &claimed
+        && inner.locked_until.get(ak).is_some_and(|until| *until > now)
+    {
+        record.access_key = Some(ak.clone());
+        return Outcome::error(
+            401,
+            "APIGW.0301",
+            "Incorrect IAM authentication information: the access key is locked after repeated signature failures",
+        );
+    }
+    let creds = inner.credentials.clone();
+    let verified = verify::verify(
+        method.as_str(),
+        uri.path(),
+        uri.query(),
+        headers,
+        body,
+        now,
+        shared.max_skew,
+        |ak| {
+            creds.iter().find(|c| c.access_key == ak).map(|c| KnownKey {
+                secret_key: &c.secret_key,
+                security_token: c.security_token.as_deref(),
+            })
+        },
+    );
+    let ak = match verified {
+        Ok(v) => {
+            inner.failures.remove(&v.access_key);
+            v.access_key
+        }
+        Err(failure) => {
+            record.access_key = failure.access_key().map(str::to_string).or(claimed);
+            if let AuthFailure::BadSignature(ak) = &failure {
+                let n = inner.failures.entry(ak.clone()).or_default();
+                *n += 1;
+                if *n >= shared.lockout_after {
+                    inner.failures.remove(ak);
+                    let until = now
+                        .checked_add(
+                            jiff::SignedDuration::try_from(shared.lockout_for).unwrap_or_default(),
+                        )
+                        .unwrap_or(now);
+                    inner.locked_until.insert(ak.clone(), until);
+                }
+            }
+            let code = if matches!(failure, AuthFailure::BadToken(_)) {
+                "Common.0013"
+            } else {
+                "APIGW.0301"
+            };
+            return Outcome::error(401, code, failure.message());
+        }
+    };
+    record.access_key = Some(ak);
+    if headers.get("x-project-id").and_then(|v| v.to_str().ok()) != Some(project_id) {
+        return Outcome::error(
+            400,
+            "Ecs.0005",
+            "X-Project-Id does not match the project in the URI",
+        );
+    }
+    if !headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+    {
+        return Outcome::error(400, "Ecs.0005", "Content-Type must be application/json");
+    }
+    let (op, fields) = match parse_body(body) {
+        Ok(parsed) => parsed,
+        Err(m) => {
+            return Outcome::error(400, "Ecs.0005", format!("Invalid request parameter: {m}"));
+        }
+    };
+    record.operation = Some(op);
+
+    let fault_index = inner.faults.iter().position(|f| {
+        f.operation.is_none_or(|o| o == op) && f.nic_id.as_deref().is_none_or(|n| n == nic_id)
+    });
+    let fault = fault_index.map(|i| {
+        let f = inner.faults[i].clone();
+        if f.count == 1 {
+            inner.faults.remove(i);
+        } else if f.count > 1 {
+            inner.faults[i].count -= 1;
+        }
+        f
+    });
+    let hold = fault
+        .as_ref()
+        .and_then(|f| f.latency_ms)
+        .map(Duration::from_millis)
+        .unwrap_or_default();
+    if let Some(f) = &fault
+        && !(200..300).contains(&f.status)
+    {
+        let code = f.code.clone().unwrap_or_else(|| "Common.0001".into());
+        if f.apply && !inner.missing.contains(nic_id) {
+            apply(inner, op, project_id, nic_id, fields);
+        }
+        return Outcome {
+            status: f.status,
+            code: Some(code),
+            message: f.message.clone().unwrap_or_else(|| "scripted fault".into()),
+            retry_after: f.retry_after,
+            hold,
+        };
+    }
+    if inner.missing.contains(nic_id) {
+        let mut out = Outcome::error(404, "Ecs.0614", format!("The NIC {nic_id} does not exist"));
+        out.hold = hold;
+        return out;
+    }
+    apply(inner, op, project_id, nic_id, fields);
+    Outcome {
+        status: 200,
+        code: None,
+        message: String::new(),
+        retry_after: None,
+        hold,
+    }
+}
+
+fn apply(inner: &mut Inner, op: SimOperation, project_id: &str, nic_id: &str, fields: NicFieldsIn) {
+    match op {
+        SimOperation::Bind => {
+            inner.nics.insert(
+                nic_id.into(),
+                NicState {
+                    project_id: project_id.into(),
+                    ip_address: fields.ip_address,
+                    subnet_id: fields.subnet_id,
+                    reverse_binding: fields.reverse_binding,
+                },
+            );
+        }
+        SimOperation::Unbind => {
+            inner.nics.remove(nic_id);
+        }
+    }
+}
+
+async fn nic_call(
+    State(shared): State<Arc<Shared>>,
+    Path((project_id, nic_id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let _in_flight = InFlight::enter(&shared);
+    let (seq, rid) = request_id(&shared);
+    let mut record = CallRecord {
+        seq,
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        project_id: Some(project_id.clone()),
+        nic_id: Some(nic_id.clone()),
+        operation: None,
+        access_key: None,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        status: 0,
+        code: None,
+        request_id: rid.clone(),
+    };
+    let (outcome, latency) = {
+        let mut inner = shared.lock();
+        let outcome = decide(
+            &shared,
+            &mut inner,
+            &method,
+            &uri,
+            &headers,
+            &body,
+            &project_id,
+            &nic_id,
+            &mut record,
+        );
+        record.status = outcome.status;
+        record.code = outcome.code.clone();
+        inner.calls.push(record);
+        (outcome, inner.latency)
+    };
+    let wait = latency + outcome.hold;
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let resp = match outcome.code {
+        None => (StatusCode::OK, axum::Json(json!({"port_id": nic_id}))).into_response(),
+        Some(code) => error_response(
+            outcome.status,
+            &code,
+            &outcome.message,
+            &rid,
+            outcome.retry_after,
+        ),
+    };
+    with_request_id(resp, &rid)
+}
+
+async fn unknown_api(State(shared): State<Arc<Shared>>) -> Response {
+    let (_, rid) = request_id(&shared);
+    with_request_id(
+        error_response(
+            404,
+            "APIGW.0101",
+            "The API does not exist or has not been published in the environment",
+            &rid,
+            None,
+        ),
+        &rid,
+    )
+}
+
+async fn admin_state(State(shared): State<Arc<Shared>>) -> axum::Json<StateSnapshot> {
+    axum::Json(snapshot(&shared))
+}
+
+async fn admin_calls(State(shared): State<Arc<Shared>>) -> axum::Json<Vec<CallRecord>> {
+    axum::Json(shared.lock().calls.clone())
+}
+
+async fn admin_add_fault(
+    State(shared): State<Arc<Shared>>,
+    axum::Json(fault): axum::Json<Fault>,
+) -> StatusCode {
+    shared.lock().faults.push(fault);
+    StatusCode::CREATED
+}
+
+async fn admin_clear_faults(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.lock().faults.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_set_missing(
+    State(shared): State<Arc<Shared>>,
+    Path(nic): Path<String>,
+) -> StatusCode {
+    shared.lock().missing.insert(nic);
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_unset_missing(
+    State(shared): State<Arc<Shared>>,
+    Path(nic): Path<String>,
+) -> StatusCode {
+    shared.lock().missing.remove(&nic);
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_set_nic(
+    State(shared): State<Arc<Shared>>,
+    Path(nic): Path<String>,
+    axum::Json(state): axum::Json<NicState>,
+) -> StatusCode {
+    shared.lock().nics.insert(nic, state);
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_clear_nic(State(shared): State<Arc<Shared>>, Path(nic): Path<String>) -> StatusCode {
+    shared.lock().nics.remove(&nic);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct ConfigUpdate {
+    latency_ms: Option<u64>,
+    #[serde(default, with = "double_option")]
+    qps: Option<Option<f64>>,
+}
+
+/// Distinguishes an absent field (leave as is) from `null` (turn off).
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+        Ok(Some(Option::deserialize(d)?))
+    }
+}
+
+async fn admin_config(
+    State(shared): State<Arc<Shared>>,
+    axum::Json(update): axum::Json<ConfigUpdate>,
+) -> Response {
+    let new_limiter = match update.qps.map(limiter) {
+        Some(Err(e)) => return (StatusCode::BAD_REQUEST, e).into_response(),
+        Some(Ok(l)) => Some(l),
+        None => None,
+    };
+    let mut inner = shared.lock();
+    if let Some(ms) = update.latency_ms {
+        inner.latency = Duration::from_millis(ms);
+    }
+    if let Some(l) = new_limiter {
+        inner.limiter = l;
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn admin_add_credential(
+    State(shared): State<Arc<Shared>>,
+    axum::Json(credential): axum::Json<SimCredential>,
+) -> StatusCode {
+    shared.lock().credentials.push(credential);
+    StatusCode::CREATED
+}
+
+async fn admin_reset(State(shared): State<Arc<Shared>>) -> StatusCode {
+    reset(&shared);
+    StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_validation() {
+        let ok = |b: &str| parse_body(b.as_bytes()).map(|(op, _)| op);
+        assert_eq!(
+            ok(r#"{"nic":{"subnet_id":"","ip_address":"","reverse_binding":false}}"#),
+            Ok(SimOperation::Unbind)
+        );
+        assert_eq!(
+            ok(r#"{"nic":{"subnet_id":"","ip_address":""}}"#),
+            Ok(SimOperation::Unbind)
+        );
+        assert_eq!(
+            ok(r#"{"nic":{"subnet_id":"s","ip_address":"10.0.0.1","reverse_binding":true}}"#),
+            Ok(SimOperation::Bind)
+        );
+        assert_eq!(
+            ok(r#"{"nic":{"subnet_id":"s","ip_address":"fd00::1"}}"#),
+            Ok(SimOperation::Bind)
+        );
+        for bad in [
+            r#"{"nic":{"subnet_id":"s","ip_address":""}}"#,
+            r#"{"nic":{"subnet_id":"","ip_address":"10.0.0.1"}}"#,
+            r#"{"nic":{"subnet_id":"s","ip_address":"300.1.1.1"}}"#,
+            r#"{"nic":{"subnet_id":"s","ip_address":"10.0.0.1","reverse_binding":"true"}}"#,
+            r#"{"nic":{"subnet_id":1,"ip_address":"10.0.0.1"}}"#,
+            r#"{"nic":{"subnet_id":"s","ip_address":"10.0.0.1","extra":1}}"#,
+            r#"{"nic":{"subnet_id":"s"}}"#,
+            r#"{"nic":{},"other":1}"#,
+            r#"{"nic":[]}"#,
+            r#"[]"#,
+            "not json",
+            "",
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+    }
+}
