@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use axum::routing::{get, put};
 use serde_json::{Value, json};
 use vip_operator::ecs::{
-    BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsClient, EcsClientConfig, Endpoint,
-    ErrorClass, MetadataCredentials, RetryPolicy, SystemClock, UnbindRequest,
+    BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsClient, EcsClientConfig, Endpoint, ErrorClass,
+    MetadataCredentials, RetryPolicy, SystemClock, UnbindRequest,
 };
 use vip_operator::simulator::{Fault, SimCredential, SimOperation, Simulator, SimulatorConfig};
 
@@ -18,9 +18,7 @@ const PROJECT: &str = "0123456789abcdef0123456789abcdef";
 const NIC: &str = "d32019d3-bc6e-4319-9c1d-6722fc136a23";
 
 async fn simulator() -> Simulator {
-    Simulator::start(SimulatorConfig::new("127.0.0.1:0".parse().unwrap(), AK, SK))
-        .await
-        .unwrap()
+    Simulator::start(SimulatorConfig::new("127.0.0.1:0".parse().unwrap(), AK, SK)).await.unwrap()
 }
 
 fn fast_retries() -> RetryPolicy {
@@ -66,12 +64,7 @@ fn bind_req(nic: &str) -> BindRequest {
 }
 
 async fn admin_get(sim: &Simulator, path: &str) -> Value {
-    reqwest::get(format!("{}{path}", sim.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    reqwest::get(format!("{}{path}", sim.url())).await.unwrap().json().await.unwrap()
 }
 
 #[tokio::test]
@@ -87,16 +80,7 @@ async fn bind_then_unbind_changes_cloud_state() {
         json!({"project_id": PROJECT, "ip_address": "192.168.0.7", "subnet_id": "8c9d4f38-1a2b-4c3d-9e8f-001122334455", "reverse_binding": true})
     );
 
-    let port = client
-        .unbind(
-            &target(SK),
-            &UnbindRequest {
-                nic_id: NIC.into(),
-                reverse_binding: false,
-            },
-        )
-        .await
-        .unwrap();
+    let port = client.unbind(&target(SK), &UnbindRequest { nic_id: NIC.into(), reverse_binding: false }).await.unwrap();
     assert_eq!(port, NIC);
     let state = admin_get(&sim, "/sim/state").await;
     assert_eq!(state["nics"], json!({}));
@@ -107,14 +91,8 @@ async fn bind_then_unbind_changes_cloud_state() {
     assert_eq!(calls[0]["operation"], "bind");
     assert_eq!(calls[1]["operation"], "unbind");
     assert_eq!(calls[1]["method"], "PUT");
-    assert_eq!(
-        calls[1]["path"],
-        format!("/v1/{PROJECT}/cloudservers/nics/{NIC}")
-    );
-    assert_eq!(
-        calls[1]["body"],
-        r#"{"nic":{"subnet_id":"","ip_address":"","reverse_binding":false}}"#
-    );
+    assert_eq!(calls[1]["path"], format!("/v1/{PROJECT}/cloudservers/nics/{NIC}"));
+    assert_eq!(calls[1]["body"], r#"{"nic":{"subnet_id":"","ip_address":"","reverse_binding":false}}"#);
     assert_eq!(calls[1]["access_key"], AK);
     assert!(calls.iter().all(|c| c["status"] == 200));
     sim.shutdown().await;
@@ -123,10 +101,7 @@ async fn bind_then_unbind_changes_cloud_state() {
 #[tokio::test]
 async fn wrong_secret_key_is_auth_and_sends_exactly_one_request() {
     let sim = simulator().await;
-    let err = client_for(&sim)
-        .bind(&target("wrong"), &bind_req(NIC))
-        .await
-        .unwrap_err();
+    let err = client_for(&sim).bind(&target("wrong"), &bind_req(NIC)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Auth);
     assert_eq!(err.status(), Some(401));
     assert_eq!(err.code(), Some("APIGW.0301"));
@@ -141,14 +116,7 @@ async fn repeated_bad_signatures_lock_the_key_as_huawei_does() {
     let sim = simulator().await;
     let client = client_for(&sim);
     for _ in 0..5 {
-        assert_eq!(
-            client
-                .bind(&target("wrong"), &bind_req(NIC))
-                .await
-                .unwrap_err()
-                .class(),
-            ErrorClass::Auth
-        );
+        assert_eq!(client.bind(&target("wrong"), &bind_req(NIC)).await.unwrap_err().class(), ErrorClass::Auth);
     }
     assert_eq!(sim.calls().len(), 5);
     assert!(sim.state().locked_access_keys.contains(AK));
@@ -161,19 +129,12 @@ async fn repeated_bad_signatures_lock_the_key_as_huawei_does() {
 async fn two_server_errors_then_success_takes_three_requests() {
     let sim = simulator().await;
     sim.add_fault(Fault::error(500, "Common.0001", 2));
-    let port = client_for(&sim)
-        .bind(&target(SK), &bind_req(NIC))
-        .await
-        .unwrap();
+    let port = client_for(&sim).bind(&target(SK), &bind_req(NIC)).await.unwrap();
     assert_eq!(port, NIC);
     let statuses: Vec<u16> = sim.calls().iter().map(|c| c.status).collect();
     assert_eq!(statuses, vec![500, 500, 200]);
     // Each attempt is signed afresh and verified by the simulator.
-    assert!(
-        sim.calls()
-            .iter()
-            .all(|c| c.access_key.as_deref() == Some(AK))
-    );
+    assert!(sim.calls().iter().all(|c| c.access_key.as_deref() == Some(AK)));
     assert!(sim.state().nics.contains_key(NIC));
 }
 
@@ -181,10 +142,7 @@ async fn two_server_errors_then_success_takes_three_requests() {
 async fn retries_stop_at_the_attempt_bound() {
     let sim = simulator().await;
     sim.add_fault(Fault::error(503, "APIGW.0201", 0));
-    let err = client_for(&sim)
-        .bind(&target(SK), &bind_req(NIC))
-        .await
-        .unwrap_err();
+    let err = client_for(&sim).bind(&target(SK), &bind_req(NIC)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Retryable);
     assert_eq!(err.code(), Some("APIGW.0201"));
     assert_eq!(sim.calls().len(), 4);
@@ -197,16 +155,9 @@ async fn throttled_with_retry_after_waits_then_succeeds() {
     fault.retry_after = Some(1);
     sim.add_fault(fault);
     let started = Instant::now();
-    client_for(&sim)
-        .bind(&target(SK), &bind_req(NIC))
-        .await
-        .unwrap();
+    client_for(&sim).bind(&target(SK), &bind_req(NIC)).await.unwrap();
     // The backoff alone would be at most 10 ms; Retry-After: 1 must have been honoured.
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
     let statuses: Vec<u16> = sim.calls().iter().map(|c| c.status).collect();
     assert_eq!(statuses, vec![429, 200]);
 }
@@ -216,16 +167,8 @@ async fn missing_nic_is_gone_and_not_retried() {
     let sim = simulator().await;
     sim.set_missing(NIC, true);
     let client = client_for(&sim);
-    let err = client
-        .unbind(
-            &target(SK),
-            &UnbindRequest {
-                nic_id: NIC.into(),
-                reverse_binding: false,
-            },
-        )
-        .await
-        .unwrap_err();
+    let err =
+        client.unbind(&target(SK), &UnbindRequest { nic_id: NIC.into(), reverse_binding: false }).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Gone);
     assert_eq!(err.status(), Some(404));
     assert_eq!(sim.calls().len(), 1);
@@ -267,10 +210,7 @@ async fn clock_skew_beyond_fifteen_minutes_is_refused() {
         }
     }
     let sim = simulator().await;
-    let config = EcsClientConfig {
-        endpoint: Endpoint::parse_override(&sim.url()).unwrap(),
-        ..Default::default()
-    };
+    let config = EcsClientConfig { endpoint: Endpoint::parse_override(&sim.url()).unwrap(), ..Default::default() };
     let client = EcsClient::with_clock(config, Arc::new(Late), None).unwrap();
     let err = client.bind(&target(SK), &bind_req(NIC)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Auth);
@@ -280,21 +220,13 @@ async fn clock_skew_beyond_fifteen_minutes_is_refused() {
 #[tokio::test]
 async fn connection_refused_is_retryable_and_bounded() {
     // Bind a port, then free it: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = EcsClientConfig {
         endpoint: Endpoint::parse_override(&format!("http://127.0.0.1:{port}")).unwrap(),
         retry: fast_retries(),
         ..Default::default()
     };
-    let err = EcsClient::new(config)
-        .unwrap()
-        .bind(&target(SK), &bind_req(NIC))
-        .await
-        .unwrap_err();
+    let err = EcsClient::new(config).unwrap().bind(&target(SK), &bind_req(NIC)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Retryable);
     assert!(!err.may_have_applied());
 }
@@ -314,27 +246,15 @@ async fn concurrent_calls_stay_within_qps_and_concurrency() {
     });
     let results = futures::future::join_all((0..200).map(|i| {
         let client = client.clone();
-        async move {
-            client
-                .bind(&target(SK), &bind_req(&format!("nic-{i}")))
-                .await
-        }
+        async move { client.bind(&target(SK), &bind_req(&format!("nic-{i}"))).await }
     }))
     .await;
-    assert!(
-        results.iter().all(Result::is_ok),
-        "{:?}",
-        results.iter().find(|r| r.is_err())
-    );
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
     let calls = sim.calls();
     assert_eq!(calls.len(), 200);
     assert_eq!(calls.iter().filter(|c| c.status == 429).count(), 0);
     assert_eq!(sim.state().nics.len(), 200);
-    assert!(
-        sim.state().max_in_flight <= 4,
-        "max in flight {}",
-        sim.state().max_in_flight
-    );
+    assert!(sim.state().max_in_flight <= 4, "max in flight {}", sim.state().max_in_flight);
 }
 
 #[tokio::test]
@@ -349,48 +269,33 @@ async fn a_client_without_limits_gets_throttled() {
     });
     let results = futures::future::join_all((0..200).map(|i| {
         let client = client.clone();
-        async move {
-            client
-                .bind(&target(SK), &bind_req(&format!("nic-{i}")))
-                .await
-        }
+        async move { client.bind(&target(SK), &bind_req(&format!("nic-{i}"))).await }
     }))
     .await;
-    let throttled = results
-        .iter()
-        .filter(|r| r.as_ref().is_err_and(|e| e.is_throttled()))
-        .count();
+    let throttled = results.iter().filter(|r| r.as_ref().is_err_and(|e| e.is_throttled())).count();
     assert!(throttled > 0);
-    assert_eq!(
-        sim.calls().iter().filter(|c| c.status == 429).count(),
-        throttled
-    );
+    assert_eq!(sim.calls().iter().filter(|c| c.status == 429).count(), throttled);
 }
 
 /// A local stand-in for the ECS metadata service.
 async fn metadata_service(expires_in: jiff::SignedDuration, hits: Arc<AtomicUsize>) -> String {
-    let app = axum::Router::new()
-        .route(
-            "/meta-data/latest/api/token",
-            put(|| async { "session-token" }),
-        )
-        .route(
-            "/openstack/latest/securitykey",
-            get(move |headers: axum::http::HeaderMap| {
-                let hits = hits.clone();
-                async move {
-                    assert_eq!(headers.get("x-metadata-token").unwrap(), "session-token");
-                    let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
-                    let expires = jiff::Timestamp::now() + expires_in;
-                    axum::Json(json!({"credential": {
-                        "access": format!("TEMPAK{n:014}"),
-                        "secret": format!("temp-secret-{n}"),
-                        "securitytoken": format!("temp-token-{n}"),
-                        "expires_at": expires.to_string(),
-                    }}))
-                }
-            }),
-        );
+    let app = axum::Router::new().route("/meta-data/latest/api/token", put(|| async { "session-token" })).route(
+        "/openstack/latest/securitykey",
+        get(move |headers: axum::http::HeaderMap| {
+            let hits = hits.clone();
+            async move {
+                assert_eq!(headers.get("x-metadata-token").unwrap(), "session-token");
+                let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
+                let expires = jiff::Timestamp::now() + expires_in;
+                axum::Json(json!({"credential": {
+                    "access": format!("TEMPAK{n:014}"),
+                    "secret": format!("temp-secret-{n}"),
+                    "securitytoken": format!("temp-token-{n}"),
+                    "expires_at": expires.to_string(),
+                }}))
+            }
+        }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -412,36 +317,20 @@ async fn temporary_credentials_from_the_metadata_service() {
     // Long-lived keys: fetched once, reused.
     let hits = Arc::new(AtomicUsize::new(0));
     let url = metadata_service(jiff::SignedDuration::from_hours(24), hits.clone()).await;
-    let provider = MetadataCredentials::new(
-        url.parse().unwrap(),
-        Duration::from_secs(40 * 60),
-        Arc::new(SystemClock),
-    );
+    let provider = MetadataCredentials::new(url.parse().unwrap(), Duration::from_secs(40 * 60), Arc::new(SystemClock));
     for _ in 0..3 {
         let creds = provider.credentials().await.unwrap();
         assert!(creds.is_temporary());
-        let t = CloudTarget {
-            region: "r".into(),
-            project_id: PROJECT.into(),
-            credentials: creds,
-        };
+        let t = CloudTarget { region: "r".into(), project_id: PROJECT.into(), credentials: creds };
         client.bind(&t, &bind_req(NIC)).await.unwrap();
     }
     assert_eq!(hits.load(Ordering::SeqCst), 1);
-    assert!(
-        sim.calls()
-            .iter()
-            .all(|c| c.status == 200 && c.access_key.as_deref() == Some("TEMPAK00000000000001"))
-    );
+    assert!(sim.calls().iter().all(|c| c.status == 200 && c.access_key.as_deref() == Some("TEMPAK00000000000001")));
 
     // Keys with less than the refresh margin left are refreshed on every use.
     let hits = Arc::new(AtomicUsize::new(0));
     let url = metadata_service(jiff::SignedDuration::from_mins(30), hits.clone()).await;
-    let provider = MetadataCredentials::new(
-        url.parse().unwrap(),
-        Duration::from_secs(40 * 60),
-        Arc::new(SystemClock),
-    );
+    let provider = MetadataCredentials::new(url.parse().unwrap(), Duration::from_secs(40 * 60), Arc::new(SystemClock));
     let a = provider.credentials().await.unwrap();
     let b = provider.credentials().await.unwrap();
     assert_eq!(hits.load(Ordering::SeqCst), 2);
@@ -466,10 +355,8 @@ async fn temporary_key_without_its_token_is_refused() {
     let err = client.bind(&no_token, &bind_req(NIC)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Auth);
     assert_eq!(err.code(), Some("Common.0013"));
-    let with_token = CloudTarget {
-        credentials: Credentials::new("TEMPAK", "tsk", Some("the-token")).unwrap(),
-        ..no_token
-    };
+    let with_token =
+        CloudTarget { credentials: Credentials::new("TEMPAK", "tsk", Some("the-token")).unwrap(), ..no_token };
     client.bind(&with_token, &bind_req(NIC)).await.unwrap();
 }
 
@@ -477,32 +364,17 @@ async fn temporary_key_without_its_token_is_refused() {
 async fn project_header_must_match_the_path_and_requests_must_be_signed() {
     let sim = simulator().await;
     let http = reqwest::Client::new();
-    let url: url::Url = format!("{}/v1/{PROJECT}/cloudservers/nics/{NIC}", sim.url())
-        .parse()
-        .unwrap();
+    let url: url::Url = format!("{}/v1/{PROJECT}/cloudservers/nics/{NIC}", sim.url()).parse().unwrap();
     let body = br#"{"nic":{"subnet_id":"","ip_address":"","reverse_binding":false}}"#;
 
-    let unsigned = http
-        .put(url.clone())
-        .header("Content-Type", "application/json")
-        .body(&body[..])
-        .send()
-        .await
-        .unwrap();
+    let unsigned =
+        http.put(url.clone()).header("Content-Type", "application/json").body(&body[..]).send().await.unwrap();
     assert_eq!(unsigned.status(), 401);
     assert!(unsigned.headers().contains_key("x-request-id"));
 
     // Correctly signed, but for another project than the URI names.
-    let headers = [
-        ("Content-Type", "application/json"),
-        ("X-Project-Id", "another-project"),
-    ];
-    let parts = vip_operator::ecs::sign::RequestParts {
-        method: "PUT",
-        url: &url,
-        headers: &headers,
-        body,
-    };
+    let headers = [("Content-Type", "application/json"), ("X-Project-Id", "another-project")];
+    let parts = vip_operator::ecs::sign::RequestParts { method: "PUT", url: &url, headers: &headers, body };
     let signed = vip_operator::ecs::sign::sign(&parts, AK, SK, jiff::Timestamp::now());
     let resp = http
         .put(url.clone())
@@ -518,12 +390,7 @@ async fn project_header_must_match_the_path_and_requests_must_be_signed() {
     assert_eq!(resp.status(), 400);
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["code"], "Ecs.0005");
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("X-Project-Id")
-    );
+    assert!(err["error"]["message"].as_str().unwrap().contains("X-Project-Id"));
 }
 
 #[tokio::test]
@@ -537,37 +404,14 @@ async fn admin_api_scripts_faults_and_missing_nics() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    http.put(format!("{}/sim/missing-nics/gone-nic", sim.url()))
-        .send()
-        .await
-        .unwrap();
+    http.put(format!("{}/sim/missing-nics/gone-nic", sim.url())).send().await.unwrap();
     let client = client_with(&sim, |c| c.retry = RetryPolicy::none());
     client.bind(&target(SK), &bind_req(NIC)).await.unwrap();
-    let err = client
-        .unbind(
-            &target(SK),
-            &UnbindRequest {
-                nic_id: NIC.into(),
-                reverse_binding: false,
-            },
-        )
-        .await
-        .unwrap_err();
+    let err =
+        client.unbind(&target(SK), &UnbindRequest { nic_id: NIC.into(), reverse_binding: false }).await.unwrap_err();
     assert_eq!(err.status(), Some(500));
-    client
-        .unbind(
-            &target(SK),
-            &UnbindRequest {
-                nic_id: NIC.into(),
-                reverse_binding: false,
-            },
-        )
-        .await
-        .unwrap();
-    let err = client
-        .bind(&target(SK), &bind_req("gone-nic"))
-        .await
-        .unwrap_err();
+    client.unbind(&target(SK), &UnbindRequest { nic_id: NIC.into(), reverse_binding: false }).await.unwrap();
+    let err = client.bind(&target(SK), &bind_req("gone-nic")).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Gone);
     let state = admin_get(&sim, "/sim/state").await;
     assert_eq!(state["missing_nics"], json!(["gone-nic"]));

@@ -34,10 +34,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("access_key", &self.access_key)
             .field("secret_key", &"[REDACTED]")
-            .field(
-                "security_token",
-                &self.security_token.as_ref().map(|_| "[REDACTED]"),
-            )
+            .field("security_token", &self.security_token.as_ref().map(|_| "[REDACTED]"))
             .finish()
     }
 }
@@ -51,10 +48,7 @@ pub enum CredentialsError {
     #[error("key `{0}` is not valid UTF-8")]
     NotUtf8(&'static str),
     #[error("key `{key}` is invalid: {reason}")]
-    InvalidValue {
-        key: &'static str,
-        reason: &'static str,
-    },
+    InvalidValue { key: &'static str, reason: &'static str },
     #[error("the metadata service could not be used: {0}")]
     Metadata(String),
 }
@@ -64,16 +58,10 @@ fn check_header_safe(key: &'static str, value: &str) -> Result<(), CredentialsEr
         return Err(CredentialsError::EmptyKey(key));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(CredentialsError::InvalidValue {
-            key,
-            reason: "contains whitespace or control characters",
-        });
+        return Err(CredentialsError::InvalidValue { key, reason: "contains whitespace or control characters" });
     }
     if !value.is_ascii() {
-        return Err(CredentialsError::InvalidValue {
-            key,
-            reason: "is not ASCII",
-        });
+        return Err(CredentialsError::InvalidValue { key, reason: "is not ASCII" });
     }
     Ok(())
 }
@@ -81,26 +69,16 @@ fn check_header_safe(key: &'static str, value: &str) -> Result<(), CredentialsEr
 impl Credentials {
     /// Validates and builds credentials. The access key goes into the `Authorization` header
     /// verbatim, so it may not carry separators; the token goes into a header of its own.
-    pub fn new(
-        access_key: &str,
-        secret_key: &str,
-        security_token: Option<&str>,
-    ) -> Result<Self, CredentialsError> {
+    pub fn new(access_key: &str, secret_key: &str, security_token: Option<&str>) -> Result<Self, CredentialsError> {
         check_header_safe(KEY_ACCESS_KEY, access_key)?;
         if access_key.contains([',', '=', ';']) {
-            return Err(CredentialsError::InvalidValue {
-                key: KEY_ACCESS_KEY,
-                reason: "contains ',', '=' or ';'",
-            });
+            return Err(CredentialsError::InvalidValue { key: KEY_ACCESS_KEY, reason: "contains ',', '=' or ';'" });
         }
         if secret_key.is_empty() {
             return Err(CredentialsError::EmptyKey(KEY_SECRET_KEY));
         }
         if secret_key.chars().any(char::is_control) {
-            return Err(CredentialsError::InvalidValue {
-                key: KEY_SECRET_KEY,
-                reason: "contains control characters",
-            });
+            return Err(CredentialsError::InvalidValue { key: KEY_SECRET_KEY, reason: "contains control characters" });
         }
         if let Some(token) = security_token {
             check_header_safe(KEY_SECURITY_TOKEN, token)?;
@@ -121,9 +99,7 @@ impl Credentials {
     }
 
     pub(crate) fn security_token(&self) -> Option<&str> {
-        self.security_token
-            .as_deref()
-            .map(ExposeSecret::expose_secret)
+        self.security_token.as_deref().map(ExposeSecret::expose_secret)
     }
 
     pub fn is_temporary(&self) -> bool {
@@ -160,26 +136,14 @@ fn utf8_value<'a>(
 
 /// Parses a credentials Secret's `data`. Trailing newlines (from `echo > file`) are tolerated;
 /// anything else that could not be sent in a header is refused with the key's name.
-pub fn from_secret_data(
-    data: &BTreeMap<String, ByteString>,
-) -> Result<SecretCredentials, CredentialsError> {
-    let ak =
-        utf8_value(data, KEY_ACCESS_KEY)?.ok_or(CredentialsError::MissingKey(KEY_ACCESS_KEY))?;
-    let sk =
-        utf8_value(data, KEY_SECRET_KEY)?.ok_or(CredentialsError::MissingKey(KEY_SECRET_KEY))?;
+pub fn from_secret_data(data: &BTreeMap<String, ByteString>) -> Result<SecretCredentials, CredentialsError> {
+    let ak = utf8_value(data, KEY_ACCESS_KEY)?.ok_or(CredentialsError::MissingKey(KEY_ACCESS_KEY))?;
+    let sk = utf8_value(data, KEY_SECRET_KEY)?.ok_or(CredentialsError::MissingKey(KEY_SECRET_KEY))?;
     let token = utf8_value(data, KEY_SECURITY_TOKEN)?.filter(|t| !t.is_empty());
     let credentials = Credentials::new(ak, sk, token)?;
-    let project_id = utf8_value(data, KEY_PROJECT_ID)?
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    let region = utf8_value(data, KEY_REGION)?
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    Ok(SecretCredentials {
-        credentials,
-        project_id,
-        region,
-    })
+    let project_id = utf8_value(data, KEY_PROJECT_ID)?.filter(|s| !s.is_empty()).map(str::to_string);
+    let region = utf8_value(data, KEY_REGION)?.filter(|s| !s.is_empty()).map(str::to_string);
+    Ok(SecretCredentials { credentials, project_id, region })
 }
 
 /// Temporary credentials from the ECS metadata service (a node with an IAM agency).
@@ -218,13 +182,7 @@ impl MetadataCredentials {
             .no_proxy()
             .build()
             .unwrap_or_default();
-        Self {
-            http,
-            base,
-            refresh_before,
-            clock,
-            cache: Mutex::new(None),
-        }
+        Self { http, base, refresh_before, clock, cache: Mutex::new(None) }
     }
 
     /// Current credentials, refreshing them first when they are close to expiry. When a refresh
@@ -234,9 +192,7 @@ impl MetadataCredentials {
         let now = self.clock.now();
         let refresh_at = |expires: jiff::Timestamp| {
             expires
-                .checked_sub(
-                    jiff::SignedDuration::try_from(self.refresh_before).unwrap_or_default(),
-                )
+                .checked_sub(jiff::SignedDuration::try_from(self.refresh_before).unwrap_or_default())
                 .unwrap_or(expires)
         };
         if let Some((creds, expires)) = cache.as_ref()
@@ -263,13 +219,7 @@ impl MetadataCredentials {
     async fn session_token(&self) -> Option<String> {
         // Token-protected metadata (like IMDSv2) is optional: use it when the service offers it.
         let url = self.base.join("meta-data/latest/api/token").ok()?;
-        let resp = self
-            .http
-            .put(url)
-            .header("X-Metadata-Token-Ttl-Seconds", "21600")
-            .send()
-            .await
-            .ok()?;
+        let resp = self.http.put(url).header("X-Metadata-Token-Ttl-Seconds", "21600").send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -278,31 +228,21 @@ impl MetadataCredentials {
 
     async fn fetch(&self) -> Result<(Credentials, jiff::Timestamp), CredentialsError> {
         let err = |m: String| CredentialsError::Metadata(m);
-        let url = self
-            .base
-            .join("openstack/latest/securitykey")
-            .map_err(|e| err(e.to_string()))?;
+        let url = self.base.join("openstack/latest/securitykey").map_err(|e| err(e.to_string()))?;
         let mut req = self.http.get(url);
         if let Some(token) = self.session_token().await {
             req = req.header("X-Metadata-Token", token.trim());
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| err(format!("request failed: {e}")))?;
+        let resp = req.send().await.map_err(|e| err(format!("request failed: {e}")))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(err(format!("HTTP {status} from the security key endpoint")));
         }
-        let body: SecurityKeyResponse = resp
-            .json()
-            .await
-            .map_err(|e| err(format!("unexpected security key response: {e}")))?;
+        let body: SecurityKeyResponse =
+            resp.json().await.map_err(|e| err(format!("unexpected security key response: {e}")))?;
         let key = body.credential;
-        let expires: jiff::Timestamp = key
-            .expires_at
-            .parse()
-            .map_err(|_| err(format!("unparseable expires_at {:?}", key.expires_at)))?;
+        let expires: jiff::Timestamp =
+            key.expires_at.parse().map_err(|_| err(format!("unparseable expires_at {:?}", key.expires_at)))?;
         let creds = Credentials::new(&key.access, &key.secret, Some(&key.securitytoken))?;
         Ok((creds, expires))
     }
@@ -313,10 +253,7 @@ mod tests {
     use super::*;
 
     fn data(pairs: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()
     }
 
     #[test]
@@ -326,11 +263,7 @@ mod tests {
         assert!(shown.contains("AKID"));
         assert!(!shown.contains("very-secret-sk"));
         assert!(!shown.contains("tok-123"));
-        let s = SecretCredentials {
-            credentials: c,
-            project_id: None,
-            region: None,
-        };
+        let s = SecretCredentials { credentials: c, project_id: None, region: None };
         assert!(!format!("{s:?}").contains("very-secret-sk"));
     }
 
@@ -354,30 +287,12 @@ mod tests {
     #[test]
     fn secret_data_errors_name_the_key() {
         let cases: Vec<(BTreeMap<String, ByteString>, CredentialsError)> = vec![
-            (
-                data(&[("secretKey", b"x")]),
-                CredentialsError::MissingKey("accessKey"),
-            ),
-            (
-                data(&[("accessKey", b"x")]),
-                CredentialsError::MissingKey("secretKey"),
-            ),
-            (
-                data(&[("accessKey", b""), ("secretKey", b"x")]),
-                CredentialsError::EmptyKey("accessKey"),
-            ),
-            (
-                data(&[("accessKey", b"a"), ("secretKey", b"")]),
-                CredentialsError::EmptyKey("secretKey"),
-            ),
-            (
-                data(&[("accessKey", b"\xff\xfe"), ("secretKey", b"x")]),
-                CredentialsError::NotUtf8("accessKey"),
-            ),
-            (
-                data(&[("accessKey", b"a"), ("secretKey", b"\xc3\x28")]),
-                CredentialsError::NotUtf8("secretKey"),
-            ),
+            (data(&[("secretKey", b"x")]), CredentialsError::MissingKey("accessKey")),
+            (data(&[("accessKey", b"x")]), CredentialsError::MissingKey("secretKey")),
+            (data(&[("accessKey", b""), ("secretKey", b"x")]), CredentialsError::EmptyKey("accessKey")),
+            (data(&[("accessKey", b"a"), ("secretKey", b"")]), CredentialsError::EmptyKey("secretKey")),
+            (data(&[("accessKey", b"\xff\xfe"), ("secretKey", b"x")]), CredentialsError::NotUtf8("accessKey")),
+            (data(&[("accessKey", b"a"), ("secretKey", b"\xc3\x28")]), CredentialsError::NotUtf8("secretKey")),
             (
                 data(&[("accessKey", b"a b"), ("secretKey", b"x")]),
                 CredentialsError::InvalidValue {
@@ -387,28 +302,17 @@ mod tests {
             ),
             (
                 data(&[("accessKey", b"a,b"), ("secretKey", b"x")]),
-                CredentialsError::InvalidValue {
-                    key: "accessKey",
-                    reason: "contains ',', '=' or ';'",
-                },
+                CredentialsError::InvalidValue { key: "accessKey", reason: "contains ',', '=' or ';'" },
             ),
             (
-                data(&[
-                    ("accessKey", b"a"),
-                    ("secretKey", b"x"),
-                    ("securityToken", b"t\x01"),
-                ]),
+                data(&[("accessKey", b"a"), ("secretKey", b"x"), ("securityToken", b"t\x01")]),
                 CredentialsError::InvalidValue {
                     key: "securityToken",
                     reason: "contains whitespace or control characters",
                 },
             ),
             (
-                data(&[
-                    ("accessKey", b"a"),
-                    ("secretKey", b"x"),
-                    ("projectId", b"\xff"),
-                ]),
+                data(&[("accessKey", b"a"), ("secretKey", b"x"), ("projectId", b"\xff")]),
                 CredentialsError::NotUtf8("projectId"),
             ),
         ];
@@ -419,12 +323,7 @@ mod tests {
 
     #[test]
     fn empty_optional_values_are_absent() {
-        let d = data(&[
-            ("accessKey", b"a"),
-            ("secretKey", b"s"),
-            ("securityToken", b""),
-            ("region", b""),
-        ]);
+        let d = data(&[("accessKey", b"a"), ("secretKey", b"s"), ("securityToken", b""), ("region", b"")]);
         let s = from_secret_data(&d).unwrap();
         assert!(!s.credentials.is_temporary());
         assert_eq!(s.region, None);

@@ -93,17 +93,10 @@ impl NicBody {
 /// The ECS calls the controller needs. Implementations: [`EcsClient`] (signed HTTP) and test
 /// fakes. Both return the `port_id` the cloud answered with.
 pub trait EcsApi: Send + Sync {
-    fn bind<'a>(
-        &'a self,
-        target: &'a CloudTarget,
-        req: &'a BindRequest,
-    ) -> BoxFuture<'a, Result<String, EcsError>>;
+    fn bind<'a>(&'a self, target: &'a CloudTarget, req: &'a BindRequest) -> BoxFuture<'a, Result<String, EcsError>>;
 
-    fn unbind<'a>(
-        &'a self,
-        target: &'a CloudTarget,
-        req: &'a UnbindRequest,
-    ) -> BoxFuture<'a, Result<String, EcsError>>;
+    fn unbind<'a>(&'a self, target: &'a CloudTarget, req: &'a UnbindRequest)
+    -> BoxFuture<'a, Result<String, EcsError>>;
 }
 
 /// Wall-clock time, injectable so signing and credential expiry can be tested.
@@ -129,13 +122,8 @@ pub fn check_path_id(what: &str, value: &str) -> Result<(), String> {
     if value.len() > 64 {
         return Err(format!("{what} is longer than 64 characters"));
     }
-    if let Some(bad) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "{what} {value:?} contains {bad:?}; only letters, digits, '-', '_' and '.' are allowed"
-        ));
+    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(format!("{what} {value:?} contains {bad:?}; only letters, digits, '-', '_' and '.' are allowed"));
     }
     if value == "." || value == ".." {
         return Err(format!("{what} {value:?} is not an identifier"));
@@ -149,9 +137,7 @@ pub fn check_region(region: &str) -> Result<(), String> {
         return Err("region is empty".into());
     }
     if region.len() > 63
-        || !region
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || !region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         || region.starts_with('-')
         || region.ends_with('-')
     {
@@ -168,10 +154,7 @@ mod tests {
 
     #[test]
     fn unbind_body_is_the_seed_body() {
-        let body = NicBody::unbind(&UnbindRequest {
-            nic_id: "n".into(),
-            reverse_binding: false,
-        });
+        let body = NicBody::unbind(&UnbindRequest { nic_id: "n".into(), reverse_binding: false });
         assert_eq!(
             serde_json::to_string(&body).unwrap(),
             r#"{"nic":{"subnet_id":"","ip_address":"","reverse_binding":false}}"#
@@ -196,17 +179,7 @@ mod tests {
     fn path_ids() {
         assert!(check_path_id("nicId", "d32019d3-bc6e-4319-9c1d-6722fc136a23").is_ok());
         assert!(check_path_id("projectId", "77b6a44cba5143ab91d13ab9a8ff44fd").is_ok());
-        for bad in [
-            "",
-            "a/b",
-            "..",
-            ".",
-            "a?b",
-            "a%2F",
-            "a b",
-            &"x".repeat(65),
-            "ü",
-        ] {
+        for bad in ["", "a/b", "..", ".", "a?b", "a%2F", "a b", &"x".repeat(65), "ü"] {
             assert!(check_path_id("id", bad).is_err(), "{bad:?}");
         }
     }

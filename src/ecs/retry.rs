@@ -38,10 +38,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     pub fn none() -> Self {
-        Self {
-            max_attempts: 1,
-            ..Self::default()
-        }
+        Self { max_attempts: 1, ..Self::default() }
     }
 
     /// The upper bound of the n-th backoff (n = 0 for the first retry).
@@ -143,14 +140,9 @@ mod tests {
 
     #[test]
     fn full_jitter_actually_jitters() {
-        let policy = RetryPolicy {
-            max_attempts: 2,
-            base_delay: Duration::from_secs(1),
-            ..Default::default()
-        };
-        let seen: std::collections::HashSet<Duration> = (0..50)
-            .filter_map(|_| FullJitter::new(policy.clone()).next())
-            .collect();
+        let policy = RetryPolicy { max_attempts: 2, base_delay: Duration::from_secs(1), ..Default::default() };
+        let seen: std::collections::HashSet<Duration> =
+            (0..50).filter_map(|_| FullJitter::new(policy.clone()).next()).collect();
         assert!(seen.len() > 10, "delays should vary: {seen:?}");
     }
 
@@ -189,29 +181,15 @@ mod tests {
             assert_eq!(res.unwrap_err().status(), terminal.status());
         }
 
-        let timeout = EcsError::Transport {
-            kind: TransportKind::Timeout,
-            message: "t".into(),
-        };
-        let (res, calls) = run(
-            &p,
-            vec![
-                timeout,
-                api(501, Some("Ecs.0603"), None),
-                api(429, None, None),
-            ],
-        )
-        .await;
+        let timeout = EcsError::Transport { kind: TransportKind::Timeout, message: "t".into() };
+        let (res, calls) = run(&p, vec![timeout, api(501, Some("Ecs.0603"), None), api(429, None, None)]).await;
         assert_eq!(res.unwrap(), 4);
         assert_eq!(calls, 4);
     }
 
     #[tokio::test(start_paused = true)]
     async fn attempts_are_bounded() {
-        let p = RetryPolicy {
-            max_attempts: 3,
-            ..Default::default()
-        };
+        let p = RetryPolicy { max_attempts: 3, ..Default::default() };
         let (res, calls) = run(&p, vec![api(500, None, None); 10]).await;
         assert_eq!(calls, 3);
         assert_eq!(res.unwrap_err().status(), Some(500));
@@ -219,21 +197,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn total_time_is_bounded_and_retry_after_is_honoured() {
-        let p = RetryPolicy {
-            max_attempts: 10,
-            max_elapsed: Duration::from_secs(5),
-            ..Default::default()
-        };
+        let p = RetryPolicy { max_attempts: 10, max_elapsed: Duration::from_secs(5), ..Default::default() };
         let start = Instant::now();
         // Retry-After 2s is honoured twice (t=2, t=4); a third would end at t=6 > 5.
         let (res, calls) = run(&p, vec![api(429, None, Some(2)); 10]).await;
         assert_eq!(calls, 3);
         assert!(res.is_err());
         let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_secs(4) && elapsed < Duration::from_secs(5),
-            "{elapsed:?}"
-        );
+        assert!(elapsed >= Duration::from_secs(4) && elapsed < Duration::from_secs(5), "{elapsed:?}");
 
         // A Retry-After beyond the budget stops at once.
         let start = Instant::now();

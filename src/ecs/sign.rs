@@ -12,11 +12,7 @@ pub const ALGORITHM: &str = "SDK-HMAC-SHA256";
 
 /// Everything except the RFC 3986 unreserved characters is encoded (uppercase hex), as the
 /// Huawei SDKs' `escape` does.
-const STRICT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const STRICT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// The request as it will be sent. `headers` are the extra headers to sign (e.g. `Content-Type`,
 /// `X-Project-Id`, `X-Security-Token`); `Host` and `X-Sdk-Date` are added by [`sign`].
@@ -73,12 +69,7 @@ fn decode(s: &str) -> String {
 fn canonical_uri(url: &Url) -> String {
     // Segments are decoded first so that what the URL library chose to escape does not matter;
     // then each is escaped with the strict set. The canonical form always ends in '/'.
-    let mut out: String = url
-        .path()
-        .split('/')
-        .map(|segment| encode(&decode(segment)))
-        .collect::<Vec<_>>()
-        .join("/");
+    let mut out: String = url.path().split('/').map(|segment| encode(&decode(segment))).collect::<Vec<_>>().join("/");
     if !out.ends_with('/') {
         out.push('/');
     }
@@ -95,18 +86,11 @@ fn canonical_query(url: &Url) -> String {
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             // `+` in a form-encoded query is a space.
-            (
-                encode(&decode(&k.replace('+', " "))),
-                encode(&decode(&v.replace('+', " "))),
-            )
+            (encode(&decode(&k.replace('+', " "))), encode(&decode(&v.replace('+', " "))))
         })
         .collect();
     pairs.sort();
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
+    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
 }
 
 fn hex_sha256(data: &[u8]) -> String {
@@ -114,11 +98,7 @@ fn hex_sha256(data: &[u8]) -> String {
 }
 
 /// Lowercase, sorted, de-duplicated header list with trimmed values.
-fn normalized_headers(
-    parts: &RequestParts<'_>,
-    host: &str,
-    sdk_date: &str,
-) -> Vec<(String, String)> {
+fn normalized_headers(parts: &RequestParts<'_>, host: &str, sdk_date: &str) -> Vec<(String, String)> {
     let mut headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -136,11 +116,7 @@ fn normalized_headers(
 pub fn canonical_request(parts: &RequestParts<'_>, host: &str, sdk_date: &str) -> String {
     let headers = normalized_headers(parts, host, sdk_date);
     let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let signed_headers = headers
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .collect::<Vec<_>>()
-        .join(";");
+    let signed_headers = headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
     format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
         parts.method.to_ascii_uppercase(),
@@ -153,23 +129,15 @@ pub fn canonical_request(parts: &RequestParts<'_>, host: &str, sdk_date: &str) -
 }
 
 /// Signs a request. `secret_key` is only read here; nothing derived from it is stored.
-pub fn sign(
-    parts: &RequestParts<'_>,
-    access_key: &str,
-    secret_key: &str,
-    at: jiff::Timestamp,
-) -> Signed {
+pub fn sign(parts: &RequestParts<'_>, access_key: &str, secret_key: &str, at: jiff::Timestamp) -> Signed {
     let host = host_header(parts.url);
     let date = sdk_date(at);
     let canonical = canonical_request(parts, &host, &date);
     let string_to_sign = format!("{ALGORITHM}\n{date}\n{}", hex_sha256(canonical.as_bytes()));
-    let signed_headers = normalized_headers(parts, &host, &date)
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect::<Vec<_>>()
-        .join(";");
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret_key.as_bytes())
-        .expect("HMAC accepts keys of any length");
+    let signed_headers =
+        normalized_headers(parts, &host, &date).into_iter().map(|(k, _)| k).collect::<Vec<_>>().join(";");
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(secret_key.as_bytes()).expect("HMAC accepts keys of any length");
     mac.update(string_to_sign.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());
     Signed {
@@ -196,12 +164,8 @@ mod tests {
     #[test]
     fn published_vector_canonical_request_and_signature() {
         let url = Url::parse("https://service.region.example.com/v1/77b6a44cba5143ab91d13ab9a8ff44fd/vpcs?limit=2&marker=13551d6b-755d-4757-b956-536f674975c0").unwrap();
-        let parts = RequestParts {
-            method: "GET",
-            url: &url,
-            headers: &[("Content-Type", "application/json")],
-            body: b"",
-        };
+        let parts =
+            RequestParts { method: "GET", url: &url, headers: &[("Content-Type", "application/json")], body: b"" };
         let at = ts("2019-11-15T03:36:55Z");
         let canonical = canonical_request(&parts, "service.region.example.com", &sdk_date(at));
         assert_eq!(
@@ -227,10 +191,7 @@ mod tests {
     #[test]
     fn query_is_sorted_by_name_then_value_and_strictly_encoded() {
         let url = Url::parse("http://h/p?b=2&a=z&a=y&c=x%20y&d=a+b&e&f=%2F~").unwrap();
-        assert_eq!(
-            canonical_query(&url),
-            "a=y&a=z&b=2&c=x%20y&d=a%20b&e=&f=%2F~"
-        );
+        assert_eq!(canonical_query(&url), "a=y&a=z&b=2&c=x%20y&d=a%20b&e=&f=%2F~");
     }
 
     #[test]
@@ -252,37 +213,20 @@ mod tests {
 
     #[test]
     fn host_header_keeps_non_default_port_only() {
-        assert_eq!(
-            host_header(&Url::parse("https://ecs.x.com/").unwrap()),
-            "ecs.x.com"
-        );
-        assert_eq!(
-            host_header(&Url::parse("https://ecs.x.com:443/").unwrap()),
-            "ecs.x.com"
-        );
-        assert_eq!(
-            host_header(&Url::parse("http://127.0.0.1:8080/").unwrap()),
-            "127.0.0.1:8080"
-        );
-        assert_eq!(
-            host_header(&Url::parse("http://[::1]:9/").unwrap()),
-            "[::1]:9"
-        );
+        assert_eq!(host_header(&Url::parse("https://ecs.x.com/").unwrap()), "ecs.x.com");
+        assert_eq!(host_header(&Url::parse("https://ecs.x.com:443/").unwrap()), "ecs.x.com");
+        assert_eq!(host_header(&Url::parse("http://127.0.0.1:8080/").unwrap()), "127.0.0.1:8080");
+        assert_eq!(host_header(&Url::parse("http://[::1]:9/").unwrap()), "[::1]:9");
     }
 
     #[test]
     fn security_token_and_project_headers_are_signed_and_trimmed() {
-        let url = Url::parse("https://ecs.cn-north-4.myhuaweicloud.com/v1/p/cloudservers/nics/n")
-            .unwrap();
+        let url = Url::parse("https://ecs.cn-north-4.myhuaweicloud.com/v1/p/cloudservers/nics/n").unwrap();
         let body = br#"{"nic":{"subnet_id":"","ip_address":"","reverse_binding":false}}"#;
         let parts = RequestParts {
             method: "put",
             url: &url,
-            headers: &[
-                ("Content-Type", "application/json"),
-                ("X-Project-Id", "  p "),
-                ("X-Security-Token", "tok"),
-            ],
+            headers: &[("Content-Type", "application/json"), ("X-Project-Id", "  p "), ("X-Security-Token", "tok")],
             body,
         };
         let at = ts("2024-01-02T03:04:05Z");
@@ -296,43 +240,26 @@ mod tests {
         assert_eq!(lines[6], "x-sdk-date:20240102T030405Z");
         assert_eq!(lines[7], "x-security-token:tok");
         assert_eq!(lines[8], "");
-        assert_eq!(
-            lines[9],
-            "content-type;host;x-project-id;x-sdk-date;x-security-token"
-        );
+        assert_eq!(lines[9], "content-type;host;x-project-id;x-sdk-date;x-security-token");
         assert_eq!(lines[10], hex_sha256(body));
         let signed = sign(&parts, "AK", "SK", at);
         assert!(
-            signed.authorization.contains(
-                "SignedHeaders=content-type;host;x-project-id;x-sdk-date;x-security-token,"
-            )
+            signed.authorization.contains("SignedHeaders=content-type;host;x-project-id;x-sdk-date;x-security-token,")
         );
     }
 
     #[test]
     fn empty_body_hashes_to_the_sha256_of_nothing() {
         let url = Url::parse("http://h/").unwrap();
-        let parts = RequestParts {
-            method: "DELETE",
-            url: &url,
-            headers: &[],
-            body: b"",
-        };
+        let parts = RequestParts { method: "DELETE", url: &url, headers: &[], body: b"" };
         let c = canonical_request(&parts, "h", "20200101T000000Z");
-        assert!(c.ends_with(
-            "\nhost;x-sdk-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        ));
+        assert!(c.ends_with("\nhost;x-sdk-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
     }
 
     #[test]
     fn signature_changes_with_time_body_and_key() {
         let url = Url::parse("http://h/v1/p/cloudservers/nics/n").unwrap();
-        let p = |body: &'static [u8]| RequestParts {
-            method: "PUT",
-            url: &url,
-            headers: &[],
-            body,
-        };
+        let p = |body: &'static [u8]| RequestParts { method: "PUT", url: &url, headers: &[], body };
         let t0 = ts("2024-01-01T00:00:00Z");
         let t1 = ts("2024-01-01T00:00:01Z");
         let base = sign(&p(b"{}"), "AK", "SK", t0).authorization;
@@ -345,12 +272,7 @@ mod tests {
     #[test]
     fn debug_never_shows_the_signature() {
         let url = Url::parse("http://h/").unwrap();
-        let parts = RequestParts {
-            method: "GET",
-            url: &url,
-            headers: &[],
-            body: b"",
-        };
+        let parts = RequestParts { method: "GET", url: &url, headers: &[], body: b"" };
         let s = sign(&parts, "AK", "SK", ts("2024-01-01T00:00:00Z"));
         let sig = s.authorization.rsplit('=').next().unwrap().to_string();
         assert!(!format!("{s:?}").contains(&sig));

@@ -215,12 +215,10 @@ fn limiter(qps: Option<f64>) -> Result<Option<Arc<DefaultDirectRateLimiter>>, St
     if !(qps.is_finite() && qps > 0.0) {
         return Err(format!("qps must be positive, got {qps}"));
     }
-    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / qps))
-        .ok_or_else(|| format!("qps {qps} is too high"))?;
+    let quota =
+        Quota::with_period(Duration::from_secs_f64(1.0 / qps)).ok_or_else(|| format!("qps {qps} is too high"))?;
     let burst = NonZeroU32::new(qps.ceil() as u32).unwrap_or(NonZeroU32::MIN);
-    Ok(Some(Arc::new(RateLimiter::direct(
-        quota.allow_burst(burst),
-    ))))
+    Ok(Some(Arc::new(RateLimiter::direct(quota.allow_burst(burst)))))
 }
 
 /// A running simulator. Dropping it does not stop it; call [`Simulator::shutdown`].
@@ -233,9 +231,8 @@ pub struct Simulator {
 
 impl Simulator {
     pub async fn start(config: SimulatorConfig) -> Result<Self, String> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -261,12 +258,7 @@ impl Simulator {
                 tracing::error!(error = %e, "simulator server failed");
             }
         });
-        Ok(Self {
-            addr,
-            shared,
-            stop,
-            task,
-        })
+        Ok(Self { addr, shared, stop, task })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -373,18 +365,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/{project_id}/cloudservers/nics/{nic_id}", put(nic_call))
         .route("/sim/state", get(admin_state))
         .route("/sim/calls", get(admin_calls))
-        .route(
-            "/sim/faults",
-            post(admin_add_fault).delete(admin_clear_faults),
-        )
-        .route(
-            "/sim/missing-nics/{nic_id}",
-            put(admin_set_missing).delete(admin_unset_missing),
-        )
-        .route(
-            "/sim/nics/{nic_id}",
-            put(admin_set_nic).delete(admin_clear_nic),
-        )
+        .route("/sim/faults", post(admin_add_fault).delete(admin_clear_faults))
+        .route("/sim/missing-nics/{nic_id}", put(admin_set_missing).delete(admin_unset_missing))
+        .route("/sim/nics/{nic_id}", put(admin_set_nic).delete(admin_clear_nic))
         .route("/sim/config", put(admin_config))
         .route("/sim/credentials", post(admin_add_credential))
         .route("/sim/reset", post(admin_reset))
@@ -399,13 +382,7 @@ fn request_id(shared: &Shared) -> (u64, String) {
 }
 
 /// Error bodies in the shape the real service uses for each family of codes.
-fn error_response(
-    status: u16,
-    code: &str,
-    message: &str,
-    request_id: &str,
-    retry_after: Option<u64>,
-) -> Response {
+fn error_response(status: u16, code: &str, message: &str, request_id: &str, retry_after: Option<u64>) -> Response {
     let body = if code.starts_with("APIGW.") {
         json!({"error_code": code, "error_msg": message, "request_id": request_id})
     } else if code.starts_with("Ecs.") {
@@ -413,11 +390,8 @@ fn error_response(
     } else {
         json!({"error_code": code, "error_msg": message})
     };
-    let mut resp = (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        axum::Json(body),
-    )
-        .into_response();
+    let mut resp =
+        (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response();
     if let Some(secs) = retry_after
         && let Ok(v) = secs.to_string().parse()
     {
@@ -460,35 +434,20 @@ struct Outcome {
 
 impl Outcome {
     fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: Some(code.into()),
-            message: message.into(),
-            retry_after: None,
-            hold: Duration::ZERO,
-        }
+        Self { status, code: Some(code.into()), message: message.into(), retry_after: None, hold: Duration::ZERO }
     }
 }
 
 /// Validates the body as ECS does: exactly `{"nic": {subnet_id, ip_address[, reverse_binding]}}`,
 /// typed, with both strings empty (unbind) or both set to valid values (bind).
 fn parse_body(body: &[u8]) -> Result<(SimOperation, NicFieldsIn), String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("request body is not JSON: {e}"))?;
-    let obj = value
-        .as_object()
-        .ok_or("request body must be a JSON object")?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("request body is not JSON: {e}"))?;
+    let obj = value.as_object().ok_or("request body must be a JSON object")?;
     if let Some(k) = obj.keys().find(|k| *k != "nic") {
         return Err(format!("unknown field {k:?}"));
     }
-    let nic = obj
-        .get("nic")
-        .and_then(Value::as_object)
-        .ok_or("field nic (object) is required")?;
-    if let Some(k) = nic
-        .keys()
-        .find(|k| !matches!(k.as_str(), "subnet_id" | "ip_address" | "reverse_binding"))
-    {
+    let nic = obj.get("nic").and_then(Value::as_object).ok_or("field nic (object) is required")?;
+    if let Some(k) = nic.keys().find(|k| !matches!(k.as_str(), "subnet_id" | "ip_address" | "reverse_binding")) {
         return Err(format!("unknown field nic.{k}"));
     }
     let string = |k: &str| -> Result<String, String> {
@@ -509,25 +468,13 @@ fn parse_body(body: &[u8]) -> Result<(SimOperation, NicFieldsIn), String> {
         (true, true) => SimOperation::Unbind,
         (false, false) => {
             if ip_address.parse::<std::net::IpAddr>().is_err() {
-                return Err(format!(
-                    "nic.ip_address {ip_address:?} is not an IP address"
-                ));
+                return Err(format!("nic.ip_address {ip_address:?} is not an IP address"));
             }
             SimOperation::Bind
         }
-        _ => return Err(
-            "nic.subnet_id and nic.ip_address must both be empty (unbind) or both be set (bind)"
-                .into(),
-        ),
+        _ => return Err("nic.subnet_id and nic.ip_address must both be empty (unbind) or both be set (bind)".into()),
     };
-    Ok((
-        op,
-        NicFieldsIn {
-            subnet_id,
-            ip_address,
-            reverse_binding,
-        },
-    ))
+    Ok((op, NicFieldsIn { subnet_id, ip_address, reverse_binding }))
 }
 
 struct NicFieldsIn {
@@ -574,21 +521,13 @@ fn decide(
         );
     }
     let creds = inner.credentials.clone();
-    let verified = verify::verify(
-        method.as_str(),
-        uri.path(),
-        uri.query(),
-        headers,
-        body,
-        now,
-        shared.max_skew,
-        |ak| {
-            creds.iter().find(|c| c.access_key == ak).map(|c| KnownKey {
-                secret_key: &c.secret_key,
-                security_token: c.security_token.as_deref(),
-            })
-        },
-    );
+    let verified =
+        verify::verify(method.as_str(), uri.path(), uri.query(), headers, body, now, shared.max_skew, |ak| {
+            creds
+                .iter()
+                .find(|c| c.access_key == ak)
+                .map(|c| KnownKey { secret_key: &c.secret_key, security_token: c.security_token.as_deref() })
+        });
     let ak = match verified {
         Ok(v) => {
             inner.failures.remove(&v.access_key);
@@ -602,34 +541,20 @@ fn decide(
                 if *n >= shared.lockout_after {
                     inner.failures.remove(ak);
                     let until = now
-                        .checked_add(
-                            jiff::SignedDuration::try_from(shared.lockout_for).unwrap_or_default(),
-                        )
+                        .checked_add(jiff::SignedDuration::try_from(shared.lockout_for).unwrap_or_default())
                         .unwrap_or(now);
                     inner.locked_until.insert(ak.clone(), until);
                 }
             }
-            let code = if matches!(failure, AuthFailure::BadToken(_)) {
-                "Common.0013"
-            } else {
-                "APIGW.0301"
-            };
+            let code = if matches!(failure, AuthFailure::BadToken(_)) { "Common.0013" } else { "APIGW.0301" };
             return Outcome::error(401, code, failure.message());
         }
     };
     record.access_key = Some(ak);
     if headers.get("x-project-id").and_then(|v| v.to_str().ok()) != Some(project_id) {
-        return Outcome::error(
-            400,
-            "Ecs.0005",
-            "X-Project-Id does not match the project in the URI",
-        );
+        return Outcome::error(400, "Ecs.0005", "X-Project-Id does not match the project in the URI");
     }
-    if !headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
-    {
+    if !headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json")) {
         return Outcome::error(400, "Ecs.0005", "Content-Type must be application/json");
     }
     let (op, fields) = match parse_body(body) {
@@ -640,9 +565,10 @@ fn decide(
     };
     record.operation = Some(op);
 
-    let fault_index = inner.faults.iter().position(|f| {
-        f.operation.is_none_or(|o| o == op) && f.nic_id.as_deref().is_none_or(|n| n == nic_id)
-    });
+    let fault_index = inner
+        .faults
+        .iter()
+        .position(|f| f.operation.is_none_or(|o| o == op) && f.nic_id.as_deref().is_none_or(|n| n == nic_id));
     let fault = fault_index.map(|i| {
         let f = inner.faults[i].clone();
         if f.count == 1 {
@@ -652,11 +578,7 @@ fn decide(
         }
         f
     });
-    let hold = fault
-        .as_ref()
-        .and_then(|f| f.latency_ms)
-        .map(Duration::from_millis)
-        .unwrap_or_default();
+    let hold = fault.as_ref().and_then(|f| f.latency_ms).map(Duration::from_millis).unwrap_or_default();
     if let Some(f) = &fault
         && !(200..300).contains(&f.status)
     {
@@ -678,13 +600,7 @@ fn decide(
         return out;
     }
     apply(inner, op, project_id, nic_id, fields);
-    Outcome {
-        status: 200,
-        code: None,
-        message: String::new(),
-        retry_after: None,
-        hold,
-    }
+    Outcome { status: 200, code: None, message: String::new(), retry_after: None, hold }
 }
 
 fn apply(inner: &mut Inner, op: SimOperation, project_id: &str, nic_id: &str, fields: NicFieldsIn) {
@@ -731,17 +647,7 @@ async fn nic_call(
     };
     let (outcome, latency) = {
         let mut inner = shared.lock();
-        let outcome = decide(
-            &shared,
-            &mut inner,
-            &method,
-            &uri,
-            &headers,
-            &body,
-            &project_id,
-            &nic_id,
-            &mut record,
-        );
+        let outcome = decide(&shared, &mut inner, &method, &uri, &headers, &body, &project_id, &nic_id, &mut record);
         record.status = outcome.status;
         record.code = outcome.code.clone();
         inner.calls.push(record);
@@ -753,13 +659,7 @@ async fn nic_call(
     }
     let resp = match outcome.code {
         None => (StatusCode::OK, axum::Json(json!({"port_id": nic_id}))).into_response(),
-        Some(code) => error_response(
-            outcome.status,
-            &code,
-            &outcome.message,
-            &rid,
-            outcome.retry_after,
-        ),
+        Some(code) => error_response(outcome.status, &code, &outcome.message, &rid, outcome.retry_after),
     };
     with_request_id(resp, &rid)
 }
@@ -786,10 +686,7 @@ async fn admin_calls(State(shared): State<Arc<Shared>>) -> axum::Json<Vec<CallRe
     axum::Json(shared.lock().calls.clone())
 }
 
-async fn admin_add_fault(
-    State(shared): State<Arc<Shared>>,
-    axum::Json(fault): axum::Json<Fault>,
-) -> StatusCode {
+async fn admin_add_fault(State(shared): State<Arc<Shared>>, axum::Json(fault): axum::Json<Fault>) -> StatusCode {
     shared.lock().faults.push(fault);
     StatusCode::CREATED
 }
@@ -799,18 +696,12 @@ async fn admin_clear_faults(State(shared): State<Arc<Shared>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn admin_set_missing(
-    State(shared): State<Arc<Shared>>,
-    Path(nic): Path<String>,
-) -> StatusCode {
+async fn admin_set_missing(State(shared): State<Arc<Shared>>, Path(nic): Path<String>) -> StatusCode {
     shared.lock().missing.insert(nic);
     StatusCode::NO_CONTENT
 }
 
-async fn admin_unset_missing(
-    State(shared): State<Arc<Shared>>,
-    Path(nic): Path<String>,
-) -> StatusCode {
+async fn admin_unset_missing(State(shared): State<Arc<Shared>>, Path(nic): Path<String>) -> StatusCode {
     shared.lock().missing.remove(&nic);
     StatusCode::NO_CONTENT
 }
@@ -844,10 +735,7 @@ mod double_option {
     }
 }
 
-async fn admin_config(
-    State(shared): State<Arc<Shared>>,
-    axum::Json(update): axum::Json<ConfigUpdate>,
-) -> Response {
+async fn admin_config(State(shared): State<Arc<Shared>>, axum::Json(update): axum::Json<ConfigUpdate>) -> Response {
     let new_limiter = match update.qps.map(limiter) {
         Some(Err(e)) => return (StatusCode::BAD_REQUEST, e).into_response(),
         Some(Ok(l)) => Some(l),
@@ -883,22 +771,13 @@ mod tests {
     #[test]
     fn body_validation() {
         let ok = |b: &str| parse_body(b.as_bytes()).map(|(op, _)| op);
-        assert_eq!(
-            ok(r#"{"nic":{"subnet_id":"","ip_address":"","reverse_binding":false}}"#),
-            Ok(SimOperation::Unbind)
-        );
-        assert_eq!(
-            ok(r#"{"nic":{"subnet_id":"","ip_address":""}}"#),
-            Ok(SimOperation::Unbind)
-        );
+        assert_eq!(ok(r#"{"nic":{"subnet_id":"","ip_address":"","reverse_binding":false}}"#), Ok(SimOperation::Unbind));
+        assert_eq!(ok(r#"{"nic":{"subnet_id":"","ip_address":""}}"#), Ok(SimOperation::Unbind));
         assert_eq!(
             ok(r#"{"nic":{"subnet_id":"s","ip_address":"10.0.0.1","reverse_binding":true}}"#),
             Ok(SimOperation::Bind)
         );
-        assert_eq!(
-            ok(r#"{"nic":{"subnet_id":"s","ip_address":"fd00::1"}}"#),
-            Ok(SimOperation::Bind)
-        );
+        assert_eq!(ok(r#"{"nic":{"subnet_id":"s","ip_address":"fd00::1"}}"#), Ok(SimOperation::Bind));
         for bad in [
             r#"{"nic":{"subnet_id":"s","ip_address":""}}"#,
             r#"{"nic":{"subnet_id":"","ip_address":"10.0.0.1"}}"#,

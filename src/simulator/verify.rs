@@ -39,9 +39,7 @@ impl AuthFailure {
     /// The access key the request claimed, when it got that far.
     pub fn access_key(&self) -> Option<&str> {
         match self {
-            AuthFailure::UnknownAccessKey(ak)
-            | AuthFailure::BadSignature(ak)
-            | AuthFailure::BadToken(ak) => Some(ak),
+            AuthFailure::UnknownAccessKey(ak) | AuthFailure::BadSignature(ak) | AuthFailure::BadToken(ak) => Some(ak),
             _ => None,
         }
     }
@@ -54,9 +52,7 @@ pub struct Authorization {
 }
 
 pub fn parse_authorization(value: &str) -> Result<Authorization, AuthFailure> {
-    let rest = value
-        .strip_prefix("SDK-HMAC-SHA256 ")
-        .ok_or(AuthFailure::Malformed("unsupported algorithm"))?;
+    let rest = value.strip_prefix("SDK-HMAC-SHA256 ").ok_or(AuthFailure::Malformed("unsupported algorithm"))?;
     let (mut access, mut signed, mut signature) = (None, None, None);
     for part in rest.split(',') {
         let Some((k, v)) = part.trim().split_once('=') else {
@@ -69,11 +65,8 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthFailure> {
             _ => return Err(AuthFailure::Malformed("unknown Authorization parameter")),
         }
     }
-    let signed_headers: Vec<String> = signed
-        .ok_or(AuthFailure::Malformed("SignedHeaders missing"))?
-        .split(';')
-        .map(str::to_string)
-        .collect();
+    let signed_headers: Vec<String> =
+        signed.ok_or(AuthFailure::Malformed("SignedHeaders missing"))?.split(';').map(str::to_string).collect();
     Ok(Authorization {
         access_key: access.ok_or(AuthFailure::Malformed("Access missing"))?,
         signed_headers,
@@ -129,11 +122,7 @@ pub fn canonical_request(
     signed_headers: &[String],
     body: &[u8],
 ) -> Result<String, AuthFailure> {
-    let mut uri = raw_path
-        .split('/')
-        .map(|seg| escape(&unescape(seg, false)))
-        .collect::<Vec<_>>()
-        .join("/");
+    let mut uri = raw_path.split('/').map(|seg| escape(&unescape(seg, false))).collect::<Vec<_>>().join("/");
     if !uri.ends_with('/') {
         uri.push('/');
     }
@@ -142,44 +131,30 @@ pub fn canonical_request(
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| match p.find('=') {
-            Some(i) => (
-                escape(&unescape(&p[..i], true)),
-                escape(&unescape(&p[i + 1..], true)),
-            ),
+            Some(i) => (escape(&unescape(&p[..i], true)), escape(&unescape(&p[i + 1..], true))),
             None => (escape(&unescape(p, true)), String::new()),
         })
         .collect();
     params.sort();
-    let query = params
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let query = params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
     let mut block = String::new();
     for name in signed_headers {
         let value = headers
             .get(name.as_str())
             .and_then(|v| v.to_str().ok())
-            .ok_or(AuthFailure::Malformed(
-                "a signed header is not in the request",
-            ))?;
+            .ok_or(AuthFailure::Malformed("a signed header is not in the request"))?;
         block.push_str(name);
         block.push(':');
         block.push_str(value.trim());
         block.push('\n');
     }
     let body_hash = lower_hex(digest::digest(&digest::SHA256, body).as_ref());
-    Ok(format!(
-        "{method}\n{uri}\n{query}\n{block}\n{}\n{body_hash}",
-        signed_headers.join(";")
-    ))
+    Ok(format!("{method}\n{uri}\n{query}\n{block}\n{}\n{body_hash}", signed_headers.join(";")))
 }
 
 pub fn parse_sdk_date(value: &str) -> Option<jiff::Timestamp> {
     let dt = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", value).ok()?;
-    dt.to_zoned(jiff::tz::TimeZone::UTC)
-        .ok()
-        .map(|z| z.timestamp())
+    dt.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp())
 }
 
 /// What a successfully verified request proved.
@@ -212,62 +187,38 @@ pub fn verify<'k>(
     let auth = parse_authorization(auth)?;
     for required in ["host", "x-sdk-date"] {
         if headers.get(required).is_none() {
-            return Err(AuthFailure::MissingHeader(if required == "host" {
-                "Host"
-            } else {
-                "X-Sdk-Date"
-            }));
+            return Err(AuthFailure::MissingHeader(if required == "host" { "Host" } else { "X-Sdk-Date" }));
         }
         if !auth.signed_headers.iter().any(|h| h == required) {
             return Err(AuthFailure::UnsignedHeader(required));
         }
     }
-    let date = headers
-        .get("x-sdk-date")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_sdk_date)
-        .ok_or(AuthFailure::BadDate)?;
+    let date =
+        headers.get("x-sdk-date").and_then(|v| v.to_str().ok()).and_then(parse_sdk_date).ok_or(AuthFailure::BadDate)?;
     let skew = (now.as_second() - date.as_second()).unsigned_abs();
     if skew > max_skew.as_secs() {
         return Err(AuthFailure::ClockSkew);
     }
-    let key = lookup(&auth.access_key)
-        .ok_or_else(|| AuthFailure::UnknownAccessKey(auth.access_key.clone()))?;
-    let canonical = canonical_request(
-        method,
-        raw_path,
-        raw_query,
-        headers,
-        &auth.signed_headers,
-        body,
-    )?;
+    let key = lookup(&auth.access_key).ok_or_else(|| AuthFailure::UnknownAccessKey(auth.access_key.clone()))?;
+    let canonical = canonical_request(method, raw_path, raw_query, headers, &auth.signed_headers, body)?;
     let sts = format!(
         "SDK-HMAC-SHA256\n{}\n{}",
-        headers
-            .get("x-sdk-date")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default(),
+        headers.get("x-sdk-date").and_then(|v| v.to_str().ok()).unwrap_or_default(),
         lower_hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
     );
     let mac_key = hmac::Key::new(hmac::HMAC_SHA256, key.secret_key.as_bytes());
     let expected = lower_hex(hmac::sign(&mac_key, sts.as_bytes()).as_ref());
-    if constant_time::verify_slices_are_equal(expected.as_bytes(), auth.signature.as_bytes())
-        .is_err()
-    {
+    if constant_time::verify_slices_are_equal(expected.as_bytes(), auth.signature.as_bytes()).is_err() {
         return Err(AuthFailure::BadSignature(auth.access_key));
     }
     if let Some(token) = key.security_token {
         // A temporary key is only valid with its token, and the token must be signed.
-        let sent = headers
-            .get("x-security-token")
-            .and_then(|v| v.to_str().ok());
+        let sent = headers.get("x-security-token").and_then(|v| v.to_str().ok());
         if sent != Some(token) || !auth.signed_headers.iter().any(|h| h == "x-security-token") {
             return Err(AuthFailure::BadToken(auth.access_key));
         }
     }
-    Ok(Verified {
-        access_key: auth.access_key,
-    })
+    Ok(Verified { access_key: auth.access_key })
 }
 
 #[cfg(test)]
@@ -299,10 +250,8 @@ mod tests {
         let now = parse_sdk_date("20191115T033655Z").unwrap();
         let skew = std::time::Duration::from_secs(900);
         let lookup = |ak: &str| {
-            (ak == "QTWAOYTTINDUT2QVKYUC").then_some(KnownKey {
-                secret_key: "MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc",
-                security_token: None,
-            })
+            (ak == "QTWAOYTTINDUT2QVKYUC")
+                .then_some(KnownKey { secret_key: "MFyfvK41ba2giqM7Uio6PznpdUKGpownRZlmVmHc", security_token: None })
         };
         let canonical = canonical_request(
             "GET",
@@ -319,26 +268,15 @@ mod tests {
         );
         assert!(verify("GET", path, query, &h, b"", now, skew, lookup).is_ok());
         // One changed byte anywhere fails.
-        assert!(matches!(
-            verify("GET", path, query, &h, b"x", now, skew, lookup),
-            Err(AuthFailure::BadSignature(_))
-        ));
-        assert!(matches!(
-            verify("PUT", path, query, &h, b"", now, skew, lookup),
-            Err(AuthFailure::BadSignature(_))
-        ));
+        assert!(matches!(verify("GET", path, query, &h, b"x", now, skew, lookup), Err(AuthFailure::BadSignature(_))));
+        assert!(matches!(verify("PUT", path, query, &h, b"", now, skew, lookup), Err(AuthFailure::BadSignature(_))));
         assert!(matches!(
             verify("GET", path, Some("limit=3"), &h, b"", now, skew, lookup),
             Err(AuthFailure::BadSignature(_))
         ));
         // 16 minutes later the same request is refused for skew.
-        let late = now
-            .checked_add(jiff::SignedDuration::from_secs(16 * 60))
-            .unwrap();
-        assert_eq!(
-            verify("GET", path, query, &h, b"", late, skew, lookup).err(),
-            Some(AuthFailure::ClockSkew)
-        );
+        let late = now.checked_add(jiff::SignedDuration::from_secs(16 * 60)).unwrap();
+        assert_eq!(verify("GET", path, query, &h, b"", late, skew, lookup).err(), Some(AuthFailure::ClockSkew));
     }
 
     #[test]
@@ -355,19 +293,11 @@ mod tests {
     fn rejects_unsigned_host_or_date_and_bad_headers() {
         let now = parse_sdk_date("20240101T000000Z").unwrap();
         let skew = std::time::Duration::from_secs(900);
-        let lookup = |_: &str| {
-            Some(KnownKey {
-                secret_key: "s",
-                security_token: None,
-            })
-        };
+        let lookup = |_: &str| Some(KnownKey { secret_key: "s", security_token: None });
         let h = headers(&[
             ("host", "h"),
             ("x-sdk-date", "20240101T000000Z"),
-            (
-                "authorization",
-                "SDK-HMAC-SHA256 Access=a, SignedHeaders=x-sdk-date, Signature=00",
-            ),
+            ("authorization", "SDK-HMAC-SHA256 Access=a, SignedHeaders=x-sdk-date, Signature=00"),
         ]);
         assert_eq!(
             verify("PUT", "/", None, &h, b"", now, skew, lookup).err(),
@@ -375,10 +305,7 @@ mod tests {
         );
         let h = headers(&[
             ("host", "h"),
-            (
-                "authorization",
-                "SDK-HMAC-SHA256 Access=a, SignedHeaders=host;x-sdk-date, Signature=00",
-            ),
+            ("authorization", "SDK-HMAC-SHA256 Access=a, SignedHeaders=host;x-sdk-date, Signature=00"),
         ]);
         assert_eq!(
             verify("PUT", "/", None, &h, b"", now, skew, lookup).err(),
@@ -387,24 +314,15 @@ mod tests {
         let h = headers(&[
             ("host", "h"),
             ("x-sdk-date", "2024-01-01"),
-            (
-                "authorization",
-                "SDK-HMAC-SHA256 Access=a, SignedHeaders=host;x-sdk-date, Signature=00",
-            ),
+            ("authorization", "SDK-HMAC-SHA256 Access=a, SignedHeaders=host;x-sdk-date, Signature=00"),
         ]);
-        assert_eq!(
-            verify("PUT", "/", None, &h, b"", now, skew, lookup).err(),
-            Some(AuthFailure::BadDate)
-        );
+        assert_eq!(verify("PUT", "/", None, &h, b"", now, skew, lookup).err(), Some(AuthFailure::BadDate));
         let h = headers(&[
             ("host", "h"),
             ("x-sdk-date", "20240101T000000Z"),
             ("authorization", "AWS4-HMAC-SHA256 Credential=x"),
         ]);
-        assert!(matches!(
-            verify("PUT", "/", None, &h, b"", now, skew, lookup),
-            Err(AuthFailure::Malformed(_))
-        ));
+        assert!(matches!(verify("PUT", "/", None, &h, b"", now, skew, lookup), Err(AuthFailure::Malformed(_))));
         let h = headers(&[("host", "h"), ("x-sdk-date", "20240101T000000Z")]);
         assert_eq!(
             verify("PUT", "/", None, &h, b"", now, skew, lookup).err(),
