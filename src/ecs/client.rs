@@ -17,8 +17,8 @@ use super::error::{EcsError, TransportKind, parse_error_response, parse_retry_af
 use super::retry::{RetryPolicy, with_retries};
 use super::sign::{RequestParts, sign};
 use super::{
-    BindRequest, Clock, CloudTarget, EcsApi, NicBody, Operation, SystemClock, UnbindRequest,
-    check_path_id, check_region,
+    BindRequest, Clock, CloudTarget, EcsApi, NicBody, Operation, SystemClock, UnbindRequest, check_path_id,
+    check_region,
 };
 
 /// Where ECS lives: the public regional endpoint, or one fixed URL (the simulator, a private
@@ -30,28 +30,30 @@ pub enum Endpoint {
     Fixed(Url),
 }
 
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Regional => f.write_str("https://ecs.{region}.myhuaweicloud.com"),
+            Endpoint::Fixed(url) => write!(f, "{url}"),
+        }
+    }
+}
+
 impl Endpoint {
     /// Parses an `--ecs-endpoint` value. http is allowed (simulator, private clouds).
     pub fn parse_override(value: &str) -> Result<Self, String> {
-        let url = Url::parse(value.trim())
-            .map_err(|e| format!("--ecs-endpoint {value:?} is not a URL: {e}"))?;
+        let url = Url::parse(value.trim()).map_err(|e| format!("--ecs-endpoint {value:?} is not a URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "--ecs-endpoint {value:?} must be an http:// or https:// URL"
-            ));
+            return Err(format!("--ecs-endpoint {value:?} must be an http:// or https:// URL"));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(format!("--ecs-endpoint {value:?} has no host"));
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!(
-                "--ecs-endpoint {value:?} must not have a query or fragment"
-            ));
+            return Err(format!("--ecs-endpoint {value:?} must not have a query or fragment"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!(
-                "--ecs-endpoint {value:?} must not carry credentials"
-            ));
+            return Err(format!("--ecs-endpoint {value:?} must not carry credentials"));
         }
         Ok(Endpoint::Fixed(url))
     }
@@ -146,8 +148,7 @@ fn quota(qps: f64, burst: u32) -> Result<Quota, String> {
         return Err(format!("--cloud-qps must be a positive number, got {qps}"));
     }
     let period = Duration::from_secs_f64(1.0 / qps);
-    let quota =
-        Quota::with_period(period).ok_or_else(|| format!("--cloud-qps {qps} is too high"))?;
+    let quota = Quota::with_period(period).ok_or_else(|| format!("--cloud-qps {qps} is too high"))?;
     let burst = NonZeroU32::new(burst).ok_or("--cloud-burst must be at least 1")?;
     Ok(quota.allow_burst(burst))
 }
@@ -204,23 +205,14 @@ impl EcsClient {
     }
 
     /// One signed HTTP attempt: waits for a rate-limit token and a concurrency slot first.
-    async fn attempt(
-        &self,
-        op: Operation,
-        target: &CloudTarget,
-        url: &Url,
-        body: &[u8],
-    ) -> Result<String, EcsError> {
+    async fn attempt(&self, op: Operation, target: &CloudTarget, url: &Url, body: &[u8]) -> Result<String, EcsError> {
         self.inner.limiter.until_ready().await;
         let _slot = self
             .inner
             .in_flight
             .acquire()
             .await
-            .map_err(|_| EcsError::Transport {
-                kind: TransportKind::Protocol,
-                message: "client closed".into(),
-            })?;
+            .map_err(|_| EcsError::Transport { kind: TransportKind::Protocol, message: "client closed".into() })?;
         let started = Instant::now();
         let result = self.send(target, url, body).await;
         if let Some(observer) = &self.inner.observer {
@@ -238,21 +230,14 @@ impl EcsClient {
 
     async fn send(&self, target: &CloudTarget, url: &Url, body: &[u8]) -> Result<String, EcsError> {
         let creds = &target.credentials;
-        let mut headers: Vec<(&str, &str)> = vec![
-            ("Content-Type", "application/json"),
-            ("X-Project-Id", target.project_id.as_str()),
-        ];
+        let mut headers: Vec<(&str, &str)> =
+            vec![("Content-Type", "application/json"), ("X-Project-Id", target.project_id.as_str())];
         if let Some(token) = creds.security_token() {
             headers.push(("X-Security-Token", token));
         }
         // Signed per attempt: a retry gets a fresh X-Sdk-Date.
         let signed = sign(
-            &RequestParts {
-                method: "PUT",
-                url,
-                headers: &headers,
-                body,
-            },
+            &RequestParts { method: "PUT", url, headers: &headers, body },
             creds.access_key(),
             creds.secret_key(),
             self.inner.clock.now(),
@@ -270,11 +255,7 @@ impl EcsClient {
         }
         let resp = req.send().await.map_err(transport_error)?;
         let status = resp.status().as_u16();
-        let request_id = resp
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let request_id = resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
         let retry_after = resp
             .headers()
             .get("retry-after")
@@ -282,23 +263,15 @@ impl EcsClient {
             .and_then(|v| parse_retry_after(v, self.inner.clock.now()));
         let bytes = resp.bytes().await.map_err(transport_error)?;
         if !(200..300).contains(&status) {
-            return Err(EcsError::Api(parse_error_response(
-                status,
-                &bytes,
-                request_id.as_deref(),
-                retry_after,
-            )));
+            return Err(EcsError::Api(parse_error_response(status, &bytes, request_id.as_deref(), retry_after)));
         }
-        let port: PortResponse =
-            serde_json::from_slice(&bytes).map_err(|e| EcsError::Transport {
-                kind: TransportKind::Protocol,
-                message: format!(
-                    "HTTP {status} without a port_id ({e}){}",
-                    request_id
-                        .map(|id| format!(" [request id {id}]"))
-                        .unwrap_or_default()
-                ),
-            })?;
+        let port: PortResponse = serde_json::from_slice(&bytes).map_err(|e| EcsError::Transport {
+            kind: TransportKind::Protocol,
+            message: format!(
+                "HTTP {status} without a port_id ({e}){}",
+                request_id.map(|id| format!(" [request id {id}]")).unwrap_or_default()
+            ),
+        })?;
         Ok(port.port_id)
     }
 }
@@ -323,16 +296,8 @@ fn transport_error(e: reqwest::Error) -> EcsError {
 }
 
 impl EcsApi for EcsClient {
-    fn bind<'a>(
-        &'a self,
-        target: &'a CloudTarget,
-        req: &'a BindRequest,
-    ) -> BoxFuture<'a, Result<String, EcsError>> {
-        async move {
-            self.call(Operation::Bind, target, &req.nic_id, &NicBody::bind(req))
-                .await
-        }
-        .boxed()
+    fn bind<'a>(&'a self, target: &'a CloudTarget, req: &'a BindRequest) -> BoxFuture<'a, Result<String, EcsError>> {
+        async move { self.call(Operation::Bind, target, &req.nic_id, &NicBody::bind(req)).await }.boxed()
     }
 
     fn unbind<'a>(
@@ -340,16 +305,7 @@ impl EcsApi for EcsClient {
         target: &'a CloudTarget,
         req: &'a UnbindRequest,
     ) -> BoxFuture<'a, Result<String, EcsError>> {
-        async move {
-            self.call(
-                Operation::Unbind,
-                target,
-                &req.nic_id,
-                &NicBody::unbind(req),
-            )
-            .await
-        }
-        .boxed()
+        async move { self.call(Operation::Unbind, target, &req.nic_id, &NicBody::unbind(req)).await }.boxed()
     }
 }
 
@@ -361,15 +317,7 @@ mod tests {
     fn endpoint_override_validation() {
         assert!(Endpoint::parse_override("http://127.0.0.1:8080").is_ok());
         assert!(Endpoint::parse_override("https://ecs.private.example/prefix").is_ok());
-        for bad in [
-            "not a url",
-            "ftp://x",
-            "http://",
-            "http://h/?a=b",
-            "http://u:p@h/",
-            "127.0.0.1:80",
-            "",
-        ] {
+        for bad in ["not a url", "ftp://x", "http://", "http://h/?a=b", "http://u:p@h/", "127.0.0.1:80", ""] {
             let err = Endpoint::parse_override(bad).unwrap_err();
             assert!(err.contains("--ecs-endpoint"), "{bad}: {err}");
         }
@@ -379,17 +327,11 @@ mod tests {
     fn nic_urls() {
         let regional = Endpoint::Regional;
         assert_eq!(
-            regional
-                .nic_url("cn-north-4", "p1", "n-1")
-                .unwrap()
-                .as_str(),
+            regional.nic_url("cn-north-4", "p1", "n-1").unwrap().as_str(),
             "https://ecs.cn-north-4.myhuaweicloud.com/v1/p1/cloudservers/nics/n-1"
         );
         let fixed = Endpoint::parse_override("http://127.0.0.1:9/").unwrap();
-        assert_eq!(
-            fixed.nic_url("", "p", "n").unwrap().as_str(),
-            "http://127.0.0.1:9/v1/p/cloudservers/nics/n"
-        );
+        assert_eq!(fixed.nic_url("", "p", "n").unwrap().as_str(), "http://127.0.0.1:9/v1/p/cloudservers/nics/n");
         let prefixed = Endpoint::parse_override("https://gw.example/ecs/").unwrap();
         assert_eq!(
             prefixed.nic_url("x", "p", "n").unwrap().as_str(),

@@ -61,14 +61,15 @@ pub enum EcsError {
     #[error("{}", describe_api(.0))]
     Api(ApiError),
     #[error("{kind:?} error talking to the ECS endpoint: {message}")]
-    Transport {
-        kind: TransportKind,
-        message: String,
-    },
+    Transport { kind: TransportKind, message: String },
     /// The request could not be built (a value that cannot go into a URL, a missing project).
     /// Nothing was sent.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// Not sent because the same credentials were just refused by the cloud (see the
+    /// controller's auth gate). Classified as Auth.
+    #[error("{0}")]
+    HeldBack(String),
 }
 
 fn describe_api(e: &ApiError) -> String {
@@ -125,15 +126,14 @@ impl EcsError {
             EcsError::Api(e) => classify(e.status, e.code.as_deref()),
             EcsError::Transport { .. } => ErrorClass::Retryable,
             EcsError::InvalidRequest(_) => ErrorClass::Terminal,
+            EcsError::HeldBack(_) => ErrorClass::Auth,
         }
     }
 
     /// Throttling (429, gateway flow control) as opposed to the cloud being unwell.
     pub fn is_throttled(&self) -> bool {
         match self {
-            EcsError::Api(e) => {
-                e.status == 429 || matches!(e.code.as_deref(), Some("APIGW.0308" | "Common.1503"))
-            }
+            EcsError::Api(e) => e.status == 429 || matches!(e.code.as_deref(), Some("APIGW.0308" | "Common.1503")),
             _ => false,
         }
     }
@@ -172,7 +172,7 @@ impl EcsError {
         match self {
             EcsError::Api(e) => e.status >= 500,
             EcsError::Transport { kind, .. } => *kind != TransportKind::Connect,
-            EcsError::InvalidRequest(_) => false,
+            EcsError::InvalidRequest(_) | EcsError::HeldBack(_) => false,
         }
     }
 }
@@ -209,18 +209,12 @@ pub fn parse_error_response(
 ) -> ApiError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
     let (code, message, detail_codes, body_request_id) = match parsed {
-        Some(ErrorBody { error: Some(e), .. }) => (
-            e.code,
-            e.message.unwrap_or_default(),
-            e.details.into_iter().filter_map(|d| d.code).collect(),
-            None,
-        ),
-        Some(ErrorBody {
-            error_code: code @ Some(_),
-            error_msg,
-            request_id,
-            ..
-        }) => (code, error_msg.unwrap_or_default(), vec![], request_id),
+        Some(ErrorBody { error: Some(e), .. }) => {
+            (e.code, e.message.unwrap_or_default(), e.details.into_iter().filter_map(|d| d.code).collect(), None)
+        }
+        Some(ErrorBody { error_code: code @ Some(_), error_msg, request_id, .. }) => {
+            (code, error_msg.unwrap_or_default(), vec![], request_id)
+        }
         _ => (None, excerpt(status, body), vec![], None),
     };
     ApiError {
@@ -228,10 +222,7 @@ pub fn parse_error_response(
         code: code.filter(|c| !c.is_empty()),
         message,
         detail_codes,
-        request_id: request_id_header
-            .map(str::to_string)
-            .or(body_request_id)
-            .filter(|s| !s.is_empty()),
+        request_id: request_id_header.map(str::to_string).or(body_request_id).filter(|s| !s.is_empty()),
         retry_after,
     }
 }
@@ -240,11 +231,7 @@ fn excerpt(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     if text.is_empty() {
-        return StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("error")
-            .to_string();
+        return StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("error").to_string();
     }
     let mut cut: String = text.chars().take(200).collect();
     if cut.len() < text.len() {
@@ -307,46 +294,30 @@ mod tests {
 
     #[test]
     fn transport_errors_are_retryable_and_invalid_requests_terminal() {
-        let t = EcsError::Transport {
-            kind: TransportKind::Timeout,
-            message: "x".into(),
-        };
+        let t = EcsError::Transport { kind: TransportKind::Timeout, message: "x".into() };
         assert_eq!(t.class(), ErrorClass::Retryable);
         assert!(t.may_have_applied());
-        let c = EcsError::Transport {
-            kind: TransportKind::Connect,
-            message: "x".into(),
-        };
+        let c = EcsError::Transport { kind: TransportKind::Connect, message: "x".into() };
         assert!(!c.may_have_applied());
-        assert_eq!(
-            EcsError::InvalidRequest("x".into()).class(),
-            ErrorClass::Terminal
-        );
+        assert_eq!(EcsError::InvalidRequest("x".into()).class(), ErrorClass::Terminal);
     }
 
     #[test]
     fn parses_the_ecs_shape_with_details() {
-        let body = br#"{"error":{"code":"Ecs.0005","message":"bad param","details":[{"code":"Ecs.0039","message":"ip"}]}}"#;
+        let body =
+            br#"{"error":{"code":"Ecs.0005","message":"bad param","details":[{"code":"Ecs.0039","message":"ip"}]}}"#;
         let e = parse_error_response(400, body, Some("req-1"), None);
         assert_eq!(e.code.as_deref(), Some("Ecs.0005"));
         assert_eq!(e.message, "bad param");
         assert_eq!(e.detail_codes, vec!["Ecs.0039"]);
         assert_eq!(e.request_id.as_deref(), Some("req-1"));
         let text = EcsError::Api(e).to_string();
-        assert_eq!(
-            text,
-            "HTTP 400 Ecs.0005: bad param (details: Ecs.0039) [request id req-1]"
-        );
+        assert_eq!(text, "HTTP 400 Ecs.0005: bad param (details: Ecs.0039) [request id req-1]");
     }
 
     #[test]
     fn parses_the_generic_shape() {
-        let e = parse_error_response(
-            400,
-            br#"{"error_code":"IMG.0001","error_msg":"no"}"#,
-            None,
-            None,
-        );
+        let e = parse_error_response(400, br#"{"error_code":"IMG.0001","error_msg":"no"}"#, None, None);
         assert_eq!(e.code.as_deref(), Some("IMG.0001"));
         assert_eq!(e.message, "no");
         assert_eq!(e.request_id, None);
@@ -354,7 +325,8 @@ mod tests {
 
     #[test]
     fn parses_the_gateway_shape_with_body_request_id() {
-        let body = br#"{"error_code":"APIGW.0301","error_msg":"Incorrect IAM authentication information","request_id":"abc"}"#;
+        let body =
+            br#"{"error_code":"APIGW.0301","error_msg":"Incorrect IAM authentication information","request_id":"abc"}"#;
         let e = parse_error_response(401, body, None, None);
         assert_eq!(e.code.as_deref(), Some("APIGW.0301"));
         assert_eq!(e.request_id.as_deref(), Some("abc"));
@@ -365,12 +337,7 @@ mod tests {
 
     #[test]
     fn unknown_and_non_json_bodies_classify_by_status() {
-        for body in [
-            &b"<html>bad gateway</html>"[..],
-            b"",
-            br#"{"weird":1}"#,
-            b"[]",
-        ] {
+        for body in [&b"<html>bad gateway</html>"[..], b"", br#"{"weird":1}"#, b"[]"] {
             let e = EcsError::Api(parse_error_response(502, body, None, None));
             assert_eq!(e.class(), ErrorClass::Retryable);
             assert_eq!(e.code(), None);
@@ -380,13 +347,7 @@ mod tests {
         let e = parse_error_response(502, b"", None, None);
         assert_eq!(e.message, "Bad Gateway");
         let long = vec![b'x'; 1000];
-        assert!(
-            parse_error_response(500, &long, None, None)
-                .message
-                .chars()
-                .count()
-                <= 201
-        );
+        assert!(parse_error_response(500, &long, None, None).message.chars().count() <= 201);
     }
 
     #[test]
@@ -414,14 +375,8 @@ mod tests {
         let now: jiff::Timestamp = "2015-10-21T07:28:00Z".parse().unwrap();
         assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now), Some(Duration::from_secs(5)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }
