@@ -1,0 +1,243 @@
+//! `vipoperator.dev/v1alpha1` `VipBinding`.
+//!
+//! Doc comments on spec and status fields are user documentation: they become the
+//! `kubectl explain` text of the generated CRD.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "vipoperator.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "VipBinding";
+pub const PLURAL: &str = "vipbindings";
+pub const CRD_NAME: &str = "vipbindings.vipoperator.dev";
+pub const FINALIZER: &str = "vipoperator.dev/unbind";
+/// Set to `"true"` to stop all cloud calls for a binding.
+pub const PAUSED_ANNOTATION: &str = "vipoperator.dev/paused";
+
+/// Which virtual IP goes on which NIC, with which credentials, and what deleting the VipBinding
+/// does. Creating a VipBinding binds the VIP to the NIC; deleting it unbinds the VIP (unless
+/// deletionPolicy is Orphan) before the object goes away.
+// kube's printcolumn(...) repeats `type_ = ...` per column, which the lint mistakes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vipoperator.dev",
+    version = "v1alpha1",
+    kind = "VipBinding",
+    plural = "vipbindings",
+    shortname = "vipb",
+    namespaced,
+    status = "VipBindingStatus",
+    derive = "PartialEq",
+    doc = "Binds a Huawei Cloud virtual IP (VIP) to the NIC of an ECS server. Deleting the VipBinding unbinds the VIP (see spec.deletionPolicy).",
+    printcolumn(name = "VIP", type_ = "string", json_path = ".spec.ipAddress"),
+    printcolumn(name = "NIC", type_ = "string", json_path = ".spec.nicId"),
+    printcolumn(name = "Port", type_ = "string", json_path = ".status.portId"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("has(self.projectId) == has(oldSelf.projectId)").message("projectId is immutable (it cannot be added or removed): create a new VipBinding instead"))]
+#[x_kube(validation = Rule::new("has(self.region) == has(oldSelf.region)").message("region is immutable (it cannot be added or removed): create a new VipBinding instead"))]
+#[serde(rename_all = "camelCase")]
+pub struct VipBindingSpec {
+    /// ID of the ECS server NIC (port) to bind the VIP to, e.g.
+    /// "d32019d3-bc6e-4319-9c1d-6722fc136a23" (ECS console: server > Network Interfaces).
+    /// Immutable.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("nicId is immutable: create a new VipBinding to bind another NIC"))]
+    pub nic_id: String,
+
+    /// The virtual IP address to bind, IPv4 or IPv6, e.g. "192.168.0.7". It must belong to the
+    /// subnet given by subnetId. Immutable.
+    #[schemars(length(min = 2, max = 45))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("ipAddress must be an IPv4 or IPv6 address"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("ipAddress is immutable: create a new VipBinding to bind another address"))]
+    pub ip_address: String,
+
+    /// ID of the network of the VPC subnet the server is in (shown as "Network ID" in the
+    /// console; not the neutron subnet ID). Immutable.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("subnetId is immutable: create a new VipBinding instead"))]
+    pub subnet_id: String,
+
+    /// Whether the VIP's allowed_address_pairs also gets the NIC's IP/MAC pair. Changing it
+    /// re-binds with the new value.
+    #[serde(default)]
+    pub reverse_binding: bool,
+
+    /// Huawei Cloud project ID. Defaults to the credentials Secret's projectId, then to the
+    /// operator's --project-id. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("projectId is immutable: create a new VipBinding instead"))]
+    pub project_id: Option<String>,
+
+    /// Huawei Cloud region, e.g. "cn-north-4". Defaults to the credentials Secret's region, then
+    /// to the operator's --region. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("region is immutable: create a new VipBinding instead"))]
+    pub region: Option<String>,
+
+    /// A Secret in this namespace holding the credentials to use (keys accessKey, secretKey,
+    /// optional securityToken, projectId, region). Defaults to the operator's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+
+    /// What deleting this VipBinding does to the cloud: Unbind (default) unbinds the VIP from the
+    /// NIC; Orphan leaves it bound. Can be changed at any time, also while the VipBinding is
+    /// being deleted: switching a stuck deletion to Orphan releases it without a cloud call.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Reference to a Secret in the VipBinding's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+}
+
+/// What deleting a VipBinding does to the cloud.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeletionPolicy {
+    /// Unbind the VIP from the NIC.
+    #[default]
+    Unbind,
+    /// Leave the VIP bound.
+    Orphan,
+}
+
+/// Observed state of the binding, written by the operator.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VipBindingStatus {
+    /// The port_id the cloud returned for the last successful bind or unbind (the NIC's ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_id: Option<String>,
+
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The reverseBinding value the VIP is currently bound with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_reverse_binding: Option<bool>,
+
+    /// Ready: the binding is in the state its spec asks for. Bound: whether the VIP is bound to
+    /// the NIC (Unknown when a request may have reached the cloud without an answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl VipBindingStatus {
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+impl VipBinding {
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status.as_ref().and_then(|s| s.condition(type_))
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PAUSED_ANNOTATION))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    }
+}
+
+pub const CONDITION_READY: &str = "Ready";
+pub const CONDITION_BOUND: &str = "Bound";
+
+/// Condition reasons. A closed set: also used as a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The VIP is bound to the NIC as the spec asks.
+    Bound,
+    /// The VIP was unbound (the binding is being deleted).
+    Unbound,
+    /// No bind request for this binding ever reached the cloud, so nothing needs unbinding.
+    NotBound,
+    /// A bind request may have reached the cloud but no answer came back.
+    Indeterminate,
+    /// The NIC (or its server) does not exist.
+    NicNotFound,
+    /// Released without unbinding (deletionPolicy Orphan, or the CRD is being removed).
+    Orphaned,
+    BindFailed,
+    UnbindFailed,
+    AuthFailed,
+    CredentialsUnavailable,
+    Throttled,
+    CloudUnavailable,
+    /// The spec or its configuration cannot be sent to the cloud.
+    Invalid,
+    /// Another VipBinding owns this NIC.
+    Conflict,
+    Paused,
+    DeletionPaused,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 16] = [
+        Reason::Bound,
+        Reason::Unbound,
+        Reason::NotBound,
+        Reason::Indeterminate,
+        Reason::NicNotFound,
+        Reason::Orphaned,
+        Reason::BindFailed,
+        Reason::UnbindFailed,
+        Reason::AuthFailed,
+        Reason::CredentialsUnavailable,
+        Reason::Throttled,
+        Reason::CloudUnavailable,
+        Reason::Invalid,
+        Reason::Conflict,
+        Reason::Paused,
+        Reason::DeletionPaused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Bound => "Bound",
+            Reason::Unbound => "Unbound",
+            Reason::NotBound => "NotBound",
+            Reason::Indeterminate => "Indeterminate",
+            Reason::NicNotFound => "NicNotFound",
+            Reason::Orphaned => "Orphaned",
+            Reason::BindFailed => "BindFailed",
+            Reason::UnbindFailed => "UnbindFailed",
+            Reason::AuthFailed => "AuthFailed",
+            Reason::CredentialsUnavailable => "CredentialsUnavailable",
+            Reason::Throttled => "Throttled",
+            Reason::CloudUnavailable => "CloudUnavailable",
+            Reason::Invalid => "Invalid",
+            Reason::Conflict => "Conflict",
+            Reason::Paused => "Paused",
+            Reason::DeletionPaused => "DeletionPaused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

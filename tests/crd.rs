@@ -1,0 +1,237 @@
+//! The generated CRD: the committed file is current, and its schema refuses bad input the way
+//! kube-apiserver would (OpenAPI structure with `jsonschema`, CEL rules with kube-cel, which
+//! implements the Kubernetes CEL libraries including `isIP` and transition rules).
+
+use serde_json::{Value, json};
+use vip_operator::api::crd_yaml;
+
+const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/vipbindings.vipoperator.dev.yaml");
+const CHART_CRD_FILE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/charts/vip-operator/crds/vipbindings.vipoperator.dev.yaml");
+
+#[test]
+fn committed_crd_matches_the_code() {
+    let committed = std::fs::read_to_string(CRD_FILE).expect("crds/ file missing: run `make crds`");
+    assert!(committed == crd_yaml().unwrap(), "crds/ is stale: run `make crds` and commit the result");
+}
+
+#[test]
+fn chart_crd_is_the_same_generated_file() {
+    let Ok(chart) = std::fs::read_to_string(CHART_CRD_FILE) else {
+        panic!("{CHART_CRD_FILE} missing: run `make crds`");
+    };
+    assert!(chart == crd_yaml().unwrap(), "the chart's CRD is stale: run `make crds` and commit the result");
+}
+
+fn crd() -> Value {
+    let text = std::fs::read_to_string(CRD_FILE).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+fn schema() -> Value {
+    crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+/// Drops Kubernetes-only keywords that JSON Schema validators do not understand, and lets
+/// `nullable` fields be null, as the apiserver does.
+fn as_json_schema(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, val) in map {
+                if k.starts_with("x-kubernetes-") || k == "nullable" {
+                    continue;
+                }
+                out.insert(k.clone(), as_json_schema(val));
+            }
+            if map.get("nullable") == Some(&Value::Bool(true))
+                && let Some(Value::String(t)) = map.get("type")
+            {
+                out.insert("type".into(), json!([t, "null"]));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(as_json_schema).collect()),
+        other => other.clone(),
+    }
+}
+
+/// What the API server would say about a create (`old` = None) or an update.
+fn admit(object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
+    let schema = schema();
+    let structural = jsonschema::validator_for(&as_json_schema(&schema)).unwrap();
+    let mut errors: Vec<String> =
+        structural.iter_errors(object).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    if let Err(cel) = kube_cel::validate(&schema, object, old) {
+        errors.extend(cel.into_vec().into_iter().map(|e| format!("{}: {}", e.field_path, e.message)));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+fn binding(spec: Value) -> Value {
+    json!({"apiVersion": "vipoperator.dev/v1alpha1", "kind": "VipBinding", "metadata": {"name": "b", "namespace": "ns"}, "spec": spec})
+}
+
+fn good_spec() -> Value {
+    json!({
+        "nicId": "d32019d3-bc6e-4319-9c1d-6722fc136a23",
+        "ipAddress": "192.168.0.7",
+        "subnetId": "8c9d4f38-1a2b-4c3d-9e8f-001122334455",
+    })
+}
+
+fn with(mut spec: Value, key: &str, value: Value) -> Value {
+    spec[key] = value;
+    spec
+}
+
+fn rejected_with(object: &Value, old: Option<&Value>, needle: &str) {
+    match admit(object, old) {
+        Ok(()) => panic!("expected rejection containing {needle:?} for {object}"),
+        Err(errors) => assert!(errors.iter().any(|e| e.contains(needle)), "{needle:?} not in {errors:#?}"),
+    }
+}
+
+#[test]
+fn a_good_binding_is_admitted() {
+    admit(&binding(good_spec()), None).unwrap();
+    let full = with(
+        with(
+            with(
+                with(good_spec(), "projectId", json!("0123456789abcdef0123456789abcdef")),
+                "region",
+                json!("cn-north-4"),
+            ),
+            "credentialsSecretRef",
+            json!({"name": "hw-creds"}),
+        ),
+        "deletionPolicy",
+        json!("Orphan"),
+    );
+    admit(&binding(full), None).unwrap();
+    admit(&binding(with(good_spec(), "ipAddress", json!("fd00::7"))), None).unwrap();
+}
+
+#[test]
+fn ip_address_must_be_an_ip() {
+    for bad in ["300.1.1.1", "abc", "192.168.0", "192.168.0.7/24", "::g"] {
+        rejected_with(
+            &binding(with(good_spec(), "ipAddress", json!(bad))),
+            None,
+            "ipAddress must be an IPv4 or IPv6 address",
+        );
+    }
+}
+
+#[test]
+fn required_fields_and_id_patterns() {
+    for field in ["nicId", "ipAddress", "subnetId"] {
+        let mut spec = good_spec();
+        spec.as_object_mut().unwrap().remove(field);
+        rejected_with(&binding(spec), None, field);
+    }
+    for (field, bad) in [
+        ("nicId", ""),
+        ("nicId", "../x"),
+        ("subnetId", "a b"),
+        ("projectId", "p/q"),
+        ("region", "CN_NORTH"),
+        ("nicId", &"a".repeat(65)),
+    ] {
+        let errors = admit(&binding(with(good_spec(), field, json!(bad))), None).unwrap_err();
+        assert!(!errors.is_empty(), "{field}={bad:?}");
+    }
+    rejected_with(&binding(with(good_spec(), "deletionPolicy", json!("Delete"))), None, "deletionPolicy");
+    rejected_with(&binding(with(good_spec(), "reverseBinding", json!("yes"))), None, "reverseBinding");
+    rejected_with(
+        &binding(with(good_spec(), "credentialsSecretRef", json!({"name": "Bad_Name"}))),
+        None,
+        "credentialsSecretRef",
+    );
+}
+
+#[test]
+fn identity_fields_are_immutable_with_a_helpful_message() {
+    let old = binding(with(with(good_spec(), "projectId", json!("p1")), "region", json!("cn-north-4")));
+    for (field, new) in [
+        ("nicId", json!("00000000-0000-0000-0000-000000000000")),
+        ("ipAddress", json!("192.168.0.8")),
+        ("subnetId", json!("other-subnet")),
+        ("projectId", json!("p2")),
+        ("region", json!("cn-east-3")),
+    ] {
+        let mut updated = old.clone();
+        updated["spec"][field] = new;
+        rejected_with(&updated, Some(&old), &format!("{field} is immutable"));
+        rejected_with(&updated, Some(&old), "create a new VipBinding");
+    }
+    // Optional identity fields cannot be added or removed either.
+    let bare = binding(good_spec());
+    rejected_with(&old, Some(&bare), "projectId is immutable");
+    rejected_with(&bare, Some(&old), "region is immutable");
+}
+
+#[test]
+fn policy_and_reverse_binding_stay_editable() {
+    let old = binding(good_spec());
+    let mut updated = old.clone();
+    updated["spec"]["deletionPolicy"] = json!("Orphan");
+    updated["spec"]["reverseBinding"] = json!(true);
+    updated["spec"]["credentialsSecretRef"] = json!({"name": "rotated"});
+    admit(&updated, Some(&old)).unwrap();
+}
+
+#[test]
+fn crd_shape() {
+    let crd = crd();
+    assert_eq!(crd["metadata"]["name"], "vipbindings.vipoperator.dev");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["vipb"]));
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert_eq!(version["subresources"]["status"], json!({}));
+    let columns: Vec<(&str, &str)> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["jsonPath"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        columns,
+        vec![
+            ("VIP", ".spec.ipAddress"),
+            ("NIC", ".spec.nicId"),
+            ("Port", ".status.portId"),
+            ("Ready", ".status.conditions[?(@.type==\"Ready\")].status"),
+            ("Reason", ".status.conditions[?(@.type==\"Ready\")].reason"),
+            ("Age", ".metadata.creationTimestamp"),
+        ]
+    );
+    let schema = schema();
+    assert_eq!(schema["properties"]["spec"]["properties"]["deletionPolicy"]["default"], "Unbind");
+    assert_eq!(schema["properties"]["spec"]["properties"]["reverseBinding"]["default"], false);
+    let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+    // Every CEL rule on a string has a bounded cost (maxLength), as the apiserver requires.
+    let ip = &schema["properties"]["spec"]["properties"]["ipAddress"];
+    assert!(ip["maxLength"].as_u64().unwrap() <= 64);
+}
+
+#[test]
+fn user_facing_field_docs_exist() {
+    let spec = &schema()["properties"]["spec"]["properties"];
+    for field in [
+        "nicId",
+        "ipAddress",
+        "subnetId",
+        "reverseBinding",
+        "projectId",
+        "region",
+        "credentialsSecretRef",
+        "deletionPolicy",
+    ] {
+        let d = spec[field]["description"].as_str().unwrap_or_default();
+        assert!(d.len() > 30, "{field} needs a kubectl-explain description");
+    }
+}
