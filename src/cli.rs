@@ -22,20 +22,72 @@ pub struct Cli {
     #[arg(long, global = true, env = "VIPOP_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    #[arg(
-        long,
-        global = true,
-        env = "VIPOP_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "VIPOP_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: watch VipBindings and bind/unbind their VIPs.
+    Run(Box<RunArgs>),
+    /// Print the VipBinding CustomResourceDefinition as YAML.
+    Crd,
     /// Serve the bundled ECS simulator (a stand-in for Huawei Cloud, for demos and tests).
     Simulator(SimulatorArgs),
+}
+
+/// Credentials can also come from the environment: HUAWEICLOUD_SDK_AK, HUAWEICLOUD_SDK_SK and
+/// (temporary keys) HUAWEICLOUD_SDK_SECURITY_TOKEN, used when --credentials-secret is not given.
+/// A VipBinding's own spec.credentialsSecretRef always wins.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// ECS endpoint URL for every region (the simulator, a private cloud, a proxy). Default:
+    /// https://ecs.{region}.myhuaweicloud.com. http:// is allowed.
+    #[arg(long, env = "VIPOP_ECS_ENDPOINT")]
+    pub ecs_endpoint: Option<String>,
+    /// Default region for bindings that set none (and whose Secret sets none).
+    #[arg(long, env = "VIPOP_REGION")]
+    pub region: Option<String>,
+    /// Default project ID (falls back to HUAWEICLOUD_SDK_PROJECT_ID).
+    #[arg(long, env = "VIPOP_PROJECT_ID")]
+    pub project_id: Option<String>,
+    /// Default credentials Secret, NAMESPACE/NAME (keys accessKey, secretKey, optional securityToken, projectId, region).
+    #[arg(long, env = "VIPOP_CREDENTIALS_SECRET")]
+    pub credentials_secret: Option<String>,
+    /// Use temporary credentials from the ECS metadata service (a node with an IAM agency) as the default.
+    #[arg(long, env = "VIPOP_METADATA_CREDENTIALS")]
+    pub metadata_credentials: bool,
+    /// Base URL of the ECS metadata service.
+    #[arg(long, env = "VIPOP_METADATA_URL", default_value = crate::ecs::credentials::DEFAULT_METADATA_URL)]
+    pub metadata_url: String,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "VIPOP_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Bindings reconciled in parallel.
+    #[arg(long, env = "VIPOP_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// Cloud API calls per second, for all bindings together (retries included).
+    #[arg(long, env = "VIPOP_CLOUD_QPS", default_value_t = 10.0)]
+    pub cloud_qps: f64,
+    /// Cloud API calls allowed in a burst above --cloud-qps.
+    #[arg(long, env = "VIPOP_CLOUD_BURST", default_value_t = 10)]
+    pub cloud_burst: u32,
+    /// Cloud API calls in flight at once.
+    #[arg(long, env = "VIPOP_CLOUD_CONCURRENCY", default_value_t = 16)]
+    pub cloud_concurrency: usize,
+    /// Apply the VipBinding CRD at start (development; the Helm chart installs it in production).
+    #[arg(long)]
+    pub install_crd: bool,
+    /// Demo mode: start the bundled ECS simulator in this process and use it instead of Huawei
+    /// Cloud, with its credentials and a demo project ID. No Huawei account needed.
+    #[arg(long)]
+    pub simulator: bool,
+    /// Where the --simulator listens.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    pub simulator_listen: SocketAddr,
+    /// Latency the --simulator adds to each cloud call.
+    #[arg(long, default_value_t = 200)]
+    pub simulator_latency_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -44,19 +96,10 @@ pub struct SimulatorArgs {
     #[arg(long, default_value = "127.0.0.1:18080")]
     pub listen: SocketAddr,
     /// Access key the simulator accepts.
-    #[arg(
-        long,
-        env = "VIPOP_SIM_ACCESS_KEY",
-        default_value = "SIMULATORACCESSKEY01"
-    )]
+    #[arg(long, env = "VIPOP_SIM_ACCESS_KEY", default_value = "SIMULATORACCESSKEY01")]
     pub access_key: String,
     /// Secret key for --access-key.
-    #[arg(
-        long,
-        env = "VIPOP_SIM_SECRET_KEY",
-        hide_env_values = true,
-        default_value = "simulator-secret-key"
-    )]
+    #[arg(long, env = "VIPOP_SIM_SECRET_KEY", hide_env_values = true, default_value = "simulator-secret-key")]
     pub secret_key: String,
     /// Latency added to every cloud call (after its effect is applied).
     #[arg(long, default_value_t = 0)]

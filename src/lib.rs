@@ -1,7 +1,10 @@
 //! vip-operator: binds Huawei Cloud ECS virtual IPs to server NICs as Kubernetes objects.
 
+pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod ecs;
+pub mod run;
 pub mod simulator;
 pub mod telemetry;
 
@@ -10,9 +13,7 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the process");

@@ -11,7 +11,15 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
+        Command::Run(args) => match vip_operator::run::run(*args, vip_operator::shutdown_signal()).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        },
         Command::Simulator(args) => args.run().await,
+        Command::Crd => vip_operator::api::crd_yaml().map(|yaml| print!("{yaml}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,351 @@
+//! The decision: a pure function from what we observed to what to do. No I/O, no clock.
+
+use std::net::IpAddr;
+
+use crate::api::v1alpha1::{DeletionPolicy, Reason, VipBinding, VipBindingSpec};
+use crate::ecs::{check_path_id, check_region};
+
+use super::status::{BoundKnowledge, bound_knowledge, has_finalizer};
+
+/// Facts the decision needs beyond the object itself, all from in-memory state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// `namespace/name` of another VipBinding that owns the same NIC.
+    pub conflict_owner: Option<String>,
+    /// The VipBinding CRD itself is being deleted (operator uninstall).
+    pub crd_deleting: bool,
+    /// The periodic drift check is due: re-assert the bind.
+    pub reassert_due: bool,
+}
+
+/// Why a binding is held or released without a cloud call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Verdict {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The binding is as its spec asks (or not ours): no cloud call, no finalizer change.
+    Nothing,
+    /// Record why the binding cannot proceed; no cloud call, no finalizer change.
+    Hold(Verdict),
+    /// Add the finalizer if missing, then bind. `reassert`: a drift check of a bound binding.
+    Bind { reassert: bool },
+    /// Unbind, record, then remove the finalizer.
+    Unbind,
+    /// Record the verdict and remove the finalizer without a cloud call.
+    Release(Verdict),
+}
+
+/// Checks what the CRD schema also checks, so that a binding that slipped past it (an older or
+/// edited CRD, a cluster without CEL) still never reaches the cloud with a malformed request.
+pub fn validate_spec(spec: &VipBindingSpec) -> Result<(), String> {
+    check_path_id("spec.nicId", &spec.nic_id)?;
+    check_path_id("spec.subnetId", &spec.subnet_id)?;
+    if spec.ip_address.parse::<IpAddr>().is_err() {
+        return Err(format!("spec.ipAddress {:?} is not an IPv4 or IPv6 address", spec.ip_address));
+    }
+    if let Some(project) = &spec.project_id {
+        check_path_id("spec.projectId", project)?;
+    }
+    if let Some(region) = &spec.region {
+        check_region(region).map_err(|e| format!("spec.{e}"))?;
+    }
+    Ok(())
+}
+
+/// True when the VIP is bound with exactly what the spec asks.
+pub fn bound_as_specified(b: &VipBinding) -> bool {
+    bound_knowledge(b) == BoundKnowledge::Bound
+        && b.status.as_ref().and_then(|s| s.bound_reverse_binding) == Some(b.spec.reverse_binding)
+}
+
+pub fn decide(b: &VipBinding, facts: &Facts) -> Plan {
+    if b.metadata.deletion_timestamp.is_some() { decide_deleting(b, facts) } else { decide_live(b, facts) }
+}
+
+fn decide_live(b: &VipBinding, facts: &Facts) -> Plan {
+    if let Err(message) = validate_spec(&b.spec) {
+        return Plan::Hold(Verdict::new(Reason::Invalid, message));
+    }
+    if let Some(owner) = &facts.conflict_owner {
+        return Plan::Hold(Verdict::new(
+            Reason::Conflict,
+            format!(
+                "VipBinding {owner} already owns NIC {}; this binding waits and will bind when that one is deleted (the unbind API names no VIP, so two bindings on one NIC would undo each other)",
+                b.spec.nic_id
+            ),
+        ));
+    }
+    if b.is_paused() {
+        return Plan::Hold(Verdict::new(
+            Reason::Paused,
+            "paused by the vipoperator.dev/paused annotation: no cloud calls are made",
+        ));
+    }
+    if bound_as_specified(b) {
+        if facts.reassert_due { Plan::Bind { reassert: true } } else { Plan::Nothing }
+    } else {
+        Plan::Bind { reassert: false }
+    }
+}
+
+fn decide_deleting(b: &VipBinding, facts: &Facts) -> Plan {
+    if !has_finalizer(b) {
+        return Plan::Nothing;
+    }
+    if b.spec.deletion_policy == DeletionPolicy::Orphan {
+        return Plan::Release(Verdict::new(
+            Reason::Orphaned,
+            format!(
+                "deletionPolicy is Orphan: released without unbinding; VIP {} stays bound to NIC {}",
+                b.spec.ip_address, b.spec.nic_id
+            ),
+        ));
+    }
+    if facts.crd_deleting {
+        return Plan::Release(Verdict::new(
+            Reason::Orphaned,
+            "the VipBinding CRD is being deleted: released without unbinding, so removing the operator does not take VIPs down",
+        ));
+    }
+    if let Some(owner) = &facts.conflict_owner {
+        return Plan::Release(Verdict::new(
+            Reason::Conflict,
+            format!("VipBinding {owner} owns NIC {}: released without unbinding it", b.spec.nic_id),
+        ));
+    }
+    if bound_knowledge(b) == BoundKnowledge::NotBound {
+        return Plan::Release(Verdict::new(
+            Reason::NotBound,
+            "no bind request for this binding reached the cloud: released without a cloud call",
+        ));
+    }
+    if b.is_paused() {
+        return Plan::Hold(Verdict::new(
+            Reason::DeletionPaused,
+            "deletion is waiting: the binding is paused (vipoperator.dev/paused); remove the annotation to unbind, or set spec.deletionPolicy to Orphan to release it without unbinding",
+        ));
+    }
+    Plan::Unbind
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::v1alpha1::{CONDITION_BOUND, FINALIZER, PAUSED_ANNOTATION, VipBindingStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn spec() -> VipBindingSpec {
+        VipBindingSpec {
+            nic_id: "d32019d3-bc6e-4319-9c1d-6722fc136a23".into(),
+            ip_address: "192.168.0.7".into(),
+            subnet_id: "8c9d4f38-1a2b-4c3d-9e8f-001122334455".into(),
+            reverse_binding: false,
+            project_id: None,
+            region: None,
+            credentials_secret_ref: None,
+            deletion_policy: DeletionPolicy::Unbind,
+        }
+    }
+
+    fn binding() -> VipBinding {
+        let mut b = VipBinding::new("b", spec());
+        b.metadata.namespace = Some("ns".into());
+        b.metadata.generation = Some(1);
+        b
+    }
+
+    fn with_finalizer(mut b: VipBinding) -> VipBinding {
+        b.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        b
+    }
+
+    fn deleting(mut b: VipBinding) -> VipBinding {
+        b.metadata.deletion_timestamp = Some(Time("2024-01-01T00:00:00Z".parse().unwrap()));
+        b
+    }
+
+    fn with_bound(mut b: VipBinding, status: &str, reverse: Option<bool>) -> VipBinding {
+        b.status = Some(VipBindingStatus {
+            bound_reverse_binding: reverse,
+            conditions: vec![Condition {
+                type_: CONDITION_BOUND.into(),
+                status: status.into(),
+                reason: "x".into(),
+                message: String::new(),
+                observed_generation: Some(1),
+                last_transition_time: Time("2024-01-01T00:00:00Z".parse().unwrap()),
+            }],
+            ..Default::default()
+        });
+        b
+    }
+
+    fn paused(mut b: VipBinding) -> VipBinding {
+        b.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "true".to_string())].into());
+        b
+    }
+
+    fn none() -> Facts {
+        Facts::default()
+    }
+
+    fn reason(plan: Plan) -> Reason {
+        match plan {
+            Plan::Hold(v) | Plan::Release(v) => v.reason,
+            other => panic!("expected a verdict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn new_binding_binds() {
+        assert_eq!(decide(&binding(), &none()), Plan::Bind { reassert: false });
+    }
+
+    #[test]
+    fn bound_binding_is_left_alone_until_a_drift_check_is_due() {
+        let b = with_finalizer(with_bound(binding(), "True", Some(false)));
+        assert_eq!(decide(&b, &none()), Plan::Nothing);
+        assert_eq!(decide(&b, &Facts { reassert_due: true, ..none() }), Plan::Bind { reassert: true });
+    }
+
+    #[test]
+    fn changing_reverse_binding_rebinds() {
+        let mut b = with_finalizer(with_bound(binding(), "True", Some(false)));
+        b.spec.reverse_binding = true;
+        assert_eq!(decide(&b, &none()), Plan::Bind { reassert: false });
+    }
+
+    #[test]
+    fn unknown_or_failed_bind_is_retried() {
+        for status in ["Unknown", "False"] {
+            let b = with_finalizer(with_bound(binding(), status, None));
+            assert_eq!(decide(&b, &none()), Plan::Bind { reassert: false });
+        }
+    }
+
+    #[test]
+    fn invalid_specs_are_held_before_anything_else() {
+        type Mutation = Box<dyn Fn(&mut VipBindingSpec)>;
+        let cases: Vec<Mutation> = vec![
+            Box::new(|s| s.ip_address = "300.1.1.1".into()),
+            Box::new(|s| s.ip_address = "abc".into()),
+            Box::new(|s| s.nic_id = "../../x".into()),
+            Box::new(|s| s.nic_id = String::new()),
+            Box::new(|s| s.subnet_id = "a b".into()),
+            Box::new(|s| s.project_id = Some("p/../q".into())),
+            Box::new(|s| s.region = Some("Cn_North".into())),
+        ];
+        for mutate in cases {
+            let mut b = binding();
+            mutate(&mut b.spec);
+            match decide(&b, &Facts { conflict_owner: Some("ns/other".into()), ..none() }) {
+                Plan::Hold(v) => {
+                    assert_eq!(v.reason, Reason::Invalid);
+                    assert!(v.message.starts_with("spec."), "{}", v.message);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_is_valid() {
+        let mut b = binding();
+        b.spec.ip_address = "fd00::7".into();
+        assert_eq!(decide(&b, &none()), Plan::Bind { reassert: false });
+    }
+
+    #[test]
+    fn conflict_and_pause_hold_live_bindings() {
+        let facts = Facts { conflict_owner: Some("ns/first".into()), ..none() };
+        match decide(&binding(), &facts) {
+            Plan::Hold(v) => {
+                assert_eq!(v.reason, Reason::Conflict);
+                assert!(v.message.contains("ns/first"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reason(decide(&paused(binding()), &none())), Reason::Paused);
+        // Paused also stops the drift check.
+        let b = paused(with_finalizer(with_bound(binding(), "True", Some(false))));
+        assert_eq!(reason(decide(&b, &Facts { reassert_due: true, ..none() })), Reason::Paused);
+    }
+
+    #[test]
+    fn deleting_a_bound_binding_unbinds() {
+        let b = deleting(with_finalizer(with_bound(binding(), "True", Some(false))));
+        assert_eq!(decide(&b, &none()), Plan::Unbind);
+    }
+
+    #[test]
+    fn deleting_after_a_crash_before_any_status_unbinds() {
+        // Finalizer present, no status: a bind may have been sent.
+        assert_eq!(decide(&deleting(with_finalizer(binding())), &none()), Plan::Unbind);
+        let b = deleting(with_finalizer(with_bound(binding(), "Unknown", None)));
+        assert_eq!(decide(&b, &none()), Plan::Unbind);
+    }
+
+    #[test]
+    fn deleting_a_never_sent_binding_releases_without_a_call() {
+        let b = deleting(with_finalizer(with_bound(binding(), "False", None)));
+        assert_eq!(reason(decide(&b, &none())), Reason::NotBound);
+    }
+
+    #[test]
+    fn deleting_without_our_finalizer_is_not_our_business() {
+        assert_eq!(decide(&deleting(binding()), &none()), Plan::Nothing);
+        let mut b = deleting(binding());
+        b.metadata.finalizers = Some(vec!["other.io/x".into()]);
+        assert_eq!(decide(&b, &none()), Plan::Nothing);
+    }
+
+    #[test]
+    fn orphan_policy_releases_even_when_paused_or_conflicted() {
+        let mut b = paused(deleting(with_finalizer(with_bound(binding(), "True", Some(false)))));
+        b.spec.deletion_policy = DeletionPolicy::Orphan;
+        let facts = Facts { conflict_owner: Some("ns/x".into()), ..none() };
+        assert_eq!(reason(decide(&b, &facts)), Reason::Orphaned);
+    }
+
+    #[test]
+    fn crd_deletion_releases_without_unbinding() {
+        let b = deleting(with_finalizer(with_bound(binding(), "True", Some(false))));
+        let plan = decide(&b, &Facts { crd_deleting: true, ..none() });
+        assert_eq!(reason(plan), Reason::Orphaned);
+    }
+
+    #[test]
+    fn a_conflicted_binding_never_unbinds_the_owners_nic() {
+        let b = deleting(with_finalizer(with_bound(binding(), "Unknown", None)));
+        let plan = decide(&b, &Facts { conflict_owner: Some("ns/owner".into()), ..none() });
+        assert_eq!(reason(plan), Reason::Conflict);
+    }
+
+    #[test]
+    fn paused_deletion_waits_visibly() {
+        let b = paused(deleting(with_finalizer(with_bound(binding(), "True", Some(false)))));
+        assert_eq!(reason(decide(&b, &none())), Reason::DeletionPaused);
+        // Nothing to unbind: no reason to wait.
+        let b = paused(deleting(with_finalizer(with_bound(binding(), "False", None))));
+        assert_eq!(reason(decide(&b, &none())), Reason::NotBound);
+    }
+
+    #[test]
+    fn paused_annotation_must_say_true() {
+        let mut b = binding();
+        b.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "false".to_string())].into());
+        assert_eq!(decide(&b, &none()), Plan::Bind { reassert: false });
+        b.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), " TRUE ".to_string())].into());
+        assert_eq!(reason(decide(&b, &none())), Reason::Paused);
+    }
+}

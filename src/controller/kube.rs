@@ -1,0 +1,108 @@
+//! The Kubernetes writes the reconciler makes, in one place: finalizer add/remove (JSON patch
+//! guarded by `test`), status (server-side apply on the status subresource), events (best
+//! effort).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::v1alpha1::{FINALIZER, Reason, VipBinding, VipBindingStatus};
+
+pub const FIELD_MANAGER: &str = "vip-operator";
+
+pub struct KubeOps {
+    client: kube::Client,
+    recorder: Recorder,
+    event_timeout: Duration,
+}
+
+fn api(client: &kube::Client, b: &VipBinding) -> Api<VipBinding> {
+    Api::namespaced(client.clone(), &b.namespace().unwrap_or_default())
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+impl KubeOps {
+    pub fn new(client: kube::Client, reporter: Reporter) -> Self {
+        Self { recorder: Recorder::new(client.clone(), reporter), client, event_timeout: Duration::from_secs(5) }
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// Adds our finalizer. The `test` op makes the patch fail (422) if the finalizer list changed
+    /// since we read it, instead of overwriting someone else's change.
+    pub async fn add_finalizer(&self, b: &VipBinding) -> Result<VipBinding, kube::Error> {
+        let patch = match b.metadata.finalizers.as_deref() {
+            None | Some([]) => json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            ]),
+            Some(existing) => json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": existing},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+            ]),
+        };
+        let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+        api(&self.client, b).patch(&b.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await
+    }
+
+    /// Removes our finalizer; an object that is already gone is fine.
+    pub async fn remove_finalizer(&self, b: &VipBinding) -> Result<(), kube::Error> {
+        let Some(index) = b.finalizers().iter().position(|f| f == FINALIZER) else {
+            return Ok(());
+        };
+        let path = format!("/metadata/finalizers/{index}");
+        let patch = json!([
+            {"op": "test", "path": path, "value": FINALIZER},
+            {"op": "remove", "path": path},
+        ]);
+        let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+        match api(&self.client, b).patch(&b.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+            Err(e) if is_not_found(&e) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Writes the whole status with server-side apply: fields we set before and omit now are
+    /// removed, fields other managers own are left alone.
+    pub async fn write_status(&self, b: &VipBinding, status: &VipBindingStatus) -> Result<(), kube::Error> {
+        let body = json!({
+            "apiVersion": VipBinding::api_version(&()),
+            "kind": VipBinding::kind(&()),
+            "status": status,
+        });
+        match api(&self.client, b)
+            .patch_status(&b.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .await
+        {
+            Err(e) if is_not_found(&e) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Publishes an event; failures are logged and otherwise ignored (a terminating namespace
+    /// refuses new objects, and a deletion must not wait on that).
+    pub async fn event(&self, b: &VipBinding, warning: bool, reason: Reason, action: &str, note: String) {
+        let reference: ObjectReference = b.object_ref(&());
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.as_str().to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        match tokio::time::timeout(self.event_timeout, self.recorder.publish(&event, &reference)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, reason = reason.as_str(), "event not published"),
+            Err(_) => tracing::debug!(reason = reason.as_str(), "event not published: timed out"),
+        }
+    }
+}

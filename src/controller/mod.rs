@@ -1,0 +1,171 @@
+//! The VipBinding controller: watches, the reconcile context, and the error policy.
+
+pub mod decide;
+pub mod kube;
+pub mod policy;
+pub mod reconcile;
+pub mod status;
+pub mod target;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::kube::api::Api;
+use ::kube::core::PartialObjectMeta;
+use ::kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use ::kube::runtime::reflector::{self, ObjectRef};
+use ::kube::runtime::{WatchStreamExt, watcher};
+use ::kube::{Resource, ResourceExt};
+use futures::{Future, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::v1alpha1::VipBinding;
+use crate::ecs::{BindRequest, Clock, CloudTarget, EcsApi, EcsError, ErrorClass, UnbindRequest};
+
+use self::decide::{Facts, Verdict};
+use self::kube::KubeOps;
+use self::policy::{AuthGate, Backoffs};
+use self::reconcile::{Error, object_key};
+use self::target::TargetResolver;
+
+/// Everything a reconcile needs. Cloud and Kubernetes access sit behind `cloud`, `kube` and
+/// `targets`; the decision itself is the pure [`decide::decide`].
+pub struct Context {
+    pub kube: KubeOps,
+    pub cloud: Arc<dyn EcsApi>,
+    pub targets: TargetResolver,
+    pub auth_gate: AuthGate,
+    pub backoffs: Backoffs,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Context {
+    pub fn new(kube: KubeOps, cloud: Arc<dyn EcsApi>, targets: TargetResolver, clock: Arc<dyn Clock>) -> Self {
+        Self { kube, cloud, targets, auth_gate: AuthGate::default(), backoffs: Backoffs::default(), clock }
+    }
+
+    pub fn now(&self) -> Time {
+        Time(self.clock.now())
+    }
+
+    pub fn facts(&self, _b: &VipBinding) -> Facts {
+        Facts::default()
+    }
+
+    /// What to do after a reconcile that left the binding as its spec asks.
+    pub fn after_success(&self, _b: &VipBinding, key: &str) -> Action {
+        self.backoffs.reset(key);
+        Action::await_change()
+    }
+
+    /// The binding is gone from our point of view (finalizer removed).
+    pub fn forget(&self, b: &VipBinding) {
+        self.backoffs.reset(&object_key(b));
+    }
+
+    pub fn note_credentials_problem(&self, _b: &VipBinding, _verdict: &Verdict) {}
+
+    pub fn observe_reconcile(&self, _result: &Result<Action, Error>, _elapsed: Duration) {}
+
+    async fn gated<F>(&self, target: &CloudTarget, call: F) -> Result<String, EcsError>
+    where
+        F: Future<Output = Result<String, EcsError>>,
+    {
+        self.auth_gate.check(&target.credentials).map_err(EcsError::HeldBack)?;
+        let result = call.await;
+        match &result {
+            Ok(_) => self.auth_gate.accepted(&target.credentials),
+            Err(e) if e.class() == ErrorClass::Auth => self.auth_gate.refused(&target.credentials, &e.to_string()),
+            Err(_) => {}
+        }
+        result
+    }
+
+    pub async fn bind(&self, target: &CloudTarget, req: &BindRequest, _reassert: bool) -> Result<String, EcsError> {
+        self.gated(target, self.cloud.bind(target, req)).await
+    }
+
+    pub async fn unbind(&self, target: &CloudTarget, req: &UnbindRequest) -> Result<String, EcsError> {
+        self.gated(target, self.cloud.unbind(target, req)).await
+    }
+}
+
+/// Requeue after a failed reconcile (a Kubernetes API error): quickly for write conflicts,
+/// with per-object exponential backoff otherwise.
+pub fn error_policy(b: Arc<VipBinding>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(namespace = %b.namespace().unwrap_or_default(), name = %b.name_any(), error = %error, "reconcile failed");
+    let key = object_key(&b);
+    let n = ctx.backoffs.failures(&key);
+    let delay = match error.kind() {
+        "conflict" | "invalid" => Duration::from_millis(500),
+        _ => Duration::from_secs(1).saturating_mul(2u32.saturating_pow(n.min(6))),
+    };
+    // Count it, so repeated API failures back off.
+    let _ = ctx.backoffs.next(&key, crate::api::v1alpha1::Reason::CloudUnavailable, None);
+    Action::requeue(delay.min(Duration::from_secs(60)))
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// Watch one namespace; all when `None`.
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+}
+
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    // managedFields are the largest part of most objects and we never read them.
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Runs the controller until `shutdown` resolves, then lets in-flight reconciles finish.
+pub async fn run(
+    client: ::kube::Client,
+    ctx: Arc<Context>,
+    config: WatchConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let bindings: Api<VipBinding> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Metadata only: enough to notice a Secret changed, without caching every Secret's data.
+    let secrets: Api<PartialObjectMeta<Secret>> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let binding_stream = watcher(bindings, watcher::Config::default())
+        .default_backoff()
+        .modify(strip_managed_fields)
+        .reflect(writer)
+        .touched_objects();
+    let secret_stream = watcher(secrets, watcher::Config::default()).default_backoff().touched_objects();
+    let store = reader.clone();
+    let mapper_ctx = ctx.clone();
+    // A Secret event re-examines the bindings that use it (e.g. one waiting for credentials).
+    let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
+        let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+        store
+            .state()
+            .into_iter()
+            .filter(|b| mapper_ctx.targets.uses_secret(b, &ns, &name))
+            .map(|b| ObjectRef::from_obj(&*b))
+            .collect::<Vec<_>>()
+    };
+    Controller::for_stream(binding_stream, reader)
+        .watches_stream(secret_stream, secret_mapper)
+        .with_config(ControllerConfig::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, action)) => tracing::trace!(object = %obj, ?action, "reconciled"),
+                Err(::kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::trace!(object = %obj, "object gone before reconcile")
+                }
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
+}

@@ -1,0 +1,295 @@
+//! One reconcile: observe → decide → act → record.
+//!
+//! Ordering rules that keep the cloud and the cluster consistent:
+//! - the finalizer is added before the first cloud call (so a bind is never untracked);
+//! - on deletion, the status (port id, conditions) is written before the finalizer is removed,
+//!   and a failed status write keeps the finalizer (the idempotent unbind is simply redone);
+//! - cloud failures are recorded in status and requeued by class; they are not reconcile errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use tracing::Instrument;
+
+use crate::api::v1alpha1::{Reason, VipBinding};
+use crate::ecs::{BindRequest, CloudTarget, EcsError, ErrorClass, UnbindRequest};
+
+use super::Context;
+use super::decide::{Plan, Verdict, decide};
+use super::status::{BoundKnowledge, CondStatus, StatusBuilder, bound_knowledge, has_finalizer};
+
+/// Failures of the reconcile itself (Kubernetes API calls); cloud failures are not errors here.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    /// Bounded label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "invalid",
+            Error::Kube(kube::Error::Api(s)) if s.code == 404 => "not_found",
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "transport",
+        }
+    }
+}
+
+pub fn object_key(b: &VipBinding) -> String {
+    format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
+}
+
+/// The Ready reason for a cloud failure.
+pub fn failure_reason(e: &EcsError, unbinding: bool) -> Reason {
+    match e.class() {
+        ErrorClass::Auth => Reason::AuthFailed,
+        ErrorClass::Gone => Reason::NicNotFound,
+        ErrorClass::Retryable if e.is_throttled() => Reason::Throttled,
+        ErrorClass::Retryable => Reason::CloudUnavailable,
+        ErrorClass::Terminal if matches!(e, EcsError::InvalidRequest(_)) => Reason::Invalid,
+        ErrorClass::Terminal if unbinding => Reason::UnbindFailed,
+        ErrorClass::Terminal => Reason::BindFailed,
+    }
+}
+
+pub async fn reconcile(b: Arc<VipBinding>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = object_key(&b);
+    let span = tracing::info_span!("reconcile", namespace = %b.namespace().unwrap_or_default(), name = %b.name_any());
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&b, &ctx, &key).instrument(span).await;
+    ctx.observe_reconcile(&result, started.elapsed());
+    result
+}
+
+async fn reconcile_inner(b: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Error> {
+    let facts = ctx.facts(b);
+    let plan = decide(b, &facts);
+    tracing::debug!(?plan, "decided");
+    match plan {
+        Plan::Nothing => {
+            // Only a generation change (e.g. deletionPolicy edited) to acknowledge.
+            if b.metadata.deletion_timestamp.is_none() && has_finalizer(b) {
+                let next = StatusBuilder::new(b, ctx.now()).bound_unchanged().build();
+                if let Some(status) = next {
+                    ctx.kube.write_status(b, &status).await?;
+                }
+            }
+            Ok(ctx.after_success(b, key))
+        }
+        Plan::Hold(verdict) => hold(b, ctx, key, &verdict).await,
+        Plan::Release(verdict) => {
+            let mut builder =
+                StatusBuilder::new(b, ctx.now()).ready(CondStatus::False, verdict.reason, &verdict.message);
+            builder = if verdict.reason == Reason::NotBound {
+                builder.bound(CondStatus::False, Reason::NotBound, "no bind request for this binding reached the cloud")
+            } else {
+                builder.bound_unchanged()
+            };
+            release(b, ctx, key, builder, verdict.reason, &verdict.message).await
+        }
+        Plan::Bind { reassert } => bind(b, ctx, key, reassert).await,
+        Plan::Unbind => unbind(b, ctx, key).await,
+    }
+}
+
+/// Records why a binding waits; no cloud call, no finalizer change.
+async fn hold(b: &VipBinding, ctx: &Context, key: &str, verdict: &Verdict) -> Result<Action, Error> {
+    let next = StatusBuilder::new(b, ctx.now())
+        .ready(CondStatus::False, verdict.reason, &verdict.message)
+        .bound_unchanged()
+        .build();
+    if let Some(status) = next {
+        let changed_reason = b.condition(crate::api::v1alpha1::CONDITION_READY).map(|c| c.reason.as_str())
+            != Some(verdict.reason.as_str());
+        ctx.kube.write_status(b, &status).await?;
+        if changed_reason {
+            let warning = !matches!(verdict.reason, Reason::Paused);
+            ctx.kube.event(b, warning, verdict.reason, "Reconcile", verdict.message.clone()).await;
+        }
+    }
+    Ok(match ctx.backoffs.next(key, verdict.reason, None) {
+        Some(delay) => Action::requeue(delay),
+        None => Action::await_change(),
+    })
+}
+
+/// Writes the final status, then lets the object go.
+async fn release(
+    b: &VipBinding,
+    ctx: &Context,
+    key: &str,
+    builder: StatusBuilder<'_>,
+    reason: Reason,
+    message: &str,
+) -> Result<Action, Error> {
+    if let Some(status) = builder.build() {
+        ctx.kube.write_status(b, &status).await?;
+    }
+    ctx.kube.remove_finalizer(b).await?;
+    ctx.backoffs.reset(key);
+    ctx.forget(b);
+    tracing::info!(reason = reason.as_str(), "released");
+    ctx.kube.event(b, false, reason, "Release", message.to_string()).await;
+    Ok(Action::await_change())
+}
+
+/// A failed attempt to bind or unbind (or to get the credentials for it).
+struct Failure {
+    reason: Reason,
+    message: String,
+    action: &'static str,
+    retry_after: Option<Duration>,
+}
+
+/// Records a failure in status and as a Warning event, and picks the requeue.
+async fn record_failure(
+    b: &VipBinding,
+    ctx: &Context,
+    builder: StatusBuilder<'_>,
+    f: Failure,
+) -> Result<Action, Error> {
+    tracing::warn!(reason = f.reason.as_str(), message = %f.message, "{} did not succeed", f.action);
+    if let Some(status) = builder.ready(CondStatus::False, f.reason, &f.message).build() {
+        ctx.kube.write_status(b, &status).await?;
+    }
+    ctx.kube.event(b, true, f.reason, f.action, f.message).await;
+    Ok(match ctx.backoffs.next(&object_key(b), f.reason, f.retry_after) {
+        Some(delay) => Action::requeue(delay),
+        None => Action::await_change(),
+    })
+}
+
+async fn target_or_record(
+    b: &VipBinding,
+    ctx: &Context,
+    action: &'static str,
+) -> Result<Result<CloudTarget, Action>, Error> {
+    match ctx.targets.resolve(b).await {
+        Ok(t) => Ok(Ok(t)),
+        Err(verdict) => {
+            ctx.note_credentials_problem(b, &verdict);
+            let builder = StatusBuilder::new(b, ctx.now()).bound_unchanged();
+            let failure = Failure { reason: verdict.reason, message: verdict.message, action, retry_after: None };
+            record_failure(b, ctx, builder, failure).await.map(Err)
+        }
+    }
+}
+
+async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Result<Action, Error> {
+    let target = match target_or_record(b, ctx, "Bind").await? {
+        Ok(t) => t,
+        Err(action) => return Ok(action),
+    };
+    // What we knew before this attempt; adding our finalizer below does not change it.
+    let knowledge = bound_knowledge(b);
+    // The finalizer goes on before the cloud can change: from here on a deletion unbinds.
+    let added;
+    let b = if has_finalizer(b) {
+        b
+    } else {
+        added = ctx.kube.add_finalizer(b).await?;
+        &added
+    };
+    let req = BindRequest {
+        nic_id: b.spec.nic_id.clone(),
+        subnet_id: b.spec.subnet_id.clone(),
+        ip_address: b.spec.ip_address.clone(),
+        reverse_binding: b.spec.reverse_binding,
+    };
+    match ctx.bind(&target, &req, reassert).await {
+        Ok(port_id) => {
+            let message = format!("VIP {} is bound to NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);
+            let was_bound = knowledge == BoundKnowledge::Bound;
+            let next = StatusBuilder::new(b, ctx.now())
+                .port_id(Some(port_id))
+                .bound_reverse_binding(Some(b.spec.reverse_binding))
+                .bound(CondStatus::True, Reason::Bound, &message)
+                .ready(CondStatus::True, Reason::Bound, &message)
+                .build();
+            if let Some(status) = next {
+                ctx.kube.write_status(b, &status).await?;
+            }
+            ctx.backoffs.reset(key);
+            if !was_bound || !reassert {
+                tracing::info!(vip = %b.spec.ip_address, nic = %b.spec.nic_id, reassert, "bound");
+                ctx.kube.event(b, false, Reason::Bound, "Bind", message).await;
+            }
+            Ok(ctx.after_success(b, key))
+        }
+        Err(e) => {
+            let reason = failure_reason(&e, false);
+            let builder = StatusBuilder::new(b, ctx.now());
+            let builder = match (knowledge, e.class()) {
+                // An earlier bind still stands; this attempt changed nothing we know of.
+                (BoundKnowledge::Bound, _) => builder.bound_unchanged(),
+                (_, ErrorClass::Gone) => builder.bound(
+                    CondStatus::False,
+                    Reason::NicNotFound,
+                    &format!("NIC {} does not exist", b.spec.nic_id),
+                ),
+                (BoundKnowledge::Maybe, _) => builder.bound(
+                    CondStatus::Unknown,
+                    Reason::Indeterminate,
+                    "an earlier bind request may have reached the cloud; its outcome is unknown",
+                ),
+                (BoundKnowledge::NotBound, _) if e.may_have_applied() => builder.bound(
+                    CondStatus::Unknown,
+                    Reason::Indeterminate,
+                    &format!("the bind request may have reached the cloud: {e}"),
+                ),
+                (BoundKnowledge::NotBound, _) => builder.bound(
+                    CondStatus::False,
+                    Reason::NotBound,
+                    "the cloud refused the bind request; nothing is bound",
+                ),
+            };
+            let failure =
+                Failure { reason, message: format!("bind failed: {e}"), action: "Bind", retry_after: e.retry_after() };
+            record_failure(b, ctx, builder, failure).await
+        }
+    }
+}
+
+async fn unbind(b: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Error> {
+    let target = match target_or_record(b, ctx, "Unbind").await? {
+        Ok(t) => t,
+        Err(action) => return Ok(action),
+    };
+    let req = UnbindRequest { nic_id: b.spec.nic_id.clone(), reverse_binding: b.spec.reverse_binding };
+    match ctx.unbind(&target, &req).await {
+        Ok(port_id) => {
+            let message = format!("VIP {} unbound from NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);
+            let builder = StatusBuilder::new(b, ctx.now())
+                .port_id(Some(port_id))
+                .bound_reverse_binding(None)
+                .bound(CondStatus::False, Reason::Unbound, &message)
+                .ready(CondStatus::False, Reason::Unbound, &message);
+            release(b, ctx, key, builder, Reason::Unbound, &message).await
+        }
+        Err(e) if e.class() == ErrorClass::Gone => {
+            let message = format!("NIC {} not found ({e}): nothing to unbind", b.spec.nic_id);
+            let builder = StatusBuilder::new(b, ctx.now())
+                .bound_reverse_binding(None)
+                .bound(CondStatus::False, Reason::NicNotFound, &message)
+                .ready(CondStatus::False, Reason::NicNotFound, &message);
+            release(b, ctx, key, builder, Reason::NicNotFound, &message).await
+        }
+        Err(e) => {
+            let reason = failure_reason(&e, true);
+            let builder = StatusBuilder::new(b, ctx.now()).bound_unchanged();
+            let hint = "; set spec.deletionPolicy to Orphan to release the binding without unbinding";
+            let failure = Failure {
+                reason,
+                message: format!("unbind failed: {e}{hint}"),
+                action: "Unbind",
+                retry_after: e.retry_after(),
+            };
+            record_failure(b, ctx, builder, failure).await
+        }
+    }
+}

@@ -1,0 +1,659 @@
+//! Reconciler tests: a fake `EcsApi` and a tower-test mock API server. Every Kubernetes request
+//! the reconciler makes is recorded and asserted exactly (method, path, query, content type,
+//! body); a scenario that should make none asserts radio silence.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::Secret;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use serde_json::{Value, json};
+use vip_operator::api::v1alpha1::{DeletionPolicy, FINALIZER, SecretRef, VipBinding, VipBindingSpec};
+use vip_operator::controller::Context;
+use vip_operator::controller::kube::KubeOps;
+use vip_operator::controller::reconcile::reconcile;
+use vip_operator::controller::target::{DefaultCredentials, OperatorDefaults, TargetResolver};
+use vip_operator::ecs::error::{ApiError, TransportKind};
+use vip_operator::ecs::{BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsError, UnbindRequest};
+
+const NS: &str = "team-a";
+const NAME: &str = "web-vip";
+const NIC: &str = "d32019d3-bc6e-4319-9c1d-6722fc136a23";
+const SUBNET: &str = "8c9d4f38-1a2b-4c3d-9e8f-001122334455";
+const PROJECT: &str = "0123456789abcdef0123456789abcdef";
+const NOW: &str = "2026-11-29T10:00:00Z";
+const EARLIER: &str = "2026-11-29T09:00:00Z";
+
+// ---------------------------------------------------------------- fakes
+
+struct FixedClock;
+impl Clock for FixedClock {
+    fn now(&self) -> jiff::Timestamp {
+        NOW.parse().unwrap()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct CloudCall {
+    op: &'static str,
+    nic: String,
+    project: String,
+    region: String,
+    access_key: String,
+    subnet: String,
+    ip: String,
+    reverse_binding: bool,
+}
+
+#[derive(Default)]
+struct FakeCloud {
+    script: Mutex<VecDeque<Result<String, EcsError>>>,
+    calls: Mutex<Vec<CloudCall>>,
+}
+
+impl FakeCloud {
+    fn answering(results: Vec<Result<String, EcsError>>) -> Arc<Self> {
+        Arc::new(Self { script: Mutex::new(results.into()), calls: Mutex::default() })
+    }
+    fn calls(&self) -> Vec<CloudCall> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn next(&self, call: CloudCall) -> Result<String, EcsError> {
+        self.calls.lock().unwrap().push(call.clone());
+        self.script.lock().unwrap().pop_front().unwrap_or_else(|| Ok(call.nic.clone()))
+    }
+}
+
+impl EcsApi for FakeCloud {
+    fn bind<'a>(&'a self, t: &'a CloudTarget, r: &'a BindRequest) -> BoxFuture<'a, Result<String, EcsError>> {
+        let call = CloudCall {
+            op: "bind",
+            nic: r.nic_id.clone(),
+            project: t.project_id.clone(),
+            region: t.region.clone(),
+            access_key: t.credentials.access_key().into(),
+            subnet: r.subnet_id.clone(),
+            ip: r.ip_address.clone(),
+            reverse_binding: r.reverse_binding,
+        };
+        async move { self.next(call) }.boxed()
+    }
+    fn unbind<'a>(&'a self, t: &'a CloudTarget, r: &'a UnbindRequest) -> BoxFuture<'a, Result<String, EcsError>> {
+        let call = CloudCall {
+            op: "unbind",
+            nic: r.nic_id.clone(),
+            project: t.project_id.clone(),
+            region: t.region.clone(),
+            access_key: t.credentials.access_key().into(),
+            subnet: String::new(),
+            ip: String::new(),
+            reverse_binding: r.reverse_binding,
+        };
+        async move { self.next(call) }.boxed()
+    }
+}
+
+fn api_error(status: u16, code: &str, request_id: &str) -> EcsError {
+    EcsError::Api(ApiError {
+        status,
+        code: Some(code.into()),
+        message: "simulated".into(),
+        detail_codes: vec![],
+        request_id: Some(request_id.into()),
+        retry_after: None,
+    })
+}
+
+/// One request as the API server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    uri: String,
+    content_type: Option<String>,
+    body: Value,
+}
+
+/// A small stand-in for the API server behind the mock: it applies the reconciler's patches to
+/// one object (so responses are what a server would return) and records every request.
+struct MockApi {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn status_response(code: u16, reason: &str, message: &str) -> Response<Body> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message});
+    Response::builder().status(code).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap()
+}
+
+fn json_response(v: &Value) -> Response<Body> {
+    Response::builder().status(200).body(Body::from(serde_json::to_vec(v).unwrap())).unwrap()
+}
+
+/// RFC 6902 as kube-apiserver evaluates it: a `test` of `null` passes when the path is missing
+/// (the `json-patch` crate would fail it), everything else as the RFC says.
+fn apply_json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
+    let mut next = doc.clone();
+    for op in ops.as_array().ok_or("a JSON patch is an array")? {
+        if op["op"] == "test" && op["value"].is_null() {
+            let path = op["path"].as_str().ok_or("test without path")?;
+            match next.pointer(path) {
+                None | Some(Value::Null) => continue,
+                Some(_) => return Err(format!("test failed: {path} is present")),
+            }
+        }
+        let single: json_patch::Patch = serde_json::from_value(json!([op])).map_err(|e| e.to_string())?;
+        json_patch::patch(&mut next, &single).map_err(|e| e.to_string())?;
+    }
+    *doc = next;
+    Ok(())
+}
+
+impl MockApi {
+    fn start(object: &VipBinding, secret: Option<Secret>, events_forbidden: bool) -> (kube::Client, Self) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let mut current = serde_json::to_value(object).unwrap();
+        let task = tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let uri = request.uri().to_string();
+                let content_type = request.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+                record.lock().unwrap().push(Seen {
+                    method: method.clone(),
+                    uri: uri.clone(),
+                    content_type: content_type.clone(),
+                    body: body.clone(),
+                });
+                let path = uri.split('?').next().unwrap().to_string();
+                let response = if path.ends_with("/status") && method == "PATCH" {
+                    current["status"] = body["status"].clone();
+                    json_response(&current)
+                } else if path.contains("/vipbindings/") && method == "PATCH" {
+                    match apply_json_patch(&mut current, &body) {
+                        Ok(()) => json_response(&current),
+                        Err(e) => status_response(422, "Invalid", &e),
+                    }
+                } else if path.contains("/events") && method == "POST" {
+                    if events_forbidden {
+                        status_response(
+                            403,
+                            "Forbidden",
+                            "unable to create new content in namespace team-a because it is being terminated",
+                        )
+                    } else {
+                        json_response(&body)
+                    }
+                } else if path.contains("/secrets/") && method == "GET" {
+                    match &secret {
+                        Some(s) => json_response(&serde_json::to_value(s).unwrap()),
+                        None => status_response(404, "NotFound", "secrets not found"),
+                    }
+                } else {
+                    status_response(404, "NotFound", &format!("unexpected {method} {uri}"))
+                };
+                send.send_response(response);
+            }
+        });
+        (kube::Client::new(service, "default"), Self { seen, task })
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------- fixtures
+
+fn spec() -> VipBindingSpec {
+    VipBindingSpec {
+        nic_id: NIC.into(),
+        ip_address: "192.168.0.7".into(),
+        subnet_id: SUBNET.into(),
+        reverse_binding: false,
+        project_id: Some(PROJECT.into()),
+        region: Some("cn-north-4".into()),
+        credentials_secret_ref: None,
+        deletion_policy: DeletionPolicy::Unbind,
+    }
+}
+
+fn binding() -> VipBinding {
+    let mut b = VipBinding::new(NAME, spec());
+    b.metadata.namespace = Some(NS.into());
+    b.metadata.uid = Some("uid-1".into());
+    b.metadata.generation = Some(1);
+    b.metadata.resource_version = Some("100".into());
+    b
+}
+
+fn bound_binding() -> VipBinding {
+    let mut b = binding();
+    b.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let msg = format!("VIP 192.168.0.7 is bound to NIC {NIC} (port {NIC})");
+    b.status = Some(serde_json::from_value(json!({
+        "portId": NIC,
+        "observedGeneration": 1,
+        "boundReverseBinding": false,
+        "conditions": [
+            {"type": "Bound", "status": "True", "reason": "Bound", "message": msg, "observedGeneration": 1, "lastTransitionTime": EARLIER},
+            {"type": "Ready", "status": "True", "reason": "Bound", "message": msg, "observedGeneration": 1, "lastTransitionTime": EARLIER},
+        ]
+    })).unwrap());
+    b
+}
+
+fn deleting(mut b: VipBinding) -> VipBinding {
+    b.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(EARLIER.parse().unwrap()));
+    b
+}
+
+fn static_defaults() -> OperatorDefaults {
+    OperatorDefaults {
+        credentials: DefaultCredentials::Static(Credentials::new("DEFAULTAK", "default-sk", None).unwrap()),
+        project_id: None,
+        region: None,
+        region_required: true,
+    }
+}
+
+fn context(client: kube::Client, cloud: Arc<FakeCloud>, defaults: OperatorDefaults) -> Arc<Context> {
+    let reporter = Reporter { controller: "vip-operator".into(), instance: Some("test".into()) };
+    Arc::new(Context::new(
+        KubeOps::new(client.clone(), reporter),
+        cloud,
+        TargetResolver::new(Arc::new(client), defaults),
+        Arc::new(FixedClock),
+    ))
+}
+
+struct Run {
+    action: Action,
+    seen: Vec<Seen>,
+}
+
+async fn run_once(
+    object: VipBinding,
+    cloud: Arc<FakeCloud>,
+    defaults: OperatorDefaults,
+    secret: Option<Secret>,
+    events_forbidden: bool,
+) -> Run {
+    let (client, api) = MockApi::start(&object, secret, events_forbidden);
+    let ctx = context(client, cloud, defaults);
+    let action = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), ctx))
+        .await
+        .expect("reconcile hung")
+        .expect("reconcile failed");
+    // Anything sent after the reconcile returned would be a stray write.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Run { action, seen: api.seen() }
+}
+
+const BINDING_PATH: &str = "/apis/vipoperator.dev/v1alpha1/namespaces/team-a/vipbindings/web-vip";
+
+fn assert_finalizer_added(s: &Seen) {
+    assert_eq!(s.method, "PATCH");
+    assert_eq!(s.uri, format!("{BINDING_PATH}?"));
+    assert_eq!(s.content_type.as_deref(), Some("application/json-patch+json"));
+    assert_eq!(
+        s.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    );
+}
+
+fn assert_finalizer_removed(s: &Seen) {
+    assert_eq!(s.method, "PATCH");
+    assert_eq!(s.uri, format!("{BINDING_PATH}?"));
+    assert_eq!(s.content_type.as_deref(), Some("application/json-patch+json"));
+    assert_eq!(
+        s.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ])
+    );
+}
+
+fn assert_status_apply(s: &Seen, status: Value) {
+    assert_eq!(s.method, "PATCH");
+    assert_eq!(s.uri, format!("{BINDING_PATH}/status?&force=true&fieldManager=vip-operator"));
+    assert_eq!(s.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    assert_eq!(s.body, json!({"apiVersion": "vipoperator.dev/v1alpha1", "kind": "VipBinding", "status": status}));
+}
+
+fn assert_event(s: &Seen, type_: &str, reason: &str, note_contains: &str) {
+    assert_eq!(s.method, "POST");
+    assert_eq!(s.uri, "/apis/events.k8s.io/v1/namespaces/team-a/events?");
+    assert_eq!(s.body["type"], type_);
+    assert_eq!(s.body["reason"], reason);
+    assert_eq!(s.body["regarding"]["name"], NAME);
+    assert_eq!(s.body["regarding"]["kind"], "VipBinding");
+    assert_eq!(s.body["reportingController"], "vip-operator");
+    let note = s.body["note"].as_str().unwrap();
+    assert!(note.contains(note_contains), "{note:?} should contain {note_contains:?}");
+}
+
+fn cond(type_: &str, status: &str, reason: &str, message: &str, time: &str) -> Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message, "observedGeneration": 1, "lastTransitionTime": time})
+}
+
+// ---------------------------------------------------------------- scenarios
+
+#[tokio::test]
+async fn create_adds_finalizer_binds_once_and_records_status() {
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_once(binding(), cloud.clone(), static_defaults(), None, false).await;
+
+    assert_eq!(
+        cloud.calls(),
+        vec![CloudCall {
+            op: "bind",
+            nic: NIC.into(),
+            project: PROJECT.into(),
+            region: "cn-north-4".into(),
+            access_key: "DEFAULTAK".into(),
+            subnet: SUBNET.into(),
+            ip: "192.168.0.7".into(),
+            reverse_binding: false,
+        }]
+    );
+    assert_eq!(run.seen.len(), 3, "{:#?}", run.seen);
+    assert_finalizer_added(&run.seen[0]);
+    let msg = format!("VIP 192.168.0.7 is bound to NIC {NIC} (port {NIC})");
+    assert_status_apply(
+        &run.seen[1],
+        json!({
+            "portId": NIC,
+            "observedGeneration": 1,
+            "boundReverseBinding": false,
+            "conditions": [cond("Bound", "True", "Bound", &msg, NOW), cond("Ready", "True", "Bound", &msg, NOW)],
+        }),
+    );
+    assert_event(&run.seen[2], "Normal", "Bound", "is bound to NIC");
+    assert_eq!(run.action, Action::await_change());
+}
+
+#[tokio::test]
+async fn resync_of_a_bound_binding_makes_no_calls_at_all() {
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_once(bound_binding(), cloud.clone(), static_defaults(), None, false).await;
+    assert!(cloud.calls().is_empty());
+    assert!(run.seen.is_empty(), "radio silence expected, got {:#?}", run.seen);
+    assert_eq!(run.action, Action::await_change());
+}
+
+#[tokio::test]
+async fn delete_unbinds_records_port_and_conditions_then_releases() {
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), None, false).await;
+
+    let calls = cloud.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].op, "unbind");
+    assert_eq!(calls[0].nic, NIC);
+    assert!(!calls[0].reverse_binding);
+
+    assert_eq!(run.seen.len(), 3, "{:#?}", run.seen);
+    let msg = format!("VIP 192.168.0.7 unbound from NIC {NIC} (port {NIC})");
+    assert_status_apply(
+        &run.seen[0],
+        json!({
+            "portId": NIC,
+            "observedGeneration": 1,
+            "conditions": [cond("Bound", "False", "Unbound", &msg, NOW), cond("Ready", "False", "Unbound", &msg, NOW)],
+        }),
+    );
+    assert_finalizer_removed(&run.seen[1]);
+    assert_event(&run.seen[2], "Normal", "Unbound", "unbound from NIC");
+}
+
+#[tokio::test]
+async fn delete_with_the_nic_gone_releases_with_nic_not_found() {
+    let cloud = FakeCloud::answering(vec![Err(api_error(404, "Ecs.0614", "req-404"))]);
+    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), None, false).await;
+    assert_eq!(cloud.calls().len(), 1);
+    assert_eq!(run.seen.len(), 3);
+    let status = &run.seen[0].body["status"];
+    assert_eq!(status["conditions"][1]["reason"], "NicNotFound");
+    assert_eq!(status["conditions"][0]["reason"], "NicNotFound");
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert!(status["conditions"][1]["message"].as_str().unwrap().contains("req-404"));
+    assert_finalizer_removed(&run.seen[1]);
+    assert_event(&run.seen[2], "Normal", "NicNotFound", "nothing to unbind");
+}
+
+#[tokio::test]
+async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
+    let cloud = FakeCloud::answering(vec![Err(api_error(500, "Common.0001", "req-500"))]);
+    let first = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), None, false).await;
+    assert_eq!(first.seen.len(), 2, "{:#?}", first.seen);
+    let msg = "unbind failed: HTTP 500 Common.0001: simulated [request id req-500]; set spec.deletionPolicy to Orphan to release the binding without unbinding";
+    let bound_msg = format!("VIP 192.168.0.7 is bound to NIC {NIC} (port {NIC})");
+    assert_status_apply(
+        &first.seen[0],
+        json!({
+            "portId": NIC,
+            "observedGeneration": 1,
+            "boundReverseBinding": false,
+            "conditions": [cond("Bound", "True", "Bound", &bound_msg, EARLIER), cond("Ready", "False", "CloudUnavailable", msg, NOW)],
+        }),
+    );
+    assert_event(&first.seen[1], "Warning", "CloudUnavailable", "req-500");
+    let delay = requeue_delay(&first.action).expect("a retryable failure must requeue");
+    assert!(delay >= Duration::from_millis(2500) && delay <= Duration::from_secs(5), "{delay:?}");
+
+    // The next reconcile sees the status the first one wrote, and succeeds.
+    let mut object = deleting(bound_binding());
+    object.status = Some(serde_json::from_value(first.seen[0].body["status"].clone()).unwrap());
+    let second = run_once(object, cloud.clone(), static_defaults(), None, false).await;
+    assert_eq!(cloud.calls().len(), 2);
+    assert_eq!(second.seen.len(), 3);
+    assert_eq!(second.seen[0].body["status"]["conditions"][1]["reason"], "Unbound");
+    assert_finalizer_removed(&second.seen[1]);
+}
+
+#[tokio::test]
+async fn orphan_policy_releases_without_a_cloud_call() {
+    let cloud = FakeCloud::answering(vec![]);
+    let mut object = deleting(bound_binding());
+    object.spec.deletion_policy = DeletionPolicy::Orphan;
+    let run = run_once(object, cloud.clone(), static_defaults(), None, false).await;
+    assert!(cloud.calls().is_empty());
+    assert_eq!(run.seen.len(), 3);
+    let conditions = &run.seen[0].body["status"]["conditions"];
+    assert_eq!(conditions[1]["reason"], "Orphaned");
+    assert_eq!(conditions[1]["status"], "False");
+    // The VIP stays bound, and status says so.
+    assert_eq!(conditions[0]["status"], "True");
+    assert_finalizer_removed(&run.seen[1]);
+    assert_event(&run.seen[2], "Normal", "Orphaned", "stays bound");
+}
+
+#[tokio::test]
+async fn auth_failure_is_recorded_and_the_key_is_not_retried_in_a_loop() {
+    let cloud = FakeCloud::answering(vec![Err(api_error(401, "APIGW.0301", "req-401"))]);
+    let (client, api) = MockApi::start(&binding(), None, false);
+    let ctx = context(client, cloud.clone(), static_defaults());
+    let action = reconcile(Arc::new(binding()), ctx.clone()).await.unwrap();
+    let seen = api.seen();
+    // Finalizer (the call was about to be made), status, warning event.
+    assert_eq!(seen.len(), 3, "{seen:#?}");
+    assert_finalizer_added(&seen[0]);
+    let status = &seen[1].body["status"];
+    assert_eq!(status["conditions"][1]["reason"], "AuthFailed");
+    assert!(status["conditions"][1]["message"].as_str().unwrap().contains("APIGW.0301"));
+    // A 401 proves nothing was bound.
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_event(&seen[2], "Warning", "AuthFailed", "req-401");
+    let Some(delay) = requeue_delay(&action) else { panic!("auth failures requeue slowly") };
+    assert!(delay >= Duration::from_secs(30), "{delay:?}");
+
+    // Another binding using the same key right after: held back without a cloud call.
+    let mut other = binding();
+    other.metadata.name = Some("other".into());
+    other.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let _ = reconcile(Arc::new(other), ctx).await.unwrap();
+    assert_eq!(cloud.calls().len(), 1, "the refused key must not be sent again at once");
+    let held = &api.seen()[3].body["status"]["conditions"][1];
+    assert_eq!(held["reason"], "AuthFailed");
+    assert!(held["message"].as_str().unwrap().contains("not sent: the cloud refused access key DEFAULTAK"), "{held}");
+}
+
+fn requeue_delay(action: &Action) -> Option<Duration> {
+    // Action has no public accessors; its Debug output carries the requeue duration
+    // (`Action { requeue_after: Some(12.5s) }`).
+    let text = format!("{action:?}");
+    let inner = text.split("Some(").nth(1)?.split(')').next()?;
+    let (number, scale) = if let Some(n) = inner.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = inner.strip_suffix("µs") {
+        (n, 1e-6)
+    } else if let Some(n) = inner.strip_suffix("ns") {
+        (n, 1e-9)
+    } else {
+        (inner.strip_suffix('s')?, 1.0)
+    };
+    Some(Duration::from_secs_f64(number.parse::<f64>().ok()? * scale))
+}
+
+#[tokio::test]
+async fn missing_credentials_never_reach_the_cloud_and_add_no_finalizer() {
+    let cloud = FakeCloud::answering(vec![]);
+    let defaults = OperatorDefaults { credentials: DefaultCredentials::None, ..static_defaults() };
+    let run = run_once(binding(), cloud.clone(), defaults, None, false).await;
+    assert!(cloud.calls().is_empty());
+    assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
+    let status = &run.seen[0].body["status"];
+    assert_eq!(status["conditions"][1]["reason"], "CredentialsUnavailable");
+    assert_eq!(status["conditions"][0]["reason"], "NotBound");
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_event(&run.seen[1], "Warning", "CredentialsUnavailable", "no credentials");
+    assert!(requeue_delay(&run.action).is_some());
+}
+
+#[tokio::test]
+async fn binding_secret_is_read_and_wins_over_defaults() {
+    let cloud = FakeCloud::answering(vec![]);
+    let mut object = binding();
+    object.spec.credentials_secret_ref = Some(SecretRef { name: "hw-creds".into() });
+    object.spec.project_id = None;
+    object.spec.region = None;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hw-creds", "namespace": NS},
+        "data": {
+            "accessKey": "U0VDUkVUQUs=",          // SECRETAK
+            "secretKey": "c2VjcmV0LXNr",          // secret-sk
+            "projectId": "cHJvamVjdGZyb21zZWNyZXQ=", // projectfromsecret
+            "region": "YXAtc291dGhlYXN0LTE=",       // ap-southeast-1
+        }
+    }))
+    .unwrap();
+    let run = run_once(object, cloud.clone(), static_defaults(), Some(secret), false).await;
+    assert_eq!(run.seen[0].method, "GET");
+    assert_eq!(run.seen[0].uri, "/api/v1/namespaces/team-a/secrets/hw-creds");
+    let call = &cloud.calls()[0];
+    assert_eq!(call.access_key, "SECRETAK");
+    assert_eq!(call.project, "projectfromsecret");
+    assert_eq!(call.region, "ap-southeast-1");
+    // No secret material in anything written to the cluster.
+    for s in &run.seen {
+        assert!(!s.body.to_string().contains("secret-sk"));
+    }
+}
+
+#[tokio::test]
+async fn a_secret_with_a_missing_key_is_invalid_with_a_precise_message() {
+    let cloud = FakeCloud::answering(vec![]);
+    let mut object = binding();
+    object.spec.credentials_secret_ref = Some(SecretRef { name: "hw-creds".into() });
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hw-creds", "namespace": NS},
+        "data": {"accessKey": "U0VDUkVUQUs="}
+    }))
+    .unwrap();
+    let run = run_once(object, cloud.clone(), static_defaults(), Some(secret), false).await;
+    assert!(cloud.calls().is_empty());
+    let ready = &run.seen[1].body["status"]["conditions"][1];
+    assert_eq!(ready["reason"], "Invalid");
+    assert_eq!(ready["message"], "credentials Secret team-a/hw-creds: key `secretKey` is missing");
+}
+
+#[tokio::test]
+async fn deleting_a_binding_that_never_reached_the_cloud_needs_no_unbind() {
+    // Never got a finalizer (credentials were missing from the start): nothing to do at all.
+    let cloud = FakeCloud::answering(vec![]);
+    let mut object = deleting(binding());
+    object.status = Some(
+        serde_json::from_value(json!({
+            "conditions": [cond("Bound", "False", "NotBound", "no bind request has been sent to the cloud", EARLIER)]
+        }))
+        .unwrap(),
+    );
+    let run = run_once(object.clone(), cloud.clone(), static_defaults(), None, false).await;
+    assert!(cloud.calls().is_empty());
+    assert!(run.seen.is_empty(), "{:#?}", run.seen);
+
+    // Had the finalizer, but the cloud refused the only bind (Bound=False): released, no call.
+    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let run = run_once(object, cloud.clone(), static_defaults(), None, false).await;
+    assert!(cloud.calls().is_empty());
+    assert_eq!(run.seen.len(), 3);
+    assert_eq!(run.seen[0].body["status"]["conditions"][1]["reason"], "NotBound");
+    assert_finalizer_removed(&run.seen[1]);
+}
+
+#[tokio::test]
+async fn event_failures_never_block_a_deletion() {
+    // A terminating namespace refuses new events; the binding must still be released.
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), None, true).await;
+    assert_eq!(run.seen.len(), 3);
+    assert_finalizer_removed(&run.seen[1]);
+    assert_eq!(run.seen[2].method, "POST");
+    assert_eq!(run.action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_lost_bind_answer_is_recorded_as_indeterminate_and_deletion_still_unbinds() {
+    let timeout = EcsError::Transport { kind: TransportKind::Timeout, message: "operation timed out".into() };
+    let cloud = FakeCloud::answering(vec![Err(timeout)]);
+    let run = run_once(binding(), cloud.clone(), static_defaults(), None, false).await;
+    let status = &run.seen[1].body["status"];
+    assert_eq!(status["conditions"][0]["status"], "Unknown");
+    assert_eq!(status["conditions"][0]["reason"], "Indeterminate");
+    assert_eq!(status["conditions"][1]["reason"], "CloudUnavailable");
+
+    let mut object = deleting(binding());
+    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    object.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let run = run_once(object, cloud.clone(), static_defaults(), None, false).await;
+    assert_eq!(cloud.calls().last().unwrap().op, "unbind");
+    assert_finalizer_removed(&run.seen[1]);
+}
+
+#[tokio::test]
+async fn terminal_bind_errors_wait_for_a_spec_change() {
+    let cloud = FakeCloud::answering(vec![Err(api_error(400, "Ecs.0039", "req-400"))]);
+    let run = run_once(binding(), cloud.clone(), static_defaults(), None, false).await;
+    assert_eq!(run.seen[1].body["status"]["conditions"][1]["reason"], "BindFailed");
+    assert_eq!(run.action, Action::await_change());
+}
