@@ -4,6 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod ecs;
+pub mod rbac;
 pub mod run;
 pub mod simulator;
 pub mod telemetry;
