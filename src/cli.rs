@@ -60,9 +60,9 @@ pub struct RunArgs {
     /// Base URL of the ECS metadata service.
     #[arg(long, env = "VIPOP_METADATA_URL", default_value = crate::ecs::credentials::DEFAULT_METADATA_URL)]
     pub metadata_url: String,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "VIPOP_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only this namespace; repeat (or comma-separate) for several. Default: all namespaces.
+    #[arg(long = "namespace", env = "VIPOP_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     /// Bindings reconciled in parallel.
     #[arg(long, env = "VIPOP_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -75,6 +75,36 @@ pub struct RunArgs {
     /// Cloud API calls in flight at once.
     #[arg(long, env = "VIPOP_CLOUD_CONCURRENCY", default_value_t = 16)]
     pub cloud_concurrency: usize,
+    /// Attempts per cloud call (the first included) for retryable errors, before the binding is
+    /// requeued with backoff.
+    #[arg(long, env = "VIPOP_CLOUD_MAX_ATTEMPTS", default_value_t = 4)]
+    pub cloud_max_attempts: u32,
+    /// Re-assert the bind of bound bindings this often (jittered), so a VIP removed behind the
+    /// operator's back comes back. 0 disables.
+    #[arg(long, env = "VIPOP_RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub resync_period: std::time::Duration,
+    /// Keep credentials Secrets referenced by live bindings from being deleted before the
+    /// bindings are (a finalizer on the Secret).
+    #[arg(long, env = "VIPOP_PROTECT_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub protect_credentials: bool,
+    /// Admin server address for /metrics, /healthz and /readyz ("off" disables it).
+    #[arg(long, env = "VIPOP_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: String,
+    /// Run leader election so that only one replica reconciles.
+    #[arg(long, env = "VIPOP_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the leader election Lease (default: the pod's namespace from POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader election Lease.
+    #[arg(long, default_value = "vip-operator")]
+    pub leader_election_id: String,
+    /// Seconds the Lease stays valid without renewal: how fast a standby takes over a dead leader.
+    #[arg(long, default_value_t = 15)]
+    pub leader_lease_seconds: u64,
+    /// On SIGTERM, how long in-flight reconciles (and their cloud calls) may take to finish.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
     /// Apply the VipBinding CRD at start (development; the Helm chart installs it in production).
     #[arg(long)]
     pub install_crd: bool,

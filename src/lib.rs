@@ -1,9 +1,12 @@
 //! vip-operator: binds Huawei Cloud ECS virtual IPs to server NICs as Kubernetes objects.
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod ecs;
+pub mod leader;
+pub mod metrics;
 pub mod rbac;
 pub mod run;
 pub mod simulator;

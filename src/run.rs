@@ -1,20 +1,26 @@
 //! `vip-operator run`: connect to the cluster, build the ECS client and credentials, and run the
 //! controller until SIGTERM. Also usable in-process (tests) through [`run`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::Reporter;
 use kube::{Client, Config, CustomResourceExt};
 
+use crate::admin::{AdminState, Health};
 use crate::api::v1alpha1::{CRD_NAME, VipBinding};
 use crate::cli::RunArgs;
 use crate::controller::kube::{FIELD_MANAGER, KubeOps};
 use crate::controller::target::{DefaultCredentials, OperatorDefaults, TargetResolver};
-use crate::controller::{Context, WatchConfig};
+use crate::controller::{Context, Hooks, WatchConfig};
 use crate::ecs::{Credentials, EcsClient, EcsClientConfig, Endpoint, MetadataCredentials, RetryPolicy, SystemClock};
+use crate::leader::{LeaderConfig, Leadership};
+use crate::metrics::Metrics;
 use crate::simulator::{Simulator, SimulatorConfig};
 
 /// Start-up failures, each with a message that says what to do.
@@ -139,10 +145,21 @@ fn default_credentials(args: &RunArgs) -> Result<DefaultCredentials, StartError>
     Ok(DefaultCredentials::None)
 }
 
-/// Runs the operator until `shutdown` resolves.
+fn identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "vip-operator".into());
+    // Two processes on one host (or a restarted pod name) must not share an identity.
+    format!("{base}-{:08x}", rand::random::<u32>())
+}
+
+/// Runs the operator until `shutdown` resolves (or leadership is lost, which is an error: the
+/// process exits so that it restarts as a standby).
 pub async fn run(
     mut args: RunArgs,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     // Validate flags before touching the network: bad input fails fast and clearly.
     if let Some(url) = &args.ecs_endpoint {
@@ -169,12 +186,79 @@ pub async fn run(
     if args.concurrency == 0 {
         return Err(StartError::Config("--concurrency must be at least 1".into()));
     }
+    if args.cloud_max_attempts == 0 {
+        return Err(StartError::Config("--cloud-max-attempts must be at least 1".into()));
+    }
+    let metrics_addr: Option<SocketAddr> = match args.metrics_addr.trim() {
+        "" | "off" | "none" => None,
+        a => Some(a.parse().map_err(|e| StartError::Config(format!("--metrics-addr {a:?}: {e}")))?),
+    };
+    let leader_namespace = if args.leader_elect {
+        Some(args.leader_election_namespace.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
+            StartError::Config("--leader-elect needs --leader-election-namespace (or POD_NAMESPACE)".into())
+        })?)
+    } else {
+        None
+    };
+
+    // One signal for everything that must stop; readiness turns false the moment it fires.
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            health.shutting_down();
+            stop.cancel();
+        });
+    }
+    let stores = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let admin_stop = CancellationToken::new();
+    if let Some(addr) = metrics_addr {
+        let state = AdminState { health: health.clone(), metrics: metrics.clone(), stores: stores.clone() };
+        let local = crate::admin::serve(addr, state, admin_stop.clone()).await.map_err(StartError::Config)?;
+        tracing::info!(%local, "admin server: /metrics /healthz /readyz");
+    }
 
     let client = connect().await?;
     if args.install_crd {
         install_crd(&client).await?;
     }
-    check_crd(&client, args.namespace.as_deref()).await?;
+    for ns in namespaces_or_all(&args.namespaces) {
+        check_crd(&client, ns).await?;
+    }
+    health.started();
+
+    let mut leadership = None;
+    if let Some(namespace) = leader_namespace {
+        let config = LeaderConfig {
+            namespace,
+            lease_name: args.leader_election_id.clone(),
+            identity: identity(),
+            lease_duration: args.leader_lease_seconds.max(2),
+            renew_grace: (args.leader_lease_seconds / 3).max(1),
+        };
+        tracing::info!(lease = %format!("{}/{}", config.namespace, config.lease_name), identity = %config.identity, "waiting for leadership");
+        let mut l = Leadership::start(client.clone(), config).await.map_err(StartError::Cluster)?;
+        tokio::select! {
+            acquired = l.acquired() => {
+                if !acquired {
+                    return Err(StartError::Cluster("leader election stopped before this replica was elected".into()));
+                }
+            }
+            _ = stop.cancelled() => {
+                l.release(Duration::from_secs(5)).await;
+                admin_stop.cancel();
+                return Ok(());
+            }
+        }
+        tracing::info!("elected leader");
+        leadership = Some(l);
+    }
+    metrics.leader.set(1);
+    health.leading(true);
 
     let mut simulator = None;
     if args.simulator {
@@ -189,14 +273,19 @@ pub async fn run(
         Some(url) => Endpoint::parse_override(url).map_err(StartError::Config)?,
         None => Endpoint::Regional,
     };
-    let cloud = EcsClient::new(EcsClientConfig {
-        endpoint: endpoint.clone(),
-        qps: args.cloud_qps,
-        burst: args.cloud_burst,
-        max_concurrency: args.cloud_concurrency,
-        retry: RetryPolicy::default(),
-        ..Default::default()
-    })
+    let retry = RetryPolicy { max_attempts: args.cloud_max_attempts, ..RetryPolicy::default() };
+    let cloud = EcsClient::with_clock(
+        EcsClientConfig {
+            endpoint: endpoint.clone(),
+            qps: args.cloud_qps,
+            burst: args.cloud_burst,
+            max_concurrency: args.cloud_concurrency,
+            retry,
+            ..Default::default()
+        },
+        Arc::new(SystemClock),
+        Some(metrics.clone()),
+    )
     .map_err(StartError::Config)?;
     tracing::info!(credentials = ?credentials, endpoint = %endpoint, "cloud configuration");
 
@@ -210,27 +299,56 @@ pub async fn run(
         region: args.region.clone(),
         region_required: endpoint == Endpoint::Regional,
     };
-    let ctx = Arc::new(Context::new(
-        KubeOps::new(client.clone(), reporter),
-        Arc::new(cloud),
-        TargetResolver::new(Arc::new(client.clone()), defaults),
-        Arc::new(SystemClock),
-    ));
-    tracing::info!(
-        namespace = args.namespace.as_deref().unwrap_or("(all)"),
-        concurrency = args.concurrency,
-        "watching VipBindings"
+    let ctx = Arc::new(
+        Context::new(
+            KubeOps::new(client.clone(), reporter),
+            Arc::new(cloud),
+            TargetResolver::new(Arc::new(client.clone()), defaults),
+            Arc::new(SystemClock),
+        )
+        .with_metrics(metrics.clone()),
     );
-    crate::controller::run(
-        client,
-        ctx,
-        WatchConfig { namespace: args.namespace.clone(), concurrency: args.concurrency },
-        shutdown,
-    )
-    .await;
-    tracing::info!("controller stopped");
+    let watch = WatchConfig { namespaces: args.namespaces.clone(), concurrency: args.concurrency };
+    tracing::info!(namespaces = ?watch.namespaces, concurrency = watch.concurrency, "watching VipBindings (all namespaces when empty)");
+    let hooks = Hooks { stores, health: Some(health.clone()) };
+    let mut controller = tokio::spawn(crate::controller::run(client, ctx, watch, hooks, stop.clone()));
+
+    let mut lost_leadership = false;
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = async { match leadership.as_mut() { Some(l) => l.lost().await, None => std::future::pending().await } } => {
+            tracing::error!("lost leadership: stopping reconciles");
+            lost_leadership = true;
+            health.shutting_down();
+            stop.cancel();
+        }
+        _ = &mut controller => {
+            tracing::error!("controller stopped unexpectedly");
+            stop.cancel();
+        }
+    }
+    // In-flight reconciles finish their cloud calls and status writes, within a bound.
+    match tokio::time::timeout(args.shutdown_timeout, &mut controller).await {
+        Ok(_) => tracing::info!("controller stopped"),
+        Err(_) => {
+            tracing::warn!(timeout = ?args.shutdown_timeout, "in-flight reconciles did not finish in time; aborting them");
+            controller.abort();
+        }
+    }
+    metrics.leader.set(0);
+    if let Some(l) = leadership {
+        l.release(Duration::from_secs(5)).await;
+    }
     if let Some(sim) = simulator {
         sim.shutdown().await;
     }
+    admin_stop.cancel();
+    if lost_leadership {
+        return Err(StartError::Cluster("lost leadership; exiting so that this replica restarts as a standby".into()));
+    }
     Ok(())
+}
+
+fn namespaces_or_all(namespaces: &[String]) -> Vec<Option<&str>> {
+    if namespaces.is_empty() { vec![None] } else { namespaces.iter().map(|n| Some(n.as_str())).collect() }
 }

@@ -13,12 +13,13 @@ use std::time::Duration;
 use ::kube::api::Api;
 use ::kube::core::PartialObjectMeta;
 use ::kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use ::kube::runtime::reflector::{self, ObjectRef};
+use ::kube::runtime::reflector::{self, ObjectRef, Store};
 use ::kube::runtime::{WatchStreamExt, watcher};
 use ::kube::{Resource, ResourceExt};
 use futures::{Future, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::v1alpha1::VipBinding;
 use crate::ecs::{BindRequest, Clock, CloudTarget, EcsApi, EcsError, ErrorClass, UnbindRequest};
@@ -38,11 +39,25 @@ pub struct Context {
     pub auth_gate: AuthGate,
     pub backoffs: Backoffs,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Context {
     pub fn new(kube: KubeOps, cloud: Arc<dyn EcsApi>, targets: TargetResolver, clock: Arc<dyn Clock>) -> Self {
-        Self { kube, cloud, targets, auth_gate: AuthGate::default(), backoffs: Backoffs::default(), clock }
+        Self {
+            kube,
+            cloud,
+            targets,
+            auth_gate: AuthGate::default(),
+            backoffs: Backoffs::default(),
+            clock,
+            metrics: None,
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn now(&self) -> Time {
@@ -64,15 +79,35 @@ impl Context {
         self.backoffs.reset(&object_key(b));
     }
 
-    pub fn note_credentials_problem(&self, _b: &VipBinding, _verdict: &Verdict) {}
+    pub fn note_credentials_problem(&self, _b: &VipBinding, verdict: &Verdict) {
+        if let (Some(m), crate::api::v1alpha1::Reason::CredentialsUnavailable) = (&self.metrics, verdict.reason) {
+            m.credentials_unavailable.inc();
+        }
+    }
 
-    pub fn observe_reconcile(&self, _result: &Result<Action, Error>, _elapsed: Duration) {}
+    /// `ok`: left as the spec asks; `waiting`: requeued after a recorded failure or hold;
+    /// `error`: a Kubernetes API failure.
+    pub fn observe_reconcile(&self, result: &Result<Action, Error>, elapsed: Duration) {
+        if let Some(m) = &self.metrics {
+            let label = match result {
+                Ok(a) if *a == Action::await_change() => "ok",
+                Ok(_) => "waiting",
+                Err(_) => "error",
+            };
+            m.reconciled(label, elapsed);
+        }
+    }
 
     async fn gated<F>(&self, target: &CloudTarget, call: F) -> Result<String, EcsError>
     where
         F: Future<Output = Result<String, EcsError>>,
     {
-        self.auth_gate.check(&target.credentials).map_err(EcsError::HeldBack)?;
+        if let Err(message) = self.auth_gate.check(&target.credentials) {
+            if let Some(m) = &self.metrics {
+                m.held_back.inc();
+            }
+            return Err(EcsError::HeldBack(message));
+        }
         let result = call.await;
         match &result {
             Ok(_) => self.auth_gate.accepted(&target.credentials),
@@ -108,9 +143,17 @@ pub fn error_policy(b: Arc<VipBinding>, error: &Error, ctx: Arc<Context>) -> Act
 
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
-    /// Watch one namespace; all when `None`.
-    pub namespace: Option<String>,
+    /// Watch these namespaces; all when empty.
+    pub namespaces: Vec<String>,
+    /// Reconciles in parallel (per watched namespace when several are given).
     pub concurrency: u16,
+}
+
+/// Lets the rest of the process see the controller's caches (metrics, readiness).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub stores: Arc<std::sync::RwLock<Vec<Store<VipBinding>>>>,
+    pub health: Option<Arc<crate::admin::Health>>,
 }
 
 fn strip_managed_fields<K: Resource>(obj: &mut K) {
@@ -118,19 +161,55 @@ fn strip_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
-/// Runs the controller until `shutdown` resolves, then lets in-flight reconciles finish.
+/// Runs the controller until `stop` is cancelled, then lets in-flight reconciles finish.
+/// Several namespaces run one controller each (a watch covers one namespace or all), sharing
+/// the context: one cloud client, one rate limit, one backoff table.
 pub async fn run(
     client: ::kube::Client,
     ctx: Arc<Context>,
     config: WatchConfig,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    hooks: Hooks,
+    stop: CancellationToken,
 ) {
-    let bindings: Api<VipBinding> = match &config.namespace {
+    let scopes: Vec<Option<String>> =
+        if config.namespaces.is_empty() { vec![None] } else { config.namespaces.iter().cloned().map(Some).collect() };
+    let mut readiness = Vec::new();
+    let controllers: Vec<_> = scopes
+        .into_iter()
+        .map(|namespace| {
+            let (controller, reader) = build(client.clone(), ctx.clone(), namespace, config.concurrency, stop.clone());
+            if let Ok(mut stores) = hooks.stores.write() {
+                stores.push(reader.clone());
+            }
+            readiness.push(async move { reader.wait_until_ready().await.is_ok() });
+            controller
+        })
+        .collect();
+    if let Some(health) = hooks.health.clone() {
+        tokio::spawn(async move {
+            if futures::future::join_all(readiness).await.into_iter().all(|ok| ok) {
+                tracing::info!("initial watch sync complete");
+                health.synced();
+            }
+        });
+    }
+    futures::future::join_all(controllers).await;
+}
+
+fn build(
+    client: ::kube::Client,
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    stop: CancellationToken,
+) -> (impl Future<Output = ()> + use<>, Store<VipBinding>) {
+    let namespace = namespace.as_deref();
+    let bindings: Api<VipBinding> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     // Metadata only: enough to notice a Secret changed, without caching every Secret's data.
-    let secrets: Api<PartialObjectMeta<Secret>> = match &config.namespace {
+    let secrets: Api<PartialObjectMeta<Secret>> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -153,10 +232,10 @@ pub async fn run(
             .map(|b| ObjectRef::from_obj(&*b))
             .collect::<Vec<_>>()
     };
-    Controller::for_stream(binding_stream, reader)
+    let controller = Controller::for_stream(binding_stream, reader.clone())
         .watches_stream(secret_stream, secret_mapper)
-        .with_config(ControllerConfig::default().concurrency(config.concurrency))
-        .graceful_shutdown_on(shutdown)
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
@@ -166,6 +245,6 @@ pub async fn run(
                 }
                 Err(e) => tracing::debug!(error = %e, "controller event"),
             }
-        })
-        .await;
+        });
+    (controller, reader)
 }
