@@ -391,6 +391,23 @@ async fn create_assigns_server_fields() {
     assert_eq!(s.metadata.generation, None);
     assert_eq!(rv_of(&s), rv_of(&generated) + 1);
 
+    // Names must be DNS-1123 subdomains (labels for namespaces).
+    let status = api_error(within(w.create(&PostParams::default(), &widget("Not_Valid", 1))).await);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(
+        status
+            .message
+            .contains("metadata.name: Invalid value: \"Not_Valid\""),
+        "{}",
+        status.message
+    );
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": "a.b" } })).expect("ns");
+    let status = api_error(
+        within(Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns)).await,
+    );
+    assert_eq!(status.code, 422);
+
     // A resourceVersion must not be sent on create.
     let mut with_rv = widget("b", 1);
     with_rv.metadata.resource_version = Some("5".into());
@@ -626,14 +643,17 @@ async fn update_uses_optimistic_concurrency() {
     let replaced = within(secrets.replace("s", &PostParams::default(), &replacement))
         .await
         .expect("replace secret");
+    // stringData is write-only: it lands in data.
+    assert_eq!(replaced.string_data, None);
     assert_eq!(
         replaced
-            .string_data
+            .data
             .as_ref()
             .and_then(|d| d.get("k"))
-            .map(String::as_str),
-        Some("new")
+            .map(|b| b.0.as_slice()),
+        Some(b"new".as_slice())
     );
+    assert_eq!(replaced.type_.as_deref(), Some("Opaque"));
 
     // The name in the body must match the URL.
     let status = api_error(within(w.replace("other", &PostParams::default(), &updated)).await);
@@ -2624,14 +2644,25 @@ async fn leases_and_events_are_generic_namespaced_objects() {
         (spec.holder_identity, spec.lease_duration_seconds),
         (None, Some(15))
     );
+    // An applied configuration needs no metadata.name for an existing object...
     let applied = within(leases.patch(
         "l",
         &PatchParams::apply("holder"),
-        &Patch::Apply(json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": { "holderIdentity": "holder" } })),
+        &Patch::Apply(json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": { "leaseTransitions": 1 } })),
+    ))
+    .await
+    .expect("apply without a name");
+    assert_eq!(applied.spec.and_then(|s| s.lease_transitions), Some(1));
+    // ...but does to create one.
+    let missing = within(leases.patch(
+        "missing",
+        &PatchParams::apply("holder"),
+        &Patch::Apply(
+            json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {} }),
+        ),
     ))
     .await;
-    // The applied configuration has no metadata.name, which the server requires.
-    assert_eq!(api_error(applied).code, 400);
+    assert_eq!(api_error(missing).code, 400);
     let applied = within(leases.patch(
         "l",
         &PatchParams::apply("holder"),
@@ -2713,5 +2744,42 @@ async fn requests_are_recorded() {
     assert_eq!(
         requests[1].query_param("fieldManager").as_deref(),
         Some("m")
+    );
+}
+
+#[tokio::test]
+async fn kube_lease_manager_elects_one_leader_at_a_time() {
+    use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+    let (_api, client) = setup().await;
+    let manager = |identity: &'static str| {
+        let client = client.clone();
+        async move {
+            LeaseManagerBuilder::new(client, "leader")
+                .with_namespace("default")
+                .with_identity(identity)
+                .with_duration(3)
+                .with_grace(1)
+                .build()
+                .await
+                .expect("lease manager")
+        }
+    };
+    let one: LeaseManager = within(manager("one")).await;
+    let two: LeaseManager = within(manager("two")).await;
+    assert!(
+        within(one.changed()).await.expect("one acquires"),
+        "one leads"
+    );
+    // two cannot take a lease that one holds (its apply would conflict with one's fields).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), two.changed())
+            .await
+            .is_err(),
+        "two must not become leader while one holds the lease"
+    );
+    within(one.release()).await.expect("one releases");
+    assert!(
+        within(two.changed()).await.expect("two acquires"),
+        "two leads after release"
     );
 }

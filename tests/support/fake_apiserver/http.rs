@@ -301,14 +301,14 @@ fn parse_body(body: &[u8]) -> ApiResult<Value> {
 }
 
 /// Who a non-apply write is attributed to in managedFields: `fieldManager`, else the
-/// User-Agent up to its first `/` (as kube-apiserver does).
+/// User-Agent up to its first `/`, as kube-apiserver does (kube-rs sends no User-Agent, so
+/// its writes are recorded under an empty manager name, as in a real cluster).
 fn default_manager(headers: &HeaderMap) -> String {
     headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .and_then(|ua| ua.split('/').next())
-        .filter(|m| !m.is_empty())
-        .unwrap_or("unknown")
+        .unwrap_or_default()
         .to_string()
 }
 

@@ -209,6 +209,59 @@ fn generate_name(prefix: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
+/// The name rules of the served types: a DNS-1123 label for namespaces, a DNS-1123
+/// subdomain for everything else.
+fn validate_name(rt: &ResourceType, name: &str) -> ApiResult<()> {
+    let label = |s: &str| {
+        let bytes = s.as_bytes();
+        !bytes.is_empty()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-'
+    };
+    let error = if rt.is_namespace() {
+        (!(label(name) && name.len() <= 63)).then_some(
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
+             and must start and end with an alphanumeric character",
+        )
+    } else {
+        (!(name.len() <= 253 && name.split('.').all(label))).then_some(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', \
+             and must start and end with an alphanumeric character",
+        )
+    };
+    match error {
+        Some(detail) => Err(ApiError::invalid(
+            rt,
+            name,
+            &[FieldError::invalid("metadata.name", &json!(name), detail)],
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The conversion and defaulting of the served built-ins that clients can observe: a Secret's
+/// write-only `stringData` is merged into `data` (base64), and its `type` defaults to `Opaque`.
+fn normalize(rt: &ResourceType, obj: &mut Value) {
+    if !(rt.group.is_empty() && rt.plural == "secrets") {
+        return;
+    }
+    if let Some(Value::Object(string_data)) =
+        obj.as_object_mut().and_then(|m| m.remove("stringData"))
+    {
+        for (key, value) in string_data {
+            let bytes = value.as_str().unwrap_or_default().as_bytes().to_vec();
+            obj["data"][key] =
+                serde_json::to_value(k8s_openapi::ByteString(bytes)).unwrap_or_default();
+        }
+    }
+    if obj["type"].as_str().is_none_or(str::is_empty) {
+        obj["type"] = json!("Opaque");
+    }
+}
+
 /// POST: creates an object (also used by server-side apply of a missing object).
 pub(crate) fn create(
     st: &mut State,
@@ -240,6 +293,7 @@ pub(crate) fn create(
         }
     };
     admit_create(st, rt, &t.namespace, &name)?;
+    validate_name(rt, &name)?;
     if meta_str(&obj, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
         return Err(ApiError::internal(
             "resourceVersion should not be set on objects to be created",
@@ -271,6 +325,7 @@ pub(crate) fn create(
         obj["spec"]["finalizers"] = json!(["kubernetes"]);
         obj["status"] = json!({ "phase": "Active" });
     }
+    normalize(rt, &mut obj);
     let crd_type = if rt.is_crd() {
         let crd_type = ResourceType::from_crd(&obj).map_err(|e| crd_invalid(rt, &name, &e))?;
         obj["status"] = crd_status(&obj, &crd_type);
@@ -464,6 +519,7 @@ fn finish_write(
             ));
         }
     }
+    normalize(rt, &mut new);
     let crd_type = if rt.is_crd() {
         Some(ResourceType::from_crd(&new).map_err(|e| crd_invalid(rt, name, &e))?)
     } else {
@@ -659,19 +715,19 @@ fn apply(
         )));
     }
     check_type(t, &mut applied)?;
-    match meta_str(&applied, "name") {
-        Some(n) if n == name => {}
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({}) does not match the name on the URL ({name})",
-                other.unwrap_or_default()
-            )));
-        }
-    }
     check_namespace(t, &mut applied)?;
     let scope = t.scope();
+    // The name is checked on the merged object (`checkName`): an applied configuration
+    // without a name is fine for an existing object, which keeps its own.
+    let existing = st.get(&t.key(name)).cloned();
+    let applied_name = meta_str(&applied, "name").unwrap_or_default();
+    if applied_name != name && (existing.is_none() || !applied_name.is_empty()) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({applied_name}) does not match the name on the URL ({name})"
+        )));
+    }
 
-    let Some(old) = st.get(&t.key(name)).cloned() else {
+    let Some(old) = existing else {
         if t.sub == Sub::Status {
             return Err(ApiError::not_found(rt, name));
         }
