@@ -12,9 +12,10 @@ use axum::response::Response;
 use http::{HeaderMap, Method, StatusCode, header};
 use serde_json::{Value, json};
 
+use super::delete::{self, DeleteOptions};
 use super::error::{ApiError, ApiResult};
 use super::lifecycle;
-use super::ops::{self, DeleteOptions, PatchRequest, Sub, Target};
+use super::ops::{self, PatchRequest, Sub, Target};
 use super::selectors::{FieldSelector, Filter, LabelSelector};
 use super::watch::{self, WatchRequest, render_object};
 use super::{RecordedRequest, Shared};
@@ -468,10 +469,10 @@ fn resource_request(
             let already_deleting = st
                 .get(&target.key(&name))
                 .is_some_and(super::store::is_deleting);
-            let outcome = ops::delete(&mut st, &rt, &target.key(&name), &options);
+            let outcome = delete::delete(&mut st, &rt, &target.key(&name), &options);
             lifecycle::reconcile(&mut st);
             let outcome = outcome?;
-            let response = ops::delete_response(&rt, &outcome, already_deleting);
+            let response = delete::delete_response(&rt, &outcome, already_deleting);
             let response = if response["kind"] == "Status" {
                 response
             } else {
@@ -490,7 +491,7 @@ fn resource_request(
                 .collect();
             let mut items = Vec::new();
             for key in keys {
-                if let Ok(outcome) = ops::delete(&mut st, &rt, &key, &options) {
+                if let Ok(outcome) = delete::delete(&mut st, &rt, &key, &options) {
                     items.push(render(&outcome.object, Shape::Full));
                 }
             }

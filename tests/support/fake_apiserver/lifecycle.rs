@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::ops::{self, DeleteOptions, owner_refs};
+use super::delete::{self, DeleteOptions, owner_refs};
 use super::resources::{CRD_CLEANUP_FINALIZER, ResourceType};
 use super::store::{ObjectKey, State, finalizers, is_deleting, meta_str, set_meta};
 
@@ -36,7 +36,7 @@ fn delete_all(st: &mut State, keys: Vec<ObjectKey>) {
         }
         match st.registry.get(&key.resource()).cloned() {
             Some(rt) => {
-                let _ = ops::delete(st, &rt, &key, &DeleteOptions::default());
+                let _ = delete::delete(st, &rt, &key, &DeleteOptions::default());
             }
             None => {
                 st.remove(&key);

@@ -422,8 +422,7 @@ pub(crate) fn apply(
             remove_path(&mut result, path);
         }
     }
-    entries.retain(|e| !e.is(manager, true, subresource));
-    entries.push(Entry {
+    let entry = Entry {
         manager: manager.into(),
         apply: true,
         api_version: applied["apiVersion"]
@@ -433,7 +432,15 @@ pub(crate) fn apply(
         time: now(),
         subresource: subresource.into(),
         fields: wanted.into_keys().collect(),
-    });
+    };
+    // Keep the entry's position, so that re-applying the same configuration is a no-op.
+    match entries
+        .iter_mut()
+        .find(|e| e.is(manager, true, subresource))
+    {
+        Some(existing) => *existing = entry,
+        None => entries.push(entry),
+    }
     write_entries(&mut result, entries);
     Ok(result)
 }

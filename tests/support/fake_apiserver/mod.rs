@@ -59,6 +59,7 @@
 //! status conditions, the order in which the namespace controller deletes content (all at
 //! once here), HTTP/2, and the gzip compression of responses.
 
+mod delete;
 mod error;
 mod http;
 mod lifecycle;
