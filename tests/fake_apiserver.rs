@@ -280,6 +280,30 @@ async fn serves_version_and_discovery() {
 }
 
 #[tokio::test]
+async fn serves_aggregated_discovery() {
+    let (_api, client) = setup().await;
+    let discovery = within(kube::Discovery::new(client.clone()).run_aggregated())
+        .await
+        .expect("aggregated discovery");
+    let (widget_ar, caps) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk("example.test", "v1", "Widget"))
+        .expect("Widget is discoverable");
+    assert_eq!(widget_ar.plural, "widgets");
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    let (secret_ar, _) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk("", "v1", "Secret"))
+        .expect("Secret is discoverable");
+    assert_eq!(secret_ar.plural, "secrets");
+    let (ns_ar, caps) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk("", "v1", "Namespace"))
+        .expect("Namespace is discoverable");
+    assert_eq!(
+        (ns_ar.plural.as_str(), caps.scope),
+        ("namespaces", kube::discovery::Scope::Cluster)
+    );
+}
+
+#[tokio::test]
 async fn kubeconfig_file_gives_a_working_client() {
     let api = FakeApiServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

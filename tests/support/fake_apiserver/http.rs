@@ -151,6 +151,35 @@ fn negotiate(headers: &HeaderMap, list: bool) -> ApiResult<Shape> {
     Err(ApiError::not_acceptable(accept))
 }
 
+const AGGREGATED_DISCOVERY: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether `Accept` prefers aggregated discovery (`apidiscovery.k8s.io/v2`) to the plain lists.
+fn wants_aggregated_discovery(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    for range in accept.split(',') {
+        let params: BTreeMap<&str, &str> = range
+            .split(';')
+            .skip(1)
+            .filter_map(|p| p.trim().split_once('='))
+            .collect();
+        match params.get("as") {
+            Some(&"APIGroupDiscoveryList")
+                if params.get("g") == Some(&"apidiscovery.k8s.io")
+                    && params.get("v") == Some(&"v2") =>
+            {
+                return true;
+            }
+            Some(_) => continue,
+            None => return false,
+        }
+    }
+    false
+}
+
 fn json_response(code: StatusCode, body: &Value) -> Response {
     Response::builder()
         .status(code)
@@ -231,14 +260,22 @@ fn dispatch(
 ) -> Response {
     let result = match route {
         Route::Version => Ok(json_response(StatusCode::OK, &version_info())),
-        Route::CoreVersions => Ok(json_response(
-            StatusCode::OK,
-            &shared.lock().registry.core_versions(&shared.address),
-        )),
-        Route::Groups => Ok(json_response(
-            StatusCode::OK,
-            &shared.lock().registry.group_list(),
-        )),
+        Route::CoreVersions | Route::Groups => {
+            let core = *route == Route::CoreVersions;
+            let registry = &shared.lock().registry;
+            Ok(if wants_aggregated_discovery(headers) {
+                let body = registry.aggregated_discovery(core).to_string();
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, AGGREGATED_DISCOVERY)
+                    .body(Body::from(body))
+                    .unwrap_or_else(|_| Response::new(Body::empty()))
+            } else if core {
+                json_response(StatusCode::OK, &registry.core_versions(&shared.address))
+            } else {
+                json_response(StatusCode::OK, &registry.group_list())
+            })
+        }
         Route::Group(group) => shared
             .lock()
             .registry

@@ -9,7 +9,8 @@
 //!   `events.k8s.io/v1` `events`; `coordination.k8s.io/v1` `leases`;
 //!   `apiextensions.k8s.io/v1` `customresourcedefinitions`, and the custom resources of every
 //!   CRD created through the API or [`FakeApiServer::register_crd`]. Discovery (`/api`,
-//!   `/apis`, `/apis/{group}[/{version}]`) and `/version`. Anything else is a 404 `Status`.
+//!   `/apis`, `/apis/{group}[/{version}]`, also aggregated `apidiscovery.k8s.io/v2` when
+//!   asked for) and `/version`. Anything else is a 404 `Status`.
 //! - **Reads**: get; list with `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `in`,
 //!   `notin`), `fieldSelector` (`metadata.name`, `metadata.namespace`, with `=`/`==`/`!=`),
 //!   `limit`/`continue`, namespaced and all-namespaces paths. Lists carry the current

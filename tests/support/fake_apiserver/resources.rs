@@ -288,6 +288,56 @@ impl Registry {
         Some(doc)
     }
 
+    /// `GET /api` or `GET /apis` as an aggregated `APIGroupDiscoveryList` (`apidiscovery.k8s.io/v2`):
+    /// the core group for `/api`, every other group for `/apis`.
+    pub fn aggregated_discovery(&self, core: bool) -> Value {
+        let group_names: Vec<String> = if core {
+            vec![String::new()]
+        } else {
+            self.groups().keys().map(|g| g.to_string()).collect()
+        };
+        let items: Vec<Value> = group_names
+            .iter()
+            .map(|group| {
+                let versions = if group.is_empty() {
+                    vec!["v1"]
+                } else {
+                    self.groups().get(group.as_str()).cloned().unwrap_or_default()
+                };
+                let versions: Vec<Value> = versions
+                    .iter()
+                    .map(|version| {
+                        let resources: Vec<Value> = self
+                            .types
+                            .values()
+                            .filter(|t| &t.group == group && t.serves(version))
+                            .map(|t| {
+                                let kind = json!({ "group": t.group, "version": version, "kind": t.kind });
+                                let subresources: Vec<Value> = if t.status_subresource {
+                                    vec![json!({ "subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"] })]
+                                } else {
+                                    Vec::new()
+                                };
+                                json!({
+                                    "resource": t.plural,
+                                    "responseKind": kind,
+                                    "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+                                    "singularResource": t.singular,
+                                    "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                                    "shortNames": t.short_names,
+                                    "subresources": subresources,
+                                })
+                            })
+                            .collect();
+                        json!({ "version": version, "resources": resources, "freshness": "Current" })
+                    })
+                    .collect();
+                json!({ "metadata": { "name": group }, "versions": versions })
+            })
+            .collect();
+        json!({ "kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items })
+    }
+
     /// `GET /api/v1`, `GET /apis/{group}/{version}`
     pub fn resource_list(&self, group: &str, version: &str) -> Option<Value> {
         let mut resources = Vec::new();
