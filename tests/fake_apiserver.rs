@@ -2807,3 +2807,53 @@ async fn kube_lease_manager_elects_one_leader_at_a_time() {
         "two leads after release"
     );
 }
+
+#[tokio::test]
+async fn kube_runtime_watcher_relists_after_410() {
+    let (api, client) = setup().await;
+    let w = widgets(&client, "default");
+    within(w.create(&PostParams::default(), &widget("a", 1)))
+        .await
+        .expect("create");
+    // Watches end after 1s; without bookmarks the watcher resumes from the list's resourceVersion.
+    let config = watcher::Config::default().timeout(1).disable_bookmarks();
+    let mut stream = watcher(w.clone(), config).boxed();
+    loop {
+        match within(stream.try_next()).await.expect("watcher event") {
+            Some(watcher::Event::InitDone) => break,
+            Some(_) => {}
+            None => panic!("watcher stream ended"),
+        }
+    }
+    // Other writes move the resourceVersion on; compaction then makes the watcher's one too old.
+    within(
+        Api::<Secret>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &secret("s")),
+    )
+    .await
+    .expect("create secret");
+    api.compact();
+    // The watcher reports the 410 and starts over with a new list (Init ... InitDone).
+    let mut saw_gone = false;
+    loop {
+        match within(stream.next()).await.expect("watcher stream ended") {
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => saw_gone = true,
+            Ok(watcher::Event::Init) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(saw_gone);
+    loop {
+        match within(stream.try_next()).await.expect("watcher event") {
+            Some(watcher::Event::InitApply(w)) => assert_eq!(w.name_any(), "a"),
+            Some(watcher::Event::InitDone) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let lists = api
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "widgets" && r.verb == "list")
+        .count();
+    assert_eq!(lists, 2);
+}
