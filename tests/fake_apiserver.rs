@@ -2857,3 +2857,96 @@ async fn kube_runtime_watcher_relists_after_410() {
         .count();
     assert_eq!(lists, 2);
 }
+
+#[tokio::test]
+async fn unknown_custom_resource_fields_are_pruned() {
+    let (api, client) = setup().await;
+    let raw = Raw::new(&api);
+    let path = "/apis/example.test/v1/namespaces/default/widgets";
+    let body = json!({
+        "apiVersion": "example.test/v1", "kind": "Widget",
+        "metadata": { "name": "a" },
+        "spec": { "size": 1, "bogus": true },
+        "extra": "dropped",
+    });
+    let (code, created) = raw
+        .send("POST", path, Some("application/json"), Some(body.clone()))
+        .await;
+    assert_eq!(code, 201);
+    assert_eq!(created["spec"], json!({ "size": 1 }));
+    assert!(created.get("extra").is_none());
+
+    // With fieldValidation=Strict the same fields are an error.
+    let mut strict = body.clone();
+    strict["metadata"]["name"] = json!("b");
+    let (code, status) = raw
+        .send(
+            "POST",
+            &format!("{path}?fieldValidation=Strict"),
+            Some("application/json"),
+            Some(strict),
+        )
+        .await;
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.bogus")),
+        "{status}"
+    );
+
+    // Patches and applies are pruned too.
+    let w = widgets(&client, "default");
+    within(w.patch(
+        "a",
+        &PatchParams::default(),
+        &merge(json!({ "spec": { "other": 1 } })),
+    ))
+    .await
+    .expect("patch");
+    let (_, stored) = raw.get(&format!("{path}/a")).await;
+    assert_eq!(stored["spec"], json!({ "size": 1 }));
+    let applied = within(w.patch(
+        "a",
+        // The creator owns spec.size, so taking it over needs force.
+        &apply_params("m").force(),
+        &widget_apply(json!({ "size": 2, "nope": 1 })),
+    ))
+    .await
+    .expect("apply");
+    assert_eq!(applied.spec.size, 2);
+    let (_, stored) = raw.get(&format!("{path}/a")).await;
+    assert!(stored["spec"].get("nope").is_none());
+}
+
+#[tokio::test]
+async fn dry_run_is_refused_rather_than_performed() {
+    let (_api, client) = setup().await;
+    let w = widgets(&client, "default");
+    let status = api_error(
+        within(w.create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &widget("a", 1),
+        ))
+        .await,
+    );
+    assert_eq!(status.code, 400);
+    within(w.create(&PostParams::default(), &widget("a", 1)))
+        .await
+        .expect("create");
+    let status = api_error(
+        within(w.delete(
+            "a",
+            &DeleteParams {
+                dry_run: true,
+                ..Default::default()
+            },
+        ))
+        .await,
+    );
+    assert_eq!(status.code, 400);
+    within(w.get("a")).await.expect("still there");
+}

@@ -386,6 +386,14 @@ fn resource_request(
             format!("{verb} is not supported on the status subresource"),
         ));
     }
+    // Dry-run is not modelled: refuse it rather than perform the write for real.
+    let dry_run_body = serde_json::from_slice::<Value>(body)
+        .is_ok_and(|b| b["dryRun"].as_array().is_some_and(|d| !d.is_empty()));
+    if query.contains_key("dryRun") || (verb.starts_with("delete") && dry_run_body) {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by the fake apiserver",
+        ));
+    }
     if verb == "create" && (namespace.is_empty() && rt.namespaced) {
         return Err(ApiError::method_not_allowed(
             &rt,
@@ -397,6 +405,7 @@ fn resource_request(
         version: path.version.clone(),
         namespace: namespace.clone(),
         sub,
+        strict: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
     };
     let list_namespace = (!namespace.is_empty()).then_some(namespace.as_str());
     let name = path.name.clone().unwrap_or_default();

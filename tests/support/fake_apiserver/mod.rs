@@ -46,19 +46,40 @@
 //!   `customresourcecleanup.apiextensions.k8s.io`, refuses new instances with 405, deletes all
 //!   instances and goes when none remains, ending its watches) and the garbage collector
 //!   (objects whose owners are all gone are deleted).
+//! - **Other server-side processing**: custom resources are pruned of fields their CRD's
+//!   `openAPIV3Schema` does not declare (`x-kubernetes-preserve-unknown-fields` and
+//!   `additionalProperties` respected; with `fieldValidation=Strict` they are a 400); a
+//!   Secret's `stringData` is folded into `data` and its `type` defaults to `Opaque`; names
+//!   must be DNS-1123 subdomains (labels for namespaces); errors are `Status` objects with
+//!   the real reasons, codes and (mostly) messages.
 //!
-//! Not modelled: authentication/authorization, admission webhooks, CRD schema validation,
-//! defaulting, pruning and version conversion beyond rewriting `apiVersion` (conversion
-//! strategy `None`), `x-kubernetes-list-type: map` (such lists are owned wholly by one field
-//! manager), the difference between core and `events.k8s.io` Events (they are two separate
-//! resources here, not two views of one), list snapshots (`continue` pages read the current
-//! state; `resourceVersion`/`resourceVersionMatch` on lists and gets are ignored), watches
-//! from a resourceVersion newer than the server's (they just start now), dry-run, `/finalize`,
-//! `/scale` and other subresources, field selectors on other fields, protobuf/YAML/Table
-//! output, graceful deletion (`gracePeriodSeconds`), foreground deletion and the
-//! `orphan`/`foregroundDeletion` finalizers, removal of dangling owner references, namespace
-//! status conditions, the order in which the namespace controller deletes content (all at
-//! once here), HTTP/2, and the gzip compression of responses.
+//! Not modelled: authentication/authorization; admission webhooks; CRD schema validation
+//! (types, formats, CEL) and defaulting; dry-run (refused with 400 rather than performed);
+//! version conversion beyond rewriting `apiVersion` (conversion strategy `None`);
+//! `x-kubernetes-list-type: map` (such lists are owned wholly by one field manager); the
+//! link between core and `events.k8s.io` Events (two separate resources here, not two views
+//! of one); list snapshots (`continue` pages read the current state; `resourceVersion` and
+//! `resourceVersionMatch` on lists and gets are ignored); watches from a resourceVersion
+//! newer than the server's (they just start now); `/finalize`, `/scale` and other
+//! subresources; field selectors on other fields; protobuf/YAML/Table output; graceful
+//! deletion (`gracePeriodSeconds`); foreground deletion and the `orphan`/`foregroundDeletion`
+//! finalizers; removal of dangling owner references; namespace status conditions; the order
+//! in which the namespace controller deletes content (all at once here); HTTP/2; gzip.
+//!
+//! # Usage
+//!
+//! ```ignore
+//! mod support;
+//! use support::fake_apiserver::FakeApiServer;
+//!
+//! #[tokio::test]
+//! async fn reconciles() {
+//!     let api = FakeApiServer::start().await;
+//!     api.register_crd(MyResource::crd());
+//!     let client = api.client(); // or: api.write_kubeconfig(&path) and KUBECONFIG=path
+//!     // ... run the operator against `client`, then assert on objects, events, api.requests()
+//! }
+//! ```
 
 mod delete;
 mod error;
@@ -68,6 +89,7 @@ mod managed;
 mod ops;
 mod patch;
 mod resources;
+mod schema;
 mod selectors;
 mod store;
 mod watch;
@@ -216,6 +238,7 @@ fn create_namespace(state: &mut State, name: &str) {
         version: "v1".into(),
         namespace: String::new(),
         sub: Sub::Main,
+        strict: false,
     };
     let ns = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
     ops::create(state, &target, ns, Ownership::Update("kube-apiserver"))
@@ -291,6 +314,7 @@ impl FakeApiServer {
             version: "v1".into(),
             namespace: String::new(),
             sub: Sub::Main,
+            strict: false,
         };
         match ops::create(&mut st, &target, crd, Ownership::Update("fake-apiserver")) {
             Ok(created) => created,

@@ -9,6 +9,7 @@ use super::error::{ApiError, ApiResult, FieldError};
 use super::managed::{self, Scope};
 use super::patch;
 use super::resources::ResourceType;
+use super::schema;
 use super::selectors::Filter;
 use super::store::{ObjectKey, State, finalizers, is_deleting, meta_mut, meta_str, now, set_meta};
 
@@ -27,6 +28,8 @@ pub(crate) struct Target {
     /// Empty for cluster-scoped resources.
     pub namespace: String,
     pub sub: Sub,
+    /// `fieldValidation=Strict`: unknown fields of a custom resource are an error, not pruned.
+    pub strict: bool,
 }
 
 impl Target {
@@ -239,11 +242,33 @@ fn validate_name(rt: &ResourceType, name: &str) -> ApiResult<()> {
     }
 }
 
-/// The conversion and defaulting of the served built-ins that clients can observe: a Secret's
-/// write-only `stringData` is merged into `data` (base64), and its `type` defaults to `Opaque`.
-fn normalize(rt: &ResourceType, obj: &mut Value) {
-    if !(rt.group.is_empty() && rt.plural == "secrets") {
-        return;
+/// Drops the fields of a custom resource that its CRD's schema does not declare; with
+/// `fieldValidation=Strict`, refuses them instead.
+fn prune(t: &Target, obj: &mut Value) -> ApiResult<()> {
+    let Some(schema) = t.rt.schemas.get(&t.version) else {
+        return Ok(());
+    };
+    let pruned = schema::prune(obj, schema);
+    if t.strict && !pruned.is_empty() {
+        let fields: Vec<String> = pruned
+            .iter()
+            .map(|p| format!("unknown field \"{}\"", &p[1..]))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            fields.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// What a write's object goes through before it is stored: pruning of custom resources, and
+/// the conversion and defaulting of Secrets that clients can observe (the write-only
+/// `stringData` is merged into `data` as base64; `type` defaults to `Opaque`).
+fn normalize(t: &Target, obj: &mut Value) -> ApiResult<()> {
+    prune(t, obj)?;
+    if !(t.rt.group.is_empty() && t.rt.plural == "secrets") {
+        return Ok(());
     }
     if let Some(Value::Object(string_data)) =
         obj.as_object_mut().and_then(|m| m.remove("stringData"))
@@ -257,6 +282,7 @@ fn normalize(rt: &ResourceType, obj: &mut Value) {
     if obj["type"].as_str().is_none_or(str::is_empty) {
         obj["type"] = json!("Opaque");
     }
+    Ok(())
 }
 
 /// POST: creates an object (also used by server-side apply of a missing object).
@@ -322,7 +348,7 @@ pub(crate) fn create(
         obj["spec"]["finalizers"] = json!(["kubernetes"]);
         obj["status"] = json!({ "phase": "Active" });
     }
-    normalize(rt, &mut obj);
+    normalize(t, &mut obj)?;
     let crd_type = if rt.is_crd() {
         let crd_type = ResourceType::from_crd(&obj).map_err(|e| crd_invalid(rt, &name, &e))?;
         obj["status"] = crd_status(&obj, &crd_type);
@@ -516,7 +542,7 @@ fn finish_write(
             ));
         }
     }
-    normalize(rt, &mut new);
+    normalize(t, &mut new)?;
     let crd_type = if rt.is_crd() {
         Some(ResourceType::from_crd(&new).map_err(|e| crd_invalid(rt, name, &e))?)
     } else {
@@ -716,6 +742,7 @@ fn apply(
     }
     check_type(t, &mut applied)?;
     check_namespace(t, &mut applied)?;
+    prune(t, &mut applied)?;
     let scope = t.scope();
     // The name is checked on the merged object (`checkName`): an applied configuration
     // without a name is fine for an existing object, which keeps its own.

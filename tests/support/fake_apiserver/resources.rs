@@ -26,6 +26,8 @@ pub(crate) struct ResourceType {
     pub status_subresource: bool,
     /// A custom resource (served because of a CRD).
     pub custom: bool,
+    /// `openAPIV3Schema` per version, for pruning custom resources.
+    pub schemas: BTreeMap<String, Value>,
 }
 
 impl ResourceType {
@@ -40,6 +42,7 @@ impl ResourceType {
             namespaced,
             status_subresource: false,
             custom: false,
+            schemas: BTreeMap::new(),
         }
     }
 
@@ -156,6 +159,15 @@ impl ResourceType {
         let status_subresource = ordered
             .iter()
             .any(|v| v["subresources"]["status"].is_object());
+        let schemas = ordered
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    v["name"].as_str()?.to_string(),
+                    v["schema"].get("openAPIV3Schema")?.clone(),
+                ))
+            })
+            .collect();
         let expected_name = format!("{plural}.{group}");
         if crd["metadata"]["name"].as_str() != Some(expected_name.as_str()) {
             return Err(format!(
@@ -172,6 +184,7 @@ impl ResourceType {
             namespaced,
             status_subresource,
             custom: true,
+            schemas,
         })
     }
 }
