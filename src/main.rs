@@ -1,1 +1,3 @@
-fn main() { vip_operator::hello(); }
+fn main() {
+    vip_operator::hello();
+}
