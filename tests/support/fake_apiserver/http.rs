@@ -510,6 +510,7 @@ fn resource_request(
             (code, render(&obj, shape))
         }
         "delete" => {
+            let shape = negotiate(headers, false)?;
             let options =
                 DeleteOptions::parse(body, query.get("propagationPolicy").map(String::as_str))?;
             let already_deleting = st
@@ -517,12 +518,11 @@ fn resource_request(
                 .is_some_and(super::store::is_deleting);
             let outcome = delete::delete(&mut st, &rt, &target.key(&name), &options);
             lifecycle::reconcile(&mut st);
-            let outcome = outcome?;
-            let response = delete::delete_response(&rt, &outcome, already_deleting);
+            let response = delete::delete_response(&rt, &outcome?, already_deleting);
             let response = if response["kind"] == "Status" {
                 response
             } else {
-                render(&response, negotiate(headers, false)?)
+                render(&response, shape)
             };
             (StatusCode::OK, response)
         }

@@ -80,6 +80,10 @@
 //!     // ... run the operator against `client`, then assert on objects, events, api.requests()
 //! }
 //! ```
+//!
+//! The server is a task on the test's Tokio runtime: while a test waits for something (e.g. an
+//! operator child process), it must wait asynchronously (`tokio::process`, `tokio::time`), or
+//! use `#[tokio::test(flavor = "multi_thread")]`, or the fake cannot answer.
 
 mod delete;
 mod error;
