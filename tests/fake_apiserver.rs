@@ -2595,7 +2595,7 @@ async fn kube_runtime_reflector_syncs_and_follows_updates() {
 
 #[tokio::test]
 async fn kube_runtime_metadata_watcher_sees_changes() {
-    let (_api, client) = setup().await;
+    let (api, client) = setup().await;
     let w = widgets(&client, "default");
     within(w.create(&PostParams::default(), &widget("a", 1)))
         .await
@@ -2631,6 +2631,18 @@ async fn kube_runtime_metadata_watcher_sees_changes() {
     within(w.delete("a", &DeleteParams::default()))
         .await
         .expect("delete");
+    let watch = api
+        .requests()
+        .into_iter()
+        .find(|r| r.resource == "widgets" && r.verb == "watch")
+        .expect("watch request");
+    assert!(
+        watch
+            .accept
+            .as_deref()
+            .is_some_and(|a| a.contains("as=PartialObjectMetadata")),
+        "{watch:?}"
+    );
     let gone = within(stream.try_next())
         .await
         .expect("event")
@@ -2949,4 +2961,35 @@ async fn dry_run_is_refused_rather_than_performed() {
     );
     assert_eq!(status.code, 400);
     within(w.get("a")).await.expect("still there");
+}
+
+/// The deprecated `metadata_watcher` entry point (same requests, `Api<K>` in metadata mode).
+#[allow(deprecated)]
+#[tokio::test]
+async fn kube_runtime_deprecated_metadata_watcher_works_too() {
+    let (api, client) = setup().await;
+    let w = widgets(&client, "default");
+    within(w.create(&PostParams::default(), &widget("a", 1)))
+        .await
+        .expect("create");
+    let mut stream = kube::runtime::metadata_watcher(w.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let first = within(stream.try_next())
+        .await
+        .expect("event")
+        .expect("object");
+    assert_eq!(first.metadata.name.as_deref(), Some("a"));
+    let list = api
+        .requests()
+        .into_iter()
+        .find(|r| r.resource == "widgets" && r.verb == "list")
+        .expect("list request");
+    assert_eq!(list.status, 200);
+    assert!(
+        list.accept
+            .as_deref()
+            .is_some_and(|a| a.contains("as=PartialObjectMetadataList")),
+        "{list:?}"
+    );
 }

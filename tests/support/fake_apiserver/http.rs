@@ -241,6 +241,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         } else {
             None
         },
+        accept: parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         field_manager: query.get("fieldManager").cloned(),
         status: response.status().as_u16(),
     });

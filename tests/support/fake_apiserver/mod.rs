@@ -129,6 +129,8 @@ pub struct RecordedRequest {
     pub subresource: Option<String>,
     /// The media type of a PATCH (`application/merge-patch+json`, ...).
     pub content_type: Option<String>,
+    /// The `Accept` header, e.g. to tell metadata-only requests.
+    pub accept: Option<String>,
     pub field_manager: Option<String>,
     /// The HTTP status of the response (200 for a watch, whatever its events).
     pub status: u16,
