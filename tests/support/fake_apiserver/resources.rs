@@ -242,10 +242,6 @@ impl Registry {
         self.types.remove(key);
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &ResourceType> {
-        self.types.values()
-    }
-
     /// Groups with their versions, preferred (first registered) version first; core excluded.
     fn groups(&self) -> BTreeMap<&str, Vec<&str>> {
         let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
