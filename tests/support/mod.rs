@@ -1,0 +1,4 @@
+//! Shared support code for the integration tests. Each test binary uses a subset of it.
+#![allow(dead_code)]
+
+pub mod fake_apiserver;
