@@ -44,18 +44,21 @@ impl StartError {
     }
 }
 
+pub const USER_AGENT: &str = concat!("vip-operator/", env!("CARGO_PKG_VERSION"));
 pub const SIMULATOR_ACCESS_KEY: &str = "SIMULATORACCESSKEY01";
 pub const SIMULATOR_SECRET_KEY: &str = "simulator-secret-key";
 pub const SIMULATOR_PROJECT_ID: &str = "0000000000000000000000000000demo";
 
 /// Connects with the current kubeconfig (or in-cluster config) and checks the API server answers.
 pub async fn connect() -> Result<Client, StartError> {
-    let config = Config::infer().await.map_err(|e| {
+    let mut config = Config::infer().await.map_err(|e| {
         StartError::NoCluster(format!(
             "no Kubernetes cluster configured: {e}. Point KUBECONFIG at a cluster (for a local one: `kind create cluster`)"
         ))
     })?;
     let server = config.cluster_url.to_string();
+    // Audit logs (and tests) can tell the operator's requests apart.
+    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
     let client = Client::try_from(config)
         .map_err(|e| StartError::NoCluster(format!("cannot build a client for {server}: {e}")))?;
     match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
