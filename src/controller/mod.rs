@@ -2,6 +2,7 @@
 
 pub mod decide;
 pub mod kube;
+pub mod memory;
 pub mod policy;
 pub mod reconcile;
 pub mod status;
@@ -40,6 +41,7 @@ pub struct Context {
     pub backoffs: Backoffs,
     pub clock: Arc<dyn Clock>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub memory: memory::Memory,
 }
 
 impl Context {
@@ -52,12 +54,20 @@ impl Context {
             backoffs: Backoffs::default(),
             clock,
             metrics: None,
+            memory: memory::Memory::default(),
         }
     }
 
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Writes the status and remembers it until the cache shows it.
+    pub async fn record(&self, b: &VipBinding, status: &crate::api::v1alpha1::VipBindingStatus) -> Result<(), Error> {
+        self.kube.write_status(b, status).await?;
+        self.memory.wrote_status(b, status);
+        Ok(())
     }
 
     pub fn now(&self) -> Time {
@@ -102,12 +112,15 @@ impl Context {
     where
         F: Future<Output = Result<String, EcsError>>,
     {
-        if let Err(message) = self.auth_gate.check(&target.credentials) {
-            if let Some(m) = &self.metrics {
-                m.held_back.inc();
+        let _probe = match self.auth_gate.admit(&target.credentials).await {
+            Ok(probe) => probe,
+            Err(message) => {
+                if let Some(m) = &self.metrics {
+                    m.held_back.inc();
+                }
+                return Err(EcsError::HeldBack(message));
             }
-            return Err(EcsError::HeldBack(message));
-        }
+        };
         let result = call.await;
         match &result {
             Ok(_) => self.auth_gate.accepted(&target.credentials),
@@ -126,6 +139,17 @@ impl Context {
     }
 }
 
+/// What a user can change to unblock a held binding: the spec (generation), deleting it, and
+/// the pause annotation. Our own writes (status, our finalizer) do not change it.
+pub fn trigger_fingerprint(b: &VipBinding) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.metadata.generation.hash(&mut h);
+    b.metadata.deletion_timestamp.is_some().hash(&mut h);
+    b.is_paused().hash(&mut h);
+    h.finish()
+}
+
 /// Requeue after a failed reconcile (a Kubernetes API error): quickly for write conflicts,
 /// with per-object exponential backoff otherwise.
 pub fn error_policy(b: Arc<VipBinding>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -137,7 +161,8 @@ pub fn error_policy(b: Arc<VipBinding>, error: &Error, ctx: Arc<Context>) -> Act
         _ => Duration::from_secs(1).saturating_mul(2u32.saturating_pow(n.min(6))),
     };
     // Count it, so repeated API failures back off.
-    let _ = ctx.backoffs.next(&key, crate::api::v1alpha1::Reason::CloudUnavailable, None);
+    let _ = ctx.backoffs.next(&key, trigger_fingerprint(&b), crate::api::v1alpha1::Reason::CloudUnavailable, None);
+    ctx.backoffs.release_hold(&key);
     Action::requeue(delay.min(Duration::from_secs(60)))
 }
 
@@ -154,6 +179,23 @@ pub struct WatchConfig {
 pub struct Hooks {
     pub stores: Arc<std::sync::RwLock<Vec<Store<VipBinding>>>>,
     pub health: Option<Arc<crate::admin::Health>>,
+}
+
+/// Counts down the watches that still have to finish their initial list.
+struct Synced {
+    remaining: std::sync::atomic::AtomicUsize,
+    health: Option<Arc<crate::admin::Health>>,
+}
+
+impl Synced {
+    fn one_done(&self) {
+        if self.remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            tracing::info!("initial watch sync complete");
+            if let Some(h) = &self.health {
+                h.synced();
+            }
+        }
+    }
 }
 
 fn strip_managed_fields<K: Resource>(obj: &mut K) {
@@ -173,26 +215,22 @@ pub async fn run(
 ) {
     let scopes: Vec<Option<String>> =
         if config.namespaces.is_empty() { vec![None] } else { config.namespaces.iter().cloned().map(Some).collect() };
-    let mut readiness = Vec::new();
+    // Readiness comes from the watch streams themselves (their first InitDone), not from
+    // Store::wait_until_ready: that future keeps only its latest waiter's waker, and the
+    // controller itself waits on it.
+    let synced =
+        Arc::new(Synced { remaining: std::sync::atomic::AtomicUsize::new(scopes.len()), health: hooks.health.clone() });
     let controllers: Vec<_> = scopes
         .into_iter()
         .map(|namespace| {
-            let (controller, reader) = build(client.clone(), ctx.clone(), namespace, config.concurrency, stop.clone());
+            let (controller, reader) =
+                build(client.clone(), ctx.clone(), namespace, config.concurrency, stop.clone(), synced.clone());
             if let Ok(mut stores) = hooks.stores.write() {
-                stores.push(reader.clone());
+                stores.push(reader);
             }
-            readiness.push(async move { reader.wait_until_ready().await.is_ok() });
             controller
         })
         .collect();
-    if let Some(health) = hooks.health.clone() {
-        tokio::spawn(async move {
-            if futures::future::join_all(readiness).await.into_iter().all(|ok| ok) {
-                tracing::info!("initial watch sync complete");
-                health.synced();
-            }
-        });
-    }
     futures::future::join_all(controllers).await;
 }
 
@@ -202,6 +240,7 @@ fn build(
     namespace: Option<String>,
     concurrency: u16,
     stop: CancellationToken,
+    synced: Arc<Synced>,
 ) -> (impl Future<Output = ()> + use<>, Store<VipBinding>) {
     let namespace = namespace.as_deref();
     let bindings: Api<VipBinding> = match namespace {
@@ -214,10 +253,18 @@ fn build(
         None => Api::all(client.clone()),
     };
     let (reader, writer) = reflector::store();
+    let first_sync = std::sync::atomic::AtomicBool::new(false);
     let binding_stream = watcher(bindings, watcher::Config::default())
         .default_backoff()
         .modify(strip_managed_fields)
         .reflect(writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone))
+                && !first_sync.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                synced.one_done();
+            }
+        })
         .touched_objects();
     let secret_stream = watcher(secrets, watcher::Config::default()).default_backoff().touched_objects();
     let store = reader.clone();
@@ -229,7 +276,11 @@ fn build(
             .state()
             .into_iter()
             .filter(|b| mapper_ctx.targets.uses_secret(b, &ns, &name))
-            .map(|b| ObjectRef::from_obj(&*b))
+            .map(|b| {
+                // New or rotated credentials deserve a try now, whatever the backoff says.
+                mapper_ctx.backoffs.release_hold(&object_key(&b));
+                ObjectRef::from_obj(&*b)
+            })
             .collect::<Vec<_>>()
     };
     let controller = Controller::for_stream(binding_stream, reader.clone())

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::RngExt;
@@ -32,36 +32,94 @@ pub fn requeue_bounds(reason: Reason) -> Option<(Duration, Duration)> {
     }
 }
 
-/// Per-object failure counts.
+/// What must happen before a held binding is looked at again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The backoff has this long to run.
+    For(Duration),
+    /// A terminal failure: only a change to the object (or its Secret) helps.
+    UntilChange,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    failures: u32,
+    /// Set by a recorded failure; `None` inside means until the object changes.
+    hold: Option<(Option<Instant>, u64)>,
+}
+
+/// Per-object failure counts and holds.
+///
+/// A recorded failure writes status, and that write comes back as a watch event that triggers
+/// the next reconcile at once. Without a hold, that event would retry the cloud immediately,
+/// bypassing the backoff (and, for terminal errors, loop forever). So a failure holds the
+/// object until its backoff expires — unless something a user can change to unblock it
+/// (generation, deletion, the pause annotation: the `fingerprint`) has changed, or a Secret
+/// the binding uses changed ([`Backoffs::release_hold`]).
 #[derive(Default)]
 pub struct Backoffs {
-    failures: Mutex<HashMap<String, u32>>,
+    entries: Mutex<HashMap<String, Entry>>,
 }
 
 impl Backoffs {
-    /// The next delay for `key` failing with `reason`: `base * 2^n` capped, with equal jitter
-    /// (half fixed, half random) so that a fleet failing together does not retry together.
-    /// `at_least` (e.g. a Retry-After) raises it.
-    pub fn next(&self, key: &str, reason: Reason, at_least: Option<Duration>) -> Option<Duration> {
-        let (base, cap) = requeue_bounds(reason)?;
-        let n = {
-            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            let n = failures.entry(key.to_string()).or_default();
-            *n = n.saturating_add(1);
-            *n - 1
-        };
-        let full = base.saturating_mul(2u32.saturating_pow(n.min(20))).min(cap);
-        let half = full / 2;
-        let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
-        Some((half + Duration::from_millis(jitter)).max(at_least.unwrap_or_default()))
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a failure of `key` with `reason` and returns how long to wait: `base * 2^n`
+    /// capped, with equal jitter (half fixed, half random) so that a fleet failing together
+    /// does not retry together; `at_least` (e.g. a Retry-After) raises it. `None`: wait for a
+    /// change. Either way the object is held (see [`Backoffs::holding`]).
+    pub fn next(&self, key: &str, fingerprint: u64, reason: Reason, at_least: Option<Duration>) -> Option<Duration> {
+        let mut entries = self.lock();
+        let entry = entries.entry(key.to_string()).or_default();
+        entry.failures = entry.failures.saturating_add(1);
+        let delay = requeue_bounds(reason).map(|(base, cap)| {
+            let full = base.saturating_mul(2u32.saturating_pow((entry.failures - 1).min(20))).min(cap);
+            let half = full / 2;
+            let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+            (half + Duration::from_millis(jitter)).max(at_least.unwrap_or_default())
+        });
+        entry.hold = Some((delay.map(|d| Instant::now() + d), fingerprint));
+        delay
+    }
+
+    /// Whether `key` is still held; a changed `fingerprint` ends the hold.
+    pub fn holding(&self, key: &str, fingerprint: u64) -> Option<Hold> {
+        let mut entries = self.lock();
+        let entry = entries.get_mut(key)?;
+        let (until, held_fingerprint) = entry.hold?;
+        if held_fingerprint != fingerprint {
+            entry.hold = None;
+            return None;
+        }
+        match until {
+            None => Some(Hold::UntilChange),
+            Some(at) => {
+                let now = Instant::now();
+                if at > now {
+                    Some(Hold::For(at - now))
+                } else {
+                    entry.hold = None;
+                    None
+                }
+            }
+        }
+    }
+
+    /// Lets the next reconcile through (keeps the failure count for the backoff).
+    pub fn release_hold(&self, key: &str) {
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.hold = None;
+        }
     }
 
     pub fn reset(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.lock().remove(key);
     }
 
     pub fn failures(&self, key: &str) -> u32 {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied().unwrap_or_default()
+        self.lock().get(key).map(|e| e.failures).unwrap_or_default()
     }
 }
 
@@ -79,6 +137,11 @@ struct Strike {
 pub struct AuthGate {
     hasher: RandomState,
     strikes: Mutex<HashMap<String, Strike>>,
+    /// Keys (access key + secret fingerprint) the cloud has accepted.
+    trusted: Mutex<HashMap<String, u64>>,
+    /// One call at a time per access key until the cloud has accepted it: a fleet of bindings
+    /// starting with a wrong key sends one request, not one each.
+    probes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     base: Duration,
     cap: Duration,
 }
@@ -91,7 +154,41 @@ impl Default for AuthGate {
 
 impl AuthGate {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self { hasher: RandomState::new(), strikes: Mutex::default(), base, cap }
+        Self {
+            hasher: RandomState::new(),
+            strikes: Mutex::default(),
+            trusted: Mutex::default(),
+            probes: Mutex::default(),
+            base,
+            cap,
+        }
+    }
+
+    fn is_trusted(&self, creds: &Credentials) -> bool {
+        let fingerprint = self.fingerprint(creds);
+        self.trusted.lock().unwrap_or_else(|p| p.into_inner()).get(creds.access_key()) == Some(&fingerprint)
+    }
+
+    /// Waits for the right to make a call with `creds`: immediately for trusted keys; for keys
+    /// the cloud has not accepted yet, one caller at a time (the returned guard). Then checks
+    /// the key is not being held back.
+    pub async fn admit(&self, creds: &Credentials) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, String> {
+        let guard = if self.is_trusted(creds) {
+            None
+        } else {
+            let lock = self
+                .probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(creds.access_key().to_string())
+                .or_default()
+                .clone();
+            let guard = lock.lock_owned().await;
+            // Someone else's probe may have settled it while we waited.
+            if self.is_trusted(creds) { None } else { Some(guard) }
+        };
+        self.check(creds)?;
+        Ok(guard)
     }
 
     fn fingerprint(&self, creds: &Credentials) -> u64 {
@@ -117,6 +214,7 @@ impl AuthGate {
 
     pub fn refused(&self, creds: &Credentials, error: &str) {
         let fingerprint = self.fingerprint(creds);
+        self.trusted.lock().unwrap_or_else(|p| p.into_inner()).remove(creds.access_key());
         let mut strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
         let n = match strikes.get(creds.access_key()) {
             Some(s) if s.key_fingerprint == fingerprint => s.strikes + 1,
@@ -136,6 +234,8 @@ impl AuthGate {
 
     pub fn accepted(&self, creds: &Credentials) {
         self.strikes.lock().unwrap_or_else(|p| p.into_inner()).remove(creds.access_key());
+        let fingerprint = self.fingerprint(creds);
+        self.trusted.lock().unwrap_or_else(|p| p.into_inner()).insert(creds.access_key().to_string(), fingerprint);
     }
 }
 
@@ -148,7 +248,7 @@ mod tests {
         let b = Backoffs::default();
         let mut last_cap = Duration::ZERO;
         for n in 0..12 {
-            let d = b.next("ns/a", Reason::CloudUnavailable, None).unwrap();
+            let d = b.next("ns/a", 1, Reason::CloudUnavailable, None).unwrap();
             let full = Duration::from_secs(5).saturating_mul(1 << n).min(Duration::from_secs(300));
             assert!(d >= full / 2 && d <= full, "{n}: {d:?} vs {full:?}");
             last_cap = full;
@@ -156,24 +256,68 @@ mod tests {
         assert_eq!(last_cap, Duration::from_secs(300));
         assert_eq!(b.failures("ns/a"), 12);
         // Other objects have their own count.
-        assert!(b.next("ns/b", Reason::CloudUnavailable, None).unwrap() <= Duration::from_secs(5));
+        assert!(b.next("ns/b", 1, Reason::CloudUnavailable, None).unwrap() <= Duration::from_secs(5));
         b.reset("ns/a");
-        assert!(b.next("ns/a", Reason::CloudUnavailable, None).unwrap() <= Duration::from_secs(5));
+        assert!(b.next("ns/a", 1, Reason::CloudUnavailable, None).unwrap() <= Duration::from_secs(5));
     }
 
     #[test]
     fn retry_after_raises_the_delay() {
         let b = Backoffs::default();
-        let d = b.next("k", Reason::Throttled, Some(Duration::from_secs(42))).unwrap();
+        let d = b.next("k", 1, Reason::Throttled, Some(Duration::from_secs(42))).unwrap();
         assert_eq!(d, Duration::from_secs(42));
     }
 
     #[test]
     fn terminal_reasons_wait_for_a_change() {
         for r in [Reason::BindFailed, Reason::UnbindFailed, Reason::Invalid, Reason::Paused] {
-            assert_eq!(Backoffs::default().next("k", r, None), None, "{r}");
+            assert_eq!(Backoffs::default().next("k", 1, r, None), None, "{r}");
         }
         assert!(requeue_bounds(Reason::AuthFailed).unwrap().0 >= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_holds_the_object_until_its_backoff_ends_or_it_changes() {
+        let b = Backoffs::default();
+        let d = b.next("k", 7, Reason::CloudUnavailable, None).unwrap();
+        // Our own status write triggers a reconcile at once: it is held.
+        assert!(matches!(b.holding("k", 7), Some(Hold::For(w)) if w <= d));
+        tokio::time::advance(d).await;
+        assert_eq!(b.holding("k", 7), None, "the backoff ran out");
+        // A terminal failure holds until the object changes.
+        assert_eq!(b.next("k", 7, Reason::BindFailed, None), None);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(b.holding("k", 7), Some(Hold::UntilChange));
+        assert_eq!(b.holding("k", 8), None, "a spec change ends the hold");
+        // A Secret change releases the hold without forgetting the failure count.
+        b.next("k", 8, Reason::CloudUnavailable, None);
+        b.release_hold("k");
+        assert_eq!(b.holding("k", 8), None);
+        assert_eq!(b.failures("k"), 3);
+    }
+
+    #[tokio::test]
+    async fn untrusted_keys_are_probed_one_call_at_a_time() {
+        let gate = Arc::new(AuthGate::default());
+        let creds = Credentials::new("AK9", "sk", None).unwrap();
+        let first = gate.admit(&creds).await.unwrap();
+        assert!(first.is_some(), "the first call of an unknown key probes");
+        // A second caller waits while the probe is in flight...
+        let (g2, c2) = (gate.clone(), creds.clone());
+        let waiter = tokio::spawn(async move { g2.admit(&c2).await.map(|g| g.is_some()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        // ...and is held back when the probe was refused.
+        gate.refused(&creds, "HTTP 401");
+        drop(first);
+        assert!(waiter.await.unwrap().is_err());
+        // Once accepted, calls go in parallel without a guard.
+        let good = Credentials::new("AK9", "right", None).unwrap();
+        let probe = gate.admit(&good).await.unwrap();
+        gate.accepted(&good);
+        drop(probe);
+        assert!(gate.admit(&good).await.unwrap().is_none());
+        assert!(gate.admit(&good).await.unwrap().is_none());
     }
 
     #[tokio::test(start_paused = true)]

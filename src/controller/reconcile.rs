@@ -16,9 +16,11 @@ use tracing::Instrument;
 use crate::api::v1alpha1::{Reason, VipBinding};
 use crate::ecs::{BindRequest, CloudTarget, EcsError, ErrorClass, UnbindRequest};
 
-use super::Context;
 use super::decide::{Plan, Verdict, decide};
+use super::memory::View;
+use super::policy::Hold;
 use super::status::{BoundKnowledge, CondStatus, StatusBuilder, bound_knowledge, has_finalizer};
+use super::{Context, trigger_fingerprint};
 
 /// Failures of the reconcile itself (Kubernetes API calls); cloud failures are not errors here.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +68,30 @@ pub async fn reconcile(b: Arc<VipBinding>, ctx: Arc<Context>) -> Result<Action, 
     result
 }
 
-async fn reconcile_inner(b: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Error> {
+async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Error> {
+    let view = ctx.memory.view(cached);
+    let b = match &view {
+        View::Cached(b) => *b,
+        View::Overlaid(b) => {
+            tracing::debug!("cache lags behind our last status write; deciding from what we wrote");
+            b
+        }
+        View::Released => {
+            tracing::debug!("already released; the cache has not seen it go yet");
+            return Ok(Action::await_change());
+        }
+    };
+    match ctx.backoffs.holding(key, trigger_fingerprint(b)) {
+        Some(Hold::For(wait)) => {
+            tracing::debug!(?wait, "held by backoff after a failure");
+            return Ok(Action::requeue(wait));
+        }
+        Some(Hold::UntilChange) => {
+            tracing::debug!("held until the binding or its credentials change");
+            return Ok(Action::await_change());
+        }
+        None => {}
+    }
     let facts = ctx.facts(b);
     let plan = decide(b, &facts);
     tracing::debug!(?plan, "decided");
@@ -76,7 +101,7 @@ async fn reconcile_inner(b: &VipBinding, ctx: &Context, key: &str) -> Result<Act
             if b.metadata.deletion_timestamp.is_none() && has_finalizer(b) {
                 let next = StatusBuilder::new(b, ctx.now()).bound_unchanged().build();
                 if let Some(status) = next {
-                    ctx.kube.write_status(b, &status).await?;
+                    ctx.record(b, &status).await?;
                 }
             }
             Ok(ctx.after_success(b, key))
@@ -106,13 +131,13 @@ async fn hold(b: &VipBinding, ctx: &Context, key: &str, verdict: &Verdict) -> Re
     if let Some(status) = next {
         let changed_reason = b.condition(crate::api::v1alpha1::CONDITION_READY).map(|c| c.reason.as_str())
             != Some(verdict.reason.as_str());
-        ctx.kube.write_status(b, &status).await?;
+        ctx.record(b, &status).await?;
         if changed_reason {
             let warning = !matches!(verdict.reason, Reason::Paused);
             ctx.kube.event(b, warning, verdict.reason, "Reconcile", verdict.message.clone()).await;
         }
     }
-    Ok(match ctx.backoffs.next(key, verdict.reason, None) {
+    Ok(match ctx.backoffs.next(key, trigger_fingerprint(b), verdict.reason, None) {
         Some(delay) => Action::requeue(delay),
         None => Action::await_change(),
     })
@@ -128,9 +153,10 @@ async fn release(
     message: &str,
 ) -> Result<Action, Error> {
     if let Some(status) = builder.build() {
-        ctx.kube.write_status(b, &status).await?;
+        ctx.record(b, &status).await?;
     }
     ctx.kube.remove_finalizer(b).await?;
+    ctx.memory.released(b);
     ctx.backoffs.reset(key);
     ctx.forget(b);
     tracing::info!(reason = reason.as_str(), "released");
@@ -155,10 +181,10 @@ async fn record_failure(
 ) -> Result<Action, Error> {
     tracing::warn!(reason = f.reason.as_str(), message = %f.message, "{} did not succeed", f.action);
     if let Some(status) = builder.ready(CondStatus::False, f.reason, &f.message).build() {
-        ctx.kube.write_status(b, &status).await?;
+        ctx.record(b, &status).await?;
     }
     ctx.kube.event(b, true, f.reason, f.action, f.message).await;
-    Ok(match ctx.backoffs.next(&object_key(b), f.reason, f.retry_after) {
+    Ok(match ctx.backoffs.next(&object_key(b), trigger_fingerprint(b), f.reason, f.retry_after) {
         Some(delay) => Action::requeue(delay),
         None => Action::await_change(),
     })
@@ -212,7 +238,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
                 .ready(CondStatus::True, Reason::Bound, &message)
                 .build();
             if let Some(status) = next {
-                ctx.kube.write_status(b, &status).await?;
+                ctx.record(b, &status).await?;
             }
             ctx.backoffs.reset(key);
             if !was_bound || !reassert {

@@ -1,0 +1,167 @@
+//! What this process itself last wrote, for as long as the watch cache may lag behind it.
+//!
+//! A reconcile reads the object from the cache. Right after we add the finalizer, bind and write
+//! status, the cache can still hold the version from before our status write (the finalizer
+//! event arrives first and triggers the next reconcile). Deciding from that stale copy would bind
+//! again; after we release an object, a stale copy with the finalizer would unbind again. Both
+//! calls are idempotent, but a second cloud call is still a wasted, rate-limited request and a
+//! second chance for a race. So the reconciler overlays what it knows it wrote.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use tokio::time::Instant;
+
+use crate::api::v1alpha1::{VipBinding, VipBindingStatus};
+
+#[derive(Debug, Clone)]
+enum Written {
+    Status { generation: Option<i64>, status: VipBindingStatus },
+    Released,
+}
+
+/// The view a reconcile should decide from.
+pub enum View<'a> {
+    /// The cache is current (or we know nothing newer).
+    Cached(&'a VipBinding),
+    /// The cache lags behind our own status write: the object with the status we wrote.
+    Overlaid(Box<VipBinding>),
+    /// We already released this object; the cache has not seen it go yet.
+    Released,
+}
+
+pub struct Memory {
+    entries: Mutex<HashMap<String, (Instant, Written)>>,
+    ttl: Duration,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        // Far longer than any watch lag; short enough that a manual status edit wins soon.
+        Self::new(Duration::from_secs(60))
+    }
+}
+
+impl Memory {
+    pub fn new(ttl: Duration) -> Self {
+        Self { entries: Mutex::default(), ttl }
+    }
+
+    fn key(b: &VipBinding) -> Option<String> {
+        b.uid()
+    }
+
+    fn put(&self, b: &VipBinding, written: Written) {
+        let Some(key) = Self::key(b) else { return };
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let ttl = self.ttl;
+        entries.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+        entries.insert(key, (now, written));
+    }
+
+    pub fn wrote_status(&self, b: &VipBinding, status: &VipBindingStatus) {
+        self.put(b, Written::Status { generation: b.metadata.generation, status: status.clone() });
+    }
+
+    pub fn released(&self, b: &VipBinding) {
+        self.put(b, Written::Released);
+    }
+
+    pub fn view<'a>(&self, b: &'a VipBinding) -> View<'a> {
+        let Some(key) = Self::key(b) else { return View::Cached(b) };
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((at, written)) = entries.get(&key) else { return View::Cached(b) };
+        if at.elapsed() >= self.ttl {
+            entries.remove(&key);
+            return View::Cached(b);
+        }
+        match written {
+            Written::Released => View::Released,
+            Written::Status { generation, status } => {
+                if b.status.as_ref() == Some(status) {
+                    // Caught up: the cache is authoritative again.
+                    entries.remove(&key);
+                    View::Cached(b)
+                } else if *generation == b.metadata.generation {
+                    let mut overlaid = b.clone();
+                    overlaid.status = Some(status.clone());
+                    View::Overlaid(Box::new(overlaid))
+                } else {
+                    // The spec changed since our write: decide from the cache.
+                    entries.remove(&key);
+                    View::Cached(b)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::v1alpha1::{DeletionPolicy, VipBindingSpec};
+
+    fn binding(generation: i64) -> VipBinding {
+        let mut b = VipBinding::new(
+            "b",
+            VipBindingSpec {
+                nic_id: "n".into(),
+                ip_address: "10.0.0.1".into(),
+                subnet_id: "s".into(),
+                reverse_binding: false,
+                project_id: None,
+                region: None,
+                credentials_secret_ref: None,
+                deletion_policy: DeletionPolicy::Unbind,
+            },
+        );
+        b.metadata.uid = Some("u1".into());
+        b.metadata.generation = Some(generation);
+        b
+    }
+
+    fn status(port: &str) -> VipBindingStatus {
+        VipBindingStatus { port_id: Some(port.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn overlays_our_status_until_the_cache_catches_up() {
+        let m = Memory::default();
+        let stale = binding(1);
+        m.wrote_status(&stale, &status("p"));
+        match m.view(&stale) {
+            View::Overlaid(b) => assert_eq!(b.status, Some(status("p"))),
+            _ => panic!("expected an overlay"),
+        }
+        let mut current = binding(1);
+        current.status = Some(status("p"));
+        assert!(matches!(m.view(&current), View::Cached(_)));
+        // The entry is gone once caught up.
+        assert!(matches!(m.view(&stale), View::Cached(_)));
+    }
+
+    #[test]
+    fn a_spec_change_beats_memory() {
+        let m = Memory::default();
+        m.wrote_status(&binding(1), &status("p"));
+        assert!(matches!(m.view(&binding(2)), View::Cached(_)));
+    }
+
+    #[test]
+    fn released_objects_are_not_touched_again() {
+        let m = Memory::default();
+        m.released(&binding(1));
+        assert!(matches!(m.view(&binding(1)), View::Released));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire() {
+        let m = Memory::new(Duration::from_secs(60));
+        m.released(&binding(1));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(matches!(m.view(&binding(1)), View::Cached(_)));
+    }
+}
