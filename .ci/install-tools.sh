@@ -68,7 +68,9 @@ else
 fi
 ln -sf ../venv/bin/kubernetes-validate "$BIN/kubernetes-validate"
 
-"$BIN/helm" version --short
-"$BIN/kubectl" version --client 2>/dev/null | head -1
+# (no `| head` here: with pipefail, the writer's SIGPIPE would fail the script)
+echo "helm $("$BIN/helm" version --short)"
+kubectl_version="$("$BIN/kubectl" version --client)"
+echo "kubectl ${kubectl_version%%$'\n'*}"
 echo "kubernetes-validate $("$BIN/kubernetes-validate" --version)"
 echo "export PATH=\"$BIN:\$PATH\""
