@@ -4,7 +4,7 @@ CARGO ?= cargo
 CRD_FILE := crds/vipbindings.vipoperator.dev.yaml
 CHART_CRD_FILE := charts/vip-operator/crds/vipbindings.vipoperator.dev.yaml
 
-.PHONY: help run simulator test lint fmt crds check-crds e2e bench build release
+.PHONY: help run simulator test lint fmt crds check-crds chart-check tools e2e bench build release
 
 help: ## This list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -31,6 +31,12 @@ crds: ## Regenerate the CRD YAML (crds/ and the Helm chart's copy) from the code
 
 check-crds: crds ## Fail if the committed CRD files differ from what the code generates
 	git diff --exit-code -- $(CRD_FILE) $(CHART_CRD_FILE)
+
+tools: ## Install helm, kubectl and kubernetes-validate into .helm-tools/bin (put that on PATH)
+	.ci/install-tools.sh
+
+chart-check: ## helm lint --strict the chart and validate its rendered manifests offline
+	.ci/chart-check.sh
 
 build: ## Debug build
 	$(CARGO) build
