@@ -513,7 +513,6 @@ fn kube_version_floor() {
 
 /// The Deployment's args parse with the binary's own command line.
 #[test]
-#[ignore = "needs the issue-5 `run` flags (--leader-elect, --metrics-addr, --resync-period, --protect-credentials, repeatable --namespace)"]
 fn rendered_args_parse_with_the_cli() {
     use clap::Parser;
     for values in ["{}".to_owned(), full_values()] {
