@@ -38,6 +38,15 @@ tools: ## Install helm, kubectl and kubernetes-validate into .helm-tools/bin (pu
 chart-check: ## helm lint --strict the chart and validate its rendered manifests offline
 	.ci/chart-check.sh
 
+e2e: ## End-to-end suite against the cluster in VIPOP_E2E_KUBECONFIG (says so and uses the fake API without it)
+	@if [ -z "$$VIPOP_E2E_KUBECONFIG" ]; then \
+	  echo "e2e: real-cluster mode SKIPPED: set VIPOP_E2E_KUBECONFIG=/path/to/kubeconfig to run against a cluster."; \
+	  echo "e2e: running the suite against the in-repo fake API server instead."; \
+	else \
+	  echo "e2e: real-cluster mode against $$VIPOP_E2E_KUBECONFIG"; \
+	fi
+	$(CARGO) nextest run --test e2e --no-fail-fast
+
 build: ## Debug build
 	$(CARGO) build
 
