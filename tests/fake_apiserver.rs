@@ -12,8 +12,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams, Preconditions, WatchEvent, WatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+    Preconditions, WatchEvent, WatchParams,
 };
 use kube::core::{ObjectMeta, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -25,14 +25,7 @@ use support::fake_apiserver::FakeApiServer;
 
 /// The custom resource used by these tests: namespaced, with a status subresource.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(
-    group = "example.test",
-    version = "v1",
-    kind = "Widget",
-    namespaced,
-    status = "WidgetStatus",
-    shortname = "wd"
-)]
+#[kube(group = "example.test", version = "v1", kind = "Widget", namespaced, status = "WidgetStatus", shortname = "wd")]
 pub struct WidgetSpec {
     pub size: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,13 +57,7 @@ async fn setup() -> (FakeApiServer, Client) {
 }
 
 fn widget(name: &str, size: i32) -> Widget {
-    Widget::new(
-        name,
-        WidgetSpec {
-            size,
-            ..Default::default()
-        },
-    )
+    Widget::new(name, WidgetSpec { size, ..Default::default() })
 }
 
 fn widgets(client: &Client, ns: &str) -> Api<Widget> {
@@ -86,33 +73,17 @@ fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> kube::core::
 }
 
 fn rv_of<K: kube::Resource>(obj: &K) -> u64 {
-    obj.meta()
-        .resource_version
-        .as_deref()
-        .expect("resourceVersion")
-        .parse()
-        .expect("numeric resourceVersion")
+    obj.meta().resource_version.as_deref().expect("resourceVersion").parse().expect("numeric resourceVersion")
 }
 
 async fn create_namespace(client: &Client, name: &str) {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    within(Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns))
-        .await
-        .expect("create namespace");
+    let ns = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+    within(Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns)).await.expect("create namespace");
 }
 
 fn secret(name: &str) -> Secret {
     Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
         string_data: Some([("k".to_string(), "v".to_string())].into()),
         ..Default::default()
     }
@@ -130,23 +101,11 @@ struct Raw {
 
 impl Raw {
     fn new(api: &FakeApiServer) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("reqwest client");
-        Self {
-            http,
-            base: api.url(),
-        }
+        let http = reqwest::Client::builder().no_proxy().build().expect("reqwest client");
+        Self { http, base: api.url() }
     }
 
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
+    async fn send(&self, method: &str, path: &str, content_type: Option<&str>, body: Option<Value>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(ct) = content_type {
@@ -158,10 +117,7 @@ impl Raw {
         let resp = within(req.send()).await.expect("send");
         let status = resp.status().as_u16();
         let text = within(resp.text()).await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -175,10 +131,7 @@ impl Raw {
         }
         let resp = within(req.send()).await.expect("open watch");
         assert_eq!(resp.status(), 200, "watch status");
-        RawWatch {
-            resp,
-            buf: Vec::new(),
-        }
+        RawWatch { resp, buf: Vec::new() }
     }
 }
 
@@ -217,10 +170,7 @@ impl RawWatch {
     async fn expect(&mut self, event_type: &str, name: &str) -> Value {
         let event = self.next_change().await.expect("stream ended early");
         assert_eq!(
-            (
-                event["type"].as_str(),
-                event["object"]["metadata"]["name"].as_str()
-            ),
+            (event["type"].as_str(), event["object"]["metadata"]["name"].as_str()),
             (Some(event_type), Some(name)),
             "unexpected event {event}"
         );
@@ -229,11 +179,7 @@ impl RawWatch {
 }
 
 fn event_rv(event: &Value) -> u64 {
-    event["object"]["metadata"]["resourceVersion"]
-        .as_str()
-        .expect("rv")
-        .parse()
-        .expect("numeric rv")
+    event["object"]["metadata"]["resourceVersion"].as_str().expect("rv").parse().expect("numeric rv")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -244,25 +190,15 @@ fn event_rv(event: &Value) -> u64 {
 async fn serves_version_and_discovery() {
     let (_api, client) = setup().await;
     let version = within(client.apiserver_version()).await.expect("version");
-    assert_eq!(
-        (version.major.as_str(), version.minor.as_str()),
-        ("1", "36")
-    );
+    assert_eq!((version.major.as_str(), version.minor.as_str()), ("1", "36"));
     assert_eq!(version.git_version, "v1.36.0");
 
-    let discovery = within(kube::Discovery::new(client.clone()).run())
-        .await
-        .expect("discovery");
-    let (widget_ar, caps) = discovery
-        .resolve_gvk(&GroupVersionKind::gvk("example.test", "v1", "Widget"))
-        .expect("Widget is discoverable");
+    let discovery = within(kube::Discovery::new(client.clone()).run()).await.expect("discovery");
+    let (widget_ar, caps) =
+        discovery.resolve_gvk(&GroupVersionKind::gvk("example.test", "v1", "Widget")).expect("Widget is discoverable");
     assert_eq!(widget_ar.plural, "widgets");
     assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
-    assert!(
-        caps.subresources
-            .iter()
-            .any(|(ar, _)| ar.plural == "widgets/status" || ar.plural == "status")
-    );
+    assert!(caps.subresources.iter().any(|(ar, _)| ar.plural == "widgets/status" || ar.plural == "status"));
     for (group, version, kind) in [
         ("", "v1", "Secret"),
         ("", "v1", "Namespace"),
@@ -271,9 +207,7 @@ async fn serves_version_and_discovery() {
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
     ] {
         assert!(
-            discovery
-                .resolve_gvk(&GroupVersionKind::gvk(group, version, kind))
-                .is_some(),
+            discovery.resolve_gvk(&GroupVersionKind::gvk(group, version, kind)).is_some(),
             "{kind} is discoverable"
         );
     }
@@ -282,25 +216,17 @@ async fn serves_version_and_discovery() {
 #[tokio::test]
 async fn serves_aggregated_discovery() {
     let (_api, client) = setup().await;
-    let discovery = within(kube::Discovery::new(client.clone()).run_aggregated())
-        .await
-        .expect("aggregated discovery");
-    let (widget_ar, caps) = discovery
-        .resolve_gvk(&GroupVersionKind::gvk("example.test", "v1", "Widget"))
-        .expect("Widget is discoverable");
+    let discovery = within(kube::Discovery::new(client.clone()).run_aggregated()).await.expect("aggregated discovery");
+    let (widget_ar, caps) =
+        discovery.resolve_gvk(&GroupVersionKind::gvk("example.test", "v1", "Widget")).expect("Widget is discoverable");
     assert_eq!(widget_ar.plural, "widgets");
     assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
-    let (secret_ar, _) = discovery
-        .resolve_gvk(&GroupVersionKind::gvk("", "v1", "Secret"))
-        .expect("Secret is discoverable");
+    let (secret_ar, _) =
+        discovery.resolve_gvk(&GroupVersionKind::gvk("", "v1", "Secret")).expect("Secret is discoverable");
     assert_eq!(secret_ar.plural, "secrets");
-    let (ns_ar, caps) = discovery
-        .resolve_gvk(&GroupVersionKind::gvk("", "v1", "Namespace"))
-        .expect("Namespace is discoverable");
-    assert_eq!(
-        (ns_ar.plural.as_str(), caps.scope),
-        ("namespaces", kube::discovery::Scope::Cluster)
-    );
+    let (ns_ar, caps) =
+        discovery.resolve_gvk(&GroupVersionKind::gvk("", "v1", "Namespace")).expect("Namespace is discoverable");
+    assert_eq!((ns_ar.plural.as_str(), caps.scope), ("namespaces", kube::discovery::Scope::Cluster));
 }
 
 #[tokio::test]
@@ -311,9 +237,8 @@ async fn kubeconfig_file_gives_a_working_client() {
     api.write_kubeconfig(&path);
 
     let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("read kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config from kubeconfig");
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config from kubeconfig");
     assert_eq!(config.cluster_url.to_string(), format!("{}/", api.url()));
     assert_eq!(config.default_namespace, "default");
     let client = Client::try_from(config).expect("client");
@@ -324,10 +249,7 @@ async fn kubeconfig_file_gives_a_working_client() {
         .iter()
         .map(|n| n.name_any())
         .collect();
-    assert!(
-        names.contains(&"default".to_string()) && names.contains(&"kube-system".to_string()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"default".to_string()) && names.contains(&"kube-system".to_string()), "{names:?}");
 
     let in_memory = kube::Config::from_custom_kubeconfig(api.kubeconfig(), &Default::default())
         .await
@@ -338,10 +260,7 @@ async fn kubeconfig_file_gives_a_working_client() {
 #[tokio::test]
 async fn unknown_resources_are_404_status() {
     let (api, client) = setup().await;
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("nope.test", "v1", "Thing"),
-        "things",
-    );
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("nope.test", "v1", "Thing"), "things");
     let things: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
     let status = api_error(within(things.get("x")).await);
     assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
@@ -349,17 +268,9 @@ async fn unknown_resources_are_404_status() {
     let raw = Raw::new(&api);
     let (code, body) = raw.get("/api/v1/namespaces/default/pods").await;
     assert_eq!(code, 404);
-    assert_eq!(
-        (body["kind"].as_str(), body["status"].as_str()),
-        (Some("Status"), Some("Failure"))
-    );
+    assert_eq!((body["kind"].as_str(), body["status"].as_str()), (Some("Status"), Some("Failure")));
     // Served resource, unserved version.
-    assert_eq!(
-        raw.get("/apis/example.test/v2/namespaces/default/widgets")
-            .await
-            .0,
-        404
-    );
+    assert_eq!(raw.get("/apis/example.test/v2/namespaces/default/widgets").await.0, 404);
     // A subresource that does not exist.
     let (code, _) = raw.get("/api/v1/namespaces/default/secrets/x/scale").await;
     assert_eq!(code, 404);
@@ -374,9 +285,7 @@ async fn create_assigns_server_fields() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
     let before = api.resource_version();
-    let created = within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    let created = within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
     assert!(created.uid().is_some_and(|u| !u.is_empty()));
     assert_eq!(rv_of(&created), before + 1, "one global counter");
     assert!(created.metadata.creation_timestamp.is_some());
@@ -389,47 +298,27 @@ async fn create_assigns_server_fields() {
     let mut generated = widget("", 2);
     generated.metadata.name = None;
     generated.metadata.generate_name = Some("gen-".into());
-    let generated = within(w.create(&PostParams::default(), &generated))
-        .await
-        .expect("generateName");
+    let generated = within(w.create(&PostParams::default(), &generated)).await.expect("generateName");
     let name = generated.name_any();
-    assert!(
-        name.starts_with("gen-") && name.len() == "gen-".len() + 5,
-        "{name}"
-    );
+    assert!(name.starts_with("gen-") && name.len() == "gen-".len() + 5, "{name}");
 
     let status = api_error(within(w.create(&PostParams::default(), &widget("a", 1))).await);
-    assert_eq!(
-        (status.code, status.reason.as_str()),
-        (409, "AlreadyExists")
-    );
+    assert_eq!((status.code, status.reason.as_str()), (409, "AlreadyExists"));
     assert_eq!(status.message, "widgets.example.test \"a\" already exists");
 
     // Built-in types without a generation do not get one.
-    let s = within(
-        Api::<Secret>::namespaced(client.clone(), "default")
-            .create(&PostParams::default(), &secret("s")),
-    )
-    .await
-    .expect("create secret");
+    let s = within(Api::<Secret>::namespaced(client.clone(), "default").create(&PostParams::default(), &secret("s")))
+        .await
+        .expect("create secret");
     assert_eq!(s.metadata.generation, None);
     assert_eq!(rv_of(&s), rv_of(&generated) + 1);
 
     // Names must be DNS-1123 subdomains (labels for namespaces).
     let status = api_error(within(w.create(&PostParams::default(), &widget("Not_Valid", 1))).await);
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
-    assert!(
-        status
-            .message
-            .contains("metadata.name: Invalid value: \"Not_Valid\""),
-        "{}",
-        status.message
-    );
-    let ns: Namespace =
-        serde_json::from_value(json!({ "metadata": { "name": "a.b" } })).expect("ns");
-    let status = api_error(
-        within(Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns)).await,
-    );
+    assert!(status.message.contains("metadata.name: Invalid value: \"Not_Valid\""), "{}", status.message);
+    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": "a.b" } })).expect("ns");
+    let status = api_error(within(Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns)).await);
     assert_eq!(status.code, 422);
 
     // A resourceVersion must not be sent on create.
@@ -442,17 +331,11 @@ async fn create_assigns_server_fields() {
 #[tokio::test]
 async fn create_needs_an_existing_namespace() {
     let (_api, client) = setup().await;
-    let status = api_error(
-        within(widgets(&client, "nope").create(&PostParams::default(), &widget("a", 1))).await,
-    );
+    let status = api_error(within(widgets(&client, "nope").create(&PostParams::default(), &widget("a", 1))).await);
     assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
     assert_eq!(status.message, "namespaces \"nope\" not found");
     let status = api_error(
-        within(
-            Api::<Secret>::namespaced(client.clone(), "nope")
-                .create(&PostParams::default(), &secret("s")),
-        )
-        .await,
+        within(Api::<Secret>::namespaced(client.clone(), "nope").create(&PostParams::default(), &secret("s"))).await,
     );
     assert_eq!(status.code, 404);
 }
@@ -468,106 +351,32 @@ async fn list_filters_by_label_and_field_selectors() {
         ("other", "d", json!({ "app": "x" })),
     ] {
         let cm: ConfigMap =
-            serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } }))
-                .expect("cm");
-        within(
-            Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm),
-        )
-        .await
-        .expect("create configmap");
+            serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).expect("cm");
+        within(Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm))
+            .await
+            .expect("create configmap");
     }
-    let names = |list: kube::core::ObjectList<ConfigMap>| {
-        list.items.iter().map(|c| c.name_any()).collect::<Vec<_>>()
-    };
+    let names = |list: kube::core::ObjectList<ConfigMap>| list.items.iter().map(|c| c.name_any()).collect::<Vec<_>>();
     let default_ns = Api::<ConfigMap>::namespaced(client.clone(), "default");
     let all = Api::<ConfigMap>::all(client.clone());
-    let list = |api: Api<ConfigMap>, lp: ListParams| async move {
-        within(api.list(&lp)).await.expect("list")
-    };
+    let list = |api: Api<ConfigMap>, lp: ListParams| async move { within(api.list(&lp)).await.expect("list") };
 
     let everything = list(default_ns.clone(), ListParams::default()).await;
-    assert_eq!(
-        everything.metadata.resource_version,
-        Some(api.resource_version().to_string())
-    );
+    assert_eq!(everything.metadata.resource_version, Some(api.resource_version().to_string()));
     assert_eq!(names(everything), ["a", "b", "c"]);
-    assert_eq!(
-        names(list(default_ns.clone(), ListParams::default().labels("app=x")).await),
-        ["a"]
-    );
-    assert_eq!(
-        names(list(default_ns.clone(), ListParams::default().labels("app==x")).await),
-        ["a"]
-    );
-    assert_eq!(
-        names(list(default_ns.clone(), ListParams::default().labels("app!=x")).await),
-        ["b", "c"]
-    );
-    assert_eq!(
-        names(list(default_ns.clone(), ListParams::default().labels("app")).await),
-        ["a", "b"]
-    );
-    assert_eq!(
-        names(list(default_ns.clone(), ListParams::default().labels("!app")).await),
-        ["c"]
-    );
-    assert_eq!(
-        names(
-            list(
-                default_ns.clone(),
-                ListParams::default().labels("app in (x, y),tier")
-            )
-            .await
-        ),
-        ["a"]
-    );
-    assert_eq!(
-        names(
-            list(
-                default_ns.clone(),
-                ListParams::default().labels("app notin (x)")
-            )
-            .await
-        ),
-        ["b", "c"]
-    );
-    assert_eq!(
-        names(
-            list(
-                default_ns.clone(),
-                ListParams::default().fields("metadata.name=b")
-            )
-            .await
-        ),
-        ["b"]
-    );
-    assert_eq!(
-        names(
-            list(
-                default_ns.clone(),
-                ListParams::default().fields("metadata.name!=b")
-            )
-            .await
-        ),
-        ["a", "c"]
-    );
-    assert_eq!(
-        names(list(all.clone(), ListParams::default().labels("app=x")).await),
-        ["a", "d"]
-    );
-    assert_eq!(
-        names(
-            list(
-                all.clone(),
-                ListParams::default().fields("metadata.namespace=other")
-            )
-            .await
-        ),
-        ["d"]
-    );
+    assert_eq!(names(list(default_ns.clone(), ListParams::default().labels("app=x")).await), ["a"]);
+    assert_eq!(names(list(default_ns.clone(), ListParams::default().labels("app==x")).await), ["a"]);
+    assert_eq!(names(list(default_ns.clone(), ListParams::default().labels("app!=x")).await), ["b", "c"]);
+    assert_eq!(names(list(default_ns.clone(), ListParams::default().labels("app")).await), ["a", "b"]);
+    assert_eq!(names(list(default_ns.clone(), ListParams::default().labels("!app")).await), ["c"]);
+    assert_eq!(names(list(default_ns.clone(), ListParams::default().labels("app in (x, y),tier")).await), ["a"]);
+    assert_eq!(names(list(default_ns.clone(), ListParams::default().labels("app notin (x)")).await), ["b", "c"]);
+    assert_eq!(names(list(default_ns.clone(), ListParams::default().fields("metadata.name=b")).await), ["b"]);
+    assert_eq!(names(list(default_ns.clone(), ListParams::default().fields("metadata.name!=b")).await), ["a", "c"]);
+    assert_eq!(names(list(all.clone(), ListParams::default().labels("app=x")).await), ["a", "d"]);
+    assert_eq!(names(list(all.clone(), ListParams::default().fields("metadata.namespace=other")).await), ["d"]);
 
-    let status =
-        api_error(within(default_ns.list(&ListParams::default().fields("spec.x=1"))).await);
+    let status = api_error(within(default_ns.list(&ListParams::default().fields("spec.x=1"))).await);
     assert_eq!((status.code, status.reason.as_str()), (400, "BadRequest"));
     let status = api_error(within(default_ns.list(&ListParams::default().labels("a in (b"))).await);
     assert_eq!(status.code, 400);
@@ -578,42 +387,18 @@ async fn list_paginates_with_limit_and_continue() {
     let (_api, client) = setup().await;
     let w = widgets(&client, "default");
     for name in ["a", "b", "c", "d", "e"] {
-        within(w.create(&PostParams::default(), &widget(name, 1)))
-            .await
-            .expect("create");
+        within(w.create(&PostParams::default(), &widget(name, 1))).await.expect("create");
     }
-    let first = within(w.list(&ListParams::default().limit(2)))
-        .await
-        .expect("page 1");
-    assert_eq!(
-        first.items.iter().map(|w| w.name_any()).collect::<Vec<_>>(),
-        ["a", "b"]
-    );
+    let first = within(w.list(&ListParams::default().limit(2))).await.expect("page 1");
+    assert_eq!(first.items.iter().map(|w| w.name_any()).collect::<Vec<_>>(), ["a", "b"]);
     assert_eq!(first.metadata.remaining_item_count, Some(3));
     let token = first.metadata.continue_.clone().expect("continue token");
-    let second = within(w.list(&ListParams::default().limit(2).continue_token(&token)))
-        .await
-        .expect("page 2");
-    assert_eq!(
-        second
-            .items
-            .iter()
-            .map(|w| w.name_any())
-            .collect::<Vec<_>>(),
-        ["c", "d"]
-    );
-    assert_eq!(
-        second.metadata.resource_version,
-        first.metadata.resource_version
-    );
+    let second = within(w.list(&ListParams::default().limit(2).continue_token(&token))).await.expect("page 2");
+    assert_eq!(second.items.iter().map(|w| w.name_any()).collect::<Vec<_>>(), ["c", "d"]);
+    assert_eq!(second.metadata.resource_version, first.metadata.resource_version);
     let token = second.metadata.continue_.clone().expect("continue token");
-    let third = within(w.list(&ListParams::default().limit(2).continue_token(&token)))
-        .await
-        .expect("page 3");
-    assert_eq!(
-        third.items.iter().map(|w| w.name_any()).collect::<Vec<_>>(),
-        ["e"]
-    );
+    let third = within(w.list(&ListParams::default().limit(2).continue_token(&token))).await.expect("page 3");
+    assert_eq!(third.items.iter().map(|w| w.name_any()).collect::<Vec<_>>(), ["e"]);
     assert!(third.metadata.continue_.is_none());
 }
 
@@ -625,15 +410,11 @@ async fn list_paginates_with_limit_and_continue() {
 async fn update_uses_optimistic_concurrency() {
     let (_api, client) = setup().await;
     let w = widgets(&client, "default");
-    let created = within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    let created = within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
 
     let mut changed = created.clone();
     changed.spec.size = 2;
-    let updated = within(w.replace("a", &PostParams::default(), &changed))
-        .await
-        .expect("replace");
+    let updated = within(w.replace("a", &PostParams::default(), &changed)).await.expect("replace");
     assert_eq!(updated.spec.size, 2);
     assert!(rv_of(&updated) > rv_of(&created));
 
@@ -651,32 +432,17 @@ async fn update_uses_optimistic_concurrency() {
     unconditional.metadata.resource_version = None;
     let status = api_error(within(w.replace("a", &PostParams::default(), &unconditional)).await);
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
-    assert!(
-        status.message.contains("metadata.resourceVersion"),
-        "{}",
-        status.message
-    );
+    assert!(status.message.contains("metadata.resourceVersion"), "{}", status.message);
 
     // ...while built-in types such as Secret allow it.
     let secrets = Api::<Secret>::namespaced(client.clone(), "default");
-    within(secrets.create(&PostParams::default(), &secret("s")))
-        .await
-        .expect("create secret");
+    within(secrets.create(&PostParams::default(), &secret("s"))).await.expect("create secret");
     let mut replacement = secret("s");
     replacement.string_data = Some([("k".to_string(), "new".to_string())].into());
-    let replaced = within(secrets.replace("s", &PostParams::default(), &replacement))
-        .await
-        .expect("replace secret");
+    let replaced = within(secrets.replace("s", &PostParams::default(), &replacement)).await.expect("replace secret");
     // stringData is write-only: it lands in data.
     assert_eq!(replaced.string_data, None);
-    assert_eq!(
-        replaced
-            .data
-            .as_ref()
-            .and_then(|d| d.get("k"))
-            .map(|b| b.0.as_slice()),
-        Some(b"new".as_slice())
-    );
+    assert_eq!(replaced.data.as_ref().and_then(|d| d.get("k")).map(|b| b.0.as_slice()), Some(b"new".as_slice()));
     assert_eq!(replaced.type_.as_deref(), Some("Opaque"));
 
     // The name in the body must match the URL.
@@ -685,10 +451,7 @@ async fn update_uses_optimistic_concurrency() {
     // Updating something that does not exist is a 404.
     let mut ghost = updated.clone();
     ghost.metadata.name = Some("ghost".into());
-    assert_eq!(
-        api_error(within(w.replace("ghost", &PostParams::default(), &ghost)).await).code,
-        404
-    );
+    assert_eq!(api_error(within(w.replace("ghost", &PostParams::default(), &ghost)).await).code, 404);
 }
 
 #[tokio::test]
@@ -697,9 +460,7 @@ async fn merge_and_strategic_merge_patches() {
     let w = widgets(&client, "default");
     let mut created = widget("a", 1);
     created.spec.color = Some("red".into());
-    within(w.create(&PostParams::default(), &created))
-        .await
-        .expect("create");
+    within(w.create(&PostParams::default(), &created)).await.expect("create");
 
     let patched = within(w.patch(
         "a",
@@ -708,45 +469,28 @@ async fn merge_and_strategic_merge_patches() {
     ))
     .await
     .expect("merge patch");
-    assert_eq!(
-        (patched.spec.color.as_deref(), patched.spec.note.as_deref()),
-        (None, Some("n"))
-    );
+    assert_eq!((patched.spec.color.as_deref(), patched.spec.note.as_deref()), (None, Some("n")));
     assert_eq!(patched.labels().get("l").map(String::as_str), Some("1"));
 
     // A stale resourceVersion in a patch is a precondition.
     let status = api_error(
-        within(w.patch(
-            "a",
-            &PatchParams::default(),
-            &merge(json!({ "metadata": { "resourceVersion": "1" } })),
-        ))
-        .await,
+        within(w.patch("a", &PatchParams::default(), &merge(json!({ "metadata": { "resourceVersion": "1" } })))).await,
     );
     assert_eq!(status.code, 409);
 
     // Strategic merge patch is for built-in types only.
-    let status = api_error(
-        within(w.patch("a", &PatchParams::default(), &Patch::Strategic(json!({})))).await,
-    );
-    assert_eq!(
-        (status.code, status.reason.as_str()),
-        (415, "UnsupportedMediaType")
-    );
+    let status = api_error(within(w.patch("a", &PatchParams::default(), &Patch::Strategic(json!({})))).await);
+    assert_eq!((status.code, status.reason.as_str()), (415, "UnsupportedMediaType"));
 
     // On built-ins, metadata.finalizers merges (patchStrategy: merge).
     let secrets = Api::<Secret>::namespaced(client.clone(), "default");
     let mut s = secret("s");
     s.metadata.finalizers = Some(vec!["one".into()]);
-    within(secrets.create(&PostParams::default(), &s))
-        .await
-        .expect("create secret");
+    within(secrets.create(&PostParams::default(), &s)).await.expect("create secret");
     let patched = within(secrets.patch(
         "s",
         &PatchParams::default(),
-        &Patch::Strategic(
-            json!({ "metadata": { "finalizers": ["two"] }, "stringData": { "k2": "v2" } }),
-        ),
+        &Patch::Strategic(json!({ "metadata": { "finalizers": ["two"] }, "stringData": { "k2": "v2" } })),
     ))
     .await
     .expect("strategic patch");
@@ -754,21 +498,16 @@ async fn merge_and_strategic_merge_patches() {
     let patched = within(secrets.patch(
         "s",
         &PatchParams::default(),
-        &Patch::Strategic(
-            json!({ "metadata": { "$deleteFromPrimitiveList/finalizers": ["one"] } }),
-        ),
+        &Patch::Strategic(json!({ "metadata": { "$deleteFromPrimitiveList/finalizers": ["one"] } })),
     ))
     .await
     .expect("strategic delete from list");
     assert_eq!(patched.finalizers(), ["two"]);
     // With merge patch the list is replaced.
-    let patched = within(secrets.patch(
-        "s",
-        &PatchParams::default(),
-        &merge(json!({ "metadata": { "finalizers": ["three"] } })),
-    ))
-    .await
-    .expect("merge patch finalizers");
+    let patched =
+        within(secrets.patch("s", &PatchParams::default(), &merge(json!({ "metadata": { "finalizers": ["three"] } }))))
+            .await
+            .expect("merge patch finalizers");
     assert_eq!(patched.finalizers(), ["three"]);
 }
 
@@ -782,42 +521,20 @@ async fn json_patch(w: &Api<Widget>, ops: Value) -> Result<Widget, kube::Error> 
 async fn json_patch_test_operations_follow_kube_apiserver() {
     let (_api, client) = setup().await;
     let w = widgets(&client, "default");
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
 
     // `[]` does not match a missing path.
-    let status = api_error(
-        json_patch(
-            &w,
-            json!([{ "op": "test", "path": "/metadata/finalizers", "value": [] }]),
-        )
-        .await,
-    );
+    let status =
+        api_error(json_patch(&w, json!([{ "op": "test", "path": "/metadata/finalizers", "value": [] }])).await);
     assert_eq!(
         (status.code, status.reason.as_str(), status.status),
-        (
-            422,
-            "Invalid",
-            Some(kube::core::response::StatusSummary::Failure)
-        )
+        (422, "Invalid", Some(kube::core::response::StatusSummary::Failure))
     );
     // Nor does any other non-null value.
-    let status = api_error(
-        json_patch(
-            &w,
-            json!([{ "op": "test", "path": "/metadata/finalizers", "value": ["x"] }]),
-        )
-        .await,
-    );
+    let status =
+        api_error(json_patch(&w, json!([{ "op": "test", "path": "/metadata/finalizers", "value": ["x"] }])).await);
     assert_eq!(status.code, 422);
-    let status = api_error(
-        json_patch(
-            &w,
-            json!([{ "op": "test", "path": "/spec/color", "value": "red" }]),
-        )
-        .await,
-    );
+    let status = api_error(json_patch(&w, json!([{ "op": "test", "path": "/spec/color", "value": "red" }])).await);
     assert_eq!(status.code, 422);
 
     // null passes against a missing path (kube-runtime's finalizer() relies on it).
@@ -845,16 +562,8 @@ async fn json_patch_test_operations_follow_kube_apiserver() {
     );
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
     let causes = status.details.expect("details").causes;
-    assert!(
-        causes
-            .iter()
-            .any(|c| c.message.contains("/metadata/finalizers")),
-        "{causes:?}"
-    );
-    assert_eq!(
-        within(w.get("a")).await.expect("get").finalizers(),
-        ["example.test/cleanup"]
-    );
+    assert!(causes.iter().any(|c| c.message.contains("/metadata/finalizers")), "{causes:?}");
+    assert_eq!(within(w.get("a")).await.expect("get").finalizers(), ["example.test/cleanup"]);
 
     // A matching value passes; ops apply in order.
     let patched = json_patch(
@@ -872,25 +581,12 @@ async fn json_patch_test_operations_follow_kube_apiserver() {
     .expect("json patch");
     assert_eq!(patched.finalizers(), ["example.test/cleanup", "second"]);
     assert_eq!(patched.spec.size, 7);
-    assert_eq!(
-        (patched.spec.note.as_deref(), patched.spec.color.as_deref()),
-        (None, Some("a"))
-    );
+    assert_eq!((patched.spec.note.as_deref(), patched.spec.color.as_deref()), (None, Some("a")));
 
     // Removing a missing path fails; so does a test under a missing parent.
+    assert_eq!(api_error(json_patch(&w, json!([{ "op": "remove", "path": "/spec/nope" }])).await).code, 422);
     assert_eq!(
-        api_error(json_patch(&w, json!([{ "op": "remove", "path": "/spec/nope" }])).await).code,
-        422
-    );
-    assert_eq!(
-        api_error(
-            json_patch(
-                &w,
-                json!([{ "op": "test", "path": "/nope/deeper", "value": null }])
-            )
-            .await
-        )
-        .code,
+        api_error(json_patch(&w, json!([{ "op": "test", "path": "/nope/deeper", "value": null }])).await).code,
         422
     );
 }
@@ -899,96 +595,55 @@ async fn json_patch_test_operations_follow_kube_apiserver() {
 async fn noop_writes_keep_the_resource_version_and_emit_nothing() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
-    let created = within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    let created = within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
     let raw = Raw::new(&api);
     let mut watch = raw
         .watch(
-            &format!(
-                "/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}",
-                rv_of(&created)
-            ),
+            &format!("/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}", rv_of(&created)),
             None,
         )
         .await;
 
-    let same = within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 1 } })),
-    ))
-    .await
-    .expect("noop");
+    let same =
+        within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 1 } })))).await.expect("noop");
     assert_eq!(rv_of(&same), rv_of(&created));
-    let same = within(w.replace("a", &PostParams::default(), &created))
-        .await
-        .expect("noop replace");
+    let same = within(w.replace("a", &PostParams::default(), &created)).await.expect("noop replace");
     assert_eq!(rv_of(&same), rv_of(&created));
     assert_eq!(api.resource_version(), rv_of(&created));
 
-    let changed = within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 2 } })),
-    ))
-    .await
-    .expect("change");
+    let changed =
+        within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 2 } })))).await.expect("change");
     assert_eq!(rv_of(&changed), rv_of(&created) + 1);
     let event = watch.expect("MODIFIED", "a").await;
-    assert_eq!(
-        event["object"]["spec"]["size"], 2,
-        "the no-ops emitted no events"
-    );
+    assert_eq!(event["object"]["spec"]["size"], 2, "the no-ops emitted no events");
 }
 
 #[tokio::test]
 async fn generation_changes_only_with_spec() {
     let (_api, client) = setup().await;
     let w = widgets(&client, "default");
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
-    let labelled = within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "metadata": { "labels": { "x": "y" } } })),
-    ))
-    .await
-    .expect("label");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
+    let labelled =
+        within(w.patch("a", &PatchParams::default(), &merge(json!({ "metadata": { "labels": { "x": "y" } } }))))
+            .await
+            .expect("label");
     assert_eq!(labelled.metadata.generation, Some(1));
-    let status = within(w.patch_status(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "status": { "phase": "Ready" } })),
-    ))
-    .await
-    .expect("status");
+    let status =
+        within(w.patch_status("a", &PatchParams::default(), &merge(json!({ "status": { "phase": "Ready" } }))))
+            .await
+            .expect("status");
     assert_eq!(status.metadata.generation, Some(1));
-    let spec = within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 3 } })),
-    ))
-    .await
-    .expect("spec");
+    let spec =
+        within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 3 } })))).await.expect("spec");
     assert_eq!(spec.metadata.generation, Some(2));
-    let spec = within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "color": "blue" } })),
-    ))
-    .await
-    .expect("spec");
+    let spec = within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "color": "blue" } }))))
+        .await
+        .expect("spec");
     assert_eq!(spec.metadata.generation, Some(3));
     // A client cannot set the generation.
-    let status = within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "metadata": { "generation": 42 } })),
-    ))
-    .await
-    .expect("generation is ignored");
+    let status = within(w.patch("a", &PatchParams::default(), &merge(json!({ "metadata": { "generation": 42 } }))))
+        .await
+        .expect("generation is ignored");
     assert_eq!(status.metadata.generation, Some(3));
 }
 
@@ -997,29 +652,23 @@ async fn status_subresource_isolates_status_from_the_rest() {
     let (_api, client) = setup().await;
     let w = widgets(&client, "default");
     let mut with_status = widget("a", 1);
-    with_status.status = Some(WidgetStatus {
-        phase: Some("Ignored".into()),
-        message: None,
-    });
-    let created = within(w.create(&PostParams::default(), &with_status))
-        .await
-        .expect("create");
+    with_status.status = Some(WidgetStatus { phase: Some("Ignored".into()), message: None });
+    let created = within(w.create(&PostParams::default(), &with_status)).await.expect("create");
     assert_eq!(created.status, None, "status is dropped on create");
 
     // /status writes change only status.
     let patched = within(w.patch_status(
         "a",
         &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 99 }, "metadata": { "labels": { "x": "y" } }, "status": { "phase": "Ready" } })),
+        &merge(
+            json!({ "spec": { "size": 99 }, "metadata": { "labels": { "x": "y" } }, "status": { "phase": "Ready" } }),
+        ),
     ))
     .await
     .expect("patch status");
     assert_eq!(patched.spec.size, 1);
     assert!(patched.labels().is_empty());
-    assert_eq!(
-        patched.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Ready")
-    );
+    assert_eq!(patched.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Ready"));
 
     // Main-resource writes never change status.
     let patched = within(w.patch(
@@ -1030,38 +679,19 @@ async fn status_subresource_isolates_status_from_the_rest() {
     .await
     .expect("patch main");
     assert_eq!(patched.spec.size, 2);
-    assert_eq!(
-        patched.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Ready")
-    );
+    assert_eq!(patched.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Ready"));
     let mut replaced = patched.clone();
     replaced.status = None;
-    let replaced = within(w.replace("a", &PostParams::default(), &replaced))
-        .await
-        .expect("replace main");
-    assert_eq!(
-        replaced.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Ready")
-    );
+    let replaced = within(w.replace("a", &PostParams::default(), &replaced)).await.expect("replace main");
+    assert_eq!(replaced.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Ready"));
 
     // PUT /status replaces the status (absent → removed) and nothing else.
     let mut status_put = replaced.clone();
     status_put.spec.size = 50;
-    status_put.status = Some(WidgetStatus {
-        phase: None,
-        message: Some("m".into()),
-    });
-    let after = within(w.replace_status("a", &PostParams::default(), &status_put))
-        .await
-        .expect("replace status");
+    status_put.status = Some(WidgetStatus { phase: None, message: Some("m".into()) });
+    let after = within(w.replace_status("a", &PostParams::default(), &status_put)).await.expect("replace status");
     assert_eq!(after.spec.size, 2);
-    assert_eq!(
-        after.status,
-        Some(WidgetStatus {
-            phase: None,
-            message: Some("m".into())
-        })
-    );
+    assert_eq!(after.status, Some(WidgetStatus { phase: None, message: Some("m".into()) }));
     let got = within(w.get_status("a")).await.expect("get status");
     assert_eq!(json!(got), json!(after));
 }
@@ -1083,25 +713,16 @@ async fn without_status_subresource_status_is_ordinary_data() {
             }],
         },
     }));
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("example.test", "v1", "Gadget"),
-        "gadgets",
-    );
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.test", "v1", "Gadget"), "gadgets");
     let gadgets: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     let mut obj = DynamicObject::new("g", &ar);
     obj.data = json!({ "spec": { "a": 1 }, "status": { "s": "kept" } });
-    let created = within(gadgets.create(&PostParams::default(), &obj))
-        .await
-        .expect("create gadget");
+    let created = within(gadgets.create(&PostParams::default(), &obj)).await.expect("create gadget");
     assert_eq!(created.data["status"]["s"], "kept");
     assert_eq!(created.namespace(), None, "cluster-scoped");
-    let patched = within(gadgets.patch(
-        "g",
-        &PatchParams::default(),
-        &merge(json!({ "status": { "s": "changed" } })),
-    ))
-    .await
-    .expect("patch");
+    let patched = within(gadgets.patch("g", &PatchParams::default(), &merge(json!({ "status": { "s": "changed" } }))))
+        .await
+        .expect("patch");
     assert_eq!(patched.data["status"]["s"], "changed");
     // Like the real server, any non-metadata change bumps the generation here.
     assert_eq!(patched.metadata.generation, Some(2));
@@ -1128,11 +749,8 @@ async fn crd_versions_are_served_with_their_own_api_version() {
         },
     }));
     let gvk = |v: &str| GroupVersionKind::gvk("example.test", v, "Sprocket");
-    let v1: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        "default",
-        &ApiResource::from_gvk_with_plural(&gvk("v1"), "sprockets"),
-    );
+    let v1: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk_with_plural(&gvk("v1"), "sprockets"));
     let beta: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         "default",
@@ -1143,19 +761,11 @@ async fn crd_versions_are_served_with_their_own_api_version() {
         "default",
         &ApiResource::from_gvk_with_plural(&gvk("v1alpha1"), "sprockets"),
     );
-    let obj = DynamicObject::new(
-        "s",
-        &ApiResource::from_gvk_with_plural(&gvk("v1"), "sprockets"),
-    )
-    .data(json!({ "spec": {} }));
-    within(v1.create(&PostParams::default(), &obj))
-        .await
-        .expect("create");
+    let obj = DynamicObject::new("s", &ApiResource::from_gvk_with_plural(&gvk("v1"), "sprockets"))
+        .data(json!({ "spec": {} }));
+    within(v1.create(&PostParams::default(), &obj)).await.expect("create");
     let seen = within(beta.get("s")).await.expect("get at v1beta1");
-    assert_eq!(
-        seen.types.expect("types").api_version,
-        "example.test/v1beta1"
-    );
+    assert_eq!(seen.types.expect("types").api_version, "example.test/v1beta1");
     assert_eq!(api_error(within(alpha.get("s")).await).code, 404);
 }
 
@@ -1169,70 +779,40 @@ async fn finalizers_hold_deletion_until_removed() {
     let w = widgets(&client, "default");
     let mut held = widget("a", 1);
     held.metadata.finalizers = Some(vec!["example.test/cleanup".into()]);
-    let created = within(w.create(&PostParams::default(), &held))
-        .await
-        .expect("create");
+    let created = within(w.create(&PostParams::default(), &held)).await.expect("create");
     let raw = Raw::new(&api);
     let mut watch = raw
         .watch(
-            &format!(
-                "/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}",
-                rv_of(&created)
-            ),
+            &format!("/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}", rv_of(&created)),
             None,
         )
         .await;
 
-    let deleted = within(w.delete("a", &DeleteParams::default()))
-        .await
-        .expect("delete");
-    let terminating = deleted
-        .left()
-        .expect("the object is returned while finalizers remain");
+    let deleted = within(w.delete("a", &DeleteParams::default())).await.expect("delete");
+    let terminating = deleted.left().expect("the object is returned while finalizers remain");
     assert!(terminating.metadata.deletion_timestamp.is_some());
     assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(0));
-    assert_eq!(
-        terminating.metadata.generation,
-        Some(2),
-        "marking as deleting bumps the generation"
-    );
+    assert_eq!(terminating.metadata.generation, Some(2), "marking as deleting bumps the generation");
     let event = watch.expect("MODIFIED", "a").await;
     assert!(event["object"]["metadata"]["deletionTimestamp"].is_string());
 
     // Still readable and writable (spec and status) while terminating.
-    assert!(
-        within(w.get("a"))
-            .await
-            .expect("get")
-            .metadata
-            .deletion_timestamp
-            .is_some()
-    );
-    within(w.patch_status(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "status": { "phase": "Cleaning" } })),
-    ))
-    .await
-    .expect("status while deleting");
+    assert!(within(w.get("a")).await.expect("get").metadata.deletion_timestamp.is_some());
+    within(w.patch_status("a", &PatchParams::default(), &merge(json!({ "status": { "phase": "Cleaning" } }))))
+        .await
+        .expect("status while deleting");
     watch.expect("MODIFIED", "a").await;
 
     // Deleting again changes nothing.
     let rv = api.resource_version();
-    let again = within(w.delete("a", &DeleteParams::default()))
-        .await
-        .expect("delete again");
+    let again = within(w.delete("a", &DeleteParams::default())).await.expect("delete again");
     assert!(again.is_left());
     assert_eq!(api.resource_version(), rv);
 
     // Emptying the finalizers removes the object: DELETED only now.
-    within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "metadata": { "finalizers": null } })),
-    ))
-    .await
-    .expect("remove finalizer");
+    within(w.patch("a", &PatchParams::default(), &merge(json!({ "metadata": { "finalizers": null } }))))
+        .await
+        .expect("remove finalizer");
     let event = watch.expect("DELETED", "a").await;
     assert_eq!(event_rv(&event), api.resource_version());
     assert_eq!(api_error(within(w.get("a")).await).code, 404);
@@ -1244,12 +824,8 @@ async fn no_new_finalizers_while_deleting() {
     let w = widgets(&client, "default");
     let mut held = widget("a", 1);
     held.metadata.finalizers = Some(vec!["one".into(), "two".into()]);
-    within(w.create(&PostParams::default(), &held))
-        .await
-        .expect("create");
-    within(w.delete("a", &DeleteParams::default()))
-        .await
-        .expect("delete");
+    within(w.create(&PostParams::default(), &held)).await.expect("create");
+    within(w.delete("a", &DeleteParams::default())).await.expect("delete");
 
     let status = api_error(
         within(w.patch(
@@ -1279,21 +855,13 @@ async fn no_new_finalizers_while_deleting() {
     assert_eq!(status.code, 422);
 
     // Spec changes and removing finalizers still work.
-    let patched = within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 5 } })),
-    ))
-    .await
-    .expect("spec");
+    let patched =
+        within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 5 } })))).await.expect("spec");
     assert_eq!(patched.spec.size, 5);
-    let patched = within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "metadata": { "finalizers": ["two"] } })),
-    ))
-    .await
-    .expect("remove one");
+    let patched =
+        within(w.patch("a", &PatchParams::default(), &merge(json!({ "metadata": { "finalizers": ["two"] } }))))
+            .await
+            .expect("remove one");
     assert_eq!(patched.finalizers(), ["two"]);
 }
 
@@ -1301,9 +869,7 @@ async fn no_new_finalizers_while_deleting() {
 async fn deletion_timestamp_cannot_be_set_or_cleared_by_clients() {
     let (_api, client) = setup().await;
     let w = widgets(&client, "default");
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
     let status = api_error(
         within(w.patch(
             "a",
@@ -1316,12 +882,8 @@ async fn deletion_timestamp_cannot_be_set_or_cleared_by_clients() {
 
     let mut held = widget("b", 1);
     held.metadata.finalizers = Some(vec!["f".into()]);
-    within(w.create(&PostParams::default(), &held))
-        .await
-        .expect("create");
-    within(w.delete("b", &DeleteParams::default()))
-        .await
-        .expect("delete");
+    within(w.create(&PostParams::default(), &held)).await.expect("create");
+    within(w.delete("b", &DeleteParams::default())).await.expect("delete");
     let patched = within(w.patch(
         "b",
         &PatchParams::default(),
@@ -1336,94 +898,52 @@ async fn deletion_timestamp_cannot_be_set_or_cleared_by_clients() {
 async fn delete_responses_and_preconditions() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
-    let created = within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    let created = within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
     let raw = Raw::new(&api);
     let mut watch = raw
         .watch(
-            &format!(
-                "/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}",
-                rv_of(&created)
-            ),
+            &format!("/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}", rv_of(&created)),
             None,
         )
         .await;
 
     let wrong_uid = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: Some("not-the-uid".into()),
-            resource_version: None,
-        }),
+        preconditions: Some(Preconditions { uid: Some("not-the-uid".into()), resource_version: None }),
         ..Default::default()
     };
     let status = api_error(within(w.delete("a", &wrong_uid)).await);
     assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
-    assert!(
-        status
-            .message
-            .contains("Precondition failed: UID in precondition"),
-        "{}",
-        status.message
-    );
+    assert!(status.message.contains("Precondition failed: UID in precondition"), "{}", status.message);
     let wrong_rv = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: None,
-            resource_version: Some("1".into()),
-        }),
+        preconditions: Some(Preconditions { uid: None, resource_version: Some("1".into()) }),
         ..Default::default()
     };
     assert_eq!(api_error(within(w.delete("a", &wrong_rv)).await).code, 409);
 
     // Custom resources answer with the deleted object...
     let right = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: created.uid(),
-            resource_version: created.resource_version(),
-        }),
+        preconditions: Some(Preconditions { uid: created.uid(), resource_version: created.resource_version() }),
         ..Default::default()
     };
-    let gone = within(w.delete("a", &right))
-        .await
-        .expect("delete")
-        .left()
-        .expect("object");
+    let gone = within(w.delete("a", &right)).await.expect("delete").left().expect("object");
     assert_eq!(gone.uid(), created.uid());
     let event = watch.expect("DELETED", "a").await;
     assert_eq!(event_rv(&event), rv_of(&created) + 1);
-    assert_eq!(
-        api_error(within(w.delete("a", &DeleteParams::default())).await).code,
-        404
-    );
+    assert_eq!(api_error(within(w.delete("a", &DeleteParams::default())).await).code, 404);
 
     // ...Secrets with a Success Status.
     let secrets = Api::<Secret>::namespaced(client.clone(), "default");
-    within(secrets.create(&PostParams::default(), &secret("s")))
-        .await
-        .expect("create secret");
-    let status = within(secrets.delete("s", &DeleteParams::default()))
-        .await
-        .expect("delete secret")
-        .right()
-        .expect("Status");
+    within(secrets.create(&PostParams::default(), &secret("s"))).await.expect("create secret");
+    let status =
+        within(secrets.delete("s", &DeleteParams::default())).await.expect("delete secret").right().expect("Status");
     assert_eq!(status.details.expect("details").name, "s");
 
     // deletecollection
     for name in ["x", "y"] {
-        within(w.create(&PostParams::default(), &widget(name, 1)))
-            .await
-            .expect("create");
+        within(w.create(&PostParams::default(), &widget(name, 1))).await.expect("create");
     }
-    within(w.delete_collection(&DeleteParams::default(), &ListParams::default()))
-        .await
-        .expect("delete collection");
-    assert!(
-        within(w.list(&ListParams::default()))
-            .await
-            .expect("list")
-            .items
-            .is_empty()
-    );
+    within(w.delete_collection(&DeleteParams::default(), &ListParams::default())).await.expect("delete collection");
+    assert!(within(w.list(&ListParams::default())).await.expect("list").items.is_empty());
 }
 
 #[tokio::test]
@@ -1433,31 +953,17 @@ async fn garbage_collector_deletes_dependents_of_deleted_owners() {
     let secrets = Api::<Secret>::namespaced(client.clone(), "default");
     let mut owned = Vec::new();
     for name in ["owner", "orphaning-owner"] {
-        let owner = within(w.create(&PostParams::default(), &widget(name, 1)))
-            .await
-            .expect("owner");
+        let owner = within(w.create(&PostParams::default(), &widget(name, 1))).await.expect("owner");
         let mut dependent = secret(&format!("{name}-secret"));
-        dependent.metadata.owner_references =
-            Some(vec![owner.controller_owner_ref(&()).expect("owner ref")]);
-        within(secrets.create(&PostParams::default(), &dependent))
-            .await
-            .expect("dependent");
+        dependent.metadata.owner_references = Some(vec![owner.controller_owner_ref(&()).expect("owner ref")]);
+        within(secrets.create(&PostParams::default(), &dependent)).await.expect("dependent");
         owned.push(dependent.name_any());
     }
-    within(w.delete("owner", &DeleteParams::default()))
-        .await
-        .expect("delete owner");
-    assert_eq!(
-        api_error(within(secrets.get("owner-secret")).await).code,
-        404
-    );
+    within(w.delete("owner", &DeleteParams::default())).await.expect("delete owner");
+    assert_eq!(api_error(within(secrets.get("owner-secret")).await).code, 404);
 
-    within(w.delete("orphaning-owner", &DeleteParams::orphan()))
-        .await
-        .expect("delete with orphan");
-    let kept = within(secrets.get("orphaning-owner-secret"))
-        .await
-        .expect("orphan kept");
+    within(w.delete("orphaning-owner", &DeleteParams::orphan())).await.expect("delete with orphan");
+    let kept = within(secrets.get("orphaning-owner-secret")).await.expect("orphan kept");
     assert!(kept.metadata.owner_references.is_none());
 }
 
@@ -1473,31 +979,15 @@ async fn watch_streams_changes_in_order_and_resumes() {
     let start = list.metadata.resource_version.clone().expect("list rv");
     let raw = Raw::new(&api);
     let path = "/apis/example.test/v1/namespaces/default/widgets?watch=1";
-    let mut watch = raw
-        .watch(&format!("{path}&resourceVersion={start}"), None)
-        .await;
+    let mut watch = raw.watch(&format!("{path}&resourceVersion={start}"), None).await;
 
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create a");
-    within(w.create(&PostParams::default(), &widget("b", 1)))
-        .await
-        .expect("create b");
-    within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 2 } })),
-    ))
-    .await
-    .expect("patch");
-    within(w.delete("b", &DeleteParams::default()))
-        .await
-        .expect("delete");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create a");
+    within(w.create(&PostParams::default(), &widget("b", 1))).await.expect("create b");
+    within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 2 } })))).await.expect("patch");
+    within(w.delete("b", &DeleteParams::default())).await.expect("delete");
     // Other namespaces and resources do not show up.
     create_namespace(&client, "other").await;
-    within(widgets(&client, "other").create(&PostParams::default(), &widget("elsewhere", 1)))
-        .await
-        .expect("create");
+    within(widgets(&client, "other").create(&PostParams::default(), &widget("elsewhere", 1))).await.expect("create");
 
     let first = watch.expect("ADDED", "a").await;
     assert_eq!(first["object"]["apiVersion"], "example.test/v1");
@@ -1510,24 +1000,18 @@ async fn watch_streams_changes_in_order_and_resumes() {
     assert!(rvs.windows(2).all(|p| p[0] < p[1]), "{rvs:?}");
 
     // Resuming from the second event replays what came after it.
-    let mut resumed = raw
-        .watch(&format!("{path}&resourceVersion={}", rvs[1]), None)
-        .await;
+    let mut resumed = raw.watch(&format!("{path}&resourceVersion={}", rvs[1]), None).await;
     assert_eq!(event_rv(&resumed.expect("MODIFIED", "a").await), rvs[2]);
     assert_eq!(event_rv(&resumed.expect("DELETED", "b").await), rvs[3]);
 
     // Without resourceVersion, the current objects come first as ADDED.
     let mut fresh = raw.watch(path, None).await;
     fresh.expect("ADDED", "a").await;
-    within(w.create(&PostParams::default(), &widget("c", 1)))
-        .await
-        .expect("create c");
+    within(w.create(&PostParams::default(), &widget("c", 1))).await.expect("create c");
     fresh.expect("ADDED", "c").await;
 
     // All-namespaces watch sees both namespaces.
-    let mut everywhere = raw
-        .watch("/apis/example.test/v1/widgets?watch=true", None)
-        .await;
+    let mut everywhere = raw.watch("/apis/example.test/v1/widgets?watch=true", None).await;
     let mut names = vec![
         everywhere.next_change().await.expect("event")["object"]["metadata"]["name"].clone(),
         everywhere.next_change().await.expect("event")["object"]["metadata"]["name"].clone(),
@@ -1541,25 +1025,14 @@ async fn watch_streams_changes_in_order_and_resumes() {
 async fn watch_from_a_compacted_resource_version_is_gone() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
-    let created = within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
-    within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 2 } })),
-    ))
-    .await
-    .expect("patch");
+    let created = within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
+    within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 2 } })))).await.expect("patch");
     api.compact();
 
     let raw = Raw::new(&api);
     let mut watch = raw
         .watch(
-            &format!(
-                "/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}",
-                rv_of(&created)
-            ),
+            &format!("/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}", rv_of(&created)),
             None,
         )
         .await;
@@ -1567,24 +1040,14 @@ async fn watch_from_a_compacted_resource_version_is_gone() {
     assert_eq!(event["type"], "ERROR");
     let status = &event["object"];
     assert_eq!(
-        (
-            status["kind"].as_str(),
-            status["code"].as_u64(),
-            status["reason"].as_str(),
-            status["status"].as_str()
-        ),
+        (status["kind"].as_str(), status["code"].as_u64(), status["reason"].as_str(), status["status"].as_str()),
         (Some("Status"), Some(410), Some("Expired"), Some("Failure"))
     );
-    assert!(
-        watch.next().await.is_none(),
-        "the stream ends after the error"
-    );
+    assert!(watch.next().await.is_none(), "the stream ends after the error");
 
     // kube surfaces it as WatchEvent::Error with code 410.
-    let mut events = within(w.watch(&WatchParams::default(), &rv_of(&created).to_string()))
-        .await
-        .expect("watch")
-        .boxed();
+    let mut events =
+        within(w.watch(&WatchParams::default(), &rv_of(&created).to_string())).await.expect("watch").boxed();
     match within(events.next()).await {
         Some(Ok(WatchEvent::Error(e))) => assert_eq!(e.code, 410),
         other => panic!("expected a 410 error event, got {other:?}"),
@@ -1600,13 +1063,7 @@ async fn watch_from_a_compacted_resource_version_is_gone() {
             None,
         )
         .await;
-    within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 3 } })),
-    ))
-    .await
-    .expect("patch");
+    within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 3 } })))).await.expect("patch");
     watch.expect("MODIFIED", "a").await;
 }
 
@@ -1616,56 +1073,33 @@ async fn history_limit_bounds_resumption() {
     api.register_crd(Widget::crd());
     let client = api.client();
     let w = widgets(&client, "default");
-    let first = within(w.create(&PostParams::default(), &widget("a", 0)))
-        .await
-        .expect("create");
+    let first = within(w.create(&PostParams::default(), &widget("a", 0))).await.expect("create");
     for size in 1..=5 {
-        within(w.patch(
-            "a",
-            &PatchParams::default(),
-            &merge(json!({ "spec": { "size": size } })),
-        ))
-        .await
-        .expect("patch");
+        within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": size } }))))
+            .await
+            .expect("patch");
     }
     let raw = Raw::new(&api);
     let path = "/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion=";
     let mut old = raw.watch(&format!("{path}{}", rv_of(&first)), None).await;
     assert_eq!(old.next().await.expect("event")["type"], "ERROR");
-    let mut recent = raw
-        .watch(&format!("{path}{}", api.resource_version() - 2), None)
-        .await;
-    assert_eq!(
-        recent.expect("MODIFIED", "a").await["object"]["spec"]["size"],
-        4
-    );
-    assert_eq!(
-        recent.expect("MODIFIED", "a").await["object"]["spec"]["size"],
-        5
-    );
+    let mut recent = raw.watch(&format!("{path}{}", api.resource_version() - 2), None).await;
+    assert_eq!(recent.expect("MODIFIED", "a").await["object"]["spec"]["size"], 4);
+    assert_eq!(recent.expect("MODIFIED", "a").await["object"]["spec"]["size"], 5);
 }
 
 #[tokio::test]
 async fn watch_sends_bookmarks_when_allowed() {
-    let api = FakeApiServer::builder()
-        .bookmark_interval(Duration::from_millis(50))
-        .start()
-        .await;
+    let api = FakeApiServer::builder().bookmark_interval(Duration::from_millis(50)).start().await;
     api.register_crd(Widget::crd());
     let client = api.client();
     let w = widgets(&client, "default");
-    let created = within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    let created = within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
     let raw = Raw::new(&api);
-    let base = format!(
-        "/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}",
-        rv_of(&created)
-    );
+    let base =
+        format!("/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}", rv_of(&created));
 
-    let mut watch = raw
-        .watch(&format!("{base}&allowWatchBookmarks=true"), None)
-        .await;
+    let mut watch = raw.watch(&format!("{base}&allowWatchBookmarks=true"), None).await;
     let bookmark = watch.next().await.expect("bookmark");
     assert_eq!(bookmark["type"], "BOOKMARK");
     assert_eq!(
@@ -1673,23 +1107,14 @@ async fn watch_sends_bookmarks_when_allowed() {
         json!({ "kind": "Widget", "apiVersion": "example.test/v1", "metadata": { "resourceVersion": rv_of(&created).to_string() } })
     );
     // A bookmark never overtakes a change: after a write, the next bookmark is at least as new.
-    within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 2 } })),
-    ))
-    .await
-    .expect("patch");
+    within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 2 } })))).await.expect("patch");
     let mut seen_change = false;
     loop {
         let event = watch.next().await.expect("event");
         match event["type"].as_str() {
             Some("MODIFIED") => seen_change = true,
             Some("BOOKMARK") if seen_change => {
-                assert_eq!(
-                    event["object"]["metadata"]["resourceVersion"],
-                    api.resource_version().to_string()
-                );
+                assert_eq!(event["object"]["metadata"]["resourceVersion"], api.resource_version().to_string());
                 break;
             }
             Some("BOOKMARK") => {}
@@ -1703,10 +1128,7 @@ async fn watch_sends_bookmarks_when_allowed() {
         api.resource_version()
     );
     let mut quiet = raw.watch(&now, None).await;
-    assert!(
-        quiet.next().await.is_none(),
-        "no bookmark, and the stream ends at the timeout"
-    );
+    assert!(quiet.next().await.is_none(), "no bookmark, and the stream ends at the timeout");
 }
 
 #[tokio::test]
@@ -1725,10 +1147,7 @@ async fn watch_honours_timeout_seconds() {
         .await;
     assert!(watch.next().await.is_none());
     let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
-        "{elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5), "{elapsed:?}");
     // The watcher is unregistered when its stream ends.
     within(async {
         while api.watch_count() > 0 {
@@ -1746,7 +1165,9 @@ async fn watch_selectors_turn_transitions_into_added_and_deleted() {
     let raw = Raw::new(&api);
     let mut watch = raw
         .watch(
-            &format!("/apis/example.test/v1/namespaces/default/widgets?watch=true&labelSelector=app%3Dx&resourceVersion={rv}"),
+            &format!(
+                "/apis/example.test/v1/namespaces/default/widgets?watch=true&labelSelector=app%3Dx&resourceVersion={rv}"
+            ),
             None,
         )
         .await;
@@ -1757,26 +1178,12 @@ async fn watch_selectors_turn_transitions_into_added_and_deleted() {
         )
         .await;
 
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
-    within(w.create(&PostParams::default(), &widget("b", 1)))
-        .await
-        .expect("create b");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
+    within(w.create(&PostParams::default(), &widget("b", 1))).await.expect("create b");
     let label = |v: Value| merge(json!({ "metadata": { "labels": { "app": v } } }));
-    within(w.patch("a", &PatchParams::default(), &label(json!("x"))))
-        .await
-        .expect("label");
-    within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 2 } })),
-    ))
-    .await
-    .expect("spec");
-    let unlabelled = within(w.patch("a", &PatchParams::default(), &label(json!("y"))))
-        .await
-        .expect("relabel");
+    within(w.patch("a", &PatchParams::default(), &label(json!("x")))).await.expect("label");
+    within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 2 } })))).await.expect("spec");
+    let unlabelled = within(w.patch("a", &PatchParams::default(), &label(json!("y")))).await.expect("relabel");
 
     watch.expect("ADDED", "a").await;
     watch.expect("MODIFIED", "a").await;
@@ -1786,9 +1193,7 @@ async fn watch_selectors_turn_transitions_into_added_and_deleted() {
     assert_eq!(event_rv(&deleted), rv_of(&unlabelled));
 
     by_name.expect("ADDED", "b").await;
-    within(w.delete("b", &DeleteParams::default()))
-        .await
-        .expect("delete b");
+    within(w.delete("b", &DeleteParams::default())).await.expect("delete b");
     by_name.expect("DELETED", "b").await;
 }
 
@@ -1797,9 +1202,7 @@ async fn send_initial_events_ends_with_a_marked_bookmark() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
     for name in ["a", "b"] {
-        within(w.create(&PostParams::default(), &widget(name, 1)))
-            .await
-            .expect("create");
+        within(w.create(&PostParams::default(), &widget(name, 1))).await.expect("create");
     }
     let raw = Raw::new(&api);
     let mut watch = raw
@@ -1813,14 +1216,8 @@ async fn send_initial_events_ends_with_a_marked_bookmark() {
     watch.expect("ADDED", "b").await;
     let bookmark = watch.next().await.expect("bookmark");
     assert_eq!(bookmark["type"], "BOOKMARK");
-    assert_eq!(
-        bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
-        "true"
-    );
-    assert_eq!(
-        bookmark["object"]["metadata"]["resourceVersion"],
-        api.resource_version().to_string()
-    );
+    assert_eq!(bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    assert_eq!(bookmark["object"]["metadata"]["resourceVersion"], api.resource_version().to_string());
 }
 
 #[tokio::test]
@@ -1829,10 +1226,7 @@ async fn shutdown_ends_open_watches() {
     let raw = Raw::new(&api);
     let mut watch = raw.watch("/api/v1/namespaces?watch=true", None).await;
     for _ in 0..4 {
-        assert_eq!(
-            watch.next().await.expect("initial namespace")["type"],
-            "ADDED"
-        );
+        assert_eq!(watch.next().await.expect("initial namespace")["type"], "ADDED");
     }
     within(api.shutdown()).await;
     assert!(watch.next().await.is_none());
@@ -1848,29 +1242,17 @@ async fn metadata_only_get_list_and_watch() {
     let w = widgets(&client, "default");
     let mut labelled = widget("a", 1);
     labelled.metadata.labels = Some([("app".to_string(), "x".to_string())].into());
-    let created = within(w.create(&PostParams::default(), &labelled))
-        .await
-        .expect("create");
+    let created = within(w.create(&PostParams::default(), &labelled)).await.expect("create");
 
     let meta = within(w.get_metadata("a")).await.expect("get_metadata");
     assert_eq!(meta.metadata.uid, created.metadata.uid);
-    assert_eq!(
-        meta.types.as_ref().map(|t| t.kind.as_str()),
-        Some("PartialObjectMetadata")
-    );
-    let list = within(w.list_metadata(&ListParams::default().labels("app=x")))
-        .await
-        .expect("list_metadata");
+    assert_eq!(meta.types.as_ref().map(|t| t.kind.as_str()), Some("PartialObjectMetadata"));
+    let list = within(w.list_metadata(&ListParams::default().labels("app=x"))).await.expect("list_metadata");
     assert_eq!(list.items.len(), 1);
-    assert_eq!(
-        list.metadata.resource_version,
-        Some(api.resource_version().to_string())
-    );
+    assert_eq!(list.metadata.resource_version, Some(api.resource_version().to_string()));
 
     let raw = Raw::new(&api);
-    let (code, body) = raw
-        .get("/apis/example.test/v1/namespaces/default/widgets/a")
-        .await;
+    let (code, body) = raw.get("/apis/example.test/v1/namespaces/default/widgets/a").await;
     assert_eq!(code, 200);
     assert!(body.get("spec").is_some());
     let accept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
@@ -1878,10 +1260,7 @@ async fn metadata_only_get_list_and_watch() {
         .no_proxy()
         .build()
         .expect("client")
-        .get(format!(
-            "{}/apis/example.test/v1/namespaces/default/widgets/a",
-            api.url()
-        ))
+        .get(format!("{}/apis/example.test/v1/namespaces/default/widgets/a", api.url()))
         .header("accept", accept)
         .send()
         .await
@@ -1895,30 +1274,20 @@ async fn metadata_only_get_list_and_watch() {
 
     let mut watch = raw
         .watch(
-            &format!(
-                "/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}",
-                rv_of(&created)
-            ),
+            &format!("/apis/example.test/v1/namespaces/default/widgets?watch=true&resourceVersion={}", rv_of(&created)),
             Some(accept),
         )
         .await;
-    within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 2 } })),
-    ))
-    .await
-    .expect("patch");
+    within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 2 } })))).await.expect("patch");
     let event = watch.expect("MODIFIED", "a").await;
     assert_eq!(event["object"]["kind"], "PartialObjectMetadata");
     assert!(event["object"].get("spec").is_none());
 
     // kube's metadata watch parses the same.
-    let mut events =
-        within(w.watch_metadata(&WatchParams::default(), &rv_of(&created).to_string()))
-            .await
-            .expect("watch_metadata")
-            .boxed();
+    let mut events = within(w.watch_metadata(&WatchParams::default(), &rv_of(&created).to_string()))
+        .await
+        .expect("watch_metadata")
+        .boxed();
     match within(events.next()).await {
         Some(Ok(WatchEvent::Modified(m))) => assert_eq!(m.metadata.name.as_deref(), Some("a")),
         other => panic!("expected MODIFIED, got {other:?}"),
@@ -1929,10 +1298,7 @@ async fn metadata_only_get_list_and_watch() {
         .no_proxy()
         .build()
         .expect("client")
-        .get(format!(
-            "{}/apis/example.test/v1/namespaces/default/widgets",
-            api.url()
-        ))
+        .get(format!("{}/apis/example.test/v1/namespaces/default/widgets", api.url()))
         .header("accept", "application/json;as=Table;g=meta.k8s.io;v=v1")
         .send()
         .await
@@ -1959,13 +1325,9 @@ async fn server_side_apply_creates_owns_and_removes_fields() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
 
-    let created = within(w.patch(
-        "a",
-        &apply_params("alice"),
-        &widget_apply(json!({ "size": 1, "color": "red" })),
-    ))
-    .await
-    .expect("apply creates");
+    let created = within(w.patch("a", &apply_params("alice"), &widget_apply(json!({ "size": 1, "color": "red" }))))
+        .await
+        .expect("apply creates");
     assert_eq!(created.metadata.generation, Some(1));
     let alice = created
         .metadata
@@ -1975,133 +1337,72 @@ async fn server_side_apply_creates_owns_and_removes_fields() {
         .expect("alice's managedFields entry");
     assert_eq!(alice.operation.as_deref(), Some("Apply"));
     let fields = serde_json::to_value(&alice.fields_v1).expect("fieldsV1");
-    assert!(
-        fields["f:spec"]["f:color"].is_object() && fields["f:spec"]["f:size"].is_object(),
-        "{fields}"
-    );
+    assert!(fields["f:spec"]["f:color"].is_object() && fields["f:spec"]["f:size"].is_object(), "{fields}");
     assert_eq!(
-        api.requests()
-            .last()
-            .map(|r| (r.verb.clone(), r.status, r.content_type.clone())),
-        Some((
-            "patch".into(),
-            201,
-            Some("application/apply-patch+yaml".into())
-        ))
+        api.requests().last().map(|r| (r.verb.clone(), r.status, r.content_type.clone())),
+        Some(("patch".into(), 201, Some("application/apply-patch+yaml".into())))
     );
 
     // Another manager sets a field of its own with a merge patch.
     within(w.patch(
         "a",
-        &PatchParams {
-            field_manager: Some("bob".into()),
-            ..Default::default()
-        },
+        &PatchParams { field_manager: Some("bob".into()), ..Default::default() },
         &merge(json!({ "spec": { "note": "bob's" } })),
     ))
     .await
     .expect("bob patches");
 
     // alice stops applying color: it goes; bob's note stays.
-    let applied = within(w.patch(
-        "a",
-        &apply_params("alice"),
-        &widget_apply(json!({ "size": 1 })),
-    ))
-    .await
-    .expect("apply without color");
+    let applied = within(w.patch("a", &apply_params("alice"), &widget_apply(json!({ "size": 1 }))))
+        .await
+        .expect("apply without color");
     assert_eq!(applied.spec.color, None);
     assert_eq!(applied.spec.note.as_deref(), Some("bob's"));
     assert_eq!(applied.metadata.generation, Some(3));
 
     // Re-applying the same configuration is a no-op.
-    let again = within(w.patch(
-        "a",
-        &apply_params("alice"),
-        &widget_apply(json!({ "size": 1 })),
-    ))
-    .await
-    .expect("same apply");
+    let again =
+        within(w.patch("a", &apply_params("alice"), &widget_apply(json!({ "size": 1 })))).await.expect("same apply");
     assert_eq!(again.resource_version(), applied.resource_version());
 
     // Changing a field that another manager owns conflicts, unless forced.
-    let status = api_error(
-        within(w.patch(
-            "a",
-            &apply_params("carol"),
-            &widget_apply(json!({ "note": "carol's" })),
-        ))
-        .await,
-    );
+    let status =
+        api_error(within(w.patch("a", &apply_params("carol"), &widget_apply(json!({ "note": "carol's" })))).await);
     assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
-    assert!(
-        status.message.contains("bob") && status.message.contains(".spec.note"),
-        "{}",
-        status.message
-    );
+    assert!(status.message.contains("bob") && status.message.contains(".spec.note"), "{}", status.message);
     // Applying the same value is shared ownership, not a conflict.
-    within(w.patch(
-        "a",
-        &apply_params("carol"),
-        &widget_apply(json!({ "size": 1 })),
-    ))
-    .await
-    .expect("shared");
-    let forced = within(w.patch(
-        "a",
-        &apply_params("carol").force(),
-        &widget_apply(json!({ "size": 1, "note": "carol's" })),
-    ))
-    .await
-    .expect("forced");
+    within(w.patch("a", &apply_params("carol"), &widget_apply(json!({ "size": 1 })))).await.expect("shared");
+    let forced =
+        within(w.patch("a", &apply_params("carol").force(), &widget_apply(json!({ "size": 1, "note": "carol's" }))))
+            .await
+            .expect("forced");
     assert_eq!(forced.spec.note.as_deref(), Some("carol's"));
 
     // alice drops size, but carol still applies it: it stays.
-    let applied = within(w.patch("a", &apply_params("alice"), &widget_apply(json!({}))))
-        .await
-        .expect("apply nothing");
+    let applied = within(w.patch("a", &apply_params("alice"), &widget_apply(json!({})))).await.expect("apply nothing");
     assert_eq!(applied.spec.size, 1);
 
     // fieldManager is required.
-    let status = api_error(
-        within(w.patch(
-            "a",
-            &PatchParams::default(),
-            &widget_apply(json!({ "size": 2 })),
-        ))
-        .await,
-    );
+    let status = api_error(within(w.patch("a", &PatchParams::default(), &widget_apply(json!({ "size": 2 })))).await);
     assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
-    assert!(
-        status.message.contains("fieldManager"),
-        "{}",
-        status.message
-    );
+    assert!(status.message.contains("fieldManager"), "{}", status.message);
 }
 
 #[tokio::test]
 async fn server_side_apply_on_status_and_metadata() {
     let (_api, client) = setup().await;
     let w = widgets(&client, "default");
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
     let status_apply = |status: Value| {
         Patch::Apply(
             json!({ "apiVersion": "example.test/v1", "kind": "Widget", "metadata": { "name": "a" }, "status": status }),
         )
     };
-    let applied = within(w.patch_status(
-        "a",
-        &apply_params("ctrl"),
-        &status_apply(json!({ "phase": "Ready", "message": "hi" })),
-    ))
-    .await
-    .expect("status apply");
-    assert_eq!(
-        applied.status.as_ref().and_then(|s| s.message.as_deref()),
-        Some("hi")
-    );
+    let applied =
+        within(w.patch_status("a", &apply_params("ctrl"), &status_apply(json!({ "phase": "Ready", "message": "hi" }))))
+            .await
+            .expect("status apply");
+    assert_eq!(applied.status.as_ref().and_then(|s| s.message.as_deref()), Some("hi"));
     let entry = applied
         .metadata
         .managed_fields
@@ -2109,20 +1410,10 @@ async fn server_side_apply_on_status_and_metadata() {
         .and_then(|m| m.iter().find(|e| e.manager.as_deref() == Some("ctrl")))
         .expect("ctrl entry");
     assert_eq!(entry.subresource.as_deref(), Some("status"));
-    let applied = within(w.patch_status(
-        "a",
-        &apply_params("ctrl"),
-        &status_apply(json!({ "phase": "Ready" })),
-    ))
-    .await
-    .expect("status apply without message");
-    assert_eq!(
-        applied.status,
-        Some(WidgetStatus {
-            phase: Some("Ready".into()),
-            message: None
-        })
-    );
+    let applied = within(w.patch_status("a", &apply_params("ctrl"), &status_apply(json!({ "phase": "Ready" }))))
+        .await
+        .expect("status apply without message");
+    assert_eq!(applied.status, Some(WidgetStatus { phase: Some("Ready".into()), message: None }));
     assert_eq!(applied.metadata.generation, Some(1));
 
     // Status apply on a missing object is a 404 (only the main resource creates).
@@ -2146,24 +1437,14 @@ async fn server_side_apply_on_status_and_metadata() {
             "metadata": { "name": "a", "labels": labels, "finalizers": finalizers },
         }))
     };
-    within(w.patch(
-        "a",
-        &apply_params("one"),
-        &meta_apply(json!({ "one": "1" }), json!(["one/f"])),
-    ))
-    .await
-    .expect("one");
-    let both = within(w.patch(
-        "a",
-        &apply_params("two"),
-        &meta_apply(json!({ "two": "2" }), json!(["two/f"])),
-    ))
-    .await
-    .expect("two");
-    assert_eq!(both.finalizers(), ["one/f", "two/f"]);
-    let after = within(w.patch("a", &apply_params("one"), &meta_apply(json!({}), json!([]))))
+    within(w.patch("a", &apply_params("one"), &meta_apply(json!({ "one": "1" }), json!(["one/f"]))))
         .await
-        .expect("one drops");
+        .expect("one");
+    let both = within(w.patch("a", &apply_params("two"), &meta_apply(json!({ "two": "2" }), json!(["two/f"]))))
+        .await
+        .expect("two");
+    assert_eq!(both.finalizers(), ["one/f", "two/f"]);
+    let after = within(w.patch("a", &apply_params("one"), &meta_apply(json!({}), json!([])))).await.expect("one drops");
     assert_eq!(after.finalizers(), ["two/f"]);
     assert_eq!(after.labels().keys().collect::<Vec<_>>(), ["two"]);
     assert_eq!(after.spec.size, 1, "fields set by create are untouched");
@@ -2179,55 +1460,37 @@ async fn namespace_termination_refuses_creates_and_cleans_up() {
     create_namespace(&client, "doomed").await;
     let namespaces = Api::<Namespace>::all(client.clone());
     let created_ns = within(namespaces.get("doomed")).await.expect("get ns");
-    assert_eq!(
-        created_ns.spec.as_ref().and_then(|s| s.finalizers.clone()),
-        Some(vec!["kubernetes".to_string()])
-    );
-    assert_eq!(
-        created_ns.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Active")
-    );
+    assert_eq!(created_ns.spec.as_ref().and_then(|s| s.finalizers.clone()), Some(vec!["kubernetes".to_string()]));
+    assert_eq!(created_ns.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Active"));
 
     let w = widgets(&client, "doomed");
     let secrets = Api::<Secret>::namespaced(client.clone(), "doomed");
     let mut held = widget("held", 1);
     held.metadata.finalizers = Some(vec!["example.test/cleanup".into()]);
-    within(w.create(&PostParams::default(), &held))
-        .await
-        .expect("create held");
-    within(w.create(&PostParams::default(), &widget("free", 1)))
-        .await
-        .expect("create free");
-    within(secrets.create(&PostParams::default(), &secret("s")))
-        .await
-        .expect("create secret");
+    within(w.create(&PostParams::default(), &held)).await.expect("create held");
+    within(w.create(&PostParams::default(), &widget("free", 1))).await.expect("create free");
+    within(secrets.create(&PostParams::default(), &secret("s"))).await.expect("create secret");
     let raw = Raw::new(&api);
     let mut ns_watch = raw
-        .watch(&format!("/api/v1/namespaces?watch=true&fieldSelector=metadata.name%3Ddoomed&resourceVersion={}", api.resource_version()), None)
+        .watch(
+            &format!(
+                "/api/v1/namespaces?watch=true&fieldSelector=metadata.name%3Ddoomed&resourceVersion={}",
+                api.resource_version()
+            ),
+            None,
+        )
         .await;
 
-    let deleted = within(namespaces.delete("doomed", &DeleteParams::default()))
-        .await
-        .expect("delete ns");
+    let deleted = within(namespaces.delete("doomed", &DeleteParams::default())).await.expect("delete ns");
     let terminating = deleted.left().expect("namespace object");
     assert!(terminating.metadata.deletion_timestamp.is_some());
-    assert_eq!(
-        terminating.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Terminating")
-    );
+    assert_eq!(terminating.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Terminating"));
     ns_watch.expect("MODIFIED", "doomed").await;
 
     // All content was deleted at once: what has no finalizers is gone, the rest terminates.
     assert_eq!(api_error(within(secrets.get("s")).await).code, 404);
     assert_eq!(api_error(within(w.get("free")).await).code, 404);
-    assert!(
-        within(w.get("held"))
-            .await
-            .expect("held")
-            .metadata
-            .deletion_timestamp
-            .is_some()
-    );
+    assert!(within(w.get("held")).await.expect("held").metadata.deletion_timestamp.is_some());
 
     // Creates are refused, for every resource, Events of both APIs included.
     let status = api_error(within(secrets.create(&PostParams::default(), &secret("new"))).await);
@@ -2237,10 +1500,7 @@ async fn namespace_termination_refuses_creates_and_cleans_up() {
         "secrets \"new\" is forbidden: unable to create new content in namespace doomed because it is being terminated"
     );
     let cause = &status.details.expect("details").causes[0];
-    assert_eq!(
-        (cause.reason.as_str(), cause.field.as_str()),
-        ("NamespaceTerminating", "metadata.namespace")
-    );
+    assert_eq!((cause.reason.as_str(), cause.field.as_str()), ("NamespaceTerminating", "metadata.namespace"));
     let core_event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
         "metadata": { "name": "e1" },
         "involvedObject": { "kind": "Widget", "name": "held", "namespace": "doomed" },
@@ -2275,33 +1535,19 @@ async fn namespace_termination_refuses_creates_and_cleans_up() {
     assert_eq!(status.code, 403);
 
     // The operator can still write status and release its finalizer; then everything goes.
-    within(w.patch_status(
-        "held",
-        &PatchParams::default(),
-        &merge(json!({ "status": { "phase": "Releasing" } })),
-    ))
-    .await
-    .expect("status in terminating namespace");
-    assert!(
-        within(namespaces.get("doomed")).await.is_ok(),
-        "namespace waits for its content"
-    );
-    within(w.patch(
-        "held",
-        &PatchParams::default(),
-        &merge(json!({ "metadata": { "finalizers": [] } })),
-    ))
-    .await
-    .expect("release");
+    within(w.patch_status("held", &PatchParams::default(), &merge(json!({ "status": { "phase": "Releasing" } }))))
+        .await
+        .expect("status in terminating namespace");
+    assert!(within(namespaces.get("doomed")).await.is_ok(), "namespace waits for its content");
+    within(w.patch("held", &PatchParams::default(), &merge(json!({ "metadata": { "finalizers": [] } }))))
+        .await
+        .expect("release");
     assert_eq!(api_error(within(w.get("held")).await).code, 404);
     assert_eq!(api_error(within(namespaces.get("doomed")).await).code, 404);
     ns_watch.expect("DELETED", "doomed").await;
 
     // Creating in it now is a plain 404.
-    assert_eq!(
-        api_error(within(secrets.create(&PostParams::default(), &secret("late"))).await).code,
-        404
-    );
+    assert_eq!(api_error(within(secrets.create(&PostParams::default(), &secret("late"))).await).code, 404);
 }
 
 #[tokio::test]
@@ -2309,19 +1555,12 @@ async fn paused_controllers_leave_a_terminating_namespace_populated() {
     let (api, client) = setup().await;
     create_namespace(&client, "slow").await;
     let secrets = Api::<Secret>::namespaced(client.clone(), "slow");
-    within(secrets.create(&PostParams::default(), &secret("s")))
-        .await
-        .expect("create");
+    within(secrets.create(&PostParams::default(), &secret("s"))).await.expect("create");
     api.pause_controllers();
-    within(Api::<Namespace>::all(client.clone()).delete("slow", &DeleteParams::default()))
-        .await
-        .expect("delete");
+    within(Api::<Namespace>::all(client.clone()).delete("slow", &DeleteParams::default())).await.expect("delete");
     // The Secret is still readable, but nothing new can be created.
     within(secrets.get("s")).await.expect("still there");
-    assert_eq!(
-        api_error(within(secrets.create(&PostParams::default(), &secret("t"))).await).code,
-        403
-    );
+    assert_eq!(api_error(within(secrets.create(&PostParams::default(), &secret("t"))).await).code, 403);
     api.resume_controllers();
     assert_eq!(api_error(within(secrets.get("s")).await).code, 404);
     assert!(api.object("", "namespaces", "", "slow").is_none());
@@ -2330,10 +1569,8 @@ async fn paused_controllers_leave_a_terminating_namespace_populated() {
 #[tokio::test]
 async fn built_in_namespaces_cannot_be_deleted() {
     let (_api, client) = setup().await;
-    let status = api_error(
-        within(Api::<Namespace>::all(client.clone()).delete("default", &DeleteParams::default()))
-            .await,
-    );
+    let status =
+        api_error(within(Api::<Namespace>::all(client.clone()).delete("default", &DeleteParams::default())).await);
     assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
 }
 
@@ -2342,19 +1579,9 @@ async fn crd_created_through_the_api_is_served() {
     let api = FakeApiServer::start().await;
     let client = api.client();
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    let crd = within(crds.create(&PostParams::default(), &Widget::crd()))
-        .await
-        .expect("create CRD");
-    let conditions = crd
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default();
-    assert!(
-        conditions
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-    );
+    let crd = within(crds.create(&PostParams::default(), &Widget::crd())).await.expect("create CRD");
+    let conditions = crd.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    assert!(conditions.iter().any(|c| c.type_ == "Established" && c.status == "True"));
     within(widgets(&client, "default").create(&PostParams::default(), &widget("a", 1)))
         .await
         .expect("instances are served");
@@ -2371,21 +1598,11 @@ async fn crd_deletion_waits_for_instances() {
     let w = widgets(&client, "default");
     let mut held = widget("held", 1);
     held.metadata.finalizers = Some(vec!["example.test/cleanup".into()]);
-    within(w.create(&PostParams::default(), &held))
-        .await
-        .expect("create held");
-    within(w.create(&PostParams::default(), &widget("free", 1)))
-        .await
-        .expect("create free");
+    within(w.create(&PostParams::default(), &held)).await.expect("create held");
+    within(w.create(&PostParams::default(), &widget("free", 1))).await.expect("create free");
     let raw = Raw::new(&api);
     let mut watch = raw
-        .watch(
-            &format!(
-                "/apis/example.test/v1/widgets?watch=true&resourceVersion={}",
-                api.resource_version()
-            ),
-            None,
-        )
+        .watch(&format!("/apis/example.test/v1/widgets?watch=true&resourceVersion={}", api.resource_version()), None)
         .await;
 
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
@@ -2395,43 +1612,25 @@ async fn crd_deletion_waits_for_instances() {
         .left()
         .expect("CRD object");
     assert!(deleted.metadata.deletion_timestamp.is_some());
-    assert_eq!(
-        deleted.finalizers(),
-        ["customresourcecleanup.apiextensions.k8s.io"]
-    );
+    assert_eq!(deleted.finalizers(), ["customresourcecleanup.apiextensions.k8s.io"]);
 
     // Instances were deleted: the one with a finalizer is terminating.
     watch.expect("DELETED", "free").await;
     let modified = watch.expect("MODIFIED", "held").await;
     assert!(modified["object"]["metadata"]["deletionTimestamp"].is_string());
-    let crd = within(crds.get("widgets.example.test"))
-        .await
-        .expect("CRD still there");
+    let crd = within(crds.get("widgets.example.test")).await.expect("CRD still there");
     assert!(crd.metadata.deletion_timestamp.is_some());
     let status = api_error(within(w.create(&PostParams::default(), &widget("new", 1))).await);
-    assert_eq!(
-        (status.code, status.reason.as_str()),
-        (405, "MethodNotAllowed")
-    );
+    assert_eq!((status.code, status.reason.as_str()), (405, "MethodNotAllowed"));
 
     // Releasing the last instance removes the CRD and stops serving the resource.
-    within(w.patch(
-        "held",
-        &PatchParams::default(),
-        &merge(json!({ "metadata": { "finalizers": null } })),
-    ))
-    .await
-    .expect("release");
+    within(w.patch("held", &PatchParams::default(), &merge(json!({ "metadata": { "finalizers": null } }))))
+        .await
+        .expect("release");
     watch.expect("DELETED", "held").await;
     assert!(watch.next().await.is_none(), "watches of the resource end");
-    assert_eq!(
-        api_error(within(crds.get("widgets.example.test")).await).code,
-        404
-    );
-    assert_eq!(
-        api_error(within(w.list(&ListParams::default())).await).code,
-        404
-    );
+    assert_eq!(api_error(within(crds.get("widgets.example.test")).await).code, 404);
+    assert_eq!(api_error(within(w.list(&ListParams::default())).await).code, 404);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2451,18 +1650,13 @@ async fn run_finalizer(
     use kube::runtime::finalizer::{Event, finalizer};
     let seen = Arc::new(std::sync::Mutex::new("none"));
     let record = seen.clone();
-    within(finalizer(
-        w,
-        "example.test/cleanup",
-        Arc::new(obj),
-        |event| async move {
-            *record.lock().expect("lock") = match event {
-                Event::Apply(_) => "apply",
-                Event::Cleanup(_) => "cleanup",
-            };
-            Ok::<_, ReconcileError>(Action::await_change())
-        },
-    ))
+    within(finalizer(w, "example.test/cleanup", Arc::new(obj), |event| async move {
+        *record.lock().expect("lock") = match event {
+            Event::Apply(_) => "apply",
+            Event::Cleanup(_) => "cleanup",
+        };
+        Ok::<_, ReconcileError>(Action::await_change())
+    }))
     .await?;
     let seen = *seen.lock().expect("lock");
     Ok(seen)
@@ -2472,29 +1666,17 @@ async fn run_finalizer(
 async fn kube_runtime_finalizer_helper_adds_and_removes_its_finalizer() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
-    let created = within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    let created = within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
 
     // No finalizers yet: test null + add.
     assert_eq!(run_finalizer(&w, created).await.expect("add"), "none");
     let current = within(w.get("a")).await.expect("get");
     assert_eq!(current.finalizers(), ["example.test/cleanup"]);
-    let patch = api
-        .requests()
-        .into_iter()
-        .rfind(|r| r.verb == "patch")
-        .expect("patch request");
-    assert_eq!(
-        patch.content_type.as_deref(),
-        Some("application/json-patch+json")
-    );
+    let patch = api.requests().into_iter().rfind(|r| r.verb == "patch").expect("patch request");
+    assert_eq!(patch.content_type.as_deref(), Some("application/json-patch+json"));
 
     // With the finalizer: Apply.
-    assert_eq!(
-        run_finalizer(&w, current.clone()).await.expect("apply"),
-        "apply"
-    );
+    assert_eq!(run_finalizer(&w, current.clone()).await.expect("apply"), "apply");
 
     // A stale object (finalizer missing in its view, but present on the server) fails the test op.
     let mut stale = current.clone();
@@ -2507,22 +1689,15 @@ async fn kube_runtime_finalizer_helper_adds_and_removes_its_finalizer() {
     // With another finalizer already there: test the list + add at the end.
     let mut other = widget("b", 1);
     other.metadata.finalizers = Some(vec!["someone/else".into()]);
-    let other = within(w.create(&PostParams::default(), &other))
-        .await
-        .expect("create b");
+    let other = within(w.create(&PostParams::default(), &other)).await.expect("create b");
     run_finalizer(&w, other).await.expect("add after another");
     let b = within(w.get("b")).await.expect("get b");
     assert_eq!(b.finalizers(), ["someone/else", "example.test/cleanup"]);
 
     // Deleting: Cleanup, then the finalizer is removed and the object goes.
-    within(w.delete("a", &DeleteParams::default()))
-        .await
-        .expect("delete");
+    within(w.delete("a", &DeleteParams::default())).await.expect("delete");
     let deleting = within(w.get("a")).await.expect("terminating");
-    assert_eq!(
-        run_finalizer(&w, deleting).await.expect("cleanup"),
-        "cleanup"
-    );
+    assert_eq!(run_finalizer(&w, deleting).await.expect("cleanup"), "cleanup");
     assert_eq!(api_error(within(w.get("a")).await).code, 404);
 }
 
@@ -2530,31 +1705,17 @@ async fn kube_runtime_finalizer_helper_adds_and_removes_its_finalizer() {
 async fn kube_runtime_reflector_syncs_and_follows_updates() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
     let (reader, writer) = reflector::store::<Widget>();
-    let stream = reflector(writer, watcher(w.clone(), watcher::Config::default()))
-        .applied_objects()
-        .boxed();
+    let stream = reflector(writer, watcher(w.clone(), watcher::Config::default())).applied_objects().boxed();
     let driver = tokio::spawn(async move {
         let _ = stream.try_for_each(|_| async { Ok(()) }).await;
     });
-    within(reader.wait_until_ready())
-        .await
-        .expect("store ready");
+    within(reader.wait_until_ready()).await.expect("store ready");
     assert_eq!(reader.state().len(), 1);
 
-    within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "size": 5 } })),
-    ))
-    .await
-    .expect("patch");
-    within(w.create(&PostParams::default(), &widget("b", 1)))
-        .await
-        .expect("create b");
+    within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "size": 5 } })))).await.expect("patch");
+    within(w.create(&PostParams::default(), &widget("b", 1))).await.expect("create b");
     within(async {
         loop {
             let sizes: Vec<i32> = reader.state().iter().map(|w| w.spec.size).collect();
@@ -2565,9 +1726,7 @@ async fn kube_runtime_reflector_syncs_and_follows_updates() {
         }
     })
     .await;
-    within(w.delete("b", &DeleteParams::default()))
-        .await
-        .expect("delete b");
+    within(w.delete("b", &DeleteParams::default())).await.expect("delete b");
     within(async {
         while reader.state().len() != 1 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -2577,19 +1736,10 @@ async fn kube_runtime_reflector_syncs_and_follows_updates() {
 
     // The default watcher config lists (limit 500) and then watches with bookmarks.
     let requests = api.requests();
-    let list = requests
-        .iter()
-        .find(|r| r.resource == "widgets" && r.verb == "list")
-        .expect("list");
+    let list = requests.iter().find(|r| r.resource == "widgets" && r.verb == "list").expect("list");
     assert_eq!(list.query_param("limit").as_deref(), Some("500"));
-    let watch = requests
-        .iter()
-        .find(|r| r.resource == "widgets" && r.verb == "watch")
-        .expect("watch");
-    assert_eq!(
-        watch.query_param("allowWatchBookmarks").as_deref(),
-        Some("true")
-    );
+    let watch = requests.iter().find(|r| r.resource == "widgets" && r.verb == "watch").expect("watch");
+    assert_eq!(watch.query_param("allowWatchBookmarks").as_deref(), Some("true"));
     driver.abort();
 }
 
@@ -2597,56 +1747,22 @@ async fn kube_runtime_reflector_syncs_and_follows_updates() {
 async fn kube_runtime_metadata_watcher_sees_changes() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
     // `Api<PartialObjectMeta<K>>` makes kube-runtime's watcher use metadata-only requests.
     let metadata_api: Api<PartialObjectMeta<Widget>> = Api::namespaced(client.clone(), "default");
-    let mut stream = watcher(metadata_api, watcher::Config::default())
-        .touched_objects()
-        .boxed();
-    let first = within(stream.try_next())
-        .await
-        .expect("event")
-        .expect("object");
+    let mut stream = watcher(metadata_api, watcher::Config::default()).touched_objects().boxed();
+    let first = within(stream.try_next()).await.expect("event").expect("object");
     assert_eq!(first.metadata.name.as_deref(), Some("a"));
-    within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "metadata": { "labels": { "seen": "yes" } } })),
-    ))
-    .await
-    .expect("label");
-    let next = within(stream.try_next())
+    within(w.patch("a", &PatchParams::default(), &merge(json!({ "metadata": { "labels": { "seen": "yes" } } }))))
         .await
-        .expect("event")
-        .expect("object");
-    assert_eq!(
-        next.metadata
-            .labels
-            .and_then(|l| l.get("seen").cloned())
-            .as_deref(),
-        Some("yes")
-    );
-    within(w.delete("a", &DeleteParams::default()))
-        .await
-        .expect("delete");
-    let watch = api
-        .requests()
-        .into_iter()
-        .find(|r| r.resource == "widgets" && r.verb == "watch")
-        .expect("watch request");
-    assert!(
-        watch
-            .accept
-            .as_deref()
-            .is_some_and(|a| a.contains("as=PartialObjectMetadata")),
-        "{watch:?}"
-    );
-    let gone = within(stream.try_next())
-        .await
-        .expect("event")
-        .expect("object");
+        .expect("label");
+    let next = within(stream.try_next()).await.expect("event").expect("object");
+    assert_eq!(next.metadata.labels.and_then(|l| l.get("seen").cloned()).as_deref(), Some("yes"));
+    within(w.delete("a", &DeleteParams::default())).await.expect("delete");
+    let watch =
+        api.requests().into_iter().find(|r| r.resource == "widgets" && r.verb == "watch").expect("watch request");
+    assert!(watch.accept.as_deref().is_some_and(|a| a.contains("as=PartialObjectMetadata")), "{watch:?}");
+    let gone = within(stream.try_next()).await.expect("event").expect("object");
     assert_eq!(gone.metadata.name.as_deref(), Some("a"));
 }
 
@@ -2659,32 +1775,26 @@ async fn leases_and_events_are_generic_namespaced_objects() {
     use k8s_openapi::api::coordination::v1::Lease;
     let (_api, client) = setup().await;
     let leases = Api::<Lease>::namespaced(client.clone(), "default");
-    let lease: Lease = serde_json::from_value(
-        json!({ "metadata": { "name": "l" }, "spec": { "holderIdentity": "me" } }),
-    )
-    .expect("lease");
-    within(leases.create(&PostParams::default(), &lease))
-        .await
-        .expect("create lease");
+    let lease: Lease =
+        serde_json::from_value(json!({ "metadata": { "name": "l" }, "spec": { "holderIdentity": "me" } }))
+            .expect("lease");
+    within(leases.create(&PostParams::default(), &lease)).await.expect("create lease");
     let patched = within(leases.patch(
         "l",
         &PatchParams::default(),
-        &Patch::Strategic(
-            json!({ "spec": { "holderIdentity": null, "leaseDurationSeconds": 15 } }),
-        ),
+        &Patch::Strategic(json!({ "spec": { "holderIdentity": null, "leaseDurationSeconds": 15 } })),
     ))
     .await
     .expect("strategic patch lease");
     let spec = patched.spec.expect("spec");
-    assert_eq!(
-        (spec.holder_identity, spec.lease_duration_seconds),
-        (None, Some(15))
-    );
+    assert_eq!((spec.holder_identity, spec.lease_duration_seconds), (None, Some(15)));
     // An applied configuration needs no metadata.name for an existing object...
     let applied = within(leases.patch(
         "l",
         &PatchParams::apply("holder"),
-        &Patch::Apply(json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": { "leaseTransitions": 1 } })),
+        &Patch::Apply(
+            json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": { "leaseTransitions": 1 } }),
+        ),
     ))
     .await
     .expect("apply without a name");
@@ -2693,9 +1803,7 @@ async fn leases_and_events_are_generic_namespaced_objects() {
     let missing = within(leases.patch(
         "missing",
         &PatchParams::apply("holder"),
-        &Patch::Apply(
-            json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {} }),
-        ),
+        &Patch::Apply(json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {} })),
     ))
     .await;
     assert_eq!(api_error(missing).code, 400);
@@ -2706,10 +1814,7 @@ async fn leases_and_events_are_generic_namespaced_objects() {
     ))
     .await
     .expect("apply lease");
-    assert_eq!(
-        applied.spec.and_then(|s| s.holder_identity).as_deref(),
-        Some("holder")
-    );
+    assert_eq!(applied.spec.and_then(|s| s.holder_identity).as_deref(), Some("holder"));
 
     let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "default");
     let event: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
@@ -2719,9 +1824,7 @@ async fn leases_and_events_are_generic_namespaced_objects() {
         "action": "Reconcile", "reason": "Test", "type": "Normal",
     }))
     .expect("event");
-    let created = within(events.create(&PostParams::default(), &event))
-        .await
-        .expect("create event");
+    let created = within(events.create(&PostParams::default(), &event)).await.expect("create event");
     assert!(created.name_any().starts_with("w."));
 }
 
@@ -2731,15 +1834,10 @@ async fn requests_are_recorded() {
     api.reset_request_log();
     assert!(api.requests().is_empty());
     let w = widgets(&client, "default");
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
     within(w.patch_status(
         "a",
-        &PatchParams {
-            field_manager: Some("m".into()),
-            ..Default::default()
-        },
+        &PatchParams { field_manager: Some("m".into()), ..Default::default() },
         &merge(json!({ "status": { "phase": "x" } })),
     ))
     .await
@@ -2748,15 +1846,7 @@ async fn requests_are_recorded() {
     let requests = api.requests();
     let summary: Vec<_> = requests
         .iter()
-        .map(|r| {
-            (
-                r.method.as_str(),
-                r.verb.as_str(),
-                r.resource.as_str(),
-                r.subresource.as_deref(),
-                r.status,
-            )
-        })
+        .map(|r| (r.method.as_str(), r.verb.as_str(), r.resource.as_str(), r.subresource.as_deref(), r.status))
         .collect();
     assert_eq!(
         summary,
@@ -2766,21 +1856,12 @@ async fn requests_are_recorded() {
             ("GET", "get", "widgets", None, 404),
         ]
     );
-    assert_eq!(
-        requests[1].content_type.as_deref(),
-        Some("application/merge-patch+json")
-    );
+    assert_eq!(requests[1].content_type.as_deref(), Some("application/merge-patch+json"));
     assert_eq!(requests[1].field_manager.as_deref(), Some("m"));
     assert_eq!(requests[1].namespace.as_deref(), Some("default"));
     assert_eq!(requests[1].name.as_deref(), Some("a"));
-    assert_eq!(
-        requests[1].path,
-        "/apis/example.test/v1/namespaces/default/widgets/a/status"
-    );
-    assert_eq!(
-        requests[1].query_param("fieldManager").as_deref(),
-        Some("m")
-    );
+    assert_eq!(requests[1].path, "/apis/example.test/v1/namespaces/default/widgets/a/status");
+    assert_eq!(requests[1].query_param("fieldManager").as_deref(), Some("m"));
 }
 
 #[tokio::test]
@@ -2802,31 +1883,21 @@ async fn kube_lease_manager_elects_one_leader_at_a_time() {
     };
     let one: LeaseManager = within(manager("one")).await;
     let two: LeaseManager = within(manager("two")).await;
-    assert!(
-        within(one.changed()).await.expect("one acquires"),
-        "one leads"
-    );
+    assert!(within(one.changed()).await.expect("one acquires"), "one leads");
     // two cannot take a lease that one holds (its apply would conflict with one's fields).
     assert!(
-        tokio::time::timeout(Duration::from_millis(1500), two.changed())
-            .await
-            .is_err(),
+        tokio::time::timeout(Duration::from_millis(1500), two.changed()).await.is_err(),
         "two must not become leader while one holds the lease"
     );
     within(one.release()).await.expect("one releases");
-    assert!(
-        within(two.changed()).await.expect("two acquires"),
-        "two leads after release"
-    );
+    assert!(within(two.changed()).await.expect("two acquires"), "two leads after release");
 }
 
 #[tokio::test]
 async fn kube_runtime_watcher_relists_after_410() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
     // Watches end after 1s; without bookmarks the watcher resumes from the list's resourceVersion.
     let config = watcher::Config::default().timeout(1).disable_bookmarks();
     let mut stream = watcher(w.clone(), config).boxed();
@@ -2838,12 +1909,9 @@ async fn kube_runtime_watcher_relists_after_410() {
         }
     }
     // Other writes move the resourceVersion on; compaction then makes the watcher's one too old.
-    within(
-        Api::<Secret>::namespaced(client.clone(), "default")
-            .create(&PostParams::default(), &secret("s")),
-    )
-    .await
-    .expect("create secret");
+    within(Api::<Secret>::namespaced(client.clone(), "default").create(&PostParams::default(), &secret("s")))
+        .await
+        .expect("create secret");
     api.compact();
     // The watcher reports the 410 and starts over with a new list (Init ... InitDone).
     let mut saw_gone = false;
@@ -2862,11 +1930,7 @@ async fn kube_runtime_watcher_relists_after_410() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    let lists = api
-        .requests()
-        .iter()
-        .filter(|r| r.resource == "widgets" && r.verb == "list")
-        .count();
+    let lists = api.requests().iter().filter(|r| r.resource == "widgets" && r.verb == "list").count();
     assert_eq!(lists, 2);
 }
 
@@ -2881,9 +1945,7 @@ async fn unknown_custom_resource_fields_are_pruned() {
         "spec": { "size": 1, "bogus": true },
         "extra": "dropped",
     });
-    let (code, created) = raw
-        .send("POST", path, Some("application/json"), Some(body.clone()))
-        .await;
+    let (code, created) = raw.send("POST", path, Some("application/json"), Some(body.clone())).await;
     assert_eq!(code, 201);
     assert_eq!(created["spec"], json!({ "size": 1 }));
     assert!(created.get("extra").is_none());
@@ -2891,31 +1953,14 @@ async fn unknown_custom_resource_fields_are_pruned() {
     // With fieldValidation=Strict the same fields are an error.
     let mut strict = body.clone();
     strict["metadata"]["name"] = json!("b");
-    let (code, status) = raw
-        .send(
-            "POST",
-            &format!("{path}?fieldValidation=Strict"),
-            Some("application/json"),
-            Some(strict),
-        )
-        .await;
+    let (code, status) =
+        raw.send("POST", &format!("{path}?fieldValidation=Strict"), Some("application/json"), Some(strict)).await;
     assert_eq!(code, 400, "{status}");
-    assert!(
-        status["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("spec.bogus")),
-        "{status}"
-    );
+    assert!(status["message"].as_str().is_some_and(|m| m.contains("spec.bogus")), "{status}");
 
     // Patches and applies are pruned too.
     let w = widgets(&client, "default");
-    within(w.patch(
-        "a",
-        &PatchParams::default(),
-        &merge(json!({ "spec": { "other": 1 } })),
-    ))
-    .await
-    .expect("patch");
+    within(w.patch("a", &PatchParams::default(), &merge(json!({ "spec": { "other": 1 } })))).await.expect("patch");
     let (_, stored) = raw.get(&format!("{path}/a")).await;
     assert_eq!(stored["spec"], json!({ "size": 1 }));
     let applied = within(w.patch(
@@ -2935,30 +1980,11 @@ async fn unknown_custom_resource_fields_are_pruned() {
 async fn dry_run_is_refused_rather_than_performed() {
     let (_api, client) = setup().await;
     let w = widgets(&client, "default");
-    let status = api_error(
-        within(w.create(
-            &PostParams {
-                dry_run: true,
-                ..Default::default()
-            },
-            &widget("a", 1),
-        ))
-        .await,
-    );
+    let status =
+        api_error(within(w.create(&PostParams { dry_run: true, ..Default::default() }, &widget("a", 1))).await);
     assert_eq!(status.code, 400);
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
-    let status = api_error(
-        within(w.delete(
-            "a",
-            &DeleteParams {
-                dry_run: true,
-                ..Default::default()
-            },
-        ))
-        .await,
-    );
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
+    let status = api_error(within(w.delete("a", &DeleteParams { dry_run: true, ..Default::default() })).await);
     assert_eq!(status.code, 400);
     within(w.get("a")).await.expect("still there");
 }
@@ -2969,27 +1995,11 @@ async fn dry_run_is_refused_rather_than_performed() {
 async fn kube_runtime_deprecated_metadata_watcher_works_too() {
     let (api, client) = setup().await;
     let w = widgets(&client, "default");
-    within(w.create(&PostParams::default(), &widget("a", 1)))
-        .await
-        .expect("create");
-    let mut stream = kube::runtime::metadata_watcher(w.clone(), watcher::Config::default())
-        .applied_objects()
-        .boxed();
-    let first = within(stream.try_next())
-        .await
-        .expect("event")
-        .expect("object");
+    within(w.create(&PostParams::default(), &widget("a", 1))).await.expect("create");
+    let mut stream = kube::runtime::metadata_watcher(w.clone(), watcher::Config::default()).applied_objects().boxed();
+    let first = within(stream.try_next()).await.expect("event").expect("object");
     assert_eq!(first.metadata.name.as_deref(), Some("a"));
-    let list = api
-        .requests()
-        .into_iter()
-        .find(|r| r.resource == "widgets" && r.verb == "list")
-        .expect("list request");
+    let list = api.requests().into_iter().find(|r| r.resource == "widgets" && r.verb == "list").expect("list request");
     assert_eq!(list.status, 200);
-    assert!(
-        list.accept
-            .as_deref()
-            .is_some_and(|a| a.contains("as=PartialObjectMetadataList")),
-        "{list:?}"
-    );
+    assert!(list.accept.as_deref().is_some_and(|a| a.contains("as=PartialObjectMetadataList")), "{list:?}");
 }

@@ -24,8 +24,7 @@ impl DeleteOptions {
         let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
             json!({})
         } else {
-            serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
         };
         let text = |v: &Value| v.as_str().map(str::to_string);
         let policy = options["propagationPolicy"].as_str().or(propagation_query);
@@ -74,18 +73,9 @@ pub(crate) fn delete(
         return Err(ApiError::conflict(rt, name, &why));
     }
     if rt.is_namespace() && IMMORTAL_NAMESPACES.contains(&name) {
-        return Err(ApiError::forbidden(
-            rt,
-            name,
-            "this namespace may not be deleted",
-        ));
+        return Err(ApiError::forbidden(rt, name, "this namespace may not be deleted"));
     }
-    let existing = || {
-        Ok(Deleted {
-            object: obj.clone(),
-            removed: false,
-        })
-    };
+    let existing = || Ok(Deleted { object: obj.clone(), removed: false });
     if rt.is_namespace() {
         // The namespace REST storage only marks it; the namespace controller does the rest.
         if is_deleting(&obj) {
@@ -94,10 +84,7 @@ pub(crate) fn delete(
         let mut marked = obj.clone();
         set_meta(&mut marked, "deletionTimestamp", json!(now()));
         marked["status"]["phase"] = json!("Terminating");
-        return Ok(Deleted {
-            object: st.replace(key.clone(), marked),
-            removed: false,
-        });
+        return Ok(Deleted { object: st.replace(key.clone(), marked), removed: false });
     }
     if rt.is_crd() {
         // The CRD storage marks it and adds the cleanup finalizer; the finalizer controller
@@ -117,17 +104,11 @@ pub(crate) fn delete(
             "reason": "InstanceDeletionPending",
             "message": "CustomResourceDefinition marked for deletion; CustomResource deletion will begin soon",
         });
-        let mut conditions = marked["status"]["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let mut conditions = marked["status"]["conditions"].as_array().cloned().unwrap_or_default();
         conditions.retain(|c| c["type"] != "Terminating");
         conditions.push(terminating);
         marked["status"]["conditions"] = json!(conditions);
-        return Ok(Deleted {
-            object: st.replace(key.clone(), marked),
-            removed: false,
-        });
+        return Ok(Deleted { object: st.replace(key.clone(), marked), removed: false });
     }
     if is_deleting(&obj) {
         return existing();
@@ -144,16 +125,10 @@ pub(crate) fn delete(
         if let Some(generation) = marked["metadata"]["generation"].as_i64().filter(|g| *g > 0) {
             set_meta(&mut marked, "generation", json!(generation + 1));
         }
-        return Ok(Deleted {
-            object: st.replace(key.clone(), marked),
-            removed: false,
-        });
+        return Ok(Deleted { object: st.replace(key.clone(), marked), removed: false });
     }
     let last = st.remove(key).unwrap_or(obj);
-    Ok(Deleted {
-        object: last,
-        removed: true,
-    })
+    Ok(Deleted { object: last, removed: true })
 }
 
 /// What the garbage collector does for `propagationPolicy: Orphan`: drop the owner references.
@@ -164,10 +139,7 @@ fn orphan_dependents(st: &mut State, owner_uid: &str) {
         .map(|(k, o)| (k.clone(), o.clone()))
         .collect();
     for (key, mut obj) in dependents {
-        let refs: Vec<Value> = owner_refs(&obj)
-            .into_iter()
-            .filter(|r| r["uid"] != owner_uid)
-            .collect();
+        let refs: Vec<Value> = owner_refs(&obj).into_iter().filter(|r| r["uid"] != owner_uid).collect();
         if refs.is_empty() {
             meta_mut(&mut obj).remove("ownerReferences");
         } else {
@@ -178,19 +150,12 @@ fn orphan_dependents(st: &mut State, owner_uid: &str) {
 }
 
 pub(crate) fn owner_refs(obj: &Value) -> Vec<Value> {
-    obj["metadata"]["ownerReferences"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    obj["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default()
 }
 
 /// The body of a DELETE response: the object, or a `Success` Status for types whose storage
 /// does not return deleted objects (Secret, ConfigMap, Event, Lease) once the object is gone.
-pub(crate) fn delete_response(
-    rt: &ResourceType,
-    outcome: &Deleted,
-    already_deleting: bool,
-) -> Value {
+pub(crate) fn delete_response(rt: &ResourceType, outcome: &Deleted, already_deleting: bool) -> Value {
     if rt.returns_deleted_object() || !(outcome.removed || already_deleting) {
         return outcome.object.clone();
     }

@@ -26,27 +26,15 @@ pub(crate) struct FieldError {
 
 impl FieldError {
     pub fn forbidden(field: &str, detail: &str) -> Self {
-        Self {
-            cause: "FieldValueForbidden",
-            field: field.into(),
-            body: format!("Forbidden: {detail}"),
-        }
+        Self { cause: "FieldValueForbidden", field: field.into(), body: format!("Forbidden: {detail}") }
     }
 
     pub fn required(field: &str, detail: &str) -> Self {
-        Self {
-            cause: "FieldValueRequired",
-            field: field.into(),
-            body: format!("Required value: {detail}"),
-        }
+        Self { cause: "FieldValueRequired", field: field.into(), body: format!("Required value: {detail}") }
     }
 
     pub fn invalid(field: &str, value: &Value, detail: &str) -> Self {
-        Self {
-            cause: "FieldValueInvalid",
-            field: field.into(),
-            body: format!("Invalid value: {value}: {detail}"),
-        }
+        Self { cause: "FieldValueInvalid", field: field.into(), body: format!("Invalid value: {value}: {detail}") }
     }
 
     pub fn immutable(field: &str, value: &Value) -> Self {
@@ -55,18 +43,8 @@ impl FieldError {
 }
 
 impl ApiError {
-    fn new(
-        code: StatusCode,
-        reason: &'static str,
-        message: String,
-        details: Option<Value>,
-    ) -> Self {
-        Self {
-            code,
-            reason,
-            message,
-            details,
-        }
+    fn new(code: StatusCode, reason: &'static str, message: String, details: Option<Value>) -> Self {
+        Self { code, reason, message, details }
     }
 
     fn resource_details(rt: &ResourceType, name: &str) -> Value {
@@ -75,12 +53,7 @@ impl ApiError {
 
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
         let message = format!("{} \"{name}\" not found", rt.qualified());
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            message,
-            Some(Self::resource_details(rt, name)),
-        )
+        Self::new(StatusCode::NOT_FOUND, "NotFound", message, Some(Self::resource_details(rt, name)))
     }
 
     /// `namespaces "x" not found`, as returned by the NamespaceLifecycle admission plugin.
@@ -105,25 +78,12 @@ impl ApiError {
 
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
         let message = format!("{} \"{name}\" already exists", rt.qualified());
-        Self::new(
-            StatusCode::CONFLICT,
-            "AlreadyExists",
-            message,
-            Some(Self::resource_details(rt, name)),
-        )
+        Self::new(StatusCode::CONFLICT, "AlreadyExists", message, Some(Self::resource_details(rt, name)))
     }
 
     pub fn conflict(rt: &ResourceType, name: &str, why: &str) -> Self {
-        let message = format!(
-            "Operation cannot be fulfilled on {} \"{name}\": {why}",
-            rt.qualified()
-        );
-        Self::new(
-            StatusCode::CONFLICT,
-            "Conflict",
-            message,
-            Some(Self::resource_details(rt, name)),
-        )
+        let message = format!("Operation cannot be fulfilled on {} \"{name}\": {why}", rt.qualified());
+        Self::new(StatusCode::CONFLICT, "Conflict", message, Some(Self::resource_details(rt, name)))
     }
 
     pub fn modified(rt: &ResourceType, name: &str) -> Self {
@@ -138,11 +98,7 @@ impl ApiError {
     pub fn apply_conflicts(conflicts: &[(String, String)]) -> Self {
         let mut managers: Vec<&str> = conflicts.iter().map(|(m, _)| m.as_str()).collect();
         managers.dedup();
-        let noun = if conflicts.len() == 1 {
-            "conflict"
-        } else {
-            "conflicts"
-        };
+        let noun = if conflicts.len() == 1 { "conflict" } else { "conflicts" };
         let mut message = format!("Apply failed with {} {noun}:", conflicts.len());
         for manager in &managers {
             message.push_str(&format!(" conflict with \"{manager}\":"));
@@ -154,43 +110,23 @@ impl ApiError {
             .iter()
             .map(|(m, f)| json!({ "reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\""), "field": f }))
             .collect();
-        Self::new(
-            StatusCode::CONFLICT,
-            "Conflict",
-            message,
-            Some(json!({ "causes": causes })),
-        )
+        Self::new(StatusCode::CONFLICT, "Conflict", message, Some(json!({ "causes": causes })))
     }
 
     /// `422 Invalid` with field causes, as `errors.NewInvalid(kind, name, errs)`.
     pub fn invalid(rt: &ResourceType, name: &str, errors: &[FieldError]) -> Self {
-        let qualified_kind = if rt.group.is_empty() {
-            rt.kind.clone()
-        } else {
-            format!("{}.{}", rt.kind, rt.group)
-        };
+        let qualified_kind = if rt.group.is_empty() { rt.kind.clone() } else { format!("{}.{}", rt.kind, rt.group) };
         Self::invalid_kind(&qualified_kind, &rt.group, &rt.kind, name, errors)
     }
 
-    pub fn invalid_kind(
-        qualified_kind: &str,
-        group: &str,
-        kind: &str,
-        name: &str,
-        errors: &[FieldError],
-    ) -> Self {
-        let rendered: Vec<String> = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.body))
-            .collect();
+    pub fn invalid_kind(qualified_kind: &str, group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
+        let rendered: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.body)).collect();
         let aggregate = match rendered.as_slice() {
             [one] => one.clone(),
             many => format!("[{}]", many.join(", ")),
         };
-        let causes: Vec<Value> = errors
-            .iter()
-            .map(|e| json!({ "reason": e.cause, "message": e.body, "field": e.field }))
-            .collect();
+        let causes: Vec<Value> =
+            errors.iter().map(|e| json!({ "reason": e.cause, "message": e.body, "field": e.field })).collect();
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
@@ -216,12 +152,7 @@ impl ApiError {
         } else {
             format!("{} \"{name}\" is forbidden: {why}", rt.qualified())
         };
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            message,
-            Some(Self::resource_details(rt, name)),
-        )
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", message, Some(Self::resource_details(rt, name)))
     }
 
     /// NamespaceLifecycle admission refusing a create in a terminating namespace.
@@ -229,9 +160,7 @@ impl ApiError {
         let mut err = Self::forbidden(
             rt,
             name,
-            &format!(
-                "unable to create new content in namespace {namespace} because it is being terminated"
-            ),
+            &format!("unable to create new content in namespace {namespace} because it is being terminated"),
         );
         if let Some(details) = err.details.as_mut() {
             details["causes"] = json!([{
@@ -281,12 +210,7 @@ impl ApiError {
 
     /// `410 Gone` for a watch from a compacted resourceVersion (sent as an `ERROR` watch event).
     pub fn expired(requested: u64, oldest: u64) -> Self {
-        Self::new(
-            StatusCode::GONE,
-            "Expired",
-            format!("too old resource version: {requested} ({oldest})"),
-            None,
-        )
+        Self::new(StatusCode::GONE, "Expired", format!("too old resource version: {requested} ({oldest})"), None)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

@@ -54,16 +54,10 @@ fn parse_path(path: &str) -> Route {
         ["apis"] => return Route::Groups,
         ["apis", group] => return Route::Group(group.to_string()),
         ["api", version] => {
-            return Route::ResourceList {
-                group: String::new(),
-                version: version.to_string(),
-            };
+            return Route::ResourceList { group: String::new(), version: version.to_string() };
         }
         ["apis", group, version] => {
-            return Route::ResourceList {
-                group: group.to_string(),
-                version: version.to_string(),
-            };
+            return Route::ResourceList { group: group.to_string(), version: version.to_string() };
         }
         ["api", version, rest @ ..] => ("", *version, rest),
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
@@ -72,10 +66,7 @@ fn parse_path(path: &str) -> Route {
     let mut rest = rest;
     let mut namespace = None;
     // /namespaces/{ns}/{resource}/... unless the third part is a namespace subresource.
-    if rest.first() == Some(&"namespaces")
-        && rest.len() > 2
-        && !matches!(rest[2], "status" | "finalize")
-    {
+    if rest.first() == Some(&"namespaces") && rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
         namespace = Some(rest[1].to_string());
         rest = &rest[2..];
     }
@@ -135,11 +126,7 @@ fn negotiate(headers: &HeaderMap, list: bool) -> ApiResult<Shape> {
         match params.get("as") {
             None => return Ok(Shape::Full),
             Some(kind) => {
-                let wanted = if list {
-                    "PartialObjectMetadataList"
-                } else {
-                    "PartialObjectMetadata"
-                };
+                let wanted = if list { "PartialObjectMetadataList" } else { "PartialObjectMetadata" };
                 let meta_group = params.get("g") == Some(&"meta.k8s.io")
                     && matches!(params.get("v"), Some(&"v1") | Some(&"v1beta1"));
                 if *kind == wanted && meta_group {
@@ -151,25 +138,16 @@ fn negotiate(headers: &HeaderMap, list: bool) -> ApiResult<Shape> {
     Err(ApiError::not_acceptable(accept))
 }
 
-const AGGREGATED_DISCOVERY: &str =
-    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+const AGGREGATED_DISCOVERY: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Whether `Accept` prefers aggregated discovery (`apidiscovery.k8s.io/v2`) to the plain lists.
 fn wants_aggregated_discovery(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
     for range in accept.split(',') {
-        let params: BTreeMap<&str, &str> = range
-            .split(';')
-            .skip(1)
-            .filter_map(|p| p.trim().split_once('='))
-            .collect();
+        let params: BTreeMap<&str, &str> = range.split(';').skip(1).filter_map(|p| p.trim().split_once('=')).collect();
         match params.get("as") {
             Some(&"APIGroupDiscoveryList")
-                if params.get("g") == Some(&"apidiscovery.k8s.io")
-                    && params.get("v") == Some(&"v2") =>
+                if params.get("g") == Some(&"apidiscovery.k8s.io") && params.get("v") == Some(&"v2") =>
             {
                 return true;
             }
@@ -196,9 +174,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
     let raw_query = parts.uri.query().unwrap_or_default().to_string();
-    let query: BTreeMap<String, String> = url::form_urlencoded::parse(raw_query.as_bytes())
-        .into_owned()
-        .collect();
+    let query: BTreeMap<String, String> = url::form_urlencoded::parse(raw_query.as_bytes()).into_owned().collect();
     let route = parse_path(&path);
     let verb = verb(&parts.method, &route, &query);
     let content_type = parts
@@ -208,16 +184,9 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_string());
 
     let response = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
-        Ok(bytes) => dispatch(
-            &shared,
-            &parts.method,
-            &parts.headers,
-            &route,
-            verb,
-            &query,
-            content_type.as_deref(),
-            &bytes,
-        ),
+        Ok(bytes) => {
+            dispatch(&shared, &parts.method, &parts.headers, &route, verb, &query, content_type.as_deref(), &bytes)
+        }
         Err(e) => error_response(&ApiError::bad_request(format!("reading request body: {e}"))),
     };
 
@@ -236,16 +205,8 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         resource: resource.resource,
         name: resource.name,
         subresource: resource.subresource,
-        content_type: if parts.method == Method::PATCH {
-            content_type
-        } else {
-            None
-        },
-        accept: parts
-            .headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+        content_type: if parts.method == Method::PATCH { content_type } else { None },
+        accept: parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string),
         field_manager: query.get("fieldManager").cloned(),
         status: response.status().as_u16(),
     });
@@ -293,16 +254,7 @@ fn dispatch(
             .resource_list(group, version)
             .map(|l| json_response(StatusCode::OK, &l))
             .ok_or_else(ApiError::unknown_resource),
-        Route::Resource(path) => resource_request(
-            shared,
-            method,
-            headers,
-            path,
-            verb,
-            query,
-            content_type,
-            body,
-        ),
+        Route::Resource(path) => resource_request(shared, method, headers, path, verb, query, content_type, body),
         Route::Unknown => Err(ApiError::unknown_resource()),
     };
     result.unwrap_or_else(|e| error_response(&e))
@@ -331,16 +283,11 @@ fn filter_from(query: &BTreeMap<String, String>, namespace: Option<&str>) -> Api
         Some(s) => FieldSelector::parse(s).map_err(ApiError::bad_request)?,
         None => FieldSelector::default(),
     };
-    Ok(Filter {
-        namespace: namespace.map(str::to_string),
-        labels,
-        fields,
-    })
+    Ok(Filter { namespace: namespace.map(str::to_string), labels, fields })
 }
 
 fn parse_body(body: &[u8]) -> ApiResult<Value> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))
 }
 
 /// Who a non-apply write is attributed to in managedFields: `fieldManager`, else the
@@ -386,24 +333,16 @@ fn resource_request(
         Some(_) => return Err(ApiError::unknown_resource()),
     };
     if sub == Sub::Status && !matches!(verb, "get" | "update" | "patch") {
-        return Err(ApiError::method_not_allowed(
-            &rt,
-            format!("{verb} is not supported on the status subresource"),
-        ));
+        return Err(ApiError::method_not_allowed(&rt, format!("{verb} is not supported on the status subresource")));
     }
     // Dry-run is not modelled: refuse it rather than perform the write for real.
-    let dry_run_body = serde_json::from_slice::<Value>(body)
-        .is_ok_and(|b| b["dryRun"].as_array().is_some_and(|d| !d.is_empty()));
+    let dry_run_body =
+        serde_json::from_slice::<Value>(body).is_ok_and(|b| b["dryRun"].as_array().is_some_and(|d| !d.is_empty()));
     if query.contains_key("dryRun") || (verb.starts_with("delete") && dry_run_body) {
-        return Err(ApiError::bad_request(
-            "dryRun is not supported by the fake apiserver",
-        ));
+        return Err(ApiError::bad_request("dryRun is not supported by the fake apiserver"));
     }
     if verb == "create" && (namespace.is_empty() && rt.namespaced) {
-        return Err(ApiError::method_not_allowed(
-            &rt,
-            "create needs a namespace in the path",
-        ));
+        return Err(ApiError::method_not_allowed(&rt, "create needs a namespace in the path"));
     }
     let target = Target {
         rt: rt.clone(),
@@ -414,33 +353,19 @@ fn resource_request(
     };
     let list_namespace = (!namespace.is_empty()).then_some(namespace.as_str());
     let name = path.name.clone().unwrap_or_default();
-    let manager = query
-        .get("fieldManager")
-        .cloned()
-        .unwrap_or_else(|| default_manager(headers));
-    let render = |obj: &Value, shape: Shape| {
-        render_object(obj, &rt, &path.version, shape == Shape::Metadata)
-    };
+    let manager = query.get("fieldManager").cloned().unwrap_or_else(|| default_manager(headers));
+    let render = |obj: &Value, shape: Shape| render_object(obj, &rt, &path.version, shape == Shape::Metadata);
 
     let (code, value) = match verb {
         "get" => {
             let shape = negotiate(headers, false)?;
-            (
-                StatusCode::OK,
-                render(&ops::get(&st, &target, &name)?, shape),
-            )
+            (StatusCode::OK, render(&ops::get(&st, &target, &name)?, shape))
         }
         "list" => {
             let shape = negotiate(headers, true)?;
             let filter = filter_from(query, list_namespace)?;
             let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
-            let page = ops::list(
-                &st,
-                &target,
-                &filter,
-                limit,
-                query.get("continue").map(String::as_str),
-            )?;
+            let page = ops::list(&st, &target, &filter, limit, query.get("continue").map(String::as_str))?;
             let mut metadata = json!({ "resourceVersion": page.resource_version.to_string() });
             if let Some(token) = page.continue_token {
                 metadata["continue"] = json!(token);
@@ -460,17 +385,10 @@ fn resource_request(
                 rt: rt.clone(),
                 version: path.version.clone(),
                 filter: filter_from(query, list_namespace)?,
-                resource_version: watch::parse_resource_version(
-                    query.get("resourceVersion").map(String::as_str),
-                )?,
+                resource_version: watch::parse_resource_version(query.get("resourceVersion").map(String::as_str))?,
                 send_initial_events: query.get("sendInitialEvents").is_some_and(|v| v == "true"),
-                bookmarks: query
-                    .get("allowWatchBookmarks")
-                    .is_some_and(|v| v == "true"),
-                timeout: query
-                    .get("timeoutSeconds")
-                    .and_then(|t| t.parse().ok())
-                    .map(Duration::from_secs),
+                bookmarks: query.get("allowWatchBookmarks").is_some_and(|v| v == "true"),
+                timeout: query.get("timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs),
                 metadata_only: shape == Shape::Metadata,
             };
             drop(st);
@@ -485,12 +403,7 @@ fn resource_request(
         }
         "create" => {
             let shape = negotiate(headers, false)?;
-            let created = ops::create(
-                &mut st,
-                &target,
-                parse_body(body)?,
-                ops::Ownership::Update(&manager),
-            );
+            let created = ops::create(&mut st, &target, parse_body(body)?, ops::Ownership::Update(&manager));
             lifecycle::reconcile(&mut st);
             (StatusCode::CREATED, render(&created?, shape))
         }
@@ -516,30 +429,19 @@ fn resource_request(
         }
         "delete" => {
             let shape = negotiate(headers, false)?;
-            let options =
-                DeleteOptions::parse(body, query.get("propagationPolicy").map(String::as_str))?;
-            let already_deleting = st
-                .get(&target.key(&name))
-                .is_some_and(super::store::is_deleting);
+            let options = DeleteOptions::parse(body, query.get("propagationPolicy").map(String::as_str))?;
+            let already_deleting = st.get(&target.key(&name)).is_some_and(super::store::is_deleting);
             let outcome = delete::delete(&mut st, &rt, &target.key(&name), &options);
             lifecycle::reconcile(&mut st);
             let response = delete::delete_response(&rt, &outcome?, already_deleting);
-            let response = if response["kind"] == "Status" {
-                response
-            } else {
-                render(&response, shape)
-            };
+            let response = if response["kind"] == "Status" { response } else { render(&response, shape) };
             (StatusCode::OK, response)
         }
         "deletecollection" => {
-            let options =
-                DeleteOptions::parse(body, query.get("propagationPolicy").map(String::as_str))?;
+            let options = DeleteOptions::parse(body, query.get("propagationPolicy").map(String::as_str))?;
             let filter = filter_from(query, list_namespace)?;
-            let keys: Vec<_> = st
-                .objects_of(&rt.key())
-                .filter(|(_, o)| filter.matches(o))
-                .map(|(k, _)| k.clone())
-                .collect();
+            let keys: Vec<_> =
+                st.objects_of(&rt.key()).filter(|(_, o)| filter.matches(o)).map(|(k, _)| k.clone()).collect();
             let mut items = Vec::new();
             for key in keys {
                 if let Ok(outcome) = delete::delete(&mut st, &rt, &key, &options) {
@@ -556,10 +458,7 @@ fn resource_request(
             (StatusCode::OK, list)
         }
         _ => {
-            return Err(ApiError::method_not_allowed(
-                &rt,
-                format!("method {method} is not supported"),
-            ));
+            return Err(ApiError::method_not_allowed(&rt, format!("method {method} is not supported")));
         }
     };
     Ok(json_response(code, &value))

@@ -50,26 +50,17 @@ fn delete_all(st: &mut State, keys: Vec<ObjectKey>) {
 /// (`/finalize`), which deletes the namespace unless `metadata.finalizers` still holds it.
 fn namespace_controller(st: &mut State) {
     let ns_resource = (String::new(), "namespaces".to_string());
-    let terminating: Vec<(ObjectKey, Value)> = st
-        .objects_of(&ns_resource)
-        .filter(|(_, ns)| is_deleting(ns))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let terminating: Vec<(ObjectKey, Value)> =
+        st.objects_of(&ns_resource).filter(|(_, ns)| is_deleting(ns)).map(|(k, v)| (k.clone(), v.clone())).collect();
     for (ns_key, mut namespace) in terminating {
         let content = st.keys_in_namespace(&ns_key.name);
         delete_all(st, content);
         if !st.keys_in_namespace(&ns_key.name).is_empty() {
             continue;
         }
-        let spec_finalizers = namespace["spec"]["finalizers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let spec_finalizers = namespace["spec"]["finalizers"].as_array().cloned().unwrap_or_default();
         if spec_finalizers.iter().any(|f| f == "kubernetes") {
-            let remaining: Vec<Value> = spec_finalizers
-                .into_iter()
-                .filter(|f| f != "kubernetes")
-                .collect();
+            let remaining: Vec<Value> = spec_finalizers.into_iter().filter(|f| f != "kubernetes").collect();
             namespace["spec"]["finalizers"] = json!(remaining);
             if remaining.is_empty() && finalizers(&namespace).is_empty() {
                 st.remove(&ns_key);
@@ -84,15 +75,9 @@ fn namespace_controller(st: &mut State) {
 /// `customresourcecleanup.apiextensions.k8s.io` finalizer, which deletes the CRD (and stops
 /// serving its resource) unless other finalizers remain.
 fn crd_finalizer(st: &mut State) {
-    let crd_resource = (
-        "apiextensions.k8s.io".to_string(),
-        "customresourcedefinitions".to_string(),
-    );
-    let terminating: Vec<(ObjectKey, Value)> = st
-        .objects_of(&crd_resource)
-        .filter(|(_, crd)| is_deleting(crd))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let crd_resource = ("apiextensions.k8s.io".to_string(), "customresourcedefinitions".to_string());
+    let terminating: Vec<(ObjectKey, Value)> =
+        st.objects_of(&crd_resource).filter(|(_, crd)| is_deleting(crd)).map(|(k, v)| (k.clone(), v.clone())).collect();
     for (crd_key, mut crd) in terminating {
         let Ok(rt) = ResourceType::from_crd(&crd) else {
             continue;
@@ -120,18 +105,13 @@ fn crd_finalizer(st: &mut State) {
 
 /// Deletes objects all of whose owners (by `ownerReferences[].uid`) no longer exist.
 fn garbage_collector(st: &mut State) {
-    let uids: std::collections::HashSet<String> = st
-        .all_objects()
-        .filter_map(|(_, o)| meta_str(o, "uid").map(str::to_string))
-        .collect();
+    let uids: std::collections::HashSet<String> =
+        st.all_objects().filter_map(|(_, o)| meta_str(o, "uid").map(str::to_string)).collect();
     let orphans: Vec<ObjectKey> = st
         .all_objects()
         .filter(|(_, o)| {
             let refs = owner_refs(o);
-            !refs.is_empty()
-                && refs
-                    .iter()
-                    .all(|r| r["uid"].as_str().is_none_or(|uid| !uids.contains(uid)))
+            !refs.is_empty() && refs.iter().all(|r| r["uid"].as_str().is_none_or(|uid| !uids.contains(uid)))
         })
         .map(|(k, _)| k.clone())
         .collect();

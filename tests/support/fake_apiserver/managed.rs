@@ -75,20 +75,13 @@ pub(crate) fn leaves(obj: &Value, scope: Scope) -> BTreeMap<FieldPath, Value> {
                         collect(v, meta(f), &mut out);
                     }
                 }
-                for item in value
-                    .get("finalizers")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for item in value.get("finalizers").and_then(Value::as_array).into_iter().flatten() {
                     let mut path = meta("finalizers");
                     path.push(Elem::Item(item.to_string()));
                     out.insert(path, item.clone());
                 }
             }
-            field if scope.includes(field) => {
-                collect(value, vec![Elem::Field(field.into())], &mut out)
-            }
+            field if scope.includes(field) => collect(value, vec![Elem::Field(field.into())], &mut out),
             _ => {}
         }
     }
@@ -199,9 +192,7 @@ fn parse_fields_v1(node: &Value, prefix: FieldPath, out: &mut BTreeSet<FieldPath
         };
         let mut path = prefix.clone();
         path.push(elem);
-        let has_children = child
-            .as_object()
-            .is_some_and(|m| m.keys().any(|k| k != "."));
+        let has_children = child.as_object().is_some_and(|m| m.keys().any(|k| k != "."));
         if has_children {
             parse_fields_v1(child, path, out);
         } else {
@@ -211,10 +202,7 @@ fn parse_fields_v1(node: &Value, prefix: FieldPath, out: &mut BTreeSet<FieldPath
 }
 
 pub(crate) fn read_entries(obj: &Value) -> Vec<Entry> {
-    obj["metadata"]["managedFields"]
-        .as_array()
-        .map(|a| a.iter().map(Entry::from_json).collect())
-        .unwrap_or_default()
+    obj["metadata"]["managedFields"].as_array().map(|a| a.iter().map(Entry::from_json).collect()).unwrap_or_default()
 }
 
 /// Drops ownership of fields that no longer exist and empty entries, then stores the entries.
@@ -238,24 +226,15 @@ fn write_entries(obj: &mut Value, mut entries: Vec<Entry>) {
 pub(crate) fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, scope: Scope) {
     let mut entries = old.map(read_entries).unwrap_or_default();
     let before = old.map(|o| leaves(o, scope)).unwrap_or_default();
-    let changed: BTreeSet<FieldPath> = leaves(new, scope)
-        .into_iter()
-        .filter(|(p, v)| before.get(p) != Some(v))
-        .map(|(p, _)| p)
-        .collect();
+    let changed: BTreeSet<FieldPath> =
+        leaves(new, scope).into_iter().filter(|(p, v)| before.get(p) != Some(v)).map(|(p, _)| p).collect();
     let subresource = scope.subresource();
-    for e in entries
-        .iter_mut()
-        .filter(|e| !e.is(manager, false, subresource))
-    {
+    for e in entries.iter_mut().filter(|e| !e.is(manager, false, subresource)) {
         e.fields.retain(|p| !changed.contains(p));
     }
     if !changed.is_empty() {
         let api_version = new["apiVersion"].as_str().unwrap_or_default().to_string();
-        match entries
-            .iter_mut()
-            .find(|e| e.is(manager, false, subresource))
-        {
+        match entries.iter_mut().find(|e| e.is(manager, false, subresource)) {
             Some(e) => {
                 e.fields.extend(changed);
                 e.time = now();
@@ -297,12 +276,10 @@ fn set_path(obj: &mut Value, path: &FieldPath, value: &Value) {
                 if !current.is_object() {
                     *current = json!({});
                 }
-                let Value::Object(map) = current else {
-                    unreachable!("just made an object")
-                };
+                let Value::Object(map) = current else { unreachable!("just made an object") };
                 if last {
-                    let keep_existing_map = value.as_object().is_some_and(Map::is_empty)
-                        && map.get(f).is_some_and(Value::is_object);
+                    let keep_existing_map =
+                        value.as_object().is_some_and(Map::is_empty) && map.get(f).is_some_and(Value::is_object);
                     if !keep_existing_map {
                         map.insert(f.clone(), value.clone());
                     }
@@ -379,19 +356,15 @@ pub(crate) fn apply(
     let subresource = scope.subresource();
     let mut entries = live.map(read_entries).unwrap_or_default();
     let wanted = leaves(applied, scope);
-    let previous: BTreeSet<FieldPath> = entries
-        .iter()
-        .find(|e| e.is(manager, true, subresource))
-        .map(|e| e.fields.clone())
-        .unwrap_or_default();
+    let previous: BTreeSet<FieldPath> =
+        entries.iter().find(|e| e.is(manager, true, subresource)).map(|e| e.fields.clone()).unwrap_or_default();
 
     let mut conflicts = Vec::new();
     if let Some(live) = live {
         for (path, value) in &wanted {
             let current = get_path(live, path);
             let unchanged = current == Some(value)
-                || (value.as_object().is_some_and(Map::is_empty)
-                    && current.is_some_and(Value::is_object));
+                || (value.as_object().is_some_and(Map::is_empty) && current.is_some_and(Value::is_object));
             if unchanged {
                 continue;
             }
@@ -414,10 +387,8 @@ pub(crate) fn apply(
         set_path(&mut result, path, value);
     }
     for path in previous.iter().filter(|p| !wanted.contains_key(*p)) {
-        let owned_elsewhere = entries
-            .iter()
-            .filter(|e| !e.is(manager, true, subresource))
-            .any(|e| e.fields.contains(path));
+        let owned_elsewhere =
+            entries.iter().filter(|e| !e.is(manager, true, subresource)).any(|e| e.fields.contains(path));
         if !owned_elsewhere {
             remove_path(&mut result, path);
         }
@@ -425,19 +396,13 @@ pub(crate) fn apply(
     let entry = Entry {
         manager: manager.into(),
         apply: true,
-        api_version: applied["apiVersion"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        api_version: applied["apiVersion"].as_str().unwrap_or_default().to_string(),
         time: now(),
         subresource: subresource.into(),
         fields: wanted.into_keys().collect(),
     };
     // Keep the entry's position, so that re-applying the same configuration is a no-op.
-    match entries
-        .iter_mut()
-        .find(|e| e.is(manager, true, subresource))
-    {
+    match entries.iter_mut().find(|e| e.is(manager, true, subresource)) {
         Some(existing) => *existing = entry,
         None => entries.push(entry),
     }

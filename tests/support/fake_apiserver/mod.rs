@@ -139,9 +139,7 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// The value of a query parameter.
     pub fn query_param(&self, key: &str) -> Option<String> {
-        url::form_urlencoded::parse(self.query.as_bytes())
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
+        url::form_urlencoded::parse(self.query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
     }
 }
 
@@ -157,16 +155,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .expect("fake apiserver state lock poisoned")
+        self.state.lock().expect("fake apiserver state lock poisoned")
     }
 
     fn record(&self, request: RecordedRequest) {
-        self.requests
-            .lock()
-            .expect("request log lock poisoned")
-            .push(request);
+        self.requests.lock().expect("request log lock poisoned").push(request);
     }
 }
 
@@ -179,10 +172,7 @@ pub struct FakeApiServerBuilder {
 
 impl Default for FakeApiServerBuilder {
     fn default() -> Self {
-        Self {
-            bookmark_interval: Duration::from_secs(1),
-            history_limit: 10_000,
-        }
+        Self { bookmark_interval: Duration::from_secs(1), history_limit: 10_000 }
     }
 }
 
@@ -201,12 +191,9 @@ impl FakeApiServerBuilder {
 
     /// Binds `127.0.0.1:0` and serves in a background task.
     pub async fn start(self) -> FakeApiServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake apiserver to a loopback port");
-        let addr = listener
-            .local_addr()
-            .expect("local address of the fake apiserver");
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake apiserver to a loopback port");
+        let addr = listener.local_addr().expect("local address of the fake apiserver");
         let mut state = State::new(self.history_limit);
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             create_namespace(&mut state, name);
@@ -226,29 +213,20 @@ impl FakeApiServerBuilder {
                 .await
                 .expect("fake apiserver failed");
         });
-        FakeApiServer {
-            shared,
-            addr,
-            task: Some(task),
-        }
+        FakeApiServer { shared, addr, task: Some(task) }
     }
 }
 
 fn create_namespace(state: &mut State, name: &str) {
     let target = Target {
-        rt: state
-            .registry
-            .lookup("", "v1", "namespaces")
-            .cloned()
-            .expect("namespaces are always served"),
+        rt: state.registry.lookup("", "v1", "namespaces").cloned().expect("namespaces are always served"),
         version: "v1".into(),
         namespace: String::new(),
         sub: Sub::Main,
         strict: false,
     };
     let ns = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
-    ops::create(state, &target, ns, Ownership::Update("kube-apiserver"))
-        .expect("create a built-in namespace");
+    ops::create(state, &target, ns, Ownership::Update("kube-apiserver")).expect("create a built-in namespace");
 }
 
 /// A running fake API server. Dropping it stops serving (watches end).
@@ -275,12 +253,8 @@ impl FakeApiServer {
 
     /// A client for this server (default namespace `default`).
     pub fn client(&self) -> kube::Client {
-        let url = self
-            .url()
-            .parse()
-            .expect("the fake apiserver URL is a valid URI");
-        kube::Client::try_from(kube::Config::new(url))
-            .expect("build a kube client for the fake apiserver")
+        let url = self.url().parse().expect("the fake apiserver URL is a valid URI");
+        kube::Client::try_from(kube::Config::new(url)).expect("build a kube client for the fake apiserver")
     }
 
     fn kubeconfig_json(&self) -> Value {
@@ -301,8 +275,7 @@ impl FakeApiServer {
 
     /// Writes [`Self::kubeconfig`] as YAML, e.g. for a child process's `KUBECONFIG`.
     pub fn write_kubeconfig(&self, path: impl AsRef<Path>) {
-        let yaml =
-            serde_saphyr::to_string(&self.kubeconfig_json()).expect("serialize the kubeconfig");
+        let yaml = serde_saphyr::to_string(&self.kubeconfig_json()).expect("serialize the kubeconfig");
         std::fs::write(path.as_ref(), yaml).expect("write the kubeconfig file");
     }
 
@@ -330,19 +303,11 @@ impl FakeApiServer {
 
     /// Every request served so far, in order of completion.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared
-            .requests
-            .lock()
-            .expect("request log lock poisoned")
-            .clone()
+        self.shared.requests.lock().expect("request log lock poisoned").clone()
     }
 
     pub fn reset_request_log(&self) {
-        self.shared
-            .requests
-            .lock()
-            .expect("request log lock poisoned")
-            .clear();
+        self.shared.requests.lock().expect("request log lock poisoned").clear();
     }
 
     /// Drops the watch history: watches from any resourceVersion older than the current one
@@ -385,9 +350,7 @@ impl FakeApiServer {
     pub async fn shutdown(mut self) {
         self.shared.shutdown.cancel();
         if let Some(task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
+            && tokio::time::timeout(Duration::from_secs(5), task).await.is_err()
         {
             panic!("the fake apiserver did not shut down within 5s");
         }

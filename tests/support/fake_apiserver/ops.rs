@@ -40,9 +40,7 @@ impl Target {
     fn scope(&self) -> Scope {
         match self.sub {
             Sub::Status => Scope::Status,
-            Sub::Main => Scope::Main {
-                with_status: !self.rt.status_subresource,
-            },
+            Sub::Main => Scope::Main { with_status: !self.rt.status_subresource },
         }
     }
 }
@@ -59,9 +57,7 @@ fn as_object(body: Value) -> ApiResult<Value> {
     if body.is_object() {
         Ok(body)
     } else {
-        Err(ApiError::bad_request(
-            "the body of the request must be a JSON object",
-        ))
+        Err(ApiError::bad_request("the body of the request must be a JSON object"))
     }
 }
 
@@ -71,19 +67,14 @@ fn namespace_key(name: &str) -> ObjectKey {
 
 fn crd_key(rt: &ResourceType) -> ObjectKey {
     ObjectKey::new(
-        &(
-            "apiextensions.k8s.io".into(),
-            "customresourcedefinitions".into(),
-        ),
+        &("apiextensions.k8s.io".into(), "customresourcedefinitions".into()),
         "",
         &format!("{}.{}", rt.plural, rt.group),
     )
 }
 
 pub(crate) fn get(st: &State, t: &Target, name: &str) -> ApiResult<Value> {
-    st.get(&t.key(name))
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(&t.rt, name))
+    st.get(&t.key(name)).cloned().ok_or_else(|| ApiError::not_found(&t.rt, name))
 }
 
 /// One page of a list.
@@ -96,30 +87,19 @@ pub(crate) struct ListPage {
 
 /// Lists matching objects in key order. `limit`/`continue` paginate over the current state
 /// (not over a snapshot at the first page's resourceVersion, as etcd would).
-pub(crate) fn list(
-    st: &State,
-    t: &Target,
-    filter: &Filter,
-    limit: usize,
-    cont: Option<&str>,
-) -> ApiResult<ListPage> {
+pub(crate) fn list(st: &State, t: &Target, filter: &Filter, limit: usize, cont: Option<&str>) -> ApiResult<ListPage> {
     let (resource_version, after) = match cont {
         None => (st.current_rv(), None),
         Some(token) => {
             let bad = || ApiError::bad_request("continue key is not valid");
             let bytes = hex::decode(token).map_err(|_| bad())?;
-            let (rv, ns, name): (u64, String, String) =
-                serde_json::from_slice(&bytes).map_err(|_| bad())?;
+            let (rv, ns, name): (u64, String, String) = serde_json::from_slice(&bytes).map_err(|_| bad())?;
             (rv, Some((ns, name)))
         }
     };
     let mut matching = st
         .objects_of(&t.rt.key())
-        .filter(|(k, _)| {
-            after
-                .as_ref()
-                .is_none_or(|(ns, name)| (&k.namespace, &k.name) > (ns, name))
-        })
+        .filter(|(k, _)| after.as_ref().is_none_or(|(ns, name)| (&k.namespace, &k.name) > (ns, name)))
         .filter(|(_, v)| filter.matches(v))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect::<Vec<_>>();
@@ -134,12 +114,7 @@ pub(crate) fn list(
             continue_token = Some(hex::encode(token));
         }
     }
-    Ok(ListPage {
-        items: matching.into_iter().map(|(_, v)| v).collect(),
-        resource_version,
-        continue_token,
-        remaining,
-    })
+    Ok(ListPage { items: matching.into_iter().map(|(_, v)| v).collect(), resource_version, continue_token, remaining })
 }
 
 /// NamespaceLifecycle admission and the CRD handler's refusal to create while terminating.
@@ -203,9 +178,7 @@ fn check_type(t: &Target, obj: &mut Value) -> ApiResult<()> {
 
 fn generate_name(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let suffix: String = (0..5)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect();
+    let suffix: String = (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect();
     format!("{prefix}{suffix}")
 }
 
@@ -215,9 +188,7 @@ fn validate_name(rt: &ResourceType, name: &str) -> ApiResult<()> {
     let label = |s: &str| {
         let bytes = s.as_bytes();
         !bytes.is_empty()
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
             && bytes[0] != b'-'
             && bytes[bytes.len() - 1] != b'-'
     };
@@ -233,11 +204,7 @@ fn validate_name(rt: &ResourceType, name: &str) -> ApiResult<()> {
         )
     };
     match error {
-        Some(detail) => Err(ApiError::invalid(
-            rt,
-            name,
-            &[FieldError::invalid("metadata.name", &json!(name), detail)],
-        )),
+        Some(detail) => Err(ApiError::invalid(rt, name, &[FieldError::invalid("metadata.name", &json!(name), detail)])),
         None => Ok(()),
     }
 }
@@ -250,14 +217,8 @@ fn prune(t: &Target, obj: &mut Value) -> ApiResult<()> {
     };
     let pruned = schema::prune(obj, schema);
     if t.strict && !pruned.is_empty() {
-        let fields: Vec<String> = pruned
-            .iter()
-            .map(|p| format!("unknown field \"{}\"", &p[1..]))
-            .collect();
-        return Err(ApiError::bad_request(format!(
-            "strict decoding error: {}",
-            fields.join(", ")
-        )));
+        let fields: Vec<String> = pruned.iter().map(|p| format!("unknown field \"{}\"", &p[1..])).collect();
+        return Err(ApiError::bad_request(format!("strict decoding error: {}", fields.join(", "))));
     }
     Ok(())
 }
@@ -270,13 +231,10 @@ fn normalize(t: &Target, obj: &mut Value) -> ApiResult<()> {
     if !(t.rt.group.is_empty() && t.rt.plural == "secrets") {
         return Ok(());
     }
-    if let Some(Value::Object(string_data)) =
-        obj.as_object_mut().and_then(|m| m.remove("stringData"))
-    {
+    if let Some(Value::Object(string_data)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
         for (key, value) in string_data {
             let bytes = value.as_str().unwrap_or_default().as_bytes().to_vec();
-            obj["data"][key] =
-                serde_json::to_value(k8s_openapi::ByteString(bytes)).unwrap_or_default();
+            obj["data"][key] = serde_json::to_value(k8s_openapi::ByteString(bytes)).unwrap_or_default();
         }
     }
     if obj["type"].as_str().is_none_or(str::is_empty) {
@@ -286,12 +244,7 @@ fn normalize(t: &Target, obj: &mut Value) -> ApiResult<()> {
 }
 
 /// POST: creates an object (also used by server-side apply of a missing object).
-pub(crate) fn create(
-    st: &mut State,
-    t: &Target,
-    body: Value,
-    ownership: Ownership,
-) -> ApiResult<Value> {
+pub(crate) fn create(st: &mut State, t: &Target, body: Value, ownership: Ownership) -> ApiResult<Value> {
     let mut obj = as_object(body)?;
     check_type(t, &mut obj)?;
     check_namespace(t, &mut obj)?;
@@ -308,19 +261,14 @@ pub(crate) fn create(
             return Err(ApiError::invalid(
                 rt,
                 "",
-                &[FieldError::required(
-                    "metadata.name",
-                    "name or generateName is required",
-                )],
+                &[FieldError::required("metadata.name", "name or generateName is required")],
             ));
         }
     };
     admit_create(st, rt, &t.namespace, &name)?;
     validate_name(rt, &name)?;
     if meta_str(&obj, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
-        return Err(ApiError::internal(
-            "resourceVersion should not be set on objects to be created",
-        ));
+        return Err(ApiError::internal("resourceVersion should not be set on objects to be created"));
     }
 
     let uid = st.new_uid();
@@ -328,12 +276,7 @@ pub(crate) fn create(
     meta.insert("name".into(), json!(name));
     meta.insert("uid".into(), json!(uid));
     meta.insert("creationTimestamp".into(), json!(now()));
-    for system_field in [
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "generation",
-        "selfLink",
-    ] {
+    for system_field in ["deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
         meta.remove(system_field);
     }
     if rt.has_generation() {
@@ -373,11 +316,7 @@ pub(crate) fn create(
 
 fn crd_invalid(rt: &ResourceType, name: &str, error: &str) -> ApiError {
     let (field, detail) = error.split_once(": ").unwrap_or(("spec", error));
-    ApiError::invalid(
-        rt,
-        name,
-        &[FieldError::invalid(field, &Value::Null, detail)],
-    )
+    ApiError::invalid(rt, name, &[FieldError::invalid(field, &Value::Null, detail)])
 }
 
 /// The status the apiextensions controllers give an accepted CRD.
@@ -441,13 +380,7 @@ fn prepare_update(t: &Target, old: &Value, incoming: Value) -> ApiResult<Value> 
     let mut errors = Vec::new();
     let old_meta = old["metadata"].clone();
     let meta = meta_mut(&mut new);
-    for field in [
-        "name",
-        "namespace",
-        "creationTimestamp",
-        "resourceVersion",
-        "generation",
-    ] {
+    for field in ["name", "namespace", "creationTimestamp", "resourceVersion", "generation"] {
         match old_meta.get(field) {
             Some(v) => meta.insert(field.into(), v.clone()),
             None => meta.remove(field),
@@ -460,9 +393,7 @@ fn prepare_update(t: &Target, old: &Value, incoming: Value) -> ApiResult<Value> 
         Some(uid) if *uid == Value::String(String::new()) => {
             meta.insert("uid".into(), old_meta["uid"].clone());
         }
-        Some(uid) if *uid != old_meta["uid"] => {
-            errors.push(FieldError::immutable("metadata.uid", uid))
-        }
+        Some(uid) if *uid != old_meta["uid"] => errors.push(FieldError::immutable("metadata.uid", uid)),
         Some(_) => {}
     }
     // An update can neither set nor clear deletionTimestamp / deletionGracePeriodSeconds.
@@ -472,10 +403,7 @@ fn prepare_update(t: &Target, old: &Value, incoming: Value) -> ApiResult<Value> 
                 meta.insert(field.into(), old_value.clone());
             }
             (None, Some(new_value)) if !new_value.is_null() => {
-                errors.push(FieldError::immutable(
-                    &format!("metadata.{field}"),
-                    new_value,
-                ));
+                errors.push(FieldError::immutable(&format!("metadata.{field}"), new_value));
             }
             (None, _) => {
                 meta.remove(field);
@@ -522,35 +450,20 @@ fn finish_write(
     let rt = &t.rt;
     if is_deleting(old) {
         let before = finalizers(old);
-        let added: Vec<String> = finalizers(&new)
-            .into_iter()
-            .filter(|f| !before.contains(f))
-            .collect();
+        let added: Vec<String> = finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
         if !added.is_empty() {
             let detail = format!(
                 "no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
-                added
-                    .iter()
-                    .map(|f| format!("{f:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                added.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ")
             );
-            return Err(ApiError::invalid(
-                rt,
-                name,
-                &[FieldError::forbidden("metadata.finalizers", &detail)],
-            ));
+            return Err(ApiError::invalid(rt, name, &[FieldError::forbidden("metadata.finalizers", &detail)]));
         }
     }
     normalize(t, &mut new)?;
-    let crd_type = if rt.is_crd() {
-        Some(ResourceType::from_crd(&new).map_err(|e| crd_invalid(rt, name, &e))?)
-    } else {
-        None
-    };
+    let crd_type =
+        if rt.is_crd() { Some(ResourceType::from_crd(&new).map_err(|e| crd_invalid(rt, name, &e))?) } else { None };
     // Only the main resource's strategy bumps the generation; status writes never do.
-    if rt.has_generation() && t.sub == Sub::Main && without_metadata(old) != without_metadata(&new)
-    {
+    if rt.has_generation() && t.sub == Sub::Main && without_metadata(old) != without_metadata(&new) {
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         set_meta(&mut new, "generation", json!(generation));
     }
@@ -561,10 +474,8 @@ fn finish_write(
         return Ok(old.clone());
     }
     let key = t.key(name);
-    let spec_finalizers_pending = rt.is_namespace()
-        && new["spec"]["finalizers"]
-            .as_array()
-            .is_some_and(|f| !f.is_empty());
+    let spec_finalizers_pending =
+        rt.is_namespace() && new["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
     if is_deleting(&new) && finalizers(&new).is_empty() && !spec_finalizers_pending {
         // Store.Update with emptied finalizers deletes instead (deleteWithoutFinalizers).
         let last = st.remove(&key).unwrap_or_else(|| old.clone());
@@ -588,13 +499,7 @@ fn unregister_crd(st: &mut State, crd: &Value) {
 }
 
 /// PUT.
-pub(crate) fn update(
-    st: &mut State,
-    t: &Target,
-    name: &str,
-    body: Value,
-    manager: &str,
-) -> ApiResult<Value> {
+pub(crate) fn update(st: &mut State, t: &Target, name: &str, body: Value, manager: &str) -> ApiResult<Value> {
     let mut body = as_object(body)?;
     check_type(t, &mut body)?;
     if meta_str(&body, "name") != Some(name) {
@@ -644,17 +549,11 @@ const MERGE_PATCH: &str = "application/merge-patch+json";
 const STRATEGIC_PATCH: &str = "application/strategic-merge-patch+json";
 
 fn parse_json(body: &[u8]) -> ApiResult<Value> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
 }
 
 /// PATCH. Returns 201 when server-side apply created the object.
-pub(crate) fn patch(
-    st: &mut State,
-    t: &Target,
-    name: &str,
-    req: &PatchRequest,
-) -> ApiResult<(StatusCode, Value)> {
+pub(crate) fn patch(st: &mut State, t: &Target, name: &str, req: &PatchRequest) -> ApiResult<(StatusCode, Value)> {
     let rt = &t.rt;
     if req.content_type == APPLY {
         return apply(st, t, name, req);
@@ -688,18 +587,10 @@ pub(crate) fn patch(
         return Err(ApiError::modified(rt, name));
     }
     let new = prepare_update(t, &old, patched)?;
-    Ok((
-        StatusCode::OK,
-        finish_write(st, t, name, &old, new, Ownership::Update(manager))?,
-    ))
+    Ok((StatusCode::OK, finish_write(st, t, name, &old, new, Ownership::Update(manager))?))
 }
 
-fn apply(
-    st: &mut State,
-    t: &Target,
-    name: &str,
-    req: &PatchRequest,
-) -> ApiResult<(StatusCode, Value)> {
+fn apply(st: &mut State, t: &Target, name: &str, req: &PatchRequest) -> ApiResult<(StatusCode, Value)> {
     let rt = &t.rt;
     let Some(manager) = req.field_manager.filter(|m| !m.is_empty()) else {
         return Err(ApiError::invalid_kind(
@@ -707,35 +598,19 @@ fn apply(
             "meta.k8s.io",
             "PatchOptions",
             "",
-            &[FieldError::required(
-                "fieldManager",
-                "is required for apply patch",
-            )],
+            &[FieldError::required("fieldManager", "is required for apply patch")],
         ));
     };
-    let text = std::str::from_utf8(req.body)
-        .map_err(|_| ApiError::bad_request("apply patch is not UTF-8"))?;
+    let text = std::str::from_utf8(req.body).map_err(|_| ApiError::bad_request("apply patch is not UTF-8"))?;
     let applied: Value = serde_json::from_str(text)
         .or_else(|_| serde_saphyr::from_str(text))
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
     let mut applied = as_object(applied)?;
-    if applied
-        .get("kind")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
-        return Err(ApiError::bad_request(format!(
-            "Object 'Kind' is missing in '{applied}'"
-        )));
+    if applied.get("kind").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(format!("Object 'Kind' is missing in '{applied}'")));
     }
-    if applied
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
-        return Err(ApiError::bad_request(format!(
-            "Object 'apiVersion' is missing in '{applied}'"
-        )));
+    if applied.get("apiVersion").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(format!("Object 'apiVersion' is missing in '{applied}'")));
     }
     if !applied["metadata"]["managedFields"].is_null() {
         return Err(ApiError::bad_request("metadata.managedFields must be nil"));
@@ -766,10 +641,7 @@ fn apply(
         if rt.namespaced {
             set_meta(&mut obj, "namespace", json!(t.namespace));
         }
-        return Ok((
-            StatusCode::CREATED,
-            create(st, t, obj, Ownership::Precomputed)?,
-        ));
+        return Ok((StatusCode::CREATED, create(st, t, obj, Ownership::Precomputed)?));
     };
     let rv = meta_str(&applied, "resourceVersion").unwrap_or_default();
     if !rv.is_empty() && Some(rv) != meta_str(&old, "resourceVersion") {
@@ -778,8 +650,5 @@ fn apply(
     let merged = managed::apply(Some(&old), &applied, manager, scope, req.force)
         .map_err(|conflicts| ApiError::apply_conflicts(&conflicts))?;
     let new = prepare_update(t, &old, merged)?;
-    Ok((
-        StatusCode::OK,
-        finish_write(st, t, name, &old, new, Ownership::Precomputed)?,
-    ))
+    Ok((StatusCode::OK, finish_write(st, t, name, &old, new, Ownership::Precomputed)?))
 }

@@ -53,28 +53,21 @@ fn smp(target: &mut Value, patch: &Value, path: &[&str]) -> ApiResult<()> {
             return Ok(());
         }
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "unknown patch type: {other:?}"
-            )));
+            return Err(ApiError::bad_request(format!("unknown patch type: {other:?}")));
         }
         None => {}
     }
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
-    let Value::Object(target) = target else {
-        unreachable!("target was just made an object")
-    };
+    let Value::Object(target) = target else { unreachable!("target was just made an object") };
     for (key, value) in patch {
         let in_metadata = path == ["metadata"];
         if let Some(list) = key.strip_prefix("$deleteFromPrimitiveList/") {
             if !(in_metadata && list == "finalizers") {
                 return Err(unsupported_directive(key));
             }
-            let remove: Vec<&Value> = value
-                .as_array()
-                .map(|a| a.iter().collect())
-                .unwrap_or_default();
+            let remove: Vec<&Value> = value.as_array().map(|a| a.iter().collect()).unwrap_or_default();
             if let Some(Value::Array(items)) = target.get_mut(list) {
                 items.retain(|item| !remove.contains(&item));
             }
@@ -126,9 +119,7 @@ fn smp(target: &mut Value, patch: &Value, path: &[&str]) -> ApiResult<()> {
 }
 
 fn unsupported_directive(key: &str) -> ApiError {
-    ApiError::bad_request(format!(
-        "strategic merge patch directive {key:?} is not supported by the fake apiserver"
-    ))
+    ApiError::bad_request(format!("strategic merge patch directive {key:?} is not supported by the fake apiserver"))
 }
 
 /// Parses an RFC 6901 pointer into reference tokens.
@@ -136,13 +127,9 @@ fn parse_pointer(path: &str) -> Result<Vec<String>, String> {
     if path.is_empty() {
         return Ok(Vec::new());
     }
-    let rest = path
-        .strip_prefix('/')
-        .ok_or_else(|| format!("JSON pointer must be empty or start with '/': {path:?}"))?;
-    Ok(rest
-        .split('/')
-        .map(|t| t.replace("~1", "/").replace("~0", "~"))
-        .collect())
+    let rest =
+        path.strip_prefix('/').ok_or_else(|| format!("JSON pointer must be empty or start with '/': {path:?}"))?;
+    Ok(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
 }
 
 fn array_index(token: &str, len: usize, allow_end: bool) -> Option<usize> {
@@ -153,11 +140,7 @@ fn array_index(token: &str, len: usize, allow_end: bool) -> Option<usize> {
         return None;
     }
     let i: usize = token.parse().ok()?;
-    let limit = if allow_end {
-        len
-    } else {
-        len.saturating_sub(1)
-    };
+    let limit = if allow_end { len } else { len.saturating_sub(1) };
     (i <= limit && (allow_end || len > 0)).then_some(i)
 }
 
@@ -194,17 +177,15 @@ fn add(doc: &mut Value, tokens: &[String], value: Value, path: &str) -> Result<(
         *doc = value;
         return Ok(());
     };
-    let missing =
-        || format!("add operation does not apply: doc is missing path: {path:?}: missing value");
+    let missing = || format!("add operation does not apply: doc is missing path: {path:?}: missing value");
     match parent_mut(doc, tokens).ok_or_else(missing)? {
         Value::Object(map) => {
             map.insert(last.clone(), value);
             Ok(())
         }
         Value::Array(items) => {
-            let i = array_index(last, items.len(), true).ok_or_else(|| {
-                format!("add operation does not apply: index out of bounds: {path:?}")
-            })?;
+            let i = array_index(last, items.len(), true)
+                .ok_or_else(|| format!("add operation does not apply: index out of bounds: {path:?}"))?;
             items.insert(i, value);
             Ok(())
         }
@@ -213,8 +194,7 @@ fn add(doc: &mut Value, tokens: &[String], value: Value, path: &str) -> Result<(
 }
 
 fn remove(doc: &mut Value, tokens: &[String], path: &str, op: &str) -> Result<Value, String> {
-    let missing =
-        || format!("{op} operation does not apply: doc is missing path: {path:?}: missing value");
+    let missing = || format!("{op} operation does not apply: doc is missing path: {path:?}: missing value");
     let last = tokens.last().ok_or_else(missing)?;
     match parent_mut(doc, tokens).ok_or_else(missing)? {
         Value::Object(map) => map.remove(last).ok_or_else(missing),
@@ -233,18 +213,15 @@ fn remove(doc: &mut Value, tokens: &[String], path: &str, op: &str) -> Result<Va
 /// missing (or null), the test passes only for `"value": null`; a null test value against a
 /// present value fails; otherwise the values must be equal.
 pub(crate) fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
-    let ops = patch
-        .as_array()
-        .ok_or_else(|| ApiError::bad_request("json patch must be a JSON array of operations"))?;
+    let ops = patch.as_array().ok_or_else(|| ApiError::bad_request("json patch must be a JSON array of operations"))?;
     for op in ops {
         let Some(kind) = op.get("op").and_then(Value::as_str) else {
-            return Err(ApiError::bad_request(format!(
-                "json patch operation without \"op\": {op}"
-            )));
+            return Err(ApiError::bad_request(format!("json patch operation without \"op\": {op}")));
         };
-        let path = op.get("path").and_then(Value::as_str).ok_or_else(|| {
-            ApiError::patch_not_applicable(format!("operation {kind:?} is missing \"path\""))
-        })?;
+        let path = op
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::patch_not_applicable(format!("operation {kind:?} is missing \"path\"")))?;
         apply_op(doc, kind, path, op).map_err(ApiError::patch_not_applicable)?;
     }
     Ok(())
@@ -252,16 +229,10 @@ pub(crate) fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
 
 fn apply_op(doc: &mut Value, kind: &str, path: &str, op: &Value) -> Result<(), String> {
     let tokens = parse_pointer(path)?;
-    let value = || {
-        op.get("value")
-            .cloned()
-            .ok_or_else(|| format!("{kind} operation is missing \"value\""))
-    };
+    let value = || op.get("value").cloned().ok_or_else(|| format!("{kind} operation is missing \"value\""));
     let from = || -> Result<Vec<String>, String> {
-        let from = op
-            .get("from")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{kind} operation is missing \"from\""))?;
+        let from =
+            op.get("from").and_then(Value::as_str).ok_or_else(|| format!("{kind} operation is missing \"from\""))?;
         parse_pointer(from)
     };
     match kind {
@@ -278,28 +249,22 @@ fn apply_op(doc: &mut Value, kind: &str, path: &str, op: &Value) -> Result<(), S
             add(doc, &tokens, moved, path)
         }
         "copy" => {
-            let copied = get(doc, &from()?).cloned().ok_or_else(|| {
-                format!("copy operation does not apply: doc is missing from path: {path:?}")
-            })?;
+            let copied = get(doc, &from()?)
+                .cloned()
+                .ok_or_else(|| format!("copy operation does not apply: doc is missing from path: {path:?}"))?;
             add(doc, &tokens, copied, path)
         }
         "test" => {
             let expected = value()?;
             if !tokens.is_empty() && parent_mut(doc, &tokens).is_none() {
-                return Err(format!(
-                    "test operation does not apply: is missing path: {path:?}"
-                ));
+                return Err(format!("test operation does not apply: is missing path: {path:?}"));
             }
             let actual = get(doc, &tokens).filter(|v| !v.is_null());
             let passed = match actual {
                 None => expected.is_null(),
                 Some(actual) => !expected.is_null() && *actual == expected,
             };
-            if passed {
-                Ok(())
-            } else {
-                Err(format!("testing value {path:?} failed: test failed"))
-            }
+            if passed { Ok(()) } else { Err(format!("testing value {path:?} failed: test failed")) }
         }
         other => Err(format!("Unexpected kind: {other}")),
     }

@@ -51,11 +51,7 @@ impl ResourceType {
     }
 
     pub fn api_version(&self, version: &str) -> String {
-        if self.group.is_empty() {
-            version.to_string()
-        } else {
-            format!("{}/{version}", self.group)
-        }
+        if self.group.is_empty() { version.to_string() } else { format!("{}/{version}", self.group) }
     }
 
     pub fn list_kind(&self) -> String {
@@ -64,11 +60,7 @@ impl ResourceType {
 
     /// `secrets`, `widgets.example.test`: the `GroupResource` used in error messages.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.clone()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
+        if self.group.is_empty() { self.plural.clone() } else { format!("{}.{}", self.plural, self.group) }
     }
 
     pub fn is_namespace(&self) -> bool {
@@ -109,64 +101,34 @@ impl ResourceType {
     pub fn from_crd(crd: &Value) -> Result<Self, String> {
         let spec = crd.get("spec").ok_or("spec: Required value")?;
         let text = |v: &Value, what: &str| -> Result<String, String> {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or(format!("{what}: Required value"))
+            v.as_str().map(str::to_string).ok_or(format!("{what}: Required value"))
         };
         let group = text(&spec["group"], "spec.group")?;
         let names = &spec["names"];
         let plural = text(&names["plural"], "spec.names.plural")?;
         let kind = text(&names["kind"], "spec.names.kind")?;
-        let singular = names["singular"]
-            .as_str()
-            .map_or_else(|| kind.to_lowercase(), str::to_string);
+        let singular = names["singular"].as_str().map_or_else(|| kind.to_lowercase(), str::to_string);
         let short_names = names["shortNames"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
         let namespaced = match spec["scope"].as_str() {
             Some("Namespaced") => true,
             Some("Cluster") => false,
             _ => return Err("spec.scope: Unsupported value: must be Namespaced or Cluster".into()),
         };
-        let versions = spec["versions"]
-            .as_array()
-            .ok_or("spec.versions: Required value")?;
-        let served: Vec<&Value> = versions
-            .iter()
-            .filter(|v| v["served"].as_bool() == Some(true))
-            .collect();
+        let versions = spec["versions"].as_array().ok_or("spec.versions: Required value")?;
+        let served: Vec<&Value> = versions.iter().filter(|v| v["served"].as_bool() == Some(true)).collect();
         // The storage version is the preferred one in discovery; put it first.
-        let mut ordered: Vec<&Value> = served
-            .iter()
-            .copied()
-            .filter(|v| v["storage"].as_bool() == Some(true))
-            .collect();
-        ordered.extend(
-            served
-                .iter()
-                .copied()
-                .filter(|v| v["storage"].as_bool() != Some(true)),
-        );
-        let version_names = ordered
-            .iter()
-            .map(|v| text(&v["name"], "spec.versions[].name"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let status_subresource = ordered
-            .iter()
-            .any(|v| v["subresources"]["status"].is_object());
+        let mut ordered: Vec<&Value> =
+            served.iter().copied().filter(|v| v["storage"].as_bool() == Some(true)).collect();
+        ordered.extend(served.iter().copied().filter(|v| v["storage"].as_bool() != Some(true)));
+        let version_names =
+            ordered.iter().map(|v| text(&v["name"], "spec.versions[].name")).collect::<Result<Vec<_>, _>>()?;
+        let status_subresource = ordered.iter().any(|v| v["subresources"]["status"].is_object());
         let schemas = ordered
             .iter()
-            .filter_map(|v| {
-                Some((
-                    v["name"].as_str()?.to_string(),
-                    v["schema"].get("openAPIV3Schema")?.clone(),
-                ))
-            })
+            .filter_map(|v| Some((v["name"].as_str()?.to_string(), v["schema"].get("openAPIV3Schema")?.clone())))
             .collect();
         let expected_name = format!("{plural}.{group}");
         if crd["metadata"]["name"].as_str() != Some(expected_name.as_str()) {
@@ -218,9 +180,7 @@ impl Registry {
             ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
             crds,
         ];
-        Self {
-            types: builtins.into_iter().map(|t| (t.key(), t)).collect(),
-        }
+        Self { types: builtins.into_iter().map(|t| (t.key(), t)).collect() }
     }
 
     pub fn get(&self, key: &ResourceKey) -> Option<&ResourceType> {
@@ -229,9 +189,7 @@ impl Registry {
 
     /// The type serving `group/version` `plural`, if that version is served.
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
-        self.types
-            .get(&(group.to_string(), plural.to_string()))
-            .filter(|t| t.serves(version))
+        self.types.get(&(group.to_string(), plural.to_string())).filter(|t| t.serves(version))
     }
 
     pub fn insert(&mut self, rt: ResourceType) {
@@ -266,10 +224,8 @@ impl Registry {
     }
 
     fn group_json(group: &str, versions: &[&str]) -> Value {
-        let versions: Vec<Value> = versions
-            .iter()
-            .map(|v| json!({ "groupVersion": format!("{group}/{v}"), "version": v }))
-            .collect();
+        let versions: Vec<Value> =
+            versions.iter().map(|v| json!({ "groupVersion": format!("{group}/{v}"), "version": v })).collect();
         json!({
             "name": group,
             "versions": versions,
@@ -279,11 +235,7 @@ impl Registry {
 
     /// `GET /apis`
     pub fn group_list(&self) -> Value {
-        let groups: Vec<Value> = self
-            .groups()
-            .iter()
-            .map(|(g, versions)| Self::group_json(g, versions))
-            .collect();
+        let groups: Vec<Value> = self.groups().iter().map(|(g, versions)| Self::group_json(g, versions)).collect();
         json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups })
     }
 
@@ -300,11 +252,8 @@ impl Registry {
     /// `GET /api` or `GET /apis` as an aggregated `APIGroupDiscoveryList` (`apidiscovery.k8s.io/v2`):
     /// the core group for `/api`, every other group for `/apis`.
     pub fn aggregated_discovery(&self, core: bool) -> Value {
-        let group_names: Vec<String> = if core {
-            vec![String::new()]
-        } else {
-            self.groups().keys().map(|g| g.to_string()).collect()
-        };
+        let group_names: Vec<String> =
+            if core { vec![String::new()] } else { self.groups().keys().map(|g| g.to_string()).collect() };
         let items: Vec<Value> = group_names
             .iter()
             .map(|group| {
@@ -350,11 +299,7 @@ impl Registry {
     /// `GET /api/v1`, `GET /apis/{group}/{version}`
     pub fn resource_list(&self, group: &str, version: &str) -> Option<Value> {
         let mut resources = Vec::new();
-        for rt in self
-            .types
-            .values()
-            .filter(|t| t.group == group && t.serves(version))
-        {
+        for rt in self.types.values().filter(|t| t.group == group && t.serves(version)) {
             resources.push(json!({
                 "name": rt.plural,
                 "singularName": rt.singular,
@@ -376,11 +321,7 @@ impl Registry {
         if resources.is_empty() {
             return None;
         }
-        let group_version = if group.is_empty() {
-            version.to_string()
-        } else {
-            format!("{group}/{version}")
-        };
+        let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
         Some(json!({
             "kind": "APIResourceList",
             "apiVersion": "v1",

@@ -19,8 +19,7 @@ pub(crate) fn prune(obj: &mut Value, schema: &Value) -> Vec<String> {
             }
         }
         map.retain(|key, _| {
-            let keep =
-                matches!(key.as_str(), "apiVersion" | "kind" | "metadata") || allows(schema, key);
+            let keep = matches!(key.as_str(), "apiVersion" | "kind" | "metadata") || allows(schema, key);
             if !keep {
                 pruned.push(format!(".{key}"));
             }
@@ -36,12 +35,8 @@ fn preserves_unknown(schema: &Value) -> bool {
 
 /// Whether an object with `schema` may hold a field named `key`.
 fn allows(schema: &Value, key: &str) -> bool {
-    schema
-        .get("properties")
-        .is_some_and(|p| p.get(key).is_some())
-        || schema
-            .get("additionalProperties")
-            .is_some_and(|a| *a != Value::Bool(false))
+    schema.get("properties").is_some_and(|p| p.get(key).is_some())
+        || schema.get("additionalProperties").is_some_and(|a| *a != Value::Bool(false))
         || preserves_unknown(schema)
 }
 
@@ -50,8 +45,8 @@ fn prune_node(value: &mut Value, schema: &Value, path: &str, pruned: &mut Vec<St
         Value::Object(map) => {
             let embedded = schema["x-kubernetes-embedded-resource"] == Value::Bool(true);
             map.retain(|key, _| {
-                let keep = allows(schema, key)
-                    || (embedded && matches!(key.as_str(), "apiVersion" | "kind" | "metadata"));
+                let keep =
+                    allows(schema, key) || (embedded && matches!(key.as_str(), "apiVersion" | "kind" | "metadata"));
                 if !keep {
                     pruned.push(format!("{path}.{key}"));
                 }

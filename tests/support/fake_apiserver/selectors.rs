@@ -35,18 +35,11 @@ fn split_terms(s: &str) -> Vec<&str> {
         }
     }
     terms.push(&s[start..]);
-    terms
-        .into_iter()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .collect()
+    terms.into_iter().map(str::trim).filter(|t| !t.is_empty()).collect()
 }
 
 fn valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 impl LabelSelector {
@@ -56,25 +49,17 @@ impl LabelSelector {
             let (key, op) = if let Some(key) = term.strip_prefix('!') {
                 (key.trim(), LabelOp::DoesNotExist)
             } else if let Some((lhs, rest)) = term.split_once('(') {
-                let values_text = rest.strip_suffix(')').ok_or_else(|| {
-                    format!("unable to parse requirement: missing ')' in {term:?}")
-                })?;
-                let values: Vec<String> = values_text
-                    .split(',')
-                    .map(|v| v.trim().to_string())
-                    .collect();
+                let values_text = rest
+                    .strip_suffix(')')
+                    .ok_or_else(|| format!("unable to parse requirement: missing ')' in {term:?}"))?;
+                let values: Vec<String> = values_text.split(',').map(|v| v.trim().to_string()).collect();
                 let mut words = lhs.split_whitespace();
-                let (key, op) = (
-                    words.next().unwrap_or_default(),
-                    words.next().unwrap_or_default(),
-                );
+                let (key, op) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
                 let op = match op {
                     "in" => LabelOp::In(values),
                     "notin" => LabelOp::NotIn(values),
                     other => {
-                        return Err(format!(
-                            "unable to parse requirement: unknown operator {other:?}"
-                        ));
+                        return Err(format!("unable to parse requirement: unknown operator {other:?}"));
                     }
                 };
                 (key, op)
@@ -88,9 +73,7 @@ impl LabelSelector {
                 (term, LabelOp::Exists)
             };
             if !valid_key(key) {
-                return Err(format!(
-                    "unable to parse requirement: invalid label key {key:?}"
-                ));
+                return Err(format!("unable to parse requirement: invalid label key {key:?}"));
             }
             requirements.push((key.to_string(), op));
         }
@@ -129,9 +112,7 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!(
-                    "invalid selector: '{s}'; can't understand '{term}'"
-                ));
+                return Err(format!("invalid selector: '{s}'; can't understand '{term}'"));
             };
             let field = field.trim();
             if field != "metadata.name" && field != "metadata.namespace" {
@@ -165,10 +146,7 @@ pub(crate) struct Filter {
 
 impl Filter {
     pub fn matches(&self, obj: &Value) -> bool {
-        let in_namespace = self
-            .namespace
-            .as_deref()
-            .is_none_or(|ns| meta_str(obj, "namespace") == Some(ns));
+        let in_namespace = self.namespace.as_deref().is_none_or(|ns| meta_str(obj, "namespace") == Some(ns));
         in_namespace && self.labels.matches(obj) && self.fields.matches(obj)
     }
 }

@@ -25,12 +25,7 @@ pub(crate) struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(resource: &ResourceKey, namespace: &str, name: &str) -> Self {
-        Self {
-            group: resource.0.clone(),
-            plural: resource.1.clone(),
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { group: resource.0.clone(), plural: resource.1.clone(), namespace: namespace.into(), name: name.into() }
     }
 
     pub fn resource(&self) -> ResourceKey {
@@ -105,10 +100,7 @@ impl State {
 
     pub fn new_uid(&mut self) -> String {
         self.next_uid += 1;
-        format!(
-            "{:08x}-0000-4000-8000-{:012x}",
-            self.uid_prefix, self.next_uid
-        )
+        format!("{:08x}-0000-4000-8000-{:012x}", self.uid_prefix, self.next_uid)
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Value> {
@@ -116,15 +108,10 @@ impl State {
     }
 
     /// All objects of a resource (in all namespaces), in key order.
-    pub fn objects_of<'a>(
-        &'a self,
-        resource: &ResourceKey,
-    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Value)> {
+    pub fn objects_of<'a>(&'a self, resource: &ResourceKey) -> impl Iterator<Item = (&'a ObjectKey, &'a Value)> {
         let start = ObjectKey::new(resource, "", "");
         let resource = resource.clone();
-        self.objects
-            .range(start..)
-            .take_while(move |(k, _)| k.group == resource.0 && k.plural == resource.1)
+        self.objects.range(start..).take_while(move |(k, _)| k.group == resource.0 && k.plural == resource.1)
     }
 
     pub fn all_objects(&self) -> impl Iterator<Item = (&ObjectKey, &Value)> {
@@ -133,11 +120,7 @@ impl State {
 
     /// All namespaced objects stored in `namespace`, of any resource.
     pub fn keys_in_namespace(&self, namespace: &str) -> Vec<ObjectKey> {
-        self.objects
-            .keys()
-            .filter(|k| k.namespace == namespace)
-            .cloned()
-            .collect()
+        self.objects.keys().filter(|k| k.namespace == namespace).cloned().collect()
     }
 
     fn next_rv(&mut self) -> u64 {
@@ -150,13 +133,7 @@ impl State {
         let rv = self.next_rv();
         set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
         self.objects.insert(key.clone(), obj.clone());
-        self.record(Change {
-            rv,
-            resource: key.resource(),
-            kind: ChangeType::Added,
-            object: obj.clone(),
-            prev: None,
-        });
+        self.record(Change { rv, resource: key.resource(), kind: ChangeType::Added, object: obj.clone(), prev: None });
         obj
     }
 
@@ -165,13 +142,7 @@ impl State {
         let rv = self.next_rv();
         set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
         let prev = self.objects.insert(key.clone(), obj.clone());
-        self.record(Change {
-            rv,
-            resource: key.resource(),
-            kind: ChangeType::Modified,
-            object: obj.clone(),
-            prev,
-        });
+        self.record(Change { rv, resource: key.resource(), kind: ChangeType::Modified, object: obj.clone(), prev });
         obj
     }
 
@@ -182,13 +153,7 @@ impl State {
         let rv = self.next_rv();
         let mut object = stored.clone();
         set_meta(&mut object, "resourceVersion", json!(rv.to_string()));
-        self.record(Change {
-            rv,
-            resource: key.resource(),
-            kind: ChangeType::Deleted,
-            object,
-            prev: None,
-        });
+        self.record(Change { rv, resource: key.resource(), kind: ChangeType::Deleted, object, prev: None });
         Some(stored)
     }
 
@@ -201,30 +166,17 @@ impl State {
             }
         }
         // A send only fails when the watcher is gone; it is unregistered by its own task.
-        for w in self
-            .watchers
-            .iter()
-            .filter(|w| w.resource == change.resource)
-        {
+        for w in self.watchers.iter().filter(|w| w.resource == change.resource) {
             let _ = w.feed.send(change.clone());
         }
     }
 
     /// Changes of `resource` after `rv`, or `410 Expired` when some of them were compacted away.
-    pub fn changes_since(
-        &self,
-        resource: &ResourceKey,
-        rv: u64,
-    ) -> Result<Vec<Arc<Change>>, ApiError> {
+    pub fn changes_since(&self, resource: &ResourceKey, rv: u64) -> Result<Vec<Arc<Change>>, ApiError> {
         if rv < self.oldest_watchable {
             return Err(ApiError::expired(rv, self.oldest_watchable));
         }
-        Ok(self
-            .history
-            .iter()
-            .filter(|c| c.rv > rv && &c.resource == resource)
-            .cloned()
-            .collect())
+        Ok(self.history.iter().filter(|c| c.rv > rv && &c.resource == resource).cloned().collect())
     }
 
     /// Forgets all history: watches can only resume from the current resourceVersion on.
@@ -276,11 +228,7 @@ pub(crate) fn set_meta(obj: &mut Value, field: &str, value: Value) {
 pub(crate) fn finalizers(obj: &Value) -> Vec<String> {
     obj["metadata"]["finalizers"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -290,7 +238,5 @@ pub(crate) fn is_deleting(obj: &Value) -> bool {
 
 /// Current time as an RFC 3339 timestamp with second precision (`metav1.Time`).
 pub(crate) fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }

@@ -66,10 +66,7 @@ impl WatchRequest {
 
     fn bookmark(&self, rv: u64, initial_events_end: bool) -> Bytes {
         let (kind, api_version) = if self.metadata_only {
-            (
-                "PartialObjectMetadata".to_string(),
-                "meta.k8s.io/v1".to_string(),
-            )
+            ("PartialObjectMetadata".to_string(), "meta.k8s.io/v1".to_string())
         } else {
             (self.rt.kind.clone(), self.rt.api_version(&self.version))
         };
@@ -77,20 +74,12 @@ impl WatchRequest {
         if initial_events_end {
             metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
         }
-        self.line(
-            "BOOKMARK",
-            json!({ "kind": kind, "apiVersion": api_version, "metadata": metadata }),
-        )
+        self.line("BOOKMARK", json!({ "kind": kind, "apiVersion": api_version, "metadata": metadata }))
     }
 }
 
 /// An object as served: at the requested version, or as `PartialObjectMetadata`.
-pub(crate) fn render_object(
-    obj: &Value,
-    rt: &ResourceType,
-    version: &str,
-    metadata_only: bool,
-) -> Value {
+pub(crate) fn render_object(obj: &Value, rt: &ResourceType, version: &str, metadata_only: bool) -> Value {
     if metadata_only {
         return json!({
             "kind": "PartialObjectMetadata",
@@ -116,11 +105,8 @@ pub(crate) fn start(shared: Arc<Shared>, req: WatchRequest) -> mpsc::UnboundedRe
         let resource = req.rt.key();
         let initial = req.send_initial_events || matches!(req.resource_version, None | Some(0));
         if initial {
-            let current: Vec<Value> = st
-                .objects_of(&resource)
-                .filter(|(_, o)| req.filter.matches(o))
-                .map(|(_, o)| o.clone())
-                .collect();
+            let current: Vec<Value> =
+                st.objects_of(&resource).filter(|(_, o)| req.filter.matches(o)).map(|(_, o)| o.clone()).collect();
             for obj in current {
                 let _ = out.send(Ok(req.line("ADDED", req.render(&obj))));
             }
@@ -194,9 +180,8 @@ pub(crate) fn start(shared: Arc<Shared>, req: WatchRequest) -> mpsc::UnboundedRe
 pub(crate) fn parse_resource_version(rv: Option<&str>) -> Result<Option<u64>, ApiError> {
     match rv {
         None | Some("") => Ok(None),
-        Some(text) => text
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {text}"))),
+        Some(text) => {
+            text.parse().map(Some).map_err(|_| ApiError::bad_request(format!("invalid resource version: {text}")))
+        }
     }
 }
