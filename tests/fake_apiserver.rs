@@ -2,6 +2,9 @@
 //! (typed and dynamic `Api`s, kube-runtime) and through raw HTTP where the exact wire format
 //! matters.
 
+// The CRD literals of the validation tests nest deeply.
+#![recursion_limit = "256"]
+
 mod support;
 
 use std::future::Future;
@@ -2002,4 +2005,199 @@ async fn kube_runtime_deprecated_metadata_watcher_works_too() {
     let list = api.requests().into_iter().find(|r| r.resource == "widgets" && r.verb == "list").expect("list request");
     assert_eq!(list.status, 200);
     assert!(list.accept.as_deref().is_some_and(|a| a.contains("as=PartialObjectMetadataList")), "{list:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRD schema validation and defaulting
+// ---------------------------------------------------------------------------------------------
+
+/// A CRD exercising what the fake validates: defaults (a bool, an enum, a nested object), a
+/// required string with pattern and maxLength, an `isIP` rule, an immutable field, an
+/// optional immutable field guarded at the parent, formats, lists, maps, and a status with
+/// an integer and its own rule.
+fn gadget_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": { "name": "gadgets.valid.test" },
+        "spec": {
+            "group": "valid.test",
+            "names": { "kind": "Gadget", "plural": "gadgets", "singular": "gadget", "listKind": "GadgetList" },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "subresources": { "status": {} },
+                "schema": { "openAPIV3Schema": {
+                    "type": "object",
+                    "required": ["spec"],
+                    "properties": {
+                        "spec": {
+                            "type": "object",
+                            "required": ["name", "address", "zone"],
+                            "x-kubernetes-validations": [
+                                { "rule": "has(self.slot) == has(oldSelf.slot)", "message": "slot is immutable (it cannot be added or removed)" },
+                                {
+                                    "rule": "self.policy != 'Drop' || self.enabled",
+                                    "messageExpression": "'policy ' + self.policy + ' needs enabled'",
+                                    "fieldPath": ".policy",
+                                    "reason": "FieldValueForbidden"
+                                }
+                            ],
+                            "properties": {
+                                "name": { "type": "string", "pattern": "^[a-z][a-z0-9-]*$", "maxLength": 12 },
+                                "address": {
+                                    "type": "string", "maxLength": 45,
+                                    "x-kubernetes-validations": [{ "rule": "isIP(self)", "message": "address must be an IPv4 or IPv6 address" }]
+                                },
+                                "zone": {
+                                    "type": "string",
+                                    "x-kubernetes-validations": [{ "rule": "self == oldSelf", "message": "zone is immutable" }]
+                                },
+                                "slot": {
+                                    "type": "integer", "minimum": 0, "maximum": 7,
+                                    "x-kubernetes-validations": [{ "rule": "self == oldSelf", "message": "slot is immutable" }]
+                                },
+                                "enabled": { "type": "boolean", "default": false },
+                                "policy": { "type": "string", "enum": ["Keep", "Drop"], "default": "Keep" },
+                                "options": {
+                                    "type": "object",
+                                    "properties": {
+                                        "retries": { "type": "integer", "default": 3 },
+                                        "mode": { "type": "string", "default": "fast" }
+                                    }
+                                },
+                                "port": { "x-kubernetes-int-or-string": true },
+                                "since": { "type": "string", "format": "date-time" },
+                                "ratio": { "type": "number", "nullable": true },
+                                "tags": {
+                                    "type": "array", "minItems": 1, "maxItems": 3,
+                                    "x-kubernetes-list-type": "set",
+                                    "items": { "type": "string" }
+                                },
+                                "labels": { "type": "object", "additionalProperties": { "type": "string", "maxLength": 5 } },
+                                "extra": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+                            }
+                        },
+                        "status": {
+                            "type": "object",
+                            "x-kubernetes-validations": [
+                                { "rule": "!has(self.count) || self.count <= 100", "message": "count must be at most 100", "fieldPath": ".count" }
+                            ],
+                            "properties": {
+                                "count": { "type": "integer", "minimum": 0 },
+                                "phase": { "type": "string" },
+                                "conditions": {
+                                    "type": "array",
+                                    "x-kubernetes-list-type": "map",
+                                    "x-kubernetes-list-map-keys": ["type"],
+                                    "items": {
+                                        "type": "object", "required": ["type"],
+                                        "properties": { "type": { "type": "string" }, "status": { "type": "string" } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }}
+            }]
+        }
+    })
+}
+
+const GADGETS: &str = "/apis/valid.test/v1/namespaces/default/gadgets";
+
+fn gadget(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "valid.test/v1", "kind": "Gadget", "metadata": { "name": name }, "spec": spec })
+}
+
+fn gadget_spec() -> Value {
+    json!({ "name": "alpha", "address": "10.0.0.1", "zone": "z1" })
+}
+
+fn gadget_with(key: &str, value: Value) -> Value {
+    let mut spec = gadget_spec();
+    spec[key] = value;
+    gadget("g", spec)
+}
+
+async fn gadget_setup() -> (FakeApiServer, Raw) {
+    let api = FakeApiServer::start().await;
+    api.register_crd(gadget_crd());
+    let raw = Raw::new(&api);
+    (api, raw)
+}
+
+async fn post_gadget(raw: &Raw, obj: Value) -> (u16, Value) {
+    raw.send("POST", GADGETS, Some("application/json"), Some(obj)).await
+}
+
+#[tokio::test]
+async fn crd_defaults_are_applied_to_present_objects() {
+    let (_api, raw) = gadget_setup().await;
+
+    // Missing fields with a default get it; an object without a default stays absent.
+    let (code, created) = post_gadget(&raw, gadget("a", gadget_spec())).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(
+        created["spec"],
+        json!({ "name": "alpha", "address": "10.0.0.1", "zone": "z1", "enabled": false, "policy": "Keep" })
+    );
+
+    // Inside an object that is present, its properties' defaults apply (after pruning).
+    let (code, created) = post_gadget(&raw, gadget_with("options", json!({ "retries": 5, "bogus": 1 }))).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["spec"]["options"], json!({ "retries": 5, "mode": "fast" }));
+
+    // A null where the schema allows none: replaced by the default, or dropped without one;
+    // a nullable field keeps its null.
+    let mut spec = gadget_spec();
+    spec["enabled"] = Value::Null;
+    spec["slot"] = Value::Null;
+    spec["ratio"] = Value::Null;
+    let (code, created) = post_gadget(&raw, gadget("c", spec)).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["spec"]["enabled"], false);
+    assert!(created["spec"].get("slot").is_none(), "{created}");
+    assert_eq!(created["spec"]["ratio"], Value::Null);
+    assert!(created["spec"].as_object().unwrap().contains_key("ratio"));
+
+    // An update that removes a defaulted field gets the default back: PUT ...
+    let mut updated = created.clone();
+    updated["spec"]["policy"] = json!("Drop");
+    updated["spec"]["enabled"] = json!(true);
+    let (code, updated) = raw.send("PUT", &format!("{GADGETS}/c"), Some("application/json"), Some(updated)).await;
+    assert_eq!(code, 200, "{updated}");
+    assert_eq!(updated["spec"]["policy"], "Drop");
+    let mut without = updated.clone();
+    without["spec"].as_object_mut().unwrap().remove("policy");
+    let (code, put) = raw.send("PUT", &format!("{GADGETS}/c"), Some("application/json"), Some(without)).await;
+    assert_eq!(code, 200, "{put}");
+    assert_eq!(put["spec"]["policy"], "Keep");
+    // ... merge patch (null deletes) ...
+    let (code, patched) = raw
+        .send(
+            "PATCH",
+            &format!("{GADGETS}/c"),
+            Some("application/merge-patch+json"),
+            Some(json!({ "spec": { "enabled": null, "options": {} } })),
+        )
+        .await;
+    assert_eq!(code, 200, "{patched}");
+    assert_eq!(patched["spec"]["enabled"], false);
+    assert_eq!(patched["spec"]["options"], json!({ "retries": 3, "mode": "fast" }));
+    // ... and server-side apply, whose manager does not own what defaulting filled in.
+    let (code, applied) = raw
+        .send(
+            "PATCH",
+            &format!("{GADGETS}/d?fieldManager=applier"),
+            Some("application/apply-patch+yaml"),
+            Some(gadget("d", json!({ "name": "delta", "address": "::1", "zone": "z2", "options": {} }))),
+        )
+        .await;
+    assert_eq!(code, 201, "{applied}");
+    assert_eq!(applied["spec"]["policy"], "Keep");
+    assert_eq!(applied["spec"]["options"]["retries"], 3);
+    let owned = applied["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"].clone();
+    assert!(owned.get("f:name").is_some(), "{owned}");
+    assert!(owned.get("f:policy").is_none(), "{owned}");
 }

@@ -223,11 +223,16 @@ fn prune(t: &Target, obj: &mut Value) -> ApiResult<()> {
     Ok(())
 }
 
-/// What a write's object goes through before it is stored: pruning of custom resources, and
-/// the conversion and defaulting of Secrets that clients can observe (the write-only
-/// `stringData` is merged into `data` as base64; `type` defaults to `Opaque`).
+/// What a write's object goes through before it is stored: the decoding of custom resources
+/// (pruning, then the dropping of disallowed nulls and the CRD's defaults), and the conversion
+/// and defaulting of Secrets that clients can observe (the write-only `stringData` is merged
+/// into `data` as base64; `type` defaults to `Opaque`).
 fn normalize(t: &Target, obj: &mut Value) -> ApiResult<()> {
     prune(t, obj)?;
+    if let Some(schema) = t.rt.schemas.get(&t.version) {
+        schema::prune_nulls(obj, schema);
+        schema::default(obj, schema);
+    }
     if !(t.rt.group.is_empty() && t.rt.plural == "secrets") {
         return Ok(());
     }
