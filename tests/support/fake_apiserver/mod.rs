@@ -96,6 +96,7 @@ mod resources;
 mod schema;
 mod selectors;
 mod store;
+mod validation;
 mod watch;
 
 use std::net::SocketAddr;
