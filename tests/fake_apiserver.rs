@@ -2,6 +2,9 @@
 //! (typed and dynamic `Api`s, kube-runtime) and through raw HTTP where the exact wire format
 //! matters.
 
+// The CRD literals of the validation tests nest deeply.
+#![recursion_limit = "256"]
+
 mod support;
 
 use std::future::Future;
@@ -2002,4 +2005,764 @@ async fn kube_runtime_deprecated_metadata_watcher_works_too() {
     let list = api.requests().into_iter().find(|r| r.resource == "widgets" && r.verb == "list").expect("list request");
     assert_eq!(list.status, 200);
     assert!(list.accept.as_deref().is_some_and(|a| a.contains("as=PartialObjectMetadataList")), "{list:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRD schema validation and defaulting
+// ---------------------------------------------------------------------------------------------
+
+/// A CRD exercising what the fake validates: defaults (a bool, an enum, a nested object), a
+/// required string with pattern and maxLength, an `isIP` rule, an immutable field, an
+/// optional immutable field guarded at the parent, formats, lists, maps, and a status with
+/// an integer and its own rule.
+fn gadget_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": { "name": "gadgets.valid.test" },
+        "spec": {
+            "group": "valid.test",
+            "names": { "kind": "Gadget", "plural": "gadgets", "singular": "gadget", "listKind": "GadgetList" },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "subresources": { "status": {} },
+                "schema": { "openAPIV3Schema": {
+                    "type": "object",
+                    "required": ["spec"],
+                    "properties": {
+                        "spec": {
+                            "type": "object",
+                            "required": ["name", "address", "zone"],
+                            "x-kubernetes-validations": [
+                                { "rule": "has(self.slot) == has(oldSelf.slot)", "message": "slot is immutable (it cannot be added or removed)" },
+                                {
+                                    "rule": "self.policy != 'Drop' || self.enabled",
+                                    "messageExpression": "'policy ' + self.policy + ' needs enabled'",
+                                    "fieldPath": ".policy",
+                                    "reason": "FieldValueForbidden"
+                                }
+                            ],
+                            "properties": {
+                                "name": { "type": "string", "pattern": "^[a-z][a-z0-9-]*$", "maxLength": 12 },
+                                "address": {
+                                    "type": "string", "maxLength": 45,
+                                    "x-kubernetes-validations": [{ "rule": "isIP(self)", "message": "address must be an IPv4 or IPv6 address" }]
+                                },
+                                "zone": {
+                                    "type": "string",
+                                    "x-kubernetes-validations": [{ "rule": "self == oldSelf", "message": "zone is immutable" }]
+                                },
+                                "slot": {
+                                    "type": "integer", "minimum": 0, "maximum": 7,
+                                    "x-kubernetes-validations": [{ "rule": "self == oldSelf", "message": "slot is immutable" }]
+                                },
+                                "enabled": { "type": "boolean", "default": false },
+                                "policy": { "type": "string", "enum": ["Keep", "Drop"], "default": "Keep" },
+                                "options": {
+                                    "type": "object",
+                                    "properties": {
+                                        "retries": { "type": "integer", "default": 3 },
+                                        "mode": { "type": "string", "default": "fast" }
+                                    }
+                                },
+                                "port": { "x-kubernetes-int-or-string": true },
+                                "since": { "type": "string", "format": "date-time" },
+                                "ratio": { "type": "number", "nullable": true },
+                                "tags": {
+                                    "type": "array", "minItems": 1, "maxItems": 3,
+                                    "x-kubernetes-list-type": "set",
+                                    "items": { "type": "string" }
+                                },
+                                "labels": { "type": "object", "additionalProperties": { "type": "string", "maxLength": 5 } },
+                                "extra": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+                            }
+                        },
+                        "status": {
+                            "type": "object",
+                            "x-kubernetes-validations": [
+                                { "rule": "!has(self.count) || self.count <= 100", "message": "count must be at most 100", "fieldPath": ".count" }
+                            ],
+                            "properties": {
+                                "count": { "type": "integer", "minimum": 0 },
+                                "phase": { "type": "string" },
+                                "conditions": {
+                                    "type": "array",
+                                    "x-kubernetes-list-type": "map",
+                                    "x-kubernetes-list-map-keys": ["type"],
+                                    "items": {
+                                        "type": "object", "required": ["type"],
+                                        "properties": { "type": { "type": "string" }, "status": { "type": "string" } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }}
+            }]
+        }
+    })
+}
+
+const GADGETS: &str = "/apis/valid.test/v1/namespaces/default/gadgets";
+
+fn gadget(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "valid.test/v1", "kind": "Gadget", "metadata": { "name": name }, "spec": spec })
+}
+
+fn gadget_spec() -> Value {
+    json!({ "name": "alpha", "address": "10.0.0.1", "zone": "z1" })
+}
+
+fn gadget_with(key: &str, value: Value) -> Value {
+    let mut spec = gadget_spec();
+    spec[key] = value;
+    gadget("g", spec)
+}
+
+async fn gadget_setup() -> (FakeApiServer, Raw) {
+    let api = FakeApiServer::start().await;
+    api.register_crd(gadget_crd());
+    let raw = Raw::new(&api);
+    (api, raw)
+}
+
+/// The cause kube-apiserver adds when schema errors keep it from evaluating the CEL rules.
+const NOT_CHECKED: (&str, &str, &str) = (
+    "FieldValueInvalid",
+    "<nil>",
+    "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+);
+
+/// Asserts a `422 Invalid` Status: its exact message and its causes as
+/// `(reason, field, message)`.
+fn assert_invalid((code, body): (u16, Value), kind: &str, name: &str, message: &str, causes: &[(&str, &str, &str)]) {
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["kind"], "Status", "{body}");
+    assert_eq!(body["status"], "Failure", "{body}");
+    assert_eq!(body["reason"], "Invalid", "{body}");
+    assert_eq!(body["code"], 422, "{body}");
+    assert_eq!(body["message"], message, "{body}");
+    let (group, kind) = kind.split_once('/').expect("group/Kind");
+    assert_eq!(body["details"]["name"], name, "{body}");
+    assert_eq!(body["details"]["group"], group, "{body}");
+    assert_eq!(body["details"]["kind"], kind, "{body}");
+    let expected: Vec<Value> = causes
+        .iter()
+        .map(|(reason, field, message)| json!({ "reason": reason, "field": field, "message": message }))
+        .collect();
+    assert_eq!(body["details"]["causes"], json!(expected), "{body}");
+}
+
+async fn post_gadget(raw: &Raw, obj: Value) -> (u16, Value) {
+    raw.send("POST", GADGETS, Some("application/json"), Some(obj)).await
+}
+
+#[tokio::test]
+async fn crd_defaults_are_applied_to_present_objects() {
+    let (_api, raw) = gadget_setup().await;
+
+    // Missing fields with a default get it; an object without a default stays absent.
+    let (code, created) = post_gadget(&raw, gadget("a", gadget_spec())).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(
+        created["spec"],
+        json!({ "name": "alpha", "address": "10.0.0.1", "zone": "z1", "enabled": false, "policy": "Keep" })
+    );
+
+    // Inside an object that is present, its properties' defaults apply (after pruning).
+    let (code, created) = post_gadget(&raw, gadget_with("options", json!({ "retries": 5, "bogus": 1 }))).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["spec"]["options"], json!({ "retries": 5, "mode": "fast" }));
+
+    // A null where the schema allows none: replaced by the default, or dropped without one;
+    // a nullable field keeps its null.
+    let mut spec = gadget_spec();
+    spec["enabled"] = Value::Null;
+    spec["slot"] = Value::Null;
+    spec["ratio"] = Value::Null;
+    let (code, created) = post_gadget(&raw, gadget("c", spec)).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["spec"]["enabled"], false);
+    assert!(created["spec"].get("slot").is_none(), "{created}");
+    assert_eq!(created["spec"]["ratio"], Value::Null);
+    assert!(created["spec"].as_object().unwrap().contains_key("ratio"));
+
+    // An update that removes a defaulted field gets the default back: PUT ...
+    let mut updated = created.clone();
+    updated["spec"]["policy"] = json!("Drop");
+    updated["spec"]["enabled"] = json!(true);
+    let (code, updated) = raw.send("PUT", &format!("{GADGETS}/c"), Some("application/json"), Some(updated)).await;
+    assert_eq!(code, 200, "{updated}");
+    assert_eq!(updated["spec"]["policy"], "Drop");
+    let mut without = updated.clone();
+    without["spec"].as_object_mut().unwrap().remove("policy");
+    let (code, put) = raw.send("PUT", &format!("{GADGETS}/c"), Some("application/json"), Some(without)).await;
+    assert_eq!(code, 200, "{put}");
+    assert_eq!(put["spec"]["policy"], "Keep");
+    // ... merge patch (null deletes) ...
+    let (code, patched) = raw
+        .send(
+            "PATCH",
+            &format!("{GADGETS}/c"),
+            Some("application/merge-patch+json"),
+            Some(json!({ "spec": { "enabled": null, "options": {} } })),
+        )
+        .await;
+    assert_eq!(code, 200, "{patched}");
+    assert_eq!(patched["spec"]["enabled"], false);
+    assert_eq!(patched["spec"]["options"], json!({ "retries": 3, "mode": "fast" }));
+    // ... and server-side apply, whose manager does not own what defaulting filled in.
+    let (code, applied) = raw
+        .send(
+            "PATCH",
+            &format!("{GADGETS}/d?fieldManager=applier"),
+            Some("application/apply-patch+yaml"),
+            Some(gadget("d", json!({ "name": "delta", "address": "::1", "zone": "z2", "options": {} }))),
+        )
+        .await;
+    assert_eq!(code, 201, "{applied}");
+    assert_eq!(applied["spec"]["policy"], "Keep");
+    assert_eq!(applied["spec"]["options"]["retries"], 3);
+    let owned = applied["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"].clone();
+    assert!(owned.get("f:name").is_some(), "{owned}");
+    assert!(owned.get("f:policy").is_none(), "{owned}");
+}
+
+#[tokio::test]
+async fn crd_schema_violations_are_refused_with_kube_apiserver_errors() {
+    let (_api, raw) = gadget_setup().await;
+    let kind = "valid.test/Gadget";
+
+    // Required field (a blocking error: the CEL rules are then not evaluated).
+    let mut spec = gadget_spec();
+    spec.as_object_mut().unwrap().remove("name");
+    assert_invalid(
+        post_gadget(&raw, gadget("g", spec)).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [spec.name: Required value, <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[("FieldValueRequired", "spec.name", "Required value"), NOT_CHECKED],
+    );
+
+    // pattern
+    assert_invalid(
+        post_gadget(&raw, gadget_with("name", json!("Bad_Name"))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: spec.name: Invalid value: \"Bad_Name\": spec.name in body should match '^[a-z][a-z0-9-]*$'",
+        &[(
+            "FieldValueInvalid",
+            "spec.name",
+            "Invalid value: \"Bad_Name\": spec.name in body should match '^[a-z][a-z0-9-]*$'",
+        )],
+    );
+
+    // maxLength (the value is not repeated)
+    assert_invalid(
+        post_gadget(&raw, gadget_with("name", json!("abcdefghijklm"))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [spec.name: Too long: may not be more than 12 bytes, <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[("FieldValueTooLong", "spec.name", "Too long: may not be more than 12 bytes"), NOT_CHECKED],
+    );
+
+    // enum
+    assert_invalid(
+        post_gadget(&raw, gadget_with("policy", json!("Delete"))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [spec.policy: Unsupported value: \"Delete\": supported values: \"Keep\", \"Drop\", <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[
+            (
+                "FieldValueNotSupported",
+                "spec.policy",
+                "Unsupported value: \"Delete\": supported values: \"Keep\", \"Drop\"",
+            ),
+            NOT_CHECKED,
+        ],
+    );
+
+    // type
+    assert_invalid(
+        post_gadget(&raw, gadget_with("enabled", json!("yes"))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [spec.enabled: Invalid value: \"string\": spec.enabled in body must be of type boolean: \"string\", <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[
+            (
+                "FieldValueTypeInvalid",
+                "spec.enabled",
+                "Invalid value: \"string\": spec.enabled in body must be of type boolean: \"string\"",
+            ),
+            NOT_CHECKED,
+        ],
+    );
+
+    // CEL rule: the bad value shown is the schema type, as kube-apiserver reports rule failures.
+    assert_invalid(
+        post_gadget(&raw, gadget_with("address", json!("300.1.1.1"))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: spec.address: Invalid value: \"string\": address must be an IPv4 or IPv6 address",
+        &[("FieldValueInvalid", "spec.address", "Invalid value: \"string\": address must be an IPv4 or IPv6 address")],
+    );
+
+    // CEL rule with messageExpression, fieldPath and reason.
+    assert_invalid(
+        post_gadget(&raw, gadget_with("policy", json!("Drop"))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: spec.policy: Forbidden: policy Drop needs enabled",
+        &[("FieldValueForbidden", "spec.policy", "Forbidden: policy Drop needs enabled")],
+    );
+
+    // minimum / maximum
+    assert_invalid(
+        post_gadget(&raw, gadget_with("slot", json!(9))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: spec.slot: Invalid value: 9: spec.slot in body should be less than or equal to 7",
+        &[("FieldValueInvalid", "spec.slot", "Invalid value: 9: spec.slot in body should be less than or equal to 7")],
+    );
+
+    // format (a blocking type error)
+    assert_invalid(
+        post_gadget(&raw, gadget_with("since", json!("yesterday"))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [spec.since: Invalid value: \"yesterday\": spec.since in body must be of type date-time: \"yesterday\", <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[
+            (
+                "FieldValueTypeInvalid",
+                "spec.since",
+                "Invalid value: \"yesterday\": spec.since in body must be of type date-time: \"yesterday\"",
+            ),
+            NOT_CHECKED,
+        ],
+    );
+
+    // minItems, maxItems, list-type set
+    assert_invalid(
+        post_gadget(&raw, gadget_with("tags", json!([]))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: spec.tags: Invalid value: 0: spec.tags in body should have at least 1 items",
+        &[("FieldValueInvalid", "spec.tags", "Invalid value: 0: spec.tags in body should have at least 1 items")],
+    );
+    assert_invalid(
+        post_gadget(&raw, gadget_with("tags", json!(["a", "b", "c", "d"]))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [spec.tags: Too many: 4: must have at most 3 items, <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[("FieldValueTooMany", "spec.tags", "Too many: 4: must have at most 3 items"), NOT_CHECKED],
+    );
+    assert_invalid(
+        post_gadget(&raw, gadget_with("tags", json!(["a", "a"]))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: spec.tags[1]: Duplicate value: \"a\"",
+        &[("FieldValueDuplicate", "spec.tags[1]", "Duplicate value: \"a\"")],
+    );
+
+    // additionalProperties values are validated
+    assert_invalid(
+        post_gadget(&raw, gadget_with("labels", json!({ "ok": "x", "k": "toolong" }))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [spec.labels.k: Too long: may not be more than 5 bytes, <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[("FieldValueTooLong", "spec.labels.k", "Too long: may not be more than 5 bytes"), NOT_CHECKED],
+    );
+
+    // x-kubernetes-int-or-string
+    assert_invalid(
+        post_gadget(&raw, gadget_with("port", json!(true))).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [spec.port: Invalid value: \"boolean\": spec.port in body must be of type integer,string: \"boolean\", <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[
+            (
+                "FieldValueTypeInvalid",
+                "spec.port",
+                "Invalid value: \"boolean\": spec.port in body must be of type integer,string: \"boolean\"",
+            ),
+            NOT_CHECKED,
+        ],
+    );
+
+    // Several non-blocking errors: schema errors first, then the rules, joined in [...].
+    let mut spec = gadget_spec();
+    spec["name"] = json!("Bad_Name");
+    spec["address"] = json!("abc");
+    spec["slot"] = json!(-1);
+    assert_invalid(
+        post_gadget(&raw, gadget("g", spec)).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [spec.name: Invalid value: \"Bad_Name\": spec.name in body should match '^[a-z][a-z0-9-]*$', spec.slot: Invalid value: -1: spec.slot in body should be greater than or equal to 0, spec.address: Invalid value: \"string\": address must be an IPv4 or IPv6 address]",
+        &[
+            (
+                "FieldValueInvalid",
+                "spec.name",
+                "Invalid value: \"Bad_Name\": spec.name in body should match '^[a-z][a-z0-9-]*$'",
+            ),
+            (
+                "FieldValueInvalid",
+                "spec.slot",
+                "Invalid value: -1: spec.slot in body should be greater than or equal to 0",
+            ),
+            ("FieldValueInvalid", "spec.address", "Invalid value: \"string\": address must be an IPv4 or IPv6 address"),
+        ],
+    );
+
+    // Nothing was stored; valid values of every kind are accepted.
+    let (code, list) = raw.get(GADGETS).await;
+    assert_eq!((code, list["items"].as_array().map(Vec::len)), (200, Some(0)));
+    let mut spec = gadget_spec();
+    spec["address"] = json!("fd00::7");
+    spec["port"] = json!("http");
+    spec["since"] = json!("2024-02-29T23:59:59.123+01:00");
+    spec["tags"] = json!(["a", "b", "c"]);
+    spec["labels"] = json!({ "k": "12345" });
+    spec["extra"] = json!({ "anything": { "nested": [1, "two"] } });
+    spec["ratio"] = json!(0.5);
+    spec["slot"] = json!(7);
+    spec["policy"] = json!("Drop");
+    spec["enabled"] = json!(true);
+    let (code, created) = post_gadget(&raw, gadget("ok", spec)).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["spec"]["extra"]["anything"]["nested"], json!([1, "two"]));
+    let (code, created) = post_gadget(&raw, gadget_with("port", json!(8080))).await;
+    assert_eq!(code, 201, "{created}");
+}
+
+fn gadgets_api(client: &Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("valid.test", "v1", "Gadget");
+    Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk))
+}
+
+fn dynamic(obj: Value) -> DynamicObject {
+    serde_json::from_value(obj).expect("a DynamicObject")
+}
+
+/// The message of a `422 Invalid` returned through `kube::Client`.
+fn invalid_message<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> String {
+    let status = api_error(result);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"), "{status:?}");
+    status.message
+}
+
+#[tokio::test]
+async fn immutable_fields_are_refused_by_every_kind_of_write() {
+    let (api, _raw) = gadget_setup().await;
+    let gadgets = gadgets_api(&api.client());
+    let mut spec = gadget_spec();
+    spec["slot"] = json!(1);
+    let created = within(gadgets.create(&PostParams::default(), &dynamic(gadget("g", spec)))).await.expect("create");
+    let zone_immutable = "Gadget.valid.test \"g\" is invalid: spec.zone: Invalid value: \"string\": zone is immutable";
+
+    // PUT
+    let mut changed = created.clone();
+    changed.data["spec"]["zone"] = json!("z2");
+    assert_eq!(invalid_message(within(gadgets.replace("g", &PostParams::default(), &changed)).await), zone_immutable);
+    // merge patch
+    let zone = json!({ "spec": { "zone": "z2" } });
+    assert_eq!(
+        invalid_message(within(gadgets.patch("g", &PatchParams::default(), &merge(zone))).await),
+        zone_immutable
+    );
+    // JSON patch
+    let ops: json_patch::Patch =
+        serde_json::from_value(json!([{ "op": "replace", "path": "/spec/zone", "value": "z2" }])).expect("patch");
+    assert_eq!(
+        invalid_message(within(gadgets.patch("g", &PatchParams::default(), &Patch::<Value>::Json(ops))).await),
+        zone_immutable
+    );
+    // server-side apply, forced or not
+    let applied = gadget("g", json!({ "name": "alpha", "address": "10.0.0.1", "zone": "z2", "slot": 1 }));
+    let params = apply_params("applier").force();
+    assert_eq!(invalid_message(within(gadgets.patch("g", &params, &Patch::Apply(applied))).await), zone_immutable);
+
+    // Changing the optional immutable field, adding or removing it.
+    let slot = json!({ "spec": { "slot": 2 } });
+    assert_eq!(
+        invalid_message(within(gadgets.patch("g", &PatchParams::default(), &merge(slot))).await),
+        "Gadget.valid.test \"g\" is invalid: spec.slot: Invalid value: \"integer\": slot is immutable"
+    );
+    let slot_presence = "Gadget.valid.test \"g\" is invalid: spec: Invalid value: \"object\": slot is immutable (it cannot be added or removed)";
+    let unset = json!({ "spec": { "slot": null } });
+    assert_eq!(
+        invalid_message(within(gadgets.patch("g", &PatchParams::default(), &merge(unset))).await),
+        slot_presence
+    );
+    let mut other = created.clone();
+    other.metadata = ObjectMeta { name: Some("h".into()), ..Default::default() };
+    other.data["spec"].as_object_mut().expect("spec").remove("slot");
+    within(gadgets.create(&PostParams::default(), &other)).await.expect("create h without slot");
+    let add = json!({ "spec": { "slot": 3 } });
+    assert_eq!(
+        invalid_message(within(gadgets.patch("h", &PatchParams::default(), &merge(add))).await),
+        slot_presence.replace("\"g\"", "\"h\"")
+    );
+
+    // Several errors at once (kube-apiserver walks sibling fields in Go map order, which
+    // varies; the fake walks them in name order).
+    let both = json!({ "spec": { "zone": "z9", "slot": 5 } });
+    assert_eq!(
+        invalid_message(within(gadgets.patch("g", &PatchParams::default(), &merge(both))).await),
+        "Gadget.valid.test \"g\" is invalid: [spec.slot: Invalid value: \"integer\": slot is immutable, spec.zone: Invalid value: \"string\": zone is immutable]"
+    );
+
+    // Nothing changed; mutable fields, metadata and no-op writes pass.
+    let stored = within(gadgets.get("g")).await.expect("get");
+    assert_eq!(stored.data["spec"], created.data["spec"]);
+    assert_eq!(stored.metadata.resource_version, created.metadata.resource_version);
+    let edit =
+        json!({ "metadata": { "labels": { "a": "b" } }, "spec": { "name": "beta", "enabled": true, "tags": ["x"] } });
+    let edited = within(gadgets.patch("g", &PatchParams::default(), &merge(edit))).await.expect("mutable fields");
+    assert_eq!(edited.data["spec"]["name"], "beta");
+    assert_eq!(edited.metadata.generation, Some(2));
+    let applied = gadget("g", json!({ "name": "beta", "address": "10.0.0.1", "zone": "z1", "slot": 1 }));
+    within(gadgets.patch("g", &params, &Patch::Apply(applied))).await.expect("apply the same immutable values");
+    let again = within(gadgets.get("g")).await.expect("get");
+    let replaced = within(gadgets.replace("g", &PostParams::default(), &again)).await.expect("no-op PUT");
+    assert_eq!(replaced.metadata.resource_version, again.metadata.resource_version);
+}
+
+#[tokio::test]
+async fn status_writes_validate_the_status_only() {
+    let (_api, raw) = gadget_setup().await;
+    let kind = "valid.test/Gadget";
+    let (code, created) = post_gadget(&raw, gadget("g", gadget_spec())).await;
+    assert_eq!(code, 201, "{created}");
+    let status_path = format!("{GADGETS}/g/status");
+    let patch_status = |status: Value| {
+        raw.send("PATCH", &status_path, Some("application/merge-patch+json"), Some(json!({ "status": status })))
+    };
+
+    let (code, ok) = patch_status(json!({ "count": 3, "phase": "Ready" })).await;
+    assert_eq!((code, &ok["status"]["count"]), (200, &json!(3)), "{ok}");
+
+    // The status schema's messages name fields relative to status, as the apiserver's
+    // status validator does; the field paths are complete.
+    assert_invalid(
+        patch_status(json!({ "count": -1 })).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: status.count: Invalid value: -1: count in body should be greater than or equal to 0",
+        &[(
+            "FieldValueInvalid",
+            "status.count",
+            "Invalid value: -1: count in body should be greater than or equal to 0",
+        )],
+    );
+    assert_invalid(
+        patch_status(json!({ "count": "many" })).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [status.count: Invalid value: \"string\": count in body must be of type integer: \"string\", <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[
+            (
+                "FieldValueTypeInvalid",
+                "status.count",
+                "Invalid value: \"string\": count in body must be of type integer: \"string\"",
+            ),
+            NOT_CHECKED,
+        ],
+    );
+    // The status's CEL rule (with a fieldPath).
+    assert_invalid(
+        patch_status(json!({ "count": 101 })).await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: status.count: Invalid value: \"object\": count must be at most 100",
+        &[("FieldValueInvalid", "status.count", "Invalid value: \"object\": count must be at most 100")],
+    );
+    // list-type map keys are unique
+    assert_invalid(
+        patch_status(json!({ "conditions": [{ "type": "A", "status": "True" }, { "type": "A", "status": "False" }] }))
+            .await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: status.conditions[1]: Duplicate value: {\"type\":\"A\"}",
+        &[("FieldValueDuplicate", "status.conditions[1]", "Duplicate value: {\"type\":\"A\"}")],
+    );
+
+    // A main-resource write ignores the status it carries, so its status is not validated.
+    let (_, current) = raw.get(&format!("{GADGETS}/g")).await;
+    let mut body = current.clone();
+    body["status"] = json!({ "count": "many" });
+    body["spec"]["enabled"] = json!(true);
+    let (code, put) = raw.send("PUT", &format!("{GADGETS}/g"), Some("application/json"), Some(body)).await;
+    assert_eq!(code, 200, "{put}");
+    assert_eq!(put["status"]["count"], 3);
+
+    // Tighten the schema so that the stored spec is invalid (name longer than 3): writes
+    // that leave it as it is still pass (ratcheting), as status writes do; changing it to
+    // another invalid value does not.
+    let crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gadgets.valid.test";
+    let (_, mut crd) = raw.get(crd_path).await;
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["name"]["maxLength"] =
+        json!(3);
+    let (code, body) = raw.send("PUT", crd_path, Some("application/json"), Some(crd)).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = patch_status(json!({ "count": 4 })).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = raw
+        .send(
+            "PATCH",
+            &format!("{GADGETS}/g"),
+            Some("application/merge-patch+json"),
+            Some(json!({ "spec": { "enabled": false } })),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = raw.send("PUT", &format!("{GADGETS}/g"), Some("application/json"), Some(body)).await;
+    assert_eq!(code, 200, "no-op update of a stored object: {body}");
+    assert_invalid(
+        raw.send(
+            "PATCH",
+            &format!("{GADGETS}/g"),
+            Some("application/merge-patch+json"),
+            Some(json!({ "spec": { "name": "beta" } })),
+        )
+        .await,
+        kind,
+        "g",
+        "Gadget.valid.test \"g\" is invalid: [spec.name: Too long: may not be more than 3 bytes, <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[("FieldValueTooLong", "spec.name", "Too long: may not be more than 3 bytes"), NOT_CHECKED],
+    );
+    let (code, body) = raw
+        .send(
+            "PATCH",
+            &format!("{GADGETS}/g"),
+            Some("application/merge-patch+json"),
+            Some(json!({ "spec": { "name": "abc" } })),
+        )
+        .await;
+    assert_eq!((code, &body["spec"]["name"]), (200, &json!("abc")), "{body}");
+}
+
+#[tokio::test]
+async fn the_operator_crd_is_validated_and_defaulted() {
+    use vip_operator::api::v1alpha1::VipBinding;
+
+    let api = FakeApiServer::start().await;
+    api.register_crd(VipBinding::crd());
+    let raw = Raw::new(&api);
+    let path = "/apis/vipoperator.dev/v1alpha1/namespaces/default/vipbindings";
+    let binding = |spec: Value| json!({ "apiVersion": "vipoperator.dev/v1alpha1", "kind": "VipBinding", "metadata": { "name": "b" }, "spec": spec });
+    let spec = json!({
+        "nicId": "d32019d3-bc6e-4319-9c1d-6722fc136a23",
+        "ipAddress": "192.168.0.7",
+        "subnetId": "8c9d4f38-1a2b-4c3d-9e8f-001122334455",
+    });
+    let kind = "vipoperator.dev/VipBinding";
+
+    let mut bad_ip = spec.clone();
+    bad_ip["ipAddress"] = json!("300.1.1.1");
+    assert_invalid(
+        raw.send("POST", path, Some("application/json"), Some(binding(bad_ip))).await,
+        kind,
+        "b",
+        "VipBinding.vipoperator.dev \"b\" is invalid: spec.ipAddress: Invalid value: \"string\": ipAddress must be an IPv4 or IPv6 address",
+        &[(
+            "FieldValueInvalid",
+            "spec.ipAddress",
+            "Invalid value: \"string\": ipAddress must be an IPv4 or IPv6 address",
+        )],
+    );
+    let mut no_nic = spec.clone();
+    no_nic.as_object_mut().expect("spec").remove("nicId");
+    assert_invalid(
+        raw.send("POST", path, Some("application/json"), Some(binding(no_nic))).await,
+        kind,
+        "b",
+        "VipBinding.vipoperator.dev \"b\" is invalid: [spec.nicId: Required value, <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[("FieldValueRequired", "spec.nicId", "Required value"), NOT_CHECKED],
+    );
+    let mut delete = spec.clone();
+    delete["deletionPolicy"] = json!("Delete");
+    assert_invalid(
+        raw.send("POST", path, Some("application/json"), Some(binding(delete))).await,
+        kind,
+        "b",
+        "VipBinding.vipoperator.dev \"b\" is invalid: [spec.deletionPolicy: Unsupported value: \"Delete\": supported values: \"Unbind\", \"Orphan\", <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]",
+        &[
+            (
+                "FieldValueNotSupported",
+                "spec.deletionPolicy",
+                "Unsupported value: \"Delete\": supported values: \"Unbind\", \"Orphan\"",
+            ),
+            NOT_CHECKED,
+        ],
+    );
+
+    // Defaults, read back through the typed API.
+    let (code, body) = raw.send("POST", path, Some("application/json"), Some(binding(spec))).await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["spec"]["reverseBinding"], false);
+    assert_eq!(body["spec"]["deletionPolicy"], "Unbind");
+    let bindings: Api<VipBinding> = Api::namespaced(api.client(), "default");
+    let typed = within(bindings.get("b")).await.expect("get");
+    assert!(!typed.spec.reverse_binding);
+
+    // Immutable fields; a mutable one passes.
+    let nic = json!({ "spec": { "nicId": "other-nic" } });
+    assert_eq!(
+        invalid_message(within(bindings.patch("b", &PatchParams::default(), &merge(nic))).await),
+        "VipBinding.vipoperator.dev \"b\" is invalid: spec.nicId: Invalid value: \"string\": nicId is immutable: create a new VipBinding to bind another NIC"
+    );
+    let region = json!({ "spec": { "region": "cn-north-4" } });
+    assert_eq!(
+        invalid_message(within(bindings.patch("b", &PatchParams::default(), &merge(region))).await),
+        "VipBinding.vipoperator.dev \"b\" is invalid: spec: Invalid value: \"object\": region is immutable (it cannot be added or removed): create a new VipBinding instead"
+    );
+    let orphan = json!({ "spec": { "deletionPolicy": "Orphan", "reverseBinding": true } });
+    let patched = within(bindings.patch("b", &PatchParams::default(), &merge(orphan))).await.expect("mutable fields");
+    assert!(patched.spec.reverse_binding);
+
+    // The operator's status writes pass the status schema (conditions with date-times).
+    let status = json!({ "status": {
+        "portId": "d32019d3-bc6e-4319-9c1d-6722fc136a23",
+        "observedGeneration": 2,
+        "boundReverseBinding": true,
+        "conditions": [{ "type": "Ready", "status": "True", "reason": "Bound", "message": "", "lastTransitionTime": "2026-01-02T03:04:05Z", "observedGeneration": 2 }],
+    }});
+    let written = within(bindings.patch_status("b", &PatchParams::default(), &merge(status))).await.expect("status");
+    assert_eq!(written.condition("Ready").map(|c| c.status.as_str()), Some("True"));
+    let bad_time = json!({ "status": { "conditions": [{ "type": "Ready", "status": "True", "reason": "Bound", "message": "", "lastTransitionTime": "now" }] } });
+    assert_eq!(
+        invalid_message(within(bindings.patch_status("b", &PatchParams::default(), &merge(bad_time))).await),
+        "VipBinding.vipoperator.dev \"b\" is invalid: [status.conditions[0].lastTransitionTime: Invalid value: \"now\": conditions[0].lastTransitionTime in body must be of type date-time: \"now\", <nil>: Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"
+    );
+}
+
+#[tokio::test]
+async fn schema_errors_of_a_crd_without_rules_stand_alone() {
+    let (api, client) = setup().await;
+    let raw = Raw::new(&api);
+    let mut bad = serde_json::to_value(widget("w", 1)).expect("widget");
+    bad["spec"]["size"] = json!("x");
+    // No CEL rules in the schema: no "rules were not checked" error.
+    assert_invalid(
+        raw.send("POST", "/apis/example.test/v1/namespaces/default/widgets", Some("application/json"), Some(bad)).await,
+        "example.test/Widget",
+        "w",
+        "Widget.example.test \"w\" is invalid: spec.size: Invalid value: \"string\": spec.size in body must be of type integer: \"string\"",
+        &[(
+            "FieldValueTypeInvalid",
+            "spec.size",
+            "Invalid value: \"string\": spec.size in body must be of type integer: \"string\"",
+        )],
+    );
+    let missing = json!({ "apiVersion": "example.test/v1", "kind": "Widget", "metadata": { "name": "w" }, "spec": {} });
+    let (code, body) = raw
+        .send("POST", "/apis/example.test/v1/namespaces/default/widgets", Some("application/json"), Some(missing))
+        .await;
+    assert_eq!(
+        (code, &body["message"]),
+        (422, &json!("Widget.example.test \"w\" is invalid: spec.size: Required value"))
+    );
+    assert!(within(widgets(&client, "default").get_opt("w")).await.expect("get").is_none());
 }

@@ -46,25 +46,54 @@
 //!   `customresourcecleanup.apiextensions.k8s.io`, refuses new instances with 405, deletes all
 //!   instances and goes when none remains, ending its watches) and the garbage collector
 //!   (objects whose owners are all gone are deleted).
-//! - **Other server-side processing**: custom resources are pruned of fields their CRD's
-//!   `openAPIV3Schema` does not declare (`x-kubernetes-preserve-unknown-fields` and
-//!   `additionalProperties` respected; with `fieldValidation=Strict` they are a 400); a
-//!   Secret's `stringData` is folded into `data` and its `type` defaults to `Opaque`; names
-//!   must be DNS-1123 subdomains (labels for namespaces); errors are `Status` objects with
-//!   the real reasons, codes and (mostly) messages.
+//! - **Custom resources and their CRD's `openAPIV3Schema`** (`schema.rs`, `validation.rs`),
+//!   on create, update, merge/JSON patch and server-side apply, main resource and `/status`:
+//!   - *pruning* of undeclared fields (`x-kubernetes-preserve-unknown-fields` and
+//!     `additionalProperties` respected; with `fieldValidation=Strict` they are a 400), then
+//!     of `null`s the schema neither allows (`nullable`) nor defaults;
+//!   - *defaulting*: a missing (or non-nullable `null`) property with a `default` gets it,
+//!     inside every object present, defaults just inserted included (not owned by an
+//!     applier);
+//!   - *validation*, a 422 `Invalid` worded like kube-apiserver's (e.g. `Widget.example.test
+//!     "w" is invalid: spec.size: Invalid value: "string": spec.size in body must be of
+//!     type integer: "string"`; several errors as `[<error>, <error>]`; causes with the
+//!     `FieldValue*` reasons): `type` (`nullable`, `x-kubernetes-int-or-string`), `required`,
+//!     `enum`, `pattern`, `minLength`/`maxLength`, `minimum`/`maximum` (exclusive too),
+//!     `multipleOf`, `minItems`/`maxItems`/`uniqueItems`, `min/maxProperties`,
+//!     `additionalProperties`, `allOf`/`anyOf`/`oneOf`/`not`, the formats the apiserver
+//!     checks (`date-time`, `date`, `duration`, `byte`, `uuid*`, `ipv4`/`ipv6`/`cidr`, `mac`,
+//!     `hostname`, `quantity`, `k8s-short-name`, ...; `int32`/`int64` and unsupported formats
+//!     are not checked), `x-kubernetes-list-type` `set`/`map` uniqueness, and the
+//!     `x-kubernetes-validations` CEL rules (kube-cel: `isIP` and the other Kubernetes
+//!     libraries, transition rules with `oldSelf` and `optionalOldSelf`, `messageExpression`,
+//!     `reason`, `fieldPath`), reported as `<field>: Invalid value: "<schema type>":
+//!     <message>` as the apiserver does, and skipped after a blocking schema error (with
+//!     the apiserver's `<nil>: Invalid value: null: some validation rules were not checked
+//!     ...`). A `/status` write validates `status` against the status schema (and the rules,
+//!     whose unchanged parts ratchet); updates ratchet like 1.33+ (errors in values equal to
+//!     their correlated old values are dropped, except those of `oldSelf` rules), so a
+//!     no-op update always passes. Metadata is not validated against the schema.
+//! - **Other server-side processing**: a Secret's `stringData` is folded into `data` and its
+//!   `type` defaults to `Opaque`; names must be DNS-1123 subdomains (labels for
+//!   namespaces); errors are `Status` objects with the real reasons, codes and (mostly)
+//!   messages.
 //!
-//! Not modelled: authentication/authorization; admission webhooks; CRD schema validation
-//! (types, formats, CEL) and defaulting; dry-run (refused with 400 rather than performed);
-//! version conversion beyond rewriting `apiVersion` (conversion strategy `None`);
-//! `x-kubernetes-list-type: map` (such lists are owned wholly by one field manager); the
-//! link between core and `events.k8s.io` Events (two separate resources here, not two views
-//! of one); list snapshots (`continue` pages read the current state; `resourceVersion` and
-//! `resourceVersionMatch` on lists and gets are ignored); watches from a resourceVersion
-//! newer than the server's (they just start now); `/finalize`, `/scale` and other
-//! subresources; field selectors on other fields; protobuf/YAML/Table output; graceful
-//! deletion (`gracePeriodSeconds`); foreground deletion and the `orphan`/`foregroundDeletion`
-//! finalizers; removal of dangling owner references; namespace status conditions; the order
-//! in which the namespace controller deletes content (all at once here); HTTP/2; gzip.
+//! Not modelled: authentication/authorization; admission webhooks; CEL cost estimation and
+//! budgets, and CEL's exact runtime error texts (kube-cel's are used); the order of sibling
+//! errors (the apiserver follows Go map order, the fake name order); pruning and defaulting on
+//! read (objects stored before a schema change keep their old shape); validation of metadata
+//! and embedded resources' metadata by the schema; `x-kubernetes-validations` in
+//! `anyOf`/`oneOf`; dry-run (refused with 400 rather than performed); version conversion beyond
+//! rewriting `apiVersion` (conversion strategy `None`); `x-kubernetes-list-type: map` for
+//! server-side apply (such lists are owned wholly by one field manager); the link between core
+//! and `events.k8s.io` Events (two separate resources here, not two views of one); list
+//! snapshots (`continue` pages read the current state; `resourceVersion` and
+//! `resourceVersionMatch` on lists and gets are ignored); watches from a resourceVersion newer
+//! than the server's (they just start now); `/finalize`, `/scale` and other subresources; field
+//! selectors on other fields; protobuf/YAML/Table output; graceful deletion
+//! (`gracePeriodSeconds`); foreground deletion and the `orphan`/`foregroundDeletion`
+//! finalizers; removal of dangling owner references; namespace status conditions; the order in
+//! which the namespace controller deletes content (all at once here); HTTP/2; gzip.
 //!
 //! # Usage
 //!
@@ -96,6 +125,7 @@ mod resources;
 mod schema;
 mod selectors;
 mod store;
+mod validation;
 mod watch;
 
 use std::net::SocketAddr;

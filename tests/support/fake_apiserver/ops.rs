@@ -12,6 +12,7 @@ use super::resources::ResourceType;
 use super::schema;
 use super::selectors::Filter;
 use super::store::{ObjectKey, State, finalizers, is_deleting, meta_mut, meta_str, now, set_meta};
+use super::validation::{self, Write};
 
 /// Which part of an object a request addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,11 +224,16 @@ fn prune(t: &Target, obj: &mut Value) -> ApiResult<()> {
     Ok(())
 }
 
-/// What a write's object goes through before it is stored: pruning of custom resources, and
-/// the conversion and defaulting of Secrets that clients can observe (the write-only
-/// `stringData` is merged into `data` as base64; `type` defaults to `Opaque`).
+/// What a write's object goes through before it is stored: the decoding of custom resources
+/// (pruning, then the dropping of disallowed nulls and the CRD's defaults), and the conversion
+/// and defaulting of Secrets that clients can observe (the write-only `stringData` is merged
+/// into `data` as base64; `type` defaults to `Opaque`).
 fn normalize(t: &Target, obj: &mut Value) -> ApiResult<()> {
     prune(t, obj)?;
+    if let Some(schema) = t.rt.schemas.get(&t.version) {
+        schema::prune_nulls(obj, schema);
+        schema::default(obj, schema);
+    }
     if !(t.rt.group.is_empty() && t.rt.plural == "secrets") {
         return Ok(());
     }
@@ -241,6 +247,21 @@ fn normalize(t: &Target, obj: &mut Value) -> ApiResult<()> {
         obj["type"] = json!("Opaque");
     }
     Ok(())
+}
+
+/// Validates a custom resource against its CRD's schema (types, formats, ..., CEL rules), as
+/// the custom resource strategies do: `old` is the stored object of an update.
+fn validate_custom(t: &Target, name: &str, old: Option<&Value>, new: &Value) -> ApiResult<()> {
+    let Some(schema) = t.rt.schemas.get(&t.version) else {
+        return Ok(());
+    };
+    let write = match (old, t.sub) {
+        (None, _) => Write::Create,
+        (Some(old), Sub::Main) => Write::Update(old),
+        (Some(old), Sub::Status) => Write::Status(old),
+    };
+    let errors = validation::validate(schema, new, write);
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(&t.rt, name, &errors)) }
 }
 
 /// POST: creates an object (also used by server-side apply of a missing object).
@@ -292,6 +313,7 @@ pub(crate) fn create(st: &mut State, t: &Target, body: Value, ownership: Ownersh
         obj["status"] = json!({ "phase": "Active" });
     }
     normalize(t, &mut obj)?;
+    validate_custom(t, &name, None, &obj)?;
     let crd_type = if rt.is_crd() {
         let crd_type = ResourceType::from_crd(&obj).map_err(|e| crd_invalid(rt, &name, &e))?;
         obj["status"] = crd_status(&obj, &crd_type);
@@ -460,6 +482,7 @@ fn finish_write(
         }
     }
     normalize(t, &mut new)?;
+    validate_custom(t, name, Some(old), &new)?;
     let crd_type =
         if rt.is_crd() { Some(ResourceType::from_crd(&new).map_err(|e| crd_invalid(rt, name, &e))?) } else { None };
     // Only the main resource's strategy bumps the generation; status writes never do.
