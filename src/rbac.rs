@@ -116,10 +116,10 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         api_group: "apiextensions.k8s.io",
         resource: "customresourcedefinitions",
-        verbs: &["get", "list", "watch"],
+        verbs: &["get"],
         scope: Scope::Cluster,
         resource_names: &["vipbindings.vipoperator.dev"],
         feature: Feature::Core,
-        why: "notice that the VipBinding CRD is being deleted (uninstall): release without unbinding",
+        why: "before an unbind, check the VipBinding CRD is not being deleted (uninstall): then release without unbinding",
     },
 ];

@@ -309,15 +309,22 @@ pub async fn run(
             TargetResolver::new(Arc::new(client.clone()), defaults),
             Arc::new(SystemClock),
         )
-        .with_metrics(metrics.clone()),
+        .with_metrics(metrics.clone())
+        .with_resync(args.resync_period),
     );
-    let watch = WatchConfig { namespaces: args.namespaces.clone(), concurrency: args.concurrency };
+    let watch = WatchConfig {
+        namespaces: args.namespaces.clone(),
+        concurrency: args.concurrency,
+        protect_credentials: args.protect_credentials,
+    };
     tracing::info!(namespaces = ?watch.namespaces, concurrency = watch.concurrency, "watching VipBindings (all namespaces when empty)");
     let hooks = Hooks { stores, health: Some(health.clone()) };
     let mut controller = tokio::spawn(crate::controller::run(client, ctx, watch, hooks, stop.clone()));
 
     let mut lost_leadership = false;
+    let mut controller_done = false;
     tokio::select! {
+        biased;
         _ = stop.cancelled() => {}
         _ = async { match leadership.as_mut() { Some(l) => l.lost().await, None => std::future::pending().await } } => {
             tracing::error!("lost leadership: stopping reconciles");
@@ -326,16 +333,22 @@ pub async fn run(
             stop.cancel();
         }
         _ = &mut controller => {
-            tracing::error!("controller stopped unexpectedly");
+            controller_done = true;
+            if !stop.is_cancelled() {
+                tracing::error!("controller stopped unexpectedly");
+            }
+            health.shutting_down();
             stop.cancel();
         }
     }
     // In-flight reconciles finish their cloud calls and status writes, within a bound.
-    match tokio::time::timeout(args.shutdown_timeout, &mut controller).await {
-        Ok(_) => tracing::info!("controller stopped"),
-        Err(_) => {
-            tracing::warn!(timeout = ?args.shutdown_timeout, "in-flight reconciles did not finish in time; aborting them");
-            controller.abort();
+    if !controller_done {
+        match tokio::time::timeout(args.shutdown_timeout, &mut controller).await {
+            Ok(_) => tracing::info!("controller stopped"),
+            Err(_) => {
+                tracing::warn!(timeout = ?args.shutdown_timeout, "in-flight reconciles did not finish in time; aborting them");
+                controller.abort();
+            }
         }
     }
     metrics.leader.set(0);

@@ -154,8 +154,16 @@ fn apply_json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(Default)]
+struct MockOptions {
+    secret: Option<Secret>,
+    events_forbidden: bool,
+    crd_deleting: bool,
+}
+
 impl MockApi {
-    fn start(object: &VipBinding, secret: Option<Secret>, events_forbidden: bool) -> (kube::Client, Self) {
+    fn start(object: &VipBinding, opts: MockOptions) -> (kube::Client, Self) {
+        let MockOptions { secret, events_forbidden, crd_deleting } = opts;
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
@@ -192,6 +200,14 @@ impl MockApi {
                     } else {
                         json_response(&body)
                     }
+                } else if path.ends_with("/customresourcedefinitions/vipbindings.vipoperator.dev") && method == "GET" {
+                    let mut meta = json!({"name": "vipbindings.vipoperator.dev", "uid": "crd-uid"});
+                    if crd_deleting {
+                        meta["deletionTimestamp"] = json!(EARLIER);
+                    }
+                    json_response(
+                        &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": meta}),
+                    )
                 } else if path.contains("/secrets/") && method == "GET" {
                     match &secret {
                         Some(s) => json_response(&serde_json::to_value(s).unwrap()),
@@ -287,14 +303,8 @@ struct Run {
     seen: Vec<Seen>,
 }
 
-async fn run_once(
-    object: VipBinding,
-    cloud: Arc<FakeCloud>,
-    defaults: OperatorDefaults,
-    secret: Option<Secret>,
-    events_forbidden: bool,
-) -> Run {
-    let (client, api) = MockApi::start(&object, secret, events_forbidden);
+async fn run_once(object: VipBinding, cloud: Arc<FakeCloud>, defaults: OperatorDefaults, opts: MockOptions) -> Run {
+    let (client, api) = MockApi::start(&object, opts);
     let ctx = context(client, cloud, defaults);
     let action = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), ctx))
         .await
@@ -306,6 +316,19 @@ async fn run_once(
 }
 
 const BINDING_PATH: &str = "/apis/vipoperator.dev/v1alpha1/namespaces/team-a/vipbindings/web-vip";
+
+/// Right before an unbind the reconciler checks the CRD is not being deleted (uninstall).
+fn assert_crd_checked(s: &Seen) {
+    assert_eq!(s.method, "GET");
+    assert_eq!(s.uri, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/vipbindings.vipoperator.dev");
+}
+
+/// The requests after the CRD check that precedes every unbind.
+fn after_crd_check(seen: &[Seen]) -> Vec<Seen> {
+    assert!(!seen.is_empty(), "no requests");
+    assert_crd_checked(&seen[0]);
+    seen[1..].to_vec()
+}
 
 fn assert_finalizer_added(s: &Seen) {
     assert_eq!(s.method, "PATCH");
@@ -361,7 +384,7 @@ fn cond(type_: &str, status: &str, reason: &str, message: &str, time: &str) -> V
 #[tokio::test]
 async fn create_adds_finalizer_binds_once_and_records_status() {
     let cloud = FakeCloud::answering(vec![]);
-    let run = run_once(binding(), cloud.clone(), static_defaults(), None, false).await;
+    let run = run_once(binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
 
     assert_eq!(
         cloud.calls(),
@@ -395,7 +418,7 @@ async fn create_adds_finalizer_binds_once_and_records_status() {
 #[tokio::test]
 async fn resync_of_a_bound_binding_makes_no_calls_at_all() {
     let cloud = FakeCloud::answering(vec![]);
-    let run = run_once(bound_binding(), cloud.clone(), static_defaults(), None, false).await;
+    let run = run_once(bound_binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert!(run.seen.is_empty(), "radio silence expected, got {:#?}", run.seen);
     assert_eq!(run.action, Action::await_change());
@@ -404,7 +427,7 @@ async fn resync_of_a_bound_binding_makes_no_calls_at_all() {
 #[tokio::test]
 async fn delete_unbinds_records_port_and_conditions_then_releases() {
     let cloud = FakeCloud::answering(vec![]);
-    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), None, false).await;
+    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), MockOptions::default()).await;
 
     let calls = cloud.calls();
     assert_eq!(calls.len(), 1);
@@ -412,44 +435,47 @@ async fn delete_unbinds_records_port_and_conditions_then_releases() {
     assert_eq!(calls[0].nic, NIC);
     assert!(!calls[0].reverse_binding);
 
-    assert_eq!(run.seen.len(), 3, "{:#?}", run.seen);
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(seen.len(), 3, "{seen:#?}");
     let msg = format!("VIP 192.168.0.7 unbound from NIC {NIC} (port {NIC})");
     assert_status_apply(
-        &run.seen[0],
+        &seen[0],
         json!({
             "portId": NIC,
             "observedGeneration": 1,
             "conditions": [cond("Bound", "False", "Unbound", &msg, NOW), cond("Ready", "False", "Unbound", &msg, NOW)],
         }),
     );
-    assert_finalizer_removed(&run.seen[1]);
-    assert_event(&run.seen[2], "Normal", "Unbound", "unbound from NIC");
+    assert_finalizer_removed(&seen[1]);
+    assert_event(&seen[2], "Normal", "Unbound", "unbound from NIC");
 }
 
 #[tokio::test]
 async fn delete_with_the_nic_gone_releases_with_nic_not_found() {
     let cloud = FakeCloud::answering(vec![Err(api_error(404, "Ecs.0614", "req-404"))]);
-    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), None, false).await;
+    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(cloud.calls().len(), 1);
-    assert_eq!(run.seen.len(), 3);
-    let status = &run.seen[0].body["status"];
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(seen.len(), 3);
+    let status = &seen[0].body["status"];
     assert_eq!(status["conditions"][1]["reason"], "NicNotFound");
     assert_eq!(status["conditions"][0]["reason"], "NicNotFound");
     assert_eq!(status["conditions"][0]["status"], "False");
     assert!(status["conditions"][1]["message"].as_str().unwrap().contains("req-404"));
-    assert_finalizer_removed(&run.seen[1]);
-    assert_event(&run.seen[2], "Normal", "NicNotFound", "nothing to unbind");
+    assert_finalizer_removed(&seen[1]);
+    assert_event(&seen[2], "Normal", "NicNotFound", "nothing to unbind");
 }
 
 #[tokio::test]
 async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
     let cloud = FakeCloud::answering(vec![Err(api_error(500, "Common.0001", "req-500"))]);
-    let first = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), None, false).await;
-    assert_eq!(first.seen.len(), 2, "{:#?}", first.seen);
+    let first = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), MockOptions::default()).await;
+    let first_seen = after_crd_check(&first.seen);
+    assert_eq!(first_seen.len(), 2, "{first_seen:#?}");
     let msg = "unbind failed: HTTP 500 Common.0001: simulated [request id req-500]; set spec.deletionPolicy to Orphan to release the binding without unbinding";
     let bound_msg = format!("VIP 192.168.0.7 is bound to NIC {NIC} (port {NIC})");
     assert_status_apply(
-        &first.seen[0],
+        &first_seen[0],
         json!({
             "portId": NIC,
             "observedGeneration": 1,
@@ -457,18 +483,19 @@ async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
             "conditions": [cond("Bound", "True", "Bound", &bound_msg, EARLIER), cond("Ready", "False", "CloudUnavailable", msg, NOW)],
         }),
     );
-    assert_event(&first.seen[1], "Warning", "CloudUnavailable", "req-500");
+    assert_event(&first_seen[1], "Warning", "CloudUnavailable", "req-500");
     let delay = requeue_delay(&first.action).expect("a retryable failure must requeue");
     assert!(delay >= Duration::from_millis(2500) && delay <= Duration::from_secs(5), "{delay:?}");
 
     // The next reconcile sees the status the first one wrote, and succeeds.
     let mut object = deleting(bound_binding());
-    object.status = Some(serde_json::from_value(first.seen[0].body["status"].clone()).unwrap());
-    let second = run_once(object, cloud.clone(), static_defaults(), None, false).await;
+    object.status = Some(serde_json::from_value(first_seen[0].body["status"].clone()).unwrap());
+    let second = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(cloud.calls().len(), 2);
-    assert_eq!(second.seen.len(), 3);
-    assert_eq!(second.seen[0].body["status"]["conditions"][1]["reason"], "Unbound");
-    assert_finalizer_removed(&second.seen[1]);
+    let second_seen = after_crd_check(&second.seen);
+    assert_eq!(second_seen.len(), 3);
+    assert_eq!(second_seen[0].body["status"]["conditions"][1]["reason"], "Unbound");
+    assert_finalizer_removed(&second_seen[1]);
 }
 
 #[tokio::test]
@@ -476,7 +503,7 @@ async fn orphan_policy_releases_without_a_cloud_call() {
     let cloud = FakeCloud::answering(vec![]);
     let mut object = deleting(bound_binding());
     object.spec.deletion_policy = DeletionPolicy::Orphan;
-    let run = run_once(object, cloud.clone(), static_defaults(), None, false).await;
+    let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 3);
     let conditions = &run.seen[0].body["status"]["conditions"];
@@ -491,7 +518,7 @@ async fn orphan_policy_releases_without_a_cloud_call() {
 #[tokio::test]
 async fn auth_failure_is_recorded_and_the_key_is_not_retried_in_a_loop() {
     let cloud = FakeCloud::answering(vec![Err(api_error(401, "APIGW.0301", "req-401"))]);
-    let (client, api) = MockApi::start(&binding(), None, false);
+    let (client, api) = MockApi::start(&binding(), MockOptions::default());
     let ctx = context(client, cloud.clone(), static_defaults());
     let action = reconcile(Arc::new(binding()), ctx.clone()).await.unwrap();
     let seen = api.seen();
@@ -515,7 +542,12 @@ async fn auth_failure_is_recorded_and_the_key_is_not_retried_in_a_loop() {
     assert_eq!(cloud.calls().len(), 1, "the refused key must not be sent again at once");
     let held = &api.seen()[3].body["status"]["conditions"][1];
     assert_eq!(held["reason"], "AuthFailed");
-    assert!(held["message"].as_str().unwrap().contains("not sent: the cloud refused access key DEFAULTAK"), "{held}");
+    let key_id = Credentials::new("DEFAULTAK", "x", None).unwrap().key_id();
+    assert!(
+        held["message"].as_str().unwrap().contains(&format!("not sent: the cloud refused access key {key_id}")),
+        "{held}"
+    );
+    assert!(!held.to_string().contains("DEFAULTAK"));
 }
 
 fn requeue_delay(action: &Action) -> Option<Duration> {
@@ -539,7 +571,7 @@ fn requeue_delay(action: &Action) -> Option<Duration> {
 async fn missing_credentials_never_reach_the_cloud_and_add_no_finalizer() {
     let cloud = FakeCloud::answering(vec![]);
     let defaults = OperatorDefaults { credentials: DefaultCredentials::None, ..static_defaults() };
-    let run = run_once(binding(), cloud.clone(), defaults, None, false).await;
+    let run = run_once(binding(), cloud.clone(), defaults, MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
     let status = &run.seen[0].body["status"];
@@ -567,7 +599,9 @@ async fn binding_secret_is_read_and_wins_over_defaults() {
         }
     }))
     .unwrap();
-    let run = run_once(object, cloud.clone(), static_defaults(), Some(secret), false).await;
+    let run =
+        run_once(object, cloud.clone(), static_defaults(), MockOptions { secret: Some(secret), ..Default::default() })
+            .await;
     assert_eq!(run.seen[0].method, "GET");
     assert_eq!(run.seen[0].uri, "/api/v1/namespaces/team-a/secrets/hw-creds");
     let call = &cloud.calls()[0];
@@ -590,7 +624,9 @@ async fn a_secret_with_a_missing_key_is_invalid_with_a_precise_message() {
         "data": {"accessKey": "U0VDUkVUQUs="}
     }))
     .unwrap();
-    let run = run_once(object, cloud.clone(), static_defaults(), Some(secret), false).await;
+    let run =
+        run_once(object, cloud.clone(), static_defaults(), MockOptions { secret: Some(secret), ..Default::default() })
+            .await;
     assert!(cloud.calls().is_empty());
     let ready = &run.seen[1].body["status"]["conditions"][1];
     assert_eq!(ready["reason"], "Invalid");
@@ -608,13 +644,13 @@ async fn deleting_a_binding_that_never_reached_the_cloud_needs_no_unbind() {
         }))
         .unwrap(),
     );
-    let run = run_once(object.clone(), cloud.clone(), static_defaults(), None, false).await;
+    let run = run_once(object.clone(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert!(run.seen.is_empty(), "{:#?}", run.seen);
 
     // Had the finalizer, but the cloud refused the only bind (Bound=False): released, no call.
     object.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    let run = run_once(object, cloud.clone(), static_defaults(), None, false).await;
+    let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 3);
     assert_eq!(run.seen[0].body["status"]["conditions"][1]["reason"], "NotBound");
@@ -625,10 +661,17 @@ async fn deleting_a_binding_that_never_reached_the_cloud_needs_no_unbind() {
 async fn event_failures_never_block_a_deletion() {
     // A terminating namespace refuses new events; the binding must still be released.
     let cloud = FakeCloud::answering(vec![]);
-    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), None, true).await;
-    assert_eq!(run.seen.len(), 3);
-    assert_finalizer_removed(&run.seen[1]);
-    assert_eq!(run.seen[2].method, "POST");
+    let run = run_once(
+        deleting(bound_binding()),
+        cloud.clone(),
+        static_defaults(),
+        MockOptions { events_forbidden: true, ..Default::default() },
+    )
+    .await;
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(seen.len(), 3);
+    assert_finalizer_removed(&seen[1]);
+    assert_eq!(seen[2].method, "POST");
     assert_eq!(run.action, Action::await_change());
 }
 
@@ -636,7 +679,7 @@ async fn event_failures_never_block_a_deletion() {
 async fn a_lost_bind_answer_is_recorded_as_indeterminate_and_deletion_still_unbinds() {
     let timeout = EcsError::Transport { kind: TransportKind::Timeout, message: "operation timed out".into() };
     let cloud = FakeCloud::answering(vec![Err(timeout)]);
-    let run = run_once(binding(), cloud.clone(), static_defaults(), None, false).await;
+    let run = run_once(binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     let status = &run.seen[1].body["status"];
     assert_eq!(status["conditions"][0]["status"], "Unknown");
     assert_eq!(status["conditions"][0]["reason"], "Indeterminate");
@@ -645,15 +688,35 @@ async fn a_lost_bind_answer_is_recorded_as_indeterminate_and_deletion_still_unbi
     let mut object = deleting(binding());
     object.metadata.finalizers = Some(vec![FINALIZER.into()]);
     object.status = Some(serde_json::from_value(status.clone()).unwrap());
-    let run = run_once(object, cloud.clone(), static_defaults(), None, false).await;
+    let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(cloud.calls().last().unwrap().op, "unbind");
-    assert_finalizer_removed(&run.seen[1]);
+    assert_finalizer_removed(&after_crd_check(&run.seen)[1]);
 }
 
 #[tokio::test]
 async fn terminal_bind_errors_wait_for_a_spec_change() {
     let cloud = FakeCloud::answering(vec![Err(api_error(400, "Ecs.0039", "req-400"))]);
-    let run = run_once(binding(), cloud.clone(), static_defaults(), None, false).await;
+    let run = run_once(binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(run.seen[1].body["status"]["conditions"][1]["reason"], "BindFailed");
     assert_eq!(run.action, Action::await_change());
+}
+
+#[tokio::test]
+async fn crd_being_deleted_releases_without_unbinding() {
+    // An uninstall deletes the CRD, which deletes every binding: that must not unbind the fleet.
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_once(
+        deleting(bound_binding()),
+        cloud.clone(),
+        static_defaults(),
+        MockOptions { crd_deleting: true, ..Default::default() },
+    )
+    .await;
+    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(seen.len(), 3);
+    let ready = &seen[0].body["status"]["conditions"][1];
+    assert_eq!(ready["reason"], "Orphaned");
+    assert!(ready["message"].as_str().unwrap().contains("CRD is being deleted"));
+    assert_finalizer_removed(&seen[1]);
 }

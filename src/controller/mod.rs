@@ -1,6 +1,8 @@
 //! The VipBinding controller: watches, the reconcile context, and the error policy.
 
 pub mod decide;
+pub mod guard;
+pub mod index;
 pub mod kube;
 pub mod memory;
 pub mod policy;
@@ -9,6 +11,7 @@ pub mod status;
 pub mod target;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ::kube::api::Api;
@@ -26,8 +29,9 @@ use crate::api::v1alpha1::VipBinding;
 use crate::ecs::{BindRequest, Clock, CloudTarget, EcsApi, EcsError, ErrorClass, UnbindRequest};
 
 use self::decide::{Facts, Verdict};
+use self::index::BindingIndex;
 use self::kube::KubeOps;
-use self::policy::{AuthGate, Backoffs};
+use self::policy::{AuthGate, Backoffs, Resync};
 use self::reconcile::{Error, object_key};
 use self::target::TargetResolver;
 
@@ -42,6 +46,11 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     pub memory: memory::Memory,
+    /// NIC ownership and Secret use, across every watched namespace.
+    pub index: Arc<BindingIndex>,
+    pub resync: Resync,
+    /// Before an unbind, GET the CRD to make sure it is not being deleted (uninstall).
+    pub check_crd_before_unbind: bool,
 }
 
 impl Context {
@@ -55,7 +64,15 @@ impl Context {
             clock,
             metrics: None,
             memory: memory::Memory::default(),
+            index: Arc::default(),
+            resync: Resync::disabled(),
+            check_crd_before_unbind: true,
         }
+    }
+
+    pub fn with_resync(mut self, period: Duration) -> Self {
+        self.resync = Resync::new(period);
+        self
     }
 
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
@@ -74,19 +91,53 @@ impl Context {
         Time(self.clock.now())
     }
 
-    pub fn facts(&self, _b: &VipBinding) -> Facts {
-        Facts::default()
+    pub fn facts(&self, b: &VipBinding) -> Facts {
+        let key = object_key(b);
+        Facts {
+            conflict_owner: self.index.conflict_owner(b),
+            crd_deleting: false,
+            reassert_due: decide::bound_as_specified(b) && self.resync.is_due(&key),
+        }
     }
 
-    /// What to do after a reconcile that left the binding as its spec asks.
-    pub fn after_success(&self, _b: &VipBinding, key: &str) -> Action {
+    /// Whether the VipBinding CRD is being deleted (an uninstall): then bindings are released
+    /// without unbinding. Asked right before each unbind, so no watch lag can let one through.
+    pub async fn crd_deleting(&self) -> bool {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        if !self.check_crd_before_unbind {
+            return false;
+        }
+        let crds: Api<CustomResourceDefinition> = Api::all(self.kube.client().clone());
+        match crds.get_metadata_opt(crate::api::v1alpha1::CRD_NAME).await {
+            Ok(Some(crd)) => crd.metadata.deletion_timestamp.is_some(),
+            // Gone already: its objects are going too.
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check whether the VipBinding CRD is being deleted; proceeding with the unbind");
+                false
+            }
+        }
+    }
+
+    /// What to do after a reconcile that left the binding as its spec asks: wait for a change,
+    /// or for the next drift check of a bound binding.
+    pub fn after_success(&self, b: &VipBinding, key: &str) -> Action {
         self.backoffs.reset(key);
+        if b.metadata.deletion_timestamp.is_none()
+            && decide::bound_as_specified(b)
+            && !b.is_paused()
+            && let Some(wait) = self.resync.until_due(key)
+        {
+            return Action::requeue(wait.max(Duration::from_secs(1)));
+        }
         Action::await_change()
     }
 
     /// The binding is gone from our point of view (finalizer removed).
     pub fn forget(&self, b: &VipBinding) {
-        self.backoffs.reset(&object_key(b));
+        let key = object_key(b);
+        self.backoffs.reset(&key);
+        self.resync.forget(&key);
     }
 
     pub fn note_credentials_problem(&self, _b: &VipBinding, verdict: &Verdict) {
@@ -130,8 +181,21 @@ impl Context {
         result
     }
 
-    pub async fn bind(&self, target: &CloudTarget, req: &BindRequest, _reassert: bool) -> Result<String, EcsError> {
-        self.gated(target, self.cloud.bind(target, req)).await
+    pub async fn bind(
+        &self,
+        key: &str,
+        target: &CloudTarget,
+        req: &BindRequest,
+        reassert: bool,
+    ) -> Result<String, EcsError> {
+        let result = self.gated(target, self.cloud.bind(target, req)).await;
+        if result.is_ok() {
+            self.resync.asserted(key);
+            if reassert && let Some(m) = &self.metrics {
+                m.drift_reasserts.inc();
+            }
+        }
+        result
     }
 
     pub async fn unbind(&self, target: &CloudTarget, req: &UnbindRequest) -> Result<String, EcsError> {
@@ -172,6 +236,8 @@ pub struct WatchConfig {
     pub namespaces: Vec<String>,
     /// Reconciles in parallel (per watched namespace when several are given).
     pub concurrency: u16,
+    /// Run the credentials Secret guard (finalizer on Secrets in use).
+    pub protect_credentials: bool,
 }
 
 /// Lets the rest of the process see the controller's caches (metrics, readiness).
@@ -183,16 +249,46 @@ pub struct Hooks {
 
 /// Counts down the watches that still have to finish their initial list.
 struct Synced {
-    remaining: std::sync::atomic::AtomicUsize,
+    remaining: AtomicUsize,
     health: Option<Arc<crate::admin::Health>>,
 }
 
 impl Synced {
     fn one_done(&self) {
-        if self.remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
             tracing::info!("initial watch sync complete");
             if let Some(h) = &self.health {
                 h.synced();
+            }
+        }
+    }
+}
+
+type Trigger<K> = futures::channel::mpsc::UnboundedSender<ObjectRef<K>>;
+
+/// Sends reconcile requests to the controller whose watch covers an object's namespace.
+struct Triggers {
+    bindings: Vec<(Option<String>, Trigger<VipBinding>)>,
+    secrets: Vec<(Option<String>, Trigger<PartialObjectMeta<Secret>>)>,
+}
+
+fn covers(scope: &Option<String>, namespace: &str) -> bool {
+    scope.as_deref().is_none_or(|s| s == namespace)
+}
+
+impl Triggers {
+    fn binding(&self, namespace: &str, name: &str) {
+        for (scope, tx) in &self.bindings {
+            if covers(scope, namespace) {
+                let _ = tx.unbounded_send(ObjectRef::new(name).within(namespace));
+            }
+        }
+    }
+
+    fn secret(&self, namespace: &str, name: &str) {
+        for (scope, tx) in &self.secrets {
+            if covers(scope, namespace) {
+                let _ = tx.unbounded_send(ObjectRef::new(name).within(namespace));
             }
         }
     }
@@ -203,9 +299,9 @@ fn strip_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
-/// Runs the controller until `stop` is cancelled, then lets in-flight reconciles finish.
+/// Runs the controllers until `stop` is cancelled, then lets in-flight reconciles finish.
 /// Several namespaces run one controller each (a watch covers one namespace or all), sharing
-/// the context: one cloud client, one rate limit, one backoff table.
+/// the context: one cloud client, one rate limit, one backoff table, one binding index.
 pub async fn run(
     client: ::kube::Client,
     ctx: Arc<Context>,
@@ -218,57 +314,106 @@ pub async fn run(
     // Readiness comes from the watch streams themselves (their first InitDone), not from
     // Store::wait_until_ready: that future keeps only its latest waiter's waker, and the
     // controller itself waits on it.
-    let synced =
-        Arc::new(Synced { remaining: std::sync::atomic::AtomicUsize::new(scopes.len()), health: hooks.health.clone() });
-    let controllers: Vec<_> = scopes
-        .into_iter()
-        .map(|namespace| {
-            let (controller, reader) =
-                build(client.clone(), ctx.clone(), namespace, config.concurrency, stop.clone(), synced.clone());
-            if let Ok(mut stores) = hooks.stores.write() {
-                stores.push(reader);
-            }
-            controller
-        })
-        .collect();
-    futures::future::join_all(controllers).await;
+    let synced = Arc::new(Synced { remaining: AtomicUsize::new(scopes.len()), health: hooks.health.clone() });
+    let mut triggers = Triggers { bindings: vec![], secrets: vec![] };
+    let mut receivers = vec![];
+    for scope in &scopes {
+        let (btx, brx) = futures::channel::mpsc::unbounded();
+        let (stx, srx) = futures::channel::mpsc::unbounded();
+        triggers.bindings.push((scope.clone(), btx));
+        triggers.secrets.push((scope.clone(), stx));
+        receivers.push((brx, srx));
+    }
+    let triggers = Arc::new(triggers);
+    let mut tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = vec![];
+    for (scope, (brx, srx)) in scopes.into_iter().zip(receivers) {
+        let scope_synced = Arc::new(AtomicBool::new(false));
+        let parts = Parts {
+            client: client.clone(),
+            ctx: ctx.clone(),
+            namespace: scope.clone(),
+            concurrency: config.concurrency,
+            stop: stop.clone(),
+            synced: synced.clone(),
+            scope_synced: scope_synced.clone(),
+            triggers: triggers.clone(),
+        };
+        let (controller, reader) = build(parts, brx);
+        if let Ok(mut stores) = hooks.stores.write() {
+            stores.push(reader);
+        }
+        tasks.push(Box::pin(controller));
+        if config.protect_credentials {
+            tasks.push(Box::pin(guard_controller(
+                client.clone(),
+                ctx.index.clone(),
+                scope,
+                scope_synced,
+                srx,
+                stop.clone(),
+            )));
+        }
+    }
+    futures::future::join_all(tasks).await;
 }
 
-fn build(
+struct Parts {
     client: ::kube::Client,
     ctx: Arc<Context>,
     namespace: Option<String>,
     concurrency: u16,
     stop: CancellationToken,
     synced: Arc<Synced>,
+    scope_synced: Arc<AtomicBool>,
+    triggers: Arc<Triggers>,
+}
+
+fn scoped_api<K>(client: ::kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = ::kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+fn build(
+    p: Parts,
+    triggered: futures::channel::mpsc::UnboundedReceiver<ObjectRef<VipBinding>>,
 ) -> (impl Future<Output = ()> + use<>, Store<VipBinding>) {
-    let namespace = namespace.as_deref();
-    let bindings: Api<VipBinding> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let bindings: Api<VipBinding> = scoped_api(p.client.clone(), p.namespace.as_deref());
     // Metadata only: enough to notice a Secret changed, without caching every Secret's data.
-    let secrets: Api<PartialObjectMeta<Secret>> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped_api(p.client.clone(), p.namespace.as_deref());
     let (reader, writer) = reflector::store();
-    let first_sync = std::sync::atomic::AtomicBool::new(false);
+    let (index, triggers, scope) = (p.ctx.index.clone(), p.triggers.clone(), p.namespace.clone());
+    let (synced, scope_synced, backoffs_ctx) = (p.synced.clone(), p.scope_synced.clone(), p.ctx.clone());
     let binding_stream = watcher(bindings, watcher::Config::default())
         .default_backoff()
         .modify(strip_managed_fields)
         .reflect(writer)
         .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone))
-                && !first_sync.swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
+            let Ok(event) = event else { return };
+            let changes = index.apply(scope.as_deref(), event);
+            for owner in changes.new_owners {
+                // The NIC's previous owner is gone: the next in line may bind now.
+                backoffs_ctx.backoffs.release_hold(&owner.key());
+                if let Some((ns, name)) = owner.key().split_once('/') {
+                    triggers.binding(ns, name);
+                }
+            }
+            for (ns, name) in changes.secrets {
+                triggers.secret(&ns, &name);
+            }
+            if matches!(event, watcher::Event::InitDone) && !scope_synced.swap(true, Ordering::SeqCst) {
                 synced.one_done();
             }
         })
         .touched_objects();
     let secret_stream = watcher(secrets, watcher::Config::default()).default_backoff().touched_objects();
     let store = reader.clone();
-    let mapper_ctx = ctx.clone();
+    let mapper_ctx = p.ctx.clone();
     // A Secret event re-examines the bindings that use it (e.g. one waiting for credentials).
     let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
         let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
@@ -285,9 +430,10 @@ fn build(
     };
     let controller = Controller::for_stream(binding_stream, reader.clone())
         .watches_stream(secret_stream, secret_mapper)
-        .with_config(ControllerConfig::default().concurrency(concurrency))
-        .graceful_shutdown_on(stop.cancelled_owned())
-        .run(reconcile::reconcile, error_policy, ctx)
+        .reconcile_on(triggered)
+        .with_config(ControllerConfig::default().concurrency(p.concurrency))
+        .graceful_shutdown_on(p.stop.cancelled_owned())
+        .run(reconcile::reconcile, error_policy, p.ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, action)) => tracing::trace!(object = %obj, ?action, "reconciled"),
@@ -298,4 +444,23 @@ fn build(
             }
         });
     (controller, reader)
+}
+
+/// The credentials Secret guard for one watch scope (see [`guard`]).
+async fn guard_controller(
+    client: ::kube::Client,
+    index: Arc<BindingIndex>,
+    namespace: Option<String>,
+    synced: Arc<AtomicBool>,
+    triggered: futures::channel::mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<Secret>>>,
+    stop: CancellationToken,
+) {
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped_api(client.clone(), namespace.as_deref());
+    let ctx = Arc::new(guard::GuardContext { client, index, synced });
+    Controller::new(secrets, watcher::Config::default())
+        .reconcile_on(triggered)
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(guard::reconcile, guard::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }

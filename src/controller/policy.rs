@@ -123,6 +123,60 @@ impl Backoffs {
     }
 }
 
+/// The drift check: how often a bound binding's bind is re-asserted (so a VIP removed behind
+/// the operator's back comes back). Jittered by ±10% so a fleet spreads out; after a restart,
+/// the first check of each binding is at a random point within one period (not all at once).
+pub struct Resync {
+    period: Duration,
+    next: Mutex<HashMap<String, Instant>>,
+}
+
+impl Resync {
+    pub fn new(period: Duration) -> Self {
+        Self { period, next: Mutex::default() }
+    }
+
+    pub fn disabled() -> Self {
+        Self::new(Duration::ZERO)
+    }
+
+    fn jittered(&self) -> Duration {
+        let ms = self.period.as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(ms * 9 / 10..=ms * 11 / 10))
+    }
+
+    /// Time until the next re-assert of `key` (`None`: the drift check is off).
+    pub fn until_due(&self, key: &str) -> Option<Duration> {
+        if self.period.is_zero() {
+            return None;
+        }
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let at = *next.entry(key.to_string()).or_insert_with(|| {
+            let first = rand::rng().random_range(0..=self.period.as_millis() as u64);
+            now + Duration::from_millis(first)
+        });
+        Some(at.saturating_duration_since(now))
+    }
+
+    pub fn is_due(&self, key: &str) -> bool {
+        self.until_due(key).is_some_and(|d| d.is_zero())
+    }
+
+    /// A bind just succeeded: the next re-assert is one (jittered) period away.
+    pub fn asserted(&self, key: &str) {
+        if self.period.is_zero() {
+            return;
+        }
+        let at = Instant::now() + self.jittered();
+        self.next.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), at);
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.next.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
 struct Strike {
     key_fingerprint: u64,
     until: Instant,
@@ -203,7 +257,7 @@ impl AuthGate {
                 let wait = s.until - Instant::now();
                 Err(format!(
                     "not sent: the cloud refused access key {} ({}); it is retried in {}s, or at once when the credentials change (Huawei locks a key after 5 failed signatures in a row)",
-                    creds.access_key(),
+                    creds.key_id(),
                     s.last_error,
                     wait.as_secs().max(1)
                 ))
@@ -296,6 +350,22 @@ mod tests {
         assert_eq!(b.failures("k"), 3);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn drift_checks_are_spread_then_periodic() {
+        let r = Resync::new(Duration::from_secs(600));
+        let first = r.until_due("k").unwrap();
+        assert!(first <= Duration::from_secs(600));
+        assert_eq!(r.until_due("k"), Some(first), "stable until something happens");
+        r.asserted("k");
+        let d = r.until_due("k").unwrap();
+        assert!(d >= Duration::from_secs(540) && d <= Duration::from_secs(660), "{d:?}");
+        assert!(!r.is_due("k"));
+        tokio::time::advance(d).await;
+        assert!(r.is_due("k"));
+        assert_eq!(Resync::disabled().until_due("k"), None);
+        assert!(!Resync::disabled().is_due("k"));
+    }
+
     #[tokio::test]
     async fn untrusted_keys_are_probed_one_call_at_a_time() {
         let gate = Arc::new(AuthGate::default());
@@ -327,7 +397,8 @@ mod tests {
         assert!(gate.check(&bad).is_ok());
         gate.refused(&bad, "HTTP 401 APIGW.0301");
         let held = gate.check(&bad).unwrap_err();
-        assert!(held.contains("AK1") && held.contains("APIGW.0301"), "{held}");
+        assert!(held.contains(&bad.key_id()) && held.contains("APIGW.0301"), "{held}");
+        assert!(!held.contains("AK1"), "the access key itself never shows: {held}");
         assert!(!held.contains("wrong"));
         // Rotated secret for the same AK: allowed at once.
         assert!(gate.check(&Credentials::new("AK1", "right", None).unwrap()).is_ok());

@@ -92,8 +92,12 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &str) -> Resul
         }
         None => {}
     }
-    let facts = ctx.facts(b);
-    let plan = decide(b, &facts);
+    let mut facts = ctx.facts(b);
+    let mut plan = decide(b, &facts);
+    if plan == Plan::Unbind && ctx.crd_deleting().await {
+        facts.crd_deleting = true;
+        plan = decide(b, &facts);
+    }
     tracing::debug!(?plan, "decided");
     match plan {
         Plan::Nothing => {
@@ -227,7 +231,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
         ip_address: b.spec.ip_address.clone(),
         reverse_binding: b.spec.reverse_binding,
     };
-    match ctx.bind(&target, &req, reassert).await {
+    match ctx.bind(key, &target, &req, reassert).await {
         Ok(port_id) => {
             let message = format!("VIP {} is bound to NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);
             let was_bound = knowledge == BoundKnowledge::Bound;

@@ -39,7 +39,7 @@ impl std::fmt::Debug for DefaultCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DefaultCredentials::None => f.write_str("none"),
-            DefaultCredentials::Static(c) => write!(f, "static access key {}", c.access_key()),
+            DefaultCredentials::Static(c) => write!(f, "static key {}", c.key_id()),
             DefaultCredentials::Secret { namespace, name } => write!(f, "Secret {namespace}/{name}"),
             DefaultCredentials::Metadata(_) => f.write_str("ECS metadata service"),
         }

@@ -32,7 +32,7 @@ pub struct Credentials {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
-            .field("access_key", &self.access_key)
+            .field("key", &self.key_id())
             .field("secret_key", &"[REDACTED]")
             .field("security_token", &self.security_token.as_ref().map(|_| "[REDACTED]"))
             .finish()
@@ -92,6 +92,14 @@ impl Credentials {
 
     pub fn access_key(&self) -> &str {
         &self.access_key
+    }
+
+    /// A stable, non-reversible name for the access key (`ak#` + 8 hex digits of its SHA-256),
+    /// for logs, events and conditions: the key itself never appears there.
+    pub fn key_id(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.access_key.as_bytes());
+        format!("ak#{}", hex::encode(&digest[..4]))
     }
 
     pub(crate) fn secret_key(&self) -> &str {
@@ -202,7 +210,7 @@ impl MetadataCredentials {
         }
         match self.fetch().await {
             Ok((creds, expires)) => {
-                tracing::info!(access_key = creds.access_key(), %expires, "fetched temporary credentials from the metadata service");
+                tracing::info!(key = %creds.key_id(), %expires, "fetched temporary credentials from the metadata service");
                 *cache = Some((creds.clone(), expires));
                 Ok(creds)
             }
@@ -260,11 +268,20 @@ mod tests {
     fn debug_redacts_secret_and_token() {
         let c = Credentials::new("AKID", "very-secret-sk", Some("tok-123")).unwrap();
         let shown = format!("{c:?}");
-        assert!(shown.contains("AKID"));
+        assert!(shown.contains(&c.key_id()));
+        assert!(!shown.contains("AKID"), "not even the access key: {shown}");
         assert!(!shown.contains("very-secret-sk"));
         assert!(!shown.contains("tok-123"));
         let s = SecretCredentials { credentials: c, project_id: None, region: None };
         assert!(!format!("{s:?}").contains("very-secret-sk"));
+    }
+
+    #[test]
+    fn key_ids_are_stable_and_distinct() {
+        let a = Credentials::new("AKID", "x", None).unwrap();
+        assert_eq!(a.key_id(), Credentials::new("AKID", "other", None).unwrap().key_id());
+        assert_ne!(a.key_id(), Credentials::new("AKIE", "x", None).unwrap().key_id());
+        assert!(a.key_id().starts_with("ak#") && a.key_id().len() == 11);
     }
 
     #[test]

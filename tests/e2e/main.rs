@@ -238,7 +238,8 @@ async fn s09_immutable_fields_are_refused_by_the_api() {
     // Bad input on create is refused with the schema's message.
     let mut bad = json!({"apiVersion": "vipoperator.dev/v1alpha1", "kind": "VipBinding", "metadata": {"name": "bad"},
         "spec": {"nicId": NIC2, "ipAddress": "300.1.1.1", "subnetId": harness::SUBNET}});
-    let err = env.bindings().create(&Default::default(), &serde_json::from_value(bad.take()).unwrap()).await.unwrap_err();
+    let err =
+        env.bindings().create(&Default::default(), &serde_json::from_value(bad.take()).unwrap()).await.unwrap_err();
     assert!(err.to_string().contains("ipAddress must be an IPv4 or IPv6 address"), "{err}");
     env.patch_spec("web", json!({"deletionPolicy": "Orphan", "reverseBinding": true})).await.expect("editable fields");
     env.cleanup().await;
@@ -359,7 +360,7 @@ async fn s11_only_the_leader_reconciles_and_a_standby_takes_over() {
     assert!(leader_metric(&b_metrics));
     assert_eq!(calls(&env, SimOperation::Bind).len(), 2);
     let status = b.terminate(Duration::from_secs(30)).await;
-    assert!(status.success(), "{status:?}");
+    assert!(status.success(), "{status:?}; logs:\n{}", b.logs());
     env.cleanup().await;
 }
 

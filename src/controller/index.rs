@@ -1,0 +1,309 @@
+//! An index over the watched bindings, kept up to date from the same watch events that feed the
+//! controller's cache: who owns each NIC, and which Secrets live bindings use. Decisions read it
+//! in O(1), with no API call.
+//!
+//! Ownership: the unbind API names no VIP, so two bindings on one NIC would undo each other. The
+//! oldest binding (creationTimestamp, then namespace/name) owns the NIC; it keeps owning it while
+//! it is being deleted, so the next one in line binds only after the owner's unbind is done.
+//! NIC IDs are globally unique (Neutron port UUIDs), so the key is the NIC ID alone — stricter
+//! than also comparing project and region, never looser.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::RwLock;
+
+use kube::ResourceExt;
+use kube::runtime::watcher;
+
+use crate::api::v1alpha1::VipBinding;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Claim {
+    created: Option<jiff::Timestamp>,
+    namespace: String,
+    name: String,
+    uid: String,
+}
+
+impl Claim {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    nic: String,
+    secret: Option<(String, String)>,
+    claim: Claim,
+}
+
+fn entry_of(b: &VipBinding) -> Option<Entry> {
+    let uid = b.uid()?;
+    let namespace = b.namespace().unwrap_or_default();
+    Some(Entry {
+        nic: b.spec.nic_id.clone(),
+        secret: b.spec.credentials_secret_ref.as_ref().map(|r| (namespace.clone(), r.name.clone())),
+        claim: Claim {
+            created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            namespace,
+            name: b.name_any(),
+            uid,
+        },
+    })
+}
+
+/// What an index change may have made actionable.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Bindings that became the owner of their NIC (they may bind now).
+    pub new_owners: Vec<Claim>,
+    /// Secrets whose in-use state may have changed.
+    pub secrets: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_uid: HashMap<String, Entry>,
+    by_nic: HashMap<String, BTreeSet<Claim>>,
+    by_secret: HashMap<(String, String), HashSet<String>>,
+    /// Initial lists in progress, per watch scope (namespace, or all).
+    buffers: HashMap<Option<String>, Vec<Entry>>,
+}
+
+impl Inner {
+    fn owner(&self, nic: &str) -> Option<&Claim> {
+        self.by_nic.get(nic).and_then(|c| c.first())
+    }
+
+    fn remove(&mut self, uid: &str, changes: &mut Changes) {
+        let Some(old) = self.by_uid.remove(uid) else { return };
+        let before = self.owner(&old.nic).cloned();
+        if let Some(claims) = self.by_nic.get_mut(&old.nic) {
+            claims.remove(&old.claim);
+            if claims.is_empty() {
+                self.by_nic.remove(&old.nic);
+            }
+        }
+        let after = self.owner(&old.nic).cloned();
+        if after != before
+            && let Some(owner) = after
+        {
+            changes.new_owners.push(owner);
+        }
+        if let Some(secret) = old.secret {
+            if let Some(users) = self.by_secret.get_mut(&secret) {
+                users.remove(uid);
+                if users.is_empty() {
+                    self.by_secret.remove(&secret);
+                }
+            }
+            changes.secrets.push(secret);
+        }
+    }
+
+    fn insert(&mut self, entry: Entry, changes: &mut Changes) {
+        let uid = entry.claim.uid.clone();
+        if let Some(old) = self.by_uid.get(&uid)
+            && old.nic == entry.nic
+            && old.secret == entry.secret
+            && old.claim == entry.claim
+        {
+            return;
+        }
+        self.remove(&uid, changes);
+        let before = self.owner(&entry.nic).cloned();
+        self.by_nic.entry(entry.nic.clone()).or_default().insert(entry.claim.clone());
+        let after = self.owner(&entry.nic).cloned();
+        if after != before
+            && let Some(owner) = after
+        {
+            changes.new_owners.push(owner);
+        }
+        if let Some(secret) = &entry.secret {
+            self.by_secret.entry(secret.clone()).or_default().insert(uid.clone());
+            changes.secrets.push(secret.clone());
+        }
+        self.by_uid.insert(uid, entry);
+    }
+}
+
+#[derive(Default)]
+pub struct BindingIndex {
+    inner: RwLock<Inner>,
+}
+
+impl BindingIndex {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies one watch event from the watch covering `scope` (a namespace, or all).
+    pub fn apply(&self, scope: Option<&str>, event: &watcher::Event<VipBinding>) -> Changes {
+        let mut changes = Changes::default();
+        let mut inner = self.write();
+        match event {
+            watcher::Event::Apply(b) => {
+                if let Some(e) = entry_of(b) {
+                    inner.insert(e, &mut changes);
+                }
+            }
+            watcher::Event::Delete(b) => {
+                if let Some(uid) = b.uid() {
+                    inner.remove(&uid, &mut changes);
+                }
+            }
+            watcher::Event::Init => {
+                inner.buffers.insert(scope.map(str::to_string), Vec::new());
+            }
+            watcher::Event::InitApply(b) => {
+                if let (Some(e), Some(buffer)) = (entry_of(b), inner.buffers.get_mut(&scope.map(str::to_string))) {
+                    buffer.push(e);
+                }
+            }
+            watcher::Event::InitDone => {
+                let fresh = inner.buffers.remove(&scope.map(str::to_string)).unwrap_or_default();
+                let fresh_uids: HashSet<&str> = fresh.iter().map(|e| e.claim.uid.as_str()).collect();
+                // A re-list replaces everything this watch covers.
+                let stale: Vec<String> = inner
+                    .by_uid
+                    .values()
+                    .filter(|e| scope.is_none_or(|ns| e.claim.namespace == ns))
+                    .filter(|e| !fresh_uids.contains(e.claim.uid.as_str()))
+                    .map(|e| e.claim.uid.clone())
+                    .collect();
+                for uid in stale {
+                    inner.remove(&uid, &mut changes);
+                }
+                for e in fresh {
+                    inner.insert(e, &mut changes);
+                }
+            }
+        }
+        changes
+    }
+
+    /// `namespace/name` of another binding that owns `b`'s NIC.
+    pub fn conflict_owner(&self, b: &VipBinding) -> Option<String> {
+        let uid = b.uid()?;
+        let inner = self.read();
+        let owner = inner.owner(&b.spec.nic_id)?;
+        // A binding the index has not seen yet is newer than everything it has seen.
+        (owner.uid != uid).then(|| owner.key())
+    }
+
+    /// Whether a binding (live or being deleted) uses this Secret.
+    pub fn secret_in_use(&self, namespace: &str, name: &str) -> bool {
+        self.read().by_secret.contains_key(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().by_uid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::v1alpha1::{DeletionPolicy, SecretRef, VipBindingSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn b(ns: &str, name: &str, nic: &str, created: &str, secret: Option<&str>) -> VipBinding {
+        let mut b = VipBinding::new(
+            name,
+            VipBindingSpec {
+                nic_id: nic.into(),
+                ip_address: "10.0.0.1".into(),
+                subnet_id: "s".into(),
+                reverse_binding: false,
+                project_id: None,
+                region: None,
+                credentials_secret_ref: secret.map(|s| SecretRef { name: s.into() }),
+                deletion_policy: DeletionPolicy::Unbind,
+            },
+        );
+        b.metadata.namespace = Some(ns.into());
+        b.metadata.uid = Some(format!("{ns}-{name}"));
+        b.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+        b
+    }
+
+    #[test]
+    fn the_oldest_binding_owns_the_nic_and_the_next_takes_over() {
+        let idx = BindingIndex::default();
+        let first = b("a", "first", "nic", "2026-01-01T00:00:00Z", None);
+        let second = b("b", "second", "nic", "2026-01-01T00:00:05Z", None);
+        let other = b("a", "other", "nic2", "2026-01-01T00:00:01Z", None);
+        // Arrival order does not matter, age does.
+        idx.apply(None, &watcher::Event::Apply(second.clone()));
+        let changes = idx.apply(None, &watcher::Event::Apply(first.clone()));
+        assert_eq!(changes.new_owners.iter().map(Claim::key).collect::<Vec<_>>(), vec!["a/first"]);
+        idx.apply(None, &watcher::Event::Apply(other.clone()));
+        assert_eq!(idx.conflict_owner(&first), None);
+        assert_eq!(idx.conflict_owner(&second).as_deref(), Some("a/first"));
+        assert_eq!(idx.conflict_owner(&other), None);
+        // Still the owner while being deleted; the next in line is told when it is gone.
+        let changes = idx.apply(None, &watcher::Event::Delete(first));
+        assert_eq!(changes.new_owners.iter().map(Claim::key).collect::<Vec<_>>(), vec!["b/second"]);
+        assert_eq!(idx.conflict_owner(&second), None);
+    }
+
+    #[test]
+    fn same_second_ties_break_by_namespace_and_name() {
+        let idx = BindingIndex::default();
+        let x = b("ns", "x", "nic", "2026-01-01T00:00:00Z", None);
+        let y = b("ns", "y", "nic", "2026-01-01T00:00:00Z", None);
+        idx.apply(None, &watcher::Event::Apply(y.clone()));
+        idx.apply(None, &watcher::Event::Apply(x.clone()));
+        assert_eq!(idx.conflict_owner(&y).as_deref(), Some("ns/x"));
+    }
+
+    #[test]
+    fn secrets_in_use_follow_the_bindings() {
+        let idx = BindingIndex::default();
+        let one = b("ns", "one", "n1", "2026-01-01T00:00:00Z", Some("creds"));
+        let two = b("ns", "two", "n2", "2026-01-01T00:00:00Z", Some("creds"));
+        let changes = idx.apply(None, &watcher::Event::Apply(one.clone()));
+        assert_eq!(changes.secrets, vec![("ns".to_string(), "creds".to_string())]);
+        idx.apply(None, &watcher::Event::Apply(two.clone()));
+        assert!(idx.secret_in_use("ns", "creds"));
+        assert!(!idx.secret_in_use("other", "creds"));
+        idx.apply(None, &watcher::Event::Delete(one));
+        assert!(idx.secret_in_use("ns", "creds"));
+        // Switching to another Secret releases the old one.
+        let mut moved = two.clone();
+        moved.spec.credentials_secret_ref = Some(SecretRef { name: "rotated".into() });
+        let changes = idx.apply(None, &watcher::Event::Apply(moved));
+        assert!(changes.secrets.contains(&("ns".to_string(), "creds".to_string())));
+        assert!(!idx.secret_in_use("ns", "creds"));
+        assert!(idx.secret_in_use("ns", "rotated"));
+    }
+
+    #[test]
+    fn a_relist_replaces_only_its_own_scope() {
+        let idx = BindingIndex::default();
+        let a = b("a", "x", "n1", "2026-01-01T00:00:00Z", None);
+        let bb = b("b", "y", "n2", "2026-01-01T00:00:00Z", None);
+        idx.apply(Some("a"), &watcher::Event::Apply(a.clone()));
+        idx.apply(Some("b"), &watcher::Event::Apply(bb.clone()));
+        // Namespace a re-lists and finds nothing (x was deleted while the watch was down).
+        idx.apply(Some("a"), &watcher::Event::Init);
+        assert_eq!(idx.len(), 2, "the old view stays until the list is complete");
+        idx.apply(Some("a"), &watcher::Event::InitDone);
+        assert_eq!(idx.len(), 1);
+        assert_eq!(idx.conflict_owner(&bb), None);
+        // A full re-list in an all-namespaces watch.
+        idx.apply(None, &watcher::Event::Init);
+        idx.apply(None, &watcher::Event::InitApply(a.clone()));
+        idx.apply(None, &watcher::Event::InitDone);
+        assert_eq!(idx.len(), 1);
+        assert_eq!(idx.conflict_owner(&a), None);
+    }
+}
