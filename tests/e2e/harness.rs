@@ -42,6 +42,12 @@ pub fn real_kubeconfig() -> Option<PathBuf> {
     std::env::var_os("VIPOP_E2E_KUBECONFIG").filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
+/// Scenarios that touch cluster-wide state (deleting the CRD) run on the fake API server, and
+/// on a real cluster only when asked for (`VIPOP_E2E_DESTRUCTIVE=1`, run them alone).
+pub fn destructive_allowed() -> bool {
+    real_kubeconfig().is_none() || std::env::var("VIPOP_E2E_DESTRUCTIVE").is_ok_and(|v| v == "1")
+}
+
 fn suffix() -> String {
     format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
@@ -240,9 +246,39 @@ impl Env {
         }
     }
 
+    /// No access key, secret key or signature in anything the operator wrote: its logs, and
+    /// the events and binding statuses in the namespace.
+    pub async fn assert_no_secrets_leaked(&self) {
+        use k8s_openapi::api::events::v1::Event as NewEvent;
+        let mut texts = vec![];
+        for entry in std::fs::read_dir(self.dir.path()).expect("temp dir").flatten() {
+            if entry.file_name().to_string_lossy().starts_with("operator-") {
+                texts.push((
+                    entry.path().display().to_string(),
+                    std::fs::read_to_string(entry.path()).unwrap_or_default(),
+                ));
+            }
+        }
+        let events: Api<NewEvent> = Api::namespaced(self.client.clone(), &self.namespace);
+        if let Ok(list) = events.list(&Default::default()).await {
+            texts.push(("events".into(), serde_json::to_string(&list.items).unwrap()));
+        }
+        if let Ok(list) = self.bindings().list(&Default::default()).await {
+            texts.push(("bindings".into(), serde_json::to_string(&list.items).unwrap()));
+        }
+        for (what, text) in texts {
+            for needle in
+                [SECRET_KEY, ACCESS_KEY, "rotated-secret", "ROTATEDACCESSKEY0001", "definitely-wrong", "Signature="]
+            {
+                assert!(!text.contains(needle), "{needle:?} leaked into {what}");
+            }
+        }
+    }
+
     /// Deletes the scenario's namespace (real cluster) and stops the simulator.
     pub async fn cleanup(self) {
         self.assert_operator_requests_within_rbac();
+        self.assert_no_secrets_leaked().await;
         if !self.is_fake() {
             let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.namespace, &DeleteParams::default()).await;
         }

@@ -6,6 +6,7 @@
 mod support;
 
 mod harness;
+mod safety;
 
 use std::time::Duration;
 
