@@ -171,6 +171,7 @@ fn error_response(err: &ApiError) -> Response {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
     let raw_query = parts.uri.query().unwrap_or_default().to_string();
@@ -210,6 +211,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
         field_manager: query.get("fieldManager").cloned(),
         status: response.status().as_u16(),
+        duration_us: started.elapsed().as_micros() as u64,
     });
     response
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::delete::{self, DeleteOptions, owner_refs};
 use super::resources::{CRD_CLEANUP_FINALIZER, ResourceType};
-use super::store::{ObjectKey, State, finalizers, is_deleting, meta_str, set_meta};
+use super::store::{ObjectKey, State, finalizers, is_deleting, set_meta};
 
 /// Runs every controller until none has anything left to do.
 pub(crate) fn reconcile(st: &mut State) {
@@ -104,16 +104,23 @@ fn crd_finalizer(st: &mut State) {
 }
 
 /// Deletes objects all of whose owners (by `ownerReferences[].uid`) no longer exist.
+///
+/// Only a removal can orphan anything, so it runs after removals only (keeping the fake's cost
+/// per write independent of how many objects it holds).
 fn garbage_collector(st: &mut State) {
-    let uids: std::collections::HashSet<String> =
-        st.all_objects().filter_map(|(_, o)| meta_str(o, "uid").map(str::to_string)).collect();
+    if st.removals == st.gc_seen_removals {
+        return;
+    }
+    st.gc_seen_removals = st.removals;
     let orphans: Vec<ObjectKey> = st
-        .all_objects()
-        .filter(|(_, o)| {
-            let refs = owner_refs(o);
-            !refs.is_empty() && refs.iter().all(|r| r["uid"].as_str().is_none_or(|uid| !uids.contains(uid)))
+        .dependents()
+        .into_iter()
+        .filter(|k| {
+            st.get(k).is_some_and(|o| {
+                let refs = owner_refs(o);
+                !refs.is_empty() && refs.iter().all(|r| r["uid"].as_str().is_none_or(|uid| !st.has_uid(uid)))
+            })
         })
-        .map(|(k, _)| k.clone())
         .collect();
     delete_all(st, orphans);
 }

@@ -166,6 +166,8 @@ pub struct RecordedRequest {
     pub field_manager: Option<String>,
     /// The HTTP status of the response (200 for a watch, whatever its events).
     pub status: u16,
+    /// Time spent serving the request (for a watch: until its stream started).
+    pub duration_us: u64,
 }
 
 impl RecordedRequest {

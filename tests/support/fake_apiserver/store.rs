@@ -75,6 +75,14 @@ pub(crate) struct State {
     next_uid: u64,
     /// While true, the built-in controllers (namespace, CRD finalizer, GC) make no progress.
     pub controllers_paused: bool,
+    /// Removals and writes of objects with owner references so far: the garbage collector only
+    /// has work after one of those.
+    pub removals: u64,
+    pub gc_seen_removals: u64,
+    /// uid -> key of every stored object, and the keys of objects with owner references: the
+    /// garbage collector's work stays proportional to the dependents, not to the store.
+    uids: std::collections::HashMap<String, ObjectKey>,
+    dependents: std::collections::BTreeSet<ObjectKey>,
 }
 
 impl State {
@@ -91,6 +99,10 @@ impl State {
             uid_prefix: rand::random(),
             next_uid: 0,
             controllers_paused: false,
+            removals: 0,
+            gc_seen_removals: 0,
+            uids: Default::default(),
+            dependents: Default::default(),
         }
     }
 
@@ -130,6 +142,7 @@ impl State {
 
     /// Stores a new object, assigning its resourceVersion; emits ADDED.
     pub fn insert(&mut self, key: ObjectKey, mut obj: Value) -> Value {
+        self.note_owner_refs(&key, &obj);
         let rv = self.next_rv();
         set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
         self.objects.insert(key.clone(), obj.clone());
@@ -139,6 +152,7 @@ impl State {
 
     /// Replaces a stored object, assigning a new resourceVersion; emits MODIFIED.
     pub fn replace(&mut self, key: ObjectKey, mut obj: Value) -> Value {
+        self.note_owner_refs(&key, &obj);
         let rv = self.next_rv();
         set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
         let prev = self.objects.insert(key.clone(), obj.clone());
@@ -146,10 +160,41 @@ impl State {
         obj
     }
 
+    /// Keeps the uid and dependents indexes; an object with owner references may be an orphan
+    /// already, so the garbage collector looks after such a write.
+    fn note_owner_refs(&mut self, key: &ObjectKey, obj: &Value) {
+        if let Some(uid) = obj["metadata"]["uid"].as_str() {
+            self.uids.insert(uid.to_string(), key.clone());
+        }
+        if obj["metadata"]["ownerReferences"].as_array().is_some_and(|r| !r.is_empty()) {
+            self.dependents.insert(key.clone());
+            self.removals += 1;
+        } else {
+            self.dependents.remove(key);
+        }
+    }
+
+    /// Whether an object with this uid is stored.
+    pub fn has_uid(&self, uid: &str) -> bool {
+        self.uids.contains_key(uid)
+    }
+
+    /// Keys of the stored objects that have owner references.
+    pub fn dependents(&self) -> Vec<ObjectKey> {
+        self.dependents.iter().cloned().collect()
+    }
+
     /// Removes an object; emits DELETED carrying its last state at the deletion's resourceVersion.
     /// Returns the last stored state (with its own resourceVersion), as etcd's delete does.
     pub fn remove(&mut self, key: &ObjectKey) -> Option<Value> {
         let stored = self.objects.remove(key)?;
+        self.removals += 1;
+        self.dependents.remove(key);
+        if let Some(uid) = stored["metadata"]["uid"].as_str()
+            && self.uids.get(uid) == Some(key)
+        {
+            self.uids.remove(uid);
+        }
         let rv = self.next_rv();
         let mut object = stored.clone();
         set_meta(&mut object, "resourceVersion", json!(rv.to_string()));

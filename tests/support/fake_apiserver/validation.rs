@@ -565,6 +565,20 @@ fn correlate_item<'a>(list_schema: &Value, old: &'a [Value], item: &Value) -> Op
     old.iter().find(|o| o.as_object().is_some_and(|o| keys.iter().all(|k| o.get(*k) == item.get(*k))))
 }
 
+thread_local! {
+    /// Compiled CEL rules by schema node: compiling is by far the most expensive part of a
+    /// write, and a CRD's rules do not change between writes.
+    static CEL: std::cell::RefCell<HashMap<String, std::rc::Rc<kube_cel::CompiledSchema>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+fn compiled_rules(node: &Value) -> std::rc::Rc<kube_cel::CompiledSchema> {
+    let key = node.to_string();
+    CEL.with(|cache| {
+        cache.borrow_mut().entry(key).or_insert_with(|| std::rc::Rc::new(kube_cel::compile_schema(node))).clone()
+    })
+}
+
 static REGEXES: LazyLock<Mutex<HashMap<String, Option<Regex>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// A compiled `pattern` (Go RE2 and Rust `regex` agree on the syntax CRDs use); `None` if it
@@ -1031,7 +1045,7 @@ impl Cel<'_> {
     /// rule's `fieldPath`), or the field error its `reason` asks for.
     fn evaluate(&mut self, s: &Value, rules: &[Value], v: &Value, old: Option<&Value>, path: &Path, ratchet: bool) {
         let node = own_rules_only(s, rules);
-        let compiled = kube_cel::compile_schema(&node);
+        let compiled = compiled_rules(&node);
         let uses_old_self: HashMap<String, bool> = compiled
             .validations
             .iter()
