@@ -169,6 +169,9 @@ pub struct CallRecord {
     pub status: u16,
     pub code: Option<String>,
     pub request_id: String,
+    /// Microseconds from receiving the request to answering it (its latency, faults included).
+    #[serde(default)]
+    pub duration_us: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -631,6 +634,7 @@ async fn nic_call(
     body: Bytes,
 ) -> Response {
     let _in_flight = InFlight::enter(&shared);
+    let received = tokio::time::Instant::now();
     let (seq, rid) = request_id(&shared);
     let mut record = CallRecord {
         seq,
@@ -644,6 +648,7 @@ async fn nic_call(
         status: 0,
         code: None,
         request_id: rid.clone(),
+        duration_us: 0,
     };
     let (outcome, latency) = {
         let mut inner = shared.lock();
@@ -655,12 +660,16 @@ async fn nic_call(
     };
     let wait = latency + outcome.hold;
     if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep_until(received + wait).await;
     }
     let resp = match outcome.code {
         None => (StatusCode::OK, axum::Json(json!({"port_id": nic_id}))).into_response(),
         Some(code) => error_response(outcome.status, &code, &outcome.message, &rid, outcome.retry_after),
     };
+    let took = received.elapsed().as_micros() as u64;
+    if let Some(call) = shared.lock().calls.iter_mut().rev().find(|c| c.seq == seq) {
+        call.duration_us = took;
+    }
     with_request_id(resp, &rid)
 }
 
