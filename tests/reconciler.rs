@@ -399,7 +399,8 @@ async fn create_adds_finalizer_binds_once_and_records_status() {
             reverse_binding: false,
         }]
     );
-    assert_eq!(run.seen.len(), 3, "{:#?}", run.seen);
+    // Two writes per create: the finalizer, then the status. No event for a routine bind.
+    assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
     assert_finalizer_added(&run.seen[0]);
     let msg = format!("VIP 192.168.0.7 is bound to NIC {NIC} (port {NIC})");
     assert_status_apply(
@@ -411,7 +412,7 @@ async fn create_adds_finalizer_binds_once_and_records_status() {
             "conditions": [cond("Bound", "True", "Bound", &msg, NOW), cond("Ready", "True", "Bound", &msg, NOW)],
         }),
     );
-    assert_event(&run.seen[2], "Normal", "Bound", "is bound to NIC");
+    // The drift check is off in this context: nothing to wait for but a change.
     assert_eq!(run.action, Action::await_change());
 }
 
@@ -435,8 +436,9 @@ async fn delete_unbinds_records_port_and_conditions_then_releases() {
     assert_eq!(calls[0].nic, NIC);
     assert!(!calls[0].reverse_binding);
 
+    // Two writes per delete: the final status, then the finalizer. No event for a routine unbind.
     let seen = after_crd_check(&run.seen);
-    assert_eq!(seen.len(), 3, "{seen:#?}");
+    assert_eq!(seen.len(), 2, "{seen:#?}");
     let msg = format!("VIP 192.168.0.7 unbound from NIC {NIC} (port {NIC})");
     assert_status_apply(
         &seen[0],
@@ -447,7 +449,6 @@ async fn delete_unbinds_records_port_and_conditions_then_releases() {
         }),
     );
     assert_finalizer_removed(&seen[1]);
-    assert_event(&seen[2], "Normal", "Unbound", "unbound from NIC");
 }
 
 #[tokio::test]
@@ -493,7 +494,7 @@ async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
     let second = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(cloud.calls().len(), 2);
     let second_seen = after_crd_check(&second.seen);
-    assert_eq!(second_seen.len(), 3);
+    assert_eq!(second_seen.len(), 2);
     assert_eq!(second_seen[0].body["status"]["conditions"][1]["reason"], "Unbound");
     assert_finalizer_removed(&second_seen[1]);
 }
@@ -659,8 +660,9 @@ async fn deleting_a_binding_that_never_reached_the_cloud_needs_no_unbind() {
 
 #[tokio::test]
 async fn event_failures_never_block_a_deletion() {
-    // A terminating namespace refuses new events; the binding must still be released.
-    let cloud = FakeCloud::answering(vec![]);
+    // A terminating namespace refuses new events; the binding must still be released (here
+    // through NicNotFound, a release that publishes an event).
+    let cloud = FakeCloud::answering(vec![Err(api_error(404, "Ecs.0614", "req-404"))]);
     let run = run_once(
         deleting(bound_binding()),
         cloud.clone(),
@@ -671,7 +673,7 @@ async fn event_failures_never_block_a_deletion() {
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 3);
     assert_finalizer_removed(&seen[1]);
-    assert_eq!(seen[2].method, "POST");
+    assert_eq!(seen[2].method, "POST", "the event was attempted (and refused)");
     assert_eq!(run.action, Action::await_change());
 }
 

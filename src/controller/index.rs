@@ -34,7 +34,8 @@ impl Claim {
 struct Entry {
     nic: String,
     secret: Option<(String, String)>,
-    claim: Claim,
+    /// Shared with `by_nic`: one copy of the strings per binding.
+    claim: std::sync::Arc<Claim>,
 }
 
 fn entry_of(b: &VipBinding) -> Option<Entry> {
@@ -43,12 +44,12 @@ fn entry_of(b: &VipBinding) -> Option<Entry> {
     Some(Entry {
         nic: b.spec.nic_id.clone(),
         secret: b.spec.credentials_secret_ref.as_ref().map(|r| (namespace.clone(), r.name.clone())),
-        claim: Claim {
+        claim: std::sync::Arc::new(Claim {
             created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
             namespace,
             name: b.name_any(),
             uid,
-        },
+        }),
     })
 }
 
@@ -64,7 +65,7 @@ pub struct Changes {
 #[derive(Default)]
 struct Inner {
     by_uid: HashMap<String, Entry>,
-    by_nic: HashMap<String, BTreeSet<Claim>>,
+    by_nic: HashMap<String, BTreeSet<std::sync::Arc<Claim>>>,
     by_secret: HashMap<(String, String), HashSet<String>>,
     /// Initial lists in progress, per watch scope (namespace, or all).
     buffers: HashMap<Option<String>, Vec<Entry>>,
@@ -72,7 +73,7 @@ struct Inner {
 
 impl Inner {
     fn owner(&self, nic: &str) -> Option<&Claim> {
-        self.by_nic.get(nic).and_then(|c| c.first())
+        self.by_nic.get(nic).and_then(|c| c.first()).map(|c| &**c)
     }
 
     fn remove(&mut self, uid: &str, changes: &mut Changes) {

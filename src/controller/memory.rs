@@ -33,9 +33,20 @@ pub enum View<'a> {
 }
 
 pub struct Memory {
-    entries: Mutex<HashMap<String, (Instant, Written)>>,
+    entries: Mutex<HashMap<String, Entry>>,
     ttl: Duration,
 }
+
+struct Entry {
+    at: Instant,
+    written: Written,
+    /// When the watch delivered what we wrote: the entry is kept a little longer, for a
+    /// reconcile that took its (older) copy of the object just before.
+    confirmed: Option<Instant>,
+}
+
+/// How long an entry outlives the watch event that confirmed it.
+const CONFIRMED_GRACE: Duration = Duration::from_secs(5);
 
 impl Default for Memory {
     fn default() -> Self {
@@ -58,8 +69,10 @@ impl Memory {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let ttl = self.ttl;
-        entries.retain(|_, (at, _)| now.duration_since(*at) < ttl);
-        entries.insert(key, (now, written));
+        entries.retain(|_, e| {
+            now.duration_since(e.at) < ttl && e.confirmed.is_none_or(|c| now.duration_since(c) < CONFIRMED_GRACE)
+        });
+        entries.insert(key, Entry { at: now, written, confirmed: None });
     }
 
     pub fn wrote_status(&self, b: &VipBinding, status: &VipBindingStatus) {
@@ -70,15 +83,38 @@ impl Memory {
         self.put(b, Written::Released);
     }
 
+    /// Called for every object the watch delivers: drops what the cache now shows, at once
+    /// (entries would otherwise wait for the object's next reconcile, which a large backlog
+    /// can delay by minutes).
+    pub fn observe(&self, b: &VipBinding) {
+        let Some(key) = Self::key(b) else { return };
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = entries.get_mut(&key)
+            && entry.confirmed.is_none()
+            && let Written::Status { generation, status } = &entry.written
+            && (b.status.as_ref() == Some(status) || *generation != b.metadata.generation)
+        {
+            entry.confirmed = Some(Instant::now());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn view<'a>(&self, b: &'a VipBinding) -> View<'a> {
         let Some(key) = Self::key(b) else { return View::Cached(b) };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((at, written)) = entries.get(&key) else { return View::Cached(b) };
-        if at.elapsed() >= self.ttl {
+        let Some(entry) = entries.get(&key) else { return View::Cached(b) };
+        if entry.at.elapsed() >= self.ttl {
             entries.remove(&key);
             return View::Cached(b);
         }
-        match written {
+        match &entry.written {
             Written::Released => View::Released,
             Written::Status { generation, status } => {
                 if b.status.as_ref() == Some(status) {
@@ -141,6 +177,50 @@ mod tests {
         assert!(matches!(m.view(&current), View::Cached(_)));
         // The entry is gone once caught up.
         assert!(matches!(m.view(&stale), View::Cached(_)));
+    }
+
+    #[test]
+    fn a_status_read_back_from_the_api_equals_what_we_wrote() {
+        // Condition times go through the API at second precision; Context::now() writes them so.
+        let at = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let mut written = status("p");
+        crate::controller::status::set_condition(
+            &mut written.conditions,
+            "Ready",
+            crate::controller::status::CondStatus::True,
+            crate::api::v1alpha1::Reason::Bound,
+            "m",
+            Some(1),
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at),
+        );
+        let read_back: VipBindingStatus = serde_json::from_value(serde_json::to_value(&written).unwrap()).unwrap();
+        assert_eq!(read_back, written);
+        let m = Memory::default();
+        m.wrote_status(&binding(1), &written);
+        let mut cached = binding(1);
+        cached.status = Some(read_back);
+        assert!(matches!(m.view(&cached), View::Cached(_)), "caught up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn confirmed_entries_still_serve_a_stale_copy_then_go() {
+        let m = Memory::default();
+        let stale = binding(1);
+        m.wrote_status(&stale, &status("p"));
+        m.observe(&stale);
+        let mut current = binding(1);
+        current.status = Some(status("p"));
+        // The watch delivered our write...
+        m.observe(&current);
+        // ...while a reconcile still holds the copy from before it: it must see our status.
+        assert!(matches!(m.view(&stale), View::Overlaid(_)));
+        assert_eq!(m.len(), 1);
+        // Confirmed entries are purged a few seconds later, on the next write.
+        tokio::time::advance(CONFIRMED_GRACE + Duration::from_millis(1)).await;
+        let mut other = binding(1);
+        other.metadata.uid = Some("u2".into());
+        m.released(&other);
+        assert_eq!(m.len(), 1, "only the new entry is left");
     }
 
     #[test]

@@ -87,8 +87,11 @@ impl Context {
         Ok(())
     }
 
+    /// Now, in whole seconds: the API stores condition times at second precision, and a
+    /// status we write must read back equal to what we remember writing (see `memory`).
     pub fn now(&self) -> Time {
-        Time(self.clock.now())
+        let now = self.clock.now();
+        Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
     }
 
     pub fn facts(&self, b: &VipBinding) -> Facts {
@@ -119,16 +122,12 @@ impl Context {
         }
     }
 
-    /// What to do after a reconcile that left the binding as its spec asks: wait for a change,
-    /// or for the next drift check of a bound binding.
+    /// After a reconcile that left the binding as its spec asks: wait for a change (the drift
+    /// sweeper asks for the next check of a bound binding).
     pub fn after_success(&self, b: &VipBinding, key: &str) -> Action {
         self.backoffs.reset(key);
-        if b.metadata.deletion_timestamp.is_none()
-            && decide::bound_as_specified(b)
-            && !b.is_paused()
-            && let Some(wait) = self.resync.until_due(key)
-        {
-            return Action::requeue(wait.max(Duration::from_secs(1)));
+        if b.metadata.deletion_timestamp.is_none() && decide::bound_as_specified(b) {
+            self.resync.track(key);
         }
         Action::await_change()
     }
@@ -299,6 +298,21 @@ fn strip_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
+/// What the cache keeps of a binding: everything but what the operator never reads
+/// (managedFields, labels, annotations other than its own — `kubectl apply` stores a copy of
+/// the whole object in one). Memory per cached binding is what limits a large fleet.
+fn slim_binding(b: &mut VipBinding) {
+    strip_managed_fields(b);
+    let meta = b.meta_mut();
+    meta.labels = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k.starts_with("vipoperator.dev/"));
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
 /// Runs the controllers until `stop` is cancelled, then lets in-flight reconciles finish.
 /// Several namespaces run one controller each (a watch covers one namespace or all), sharing
 /// the context: one cloud client, one rate limit, one backoff table, one binding index.
@@ -325,6 +339,9 @@ pub async fn run(
         receivers.push((brx, srx));
     }
     let triggers = Arc::new(triggers);
+    if !ctx.resync.period().is_zero() {
+        tokio::spawn(drift_sweeper(ctx.clone(), triggers.clone(), stop.clone()));
+    }
     let mut tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = vec![];
     for (scope, (brx, srx)) in scopes.into_iter().zip(receivers) {
         let scope_synced = Arc::new(AtomicBool::new(false));
@@ -389,12 +406,16 @@ fn build(
     let (reader, writer) = reflector::store();
     let (index, triggers, scope) = (p.ctx.index.clone(), p.triggers.clone(), p.namespace.clone());
     let (synced, scope_synced, backoffs_ctx) = (p.synced.clone(), p.scope_synced.clone(), p.ctx.clone());
+    let memory_ctx = p.ctx.clone();
     let binding_stream = watcher(bindings, watcher::Config::default())
         .default_backoff()
-        .modify(strip_managed_fields)
+        .modify(slim_binding)
         .reflect(writer)
         .inspect(move |event| {
             let Ok(event) = event else { return };
+            if let watcher::Event::Apply(b) | watcher::Event::InitApply(b) = event {
+                memory_ctx.memory.observe(b);
+            }
             let changes = index.apply(scope.as_deref(), event);
             for owner in changes.new_owners {
                 // The NIC's previous owner is gone: the next in line may bind now.
@@ -444,6 +465,22 @@ fn build(
             }
         });
     (controller, reader)
+}
+
+/// Asks for a reconcile of every bound binding whose drift check is due.
+async fn drift_sweeper(ctx: Arc<Context>, triggers: Arc<Triggers>, stop: CancellationToken) {
+    let every = (ctx.resync.period() / 20).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        for key in ctx.resync.take_due(Duration::from_secs(30).max(every * 4)) {
+            if let Some((ns, name)) = key.split_once('/') {
+                triggers.binding(ns, name);
+            }
+        }
+    }
 }
 
 /// The credentials Secret guard for one watch scope (see [`guard`]).

@@ -126,18 +126,38 @@ impl Backoffs {
 /// The drift check: how often a bound binding's bind is re-asserted (so a VIP removed behind
 /// the operator's back comes back). Jittered by ±10% so a fleet spreads out; after a restart,
 /// the first check of each binding is at a random point within one period (not all at once).
+///
+/// Due bindings are found by one sweeper ([`Resync::take_due`]) rather than by a scheduled
+/// requeue per binding: the controller's scheduler costs about 1.5 KB per pending entry, this
+/// map about 100 bytes.
 pub struct Resync {
     period: Duration,
-    next: Mutex<HashMap<String, Instant>>,
+    entries: Mutex<HashMap<String, DriftEntry>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DriftEntry {
+    next: Instant,
+    /// When the sweeper last asked for a reconcile, so a slow or failing one is not asked again
+    /// on every sweep.
+    triggered: Option<Instant>,
 }
 
 impl Resync {
     pub fn new(period: Duration) -> Self {
-        Self { period, next: Mutex::default() }
+        Self { period, entries: Mutex::default() }
     }
 
     pub fn disabled() -> Self {
         Self::new(Duration::ZERO)
+    }
+
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DriftEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn jittered(&self) -> Duration {
@@ -145,22 +165,20 @@ impl Resync {
         Duration::from_millis(rand::rng().random_range(ms * 9 / 10..=ms * 11 / 10))
     }
 
-    /// Time until the next re-assert of `key` (`None`: the drift check is off).
-    pub fn until_due(&self, key: &str) -> Option<Duration> {
+    /// Tracks a bound binding (a no-op when already tracked); its first check comes at a random
+    /// point within one period.
+    pub fn track(&self, key: &str) {
         if self.period.is_zero() {
-            return None;
+            return;
         }
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let at = *next.entry(key.to_string()).or_insert_with(|| {
-            let first = rand::rng().random_range(0..=self.period.as_millis() as u64);
-            now + Duration::from_millis(first)
-        });
-        Some(at.saturating_duration_since(now))
+        let first = rand::rng().random_range(0..=self.period.as_millis() as u64);
+        self.lock()
+            .entry(key.to_string())
+            .or_insert_with(|| DriftEntry { next: Instant::now() + Duration::from_millis(first), triggered: None });
     }
 
     pub fn is_due(&self, key: &str) -> bool {
-        self.until_due(key).is_some_and(|d| d.is_zero())
+        !self.period.is_zero() && self.lock().get(key).is_some_and(|e| e.next <= Instant::now())
     }
 
     /// A bind just succeeded: the next re-assert is one (jittered) period away.
@@ -168,12 +186,34 @@ impl Resync {
         if self.period.is_zero() {
             return;
         }
-        let at = Instant::now() + self.jittered();
-        self.next.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), at);
+        let next = Instant::now() + self.jittered();
+        self.lock().insert(key.to_string(), DriftEntry { next, triggered: None });
+    }
+
+    /// The bindings whose drift check is due and that were not asked for in the last
+    /// `retrigger_after`; they are marked as asked.
+    pub fn take_due(&self, retrigger_after: Duration) -> Vec<String> {
+        let now = Instant::now();
+        let mut due = vec![];
+        for (key, entry) in self.lock().iter_mut() {
+            if entry.next <= now && entry.triggered.is_none_or(|t| now.duration_since(t) >= retrigger_after) {
+                entry.triggered = Some(now);
+                due.push(key.clone());
+            }
+        }
+        due
     }
 
     pub fn forget(&self, key: &str) {
-        self.next.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.lock().remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -353,17 +393,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn drift_checks_are_spread_then_periodic() {
         let r = Resync::new(Duration::from_secs(600));
-        let first = r.until_due("k").unwrap();
-        assert!(first <= Duration::from_secs(600));
-        assert_eq!(r.until_due("k"), Some(first), "stable until something happens");
-        r.asserted("k");
-        let d = r.until_due("k").unwrap();
-        assert!(d >= Duration::from_secs(540) && d <= Duration::from_secs(660), "{d:?}");
-        assert!(!r.is_due("k"));
-        tokio::time::advance(d).await;
+        assert!(!r.is_due("k"), "untracked bindings are never due");
+        r.track("k");
+        // The first check is somewhere in the first period.
+        tokio::time::advance(Duration::from_secs(601)).await;
         assert!(r.is_due("k"));
-        assert_eq!(Resync::disabled().until_due("k"), None);
-        assert!(!Resync::disabled().is_due("k"));
+        assert_eq!(r.take_due(Duration::from_secs(30)), vec!["k".to_string()]);
+        assert!(r.take_due(Duration::from_secs(30)).is_empty(), "asked once, not on every sweep");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(r.take_due(Duration::from_secs(30)).len(), 1, "asked again if nothing happened");
+        r.asserted("k");
+        assert!(!r.is_due("k"));
+        tokio::time::advance(Duration::from_secs(539)).await;
+        assert!(!r.is_due("k"), "not before 90% of the period");
+        tokio::time::advance(Duration::from_secs(122)).await;
+        assert!(r.is_due("k"), "by 110% of the period");
+        r.forget("k");
+        assert!(r.is_empty());
+        let off = Resync::disabled();
+        off.track("k");
+        assert!(!off.is_due("k") && off.is_empty());
     }
 
     #[tokio::test]

@@ -94,6 +94,7 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &str) -> Resul
     }
     let mut facts = ctx.facts(b);
     let mut plan = decide(b, &facts);
+    tracing::trace!(?plan, "first decision");
     if plan == Plan::Unbind && ctx.crd_deleting().await {
         facts.crd_deleting = true;
         plan = decide(b, &facts);
@@ -158,13 +159,20 @@ async fn release(
 ) -> Result<Action, Error> {
     if let Some(status) = builder.build() {
         ctx.record(b, &status).await?;
+        tracing::trace!("final status written");
     }
     ctx.kube.remove_finalizer(b).await?;
+    tracing::trace!("finalizer removed");
     ctx.memory.released(b);
     ctx.backoffs.reset(key);
     ctx.forget(b);
     tracing::info!(reason = reason.as_str(), "released");
-    ctx.kube.event(b, false, reason, "Release", message.to_string()).await;
+    // A routine unbind is in the status (and the object is gone); an event is for the
+    // unusual ways out: Orphaned, NotBound, NicNotFound, Conflict. This keeps a deletion at
+    // two API writes.
+    if reason != Reason::Unbound {
+        ctx.kube.event(b, false, reason, "Release", message.to_string()).await;
+    }
     Ok(Action::await_change())
 }
 
@@ -245,9 +253,10 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
                 ctx.record(b, &status).await?;
             }
             ctx.backoffs.reset(key);
+            // No event for a routine bind: the Ready condition says it, and a create stays at
+            // two API writes (finalizer, status). Failures are events.
             if !was_bound || !reassert {
                 tracing::info!(vip = %b.spec.ip_address, nic = %b.spec.nic_id, reassert, "bound");
-                ctx.kube.event(b, false, Reason::Bound, "Bind", message).await;
             }
             Ok(ctx.after_success(b, key))
         }
@@ -291,8 +300,10 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Erro
         Err(action) => return Ok(action),
     };
     let req = UnbindRequest { nic_id: b.spec.nic_id.clone(), reverse_binding: b.spec.reverse_binding };
+    tracing::trace!("unbinding");
     match ctx.unbind(&target, &req).await {
         Ok(port_id) => {
+            tracing::trace!("unbound");
             let message = format!("VIP {} unbound from NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);
             let builder = StatusBuilder::new(b, ctx.now())
                 .port_id(Some(port_id))
