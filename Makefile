@@ -47,6 +47,9 @@ e2e: ## End-to-end suite against the cluster in VIPOP_E2E_KUBECONFIG (says so an
 	fi
 	$(CARGO) nextest run --test e2e --no-fail-fast
 
+bench: ## Fleet benchmark: release operator + simulator, N bindings (BENCH_N, BENCH_LATENCY_MS, BENCH_QPS, BENCH_CONCURRENCY)
+	$(CARGO) bench --bench operator
+
 build: ## Debug build
 	$(CARGO) build
 

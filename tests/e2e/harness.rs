@@ -111,6 +111,8 @@ impl Env {
         OperatorBuilder {
             env: self,
             admin: "127.0.0.1:0".into(),
+            log_level: "info,vip_operator=debug".into(),
+            cloud: ("200".into(), "50".into()),
             args: vec![],
             envs: vec![
                 ("HUAWEICLOUD_SDK_AK".into(), ACCESS_KEY.into()),
@@ -342,6 +344,8 @@ pub fn has_finalizer(b: &VipBinding) -> bool {
 pub struct OperatorBuilder<'a> {
     env: &'a mut Env,
     admin: String,
+    log_level: String,
+    cloud: (String, String),
     args: Vec<String>,
     envs: Vec<(String, String)>,
 }
@@ -364,6 +368,19 @@ impl OperatorBuilder<'_> {
         self
     }
 
+    #[allow(dead_code)] // used by the benchmark (tests/perf), which shares this harness
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.into();
+        self
+    }
+
+    /// `--cloud-qps` and `--cloud-burst`.
+    #[allow(dead_code)] // used by the benchmark
+    pub fn cloud_rate(mut self, qps: f64, burst: u32) -> Self {
+        self.cloud = (qps.to_string(), burst.to_string());
+        self
+    }
+
     pub async fn start(self) -> Operator {
         self.env.operators += 1;
         let log = self.env.dir.path().join(format!("operator-{}.log", self.env.operators));
@@ -373,8 +390,8 @@ impl OperatorBuilder<'_> {
             .args(["--ecs-endpoint", &self.env.sim.url()])
             .args(["--namespace", &self.env.namespace])
             .args(["--metrics-addr", &self.admin])
-            .args(["--cloud-qps", "200", "--cloud-burst", "50"])
-            .args(["--log-format", "json", "--log-level", "info,vip_operator=debug"])
+            .args(["--cloud-qps", &self.cloud.0, "--cloud-burst", &self.cloud.1])
+            .args(["--log-format", "json", "--log-level", &self.log_level])
             .args(&self.args)
             .env_clear()
             .env("KUBECONFIG", &self.env.kubeconfig)
@@ -419,6 +436,11 @@ impl Operator {
             let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         }
         tokio::time::timeout(within, self.child.wait()).await.expect("operator did not stop in time").expect("wait")
+    }
+
+    #[allow(dead_code)] // used by the benchmark
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub fn logs(&self) -> String {

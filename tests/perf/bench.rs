@@ -1,0 +1,417 @@
+//! `make bench`: the release operator against the bundled simulator, on the e2e harness's API
+//! backend (the in-repo fake API server, or the cluster in `VIPOP_E2E_KUBECONFIG`).
+//!
+//! Phases: create N bindings at once (until all Ready); idle (RSS with N cached); delete a
+//! sample one at a time (per-object delete overhead); delete the rest at once (until all gone).
+//! Knobs (environment): BENCH_N (1000), BENCH_LATENCY_MS (50), BENCH_QPS (200),
+//! BENCH_CONCURRENCY (32). Prints a table and writes `target/bench/report.json`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+#[path = "../e2e/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::DeleteParams;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::Serialize;
+use serde_json::json;
+use vip_operator::simulator::SimOperation;
+
+use harness::{Env, admin_get, free_port, ready};
+
+fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[derive(Default)]
+struct Seen {
+    ready_at: HashMap<String, Instant>,
+    gone_at: HashMap<String, Instant>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct ProcStats {
+    rss_mb: f64,
+    peak_rss_mb: f64,
+    cpu_seconds: f64,
+}
+
+fn proc_stats(pid: u32) -> Option<ProcStats> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| -> Option<f64> {
+        status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse::<f64>().ok()
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ProcStats { rss_mb: kb("VmRSS:")? / 1024.0, peak_rss_mb: kb("VmHWM:")? / 1024.0, cpu_seconds: ticks / 100.0 })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[derive(Debug, Serialize)]
+struct Phase {
+    bindings: usize,
+    seconds: f64,
+    per_second: f64,
+    limit_per_second: f64,
+    fraction_of_limit: f64,
+    cloud_calls_per_binding: f64,
+    throttled_calls: usize,
+    api_requests_per_binding: BTreeMap<String, f64>,
+    api_writes_per_binding: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    backend: &'static str,
+    n: usize,
+    latency_ms: u64,
+    qps: f64,
+    concurrency: u16,
+    create: Phase,
+    delete: Phase,
+    delete_overhead_ms: BTreeMap<String, f64>,
+    delete_overhead_samples: usize,
+    idle_rss_mb: f64,
+    peak_rss_mb: f64,
+    cpu_seconds: f64,
+    checks: Vec<(String, bool)>,
+}
+
+/// Operator requests (by User-Agent) by verb, per binding.
+fn api_requests(env: &Env, per: usize) -> (BTreeMap<String, f64>, f64) {
+    let Some(api) = env.fake() else { return (BTreeMap::new(), f64::NAN) };
+    let mut by_verb = BTreeMap::<String, f64>::new();
+    let mut writes = 0.0;
+    for r in api.requests().iter().filter(|r| r.user_agent.as_deref().is_some_and(|ua| ua.starts_with("vip-operator/")))
+    {
+        *by_verb.entry(r.verb.clone()).or_default() += 1.0 / per as f64;
+        if matches!(r.verb.as_str(), "create" | "update" | "patch" | "delete") {
+            writes += 1.0 / per as f64;
+        }
+    }
+    (by_verb, writes)
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let n: usize = knob("BENCH_N", 1000);
+    let latency_ms: u64 = knob("BENCH_LATENCY_MS", 50);
+    let qps: f64 = knob("BENCH_QPS", 200.0);
+    let concurrency: u16 = knob("BENCH_CONCURRENCY", 32);
+    let limit = (concurrency as f64 / (latency_ms as f64 / 1000.0)).min(qps);
+    println!("bench: N={n} L={latency_ms}ms R={qps}/s concurrency={concurrency} -> limit {limit:.0} bindings/s");
+
+    let mut env = Env::new("bench").await;
+    env.sim.set_latency(Duration::from_millis(latency_ms));
+    // The cloud throttles just above R: an operator that overran its limit would see 429s.
+    env.sim.set_qps(Some(qps * 1.1)).unwrap();
+    let port = free_port();
+    let mut builder = env.operator();
+    // Diagnostics: pass allocator settings through to the operator (e.g. MALLOC_ARENA_MAX).
+    if let Ok(v) = std::env::var("BENCH_MALLOC_ARENA_MAX") {
+        builder = builder.env("MALLOC_ARENA_MAX", &v);
+    }
+    // Diagnostics: extra operator flags, space-separated.
+    for arg in std::env::var("BENCH_OPERATOR_ARGS").unwrap_or_default().split_whitespace() {
+        builder = builder.arg(arg);
+    }
+    let op = builder
+        .log_level(&knob("BENCH_LOG", "warn".to_string()))
+        .cloud_rate(qps, (qps / 10.0).ceil().max(1.0) as u32)
+        .arg("--concurrency")
+        .arg(&concurrency.to_string())
+        .arg("--cloud-concurrency")
+        .arg(&concurrency.to_string())
+        .admin_port(port)
+        .start()
+        .await;
+    let pid = op.pid().expect("operator pid");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admin_get(port, "/readyz").await.is_none_or(|(s, _)| s != 200) {
+        assert!(Instant::now() < deadline, "operator not ready:\n{}", op.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Our own watch times Ready and disappearance per object.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let record = seen.clone();
+    let notify = changed.clone();
+    let stream = watcher(env.bindings(), watcher::Config::default()).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Ok(Some(event)) = stream.try_next().await {
+            let now = Instant::now();
+            let mut seen = record.lock().unwrap();
+            match event {
+                watcher::Event::Apply(b) | watcher::Event::InitApply(b) if ready(&b) == Some(("True", "Bound")) => {
+                    seen.ready_at.entry(b.metadata.name.clone().unwrap_or_default()).or_insert(now);
+                }
+                watcher::Event::Delete(b) => {
+                    seen.gone_at.insert(b.metadata.name.clone().unwrap_or_default(), now);
+                    notify.notify_waiters();
+                }
+                _ => {}
+            }
+        }
+    });
+    if let Some(api) = env.fake() {
+        api.reset_request_log();
+    }
+
+    // Create phase.
+    let names: Vec<String> = (0..n).map(|i| format!("vip-{i:05}")).collect();
+    let started = Instant::now();
+    futures::stream::iter(names.iter().enumerate())
+        .for_each_concurrent(64, |(i, name)| {
+            let env = &env;
+            async move {
+                let nic = format!("00000000-0000-4000-8000-{i:012}");
+                let ip = format!("10.{}.{}.{}", i / 62_500, (i / 250) % 250, i % 250 + 1);
+                env.create(name, &nic, &ip, json!({})).await;
+            }
+        })
+        .await;
+    let created_in = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs((n as u64 / 20).max(120));
+    while seen.lock().unwrap().ready_at.len() < n {
+        assert!(Instant::now() < deadline, "not all bindings became Ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let create_seconds = seen.lock().unwrap().ready_at.values().max().unwrap().duration_since(started).as_secs_f64();
+    let calls = env.sim.calls();
+    let binds = calls.iter().filter(|c| c.operation == Some(SimOperation::Bind) && c.status == 200).count();
+    let create_throttled = calls.iter().filter(|c| c.status == 429).count();
+    let (create_requests, create_writes) = api_requests(&env, n);
+    let create = Phase {
+        bindings: n,
+        seconds: round(create_seconds, 3),
+        per_second: round(n as f64 / create_seconds, 1),
+        limit_per_second: limit,
+        fraction_of_limit: round(n as f64 / create_seconds / limit, 3),
+        cloud_calls_per_binding: round(binds as f64 / n as f64, 3),
+        throttled_calls: create_throttled,
+        api_requests_per_binding: create_requests.into_iter().map(|(k, v)| (k, round(v, 3))).collect(),
+        api_writes_per_binding: round(create_writes, 3),
+    };
+    println!("created {n} objects in {:.2}s; all Ready after {create_seconds:.2}s", created_in.as_secs_f64());
+
+    // Idle: N bindings cached, nothing to do.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = proc_stats(pid).expect("operator stats");
+    if let Some(api) = env.fake() {
+        api.reset_request_log();
+    }
+    let calls_before_delete = env.sim.calls().len();
+
+    // Per-object overhead: one deletion at a time, so no queueing is measured.
+    let samples = (n / 10).clamp(1, 100);
+    let mut overheads = Vec::with_capacity(samples);
+    let mut sent_wall = Vec::new();
+    for name in &names[..samples] {
+        sent_wall.push(jiff::Timestamp::now());
+        let sent = Instant::now();
+        env.bindings().delete(name, &DeleteParams::default()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(gone) = seen.lock().unwrap().gone_at.get(name) {
+                // Minus the time the cloud (the simulator) actually took for the unbind, which
+                // is L plus its timer's rounding.
+                let nic = format!("00000000-0000-4000-8000-{:012}", names.iter().position(|n| n == name).unwrap_or(0));
+                let cloud_ms = env
+                    .sim
+                    .calls()
+                    .iter()
+                    .rev()
+                    .find(|c| c.nic_id.as_deref() == Some(nic.as_str()) && c.operation == Some(SimOperation::Unbind))
+                    .map(|c| c.duration_us as f64 / 1000.0)
+                    .unwrap_or(latency_ms as f64);
+                overheads.push(gone.duration_since(sent).as_secs_f64() * 1000.0 - cloud_ms);
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} not deleted");
+            // Woken by the watcher when something is deleted (no polling noise in the timing).
+            let _ = tokio::time::timeout(Duration::from_millis(100), changed.notified()).await;
+        }
+    }
+    if std::env::var("BENCH_LOG").is_ok() {
+        // Diagnostics: the operator's log around the first sampled deletion.
+        for line in op.logs().lines().filter(|l| l.contains(&format!("\"{}\"", names[0])) || l.contains(&names[0])) {
+            println!("{}", &line[..line.len().min(300)]);
+        }
+        println!("sample deletion overheads (ms): {:?}", &overheads[..overheads.len().min(10)]);
+        println!(
+            "first sample: DELETE sent at {}, gone after {:.2} ms",
+            sent_wall[0],
+            overheads[0] + latency_ms as f64
+        );
+    }
+    if let Some(api) = env.fake() {
+        // How long the fake API server itself took per request kind, during the sampled deletes.
+        let mut by_kind = BTreeMap::<String, Vec<u64>>::new();
+        for r in api.requests() {
+            let kind = format!(
+                "{} {}{}",
+                r.verb,
+                r.resource,
+                r.subresource.as_ref().map(|s| format!("/{s}")).unwrap_or_default()
+            );
+            by_kind.entry(kind).or_default().push(r.duration_us);
+        }
+        for (kind, mut d) in by_kind {
+            d.sort();
+            println!(
+                "fake API server: {kind:<32} n={:<5} p50 {:>6} us  p99 {:>6} us",
+                d.len(),
+                d[d.len() / 2],
+                d[d.len() * 99 / 100]
+            );
+        }
+    }
+    overheads.sort_by(f64::total_cmp);
+
+    // Delete phase: the rest at once.
+    let rest = &names[samples..];
+    let started = Instant::now();
+    futures::stream::iter(rest)
+        .for_each_concurrent(64, |name| {
+            let env = &env;
+            async move {
+                env.bindings().delete(name, &DeleteParams::default()).await.unwrap();
+            }
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs((n as u64 / 20).max(120));
+    while seen.lock().unwrap().gone_at.len() < n {
+        assert!(Instant::now() < deadline, "not all bindings went away");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delete_seconds = {
+        let seen = seen.lock().unwrap();
+        rest.iter()
+            .filter_map(|n| seen.gone_at.get(n))
+            .max()
+            .map(|t| t.duration_since(started).as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    let calls = env.sim.calls();
+    let unbinds = calls[calls_before_delete..]
+        .iter()
+        .filter(|c| c.operation == Some(SimOperation::Unbind) && c.status == 200)
+        .count();
+    let delete_throttled = calls[calls_before_delete..].iter().filter(|c| c.status == 429).count();
+    let (delete_requests, delete_writes) = api_requests(&env, n);
+    let deleted = rest.len().max(1);
+    let delete = Phase {
+        bindings: rest.len(),
+        seconds: round(delete_seconds, 3),
+        per_second: round(deleted as f64 / delete_seconds, 1),
+        limit_per_second: limit,
+        fraction_of_limit: round(deleted as f64 / delete_seconds / limit, 3),
+        cloud_calls_per_binding: round(unbinds as f64 / n as f64, 3),
+        throttled_calls: delete_throttled,
+        api_requests_per_binding: delete_requests.into_iter().map(|(k, v)| (k, round(v, 3))).collect(),
+        api_writes_per_binding: round(delete_writes, 3),
+    };
+    let end = proc_stats(pid).expect("operator stats");
+    assert!(env.sim.state().nics.is_empty(), "VIPs left bound");
+
+    let p50 = percentile(&overheads, 50.0);
+    let p99 = percentile(&overheads, 99.0);
+    let mut checks = vec![
+        ("create throughput >= 90% of the limit".to_string(), create.fraction_of_limit >= 0.9),
+        ("delete throughput >= 90% of the limit".to_string(), delete.fraction_of_limit >= 0.9),
+        ("exactly 1 bind call per binding".to_string(), create.cloud_calls_per_binding == 1.0),
+        ("exactly 1 unbind call per binding".to_string(), delete.cloud_calls_per_binding == 1.0),
+        ("delete overhead p99 < 10 ms".to_string(), p99 < 10.0),
+        ("no cloud call throttled".to_string(), create.throttled_calls + delete.throttled_calls == 0),
+    ];
+    if env.is_fake() {
+        checks.push(("<= 2 API writes per delete".to_string(), delete.api_writes_per_binding <= 2.0));
+    }
+    if n >= 10_000 {
+        checks.push(("peak RSS < 64 MB at N >= 10000".to_string(), end.peak_rss_mb < 64.0));
+    }
+    let report = Report {
+        backend: if env.is_fake() { "fake API server" } else { "real cluster" },
+        n,
+        latency_ms,
+        qps,
+        concurrency,
+        create,
+        delete,
+        delete_overhead_ms: [
+            ("p50".to_string(), round(p50, 2)),
+            ("p99".to_string(), round(p99, 2)),
+            ("max".to_string(), round(*overheads.last().unwrap_or(&f64::NAN), 2)),
+        ]
+        .into(),
+        delete_overhead_samples: overheads.len(),
+        idle_rss_mb: round(idle.rss_mb, 1),
+        peak_rss_mb: round(end.peak_rss_mb, 1),
+        cpu_seconds: round(end.cpu_seconds, 2),
+        checks,
+    };
+
+    println!();
+    println!(
+        "| phase  | bindings | seconds | per second | limit/s | of limit | cloud calls/binding | API requests/binding (operator) | writes/binding |"
+    );
+    println!(
+        "| ------ | -------- | ------- | ---------- | ------- | -------- | ------------------- | ------------------------------- | -------------- |"
+    );
+    for (name, p) in [("create", &report.create), ("delete", &report.delete)] {
+        let verbs: Vec<String> = p.api_requests_per_binding.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!(
+            "| {name:<6} | {:>8} | {:>7.2} | {:>10.1} | {:>7.0} | {:>7.1}% | {:>19} | {:<31} | {:>14} |",
+            p.bindings,
+            p.seconds,
+            p.per_second,
+            p.limit_per_second,
+            p.fraction_of_limit * 100.0,
+            p.cloud_calls_per_binding,
+            if verbs.is_empty() { "n/a (real cluster)".to_string() } else { verbs.join(", ") },
+            p.api_writes_per_binding
+        );
+    }
+    println!();
+    println!(
+        "delete overhead (deletion -> finalizer removed, minus the cloud call's own time), {} samples: p50 {:.2} ms, p99 {:.2} ms",
+        report.delete_overhead_samples, p50, p99
+    );
+    println!(
+        "operator: idle RSS {:.1} MB with {n} cached, peak RSS {:.1} MB, CPU {:.2} s",
+        report.idle_rss_mb, report.peak_rss_mb, report.cpu_seconds
+    );
+    println!();
+    for (check, ok) in &report.checks {
+        println!("{} {check}", if *ok { "PASS" } else { "FAIL" });
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("\nreport: {}", dir.join("report.json").display());
+    drop(op);
+    env.cleanup().await;
+}
