@@ -14,9 +14,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
-use serde_json::json;
 
 use super::index::BindingIndex;
+use super::kube::{add_finalizer_patch, remove_finalizer_patch};
 
 pub const CREDENTIALS_FINALIZER: &str = "vipoperator.dev/credentials-in-use";
 
@@ -57,22 +57,9 @@ pub async fn reconcile(secret: Arc<PartialObjectMeta<Secret>>, ctx: Arc<GuardCon
         GuardPlan::Nothing => {
             return Ok(if in_use { Action::requeue(Duration::from_secs(600)) } else { Action::await_change() });
         }
-        GuardPlan::Add => match secret.metadata.finalizers.as_deref() {
-            None | Some([]) => json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": null},
-                {"op": "add", "path": "/metadata/finalizers", "value": [CREDENTIALS_FINALIZER]},
-            ]),
-            Some(existing) => json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": existing},
-                {"op": "add", "path": "/metadata/finalizers/-", "value": CREDENTIALS_FINALIZER},
-            ]),
-        },
-        GuardPlan::Remove(i) => json!([
-            {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": CREDENTIALS_FINALIZER},
-            {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
-        ]),
+        GuardPlan::Add => add_finalizer_patch(secret.metadata.finalizers.as_deref(), CREDENTIALS_FINALIZER)?,
+        GuardPlan::Remove(i) => remove_finalizer_patch(i, CREDENTIALS_FINALIZER)?,
     };
-    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
     // Metadata only: the answer does not carry the Secret's data.
     match api.patch_metadata(&name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
         Ok(_) => {

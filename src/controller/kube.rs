@@ -14,6 +14,34 @@ use crate::api::v1alpha1::{FINALIZER, Reason, VipBinding, VipBindingStatus};
 
 pub const FIELD_MANAGER: &str = "vip-operator";
 
+/// A JSON patch adding `finalizer` to an object whose finalizers were `existing`. The `test` op
+/// makes it fail (422) if the list changed since it was read, instead of overwriting someone
+/// else's change; kube-apiserver passes a `null` test on a missing path, which covers the first
+/// finalizer.
+pub fn add_finalizer_patch(existing: Option<&[String]>, finalizer: &str) -> Result<json_patch::Patch, kube::Error> {
+    let ops = match existing {
+        None | Some([]) => json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]},
+        ]),
+        Some(existing) => json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": existing},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer},
+        ]),
+    };
+    serde_json::from_value(ops).map_err(kube::Error::SerdeError)
+}
+
+/// A JSON patch removing `finalizer` at `index`, guarded by a `test` that it is still there.
+pub fn remove_finalizer_patch(index: usize, finalizer: &str) -> Result<json_patch::Patch, kube::Error> {
+    let path = format!("/metadata/finalizers/{index}");
+    serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": finalizer},
+        {"op": "remove", "path": path},
+    ]))
+    .map_err(kube::Error::SerdeError)
+}
+
 pub struct KubeOps {
     client: kube::Client,
     recorder: Recorder,
@@ -37,20 +65,9 @@ impl KubeOps {
         &self.client
     }
 
-    /// Adds our finalizer. The `test` op makes the patch fail (422) if the finalizer list changed
-    /// since we read it, instead of overwriting someone else's change.
+    /// Adds our finalizer (see [`add_finalizer_patch`]).
     pub async fn add_finalizer(&self, b: &VipBinding) -> Result<VipBinding, kube::Error> {
-        let patch = match b.metadata.finalizers.as_deref() {
-            None | Some([]) => json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": null},
-                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-            ]),
-            Some(existing) => json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": existing},
-                {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
-            ]),
-        };
-        let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+        let patch = add_finalizer_patch(b.metadata.finalizers.as_deref(), FINALIZER)?;
         api(&self.client, b).patch(&b.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await
     }
 
@@ -59,12 +76,7 @@ impl KubeOps {
         let Some(index) = b.finalizers().iter().position(|f| f == FINALIZER) else {
             return Ok(());
         };
-        let path = format!("/metadata/finalizers/{index}");
-        let patch = json!([
-            {"op": "test", "path": path, "value": FINALIZER},
-            {"op": "remove", "path": path},
-        ]);
-        let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+        let patch = remove_finalizer_patch(index, FINALIZER)?;
         match api(&self.client, b).patch(&b.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
             Err(e) if is_not_found(&e) => Ok(()),
             other => other.map(|_| ()),

@@ -356,6 +356,11 @@ impl OperatorBuilder<'_> {
         self
     }
 
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.envs.retain(|(k, _)| k != key);
         self.envs.push((key.into(), value.into()));
@@ -414,6 +419,12 @@ pub struct Operator {
 /// A port that was free a moment ago (for an operator's admin server).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A counter or gauge without labels from an operator's /metrics (0 when absent).
+pub async fn metric(port: u16, name: &str) -> f64 {
+    let (_, text) = admin_get(port, "/metrics").await.unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
 /// GET on an operator's admin server: (status, body).

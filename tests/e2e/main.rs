@@ -316,27 +316,9 @@ async fn s11_only_the_leader_reconciles_and_a_standby_takes_over() {
     let ns = env.namespace.clone();
     let (port_a, port_b) = (free_port(), free_port());
     let election = ["--leader-elect", "--leader-election-namespace", &ns, "--leader-lease-seconds", "4"];
-    let mut a = env
-        .operator()
-        .arg(election[0])
-        .arg(election[1])
-        .arg(election[2])
-        .arg(election[3])
-        .arg(election[4])
-        .admin_port(port_a)
-        .start()
-        .await;
+    let mut a = env.operator().args(&election).admin_port(port_a).start().await;
     wait_until(Duration::from_secs(15), "first replica leads", async || lease_holder(&env).await.is_some()).await;
-    let mut b = env
-        .operator()
-        .arg(election[0])
-        .arg(election[1])
-        .arg(election[2])
-        .arg(election[3])
-        .arg(election[4])
-        .admin_port(port_b)
-        .start()
-        .await;
+    let mut b = env.operator().args(&election).admin_port(port_b).start().await;
 
     env.create("web", NIC, "192.168.0.7", json!({})).await;
     env.wait_ready("web").await;

@@ -8,7 +8,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use vip_operator::simulator::{Fault, NicState, SimCredential, SimOperation};
 
-use crate::harness::{self, ACCESS_KEY, Env, SECRET_KEY, admin_get, free_port, has_finalizer, ready};
+use crate::harness::{self, ACCESS_KEY, Env, SECRET_KEY, free_port, has_finalizer, metric, ready};
 
 const NIC: &str = "5f1d0c2e-7a4b-4c8d-9e0f-112233445566";
 const NIC2: &str = "6a2e1d3f-8b5c-4d9e-8f10-223344556677";
@@ -163,13 +163,7 @@ async fn d2b_without_credentials_the_deletion_waits_visibly_and_orphan_releases_
     wait_reason(&env, "web", "CredentialsUnavailable").await;
     assert!(ready_message(&env, "web").await.contains("not found"));
     assert!(event_reasons(&env).await.iter().any(|r| r == "CredentialsUnavailable"));
-    let (_, metrics) = admin_get(port, "/metrics").await.unwrap();
-    let count: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("vipop_credentials_unavailable_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    assert!(count >= 1.0, "{metrics}");
+    assert!(metric(port, "vipop_credentials_unavailable_total").await >= 1.0);
     // The escape hatch.
     env.patch_spec("web", json!({"deletionPolicy": "Orphan"})).await.unwrap();
     env.wait_gone("web", Duration::from_secs(10)).await;
@@ -314,13 +308,7 @@ async fn d6_drift_is_corrected_except_for_paused_bindings() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!env.sim.state().nics.contains_key(NIC2), "a paused binding is never re-asserted");
-    let (_, metrics) = admin_get(port, "/metrics").await.unwrap();
-    let reasserts: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("vipop_drift_reasserts_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    assert!(reasserts >= 1.0, "{metrics}");
+    assert!(metric(port, "vipop_drift_reasserts_total").await >= 1.0);
     env.cleanup().await;
 }
 
