@@ -375,7 +375,7 @@ async fn project_header_must_match_the_path_and_requests_must_be_signed() {
     // Correctly signed, but for another project than the URI names.
     let headers = [("Content-Type", "application/json"), ("X-Project-Id", "another-project")];
     let parts = vip_operator::ecs::sign::RequestParts { method: "PUT", url: &url, headers: &headers, body };
-    let signed = vip_operator::ecs::sign::sign(&parts, AK, SK, jiff::Timestamp::now());
+    let signed = vip_operator::ecs::sign::sign(&parts, AK, SK, jiff::Timestamp::now()).unwrap();
     let resp = http
         .put(url.clone())
         .header("Host", signed.host)

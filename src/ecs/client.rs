@@ -241,7 +241,8 @@ impl EcsClient {
             creds.access_key(),
             creds.secret_key(),
             self.inner.clock.now(),
-        );
+        )
+        .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
         let mut req = self
             .inner
             .http

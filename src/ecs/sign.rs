@@ -128,25 +128,35 @@ pub fn canonical_request(parts: &RequestParts<'_>, host: &str, sdk_date: &str) -
     )
 }
 
+/// The secret key could not key the HMAC (HMAC takes keys of any length, so this does not
+/// happen in practice; it is an error rather than a panic all the same).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the secret key cannot be used as an HMAC-SHA256 key")]
+pub struct SignError;
+
 /// Signs a request. `secret_key` is only read here; nothing derived from it is stored.
-pub fn sign(parts: &RequestParts<'_>, access_key: &str, secret_key: &str, at: jiff::Timestamp) -> Signed {
+pub fn sign(
+    parts: &RequestParts<'_>,
+    access_key: &str,
+    secret_key: &str,
+    at: jiff::Timestamp,
+) -> Result<Signed, SignError> {
     let host = host_header(parts.url);
     let date = sdk_date(at);
     let canonical = canonical_request(parts, &host, &date);
     let string_to_sign = format!("{ALGORITHM}\n{date}\n{}", hex_sha256(canonical.as_bytes()));
     let signed_headers =
         normalized_headers(parts, &host, &date).into_iter().map(|(k, _)| k).collect::<Vec<_>>().join(";");
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(secret_key.as_bytes()).expect("HMAC accepts keys of any length");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret_key.as_bytes()).map_err(|_| SignError)?;
     mac.update(string_to_sign.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());
-    Signed {
+    Ok(Signed {
         host,
         sdk_date: date,
         authorization: format!(
             "{ALGORITHM} Access={access_key}, SignedHeaders={signed_headers}, Signature={signature}"
         ),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -178,7 +188,7 @@ mod tests {
             hex_sha256(canonical.as_bytes()),
             "b25362e603ee30f4f25e7858e8a7160fd36e803bb2dfe206278659d71a9bcd7a"
         );
-        let signed = sign(&parts, AK, SK, at);
+        let signed = sign(&parts, AK, SK, at).unwrap();
         assert_eq!(signed.sdk_date, "20191115T033655Z");
         assert_eq!(signed.host, "service.region.example.com");
         assert_eq!(
@@ -242,7 +252,7 @@ mod tests {
         assert_eq!(lines[8], "");
         assert_eq!(lines[9], "content-type;host;x-project-id;x-sdk-date;x-security-token");
         assert_eq!(lines[10], hex_sha256(body));
-        let signed = sign(&parts, "AK", "SK", at);
+        let signed = sign(&parts, "AK", "SK", at).unwrap();
         assert!(
             signed.authorization.contains("SignedHeaders=content-type;host;x-project-id;x-sdk-date;x-security-token,")
         );
@@ -262,18 +272,18 @@ mod tests {
         let p = |body: &'static [u8]| RequestParts { method: "PUT", url: &url, headers: &[], body };
         let t0 = ts("2024-01-01T00:00:00Z");
         let t1 = ts("2024-01-01T00:00:01Z");
-        let base = sign(&p(b"{}"), "AK", "SK", t0).authorization;
-        assert_ne!(base, sign(&p(b"{}"), "AK", "SK", t1).authorization);
-        assert_ne!(base, sign(&p(b"{ }"), "AK", "SK", t0).authorization);
-        assert_ne!(base, sign(&p(b"{}"), "AK", "SK2", t0).authorization);
-        assert_eq!(base, sign(&p(b"{}"), "AK", "SK", t0).authorization);
+        let base = sign(&p(b"{}"), "AK", "SK", t0).unwrap().authorization;
+        assert_ne!(base, sign(&p(b"{}"), "AK", "SK", t1).unwrap().authorization);
+        assert_ne!(base, sign(&p(b"{ }"), "AK", "SK", t0).unwrap().authorization);
+        assert_ne!(base, sign(&p(b"{}"), "AK", "SK2", t0).unwrap().authorization);
+        assert_eq!(base, sign(&p(b"{}"), "AK", "SK", t0).unwrap().authorization);
     }
 
     #[test]
     fn debug_never_shows_the_signature() {
         let url = Url::parse("http://h/").unwrap();
         let parts = RequestParts { method: "GET", url: &url, headers: &[], body: b"" };
-        let s = sign(&parts, "AK", "SK", ts("2024-01-01T00:00:00Z"));
+        let s = sign(&parts, "AK", "SK", ts("2024-01-01T00:00:00Z")).unwrap();
         let sig = s.authorization.rsplit('=').next().unwrap().to_string();
         assert!(!format!("{s:?}").contains(&sig));
     }
