@@ -201,6 +201,16 @@ impl BindingIndex {
         self.read().by_secret.contains_key(&(namespace.to_string(), name.to_string()))
     }
 
+    /// `(namespace, name)` of the bindings that use this Secret.
+    pub fn secret_users(&self, namespace: &str, name: &str) -> Vec<(String, String)> {
+        let inner = self.read();
+        let Some(uids) = inner.by_secret.get(&(namespace.to_string(), name.to_string())) else { return vec![] };
+        uids.iter()
+            .filter_map(|uid| inner.by_uid.get(uid))
+            .map(|e| (e.claim.namespace.clone(), e.claim.name.clone()))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.read().by_uid.len()
     }
@@ -276,6 +286,9 @@ mod tests {
         idx.apply(None, &watcher::Event::Apply(two.clone()));
         assert!(idx.secret_in_use("ns", "creds"));
         assert!(!idx.secret_in_use("other", "creds"));
+        let mut users = idx.secret_users("ns", "creds");
+        users.sort();
+        assert_eq!(users, vec![("ns".to_string(), "one".to_string()), ("ns".to_string(), "two".to_string())]);
         idx.apply(None, &watcher::Event::Delete(one));
         assert!(idx.secret_in_use("ns", "creds"));
         // Switching to another Secret releases the old one.

@@ -435,19 +435,30 @@ fn build(
     let secret_stream = watcher(secrets, watcher::Config::default()).default_backoff().touched_objects();
     let store = reader.clone();
     let mapper_ctx = p.ctx.clone();
-    // A Secret event re-examines the bindings that use it (e.g. one waiting for credentials).
+    // A Secret event re-examines the bindings that use it (e.g. one waiting for credentials):
+    // found through the index, so a cluster's stream of unrelated Secret changes costs nothing.
     let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
         let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-        store
-            .state()
+        let mut refs: Vec<ObjectRef<VipBinding>> = mapper_ctx
+            .index
+            .secret_users(&ns, &name)
             .into_iter()
-            .filter(|b| mapper_ctx.targets.uses_secret(b, &ns, &name))
-            .map(|b| {
-                // New or rotated credentials deserve a try now, whatever the backoff says.
-                mapper_ctx.backoffs.release_hold(&object_key(&b));
-                ObjectRef::from_obj(&*b)
-            })
-            .collect::<Vec<_>>()
+            .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+            .collect();
+        if mapper_ctx.targets.is_default_secret(&ns, &name) {
+            refs.extend(
+                store
+                    .state()
+                    .iter()
+                    .filter(|b| b.spec.credentials_secret_ref.is_none())
+                    .map(|b| ObjectRef::from_obj(&**b)),
+            );
+        }
+        for r in &refs {
+            // New or rotated credentials deserve a try now, whatever the backoff says.
+            mapper_ctx.backoffs.release_hold(&format!("{}/{}", r.namespace.as_deref().unwrap_or_default(), r.name));
+        }
+        refs
     };
     let controller = Controller::for_stream(binding_stream, reader.clone())
         .watches_stream(secret_stream, secret_mapper)

@@ -157,13 +157,9 @@ impl TargetResolver {
         Ok(CloudTarget { region, project_id, credentials: found.credentials })
     }
 
-    /// Whether a Secret change can matter to this binding.
-    pub fn uses_secret(&self, b: &VipBinding, namespace: &str, name: &str) -> bool {
-        match &b.spec.credentials_secret_ref {
-            Some(r) => r.name == name && b.namespace().as_deref() == Some(namespace),
-            None => {
-                matches!(&self.defaults.credentials, DefaultCredentials::Secret { namespace: ns, name: n } if ns == namespace && n == name)
-            }
-        }
+    /// Whether this is the operator's default credentials Secret (used by every binding that
+    /// names none).
+    pub fn is_default_secret(&self, namespace: &str, name: &str) -> bool {
+        matches!(&self.defaults.credentials, DefaultCredentials::Secret { namespace: ns, name: n } if ns == namespace && n == name)
     }
 }

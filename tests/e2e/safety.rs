@@ -351,3 +351,18 @@ async fn d7_bad_input_never_reaches_the_cloud() {
     assert!(env.sim.calls().is_empty(), "{:?}", env.sim.calls());
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d8_a_binding_waiting_for_its_secret_binds_as_soon_as_it_appears() {
+    let mut env = Env::new("latesecret").await;
+    let _op = env.operator().env("HUAWEICLOUD_SDK_AK", "").env("HUAWEICLOUD_SDK_SK", "").start().await;
+    env.create("web", NIC, "192.168.9.10", json!({"credentialsSecretRef": {"name": "later"}})).await;
+    wait_reason(&env, "web", "CredentialsUnavailable").await;
+    // The backoff for missing credentials starts at 15-30 s; the Secret's arrival cuts it short.
+    let created = std::time::Instant::now();
+    create_secret(&env, "later", json!({"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY})).await;
+    env.wait_ready("web").await;
+    assert!(created.elapsed() < Duration::from_secs(10), "took {:?}", created.elapsed());
+    assert_eq!(calls_for(&env, NIC, SimOperation::Bind), 1);
+    env.cleanup().await;
+}

@@ -22,7 +22,7 @@ use kube::api::DeleteParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::Serialize;
 use serde_json::json;
-use vip_operator::simulator::SimOperation;
+use vip_operator::simulator::{CallRecord, SimOperation};
 
 use harness::{Env, admin_get, free_port, ready};
 
@@ -106,6 +106,33 @@ fn api_requests(env: &Env, per: usize) -> (BTreeMap<String, f64>, f64) {
         }
     }
     (by_verb, writes)
+}
+
+/// One phase's numbers: `bindings` handled in `seconds`; cloud calls of `op` among `calls`
+/// counted per `per` bindings; the operator's API requests per `per` bindings.
+fn phase(
+    env: &Env,
+    calls: &[CallRecord],
+    op: SimOperation,
+    bindings: usize,
+    seconds: f64,
+    limit: f64,
+    per: usize,
+) -> Phase {
+    let succeeded = calls.iter().filter(|c| c.operation == Some(op) && c.status == 200).count();
+    let (requests, writes) = api_requests(env, per);
+    let rate = bindings.max(1) as f64 / seconds;
+    Phase {
+        bindings,
+        seconds: round(seconds, 3),
+        per_second: round(rate, 1),
+        limit_per_second: limit,
+        fraction_of_limit: round(rate / limit, 3),
+        cloud_calls_per_binding: round(succeeded as f64 / per as f64, 3),
+        throttled_calls: calls.iter().filter(|c| c.status == 429).count(),
+        api_requests_per_binding: requests.into_iter().map(|(k, v)| (k, round(v, 3))).collect(),
+        api_writes_per_binding: round(writes, 3),
+    }
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -200,21 +227,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let create_seconds = seen.lock().unwrap().ready_at.values().max().unwrap().duration_since(started).as_secs_f64();
-    let calls = env.sim.calls();
-    let binds = calls.iter().filter(|c| c.operation == Some(SimOperation::Bind) && c.status == 200).count();
-    let create_throttled = calls.iter().filter(|c| c.status == 429).count();
-    let (create_requests, create_writes) = api_requests(&env, n);
-    let create = Phase {
-        bindings: n,
-        seconds: round(create_seconds, 3),
-        per_second: round(n as f64 / create_seconds, 1),
-        limit_per_second: limit,
-        fraction_of_limit: round(n as f64 / create_seconds / limit, 3),
-        cloud_calls_per_binding: round(binds as f64 / n as f64, 3),
-        throttled_calls: create_throttled,
-        api_requests_per_binding: create_requests.into_iter().map(|(k, v)| (k, round(v, 3))).collect(),
-        api_writes_per_binding: round(create_writes, 3),
-    };
+    let create = phase(&env, &env.sim.calls(), SimOperation::Bind, n, create_seconds, limit, n);
     println!("created {n} objects in {:.2}s; all Ready after {create_seconds:.2}s", created_in.as_secs_f64());
 
     // Idle: N bindings cached, nothing to do.
@@ -315,25 +328,16 @@ async fn main() {
             .map(|t| t.duration_since(started).as_secs_f64())
             .unwrap_or(0.0)
     };
-    let calls = env.sim.calls();
-    let unbinds = calls[calls_before_delete..]
-        .iter()
-        .filter(|c| c.operation == Some(SimOperation::Unbind) && c.status == 200)
-        .count();
-    let delete_throttled = calls[calls_before_delete..].iter().filter(|c| c.status == 429).count();
-    let (delete_requests, delete_writes) = api_requests(&env, n);
-    let deleted = rest.len().max(1);
-    let delete = Phase {
-        bindings: rest.len(),
-        seconds: round(delete_seconds, 3),
-        per_second: round(deleted as f64 / delete_seconds, 1),
-        limit_per_second: limit,
-        fraction_of_limit: round(deleted as f64 / delete_seconds / limit, 3),
-        cloud_calls_per_binding: round(unbinds as f64 / n as f64, 3),
-        throttled_calls: delete_throttled,
-        api_requests_per_binding: delete_requests.into_iter().map(|(k, v)| (k, round(v, 3))).collect(),
-        api_writes_per_binding: round(delete_writes, 3),
-    };
+    // Cloud calls and API requests of both delete stages, per binding.
+    let delete = phase(
+        &env,
+        &env.sim.calls()[calls_before_delete..],
+        SimOperation::Unbind,
+        rest.len(),
+        delete_seconds,
+        limit,
+        n,
+    );
     let end = proc_stats(pid).expect("operator stats");
     assert!(env.sim.state().nics.is_empty(), "VIPs left bound");
 
