@@ -165,9 +165,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     // Validate flags before touching the network: bad input fails fast and clearly.
-    if let Some(url) = &args.ecs_endpoint {
-        Endpoint::parse_override(url).map_err(StartError::Config)?;
-    }
+    let mut endpoint = match &args.ecs_endpoint {
+        Some(url) => Endpoint::parse_override(url).map_err(StartError::Config)?,
+        None => Endpoint::Regional,
+    };
     let credentials = if args.simulator && args.credentials_secret.is_none() {
         DefaultCredentials::Static(
             Credentials::new(SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY, None)
@@ -269,13 +270,9 @@ pub async fn run(
         config.latency = Duration::from_millis(args.simulator_latency_ms);
         let sim = Simulator::start(config).await.map_err(StartError::Config)?;
         tracing::info!(endpoint = %sim.url(), "started the bundled ECS simulator in place of Huawei Cloud; its state: {}/sim/state", sim.url());
-        args.ecs_endpoint = Some(sim.url());
+        endpoint = Endpoint::parse_override(&sim.url()).map_err(StartError::Config)?;
         simulator = Some(sim);
     }
-    let endpoint = match &args.ecs_endpoint {
-        Some(url) => Endpoint::parse_override(url).map_err(StartError::Config)?,
-        None => Endpoint::Regional,
-    };
     let retry = RetryPolicy { max_attempts: args.cloud_max_attempts, ..RetryPolicy::default() };
     let cloud = EcsClient::with_clock(
         EcsClientConfig {

@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::v1alpha1::VipBinding;
+use crate::api::v1alpha1::{Reason, VipBinding};
 use crate::ecs::{BindRequest, Clock, CloudTarget, EcsApi, EcsError, ErrorClass, UnbindRequest};
 
 use self::decide::{Facts, Verdict};
@@ -94,12 +94,11 @@ impl Context {
         Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
     }
 
-    pub fn facts(&self, b: &VipBinding) -> Facts {
-        let key = object_key(b);
+    pub fn facts(&self, b: &VipBinding, key: &str) -> Facts {
         Facts {
             conflict_owner: self.index.conflict_owner(b),
             crd_deleting: false,
-            reassert_due: decide::bound_as_specified(b) && self.resync.is_due(&key),
+            reassert_due: decide::bound_as_specified(b) && self.resync.is_due(key),
         }
     }
 
@@ -133,14 +132,23 @@ impl Context {
     }
 
     /// The binding is gone from our point of view (finalizer removed).
-    pub fn forget(&self, b: &VipBinding) {
-        let key = object_key(b);
-        self.backoffs.reset(&key);
-        self.resync.forget(&key);
+    pub fn forget(&self, b: &VipBinding, key: &str) {
+        self.memory.released(b);
+        self.backoffs.reset(key);
+        self.resync.forget(key);
+    }
+
+    /// After a recorded failure or hold: back off by its reason (holding the binding until then,
+    /// see [`Backoffs`]), or wait for a change when retrying cannot help.
+    pub fn requeue_after(&self, b: &VipBinding, key: &str, reason: Reason, at_least: Option<Duration>) -> Action {
+        match self.backoffs.next(key, trigger_fingerprint(b), reason, at_least) {
+            Some(delay) => Action::requeue(delay),
+            None => Action::await_change(),
+        }
     }
 
     pub fn note_credentials_problem(&self, _b: &VipBinding, verdict: &Verdict) {
-        if let (Some(m), crate::api::v1alpha1::Reason::CredentialsUnavailable) = (&self.metrics, verdict.reason) {
+        if let (Some(m), Reason::CredentialsUnavailable) = (&self.metrics, verdict.reason) {
             m.credentials_unavailable.inc();
         }
     }
@@ -217,15 +225,12 @@ pub fn trigger_fingerprint(b: &VipBinding) -> u64 {
 /// with per-object exponential backoff otherwise.
 pub fn error_policy(b: Arc<VipBinding>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(namespace = %b.namespace().unwrap_or_default(), name = %b.name_any(), error = %error, "reconcile failed");
-    let key = object_key(&b);
-    let n = ctx.backoffs.failures(&key);
+    // Counted, so repeated API failures back off.
+    let n = ctx.backoffs.count(&object_key(&b));
     let delay = match error.kind() {
         "conflict" | "invalid" => Duration::from_millis(500),
         _ => Duration::from_secs(1).saturating_mul(2u32.saturating_pow(n.min(6))),
     };
-    // Count it, so repeated API failures back off.
-    let _ = ctx.backoffs.next(&key, trigger_fingerprint(&b), crate::api::v1alpha1::Reason::CloudUnavailable, None);
-    ctx.backoffs.release_hold(&key);
     Action::requeue(delay.min(Duration::from_secs(60)))
 }
 

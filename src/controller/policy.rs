@@ -114,6 +114,15 @@ impl Backoffs {
         }
     }
 
+    /// Counts a failure that has no class of its own (a Kubernetes API error) and returns how
+    /// many came before it; no hold.
+    pub fn count(&self, key: &str) -> u32 {
+        let mut entries = self.lock();
+        let entry = entries.entry(key.to_string()).or_default();
+        entry.failures = entry.failures.saturating_add(1);
+        entry.failures - 1
+    }
+
     pub fn reset(&self, key: &str) {
         self.lock().remove(key);
     }

@@ -92,7 +92,7 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &str) -> Resul
         }
         None => {}
     }
-    let mut facts = ctx.facts(b);
+    let mut facts = ctx.facts(b, key);
     let mut plan = decide(b, &facts);
     tracing::trace!(?plan, "first decision");
     if plan == Plan::Unbind && ctx.crd_deleting().await {
@@ -142,10 +142,7 @@ async fn hold(b: &VipBinding, ctx: &Context, key: &str, verdict: &Verdict) -> Re
             ctx.kube.event(b, warning, verdict.reason, "Reconcile", verdict.message.clone()).await;
         }
     }
-    Ok(match ctx.backoffs.next(key, trigger_fingerprint(b), verdict.reason, None) {
-        Some(delay) => Action::requeue(delay),
-        None => Action::await_change(),
-    })
+    Ok(ctx.requeue_after(b, key, verdict.reason, None))
 }
 
 /// Writes the final status, then lets the object go.
@@ -163,9 +160,7 @@ async fn release(
     }
     ctx.kube.remove_finalizer(b).await?;
     tracing::trace!("finalizer removed");
-    ctx.memory.released(b);
-    ctx.backoffs.reset(key);
-    ctx.forget(b);
+    ctx.forget(b, key);
     tracing::info!(reason = reason.as_str(), "released");
     // A routine unbind is in the status (and the object is gone); an event is for the
     // unusual ways out: Orphaned, NotBound, NicNotFound, Conflict. This keeps a deletion at
@@ -188,6 +183,7 @@ struct Failure {
 async fn record_failure(
     b: &VipBinding,
     ctx: &Context,
+    key: &str,
     builder: StatusBuilder<'_>,
     f: Failure,
 ) -> Result<Action, Error> {
@@ -196,15 +192,13 @@ async fn record_failure(
         ctx.record(b, &status).await?;
     }
     ctx.kube.event(b, true, f.reason, f.action, f.message).await;
-    Ok(match ctx.backoffs.next(&object_key(b), trigger_fingerprint(b), f.reason, f.retry_after) {
-        Some(delay) => Action::requeue(delay),
-        None => Action::await_change(),
-    })
+    Ok(ctx.requeue_after(b, key, f.reason, f.retry_after))
 }
 
 async fn target_or_record(
     b: &VipBinding,
     ctx: &Context,
+    key: &str,
     action: &'static str,
 ) -> Result<Result<CloudTarget, Action>, Error> {
     match ctx.targets.resolve(b).await {
@@ -213,13 +207,13 @@ async fn target_or_record(
             ctx.note_credentials_problem(b, &verdict);
             let builder = StatusBuilder::new(b, ctx.now()).bound_unchanged();
             let failure = Failure { reason: verdict.reason, message: verdict.message, action, retry_after: None };
-            record_failure(b, ctx, builder, failure).await.map(Err)
+            record_failure(b, ctx, key, builder, failure).await.map(Err)
         }
     }
 }
 
 async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Result<Action, Error> {
-    let target = match target_or_record(b, ctx, "Bind").await? {
+    let target = match target_or_record(b, ctx, key, "Bind").await? {
         Ok(t) => t,
         Err(action) => return Ok(action),
     };
@@ -252,7 +246,6 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
             if let Some(status) = next {
                 ctx.record(b, &status).await?;
             }
-            ctx.backoffs.reset(key);
             // No event for a routine bind: the Ready condition says it, and a create stays at
             // two API writes (finalizer, status). Failures are events.
             if !was_bound || !reassert {
@@ -289,13 +282,13 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
             };
             let failure =
                 Failure { reason, message: format!("bind failed: {e}"), action: "Bind", retry_after: e.retry_after() };
-            record_failure(b, ctx, builder, failure).await
+            record_failure(b, ctx, key, builder, failure).await
         }
     }
 }
 
 async fn unbind(b: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Error> {
-    let target = match target_or_record(b, ctx, "Unbind").await? {
+    let target = match target_or_record(b, ctx, key, "Unbind").await? {
         Ok(t) => t,
         Err(action) => return Ok(action),
     };
@@ -330,7 +323,7 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Erro
                 action: "Unbind",
                 retry_after: e.retry_after(),
             };
-            record_failure(b, ctx, builder, failure).await
+            record_failure(b, ctx, key, builder, failure).await
         }
     }
 }
