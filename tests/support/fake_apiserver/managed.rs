@@ -1,31 +1,19 @@
-//! `metadata.managedFields` and server-side apply, simplified.
+//! Server-side apply and `metadata.managedFields`, simplified.
 //!
-//! Ownership is tracked per leaf field: nested maps are descended into, every other value
-//! (including lists) is one leaf, except `metadata.finalizers`, whose items are owned one by one
-//! (it is a set, `listType: set`, in the real schema). So a list such as `status.conditions`
-//! (`listType: map` in most CRDs) is owned wholly by the last manager that set it.
-//!
-//! Tracked fields are everything except `apiVersion`, `kind` and `metadata`, plus
-//! `metadata.labels`, `metadata.annotations`, `metadata.finalizers` and
-//! `metadata.ownerReferences` (a leaf). For a type with a status subresource, main-resource
-//! writes only track non-status fields and `/status` writes only track `status`, each in its own
-//! managedFields entry (`subresource: status`), as kube-apiserver does.
+//! Ownership is per leaf field: maps are descended into, everything else (lists included, even
+//! `listType: map` ones such as `status.conditions`) is one leaf owned whole. Owned fields are
+//! everything but `apiVersion`, `kind` and `metadata`, plus `metadata.labels`,
+//! `metadata.annotations` (per key) and `metadata.finalizers` (whole). With a status
+//! subresource, main-resource writes own non-status fields and `/status` writes own `status`,
+//! each in its own entry (`subresource: status`). Entries carry no timestamps.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use super::store::{meta_mut, now};
+use super::store::meta_mut;
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Elem {
-    /// A map key (`f:name` in FieldsV1).
-    Field(String),
-    /// A member of a set-like list, as JSON text (`v:"x"` in FieldsV1).
-    Item(String),
-}
-
-pub(crate) type FieldPath = Vec<Elem>;
+type Path = Vec<String>;
 
 /// Which part of an object a write may touch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +27,8 @@ pub(crate) enum Scope {
 }
 
 impl Scope {
-    pub fn subresource(self) -> &'static str {
-        match self {
-            Scope::Status => "status",
-            _ => "",
-        }
+    fn subresource(self) -> &'static str {
+        if self == Scope::Status { "status" } else { "" }
     }
 
     fn includes(self, top_level: &str) -> bool {
@@ -57,44 +42,31 @@ impl Scope {
 }
 
 /// Every owned leaf of `obj` within `scope`, with its value.
-pub(crate) fn leaves(obj: &Value, scope: Scope) -> BTreeMap<FieldPath, Value> {
+fn leaves(obj: &Value, scope: Scope) -> BTreeMap<Path, Value> {
     let mut out = BTreeMap::new();
-    let Some(top) = obj.as_object() else {
-        return out;
-    };
-    for (key, value) in top {
+    for (key, value) in obj.as_object().into_iter().flatten() {
         match key.as_str() {
             "apiVersion" | "kind" => {}
-            "metadata" => {
-                if scope == Scope::Status {
-                    continue;
-                }
-                let meta = |f: &str| vec![Elem::Field("metadata".into()), Elem::Field(f.into())];
-                for f in ["labels", "annotations", "ownerReferences"] {
-                    if let Some(v) = value.get(f) {
-                        collect(v, meta(f), &mut out);
-                    }
-                }
-                for item in value.get("finalizers").and_then(Value::as_array).into_iter().flatten() {
-                    let mut path = meta("finalizers");
-                    path.push(Elem::Item(item.to_string()));
-                    out.insert(path, item.clone());
+            "metadata" if scope != Scope::Status => {
+                for f in ["labels", "annotations", "finalizers"] {
+                    collect(&value[f], vec!["metadata".into(), f.into()], &mut out);
                 }
             }
-            field if scope.includes(field) => collect(value, vec![Elem::Field(field.into())], &mut out),
+            field if field != "metadata" && scope.includes(field) => collect(value, vec![field.into()], &mut out),
             _ => {}
         }
     }
     out
 }
 
-fn collect(value: &Value, path: FieldPath, out: &mut BTreeMap<FieldPath, Value>) {
+/// Empty maps and nulls own nothing.
+fn collect(value: &Value, path: Path, out: &mut BTreeMap<Path, Value>) {
     match value {
         Value::Null => {}
-        Value::Object(map) if !map.is_empty() => {
+        Value::Object(map) => {
             for (k, v) in map {
                 let mut child = path.clone();
-                child.push(Elem::Field(k.clone()));
+                child.push(k.clone());
                 collect(v, child, out);
             }
         }
@@ -104,56 +76,40 @@ fn collect(value: &Value, path: FieldPath, out: &mut BTreeMap<FieldPath, Value>)
     }
 }
 
-fn render(path: &FieldPath) -> String {
-    path.iter()
-        .map(|e| match e {
-            Elem::Field(f) => format!(".{f}"),
-            Elem::Item(v) => format!("[={v}]"),
-        })
-        .collect()
-}
-
-fn overlaps(a: &FieldPath, b: &FieldPath) -> bool {
+fn overlaps(a: &Path, b: &Path) -> bool {
     a.starts_with(b) || b.starts_with(a)
 }
 
 /// One `managedFields` entry.
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    pub manager: String,
-    pub apply: bool,
-    pub api_version: String,
-    pub time: String,
-    pub subresource: String,
-    pub fields: BTreeSet<FieldPath>,
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    manager: String,
+    apply: bool,
+    subresource: String,
+    api_version: String,
+    fields: BTreeSet<Path>,
 }
 
 impl Entry {
-    fn is(&self, manager: &str, apply: bool, subresource: &str) -> bool {
-        self.manager == manager && self.apply == apply && self.subresource == subresource
+    fn is(&self, manager: &str, apply: bool, scope: Scope) -> bool {
+        self.manager == manager && self.apply == apply && self.subresource == scope.subresource()
     }
 
     fn to_json(&self) -> Value {
-        let mut fields_v1 = Map::new();
+        let mut fields_v1 = json!({});
         for path in &self.fields {
             let mut node = &mut fields_v1;
-            for elem in path {
-                let key = match elem {
-                    Elem::Field(f) => format!("f:{f}"),
-                    Elem::Item(v) => format!("v:{v}"),
-                };
-                let child = node.entry(key).or_insert_with(|| json!({}));
-                node = match child {
-                    Value::Object(m) => m,
-                    _ => unreachable!("FieldsV1 nodes are objects"),
-                };
+            for f in path {
+                node = &mut node[format!("f:{f}")];
+                if node.is_null() {
+                    *node = json!({});
+                }
             }
         }
         let mut entry = json!({
             "manager": self.manager,
             "operation": if self.apply { "Apply" } else { "Update" },
             "apiVersion": self.api_version,
-            "time": self.time,
             "fieldsType": "FieldsV1",
             "fieldsV1": fields_v1,
         });
@@ -164,88 +120,69 @@ impl Entry {
     }
 
     fn from_json(v: &Value) -> Self {
+        fn parse(node: &Value, prefix: &Path, out: &mut BTreeSet<Path>) {
+            for (key, child) in node.as_object().into_iter().flatten() {
+                let Some(field) = key.strip_prefix("f:") else { continue };
+                let mut path = prefix.clone();
+                path.push(field.to_string());
+                if child.as_object().is_some_and(|m| m.keys().any(|k| k.starts_with("f:"))) {
+                    parse(child, &path, out);
+                } else {
+                    out.insert(path);
+                }
+            }
+        }
         let mut fields = BTreeSet::new();
-        parse_fields_v1(&v["fieldsV1"], Vec::new(), &mut fields);
+        parse(&v["fieldsV1"], &Vec::new(), &mut fields);
         let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
         Self {
             manager: text("manager"),
             apply: v["operation"] == "Apply",
-            api_version: text("apiVersion"),
-            time: text("time"),
             subresource: text("subresource"),
+            api_version: text("apiVersion"),
             fields,
         }
     }
 }
 
-fn parse_fields_v1(node: &Value, prefix: FieldPath, out: &mut BTreeSet<FieldPath>) {
-    let Some(map) = node.as_object() else {
-        return;
-    };
-    for (key, child) in map {
-        let elem = if let Some(f) = key.strip_prefix("f:") {
-            Elem::Field(f.into())
-        } else if let Some(v) = key.strip_prefix("v:") {
-            Elem::Item(v.into())
-        } else {
-            continue;
-        };
-        let mut path = prefix.clone();
-        path.push(elem);
-        let has_children = child.as_object().is_some_and(|m| m.keys().any(|k| k != "."));
-        if has_children {
-            parse_fields_v1(child, path, out);
-        } else {
-            out.insert(path);
-        }
-    }
-}
-
-pub(crate) fn read_entries(obj: &Value) -> Vec<Entry> {
+fn read_entries(obj: &Value) -> Vec<Entry> {
     obj["metadata"]["managedFields"].as_array().map(|a| a.iter().map(Entry::from_json).collect()).unwrap_or_default()
 }
 
-/// Drops ownership of fields that no longer exist and empty entries, then stores the entries.
+/// Drops ownership of fields that no longer exist and entries left empty, then stores them.
 fn write_entries(obj: &mut Value, mut entries: Vec<Entry>) {
     let existing = leaves(obj, Scope::All);
     for e in &mut entries {
         e.fields.retain(|p| existing.contains_key(p));
     }
     entries.retain(|e| !e.fields.is_empty());
+    let meta = meta_mut(obj);
     if entries.is_empty() {
-        meta_mut(obj).remove("managedFields");
+        meta.remove("managedFields");
     } else {
-        let rendered = entries.iter().map(Entry::to_json).collect();
-        meta_mut(obj).insert("managedFields".into(), Value::Array(rendered));
+        meta.insert("managedFields".into(), entries.iter().map(Entry::to_json).collect());
     }
 }
 
-/// Records a non-apply write (create, update, patch) by `manager`: it takes ownership of every
-/// field it set or changed, which other managers lose. `new` gets the resulting managedFields
-/// (whatever the client sent there is ignored).
+/// Records a non-apply write (create, update, patch) by `manager`: it takes over every field it
+/// set or changed. `new` gets the resulting managedFields (whatever the client sent is ignored).
 pub(crate) fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, scope: Scope) {
     let mut entries = old.map(read_entries).unwrap_or_default();
     let before = old.map(|o| leaves(o, scope)).unwrap_or_default();
-    let changed: BTreeSet<FieldPath> =
+    let changed: BTreeSet<Path> =
         leaves(new, scope).into_iter().filter(|(p, v)| before.get(p) != Some(v)).map(|(p, _)| p).collect();
-    let subresource = scope.subresource();
-    for e in entries.iter_mut().filter(|e| !e.is(manager, false, subresource)) {
+    for e in entries.iter_mut().filter(|e| !e.is(manager, false, scope)) {
         e.fields.retain(|p| !changed.contains(p));
     }
     if !changed.is_empty() {
         let api_version = new["apiVersion"].as_str().unwrap_or_default().to_string();
-        match entries.iter_mut().find(|e| e.is(manager, false, subresource)) {
-            Some(e) => {
-                e.fields.extend(changed);
-                e.time = now();
-                e.api_version = api_version;
-            }
+        match entries.iter_mut().find(|e| e.is(manager, false, scope)) {
+            Some(e) => e.fields.extend(changed),
             None => entries.push(Entry {
                 manager: manager.into(),
                 apply: false,
+                subresource: scope.subresource().into(),
                 api_version,
-                time: now(),
-                subresource: subresource.into(),
                 fields: changed,
             }),
         }
@@ -253,128 +190,61 @@ pub(crate) fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, 
     write_entries(new, entries);
 }
 
-fn get_path<'a>(obj: &'a Value, path: &FieldPath) -> Option<&'a Value> {
-    let mut current = obj;
-    for elem in path {
-        current = match elem {
-            Elem::Field(f) => current.get(f)?,
-            Elem::Item(v) => {
-                let item: Value = serde_json::from_str(v).ok()?;
-                current.as_array()?.iter().find(|x| **x == item)?
-            }
-        };
-    }
-    Some(current)
+fn get_path<'a>(obj: &'a Value, path: &Path) -> Option<&'a Value> {
+    path.iter().try_fold(obj, |node, f| node.get(f))
 }
 
-fn set_path(obj: &mut Value, path: &FieldPath, value: &Value) {
-    let mut current = obj;
-    for (i, elem) in path.iter().enumerate() {
-        let last = i + 1 == path.len();
-        match elem {
-            Elem::Field(f) => {
-                if !current.is_object() {
-                    *current = json!({});
-                }
-                let Value::Object(map) = current else { unreachable!("just made an object") };
-                if last {
-                    let keep_existing_map =
-                        value.as_object().is_some_and(Map::is_empty) && map.get(f).is_some_and(Value::is_object);
-                    if !keep_existing_map {
-                        map.insert(f.clone(), value.clone());
-                    }
-                    return;
-                }
-                current = map.entry(f.clone()).or_insert(Value::Null);
-            }
-            Elem::Item(_) => {
-                if !current.is_array() {
-                    *current = json!([]);
-                }
-                if let Value::Array(items) = current
-                    && !items.contains(value)
-                {
-                    items.push(value.clone());
-                }
-                return;
-            }
+fn set_path(obj: &mut Value, path: &Path, value: &Value) {
+    let mut node = obj;
+    for f in path {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        node = &mut node[f.as_str()];
+    }
+    *node = value.clone();
+}
+
+/// Removes the field at `path`, then the maps that this left empty (below the top level).
+fn remove_path(obj: &mut Value, path: &[String], top: bool) {
+    let Some((first, rest)) = path.split_first() else { return };
+    let Some(map) = obj.as_object_mut() else { return };
+    if rest.is_empty() {
+        map.remove(first);
+        return;
+    }
+    if let Some(child) = map.get_mut(first) {
+        remove_path(child, rest, false);
+        if !top && child.as_object().is_some_and(Map::is_empty) {
+            map.remove(first);
         }
     }
 }
-
-/// Removes the field at `path`, then any maps left empty by that (below the top level).
-fn remove_path(obj: &mut Value, path: &FieldPath) {
-    fn go(node: &mut Value, path: &[Elem], depth: usize) {
-        match path {
-            [] => {}
-            [Elem::Item(v)] => {
-                if let (Value::Array(items), Ok(item)) = (node, serde_json::from_str::<Value>(v)) {
-                    items.retain(|x| *x != item);
-                }
-            }
-            [Elem::Field(f), rest @ ..] => {
-                let Value::Object(map) = node else { return };
-                if rest.is_empty() {
-                    map.remove(f);
-                    return;
-                }
-                if let Some(child) = map.get_mut(f) {
-                    go(child, rest, depth + 1);
-                    let emptied = match child {
-                        Value::Object(m) => m.is_empty(),
-                        Value::Array(a) => a.is_empty(),
-                        _ => false,
-                    };
-                    if emptied && depth >= 1 {
-                        map.remove(f);
-                    }
-                }
-            }
-            [Elem::Item(_), ..] => {}
-        }
-    }
-    go(obj, path, 0);
-}
-
-/// Field-manager conflicts: `(manager, field)` pairs.
-pub(crate) type Conflicts = Vec<(String, String)>;
 
 /// Server-side apply of `applied` by `manager` onto `live` (or onto nothing, for a create).
 ///
-/// Sets every field of the applied configuration; removes the fields this manager applied
-/// last time but omits now, unless another manager also owns them; reports conflicts when a
-/// field would change that another manager owns (unless `force`, which takes them over).
-/// Returns the merged object, with managedFields, but without any of the main/status
-/// subresource reset rules applied yet.
+/// Sets every field of the applied configuration; removes the fields this manager applied last
+/// time but omits now, unless another manager also owns them; reports `(manager, field)`
+/// conflicts when a field would change that another manager owns (unless `force`, which takes
+/// them over). Returns the merged object with its managedFields.
 pub(crate) fn apply(
     live: Option<&Value>,
     applied: &Value,
     manager: &str,
     scope: Scope,
     force: bool,
-) -> Result<Value, Conflicts> {
-    let subresource = scope.subresource();
+) -> Result<Value, Vec<(String, String)>> {
     let mut entries = live.map(read_entries).unwrap_or_default();
     let wanted = leaves(applied, scope);
-    let previous: BTreeSet<FieldPath> =
-        entries.iter().find(|e| e.is(manager, true, subresource)).map(|e| e.fields.clone()).unwrap_or_default();
+    let mine = entries.iter().position(|e| e.is(manager, true, scope));
+    let previous = mine.map(|i| entries[i].fields.clone()).unwrap_or_default();
 
     let mut conflicts = Vec::new();
-    if let Some(live) = live {
-        for (path, value) in &wanted {
-            let current = get_path(live, path);
-            let unchanged = current == Some(value)
-                || (value.as_object().is_some_and(Map::is_empty) && current.is_some_and(Value::is_object));
-            if unchanged {
-                continue;
-            }
-            for e in entries.iter_mut().filter(|e| e.manager != manager) {
-                if e.fields.iter().any(|owned| overlaps(owned, path)) {
-                    conflicts.push((e.manager.clone(), render(path)));
-                    if force {
-                        e.fields.retain(|owned| !overlaps(owned, path));
-                    }
-                }
+    for (path, _) in wanted.iter().filter(|(p, v)| live.and_then(|l| get_path(l, p)) != Some(*v)) {
+        for e in entries.iter_mut().filter(|e| e.manager != manager) {
+            if e.fields.iter().any(|owned| overlaps(owned, path)) {
+                conflicts.push((e.manager.clone(), format!(".{}", path.join("."))));
+                e.fields.retain(|owned| !overlaps(owned, path));
             }
         }
     }
@@ -387,23 +257,20 @@ pub(crate) fn apply(
         set_path(&mut result, path, value);
     }
     for path in previous.iter().filter(|p| !wanted.contains_key(*p)) {
-        let owned_elsewhere =
-            entries.iter().filter(|e| !e.is(manager, true, subresource)).any(|e| e.fields.contains(path));
-        if !owned_elsewhere {
-            remove_path(&mut result, path);
+        if !entries.iter().any(|e| !e.is(manager, true, scope) && e.fields.contains(path)) {
+            remove_path(&mut result, path, true);
         }
     }
     let entry = Entry {
         manager: manager.into(),
         apply: true,
+        subresource: scope.subresource().into(),
         api_version: applied["apiVersion"].as_str().unwrap_or_default().to_string(),
-        time: now(),
-        subresource: subresource.into(),
         fields: wanted.into_keys().collect(),
     };
     // Keep the entry's position, so that re-applying the same configuration is a no-op.
-    match entries.iter_mut().find(|e| e.is(manager, true, subresource)) {
-        Some(existing) => *existing = entry,
+    match mine {
+        Some(i) => entries[i] = entry,
         None => entries.push(entry),
     }
     write_entries(&mut result, entries);

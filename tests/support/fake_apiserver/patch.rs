@@ -1,6 +1,5 @@
-//! PATCH bodies other than server-side apply: JSON merge patch (RFC 7386), the subset of
-//! strategic merge patch needed for the built-in types served here, and JSON patch (RFC 6902)
-//! with the exact semantics of the library kube-apiserver uses (`evanphx/json-patch` v4).
+//! PATCH bodies other than server-side apply: JSON merge patch (RFC 7386) and JSON patch
+//! (RFC 6902) with the exact semantics of the library kube-apiserver uses (`evanphx/json-patch`).
 
 use serde_json::{Map, Value};
 
@@ -24,102 +23,6 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
             }
         }
     }
-}
-
-/// Strategic merge patch for the built-in types served here. Like a merge patch, except that
-/// `metadata.finalizers` is a merged set (`patchStrategy: merge`), `metadata.ownerReferences`
-/// merges by `uid`, and the directives `$patch: replace|delete`,
-/// `$deleteFromPrimitiveList/finalizers` and `$setElementOrder/...` (ignored) are understood.
-/// Every other list is replaced, which is right for the fields of Secret, ConfigMap, Event,
-/// Lease, Namespace and CRD that have no merge key. Other directives are rejected with 400.
-pub(crate) fn strategic_merge_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
-    smp(target, patch, &[])
-}
-
-fn smp(target: &mut Value, patch: &Value, path: &[&str]) -> ApiResult<()> {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return Ok(());
-    };
-    match patch.get("$patch").and_then(Value::as_str) {
-        Some("replace") => {
-            let mut replacement = patch.clone();
-            replacement.remove("$patch");
-            *target = Value::Object(replacement);
-            return Ok(());
-        }
-        Some("delete") => {
-            *target = Value::Null;
-            return Ok(());
-        }
-        Some(other) => {
-            return Err(ApiError::bad_request(format!("unknown patch type: {other:?}")));
-        }
-        None => {}
-    }
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let Value::Object(target) = target else { unreachable!("target was just made an object") };
-    for (key, value) in patch {
-        let in_metadata = path == ["metadata"];
-        if let Some(list) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            if !(in_metadata && list == "finalizers") {
-                return Err(unsupported_directive(key));
-            }
-            let remove: Vec<&Value> = value.as_array().map(|a| a.iter().collect()).unwrap_or_default();
-            if let Some(Value::Array(items)) = target.get_mut(list) {
-                items.retain(|item| !remove.contains(&item));
-            }
-            continue;
-        }
-        if key.starts_with("$setElementOrder/") {
-            continue;
-        }
-        if key.starts_with('$') {
-            return Err(unsupported_directive(key));
-        }
-        if value.is_null() {
-            target.remove(key);
-            continue;
-        }
-        let slot = target.entry(key.clone()).or_insert(Value::Null);
-        match (in_metadata, key.as_str(), value) {
-            (true, "finalizers", Value::Array(new)) => {
-                let mut merged = slot.as_array().cloned().unwrap_or_default();
-                for item in new {
-                    if !merged.contains(item) {
-                        merged.push(item.clone());
-                    }
-                }
-                *slot = Value::Array(merged);
-            }
-            (true, "ownerReferences", Value::Array(new)) => {
-                let mut merged = slot.as_array().cloned().unwrap_or_default();
-                for item in new {
-                    match merged.iter_mut().find(|o| o.get("uid") == item.get("uid")) {
-                        Some(existing) => smp(existing, item, &[])?,
-                        None => merged.push(item.clone()),
-                    }
-                }
-                *slot = Value::Array(merged);
-            }
-            (_, _, Value::Object(_)) => {
-                let mut child_path = path.to_vec();
-                child_path.push(key);
-                smp(slot, value, &child_path)?;
-                if slot.is_null() {
-                    target.remove(key);
-                }
-            }
-            _ => *slot = value.clone(),
-        }
-    }
-    Ok(())
-}
-
-fn unsupported_directive(key: &str) -> ApiError {
-    ApiError::bad_request(format!("strategic merge patch directive {key:?} is not supported by the fake apiserver"))
 }
 
 /// Parses an RFC 6901 pointer into reference tokens.
@@ -230,11 +133,6 @@ pub(crate) fn json_patch(doc: &mut Value, patch: &Value) -> ApiResult<()> {
 fn apply_op(doc: &mut Value, kind: &str, path: &str, op: &Value) -> Result<(), String> {
     let tokens = parse_pointer(path)?;
     let value = || op.get("value").cloned().ok_or_else(|| format!("{kind} operation is missing \"value\""));
-    let from = || -> Result<Vec<String>, String> {
-        let from =
-            op.get("from").and_then(Value::as_str).ok_or_else(|| format!("{kind} operation is missing \"from\""))?;
-        parse_pointer(from)
-    };
     match kind {
         "add" => add(doc, &tokens, value()?, path),
         "remove" => remove(doc, &tokens, path, "remove").map(drop),
@@ -242,17 +140,6 @@ fn apply_op(doc: &mut Value, kind: &str, path: &str, op: &Value) -> Result<(), S
             let new = value()?;
             remove(doc, &tokens, path, "replace")?;
             add(doc, &tokens, new, path)
-        }
-        "move" => {
-            let from = from()?;
-            let moved = remove(doc, &from, path, "move")?;
-            add(doc, &tokens, moved, path)
-        }
-        "copy" => {
-            let copied = get(doc, &from()?)
-                .cloned()
-                .ok_or_else(|| format!("copy operation does not apply: doc is missing from path: {path:?}"))?;
-            add(doc, &tokens, copied, path)
         }
         "test" => {
             let expected = value()?;
@@ -266,6 +153,6 @@ fn apply_op(doc: &mut Value, kind: &str, path: &str, op: &Value) -> Result<(), S
             };
             if passed { Ok(()) } else { Err(format!("testing value {path:?} failed: test failed")) }
         }
-        other => Err(format!("Unexpected kind: {other}")),
+        other => Err(format!("Unexpected kind: {other}")), // move and copy are not modelled
     }
 }

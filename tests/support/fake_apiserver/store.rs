@@ -1,5 +1,5 @@
-//! The object store: every object of every resource, one global resourceVersion counter,
-//! a bounded history of changes for watch resumption, and the registered watchers.
+//! The object store: every object of every resource, one global resourceVersion counter, a
+//! bounded history of changes for watch resumption, and the registered watchers.
 //!
 //! Only this file assigns resourceVersions and emits watch events, so every write (whoever
 //! makes it: a request, the namespace controller, the CRD finalizer) is seen the same way.
@@ -33,32 +33,20 @@ impl ObjectKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ChangeType {
-    Added,
-    Modified,
-    Deleted,
-}
-
-/// One committed write, as stored in the watch history.
+/// One committed write, as the watch history keeps it: `ADDED`, `MODIFIED` or `DELETED`, and
+/// the object (for `DELETED`, its last state at the deletion's resourceVersion).
 #[derive(Debug)]
 pub(crate) struct Change {
     pub rv: u64,
     pub resource: ResourceKey,
-    pub kind: ChangeType,
-    /// The new object; for `Deleted`, the last stored state carrying the deletion's resourceVersion.
+    pub kind: &'static str,
     pub object: Value,
-    /// The previous state for `Modified` (needed to turn a selector transition into ADDED/DELETED).
-    pub prev: Option<Value>,
 }
-
-/// What a watcher's channel carries.
-pub(crate) type WatchFeed = mpsc::UnboundedSender<Arc<Change>>;
 
 struct Watcher {
     id: u64,
     resource: ResourceKey,
-    feed: WatchFeed,
+    feed: mpsc::UnboundedSender<Arc<Change>>,
 }
 
 pub(crate) struct State {
@@ -70,19 +58,8 @@ pub(crate) struct State {
     /// A watch may resume from any resourceVersion `>= oldest_watchable`; older ones get 410.
     oldest_watchable: u64,
     watchers: Vec<Watcher>,
-    next_watcher_id: u64,
+    next_id: u64,
     uid_prefix: u32,
-    next_uid: u64,
-    /// While true, the built-in controllers (namespace, CRD finalizer, GC) make no progress.
-    pub controllers_paused: bool,
-    /// Removals and writes of objects with owner references so far: the garbage collector only
-    /// has work after one of those.
-    pub removals: u64,
-    pub gc_seen_removals: u64,
-    /// uid -> key of every stored object, and the keys of objects with owner references: the
-    /// garbage collector's work stays proportional to the dependents, not to the store.
-    uids: std::collections::HashMap<String, ObjectKey>,
-    dependents: std::collections::BTreeSet<ObjectKey>,
 }
 
 impl State {
@@ -95,14 +72,8 @@ impl State {
             history_limit,
             oldest_watchable: 0,
             watchers: Vec::new(),
-            next_watcher_id: 0,
+            next_id: 0,
             uid_prefix: rand::random(),
-            next_uid: 0,
-            controllers_paused: false,
-            removals: 0,
-            gc_seen_removals: 0,
-            uids: Default::default(),
-            dependents: Default::default(),
         }
     }
 
@@ -111,8 +82,8 @@ impl State {
     }
 
     pub fn new_uid(&mut self) -> String {
-        self.next_uid += 1;
-        format!("{:08x}-0000-4000-8000-{:012x}", self.uid_prefix, self.next_uid)
+        self.next_id += 1;
+        format!("{:08x}-0000-4000-8000-{:012x}", self.uid_prefix, self.next_id)
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Value> {
@@ -121,13 +92,9 @@ impl State {
 
     /// All objects of a resource (in all namespaces), in key order.
     pub fn objects_of<'a>(&'a self, resource: &ResourceKey) -> impl Iterator<Item = (&'a ObjectKey, &'a Value)> {
-        let start = ObjectKey::new(resource, "", "");
         let resource = resource.clone();
+        let start = ObjectKey::new(&resource, "", "");
         self.objects.range(start..).take_while(move |(k, _)| k.group == resource.0 && k.plural == resource.1)
-    }
-
-    pub fn all_objects(&self) -> impl Iterator<Item = (&ObjectKey, &Value)> {
-        self.objects.iter()
     }
 
     /// All namespaced objects stored in `namespace`, of any resource.
@@ -135,70 +102,22 @@ impl State {
         self.objects.keys().filter(|k| k.namespace == namespace).cloned().collect()
     }
 
-    fn next_rv(&mut self) -> u64 {
+    /// Stores a new object (`ADDED`) or replaces one (`MODIFIED`), assigning a resourceVersion.
+    pub fn put(&mut self, key: ObjectKey, mut obj: Value) -> Value {
         self.rv += 1;
-        self.rv
-    }
-
-    /// Stores a new object, assigning its resourceVersion; emits ADDED.
-    pub fn insert(&mut self, key: ObjectKey, mut obj: Value) -> Value {
-        self.note_owner_refs(&key, &obj);
-        let rv = self.next_rv();
-        set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
-        self.objects.insert(key.clone(), obj.clone());
-        self.record(Change { rv, resource: key.resource(), kind: ChangeType::Added, object: obj.clone(), prev: None });
+        set_meta(&mut obj, "resourceVersion", json!(self.rv.to_string()));
+        let kind = if self.objects.insert(key.clone(), obj.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+        self.record(Change { rv: self.rv, resource: key.resource(), kind, object: obj.clone() });
         obj
     }
 
-    /// Replaces a stored object, assigning a new resourceVersion; emits MODIFIED.
-    pub fn replace(&mut self, key: ObjectKey, mut obj: Value) -> Value {
-        self.note_owner_refs(&key, &obj);
-        let rv = self.next_rv();
-        set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
-        let prev = self.objects.insert(key.clone(), obj.clone());
-        self.record(Change { rv, resource: key.resource(), kind: ChangeType::Modified, object: obj.clone(), prev });
-        obj
-    }
-
-    /// Keeps the uid and dependents indexes; an object with owner references may be an orphan
-    /// already, so the garbage collector looks after such a write.
-    fn note_owner_refs(&mut self, key: &ObjectKey, obj: &Value) {
-        if let Some(uid) = obj["metadata"]["uid"].as_str() {
-            self.uids.insert(uid.to_string(), key.clone());
-        }
-        if obj["metadata"]["ownerReferences"].as_array().is_some_and(|r| !r.is_empty()) {
-            self.dependents.insert(key.clone());
-            self.removals += 1;
-        } else {
-            self.dependents.remove(key);
-        }
-    }
-
-    /// Whether an object with this uid is stored.
-    pub fn has_uid(&self, uid: &str) -> bool {
-        self.uids.contains_key(uid)
-    }
-
-    /// Keys of the stored objects that have owner references.
-    pub fn dependents(&self) -> Vec<ObjectKey> {
-        self.dependents.iter().cloned().collect()
-    }
-
-    /// Removes an object; emits DELETED carrying its last state at the deletion's resourceVersion.
-    /// Returns the last stored state (with its own resourceVersion), as etcd's delete does.
+    /// Removes an object (`DELETED`); returns its last stored state, as etcd's delete does.
     pub fn remove(&mut self, key: &ObjectKey) -> Option<Value> {
         let stored = self.objects.remove(key)?;
-        self.removals += 1;
-        self.dependents.remove(key);
-        if let Some(uid) = stored["metadata"]["uid"].as_str()
-            && self.uids.get(uid) == Some(key)
-        {
-            self.uids.remove(uid);
-        }
-        let rv = self.next_rv();
+        self.rv += 1;
         let mut object = stored.clone();
-        set_meta(&mut object, "resourceVersion", json!(rv.to_string()));
-        self.record(Change { rv, resource: key.resource(), kind: ChangeType::Deleted, object, prev: None });
+        set_meta(&mut object, "resourceVersion", json!(self.rv.to_string()));
+        self.record(Change { rv: self.rv, resource: key.resource(), kind: "DELETED", object });
         Some(stored)
     }
 
@@ -210,7 +129,7 @@ impl State {
                 self.oldest_watchable = dropped.rv;
             }
         }
-        // A send only fails when the watcher is gone; it is unregistered by its own task.
+        // A send only fails when the watcher is gone; its own task unregisters it.
         for w in self.watchers.iter().filter(|w| w.resource == change.resource) {
             let _ = w.feed.send(change.clone());
         }
@@ -230,11 +149,10 @@ impl State {
         self.oldest_watchable = self.rv;
     }
 
-    pub fn add_watcher(&mut self, resource: ResourceKey, feed: WatchFeed) -> u64 {
-        self.next_watcher_id += 1;
-        let id = self.next_watcher_id;
-        self.watchers.push(Watcher { id, resource, feed });
-        id
+    pub fn add_watcher(&mut self, resource: ResourceKey, feed: mpsc::UnboundedSender<Arc<Change>>) -> u64 {
+        self.next_id += 1;
+        self.watchers.push(Watcher { id: self.next_id, resource, feed });
+        self.next_id
     }
 
     pub fn remove_watcher(&mut self, id: u64) {
@@ -271,17 +189,15 @@ pub(crate) fn set_meta(obj: &mut Value, field: &str, value: Value) {
 }
 
 pub(crate) fn finalizers(obj: &Value) -> Vec<String> {
-    obj["metadata"]["finalizers"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
-        .unwrap_or_default()
+    let items = obj["metadata"]["finalizers"].as_array();
+    items.map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect()).unwrap_or_default()
 }
 
 pub(crate) fn is_deleting(obj: &Value) -> bool {
     obj["metadata"]["deletionTimestamp"].is_string()
 }
 
-/// Current time as an RFC 3339 timestamp with second precision (`metav1.Time`).
+/// Now as an RFC 3339 timestamp with second precision (`metav1.Time`).
 pub(crate) fn now() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
