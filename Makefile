@@ -4,7 +4,12 @@ CARGO ?= cargo
 CRD_FILE := crds/vipbindings.vipoperator.dev.yaml
 CHART_CRD_FILE := charts/vip-operator/crds/vipbindings.vipoperator.dev.yaml
 
-.PHONY: help run simulator test lint fmt crds check-crds chart-check tools e2e bench build release
+# The real control plane for tests (etcd, kube-apiserver, kube-controller-manager v1.36), unpacked
+# into an envtest-style KUBEBUILDER_ASSETS folder by `make k8s-assets`.
+K8S_BIN ?= ../shared/k8s/bin.tar.xz
+K8S_ASSETS ?= $(CURDIR)/target/k8s-assets
+
+.PHONY: help run simulator test lint fmt crds check-crds chart-check tools e2e e2e-real k8s-assets bench bench-fake build release
 
 help: ## This list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -38,16 +43,31 @@ tools: ## Install helm, kubectl and kubernetes-validate into .helm-tools/bin (pu
 chart-check: ## helm lint --strict the chart and validate its rendered manifests offline
 	.ci/chart-check.sh
 
-e2e: ## End-to-end suite against the cluster in VIPOP_E2E_KUBECONFIG (says so and uses the fake API without it)
-	@if [ -z "$$VIPOP_E2E_KUBECONFIG" ]; then \
-	  echo "e2e: real-cluster mode SKIPPED: set VIPOP_E2E_KUBECONFIG=/path/to/kubeconfig to run against a cluster."; \
-	  echo "e2e: running the suite against the in-repo fake API server instead."; \
+e2e: ## End-to-end suite on VIPOP_E2E_KUBECONFIG, else a private control plane from KUBEBUILDER_ASSETS, else the fake API server
+	@if [ -n "$$VIPOP_E2E_KUBECONFIG" ]; then \
+	  echo "e2e: against the existing cluster in $$VIPOP_E2E_KUBECONFIG"; \
+	elif [ -n "$$KUBEBUILDER_ASSETS" ]; then \
+	  echo "e2e: against a private control plane started from $$KUBEBUILDER_ASSETS"; \
 	else \
-	  echo "e2e: real-cluster mode against $$VIPOP_E2E_KUBECONFIG"; \
+	  echo "e2e: real-cluster mode SKIPPED: set KUBEBUILDER_ASSETS (see make e2e-real) or VIPOP_E2E_KUBECONFIG."; \
+	  echo "e2e: running the suite against the in-repo fake API server instead (scenarios needing a real server skip)."; \
 	fi
 	$(CARGO) nextest run --test e2e --no-fail-fast
 
-bench: ## Fleet benchmark: release operator + simulator, N bindings (BENCH_N, BENCH_LATENCY_MS, BENCH_QPS, BENCH_CONCURRENCY)
+k8s-assets: ## Unpack the real control plane ($(K8S_BIN)) into $(K8S_ASSETS)
+	@test -f "$(K8S_BIN)" || { echo "k8s-assets: $(K8S_BIN) not found (set K8S_BIN)"; exit 1; }
+	@if [ ! -x "$(K8S_ASSETS)/kube-apiserver" ] || [ "$(K8S_BIN)" -nt "$(K8S_ASSETS)/.unpacked" ]; then \
+	  mkdir -p "$(K8S_ASSETS)" && tar -xJf "$(K8S_BIN)" -C "$(K8S_ASSETS)" && touch "$(K8S_ASSETS)/.unpacked"; \
+	fi
+	@echo "KUBEBUILDER_ASSETS=$(K8S_ASSETS)"
+
+e2e-real: k8s-assets ## The e2e suite on a private real control plane; fails rather than fall back to the fake
+	KUBEBUILDER_ASSETS=$(K8S_ASSETS) VIPOP_E2E_REQUIRE_REAL=1 $(MAKE) --no-print-directory e2e
+
+bench: k8s-assets ## Fleet benchmark on a private real control plane (BENCH_N, BENCH_LATENCY_MS, BENCH_QPS, BENCH_CONCURRENCY)
+	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} $(CARGO) bench --bench operator
+
+bench-fake: ## The same benchmark on the in-repo fake API server
 	$(CARGO) bench --bench operator
 
 build: ## Debug build

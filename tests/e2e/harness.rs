@@ -1,19 +1,30 @@
-//! The e2e harness: one API backend per scenario (the in-repo fake API server, or a real cluster
-//! when `VIPOP_E2E_KUBECONFIG` is set), a fresh namespace, the bundled ECS simulator on a free
-//! port, and the real operator binary started as a child process against them.
+//! The e2e harness: one API backend per scenario, a fresh namespace, the bundled ECS simulator
+//! on a free port, and the real operator binary started as a child process against them.
+//!
+//! The backend, in this order of choice:
+//! 1. `VIPOP_E2E_KUBECONFIG`: an existing cluster;
+//! 2. `KUBEBUILDER_ASSETS` naming an envtest-style folder (etcd, kube-apiserver, optionally
+//!    kube-controller-manager): a private control plane started for the run and shared by its
+//!    scenarios (`tests/support/control_plane.rs`);
+//! 3. the in-repo fake API server, one per scenario.
+//!
+//! Scenarios that need behaviour the fake does not model ask for [`Needs::RealServer`] and are
+//! skipped (saying so) on the fake; `VIPOP_E2E_REQUIRE_REAL=1` turns any use of the fake into a
+//! failure, so CI cannot pass by silently falling back to it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 use tokio::process::{Child, Command};
 use vip_operator::api::v1alpha1::{CRD_NAME, VipBinding};
 use vip_operator::simulator::{Simulator, SimulatorConfig};
 
+use crate::support::control_plane::{self, ControlPlane};
 use crate::support::fake_apiserver::FakeApiServer;
 
 pub const PROJECT: &str = "e2e0000000000000000000000000proj";
@@ -22,9 +33,27 @@ pub const SUBNET: &str = "8c9d4f38-1a2b-4c3d-9e8f-001122334455";
 pub const ACCESS_KEY: &str = "E2EACCESSKEY00000001";
 pub const SECRET_KEY: &str = "e2e-secret-key-must-never-be-logged";
 
+/// What a scenario needs of its API server.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Needs {
+    /// Any backend, the fake included.
+    Any,
+    /// Behaviour the fake does not model (the CRD's schema and CEL rules, ...).
+    RealServer,
+    /// Cluster-wide changes (deleting the CRD): a cluster of its own. On an existing cluster
+    /// only with `VIPOP_E2E_DESTRUCTIVE=1`.
+    OwnCluster,
+}
+
 pub enum Backend {
     Fake(FakeApiServer),
-    Real,
+    /// A cluster shared with other scenarios: `VIPOP_E2E_KUBECONFIG`, or the run's private
+    /// control plane.
+    Shared,
+    /// A control plane of this scenario's own, stopped when the scenario drops it.
+    Own {
+        _plane: ControlPlane,
+    },
 }
 
 pub struct Env {
@@ -33,54 +62,100 @@ pub struct Env {
     pub sim: Simulator,
     pub backend: Backend,
     kubeconfig: PathBuf,
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     operators: usize,
+    cleaned: bool,
 }
 
-/// A real cluster's kubeconfig, when the suite runs in real-cluster mode.
+/// A real cluster's kubeconfig, when the suite runs against an existing cluster.
 pub fn real_kubeconfig() -> Option<PathBuf> {
     std::env::var_os("VIPOP_E2E_KUBECONFIG").filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
-/// Scenarios that touch cluster-wide state (deleting the CRD) run on the fake API server, and
-/// on a real cluster only when asked for (`VIPOP_E2E_DESTRUCTIVE=1`, run them alone).
-pub fn destructive_allowed() -> bool {
-    real_kubeconfig().is_none() || std::env::var("VIPOP_E2E_DESTRUCTIVE").is_ok_and(|v| v == "1")
+fn require_real() -> bool {
+    std::env::var("VIPOP_E2E_REQUIRE_REAL").is_ok_and(|v| v == "1")
+}
+
+/// Where a scenario's own control plane keeps its state and logs.
+fn dir_for_own(scenario: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("control-plane").join(format!("own-{scenario}-{}", suffix()))
 }
 
 fn suffix() -> String {
     format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
+/// A client for a kubeconfig file, with the VipBinding CRD applied and Established.
+async fn connect(kubeconfig: &std::path::Path) -> Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig).expect("read the kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("kubeconfig");
+    let client = Client::try_from(config).expect("client");
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.patch(CRD_NAME, &PatchParams::apply("vip-operator-e2e").force(), &Patch::Apply(VipBinding::crd()))
+        .await
+        .expect("apply the CRD");
+    wait_crd_established(&client).await;
+    client
+}
+
 impl Env {
+    /// A scenario that runs on any backend.
     pub async fn new(scenario: &str) -> Env {
+        Env::with(scenario, Needs::Any).await.expect("any backend serves Needs::Any")
+    }
+
+    /// A scenario with needs: `None` (and a line on stderr saying why) when this run's backend
+    /// cannot serve them.
+    pub async fn with(scenario: &str, needs: Needs) -> Option<Env> {
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig = dir.path().join("kubeconfig");
-        let (client, backend) = match real_kubeconfig() {
-            Some(path) => {
-                std::fs::copy(&path, &kubeconfig).expect("copy VIPOP_E2E_KUBECONFIG");
-                let config = kube::Config::from_custom_kubeconfig(
-                    kube::config::Kubeconfig::read_from(&path).expect("read VIPOP_E2E_KUBECONFIG"),
-                    &Default::default(),
-                )
-                .await
-                .expect("kubeconfig");
-                let client = Client::try_from(config).expect("client");
-                let crds: Api<
-                    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-                > = Api::all(client.clone());
-                crds.patch(CRD_NAME, &PatchParams::apply("vip-operator-e2e").force(), &Patch::Apply(VipBinding::crd()))
+        let skip = |why: &str| {
+            eprintln!("SKIPPED {scenario}: {why}");
+            None
+        };
+        let (client, backend) = if let Some(path) = real_kubeconfig() {
+            if needs == Needs::OwnCluster && !std::env::var("VIPOP_E2E_DESTRUCTIVE").is_ok_and(|v| v == "1") {
+                return skip(
+                    "changes cluster-wide state; set VIPOP_E2E_DESTRUCTIVE=1 to run it on VIPOP_E2E_KUBECONFIG",
+                );
+            }
+            std::fs::copy(&path, &kubeconfig).expect("copy VIPOP_E2E_KUBECONFIG");
+            (connect(&path).await, Backend::Shared)
+        } else if let Some(assets) = control_plane::assets_from_env() {
+            if needs == Needs::OwnCluster {
+                let own = dir_for_own(scenario);
+                let plane = tokio::task::spawn_blocking(move || ControlPlane::start(&assets, &own))
                     .await
-                    .expect("apply the CRD");
-                wait_crd_established(&client).await;
-                (client, Backend::Real)
+                    .expect("start task")
+                    .unwrap_or_else(|e| panic!("start a control plane for {scenario}: {e}"));
+                std::fs::copy(plane.kubeconfig(), &kubeconfig).expect("copy the kubeconfig");
+                (connect(&plane.kubeconfig()).await, Backend::Own { _plane: plane })
+            } else {
+                let shared = tokio::task::spawn_blocking(move || control_plane::shared(&assets))
+                    .await
+                    .expect("start task")
+                    .unwrap_or_else(|e| panic!("start the private control plane: {e}"));
+                std::fs::copy(&shared, &kubeconfig).expect("copy the kubeconfig");
+                (connect(&shared).await, Backend::Shared)
             }
-            None => {
-                let api = FakeApiServer::start().await;
-                api.register_crd(VipBinding::crd());
-                api.write_kubeconfig(&kubeconfig);
-                (api.client(), Backend::Fake(api))
+        } else {
+            assert!(
+                !require_real(),
+                "VIPOP_E2E_REQUIRE_REAL=1 but neither VIPOP_E2E_KUBECONFIG nor KUBEBUILDER_ASSETS (with etcd and \
+                 kube-apiserver) is set: the suite would run on the fake API server"
+            );
+            if needs == Needs::RealServer {
+                return skip("needs a real API server (set KUBEBUILDER_ASSETS or VIPOP_E2E_KUBECONFIG)");
             }
+            let api = FakeApiServer::start().await;
+            api.register_crd(VipBinding::crd());
+            api.write_kubeconfig(&kubeconfig);
+            (api.client(), Backend::Fake(api))
         };
         let namespace = format!("e2e-{}-{}", scenario.replace('_', "-"), suffix());
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
@@ -88,7 +163,7 @@ impl Env {
         let sim = Simulator::start(SimulatorConfig::new("127.0.0.1:0".parse().unwrap(), ACCESS_KEY, SECRET_KEY))
             .await
             .expect("simulator");
-        Env { client, namespace, sim, backend, kubeconfig, dir, operators: 0 }
+        Some(Env { client, namespace, sim, backend, kubeconfig, dir: Some(dir), operators: 0, cleaned: false })
     }
 
     pub fn is_fake(&self) -> bool {
@@ -98,8 +173,22 @@ impl Env {
     pub fn fake(&self) -> Option<&FakeApiServer> {
         match &self.backend {
             Backend::Fake(api) => Some(api),
-            Backend::Real => None,
+            Backend::Shared | Backend::Own { .. } => None,
         }
+    }
+
+    /// What the backend is, for reports.
+    #[allow(dead_code)] // used by the benchmark
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Fake(_) => "fake API server",
+            Backend::Shared if real_kubeconfig().is_some() => "real cluster (VIPOP_E2E_KUBECONFIG)",
+            Backend::Shared | Backend::Own { .. } => "private kube-apiserver (KUBEBUILDER_ASSETS)",
+        }
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self.dir.as_ref().expect("temp dir lives as long as the Env").path()
     }
 
     pub fn bindings(&self) -> Api<VipBinding> {
@@ -188,20 +277,36 @@ impl Env {
 
     /// Records every version of a binding the API server shows from now on (a watch), so that
     /// short-lived states (a status written just before the object goes) are not missed.
-    pub fn history(&self, name: &str) -> History {
+    /// Returns once the watch has listed the object, so nothing the scenario does next can
+    /// happen before the watch started.
+    pub async fn history(&self, name: &str) -> History {
         use futures::StreamExt;
         use kube::runtime::{WatchStreamExt, watcher};
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<VipBinding>::new()));
-        let record = seen.clone();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (record, notify) = (state.clone(), changed.clone());
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream = watcher(self.bindings(), config).default_backoff().applied_objects();
+        let stream = watcher(self.bindings(), config).default_backoff();
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
-            while let Some(Ok(b)) = stream.next().await {
-                record.lock().unwrap().push(b);
+            while let Some(Ok(event)) = stream.next().await {
+                let mut seen = record.lock().unwrap();
+                match event {
+                    watcher::Event::Apply(b) | watcher::Event::InitApply(b) => seen.versions.push(b),
+                    watcher::Event::Delete(b) => {
+                        seen.versions.push(b);
+                        seen.deleted = true;
+                    }
+                    watcher::Event::InitDone => seen.synced = true,
+                    watcher::Event::Init => {}
+                }
+                drop(seen);
+                notify.notify_waiters();
             }
         });
-        History { seen, task }
+        let history = History { state, changed, task };
+        history.wait_until(Duration::from_secs(10), "the history watch synced", |s| s.synced).await;
+        history
     }
 
     /// Every request the operator made (told apart by its User-Agent) must be allowed by the
@@ -253,7 +358,7 @@ impl Env {
     pub async fn assert_no_secrets_leaked(&self) {
         use k8s_openapi::api::events::v1::Event as NewEvent;
         let mut texts = vec![];
-        for entry in std::fs::read_dir(self.dir.path()).expect("temp dir").flatten() {
+        for entry in std::fs::read_dir(self.dir()).expect("temp dir").flatten() {
             if entry.file_name().to_string_lossy().starts_with("operator-") {
                 texts.push((
                     entry.path().display().to_string(),
@@ -277,15 +382,109 @@ impl Env {
         }
     }
 
-    /// Deletes the scenario's namespace (real cluster) and stops the simulator.
-    pub async fn cleanup(self) {
+    /// The end of a scenario that passed: the leak checks, then the namespace and everything in
+    /// it removed from a shared cluster (waiting until it is gone).
+    pub async fn cleanup(mut self) {
         self.assert_operator_requests_within_rbac();
         self.assert_no_secrets_leaked().await;
-        if !self.is_fake() {
-            let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.namespace, &DeleteParams::default()).await;
+        if matches!(self.backend, Backend::Shared) {
+            remove_namespace(&self.client, &self.namespace, Duration::from_secs(60))
+                .await
+                .unwrap_or_else(|e| panic!("cleanup: {e}"));
         }
-        self.sim.shutdown().await;
-        drop(self.dir);
+        // The simulator serves until the test's runtime ends.
+        self.cleaned = true;
+    }
+}
+
+impl Drop for Env {
+    /// A scenario that did not reach `cleanup` (it failed): keep the operator's logs, mark the
+    /// shared control plane's run as failed (its logs are kept), and still remove the namespace
+    /// so that the next run on the same cluster starts clean.
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        if let Some(dir) = self.dir.take() {
+            eprintln!("operator logs kept in {}", dir.keep().display());
+        }
+        if !matches!(self.backend, Backend::Shared) {
+            return;
+        }
+        control_plane::mark_failed();
+        let (kubeconfig, namespace) = (self.kubeconfig.clone(), self.namespace.clone());
+        // Drop runs inside the test's runtime: a thread with its own runtime and client does the
+        // async work.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let config = kube::Config::from_custom_kubeconfig(
+                    kube::config::Kubeconfig::read_from(&kubeconfig).ok()?,
+                    &Default::default(),
+                )
+                .await
+                .ok()?;
+                let client = Client::try_from(config).ok()?;
+                if let Err(e) = remove_namespace(&client, &namespace, Duration::from_secs(30)).await {
+                    eprintln!("cleanup after failure: {e}");
+                }
+                Some(())
+            })
+        })
+        .join();
+    }
+}
+
+/// Deletes a namespace and waits until it is gone, without relying on the operator (which may
+/// be stopped, paused or failing by now). Bindings and Secrets are deleted first, and the
+/// operator's finalizers taken off them once they are deleting (when no finalizer can be added
+/// back); the namespace controller then empties the namespace in one pass instead of waiting on
+/// finalizers with its backoff.
+async fn remove_namespace(client: &Client, namespace: &str, within: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let bindings: Api<VipBinding> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    empty(&bindings, deadline).await?;
+    empty(&secrets, deadline).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.delete(namespace, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => return Err(format!("delete namespace {namespace}: {e}")),
+    }
+    while namespaces.get_opt(namespace).await.map_err(|e| e.to_string())?.is_some() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("namespace {namespace} still there after {within:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Deletes every object of one kind in the namespace, taking finalizers off the deleting ones.
+async fn empty<K>(api: &Api<K>, deadline: tokio::time::Instant) -> Result<(), String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    loop {
+        let items = api.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items;
+        if items.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let names: Vec<String> = items.iter().map(|o| o.name_any()).collect();
+            return Err(format!("still there: {names:?}"));
+        }
+        for o in &items {
+            let meta = o.meta();
+            if meta.deletion_timestamp.is_none() {
+                let _ = api.delete(&o.name_any(), &DeleteParams::default()).await;
+            } else if meta.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+                let _ = api.patch(&o.name_any(), &PatchParams::default(), &release).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -304,15 +503,24 @@ async fn wait_crd_established(client: &Client) {
     panic!("the VipBinding CRD did not become Established");
 }
 
+#[derive(Default)]
+pub struct Seen {
+    versions: Vec<VipBinding>,
+    synced: bool,
+    deleted: bool,
+}
+
 pub struct History {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<VipBinding>>>,
+    state: std::sync::Arc<std::sync::Mutex<Seen>>,
+    changed: std::sync::Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl History {
     pub fn versions(&self) -> Vec<VipBinding> {
-        self.seen.lock().unwrap().clone()
+        self.state.lock().unwrap().versions.clone()
     }
+
     pub fn ready_reasons(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for b in self.versions() {
@@ -323,6 +531,24 @@ impl History {
             }
         }
         out
+    }
+
+    /// Waits until the watch has seen the object's deletion: every version it went through
+    /// has been recorded by then.
+    pub async fn wait_deleted(&self) {
+        self.wait_until(Duration::from_secs(20), "the history watch saw the deletion", |s| s.deleted).await;
+    }
+
+    async fn wait_until(&self, within: Duration, what: &str, check: impl Fn(&Seen) -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.changed.notified();
+            if check(&self.state.lock().unwrap()) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: not within {within:?}");
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
     }
 }
 
@@ -388,7 +614,7 @@ impl OperatorBuilder<'_> {
 
     pub async fn start(self) -> Operator {
         self.env.operators += 1;
-        let log = self.env.dir.path().join(format!("operator-{}.log", self.env.operators));
+        let log = self.env.dir().join(format!("operator-{}.log", self.env.operators));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vip-operator"));
         cmd.arg("run")

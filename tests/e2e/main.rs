@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use vip_operator::simulator::{Fault, SimOperation};
 
-use harness::{Env, admin_get, free_port, has_finalizer, ready};
+use harness::{Env, Needs, admin_get, free_port, has_finalizer, ready};
 
 const NIC: &str = "d32019d3-bc6e-4319-9c1d-6722fc136a23";
 const NIC2: &str = "0b7e6a9c-5a3e-4d8e-9f1a-2b3c4d5e6f70";
@@ -53,9 +53,10 @@ async fn s02_delete_unbinds_with_the_seed_body_and_the_object_goes() {
     let _op = env.operator().start().await;
     env.create("web", NIC, "192.168.0.7", json!({})).await;
     env.wait_ready("web").await;
-    let history = env.history("web");
+    let history = env.history("web").await;
     env.delete("web").await;
     env.wait_gone("web", Duration::from_secs(20)).await;
+    history.wait_deleted().await;
 
     let unbinds = calls(&env, SimOperation::Unbind);
     assert_eq!(unbinds.len(), 1);
@@ -65,7 +66,6 @@ async fn s02_delete_unbinds_with_the_seed_body_and_the_object_goes() {
     assert_eq!(unbinds[0].status, 200);
     assert!(env.sim.state().nics.is_empty());
     // The final status (port id, Unbound) was written before the object went.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let last = history.versions().into_iter().rev().find(|b| ready(b).is_some()).unwrap();
     assert_eq!(ready(&last), Some(("False", "Unbound")));
     assert_eq!(last.status.unwrap().port_id.as_deref(), Some(NIC));
@@ -105,10 +105,10 @@ async fn s04_delete_with_the_nic_gone_releases_with_nic_not_found() {
     env.create("web", NIC, "192.168.0.7", json!({})).await;
     env.wait_ready("web").await;
     env.sim.set_missing(NIC, true);
-    let history = env.history("web");
+    let history = env.history("web").await;
     env.delete("web").await;
     env.wait_gone("web", Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    history.wait_deleted().await;
     assert!(history.ready_reasons().contains(&"NicNotFound".to_string()), "{:?}", history.ready_reasons());
     let unbinds = calls(&env, SimOperation::Unbind);
     assert_eq!(unbinds.len(), 1, "a missing NIC is not retried");
@@ -215,9 +215,8 @@ async fn s08_namespace_deletion_unbinds_everything_and_the_namespace_goes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s09_immutable_fields_are_refused_by_the_api() {
-    // The fake API server evaluates the CRD's schema and CEL rules as kube-apiserver does, so
-    // this runs in both modes.
-    let env = Env::new("immutable").await;
+    // The CRD's schema and CEL rules are the API server's to enforce: a real one.
+    let Some(env) = Env::with("immutable", Needs::RealServer).await else { return };
     let created = env.create("web", NIC, "192.168.0.7", json!({})).await;
     // Schema defaults are applied by the API server.
     assert!(!created.spec.reverse_binding);
