@@ -12,6 +12,16 @@ pub mod run;
 pub mod simulator;
 pub mod telemetry;
 
+/// `Instant::now() + d`, saturating instead of panicking: `d` may come from outside (a
+/// `Retry-After`, a flag), and `Instant + Duration` panics on overflow.
+pub fn instant_after(d: std::time::Duration) -> tokio::time::Instant {
+    // tokio's clock: the one the controller's timers use (and tests can pause).
+    let now = tokio::time::Instant::now();
+    // About 30 years: far enough to mean "not in this process's life", near enough to fit.
+    const FAR: std::time::Duration = std::time::Duration::from_secs(1 << 30);
+    now.checked_add(d).or_else(|| now.checked_add(FAR)).unwrap_or(now)
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

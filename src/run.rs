@@ -76,13 +76,65 @@ pub async fn connect() -> Result<Client, StartError> {
 }
 
 /// Server-side applies the CRD (development convenience; production installs it with Helm).
+/// How long `--install-crd` waits for the CRD to be served.
+const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub async fn install_crd(client: &Client) -> Result<(), StartError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.patch(CRD_NAME, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(VipBinding::crd()))
+    let applied = api
+        .patch(CRD_NAME, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(VipBinding::crd()))
         .await
         .map_err(|e| StartError::Cluster(format!("cannot install the VipBinding CRD: {e}")))?;
-    tracing::info!(crd = CRD_NAME, "CRD applied");
+    tracing::info!(crd = CRD_NAME, "CRD applied; waiting until it is established");
+    // The API server serves the new resource only once the CRD is Established: watching
+    // before then fails as "not installed".
+    let deadline = crate::instant_after(CRD_ESTABLISHED_TIMEOUT);
+    let mut crd = applied;
+    loop {
+        match crd_state(&crd) {
+            CrdState::Established => break,
+            CrdState::Deleting => {
+                return Err(StartError::Cluster(format!(
+                    "the VipBinding CRD ({CRD_NAME}) is being deleted (an uninstall is in progress): wait until it is gone, then start again"
+                )));
+            }
+            CrdState::Pending(why) if tokio::time::Instant::now() >= deadline => {
+                return Err(StartError::Cluster(format!(
+                    "the VipBinding CRD ({CRD_NAME}) was not established within {}s: {why}",
+                    CRD_ESTABLISHED_TIMEOUT.as_secs()
+                )));
+            }
+            CrdState::Pending(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+        crd =
+            api.get(CRD_NAME).await.map_err(|e| StartError::Cluster(format!("cannot read the VipBinding CRD: {e}")))?;
+    }
+    tracing::info!(crd = CRD_NAME, "CRD established");
     Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum CrdState {
+    Established,
+    Deleting,
+    /// Not served yet; why, from its conditions.
+    Pending(String),
+}
+
+fn crd_state(crd: &CustomResourceDefinition) -> CrdState {
+    if crd.metadata.deletion_timestamp.is_some() {
+        return CrdState::Deleting;
+    }
+    let conditions = crd.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+        return CrdState::Established;
+    }
+    let why: Vec<String> = conditions
+        .iter()
+        .filter(|c| c.status != "True" || c.type_ == "NamesAccepted")
+        .map(|c| format!("{}={} {}", c.type_, c.status, c.message.as_deref().unwrap_or_default()))
+        .collect();
+    CrdState::Pending(if why.is_empty() { "no conditions yet".into() } else { why.join("; ") })
 }
 
 async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), StartError> {
@@ -319,6 +371,7 @@ pub async fn run(
     let mut controller = tokio::spawn(crate::controller::run(client, ctx, watch, hooks, stop.clone()));
 
     let mut lost_leadership = false;
+    let mut stopped_unexpectedly = false;
     let mut controller_done = false;
     tokio::select! {
         biased;
@@ -333,6 +386,7 @@ pub async fn run(
             controller_done = true;
             if !stop.is_cancelled() {
                 tracing::error!("controller stopped unexpectedly");
+                stopped_unexpectedly = true;
             }
             health.shutting_down();
             stop.cancel();
@@ -359,9 +413,47 @@ pub async fn run(
     if lost_leadership {
         return Err(StartError::Cluster("lost leadership; exiting so that this replica restarts as a standby".into()));
     }
+    if stopped_unexpectedly {
+        // Never exit 0 for this: a supervisor must see a failure and restart the operator.
+        return Err(StartError::Cluster("the controller stopped unexpectedly".into()));
+    }
     Ok(())
 }
 
 fn namespaces_or_all(namespaces: &[String]) -> Vec<Option<&str>> {
     if namespaces.is_empty() { vec![None] } else { namespaces.iter().map(|n| Some(n.as_str())).collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crd(json: serde_json::Value) -> CustomResourceDefinition {
+        let mut base = serde_json::to_value(VipBinding::crd()).expect("crd");
+        if let (Some(base), Some(extra)) = (base.as_object_mut(), json.as_object()) {
+            base.extend(extra.clone());
+        }
+        serde_json::from_value(base).expect("crd")
+    }
+
+    #[test]
+    fn a_crd_is_usable_only_once_established_and_never_while_deleting() {
+        assert!(matches!(crd_state(&crd(serde_json::json!({}))), CrdState::Pending(_)));
+        let names_only = crd(serde_json::json!({"status": {"conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found"},
+            {"type": "Established", "status": "False", "reason": "Installing", "message": "the initial names have not been accepted"}
+        ]}}));
+        match crd_state(&names_only) {
+            CrdState::Pending(why) => assert!(why.contains("Established=False"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let established = crd(serde_json::json!({"status": {"conditions": [
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": ""}
+        ]}}));
+        assert_eq!(crd_state(&established), CrdState::Established);
+        let mut deleting = established.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(crd_state(&deleting), CrdState::Deleting);
+    }
 }

@@ -14,7 +14,9 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
-use vip_operator::api::v1alpha1::{DeletionPolicy, FINALIZER, SecretRef, VipBinding, VipBindingSpec};
+use vip_operator::api::v1alpha1::{
+    DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, SecretRef, VipBinding, VipBindingSpec,
+};
 use vip_operator::controller::Context;
 use vip_operator::controller::kube::KubeOps;
 use vip_operator::controller::reconcile::reconcile;
@@ -55,17 +57,23 @@ struct CloudCall {
 struct FakeCloud {
     script: Mutex<VecDeque<Result<String, EcsError>>>,
     calls: Mutex<Vec<CloudCall>>,
+    /// Panic inside the call (stands in for any bug below the reconciler).
+    panics: bool,
 }
 
 impl FakeCloud {
     fn answering(results: Vec<Result<String, EcsError>>) -> Arc<Self> {
-        Arc::new(Self { script: Mutex::new(results.into()), calls: Mutex::default() })
+        Arc::new(Self { script: Mutex::new(results.into()), calls: Mutex::default(), panics: false })
+    }
+    fn panicking() -> Arc<Self> {
+        Arc::new(Self { panics: true, ..Default::default() })
     }
     fn calls(&self) -> Vec<CloudCall> {
         self.calls.lock().unwrap().clone()
     }
     fn next(&self, call: CloudCall) -> Result<String, EcsError> {
         self.calls.lock().unwrap().push(call.clone());
+        assert!(!self.panics, "a bug in the cloud client");
         self.script.lock().unwrap().pop_front().unwrap_or_else(|| Ok(call.nic.clone()))
     }
 }
@@ -452,6 +460,35 @@ async fn delete_unbinds_records_port_and_conditions_then_releases() {
 }
 
 #[tokio::test]
+async fn a_paused_deletion_is_released_as_orphaned_while_the_crd_is_deleted() {
+    // Pause protects against cloud calls; releasing at uninstall makes none, so a paused binding
+    // must not keep `kubectl delete crd` waiting.
+    let cloud = FakeCloud::answering(vec![]);
+    let mut paused = deleting(bound_binding());
+    paused.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "true".to_string())].into());
+    let run =
+        run_once(paused, cloud.clone(), static_defaults(), MockOptions { crd_deleting: true, ..Default::default() })
+            .await;
+    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(seen.len(), 3, "{seen:#?}");
+    assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "Orphaned");
+    assert_finalizer_removed(&seen[1]);
+}
+
+#[tokio::test]
+async fn a_paused_deletion_is_looked_at_again_so_an_uninstall_can_release_it() {
+    let cloud = FakeCloud::answering(vec![]);
+    let mut paused = deleting(bound_binding());
+    paused.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "true".to_string())].into());
+    let run = run_once(paused, cloud.clone(), static_defaults(), MockOptions::default()).await;
+    assert!(cloud.calls().is_empty());
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "DeletionPaused");
+    assert!(requeue_delay(&run.action).is_some_and(|d| d <= Duration::from_secs(60)), "{:?}", run.action);
+}
+
+#[tokio::test]
 async fn delete_with_the_nic_gone_releases_with_nic_not_found() {
     let cloud = FakeCloud::answering(vec![Err(api_error(404, "Ecs.0614", "req-404"))]);
     let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), MockOptions::default()).await;
@@ -465,6 +502,43 @@ async fn delete_with_the_nic_gone_releases_with_nic_not_found() {
     assert!(status["conditions"][1]["message"].as_str().unwrap().contains("req-404"));
     assert_finalizer_removed(&seen[1]);
     assert_event(&seen[2], "Normal", "NicNotFound", "nothing to unbind");
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap()
+}
+
+#[tokio::test]
+async fn delete_with_a_gateway_404_holds_the_finalizer_and_says_why() {
+    // The API gateway found no such API (a wrong endpoint or path): no evidence about the NIC.
+    let cloud = FakeCloud::answering(vec![Err(api_error(404, "APIGW.0101", "req-gw"))]);
+    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), MockOptions::default()).await;
+    assert_eq!(cloud.calls().len(), 1);
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(seen.len(), 2, "a status write and an event, and no finalizer removal: {seen:#?}");
+    let status = &seen[0].body["status"];
+    let ready = condition(status, "Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("EndpointNotFound")));
+    let message = ready["message"].as_str().unwrap();
+    assert!(message.contains("req-gw") && message.contains("APIGW.0101") && message.contains("endpoint"), "{message}");
+    assert_eq!(condition(status, "Bound")["status"], "True", "still bound as far as anyone knows");
+    assert_event(&seen[1], "Warning", "EndpointNotFound", "not the cloud saying the NIC is gone");
+    assert!(requeue_delay(&run.action).is_some_and(|d| d >= Duration::from_secs(30)), "{:?}", run.action);
+}
+
+#[tokio::test]
+async fn a_panic_inside_a_reconcile_is_an_error_not_an_unwind() {
+    let (client, _api) = MockApi::start(&bound_binding(), MockOptions::default());
+    let ctx = context(client, FakeCloud::panicking(), static_defaults());
+    let object = deleting(bound_binding());
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), ctx)).await.unwrap();
+    match result {
+        Err(e) => {
+            assert_eq!(e.kind(), "panic");
+            assert!(e.to_string().contains("a bug in the cloud client"), "{e}");
+        }
+        Ok(action) => panic!("expected an error, got {action:?}"),
+    }
 }
 
 #[tokio::test]

@@ -172,8 +172,11 @@ pub enum Reason {
     NotBound,
     /// A bind request may have reached the cloud but no answer came back.
     Indeterminate,
-    /// The NIC (or its server) does not exist.
+    /// The NIC (or its server) does not exist, as the cloud service itself said.
     NicNotFound,
+    /// A 404 that is not the service saying the NIC is gone (the API gateway found no such API,
+    /// or a proxy answered): a wrong endpoint, path or region. Never taken as "NIC gone".
+    EndpointNotFound,
     /// Released without unbinding (deletionPolicy Orphan, or the CRD is being removed).
     Orphaned,
     BindFailed,
@@ -191,12 +194,13 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Bound,
         Reason::Unbound,
         Reason::NotBound,
         Reason::Indeterminate,
         Reason::NicNotFound,
+        Reason::EndpointNotFound,
         Reason::Orphaned,
         Reason::BindFailed,
         Reason::UnbindFailed,
@@ -217,6 +221,7 @@ impl Reason {
             Reason::NotBound => "NotBound",
             Reason::Indeterminate => "Indeterminate",
             Reason::NicNotFound => "NicNotFound",
+            Reason::EndpointNotFound => "EndpointNotFound",
             Reason::Orphaned => "Orphaned",
             Reason::BindFailed => "BindFailed",
             Reason::UnbindFailed => "UnbindFailed",

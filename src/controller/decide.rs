@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::api::v1alpha1::{DeletionPolicy, Reason, VipBinding, VipBindingSpec};
+use crate::api::v1alpha1::{CONDITION_BOUND, DeletionPolicy, Reason, VipBinding, VipBindingSpec};
 use crate::ecs::{check_path_id, check_region};
 
 use super::status::{BoundKnowledge, bound_knowledge, has_finalizer};
@@ -123,6 +123,13 @@ fn decide_deleting(b: &VipBinding, facts: &Facts) -> Plan {
             format!("VipBinding {owner} owns NIC {}: released without unbinding it", b.spec.nic_id),
         ));
     }
+    // An earlier pass unbound (or found the NIC gone) and wrote that down, but could not remove
+    // the finalizer: finish with that record, not as "nothing was ever bound".
+    if let Some(done) = b.condition(CONDITION_BOUND).filter(|c| c.status == "False")
+        && let Some(reason @ (Reason::Unbound | Reason::NicNotFound)) = Reason::parse(&done.reason)
+    {
+        return Plan::Release(Verdict::new(reason, done.message.clone()));
+    }
     if bound_knowledge(b) == BoundKnowledge::NotBound {
         return Plan::Release(Verdict::new(
             Reason::NotBound,
@@ -141,7 +148,7 @@ fn decide_deleting(b: &VipBinding, facts: &Facts) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::v1alpha1::{CONDITION_BOUND, FINALIZER, PAUSED_ANNOTATION, VipBindingStatus};
+    use crate::api::v1alpha1::{FINALIZER, PAUSED_ANNOTATION, VipBindingStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     fn spec() -> VipBindingSpec {
@@ -204,6 +211,26 @@ mod tests {
             Plan::Hold(v) | Plan::Release(v) => v.reason,
             other => panic!("expected a verdict, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_deletion_already_unbound_is_finished_with_its_own_record() {
+        for done in [Reason::Unbound, Reason::NicNotFound] {
+            let mut b = deleting(with_finalizer(with_bound(binding(), "False", None)));
+            let bound = &mut b.status.as_mut().unwrap().conditions[0];
+            bound.reason = done.as_str().into();
+            bound.message = "VIP 192.168.0.7 unbound from NIC d3 (port p1)".into();
+            match decide(&b, &none()) {
+                Plan::Release(v) => {
+                    assert_eq!(v.reason, done);
+                    assert_eq!(v.message, "VIP 192.168.0.7 unbound from NIC d3 (port p1)");
+                }
+                other => panic!("{done}: {other:?}"),
+            }
+        }
+        // Refused before anything was sent: still NotBound.
+        let b = deleting(with_finalizer(with_bound(binding(), "False", None)));
+        assert_eq!(reason(decide(&b, &none())), Reason::NotBound);
     }
 
     #[test]

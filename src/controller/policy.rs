@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::api::v1alpha1::Reason;
 use crate::ecs::Credentials;
+use crate::ecs::error::MAX_RETRY_AFTER;
 
 /// Base and cap of the requeue backoff for a failure reason; `None` waits for a change to the
 /// object (terminal errors: retrying the same request cannot help).
@@ -26,6 +27,12 @@ pub fn requeue_bounds(reason: Reason) -> Option<(Duration, Duration)> {
         Reason::CredentialsUnavailable => Some((s(30), s(600))),
         // A NIC can appear late (eventual consistency after server creation).
         Reason::NicNotFound => Some((s(60), s(1800))),
+        // Most likely the operator's configuration (fixed by a restart, which retries at once);
+        // retried slowly in case the gateway itself was briefly wrong.
+        Reason::EndpointNotFound => Some((s(60), s(1800))),
+        // Looked at again so that an uninstall (the CRD being deleted, which sends no event
+        // for an object already deleting) releases it; one GET of the CRD a minute.
+        Reason::DeletionPaused => Some((s(30), s(60))),
         // Wait for the owner to go (its deletion triggers us too; this is a safety net).
         Reason::Conflict => Some((s(60), s(600))),
         _ => None,
@@ -78,9 +85,9 @@ impl Backoffs {
             let full = base.saturating_mul(2u32.saturating_pow((entry.failures - 1).min(20))).min(cap);
             let half = full / 2;
             let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
-            (half + Duration::from_millis(jitter)).max(at_least.unwrap_or_default())
+            (half + Duration::from_millis(jitter)).max(at_least.unwrap_or_default().min(MAX_RETRY_AFTER))
         });
-        entry.hold = Some((delay.map(|d| Instant::now() + d), fingerprint));
+        entry.hold = Some((delay.map(crate::instant_after), fingerprint));
         delay
     }
 
@@ -181,9 +188,10 @@ impl Resync {
             return;
         }
         let first = rand::rng().random_range(0..=self.period.as_millis() as u64);
-        self.lock()
-            .entry(key.to_string())
-            .or_insert_with(|| DriftEntry { next: Instant::now() + Duration::from_millis(first), triggered: None });
+        self.lock().entry(key.to_string()).or_insert_with(|| DriftEntry {
+            next: crate::instant_after(Duration::from_millis(first)),
+            triggered: None,
+        });
     }
 
     pub fn is_due(&self, key: &str) -> bool {
@@ -195,7 +203,7 @@ impl Resync {
         if self.period.is_zero() {
             return;
         }
-        let next = Instant::now() + self.jittered();
+        let next = crate::instant_after(self.jittered());
         self.lock().insert(key.to_string(), DriftEntry { next, triggered: None });
     }
 
@@ -328,7 +336,7 @@ impl AuthGate {
             creds.access_key().to_string(),
             Strike {
                 key_fingerprint: fingerprint,
-                until: Instant::now() + hold,
+                until: crate::instant_after(hold),
                 strikes: n,
                 last_error: error.to_string(),
             },
@@ -362,6 +370,14 @@ mod tests {
         assert!(b.next("ns/b", 1, Reason::CloudUnavailable, None).unwrap() <= Duration::from_secs(5));
         b.reset("ns/a");
         assert!(b.next("ns/a", 1, Reason::CloudUnavailable, None).unwrap() <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_huge_retry_after_neither_panics_nor_holds_past_the_maximum() {
+        let b = Backoffs::default();
+        let d = b.next("k", 1, Reason::Throttled, Some(Duration::MAX)).unwrap();
+        assert_eq!(d, MAX_RETRY_AFTER);
+        assert!(matches!(b.holding("k", 1), Some(Hold::For(w)) if w <= MAX_RETRY_AFTER));
     }
 
     #[test]

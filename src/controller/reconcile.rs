@@ -27,6 +27,10 @@ use super::{Context, trigger_fingerprint};
 pub enum Error {
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[from] kube::Error),
+    /// A bug: the reconcile panicked. Caught so that one object cannot stop the controller
+    /// (every reconcile runs inside its task); retried with backoff like an API failure.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -38,6 +42,7 @@ impl Error {
             Error::Kube(kube::Error::Api(s)) if s.code == 404 => "not_found",
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "transport",
+            Error::Panicked(_) => "panic",
         }
     }
 }
@@ -54,6 +59,7 @@ pub fn failure_reason(e: &EcsError, unbinding: bool) -> Reason {
         ErrorClass::Retryable if e.is_throttled() => Reason::Throttled,
         ErrorClass::Retryable => Reason::CloudUnavailable,
         ErrorClass::Terminal if matches!(e, EcsError::InvalidRequest(_)) => Reason::Invalid,
+        ErrorClass::Terminal if e.is_unrecognised_not_found() => Reason::EndpointNotFound,
         ErrorClass::Terminal if unbinding => Reason::UnbindFailed,
         ErrorClass::Terminal => Reason::BindFailed,
     }
@@ -63,7 +69,19 @@ pub async fn reconcile(b: Arc<VipBinding>, ctx: Arc<Context>) -> Result<Action, 
     let key = object_key(&b);
     let span = tracing::info_span!("reconcile", namespace = %b.namespace().unwrap_or_default(), name = %b.name_any());
     let started = std::time::Instant::now();
-    let result = reconcile_inner(&b, &ctx, &key).instrument(span).await;
+    let inner = std::panic::AssertUnwindSafe(reconcile_inner(&b, &ctx, &key).instrument(span.clone()));
+    let result = match futures::FutureExt::catch_unwind(inner).await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            span.in_scope(|| tracing::error!(%message, "reconcile panicked; the other reconciles go on"));
+            Err(Error::Panicked(message))
+        }
+    };
     ctx.observe_reconcile(&result, started.elapsed());
     result
 }
@@ -95,7 +113,10 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &str) -> Resul
     let mut facts = ctx.facts(b, key);
     let mut plan = decide(b, &facts);
     tracing::trace!(?plan, "first decision");
-    if plan == Plan::Unbind && ctx.crd_deleting().await {
+    // The uninstall check, right before anything that would keep or unbind a deleting binding:
+    // a paused one (a Hold) must not keep the CRD's deletion waiting either.
+    let deleting = b.metadata.deletion_timestamp.is_some();
+    if deleting && matches!(plan, Plan::Unbind | Plan::Hold(_)) && ctx.crd_deleting().await {
         facts.crd_deleting = true;
         plan = decide(b, &facts);
     }
@@ -316,7 +337,12 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Erro
         Err(e) => {
             let reason = failure_reason(&e, true);
             let builder = StatusBuilder::new(b, ctx.now()).bound_unchanged();
-            let hint = "; set spec.deletionPolicy to Orphan to release the binding without unbinding";
+            let hint = if reason == Reason::EndpointNotFound {
+                "; this is not the cloud saying the NIC is gone: check the operator's endpoint and region; \
+                 set spec.deletionPolicy to Orphan to release the binding without unbinding"
+            } else {
+                "; set spec.deletionPolicy to Orphan to release the binding without unbinding"
+            };
             let failure = Failure {
                 reason,
                 message: format!("unbind failed: {e}{hint}"),

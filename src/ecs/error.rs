@@ -13,7 +13,9 @@ use serde::Deserialize;
 ///   for a spec change.
 /// - `Auth`: bad keys or permissions (401/403) — never retried in a loop (Huawei locks an AK
 ///   after 5 failed signatures in a row).
-/// - `Gone`: the NIC or server does not exist (404, Ecs.0085).
+/// - `Gone`: the service itself said the NIC or server does not exist (`Ecs.0085`, `Ecs.0114`,
+///   `Ecs.0614`). A 404 without such a code (the API gateway's `APIGW.0101`, a proxy's page) is
+///   no evidence about the NIC: it is `Terminal` (see [`EcsError::is_unrecognised_not_found`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
     Retryable,
@@ -70,6 +72,11 @@ pub enum EcsError {
     /// controller's auth gate). Classified as Auth.
     #[error("{0}")]
     HeldBack(String),
+    /// The last attempt of a call was refused, but an earlier one may have reached the cloud
+    /// (it timed out or got a 5xx): the call may have applied. Class, code and status are the
+    /// last answer's.
+    #[error("{last} (an earlier attempt may have reached the cloud: {earlier})")]
+    Uncertain { last: Box<EcsError>, earlier: String },
 }
 
 fn describe_api(e: &ApiError) -> String {
@@ -91,11 +98,15 @@ fn describe_api(e: &ApiError) -> String {
     s
 }
 
+/// The longest server-supplied delay the operator honours (`Retry-After`): anything longer is
+/// taken as this, so no input can overflow a clock or park a binding for ever.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
 /// Huawei codes that override the class their HTTP status would give.
 fn class_of_code(code: &str) -> Option<ErrorClass> {
     match code {
-        // "The server has no such NIC".
-        "Ecs.0085" => Some(ErrorClass::Gone),
+        // "The server has no such NIC" (400), "server / NIC not found" said by ECS itself (404).
+        "Ecs.0085" | "Ecs.0114" | "Ecs.0614" => Some(ErrorClass::Gone),
         // Failed to update / query port / query NICs: backend hiccups reported as 400.
         "Ecs.0213" | "Ecs.0307" | "Ecs.0323" => Some(ErrorClass::Retryable),
         // Another operation is running on the server; retry later.
@@ -111,7 +122,6 @@ pub fn classify(status: u16, code: Option<&str>) -> ErrorClass {
     }
     match status {
         401 | 403 => ErrorClass::Auth,
-        404 => ErrorClass::Gone,
         429 => ErrorClass::Retryable,
         500..=599 => ErrorClass::Retryable,
         // 408 Request Timeout is the server asking us to try again.
@@ -127,40 +137,56 @@ impl EcsError {
             EcsError::Transport { .. } => ErrorClass::Retryable,
             EcsError::InvalidRequest(_) => ErrorClass::Terminal,
             EcsError::HeldBack(_) => ErrorClass::Auth,
+            EcsError::Uncertain { last, .. } => last.class(),
         }
+    }
+
+    /// The last answer, for an [`EcsError::Uncertain`]; the error itself otherwise.
+    fn answer(&self) -> &EcsError {
+        match self {
+            EcsError::Uncertain { last, .. } => last.answer(),
+            other => other,
+        }
+    }
+
+    /// A 404 that is not the service saying "does not exist": the gateway found no such API or
+    /// a proxy answered. A configuration problem (endpoint, path, region), never evidence that
+    /// the NIC is gone.
+    pub fn is_unrecognised_not_found(&self) -> bool {
+        matches!(self.answer(), EcsError::Api(e) if e.status == 404) && self.class() != ErrorClass::Gone
     }
 
     /// Throttling (429, gateway flow control) as opposed to the cloud being unwell.
     pub fn is_throttled(&self) -> bool {
-        match self {
+        match self.answer() {
             EcsError::Api(e) => e.status == 429 || matches!(e.code.as_deref(), Some("APIGW.0308" | "Common.1503")),
             _ => false,
         }
     }
 
     pub fn code(&self) -> Option<&str> {
-        match self {
+        match self.answer() {
             EcsError::Api(e) => e.code.as_deref(),
             _ => None,
         }
     }
 
     pub fn status(&self) -> Option<u16> {
-        match self {
+        match self.answer() {
             EcsError::Api(e) => Some(e.status),
             _ => None,
         }
     }
 
     pub fn request_id(&self) -> Option<&str> {
-        match self {
+        match self.answer() {
             EcsError::Api(e) => e.request_id.as_deref(),
             _ => None,
         }
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
+        match self.answer() {
             EcsError::Api(e) => e.retry_after,
             _ => None,
         }
@@ -173,6 +199,7 @@ impl EcsError {
             EcsError::Api(e) => e.status >= 500,
             EcsError::Transport { kind, .. } => *kind != TransportKind::Connect,
             EcsError::InvalidRequest(_) | EcsError::HeldBack(_) => false,
+            EcsError::Uncertain { .. } => true,
         }
     }
 }
@@ -240,15 +267,16 @@ fn excerpt(status: u16, body: &[u8]) -> String {
     cut
 }
 
-/// `Retry-After` as delay-seconds or an HTTP date, relative to `now`.
+/// `Retry-After` as delay-seconds or an HTTP date, relative to `now`, at most
+/// [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    let delta = at.as_millisecond() - now.as_millisecond();
-    Some(Duration::from_millis(delta.max(0) as u64))
+    let delta = at.as_millisecond().saturating_sub(now.as_millisecond());
+    Some(Duration::from_millis(u64::try_from(delta).unwrap_or(0)).min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -275,7 +303,10 @@ mod tests {
             (403, Some("Pdp.0001"), ErrorClass::Auth),
             (404, Some("Ecs.0114"), ErrorClass::Gone),
             (404, Some("Ecs.0614"), ErrorClass::Gone),
-            (404, None, ErrorClass::Gone),
+            // Not the service saying "does not exist": the gateway, a proxy, an unknown code.
+            (404, None, ErrorClass::Terminal),
+            (404, Some("APIGW.0101"), ErrorClass::Terminal),
+            (404, Some("Ecs.9999"), ErrorClass::Terminal),
             (405, None, ErrorClass::Terminal),
             (409, Some("Ecs.9999"), ErrorClass::Terminal),
             (429, Some("APIGW.0308"), ErrorClass::Retryable),
@@ -290,6 +321,34 @@ mod tests {
         for (status, code, want) in cases {
             assert_eq!(classify(*status, *code), *want, "{status} {code:?}");
         }
+    }
+
+    #[test]
+    fn only_the_service_saying_so_makes_a_404_gone() {
+        let gateway = parse_error_response(
+            404,
+            br#"{"error_code":"APIGW.0101","error_msg":"The API does not exist","request_id":"r1"}"#,
+            None,
+            None,
+        );
+        let gateway = EcsError::Api(gateway);
+        assert!(gateway.is_unrecognised_not_found());
+        assert_ne!(gateway.class(), ErrorClass::Gone);
+        let proxy = EcsError::Api(parse_error_response(404, b"<html>404 Not Found</html>", None, None));
+        assert!(proxy.is_unrecognised_not_found());
+        assert_ne!(proxy.class(), ErrorClass::Gone);
+        let ecs = EcsError::Api(parse_error_response(404, br#"{"error":{"code":"Ecs.0614"}}"#, None, None));
+        assert!(!ecs.is_unrecognised_not_found());
+        assert_eq!(ecs.class(), ErrorClass::Gone);
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_clamped() {
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        assert_eq!(parse_retry_after("18446744073709551615", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Sat, 01 Jan 2000 00:00:00 GMT", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", jiff::Timestamp::MAX), Some(Duration::ZERO));
     }
 
     #[test]

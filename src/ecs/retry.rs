@@ -80,23 +80,49 @@ impl Iterator for FullJitter {
 /// Runs `attempt` until it succeeds, fails with a non-retryable error, or the policy's bounds
 /// are reached. A `Retry-After` longer than the computed backoff wins; one that would end past
 /// the time budget stops the retries (the error is returned and the caller requeues).
+///
+/// Whether the call may have changed the cloud is decided over every attempt, not the last
+/// one: a timed-out first attempt followed by a refused second one is
+/// [`EcsError::Uncertain`].
 pub async fn with_retries<T, F, Fut>(policy: &RetryPolicy, mut attempt: F) -> Result<T, EcsError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, EcsError>>,
 {
-    let deadline = Instant::now() + policy.max_elapsed;
-    (|| attempt())
-        .retry(FullJitter::new(policy.clone()))
-        .when(|e: &EcsError| e.class() == ErrorClass::Retryable)
-        .adjust(|e: &EcsError, next: Option<Duration>| {
-            let delay = next?.max(e.retry_after().unwrap_or_default());
-            (Instant::now() + delay <= deadline).then_some(delay)
-        })
-        .notify(|e: &EcsError, delay: Duration| {
-            tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "retrying ECS call");
-        })
-        .await
+    let deadline = crate::instant_after(policy.max_elapsed);
+    let earlier = std::sync::Mutex::new(None::<String>);
+    let result = (|| {
+        let next = attempt();
+        let earlier = &earlier;
+        async move {
+            let result = next.await;
+            if let Err(e) = &result
+                && e.may_have_applied()
+            {
+                // The first such attempt is the one the cloud may have acted on.
+                earlier.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+            }
+            result
+        }
+    })
+    .retry(FullJitter::new(policy.clone()))
+    .when(|e: &EcsError| e.class() == ErrorClass::Retryable)
+    .adjust(|e: &EcsError, next: Option<Duration>| {
+        let delay = next?.max(e.retry_after().unwrap_or_default());
+        // Checked: a server-supplied delay must not be able to overflow the clock.
+        Instant::now().checked_add(delay).is_some_and(|at| at <= deadline).then_some(delay)
+    })
+    .notify(|e: &EcsError, delay: Duration| {
+        tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64, "retrying ECS call");
+    })
+    .await;
+    match result {
+        Err(last) if !last.may_have_applied() => match earlier.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(earlier) => Err(EcsError::Uncertain { last: Box::new(last), earlier }),
+            None => Err(last),
+        },
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +214,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_call_that_may_have_applied_once_stays_uncertain_whatever_comes_last() {
+        let p = RetryPolicy::default();
+        let timeout = EcsError::Transport { kind: TransportKind::Timeout, message: "lost".into() };
+        for last in [api(429, Some("APIGW.0308"), Some(100)), api(400, Some("Ecs.0039"), None)] {
+            let (res, _) = run(&p, vec![timeout.clone(), api(503, None, None), last.clone()]).await;
+            let e = res.unwrap_err();
+            assert!(e.may_have_applied(), "{e}");
+            // The last answer still decides the class and what the status says.
+            assert_eq!(e.class(), last.class());
+            assert_eq!(e.code(), last.code());
+            assert!(e.to_string().contains("lost"), "{e}");
+        }
+        // Refusals only: not applied.
+        let (res, _) = run(&p, vec![api(429, None, None), api(400, Some("Ecs.0039"), None)]).await;
+        assert!(!res.unwrap_err().may_have_applied());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn attempts_are_bounded() {
         let p = RetryPolicy { max_attempts: 3, ..Default::default() };
         let (res, calls) = run(&p, vec![api(500, None, None); 10]).await;
@@ -211,5 +255,13 @@ mod tests {
         let (_, calls) = run(&p, vec![api(429, None, Some(60)), api(429, None, None)]).await;
         assert_eq!(calls, 1);
         assert!(start.elapsed() < Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_that_would_overflow_the_clock_stops_the_retries() {
+        let p = RetryPolicy { max_attempts: 10, max_elapsed: Duration::from_secs(5), ..Default::default() };
+        let (res, calls) = run(&p, vec![api(429, None, Some(u64::MAX)), api(429, None, None)]).await;
+        assert_eq!(calls, 1);
+        assert_eq!(res.unwrap_err().status(), Some(429));
     }
 }

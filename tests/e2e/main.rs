@@ -410,3 +410,31 @@ async fn s13_failures_respect_backoff_and_terminal_errors_wait_for_a_change() {
     assert_eq!(per_nic(NIC2), 2);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s14_install_crd_on_a_cluster_that_never_saw_it_waits_until_it_is_served() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, DeleteParams};
+    // The CRD comes and goes cluster-wide: a cluster of its own.
+    let Some(mut env) = Env::with("installcrd", Needs::OwnCluster).await else { return };
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    crds.delete(vip_operator::api::v1alpha1::CRD_NAME, &DeleteParams::default()).await.unwrap();
+    wait_until(Duration::from_secs(30), "the CRD gone", async || {
+        crds.get_opt(vip_operator::api::v1alpha1::CRD_NAME).await.unwrap().is_none()
+    })
+    .await;
+    // `--install-crd` is for `make run`; the chart installs the CRD itself and grants no CRD writes.
+    env.chart_rbac = false;
+    let port = free_port();
+    let mut op = env.operator().arg("--install-crd").admin_port(port).start().await;
+    wait_until(Duration::from_secs(30), "ready", async || {
+        admin_get(port, "/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    env.create("web", NIC, "192.168.0.7", json!({})).await;
+    env.wait_ready("web").await;
+    assert!(op.logs().contains("CRD established"), "{}", op.logs());
+    let status = op.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}; logs:\n{}", op.logs());
+    env.cleanup().await;
+}

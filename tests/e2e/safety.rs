@@ -365,3 +365,47 @@ async fn d8_a_binding_waiting_for_its_secret_binds_as_soon_as_it_appears() {
     assert_eq!(calls_for(&env, NIC, SimOperation::Bind), 1);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d9_a_gateway_404_is_no_evidence_the_nic_is_gone_and_never_releases() {
+    let mut env = Env::new("gateway404").await;
+    let mut op = env.operator().start().await;
+    env.create("web", NIC, "192.168.10.10", json!({})).await;
+    env.wait_ready("web").await;
+    op.kill().await;
+    // A wrong endpoint path: the API gateway answers 404 APIGW.0101 for an API it does not know.
+    let wrong = format!("{}/typo", env.sim.url());
+    let mut op = env.operator().endpoint(&wrong).start().await;
+    env.delete("web").await;
+    let held = wait_reason(&env, "web", "EndpointNotFound").await;
+    assert!(has_finalizer(&held));
+    let message = ready_message(&env, "web").await;
+    assert!(message.contains("APIGW.0101") && message.contains("request id"), "{message}");
+    assert!(env.sim.state().nics.contains_key(NIC), "the VIP is still bound, so the binding must stay");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(env.get("web").await.is_some(), "held, not released");
+    assert!(event_reasons(&env).await.iter().any(|r| r == "EndpointNotFound"));
+    // With the endpoint fixed, the deletion unbinds.
+    op.kill().await;
+    let _op = env.operator().start().await;
+    env.wait_gone("web", Duration::from_secs(20)).await;
+    assert!(env.sim.state().nics.is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d10_a_huge_retry_after_neither_crashes_the_operator_nor_stops_other_bindings() {
+    let mut env = Env::new("retryafter").await;
+    let mut op = env.operator().start().await;
+    let mut fault = Fault::error(429, "APIGW.0308", 0).on(SimOperation::Bind).for_nic(NIC);
+    fault.retry_after = Some(u64::MAX);
+    env.sim.add_fault(fault);
+    env.create("throttled", NIC, "192.168.10.11", json!({})).await;
+    wait_reason(&env, "throttled", "Throttled").await;
+    env.create("fine", NIC2, "192.168.10.12", json!({})).await;
+    env.wait_ready("fine").await;
+    let status = op.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}; logs:\n{}", op.logs());
+    assert!(!op.logs().contains("panicked"), "{}", op.logs());
+    env.cleanup().await;
+}
