@@ -19,7 +19,7 @@ use crate::controller::kube::{FIELD_MANAGER, KubeOps};
 use crate::controller::target::{DefaultCredentials, OperatorDefaults, TargetResolver};
 use crate::controller::{Context, Hooks, WatchConfig};
 use crate::ecs::{Credentials, EcsClient, EcsClientConfig, Endpoint, MetadataCredentials, RetryPolicy, SystemClock};
-use crate::leader::{LeaderConfig, Leadership};
+use crate::leader::{LeaderConfig, Leadership, LeaseFence};
 use crate::metrics::Metrics;
 use crate::simulator::{Simulator, SimulatorConfig};
 
@@ -76,6 +76,23 @@ pub async fn connect() -> Result<Client, StartError> {
 }
 
 /// Server-side applies the CRD (development convenience; production installs it with Helm).
+/// The leader's fence (see [`LeaseFence`]): confirmed once before any reconcile, then kept
+/// open by reading the Lease. kube-lease-manager renews `renew_grace` before expiry; the
+/// fence closes halfway through that window and the Lease is read four times in it, so a
+/// healthy leader's fence never closes between two renewals.
+async fn start_fence(client: &Client, config: LeaderConfig, stop: &CancellationToken) -> Arc<dyn crate::ecs::Fence> {
+    let lease = Duration::from_secs(config.lease_duration);
+    let grace = Duration::from_secs(config.renew_grace);
+    let fence = Arc::new(LeaseFence::new(lease, grace / 2));
+    let every = (grace / 4).max(Duration::from_millis(200));
+    let leases = Api::namespaced(client.clone(), &config.namespace);
+    if !crate::leader::confirm_once(&leases, &config, &fence, every.max(Duration::from_secs(2))).await {
+        tracing::warn!("could not confirm the new leadership yet: cloud calls wait for it");
+    }
+    tokio::spawn(crate::leader::confirm_leadership(leases, config, fence.clone(), every, stop.clone()));
+    fence
+}
+
 /// How long `--install-crd` waits for the CRD to be served.
 const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -288,6 +305,7 @@ pub async fn run(
     health.started();
 
     let mut leadership = None;
+    let mut fence: Option<Arc<dyn crate::ecs::Fence>> = None;
     if let Some(namespace) = leader_namespace {
         let config = LeaderConfig {
             namespace,
@@ -297,7 +315,7 @@ pub async fn run(
             renew_grace: (args.leader_lease_seconds / 3).max(1),
         };
         tracing::info!(lease = %format!("{}/{}", config.namespace, config.lease_name), identity = %config.identity, "waiting for leadership");
-        let mut l = Leadership::start(client.clone(), config).await.map_err(StartError::Cluster)?;
+        let mut l = Leadership::start(client.clone(), config.clone()).await.map_err(StartError::Cluster)?;
         tokio::select! {
             acquired = l.acquired() => {
                 if !acquired {
@@ -312,6 +330,7 @@ pub async fn run(
         }
         tracing::info!("elected leader");
         leadership = Some(l);
+        fence = Some(start_fence(&client, config, &stop).await);
     }
     metrics.leader.set(1);
     health.leading(true);
@@ -326,7 +345,7 @@ pub async fn run(
         simulator = Some(sim);
     }
     let retry = RetryPolicy { max_attempts: args.cloud_max_attempts, ..RetryPolicy::default() };
-    let cloud = EcsClient::with_clock(
+    let cloud = EcsClient::fenced(
         EcsClientConfig {
             endpoint: endpoint.clone(),
             qps: args.cloud_qps,
@@ -337,6 +356,7 @@ pub async fn run(
         },
         Arc::new(SystemClock),
         Some(metrics.clone()),
+        fence,
     )
     .map_err(StartError::Config)?;
     tracing::info!(credentials = ?credentials, endpoint = %endpoint, "cloud configuration");

@@ -417,3 +417,47 @@ async fn admin_api_scripts_faults_and_missing_nics() {
     assert_eq!(state["missing_nics"], json!(["gone-nic"]));
     assert_eq!(state["nics"], json!({}));
 }
+
+/// A fence with a fixed answer (the leader's lease fence, as the client sees it).
+struct FixedFence(Result<Duration, String>);
+
+impl vip_operator::ecs::Fence for FixedFence {
+    fn remaining(&self) -> Result<Duration, String> {
+        self.0.clone()
+    }
+}
+
+fn fenced_client(sim: &Simulator, fence: FixedFence) -> EcsClient {
+    let config = EcsClientConfig {
+        endpoint: Endpoint::parse_override(&sim.url()).unwrap(),
+        retry: fast_retries(),
+        qps: 1000.0,
+        burst: 100,
+        ..Default::default()
+    };
+    EcsClient::fenced(config, Arc::new(SystemClock), None, Some(Arc::new(fence))).unwrap()
+}
+
+#[tokio::test]
+async fn a_closed_fence_sends_nothing_and_says_why() {
+    let sim = simulator().await;
+    let client = fenced_client(&sim, FixedFence(Err("lease not confirmed".into())));
+    let err = client.unbind(&target(SK), &UnbindRequest { nic_id: NIC.into(), reverse_binding: false }).await;
+    let err = err.unwrap_err();
+    assert!(matches!(err, vip_operator::ecs::EcsError::Fenced(_)), "{err:?}");
+    assert!(!err.may_have_applied());
+    assert!(err.to_string().contains("lease not confirmed"), "{err}");
+    assert!(sim.calls().is_empty(), "{:?}", sim.calls());
+}
+
+#[tokio::test]
+async fn no_attempt_outlives_the_fence() {
+    let sim = simulator().await;
+    sim.set_latency(Duration::from_secs(3));
+    let client = fenced_client(&sim, FixedFence(Ok(Duration::from_millis(300))));
+    let started = Instant::now();
+    let err = client.bind(&target(SK), &bind_req(NIC)).await.unwrap_err();
+    // Cut at the fence's 300 ms, not the 30 s request timeout; it may have reached the cloud.
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(err.may_have_applied(), "{err}");
+}

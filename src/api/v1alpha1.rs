@@ -191,10 +191,12 @@ pub enum Reason {
     Conflict,
     Paused,
     DeletionPaused,
+    /// Not sent: this replica could not confirm it still holds the leader lease.
+    LeaderUnconfirmed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Bound,
         Reason::Unbound,
         Reason::NotBound,
@@ -212,6 +214,7 @@ impl Reason {
         Reason::Conflict,
         Reason::Paused,
         Reason::DeletionPaused,
+        Reason::LeaderUnconfirmed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -233,6 +236,7 @@ impl Reason {
             Reason::Conflict => "Conflict",
             Reason::Paused => "Paused",
             Reason::DeletionPaused => "DeletionPaused",
+            Reason::LeaderUnconfirmed => "LeaderUnconfirmed",
         }
     }
 

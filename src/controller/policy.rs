@@ -21,6 +21,8 @@ pub fn requeue_bounds(reason: Reason) -> Option<(Duration, Duration)> {
     let s = Duration::from_secs;
     match reason {
         Reason::CloudUnavailable | Reason::Indeterminate => Some((s(5), s(300))),
+        // Leadership is confirmed (or lost, and the process exits) within a lease duration.
+        Reason::LeaderUnconfirmed => Some((s(2), s(15))),
         Reason::Throttled => Some((s(10), s(300))),
         // Huawei locks a key after 5 bad signatures in a row: go slowly.
         Reason::AuthFailed => Some((s(60), s(1800))),

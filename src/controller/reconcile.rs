@@ -53,6 +53,9 @@ pub fn object_key(b: &VipBinding) -> String {
 
 /// The Ready reason for a cloud failure.
 pub fn failure_reason(e: &EcsError, unbinding: bool) -> Reason {
+    if matches!(e, EcsError::Fenced(_)) {
+        return Reason::LeaderUnconfirmed;
+    }
     match e.class() {
         ErrorClass::Auth => Reason::AuthFailed,
         ErrorClass::Gone => Reason::NicNotFound,

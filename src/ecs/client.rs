@@ -136,6 +136,8 @@ struct Inner {
     in_flight: Semaphore,
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn CallObserver>>,
+    fence: Option<Arc<dyn super::Fence>>,
+    request_timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +165,17 @@ impl EcsClient {
         clock: Arc<dyn Clock>,
         observer: Option<Arc<dyn CallObserver>>,
     ) -> Result<Self, String> {
+        Self::fenced(config, clock, observer, None)
+    }
+
+    /// With a [`Fence`](super::Fence): no attempt starts while it is closed, and none runs
+    /// past the time it leaves.
+    pub fn fenced(
+        config: EcsClientConfig,
+        clock: Arc<dyn Clock>,
+        observer: Option<Arc<dyn CallObserver>>,
+        fence: Option<Arc<dyn super::Fence>>,
+    ) -> Result<Self, String> {
         if config.max_concurrency == 0 {
             return Err("the cloud concurrency cap must be at least 1".into());
         }
@@ -182,6 +195,8 @@ impl EcsClient {
                 in_flight: Semaphore::new(config.max_concurrency),
                 clock,
                 observer,
+                fence,
+                request_timeout: config.request_timeout,
             }),
         })
     }
@@ -213,8 +228,13 @@ impl EcsClient {
             .acquire()
             .await
             .map_err(|_| EcsError::Transport { kind: TransportKind::Protocol, message: "client closed".into() })?;
+        // Checked last, right before sending: waiting for a token or a slot takes time.
+        let timeout = match &self.inner.fence {
+            Some(fence) => fence.remaining().map_err(EcsError::Fenced)?.min(self.inner.request_timeout),
+            None => self.inner.request_timeout,
+        };
         let started = Instant::now();
-        let result = self.send(target, url, body).await;
+        let result = self.send(target, url, body, timeout).await;
         if let Some(observer) = &self.inner.observer {
             observer.attempt(&AttemptReport {
                 operation: op,
@@ -228,7 +248,7 @@ impl EcsClient {
         result
     }
 
-    async fn send(&self, target: &CloudTarget, url: &Url, body: &[u8]) -> Result<String, EcsError> {
+    async fn send(&self, target: &CloudTarget, url: &Url, body: &[u8], timeout: Duration) -> Result<String, EcsError> {
         let creds = &target.credentials;
         let mut headers: Vec<(&str, &str)> =
             vec![("Content-Type", "application/json"), ("X-Project-Id", target.project_id.as_str())];
@@ -250,6 +270,7 @@ impl EcsClient {
             .header("Host", &signed.host)
             .header("X-Sdk-Date", &signed.sdk_date)
             .header("Authorization", &signed.authorization)
+            .timeout(timeout)
             .body(body.to_vec());
         for (name, value) in &headers {
             req = req.header(*name, *value);

@@ -72,6 +72,9 @@ pub enum EcsError {
     /// controller's auth gate). Classified as Auth.
     #[error("{0}")]
     HeldBack(String),
+    /// Not sent: this process could not confirm it still leads (see [`super::Fence`]).
+    #[error("not sent: {0}")]
+    Fenced(String),
     /// The last attempt of a call was refused, but an earlier one may have reached the cloud
     /// (it timed out or got a 5xx): the call may have applied. Class, code and status are the
     /// last answer's.
@@ -137,6 +140,9 @@ impl EcsError {
             EcsError::Transport { .. } => ErrorClass::Retryable,
             EcsError::InvalidRequest(_) => ErrorClass::Terminal,
             EcsError::HeldBack(_) => ErrorClass::Auth,
+            // Transient (leadership comes back, or another replica takes over), but never
+            // retried inside a call: the controller's requeue decides, once leadership is known.
+            EcsError::Fenced(_) => ErrorClass::Retryable,
             EcsError::Uncertain { last, .. } => last.class(),
         }
     }
@@ -198,7 +204,7 @@ impl EcsError {
         match self {
             EcsError::Api(e) => e.status >= 500,
             EcsError::Transport { kind, .. } => *kind != TransportKind::Connect,
-            EcsError::InvalidRequest(_) | EcsError::HeldBack(_) => false,
+            EcsError::InvalidRequest(_) | EcsError::HeldBack(_) | EcsError::Fenced(_) => false,
             EcsError::Uncertain { .. } => true,
         }
     }

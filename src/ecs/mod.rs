@@ -15,6 +15,13 @@ pub use credentials::{Credentials, CredentialsError, MetadataCredentials, Secret
 pub use error::{ApiError, EcsError, ErrorClass, TransportKind};
 pub use retry::RetryPolicy;
 
+/// Whether this process may still reach the cloud, and for how long: a deposed leader must
+/// not. Checked before every attempt; an attempt never runs past the time returned.
+pub trait Fence: Send + Sync {
+    /// `Ok(time left)` while leadership is confirmed; `Err(why)` otherwise.
+    fn remaining(&self) -> Result<std::time::Duration, String>;
+}
+
 /// The two calls the operator makes. Both are the same idempotent `PUT` on the NIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {

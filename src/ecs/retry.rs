@@ -106,7 +106,7 @@ where
         }
     })
     .retry(FullJitter::new(policy.clone()))
-    .when(|e: &EcsError| e.class() == ErrorClass::Retryable)
+    .when(|e: &EcsError| e.class() == ErrorClass::Retryable && !matches!(e, EcsError::Fenced(_)))
     .adjust(|e: &EcsError, next: Option<Duration>| {
         let delay = next?.max(e.retry_after().unwrap_or_default());
         // Checked: a server-supplied delay must not be able to overflow the clock.

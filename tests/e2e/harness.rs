@@ -216,6 +216,7 @@ impl Env {
             log_level: "info,vip_operator=debug".into(),
             cloud: ("200".into(), "50".into()),
             endpoint: None,
+            kubeconfig: None,
             args: vec![],
             envs: vec![
                 ("HUAWEICLOUD_SDK_AK".into(), ACCESS_KEY.into()),
@@ -587,6 +588,7 @@ pub struct OperatorBuilder<'a> {
     log_level: String,
     cloud: (String, String),
     endpoint: Option<String>,
+    kubeconfig: Option<PathBuf>,
     args: Vec<String>,
     envs: Vec<(String, String)>,
 }
@@ -611,6 +613,12 @@ impl OperatorBuilder<'_> {
     /// `--ecs-endpoint` other than the simulator's own URL (e.g. a wrong path on it).
     pub fn endpoint(mut self, url: &str) -> Self {
         self.endpoint = Some(url.into());
+        self
+    }
+
+    /// Reach the API server through this kubeconfig (e.g. an [`ApiProxy`]'s).
+    pub fn kubeconfig(mut self, path: &std::path::Path) -> Self {
+        self.kubeconfig = Some(path.to_path_buf());
         self
     }
 
@@ -646,7 +654,7 @@ impl OperatorBuilder<'_> {
             .args(["--log-format", "json", "--log-level", &self.log_level])
             .args(&self.args)
             .env_clear()
-            .env("KUBECONFIG", &self.env.kubeconfig)
+            .env("KUBECONFIG", self.kubeconfig.as_ref().unwrap_or(&self.env.kubeconfig))
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -703,5 +711,66 @@ impl Operator {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A TCP proxy in front of the API server, for one operator: `cut` drops its connections and
+/// refuses new ones (a network partition between that operator and the API server).
+pub struct ApiProxy {
+    kubeconfig: PathBuf,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiProxy {
+    pub async fn start(env: &Env) -> ApiProxy {
+        use std::sync::atomic::Ordering;
+        let mut config = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("kubeconfig");
+        let cluster = config.clusters.first_mut().and_then(|c| c.cluster.as_mut()).expect("a cluster");
+        let server: url::Url = cluster.server.as_deref().expect("server").parse().expect("server URL");
+        let upstream =
+            format!("{}:{}", server.host_str().expect("host"), server.port_or_known_default().expect("port"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let local = listener.local_addr().expect("proxy address");
+        cluster.server = Some(format!("{}://127.0.0.1:{}", server.scheme(), local.port()));
+        let kubeconfig = env.dir().join(format!("proxied-{}.kubeconfig", local.port()));
+        std::fs::write(&kubeconfig, serde_json::to_string(&config).expect("kubeconfig")).expect("write kubeconfig");
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (is_cut, conns) = (cut.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_cut.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is reset
+                }
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        ApiProxy { kubeconfig, cut, connections, task }
+    }
+
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for conn in self.connections.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+}
+
+impl Drop for ApiProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
     }
 }

@@ -438,3 +438,57 @@ async fn s14_install_crd_on_a_cluster_that_never_saw_it_waits_until_it_is_served
     assert!(status.success(), "{status:?}; logs:\n{}", op.logs());
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s15_a_leader_cut_off_from_the_api_server_stops_calling_the_cloud_before_a_standby_leads() {
+    use vip_operator::simulator::SimCredential;
+    const STANDBY_AK: &str = "STANDBYACCESSKEY0001";
+    let mut env = Env::new("fence").await;
+    let ns = env.namespace.clone();
+    // The standby signs with its own key, so the cloud's log tells the two replicas apart.
+    env.sim.add_credential(SimCredential {
+        access_key: STANDBY_AK.into(),
+        secret_key: "standby-secret".into(),
+        security_token: None,
+    });
+    let proxy = harness::ApiProxy::start(&env).await;
+    let election = ["--leader-elect", "--leader-election-namespace", &ns, "--leader-lease-seconds", "4"];
+    let leader = env.operator().args(&election).kubeconfig(proxy.kubeconfig()).start().await;
+    wait_until(Duration::from_secs(15), "first replica leads", async || lease_holder(&env).await.is_some()).await;
+    let first = lease_holder(&env).await;
+    let _standby = env
+        .operator()
+        .args(&election)
+        .env("HUAWEICLOUD_SDK_AK", STANDBY_AK)
+        .env("HUAWEICLOUD_SDK_SK", "standby-secret")
+        .start()
+        .await;
+    env.create("web", NIC, "192.168.0.7", json!({})).await;
+    env.wait_ready("web").await;
+    // The leader keeps calling the cloud: its unbind fails and is retried.
+    env.sim.add_fault(Fault::error(503, "APIGW.0201", 0).on(SimOperation::Unbind));
+    env.delete("web").await;
+    let from = |key: &str| env.sim.calls().into_iter().filter(|c| c.access_key.as_deref() == Some(key)).count();
+    wait_until(Duration::from_secs(10), "the leader retrying its unbind", async || {
+        calls(&env, SimOperation::Unbind).len() >= 2
+    })
+    .await;
+
+    proxy.cut();
+    wait_until(Duration::from_secs(20), "the standby takes over", async || {
+        lease_holder(&env).await.is_some_and(|h| Some(&h) != first.as_ref())
+    })
+    .await;
+    let at_takeover = from(harness::ACCESS_KEY);
+    // Without the fence the cut-off leader would go on retrying (every 2.5-5 s, then slower).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(from(harness::ACCESS_KEY), at_takeover, "the deposed leader called the cloud:\n{}", leader.logs());
+    assert!(leader.logs().contains("LeaderUnconfirmed") || leader.logs().contains("could not confirm"));
+    // The new leader finishes the deletion once the cloud recovers.
+    env.sim.clear_faults();
+    env.wait_gone("web", Duration::from_secs(60)).await;
+    assert!(from(STANDBY_AK) >= 1);
+    assert!(env.sim.state().nics.is_empty());
+    drop(proxy);
+    env.cleanup().await;
+}
