@@ -26,12 +26,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::v1alpha1::{Reason, VipBinding};
-use crate::ecs::{BindRequest, Clock, CloudTarget, EcsApi, EcsError, ErrorClass, UnbindRequest};
+use crate::ecs::{BindRequest, Clock, CloudTarget, EcsApi, EcsError, UnbindRequest};
 
 use self::decide::{Facts, Verdict};
 use self::index::BindingIndex;
 use self::kube::KubeOps;
-use self::policy::{AuthGate, Backoffs, Resync};
+use self::policy::{Admission, AuthGate, Backoffs, Resync, Ticket};
 use self::reconcile::{Error, object_key};
 use self::target::TargetResolver;
 
@@ -166,36 +166,35 @@ impl Context {
         }
     }
 
-    async fn gated<F>(&self, target: &CloudTarget, call: F) -> Result<String, EcsError>
-    where
-        F: Future<Output = Result<String, EcsError>>,
-    {
-        let _probe = match self.auth_gate.admit(&target.credentials).await {
-            Ok(probe) => probe,
-            Err(message) => {
+    /// Asks the auth gate whether a call with `target`'s credentials may go now. `Err`:
+    /// [`EcsError::HeldBack`] (refused recently) or [`EcsError::AwaitingProbe`] (the first
+    /// call with these credentials is in flight; come back shortly). Nothing was sent.
+    pub fn admit(&self, target: &CloudTarget) -> Result<Ticket, EcsError> {
+        match self.auth_gate.admit(&target.credentials, &target.project_id) {
+            Admission::Go(ticket) => Ok(ticket),
+            Admission::Wait => Err(EcsError::AwaitingProbe(format!(
+                "waiting for the first call with access key {} to be answered",
+                target.credentials.key_id()
+            ))),
+            Admission::HeldBack(message) => {
                 if let Some(m) = &self.metrics {
                     m.held_back.inc();
                 }
-                return Err(EcsError::HeldBack(message));
+                Err(EcsError::HeldBack(message))
             }
-        };
-        let result = call.await;
-        match &result {
-            Ok(_) => self.auth_gate.accepted(&target.credentials),
-            Err(e) if e.class() == ErrorClass::Auth => self.auth_gate.refused(&target.credentials, &e.to_string()),
-            Err(_) => {}
         }
-        result
     }
 
     pub async fn bind(
         &self,
+        ticket: Ticket,
         key: &str,
         target: &CloudTarget,
         req: &BindRequest,
         reassert: bool,
     ) -> Result<String, EcsError> {
-        let result = self.gated(target, self.cloud.bind(target, req)).await;
+        let result = self.cloud.bind(target, req).await;
+        self.auth_gate.settle(ticket, result.as_ref().map(|_| ()));
         if result.is_ok() {
             self.resync.asserted(key);
             if reassert && let Some(m) = &self.metrics {
@@ -205,8 +204,10 @@ impl Context {
         result
     }
 
-    pub async fn unbind(&self, target: &CloudTarget, req: &UnbindRequest) -> Result<String, EcsError> {
-        self.gated(target, self.cloud.unbind(target, req)).await
+    pub async fn unbind(&self, ticket: Ticket, target: &CloudTarget, req: &UnbindRequest) -> Result<String, EcsError> {
+        let result = self.cloud.unbind(target, req).await;
+        self.auth_gate.settle(ticket, result.as_ref().map(|_| ()));
+        result
     }
 }
 

@@ -203,6 +203,14 @@ struct Failure {
     retry_after: Option<Duration>,
 }
 
+/// Another call with the same unproven credentials is in flight: nothing was sent and nothing
+/// is recorded; look again shortly (jittered, so a fleet does not come back at once).
+fn await_probe(why: &str) -> Action {
+    use rand::RngExt;
+    tracing::debug!(why, "waiting for the credentials' first call to be answered");
+    Action::requeue(Duration::from_millis(rand::rng().random_range(500..=1500)))
+}
+
 /// Records a failure in status and as a Warning event, and picks the requeue.
 async fn record_failure(
     b: &VipBinding,
@@ -243,6 +251,12 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
     };
     // What we knew before this attempt; adding our finalizer below does not change it.
     let knowledge = bound_knowledge(b);
+    // Asked before the finalizer goes on: a call that will not be made needs none.
+    let ticket = match ctx.admit(&target) {
+        Ok(ticket) => ticket,
+        Err(EcsError::AwaitingProbe(why)) => return Ok(await_probe(&why)),
+        Err(e) => return bind_failed(b, ctx, key, knowledge, e).await,
+    };
     // The finalizer goes on before the cloud can change: from here on a deletion unbinds.
     let added;
     let b = if has_finalizer(b) {
@@ -257,7 +271,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
         ip_address: b.spec.ip_address.clone(),
         reverse_binding: b.spec.reverse_binding,
     };
-    match ctx.bind(key, &target, &req, reassert).await {
+    match ctx.bind(ticket, key, &target, &req, reassert).await {
         Ok(port_id) => {
             let message = format!("VIP {} is bound to NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);
             let was_bound = knowledge == BoundKnowledge::Bound;
@@ -277,38 +291,43 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
             }
             Ok(ctx.after_success(b, key))
         }
-        Err(e) => {
-            let reason = failure_reason(&e, false);
-            let builder = StatusBuilder::new(b, ctx.now());
-            let builder = match (knowledge, e.class()) {
-                // An earlier bind still stands; this attempt changed nothing we know of.
-                (BoundKnowledge::Bound, _) => builder.bound_unchanged(),
-                (_, ErrorClass::Gone) => builder.bound(
-                    CondStatus::False,
-                    Reason::NicNotFound,
-                    &format!("NIC {} does not exist", b.spec.nic_id),
-                ),
-                (BoundKnowledge::Maybe, _) => builder.bound(
-                    CondStatus::Unknown,
-                    Reason::Indeterminate,
-                    "an earlier bind request may have reached the cloud; its outcome is unknown",
-                ),
-                (BoundKnowledge::NotBound, _) if e.may_have_applied() => builder.bound(
-                    CondStatus::Unknown,
-                    Reason::Indeterminate,
-                    &format!("the bind request may have reached the cloud: {e}"),
-                ),
-                (BoundKnowledge::NotBound, _) => builder.bound(
-                    CondStatus::False,
-                    Reason::NotBound,
-                    "the cloud refused the bind request; nothing is bound",
-                ),
-            };
-            let failure =
-                Failure { reason, message: format!("bind failed: {e}"), action: "Bind", retry_after: e.retry_after() };
-            record_failure(b, ctx, key, builder, failure).await
-        }
+        Err(e) => bind_failed(b, ctx, key, knowledge, e).await,
     }
+}
+
+/// Records a bind that did not succeed: what is now known about the cloud, and the failure.
+async fn bind_failed(
+    b: &VipBinding,
+    ctx: &Context,
+    key: &str,
+    knowledge: BoundKnowledge,
+    e: EcsError,
+) -> Result<Action, Error> {
+    let reason = failure_reason(&e, false);
+    let builder = StatusBuilder::new(b, ctx.now());
+    let builder = match (knowledge, e.class()) {
+        // An earlier bind still stands; this attempt changed nothing we know of.
+        (BoundKnowledge::Bound, _) => builder.bound_unchanged(),
+        (_, ErrorClass::Gone) => {
+            builder.bound(CondStatus::False, Reason::NicNotFound, &format!("NIC {} does not exist", b.spec.nic_id))
+        }
+        (BoundKnowledge::Maybe, _) => builder.bound(
+            CondStatus::Unknown,
+            Reason::Indeterminate,
+            "an earlier bind request may have reached the cloud; its outcome is unknown",
+        ),
+        (BoundKnowledge::NotBound, _) if e.may_have_applied() => builder.bound(
+            CondStatus::Unknown,
+            Reason::Indeterminate,
+            &format!("the bind request may have reached the cloud: {e}"),
+        ),
+        (BoundKnowledge::NotBound, _) => {
+            builder.bound(CondStatus::False, Reason::NotBound, "the cloud refused the bind request; nothing is bound")
+        }
+    };
+    let failure =
+        Failure { reason, message: format!("bind failed: {e}"), action: "Bind", retry_after: e.retry_after() };
+    record_failure(b, ctx, key, builder, failure).await
 }
 
 async fn unbind(b: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Error> {
@@ -318,7 +337,12 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Erro
     };
     let req = UnbindRequest { nic_id: b.spec.nic_id.clone(), reverse_binding: b.spec.reverse_binding };
     tracing::trace!("unbinding");
-    match ctx.unbind(&target, &req).await {
+    let result = match ctx.admit(&target) {
+        Ok(ticket) => ctx.unbind(ticket, &target, &req).await,
+        Err(EcsError::AwaitingProbe(why)) => return Ok(await_probe(&why)),
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(port_id) => {
             tracing::trace!("unbound");
             let message = format!("VIP {} unbound from NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);

@@ -72,6 +72,10 @@ pub enum EcsError {
     /// controller's auth gate). Classified as Auth.
     #[error("{0}")]
     HeldBack(String),
+    /// Not sent: the first call with the same unproven credentials is still in flight (see
+    /// the controller's auth gate). Not a failure: the caller comes back shortly.
+    #[error("not sent: {0}")]
+    AwaitingProbe(String),
     /// Not sent: this process could not confirm it still leads (see [`super::Fence`]).
     #[error("not sent: {0}")]
     Fenced(String),
@@ -142,7 +146,7 @@ impl EcsError {
             EcsError::HeldBack(_) => ErrorClass::Auth,
             // Transient (leadership comes back, or another replica takes over), but never
             // retried inside a call: the controller's requeue decides, once leadership is known.
-            EcsError::Fenced(_) => ErrorClass::Retryable,
+            EcsError::Fenced(_) | EcsError::AwaitingProbe(_) => ErrorClass::Retryable,
             EcsError::Uncertain { last, .. } => last.class(),
         }
     }
@@ -204,7 +208,9 @@ impl EcsError {
         match self {
             EcsError::Api(e) => e.status >= 500,
             EcsError::Transport { kind, .. } => *kind != TransportKind::Connect,
-            EcsError::InvalidRequest(_) | EcsError::HeldBack(_) | EcsError::Fenced(_) => false,
+            EcsError::InvalidRequest(_) | EcsError::HeldBack(_) | EcsError::Fenced(_) | EcsError::AwaitingProbe(_) => {
+                false
+            }
             EcsError::Uncertain { .. } => true,
         }
     }

@@ -409,3 +409,43 @@ async fn d10_a_huge_retry_after_neither_crashes_the_operator_nor_stops_other_bin
     assert!(!op.logs().contains("panicked"), "{}", op.logs());
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d11_bindings_waiting_for_a_key_probe_do_not_take_the_workers_of_other_keys() {
+    let mut env = Env::new("probeslots").await;
+    env.sim.add_credential(SimCredential {
+        access_key: "OTHERACCESSKEY000001".into(),
+        secret_key: "other-secret".into(),
+        security_token: None,
+    });
+    create_secret(&env, "other", json!({"accessKey": "OTHERACCESSKEY000001", "secretKey": "other-secret"})).await;
+    let _op = env.operator().args(&["--concurrency", "2"]).start().await;
+    // The first call with the operator's own key (an unproven key: the probe) takes 3 s.
+    let nics: Vec<String> = (0..3).map(|i| format!("{NIC}-{i}")).collect();
+    for nic in &nics {
+        let mut slow = Fault::error(200, "", 1).on(SimOperation::Bind).for_nic(nic);
+        slow.code = None;
+        slow.latency_ms = Some(3000);
+        env.sim.add_fault(slow);
+    }
+    for (i, nic) in nics.iter().enumerate() {
+        env.create(&format!("a-{i}"), nic, &format!("192.168.11.{}", 10 + i), json!({})).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while env.sim.calls().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no probe");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While the probe is in flight, a binding with another key binds at once: the bindings
+    // waiting for the probe hold no worker.
+    let created = std::time::Instant::now();
+    env.create("b", NIC2, "192.168.11.20", json!({"credentialsSecretRef": {"name": "other"}})).await;
+    env.wait_ready("b").await;
+    assert!(created.elapsed() < Duration::from_millis(2000), "took {:?}", created.elapsed());
+    for i in 0..3 {
+        env.wait_ready(&format!("a-{i}")).await;
+    }
+    // One probe, then the rest: exactly one bind per binding.
+    assert_eq!(env.sim.calls().len(), 4, "{:#?}", env.sim.calls());
+    env.cleanup().await;
+}
