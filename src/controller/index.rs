@@ -2,9 +2,14 @@
 //! controller's cache: who owns each NIC, and which Secrets live bindings use. Decisions read it
 //! in O(1), with no API call.
 //!
-//! Ownership: the unbind API names no VIP, so two bindings on one NIC would undo each other. The
-//! oldest binding (creationTimestamp, then namespace/name) owns the NIC; it keeps owning it while
-//! it is being deleted, so the next one in line binds only after the owner's unbind is done.
+//! Ownership: the unbind API names no VIP, so two bindings on one NIC would undo each other.
+//! Ownership is sticky: a binding that may have sent a bind (it carries our finalizer, which goes
+//! on right before the first cloud call) owns the NIC over any that cannot have; among equals
+//! the oldest (creationTimestamp, then UID: stable, unlike names, which order by chance) wins.
+//! The owner keeps the NIC while it is being deleted, so the next one in line binds only after
+//! the owner's unbind is done. Nothing is decided before every watched namespace has been
+//! listed once ([`BindingIndex::synced`]), so one namespace cannot decide before the others
+//! are known.
 //! NIC IDs are globally unique (Neutron port UUIDs), so the key is the NIC ID alone — stricter
 //! than also comparing project and region, never looser.
 
@@ -16,12 +21,15 @@ use kube::runtime::watcher;
 
 use crate::api::v1alpha1::VipBinding;
 
+/// A binding's claim on its NIC. The field order is the ownership order (derived `Ord`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Claim {
+    /// No bind request can have been sent for it (no finalizer): after every one that may have.
+    uncommitted: bool,
     created: Option<jiff::Timestamp>,
+    uid: String,
     namespace: String,
     name: String,
-    uid: String,
 }
 
 impl Claim {
@@ -45,6 +53,7 @@ fn entry_of(b: &VipBinding) -> Option<Entry> {
         nic: b.spec.nic_id.clone(),
         secret: b.spec.credentials_secret_ref.as_ref().map(|r| (namespace.clone(), r.name.clone())),
         claim: std::sync::Arc::new(Claim {
+            uncommitted: !super::status::has_finalizer(b),
             created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
             namespace,
             name: b.name_any(),
@@ -69,6 +78,10 @@ struct Inner {
     by_secret: HashMap<(String, String), HashSet<String>>,
     /// Initial lists in progress, per watch scope (namespace, or all).
     buffers: HashMap<Option<String>, Vec<Entry>>,
+    /// The watch scopes that must have been listed before ownership is decided (`None`: not
+    /// told, as in tests that feed the index directly).
+    expected: Option<HashSet<Option<String>>>,
+    listed: HashSet<Option<String>>,
 }
 
 impl Inner {
@@ -86,7 +99,7 @@ impl Inner {
             }
         }
         let after = self.owner(&old.nic).cloned();
-        if after != before
+        if after.as_ref().map(|c| &c.uid) != before.as_ref().map(|c| &c.uid)
             && let Some(owner) = after
         {
             changes.new_owners.push(owner);
@@ -104,27 +117,33 @@ impl Inner {
 
     fn insert(&mut self, entry: Entry, changes: &mut Changes) {
         let uid = entry.claim.uid.clone();
-        if let Some(old) = self.by_uid.get(&uid)
-            && old.nic == entry.nic
-            && old.secret == entry.secret
-            && old.claim == entry.claim
-        {
-            return;
-        }
-        self.remove(&uid, changes);
-        let before = self.owner(&entry.nic).cloned();
+        let old_nic = match self.by_uid.get(&uid) {
+            Some(old) if old.nic == entry.nic && old.secret == entry.secret && old.claim == entry.claim => return,
+            Some(old) => Some(old.nic.clone()),
+            None => None,
+        };
+        // Owners are compared before and after the whole replacement, by identity: an update
+        // of the owner's own claim (its finalizer added) is no news, and nobody else became
+        // owner for the moment the old claim was out.
+        let mut nics = vec![entry.nic.clone()];
+        nics.extend(old_nic.filter(|n| *n != entry.nic));
+        let before: Vec<Option<String>> = nics.iter().map(|n| self.owner(n).map(|c| c.uid.clone())).collect();
+        let mut replaced = Changes::default();
+        self.remove(&uid, &mut replaced);
+        changes.secrets.extend(replaced.secrets);
         self.by_nic.entry(entry.nic.clone()).or_default().insert(entry.claim.clone());
-        let after = self.owner(&entry.nic).cloned();
-        if after != before
-            && let Some(owner) = after
-        {
-            changes.new_owners.push(owner);
-        }
         if let Some(secret) = &entry.secret {
             self.by_secret.entry(secret.clone()).or_default().insert(uid.clone());
             changes.secrets.push(secret.clone());
         }
         self.by_uid.insert(uid, entry);
+        for (nic, before) in nics.iter().zip(before) {
+            if let Some(owner) = self.owner(nic)
+                && Some(&owner.uid) != before.as_ref()
+            {
+                changes.new_owners.push(owner.clone());
+            }
+        }
     }
 }
 
@@ -166,6 +185,7 @@ impl BindingIndex {
                 }
             }
             watcher::Event::InitDone => {
+                inner.listed.insert(scope.map(str::to_string));
                 let fresh = inner.buffers.remove(&scope.map(str::to_string)).unwrap_or_default();
                 let fresh_uids: HashSet<&str> = fresh.iter().map(|e| e.claim.uid.as_str()).collect();
                 // A re-list replaces everything this watch covers.
@@ -185,6 +205,18 @@ impl BindingIndex {
             }
         }
         changes
+    }
+
+    /// The watch scopes (namespaces, or `None` for all) that feed this index.
+    pub fn expect_scopes(&self, scopes: &[Option<String>]) {
+        self.write().expected = Some(scopes.iter().cloned().collect());
+    }
+
+    /// Whether every expected scope has been listed at least once: before that, ownership is
+    /// not known.
+    pub fn synced(&self) -> bool {
+        let inner = self.read();
+        inner.expected.as_ref().is_none_or(|scopes| scopes.iter().all(|s| inner.listed.contains(s)))
     }
 
     /// `namespace/name` of another binding that owns `b`'s NIC.
@@ -267,13 +299,63 @@ mod tests {
     }
 
     #[test]
-    fn same_second_ties_break_by_namespace_and_name() {
+    fn same_second_ties_break_by_uid_not_by_name() {
         let idx = BindingIndex::default();
-        let x = b("ns", "x", "nic", "2026-01-01T00:00:00Z", None);
-        let y = b("ns", "y", "nic", "2026-01-01T00:00:00Z", None);
-        idx.apply(None, &watcher::Event::Apply(y.clone()));
+        let mut x = b("ns", "x", "nic", "2026-01-01T00:00:00Z", None);
+        let mut y = b("ns", "y", "nic", "2026-01-01T00:00:00Z", None);
+        x.metadata.uid = Some("f0000000".into());
+        y.metadata.uid = Some("0a000000".into());
         idx.apply(None, &watcher::Event::Apply(x.clone()));
-        assert_eq!(idx.conflict_owner(&y).as_deref(), Some("ns/x"));
+        idx.apply(None, &watcher::Event::Apply(y.clone()));
+        assert_eq!(idx.conflict_owner(&x).as_deref(), Some("ns/y"));
+    }
+
+    #[test]
+    fn a_binding_that_may_have_bound_keeps_the_nic_over_an_older_one_that_cannot_have() {
+        let idx = BindingIndex::default();
+        // The newer binding was decided before the older one was seen, and bound.
+        let mut newer = b("ns", "newer", "nic", "2026-01-01T00:00:05Z", None);
+        newer.metadata.finalizers = Some(vec![crate::api::v1alpha1::FINALIZER.into()]);
+        idx.apply(None, &watcher::Event::Apply(newer.clone()));
+        let older = b("ns", "older", "nic", "2026-01-01T00:00:00Z", None);
+        let changes = idx.apply(None, &watcher::Event::Apply(older.clone()));
+        assert!(changes.new_owners.is_empty(), "{changes:?}");
+        assert_eq!(idx.conflict_owner(&older).as_deref(), Some("ns/newer"));
+        assert_eq!(idx.conflict_owner(&newer), None);
+        // Among bindings that may both have bound, age decides again.
+        let mut older = older;
+        older.metadata.finalizers = Some(vec![crate::api::v1alpha1::FINALIZER.into()]);
+        idx.apply(None, &watcher::Event::Apply(older.clone()));
+        assert_eq!(idx.conflict_owner(&newer).as_deref(), Some("ns/older"));
+    }
+
+    #[test]
+    fn the_owner_adding_its_finalizer_is_no_news() {
+        let idx = BindingIndex::default();
+        let mut owner = b("ns", "owner", "nic", "2026-01-01T00:00:00Z", None);
+        let next = b("ns", "next", "nic", "2026-01-01T00:00:05Z", None);
+        idx.apply(None, &watcher::Event::Apply(owner.clone()));
+        idx.apply(None, &watcher::Event::Apply(next.clone()));
+        owner.metadata.finalizers = Some(vec![crate::api::v1alpha1::FINALIZER.into()]);
+        let changes = idx.apply(None, &watcher::Event::Apply(owner.clone()));
+        assert!(changes.new_owners.is_empty(), "{changes:?}");
+        assert_eq!(idx.conflict_owner(&next).as_deref(), Some("ns/owner"));
+    }
+
+    #[test]
+    fn ownership_is_unknown_until_every_namespace_is_listed() {
+        let idx = BindingIndex::default();
+        assert!(idx.synced(), "an index that was told of no scopes decides at once");
+        idx.expect_scopes(&[Some("a".into()), Some("b".into())]);
+        assert!(!idx.synced());
+        for event in [watcher::Event::Init, watcher::Event::InitDone] {
+            idx.apply(Some("a"), &event);
+        }
+        assert!(!idx.synced(), "namespace b not listed yet");
+        for event in [watcher::Event::Init, watcher::Event::InitDone] {
+            idx.apply(Some("b"), &event);
+        }
+        assert!(idx.synced());
     }
 
     #[test]

@@ -334,6 +334,7 @@ pub async fn run(
     // Readiness comes from the watch streams themselves (their first InitDone), not from
     // Store::wait_until_ready: that future keeps only its latest waiter's waker, and the
     // controller itself waits on it.
+    ctx.index.expect_scopes(&scopes);
     let synced = Arc::new(Synced { remaining: AtomicUsize::new(scopes.len()), health: hooks.health.clone() });
     let mut triggers = Triggers { bindings: vec![], secrets: vec![] };
     let mut receivers = vec![];

@@ -113,6 +113,11 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &str) -> Resul
         }
         None => {}
     }
+    if !ctx.index.synced() {
+        // Ownership of a NIC is not known before every watched namespace is listed.
+        tracing::debug!("waiting for every watched namespace to be listed");
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     let mut facts = ctx.facts(b, key);
     let mut plan = decide(b, &facts);
     tracing::trace!(?plan, "first decision");
