@@ -542,6 +542,24 @@ async fn a_panic_inside_a_reconcile_is_an_error_not_an_unwind() {
 }
 
 #[tokio::test]
+async fn a_new_object_with_an_old_name_does_not_inherit_its_backoff() {
+    let cloud = FakeCloud::answering(vec![Err(api_error(500, "Common.0001", "req-500"))]);
+    let object = deleting(bound_binding());
+    let (client, _api) = MockApi::start(&object, MockOptions::default());
+    let ctx = context(client, cloud.clone(), static_defaults());
+    let old = reconcile(Arc::new(object.clone()), ctx.clone()).await.unwrap();
+    assert!(requeue_delay(&old).is_some_and(|d| d >= Duration::from_millis(2500)), "{old:?}");
+    // The same object again at once is held by its backoff...
+    let _ = reconcile(Arc::new(object.clone()), ctx.clone()).await.unwrap();
+    assert_eq!(cloud.calls().len(), 1, "held");
+    // ...but another object under the same name (deleted and created again) is not.
+    let mut new = object;
+    new.metadata.uid = Some("uid-new".into());
+    let _ = reconcile(Arc::new(new), ctx).await.unwrap();
+    assert_eq!(cloud.calls().len(), 2, "{:?}", cloud.calls());
+}
+
+#[tokio::test]
 async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
     let cloud = FakeCloud::answering(vec![Err(api_error(500, "Common.0001", "req-500"))]);
     let first = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), MockOptions::default()).await;
@@ -612,6 +630,7 @@ async fn auth_failure_is_recorded_and_the_key_is_not_retried_in_a_loop() {
     // Another binding using the same key right after: held back without a cloud call.
     let mut other = binding();
     other.metadata.name = Some("other".into());
+    other.metadata.uid = Some("uid-2".into());
     other.metadata.finalizers = Some(vec![FINALIZER.into()]);
     let _ = reconcile(Arc::new(other), ctx).await.unwrap();
     assert_eq!(cloud.calls().len(), 1, "the refused key must not be sent again at once");

@@ -33,8 +33,21 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// `namespace/name`, for people (condition messages, logs).
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The key of the binding's per-object state (see `reconcile::object_key`).
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// A reference to trigger the binding's reconcile.
+    pub fn object_ref(&self) -> kube::runtime::reflector::ObjectRef<VipBinding> {
+        let mut r = kube::runtime::reflector::ObjectRef::new(&self.name).within(&self.namespace);
+        r.extra.uid = Some(self.uid.clone());
+        r
     }
 }
 
@@ -69,6 +82,9 @@ pub struct Changes {
     pub new_owners: Vec<Claim>,
     /// Secrets whose in-use state may have changed.
     pub secrets: Vec<(String, String)>,
+    /// Bindings that left the watch (deleted, or missing from a re-list): whatever is kept
+    /// about them can go.
+    pub gone: Vec<Claim>,
 }
 
 #[derive(Default)]
@@ -87,6 +103,14 @@ struct Inner {
 impl Inner {
     fn owner(&self, nic: &str) -> Option<&Claim> {
         self.by_nic.get(nic).and_then(|c| c.first()).map(|c| &**c)
+    }
+
+    /// The binding left the watch for good.
+    fn leave(&mut self, uid: &str, changes: &mut Changes) {
+        if let Some(old) = self.by_uid.get(uid) {
+            changes.gone.push((*old.claim).clone());
+        }
+        self.remove(uid, changes);
     }
 
     fn remove(&mut self, uid: &str, changes: &mut Changes) {
@@ -173,7 +197,7 @@ impl BindingIndex {
             }
             watcher::Event::Delete(b) => {
                 if let Some(uid) = b.uid() {
-                    inner.remove(&uid, &mut changes);
+                    inner.leave(&uid, &mut changes);
                 }
             }
             watcher::Event::Init => {
@@ -197,7 +221,7 @@ impl BindingIndex {
                     .map(|e| e.claim.uid.clone())
                     .collect();
                 for uid in stale {
-                    inner.remove(&uid, &mut changes);
+                    inner.leave(&uid, &mut changes);
                 }
                 for e in fresh {
                     inner.insert(e, &mut changes);
@@ -234,13 +258,11 @@ impl BindingIndex {
     }
 
     /// `(namespace, name)` of the bindings that use this Secret.
-    pub fn secret_users(&self, namespace: &str, name: &str) -> Vec<(String, String)> {
+    /// The bindings (live or being deleted) that use this Secret.
+    pub fn secret_users(&self, namespace: &str, name: &str) -> Vec<Claim> {
         let inner = self.read();
         let Some(uids) = inner.by_secret.get(&(namespace.to_string(), name.to_string())) else { return vec![] };
-        uids.iter()
-            .filter_map(|uid| inner.by_uid.get(uid))
-            .map(|e| (e.claim.namespace.clone(), e.claim.name.clone()))
-            .collect()
+        uids.iter().filter_map(|uid| inner.by_uid.get(uid)).map(|e| (*e.claim).clone()).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -330,6 +352,22 @@ mod tests {
     }
 
     #[test]
+    fn bindings_that_leave_the_watch_are_reported_gone() {
+        let idx = BindingIndex::default();
+        let a = b("ns", "a", "nic", "2026-01-01T00:00:00Z", None);
+        let c = b("ns", "c", "nic2", "2026-01-01T00:00:00Z", None);
+        idx.apply(Some("ns"), &watcher::Event::Apply(a.clone()));
+        idx.apply(Some("ns"), &watcher::Event::Apply(c.clone()));
+        assert!(idx.apply(Some("ns"), &watcher::Event::Apply(a.clone())).gone.is_empty());
+        let gone = idx.apply(Some("ns"), &watcher::Event::Delete(a)).gone;
+        assert_eq!(gone.iter().map(Claim::key).collect::<Vec<_>>(), vec!["ns/a"]);
+        // Missing from a re-list (deleted while the watch was down).
+        idx.apply(Some("ns"), &watcher::Event::Init);
+        let gone = idx.apply(Some("ns"), &watcher::Event::InitDone).gone;
+        assert_eq!(gone.iter().map(Claim::key).collect::<Vec<_>>(), vec!["ns/c"]);
+    }
+
+    #[test]
     fn the_owner_adding_its_finalizer_is_no_news() {
         let idx = BindingIndex::default();
         let mut owner = b("ns", "owner", "nic", "2026-01-01T00:00:00Z", None);
@@ -368,9 +406,9 @@ mod tests {
         idx.apply(None, &watcher::Event::Apply(two.clone()));
         assert!(idx.secret_in_use("ns", "creds"));
         assert!(!idx.secret_in_use("other", "creds"));
-        let mut users = idx.secret_users("ns", "creds");
+        let mut users: Vec<String> = idx.secret_users("ns", "creds").iter().map(Claim::key).collect();
         users.sort();
-        assert_eq!(users, vec![("ns".to_string(), "one".to_string()), ("ns".to_string(), "two".to_string())]);
+        assert_eq!(users, vec!["ns/one", "ns/two"]);
         idx.apply(None, &watcher::Event::Delete(one));
         assert!(idx.secret_in_use("ns", "creds"));
         // Switching to another Secret releases the old one.

@@ -126,7 +126,7 @@ impl Context {
     pub fn after_success(&self, b: &VipBinding, key: &str) -> Action {
         self.backoffs.reset(key);
         if b.metadata.deletion_timestamp.is_none() && decide::bound_as_specified(b) {
-            self.resync.track(key);
+            self.resync.track(key, ObjectRef::from_obj(b));
         }
         Action::await_change()
     }
@@ -134,6 +134,11 @@ impl Context {
     /// The binding is gone from our point of view (finalizer removed).
     pub fn forget(&self, b: &VipBinding, key: &str) {
         self.memory.released(b);
+        self.forget_key(key);
+    }
+
+    /// Drops the per-object state kept under `key` (the object left the watch).
+    pub fn forget_key(&self, key: &str) {
         self.backoffs.reset(key);
         self.resync.forget(key);
     }
@@ -188,7 +193,7 @@ impl Context {
     pub async fn bind(
         &self,
         ticket: Ticket,
-        key: &str,
+        b: &VipBinding,
         target: &CloudTarget,
         req: &BindRequest,
         reassert: bool,
@@ -196,7 +201,7 @@ impl Context {
         let result = self.cloud.bind(target, req).await;
         self.auth_gate.settle(ticket, result.as_ref().map(|_| ()));
         if result.is_ok() {
-            self.resync.asserted(key);
+            self.resync.asserted(&object_key(b), ObjectRef::from_obj(b));
             if reassert && let Some(m) = &self.metrics {
                 m.drift_reasserts.inc();
             }
@@ -282,10 +287,11 @@ fn covers(scope: &Option<String>, namespace: &str) -> bool {
 }
 
 impl Triggers {
-    fn binding(&self, namespace: &str, name: &str) {
+    fn binding(&self, binding: ObjectRef<VipBinding>) {
+        let namespace = binding.namespace.clone().unwrap_or_default();
         for (scope, tx) in &self.bindings {
-            if covers(scope, namespace) {
-                let _ = tx.unbounded_send(ObjectRef::new(name).within(namespace));
+            if covers(scope, &namespace) {
+                let _ = tx.unbounded_send(binding.clone());
             }
         }
     }
@@ -426,13 +432,16 @@ fn build(
             let changes = index.apply(scope.as_deref(), event);
             for owner in changes.new_owners {
                 // The NIC's previous owner is gone: the next in line may bind now.
-                backoffs_ctx.backoffs.release_hold(&owner.key());
-                if let Some((ns, name)) = owner.key().split_once('/') {
-                    triggers.binding(ns, name);
-                }
+                backoffs_ctx.backoffs.release_hold(owner.uid());
+                triggers.binding(owner.object_ref());
             }
             for (ns, name) in changes.secrets {
                 triggers.secret(&ns, &name);
+            }
+            for claim in changes.gone {
+                // Backoffs and drift entries of an object that left without a release (no
+                // finalizer yet, or one removed by hand) would otherwise stay for ever.
+                backoffs_ctx.forget_key(claim.uid());
             }
             if matches!(event, watcher::Event::InitDone) && !scope_synced.swap(true, Ordering::SeqCst) {
                 synced.one_done();
@@ -446,12 +455,8 @@ fn build(
     // found through the index, so a cluster's stream of unrelated Secret changes costs nothing.
     let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
         let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-        let mut refs: Vec<ObjectRef<VipBinding>> = mapper_ctx
-            .index
-            .secret_users(&ns, &name)
-            .into_iter()
-            .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
-            .collect();
+        let mut refs: Vec<ObjectRef<VipBinding>> =
+            mapper_ctx.index.secret_users(&ns, &name).iter().map(index::Claim::object_ref).collect();
         if mapper_ctx.targets.is_default_secret(&ns, &name) {
             refs.extend(
                 store
@@ -461,9 +466,9 @@ fn build(
                     .map(|b| ObjectRef::from_obj(&**b)),
             );
         }
-        for r in &refs {
+        for uid in refs.iter().filter_map(|r| r.extra.uid.as_deref()) {
             // New or rotated credentials deserve a try now, whatever the backoff says.
-            mapper_ctx.backoffs.release_hold(&format!("{}/{}", r.namespace.as_deref().unwrap_or_default(), r.name));
+            mapper_ctx.backoffs.release_hold(uid);
         }
         refs
     };
@@ -493,10 +498,8 @@ async fn drift_sweeper(ctx: Arc<Context>, triggers: Arc<Triggers>, stop: Cancell
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        for key in ctx.resync.take_due(Duration::from_secs(30).max(every * 4)) {
-            if let Some((ns, name)) = key.split_once('/') {
-                triggers.binding(ns, name);
-            }
+        for due in ctx.resync.take_due(Duration::from_secs(30).max(every * 4)) {
+            triggers.binding(due);
         }
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use rand::RngExt;
 use tokio::time::Instant;
 
-use crate::api::v1alpha1::Reason;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::v1alpha1::{Reason, VipBinding};
 use crate::ecs::error::MAX_RETRY_AFTER;
 use crate::ecs::{Credentials, EcsError, ErrorClass};
 
@@ -139,6 +141,14 @@ impl Backoffs {
     pub fn failures(&self, key: &str) -> u32 {
         self.lock().get(key).map(|e| e.failures).unwrap_or_default()
     }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The drift check: how often a bound binding's bind is re-asserted (so a VIP removed behind
@@ -153,12 +163,14 @@ pub struct Resync {
     entries: Mutex<HashMap<String, DriftEntry>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct DriftEntry {
     next: Instant,
     /// When the sweeper last asked for a reconcile, so a slow or failing one is not asked again
     /// on every sweep.
     triggered: Option<Instant>,
+    /// What to reconcile when it is due.
+    target: ObjectRef<VipBinding>,
 }
 
 impl Resync {
@@ -185,7 +197,7 @@ impl Resync {
 
     /// Tracks a bound binding (a no-op when already tracked); its first check comes at a random
     /// point within one period.
-    pub fn track(&self, key: &str) {
+    pub fn track(&self, key: &str, target: ObjectRef<VipBinding>) {
         if self.period.is_zero() {
             return;
         }
@@ -193,6 +205,7 @@ impl Resync {
         self.lock().entry(key.to_string()).or_insert_with(|| DriftEntry {
             next: crate::instant_after(Duration::from_millis(first)),
             triggered: None,
+            target,
         });
     }
 
@@ -201,23 +214,23 @@ impl Resync {
     }
 
     /// A bind just succeeded: the next re-assert is one (jittered) period away.
-    pub fn asserted(&self, key: &str) {
+    pub fn asserted(&self, key: &str, target: ObjectRef<VipBinding>) {
         if self.period.is_zero() {
             return;
         }
         let next = crate::instant_after(self.jittered());
-        self.lock().insert(key.to_string(), DriftEntry { next, triggered: None });
+        self.lock().insert(key.to_string(), DriftEntry { next, triggered: None, target });
     }
 
     /// The bindings whose drift check is due and that were not asked for in the last
     /// `retrigger_after`; they are marked as asked.
-    pub fn take_due(&self, retrigger_after: Duration) -> Vec<String> {
+    pub fn take_due(&self, retrigger_after: Duration) -> Vec<ObjectRef<VipBinding>> {
         let now = Instant::now();
         let mut due = vec![];
-        for (key, entry) in self.lock().iter_mut() {
+        for entry in self.lock().values_mut() {
             if entry.next <= now && entry.triggered.is_none_or(|t| now.duration_since(t) >= retrigger_after) {
                 entry.triggered = Some(now);
-                due.push(key.clone());
+                due.push(entry.target.clone());
             }
         }
         due
@@ -483,16 +496,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn drift_checks_are_spread_then_periodic() {
         let r = Resync::new(Duration::from_secs(600));
+        let web = || ObjectRef::<VipBinding>::new("web").within("ns");
         assert!(!r.is_due("k"), "untracked bindings are never due");
-        r.track("k");
+        r.track("k", web());
         // The first check is somewhere in the first period.
         tokio::time::advance(Duration::from_secs(601)).await;
         assert!(r.is_due("k"));
-        assert_eq!(r.take_due(Duration::from_secs(30)), vec!["k".to_string()]);
+        assert_eq!(r.take_due(Duration::from_secs(30)), vec![web()]);
         assert!(r.take_due(Duration::from_secs(30)).is_empty(), "asked once, not on every sweep");
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(r.take_due(Duration::from_secs(30)).len(), 1, "asked again if nothing happened");
-        r.asserted("k");
+        r.asserted("k", web());
         assert!(!r.is_due("k"));
         tokio::time::advance(Duration::from_secs(539)).await;
         assert!(!r.is_due("k"), "not before 90% of the period");
@@ -501,7 +515,7 @@ mod tests {
         r.forget("k");
         assert!(r.is_empty());
         let off = Resync::disabled();
-        off.track("k");
+        off.track("k", web());
         assert!(!off.is_due("k") && off.is_empty());
     }
 

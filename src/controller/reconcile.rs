@@ -47,8 +47,11 @@ impl Error {
     }
 }
 
+/// The key of a binding's per-object state (backoff, drift schedule): its UID, so that a new
+/// object with an old name starts fresh. (An object without a UID never comes from the API
+/// server; its name stands in.)
 pub fn object_key(b: &VipBinding) -> String {
-    format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
+    b.uid().unwrap_or_else(|| format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any()))
 }
 
 /// The Ready reason for a cloud failure.
@@ -276,7 +279,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
         ip_address: b.spec.ip_address.clone(),
         reverse_binding: b.spec.reverse_binding,
     };
-    match ctx.bind(ticket, key, &target, &req, reassert).await {
+    match ctx.bind(ticket, b, &target, &req, reassert).await {
         Ok(port_id) => {
             let message = format!("VIP {} is bound to NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);
             let was_bound = knowledge == BoundKnowledge::Bound;

@@ -154,6 +154,9 @@ pub struct NicState {
     pub reverse_binding: bool,
 }
 
+/// Calls kept in the log; the oldest tenth goes when it is full.
+pub const MAX_CALL_LOG: usize = 100_000;
+
 /// One cloud call as the simulator saw it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallRecord {
@@ -655,6 +658,10 @@ async fn nic_call(
         let outcome = decide(&shared, &mut inner, &method, &uri, &headers, &body, &project_id, &nic_id, &mut record);
         record.status = outcome.status;
         record.code = outcome.code.clone();
+        // Bounded: a long-running simulator (make run) must not grow for ever.
+        if inner.calls.len() >= MAX_CALL_LOG {
+            inner.calls.drain(..MAX_CALL_LOG / 10);
+        }
         inner.calls.push(record);
         (outcome, inner.latency)
     };

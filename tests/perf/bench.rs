@@ -4,7 +4,8 @@
 //!
 //! Phases: create N bindings at once (until all Ready); idle (RSS with N cached); delete a
 //! sample one at a time (per-object delete overhead); delete the rest at once (until all gone);
-//! then the API-server ceiling (below), with the operator idle.
+//! BENCH_ROUNDS (10) rounds of creating and deleting N more (RSS after each: per-object state
+//! must not outlive its object); then the API-server ceiling (below), with the operator idle.
 //!
 //! The *API-server ceiling* is what this API server, on this machine, sustains for the
 //! operator's own Kubernetes work with no operator and no cloud in the way: a minimal client,
@@ -453,6 +454,46 @@ async fn main() {
     let end = proc_stats(pid).expect("operator stats");
     assert!(env.sim.state().nics.is_empty(), "VIPs left bound");
 
+    // Churn: rounds of creating and deleting N bindings. Per-object state must leave with its
+    // object, so memory after the last round stays within 10% of after the first.
+    let rounds: usize = knob("BENCH_ROUNDS", 10);
+    let mut churn_rss = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let batch: Vec<String> = (0..n).map(|i| format!("r{round}-{i:05}")).collect();
+        futures::stream::iter(batch.iter().enumerate())
+            .for_each_concurrent(64, |(i, name)| {
+                let env = &env;
+                async move {
+                    let nic = format!("00000000-0000-4000-8000-{i:012}");
+                    let ip = format!("10.{}.{}.{}", i / 62_500, (i / 250) % 250, i % 250 + 1);
+                    env.create(name, &nic, &ip, json!({})).await;
+                }
+            })
+            .await;
+        let deadline = Instant::now() + Duration::from_secs((n as u64 / 20).max(120));
+        while batch.iter().any(|b| !seen.lock().unwrap().ready_at.contains_key(b)) {
+            assert!(Instant::now() < deadline, "round {round}: not all bindings became Ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        futures::stream::iter(&batch)
+            .for_each_concurrent(64, |name| {
+                let env = &env;
+                async move {
+                    env.bindings().delete(name, &DeleteParams::default()).await.unwrap();
+                }
+            })
+            .await;
+        while batch.iter().any(|b| !seen.lock().unwrap().gone_at.contains_key(b)) {
+            assert!(Instant::now() < deadline, "round {round}: not all bindings went away");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        churn_rss.push(proc_stats(pid).expect("operator stats").rss_mb);
+    }
+    if !churn_rss.is_empty() {
+        println!("churn: operator RSS after each of {rounds} rounds of {n} creates and deletes (MB): {churn_rss:.1?}");
+    }
+
     // The ceiling last: right after start-up the API server is still busy (e.g. building the
     // OpenAPI spec of the CRD just applied), which would understate it.
     let ceiling = ceiling(&env, n, concurrency as usize, samples).await;
@@ -491,6 +532,17 @@ async fn main() {
     }
     if n >= 10_000 {
         checks.push(("peak RSS < 64 MB at N >= 10000".to_string(), end.peak_rss_mb < 64.0));
+    }
+    if let (Some(first), Some(last)) = (churn_rss.first(), churn_rss.last())
+        && churn_rss.len() > 1
+    {
+        checks.push((
+            format!(
+                "RSS after {} churn rounds within 10% of after the first ({first:.1} -> {last:.1} MB)",
+                churn_rss.len()
+            ),
+            *last <= first * 1.1,
+        ));
     }
     let report = Report {
         backend: env.backend_name(),
