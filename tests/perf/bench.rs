@@ -247,6 +247,17 @@ fn phase(
     }
 }
 
+/// Creates one binding per name, 64 at a time; the i-th gets the i-th NIC and address.
+async fn create_fleet(env: &Env, names: &[String]) {
+    futures::stream::iter(names.iter().enumerate())
+        .for_each_concurrent(64, |(i, name)| async move {
+            let nic = format!("00000000-0000-4000-8000-{i:012}");
+            let ip = format!("10.{}.{}.{}", i / 62_500, (i / 250) % 250, i % 250 + 1);
+            env.create(name, &nic, &ip, json!({})).await;
+        })
+        .await;
+}
+
 fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
@@ -324,16 +335,7 @@ async fn main() {
     // Create phase.
     let names: Vec<String> = (0..n).map(|i| format!("vip-{i:05}")).collect();
     let started = Instant::now();
-    futures::stream::iter(names.iter().enumerate())
-        .for_each_concurrent(64, |(i, name)| {
-            let env = &env;
-            async move {
-                let nic = format!("00000000-0000-4000-8000-{i:012}");
-                let ip = format!("10.{}.{}.{}", i / 62_500, (i / 250) % 250, i % 250 + 1);
-                env.create(name, &nic, &ip, json!({})).await;
-            }
-        })
-        .await;
+    create_fleet(&env, &names).await;
     let created_in = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs((n as u64 / 20).max(120));
     while seen.lock().unwrap().ready_at.len() < n {
@@ -460,16 +462,7 @@ async fn main() {
     let mut churn_rss = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let batch: Vec<String> = (0..n).map(|i| format!("r{round}-{i:05}")).collect();
-        futures::stream::iter(batch.iter().enumerate())
-            .for_each_concurrent(64, |(i, name)| {
-                let env = &env;
-                async move {
-                    let nic = format!("00000000-0000-4000-8000-{i:012}");
-                    let ip = format!("10.{}.{}.{}", i / 62_500, (i / 250) % 250, i % 250 + 1);
-                    env.create(name, &nic, &ip, json!({})).await;
-                }
-            })
-            .await;
+        create_fleet(&env, &batch).await;
         let deadline = Instant::now() + Duration::from_secs((n as u64 / 20).max(120));
         while batch.iter().any(|b| !seen.lock().unwrap().ready_at.contains_key(b)) {
             assert!(Instant::now() < deadline, "round {round}: not all bindings became Ready");
