@@ -376,6 +376,17 @@ impl AuthGate {
         }
     }
 
+    /// The call `ticket` allowed will not be made: a probe it held is over.
+    pub fn abandon(&self, ticket: Ticket) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(&(ticket.access_key, ticket.project))
+            && ticket.probe
+            && entry.probing.is_some_and(|(f, _)| f == ticket.fingerprint)
+        {
+            entry.probing = None;
+        }
+    }
+
     /// Records what the cloud answered to the call `ticket` allowed.
     pub fn settle(&self, ticket: Ticket, answer: Result<(), &EcsError>) {
         let mut entries = self.lock();
@@ -555,8 +566,11 @@ mod tests {
             gate.settle(t, Ok(()));
         }
         // Another project is proven separately.
-        let _other = go(gate.admit(&creds, "p2"));
+        let other = go(gate.admit(&creds, "p2"));
         assert!(matches!(gate.admit(&creds, "p2"), Admission::Wait));
+        // A probe whose call is not made after all (the finalizer write failed) is over.
+        gate.abandon(other);
+        assert!(matches!(gate.admit(&creds, "p2"), Admission::Go(_)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -270,7 +270,14 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
     let b = if has_finalizer(b) {
         b
     } else {
-        added = ctx.kube.add_finalizer(b).await?;
+        added = match ctx.kube.add_finalizer(b).await {
+            Ok(added) => added,
+            Err(e) => {
+                // No call will follow: let the next caller probe instead of waiting for this one.
+                ctx.auth_gate.abandon(ticket);
+                return Err(e.into());
+            }
+        };
         &added
     };
     let req = BindRequest {
