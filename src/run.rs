@@ -15,7 +15,7 @@ use kube::{Client, Config, CustomResourceExt};
 use crate::admin::{AdminState, Health};
 use crate::api::v1alpha1::{CRD_NAME, VipBinding};
 use crate::cli::RunArgs;
-use crate::controller::kube::{FIELD_MANAGER, KubeOps};
+use crate::controller::kube_ops::{FIELD_MANAGER, KubeOps};
 use crate::controller::target::{DefaultCredentials, OperatorDefaults, TargetResolver};
 use crate::controller::{Context, Hooks, WatchConfig};
 use crate::ecs::{Credentials, EcsClient, EcsClientConfig, Endpoint, MetadataCredentials, RetryPolicy, SystemClock};

@@ -18,7 +18,7 @@ use vip_operator::api::v1alpha1::{
     DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, SecretRef, VipBinding, VipBindingSpec,
 };
 use vip_operator::controller::Context;
-use vip_operator::controller::kube::KubeOps;
+use vip_operator::controller::kube_ops::KubeOps;
 use vip_operator::controller::reconcile::reconcile;
 use vip_operator::controller::target::{DefaultCredentials, OperatorDefaults, TargetResolver};
 use vip_operator::ecs::error::{ApiError, TransportKind};

@@ -16,7 +16,7 @@ use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 
 use super::index::BindingIndex;
-use super::kube::{add_finalizer_patch, remove_finalizer_patch};
+use super::kube_ops::{add_finalizer_patch, remove_finalizer_patch};
 
 pub const CREDENTIALS_FINALIZER: &str = "vipoperator.dev/credentials-in-use";
 

@@ -21,13 +21,15 @@ use kube::runtime::watcher;
 
 use crate::api::v1alpha1::VipBinding;
 
+use super::key::ObjectKey;
+
 /// A binding's claim on its NIC. The field order is the ownership order (derived `Ord`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Claim {
     /// No bind request can have been sent for it (no finalizer): after every one that may have.
     uncommitted: bool,
     created: Option<jiff::Timestamp>,
-    uid: String,
+    uid: ObjectKey,
     namespace: String,
     name: String,
 }
@@ -38,15 +40,15 @@ impl Claim {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// The key of the binding's per-object state (see `reconcile::object_key`).
-    pub fn uid(&self) -> &str {
+    /// The key of the binding's per-object state.
+    pub fn uid(&self) -> &ObjectKey {
         &self.uid
     }
 
     /// A reference to trigger the binding's reconcile.
     pub fn object_ref(&self) -> kube::runtime::reflector::ObjectRef<VipBinding> {
         let mut r = kube::runtime::reflector::ObjectRef::new(&self.name).within(&self.namespace);
-        r.extra.uid = Some(self.uid.clone());
+        r.extra.uid = Some(self.uid.to_string());
         r
     }
 }
@@ -70,7 +72,7 @@ fn entry_of(b: &VipBinding) -> Option<Entry> {
             created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
             namespace,
             name: b.name_any(),
-            uid,
+            uid: ObjectKey::from(uid.as_str()),
         }),
     })
 }
@@ -89,9 +91,9 @@ pub struct Changes {
 
 #[derive(Default)]
 struct Inner {
-    by_uid: HashMap<String, Entry>,
+    by_uid: HashMap<ObjectKey, Entry>,
     by_nic: HashMap<String, BTreeSet<std::sync::Arc<Claim>>>,
-    by_secret: HashMap<(String, String), HashSet<String>>,
+    by_secret: HashMap<(String, String), HashSet<ObjectKey>>,
     /// Initial lists in progress, per watch scope (namespace, or all).
     buffers: HashMap<Option<String>, Vec<Entry>>,
     /// The watch scopes that must have been listed before ownership is decided (`None`: not
@@ -151,9 +153,9 @@ impl Inner {
         // owner for the moment the old claim was out.
         let mut nics = vec![entry.nic.clone()];
         nics.extend(old_nic.filter(|n| *n != entry.nic));
-        let before: Vec<Option<String>> = nics.iter().map(|n| self.owner(n).map(|c| c.uid.clone())).collect();
+        let before: Vec<Option<ObjectKey>> = nics.iter().map(|n| self.owner(n).map(|c| c.uid.clone())).collect();
         let mut replaced = Changes::default();
-        self.remove(&uid, &mut replaced);
+        self.remove(uid.as_str(), &mut replaced);
         changes.secrets.extend(replaced.secrets);
         self.by_nic.entry(entry.nic.clone()).or_default().insert(entry.claim.clone());
         if let Some(secret) = &entry.secret {
@@ -213,7 +215,7 @@ impl BindingIndex {
                 let fresh = inner.buffers.remove(&scope.map(str::to_string)).unwrap_or_default();
                 let fresh_uids: HashSet<&str> = fresh.iter().map(|e| e.claim.uid.as_str()).collect();
                 // A re-list replaces everything this watch covers.
-                let stale: Vec<String> = inner
+                let stale: Vec<ObjectKey> = inner
                     .by_uid
                     .values()
                     .filter(|e| scope.is_none_or(|ns| e.claim.namespace == ns))
@@ -221,7 +223,7 @@ impl BindingIndex {
                     .map(|e| e.claim.uid.clone())
                     .collect();
                 for uid in stale {
-                    inner.leave(&uid, &mut changes);
+                    inner.leave(uid.as_str(), &mut changes);
                 }
                 for e in fresh {
                     inner.insert(e, &mut changes);
@@ -249,7 +251,7 @@ impl BindingIndex {
         let inner = self.read();
         let owner = inner.owner(&b.spec.nic_id)?;
         // A binding the index has not seen yet is newer than everything it has seen.
-        (owner.uid != uid).then(|| owner.key())
+        (owner.uid.as_str() != uid).then(|| owner.key())
     }
 
     /// Whether a binding (live or being deleted) uses this Secret.

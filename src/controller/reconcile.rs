@@ -16,11 +16,12 @@ use tracing::Instrument;
 use crate::api::v1alpha1::{Reason, VipBinding};
 use crate::ecs::{BindRequest, CloudTarget, EcsError, ErrorClass, UnbindRequest};
 
+use super::backoff::{Hold, trigger_fingerprint};
+use super::context::Context;
 use super::decide::{Plan, Verdict, decide};
+use super::key::ObjectKey;
 use super::memory::View;
-use super::policy::Hold;
 use super::status::{BoundKnowledge, CondStatus, StatusBuilder, bound_knowledge, has_finalizer};
-use super::{Context, trigger_fingerprint};
 
 /// Failures of the reconcile itself (Kubernetes API calls); cloud failures are not errors here.
 #[derive(Debug, thiserror::Error)]
@@ -33,25 +34,69 @@ pub enum Error {
     Panicked(String),
 }
 
-impl Error {
-    /// Bounded label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
+/// What kind of reconcile failure, for the requeue, the metric label and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 409: someone else wrote the object in between; retry soon with a fresh read.
+    Conflict,
+    /// 422: e.g. a finalizer patch whose `test` failed because the list changed.
+    Invalid,
+    NotFound,
+    /// Any other answer from the API server.
+    Api,
+    /// No answer (connection, timeout, TLS).
+    Transport,
+    Panic,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
-            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "invalid",
-            Error::Kube(kube::Error::Api(s)) if s.code == 404 => "not_found",
-            Error::Kube(kube::Error::Api(_)) => "api",
-            Error::Kube(_) => "transport",
-            Error::Panicked(_) => "panic",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Api => "api",
+            ErrorKind::Transport => "transport",
+            ErrorKind::Panic => "panic",
         }
+    }
+
+    /// How long to wait before the next try after `previous` failures of the same object:
+    /// soon after a write race (the next read is fresh), exponentially otherwise, up to 60 s.
+    pub fn requeue_after(self, previous: u32) -> Duration {
+        let delay = match self {
+            ErrorKind::Conflict | ErrorKind::Invalid => Duration::from_millis(500),
+            _ => Duration::from_secs(1).saturating_mul(2u32.saturating_pow(previous.min(6))),
+        };
+        delay.min(Duration::from_secs(60))
     }
 }
 
-/// The key of a binding's per-object state (backoff, drift schedule): its UID, so that a new
-/// object with an old name starts fresh. (An object without a UID never comes from the API
-/// server; its name stands in.)
-pub fn object_key(b: &VipBinding) -> String {
-    b.uid().unwrap_or_else(|| format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any()))
+impl Error {
+    pub fn class(&self) -> ErrorKind {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => ErrorKind::Conflict,
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 => ErrorKind::Invalid,
+            Error::Kube(kube::Error::Api(s)) if s.code == 404 => ErrorKind::NotFound,
+            Error::Kube(kube::Error::Api(_)) => ErrorKind::Api,
+            Error::Kube(_) => ErrorKind::Transport,
+            Error::Panicked(_) => ErrorKind::Panic,
+        }
+    }
+
+    /// Bounded label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        self.class().as_str()
+    }
+}
+
+/// Requeue after a failed reconcile (a Kubernetes API error), by its kind, with per-object
+/// backoff.
+pub fn error_policy(b: Arc<VipBinding>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(namespace = %b.namespace().unwrap_or_default(), name = %b.name_any(), error = %error, kind = error.kind(), "reconcile failed");
+    // Counted, so repeated API failures back off.
+    let previous = ctx.backoffs.count(&ObjectKey::of(&b));
+    Action::requeue(error.class().requeue_after(previous))
 }
 
 /// The Ready reason for a cloud failure.
@@ -72,7 +117,7 @@ pub fn failure_reason(e: &EcsError, unbinding: bool) -> Reason {
 }
 
 pub async fn reconcile(b: Arc<VipBinding>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let key = object_key(&b);
+    let key = ObjectKey::of(&b);
     let span = tracing::info_span!("reconcile", namespace = %b.namespace().unwrap_or_default(), name = %b.name_any());
     let started = std::time::Instant::now();
     let inner = std::panic::AssertUnwindSafe(reconcile_inner(&b, &ctx, &key).instrument(span.clone()));
@@ -92,7 +137,7 @@ pub async fn reconcile(b: Arc<VipBinding>, ctx: Arc<Context>) -> Result<Action, 
     result
 }
 
-async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Error> {
+async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
     let view = ctx.memory.view(cached);
     let b = match &view {
         View::Cached(b) => *b,
@@ -127,7 +172,7 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &str) -> Resul
     // The uninstall check, right before anything that would keep or unbind a deleting binding:
     // a paused one (a Hold) must not keep the CRD's deletion waiting either.
     let deleting = b.metadata.deletion_timestamp.is_some();
-    if deleting && matches!(plan, Plan::Unbind | Plan::Hold(_)) && ctx.crd_deleting().await {
+    if deleting && matches!(plan, Plan::Unbind | Plan::Hold(_)) && ctx.kube.crd_deleting().await {
         facts.crd_deleting = true;
         plan = decide(b, &facts);
     }
@@ -160,7 +205,7 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &str) -> Resul
 }
 
 /// Records why a binding waits; no cloud call, no finalizer change.
-async fn hold(b: &VipBinding, ctx: &Context, key: &str, verdict: &Verdict) -> Result<Action, Error> {
+async fn hold(b: &VipBinding, ctx: &Context, key: &ObjectKey, verdict: &Verdict) -> Result<Action, Error> {
     let next = StatusBuilder::new(b, ctx.now())
         .ready(CondStatus::False, verdict.reason, &verdict.message)
         .bound_unchanged()
@@ -181,7 +226,7 @@ async fn hold(b: &VipBinding, ctx: &Context, key: &str, verdict: &Verdict) -> Re
 async fn release(
     b: &VipBinding,
     ctx: &Context,
-    key: &str,
+    key: &ObjectKey,
     builder: StatusBuilder<'_>,
     reason: Reason,
     message: &str,
@@ -223,7 +268,7 @@ fn await_probe(why: &str) -> Action {
 async fn record_failure(
     b: &VipBinding,
     ctx: &Context,
-    key: &str,
+    key: &ObjectKey,
     builder: StatusBuilder<'_>,
     f: Failure,
 ) -> Result<Action, Error> {
@@ -238,13 +283,13 @@ async fn record_failure(
 async fn target_or_record(
     b: &VipBinding,
     ctx: &Context,
-    key: &str,
+    key: &ObjectKey,
     action: &'static str,
 ) -> Result<Result<CloudTarget, Action>, Error> {
     match ctx.targets.resolve(b).await {
         Ok(t) => Ok(Ok(t)),
         Err(verdict) => {
-            ctx.note_credentials_problem(b, &verdict);
+            ctx.note_credentials_problem(verdict.reason);
             let builder = StatusBuilder::new(b, ctx.now()).bound_unchanged();
             let failure = Failure { reason: verdict.reason, message: verdict.message, action, retry_after: None };
             record_failure(b, ctx, key, builder, failure).await.map(Err)
@@ -252,7 +297,7 @@ async fn target_or_record(
     }
 }
 
-async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Result<Action, Error> {
+async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) -> Result<Action, Error> {
     let target = match target_or_record(b, ctx, key, "Bind").await? {
         Ok(t) => t,
         Err(action) => return Ok(action),
@@ -260,8 +305,8 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
     // What we knew before this attempt; adding our finalizer below does not change it.
     let knowledge = bound_knowledge(b);
     // Asked before the finalizer goes on: a call that will not be made needs none.
-    let ticket = match ctx.admit(&target) {
-        Ok(ticket) => ticket,
+    let admitted = match ctx.cloud.admit(&target) {
+        Ok(admitted) => admitted,
         Err(EcsError::AwaitingProbe(why)) => return Ok(await_probe(&why)),
         Err(e) => return bind_failed(b, ctx, key, knowledge, e).await,
     };
@@ -270,14 +315,8 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
     let b = if has_finalizer(b) {
         b
     } else {
-        added = match ctx.kube.add_finalizer(b).await {
-            Ok(added) => added,
-            Err(e) => {
-                // No call will follow: let the next caller probe instead of waiting for this one.
-                ctx.auth_gate.abandon(ticket);
-                return Err(e.into());
-            }
-        };
+        // On failure no call follows, and dropping `admitted` lets the next caller probe.
+        added = ctx.kube.add_finalizer(b).await?;
         &added
     };
     let req = BindRequest {
@@ -286,8 +325,9 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
         ip_address: b.spec.ip_address.clone(),
         reverse_binding: b.spec.reverse_binding,
     };
-    match ctx.bind(ticket, b, &target, &req, reassert).await {
+    match admitted.bind(&req).await {
         Ok(port_id) => {
+            ctx.asserted(b, key, reassert);
             let message = format!("VIP {} is bound to NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);
             let was_bound = knowledge == BoundKnowledge::Bound;
             let next = StatusBuilder::new(b, ctx.now())
@@ -314,7 +354,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &str, reassert: bool) -> Resul
 async fn bind_failed(
     b: &VipBinding,
     ctx: &Context,
-    key: &str,
+    key: &ObjectKey,
     knowledge: BoundKnowledge,
     e: EcsError,
 ) -> Result<Action, Error> {
@@ -345,15 +385,15 @@ async fn bind_failed(
     record_failure(b, ctx, key, builder, failure).await
 }
 
-async fn unbind(b: &VipBinding, ctx: &Context, key: &str) -> Result<Action, Error> {
+async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
     let target = match target_or_record(b, ctx, key, "Unbind").await? {
         Ok(t) => t,
         Err(action) => return Ok(action),
     };
     let req = UnbindRequest { nic_id: b.spec.nic_id.clone(), reverse_binding: b.spec.reverse_binding };
     tracing::trace!("unbinding");
-    let result = match ctx.admit(&target) {
-        Ok(ticket) => ctx.unbind(ticket, &target, &req).await,
+    let result = match ctx.cloud.admit(&target) {
+        Ok(admitted) => admitted.unbind(&req).await,
         Err(EcsError::AwaitingProbe(why)) => return Ok(await_probe(&why)),
         Err(e) => Err(e),
     };

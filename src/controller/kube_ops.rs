@@ -1,6 +1,6 @@
-//! The Kubernetes writes the reconciler makes, in one place: finalizer add/remove (JSON patch
+//! The Kubernetes calls the reconciler makes, in one place: finalizer add/remove (JSON patch
 //! guarded by `test`), status (server-side apply on the status subresource), events (best
-//! effort).
+//! effort), and the uninstall check (is the CRD being deleted?).
 
 use std::time::Duration;
 
@@ -10,7 +10,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::v1alpha1::{FINALIZER, Reason, VipBinding, VipBindingStatus};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+use crate::api::v1alpha1::{CRD_NAME, FINALIZER, Reason, VipBinding, VipBindingStatus};
 
 pub const FIELD_MANAGER: &str = "vip-operator";
 
@@ -97,6 +99,21 @@ impl KubeOps {
         {
             Err(e) if is_not_found(&e) => Ok(()),
             other => other.map(|_| ()),
+        }
+    }
+
+    /// Whether the VipBinding CRD is being deleted (an uninstall): then bindings are released
+    /// without unbinding. Asked right before each unbind, so no watch lag can let one through.
+    pub async fn crd_deleting(&self) -> bool {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        match crds.get_metadata_opt(CRD_NAME).await {
+            Ok(Some(crd)) => crd.metadata.deletion_timestamp.is_some(),
+            // Gone already: its objects are going too.
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check whether the VipBinding CRD is being deleted; proceeding with the unbind");
+                false
+            }
         }
     }
 

@@ -1,0 +1,149 @@
+//! What a reconcile works with: its dependencies (Kubernetes, the gated cloud, credentials) and
+//! the per-object state it keeps between reconciles (backoffs, drift schedule, the memory of
+//! its own status writes, the NIC-ownership index).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::v1alpha1::{Reason, VipBinding, VipBindingStatus};
+use crate::ecs::{Clock, EcsApi};
+use crate::metrics::Metrics;
+
+use super::backoff::{Backoffs, trigger_fingerprint};
+use super::cloud::GatedCloud;
+use super::decide::{self, Facts};
+use super::drift::Resync;
+use super::index::BindingIndex;
+use super::key::ObjectKey;
+use super::kube_ops::KubeOps;
+use super::memory::Memory;
+use super::reconcile::Error;
+use super::target::TargetResolver;
+
+/// Everything a reconcile needs. Cloud and Kubernetes access sit behind `cloud`, `kube` and
+/// `targets`; the decision itself is the pure [`decide::decide`].
+pub struct Context {
+    pub kube: KubeOps,
+    pub cloud: GatedCloud,
+    pub targets: TargetResolver,
+    pub backoffs: Backoffs,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Option<Arc<Metrics>>,
+    pub memory: Memory,
+    /// NIC ownership and Secret use, across every watched namespace.
+    pub index: Arc<BindingIndex>,
+    pub resync: Resync,
+}
+
+impl Context {
+    pub fn new(kube: KubeOps, cloud: Arc<dyn EcsApi>, targets: TargetResolver, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            kube,
+            cloud: GatedCloud::new(cloud),
+            targets,
+            backoffs: Backoffs::default(),
+            clock,
+            metrics: None,
+            memory: Memory::default(),
+            index: Arc::default(),
+            resync: Resync::disabled(),
+        }
+    }
+
+    pub fn with_resync(mut self, period: Duration) -> Self {
+        self.resync = Resync::new(period);
+        self
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.cloud = self.cloud.with_metrics(metrics.clone());
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Writes the status and remembers it until the cache shows it.
+    pub async fn record(&self, b: &VipBinding, status: &VipBindingStatus) -> Result<(), Error> {
+        self.kube.write_status(b, status).await?;
+        self.memory.wrote_status(b, status);
+        Ok(())
+    }
+
+    /// Now, in whole seconds: the API stores condition times at second precision, and a
+    /// status we write must read back equal to what we remember writing (see `memory`).
+    pub fn now(&self) -> Time {
+        let now = self.clock.now();
+        Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+    }
+
+    /// What the decision needs beyond the object itself (the uninstall check is asked later,
+    /// and only when it matters: it is an API call).
+    pub fn facts(&self, b: &VipBinding, key: &ObjectKey) -> Facts {
+        Facts {
+            conflict_owner: self.index.conflict_owner(b),
+            crd_deleting: false,
+            reassert_due: decide::bound_as_specified(b) && self.resync.is_due(key),
+        }
+    }
+
+    /// After a reconcile that left the binding as its spec asks: wait for a change (the drift
+    /// sweeper asks for the next check of a bound binding).
+    pub fn after_success(&self, b: &VipBinding, key: &ObjectKey) -> Action {
+        self.backoffs.reset(key);
+        if b.metadata.deletion_timestamp.is_none() && decide::bound_as_specified(b) {
+            self.resync.track(key, ObjectRef::from_obj(b));
+        }
+        Action::await_change()
+    }
+
+    /// A bind succeeded: the next drift check is a period away.
+    pub fn asserted(&self, b: &VipBinding, key: &ObjectKey, reassert: bool) {
+        self.resync.asserted(key, ObjectRef::from_obj(b));
+        if reassert && let Some(m) = &self.metrics {
+            m.drift_reasserts.inc();
+        }
+    }
+
+    /// The binding is gone from our point of view (finalizer removed).
+    pub fn forget(&self, b: &VipBinding, key: &ObjectKey) {
+        self.memory.released(b);
+        self.forget_key(key);
+    }
+
+    /// Drops the per-object state kept under `key` (the object left the watch).
+    pub fn forget_key(&self, key: &ObjectKey) {
+        self.backoffs.reset(key);
+        self.resync.forget(key);
+    }
+
+    /// After a recorded failure or hold: back off by its reason (holding the binding until then,
+    /// see [`Backoffs`]), or wait for a change when retrying cannot help.
+    pub fn requeue_after(&self, b: &VipBinding, key: &ObjectKey, reason: Reason, at_least: Option<Duration>) -> Action {
+        match self.backoffs.next(key, trigger_fingerprint(b), reason, at_least) {
+            Some(delay) => Action::requeue(delay),
+            None => Action::await_change(),
+        }
+    }
+
+    pub fn note_credentials_problem(&self, reason: Reason) {
+        if let (Some(m), Reason::CredentialsUnavailable) = (&self.metrics, reason) {
+            m.credentials_unavailable.inc();
+        }
+    }
+
+    /// `ok`: left as the spec asks; `waiting`: requeued after a recorded failure or hold;
+    /// `error`: a Kubernetes API failure.
+    pub fn observe_reconcile(&self, result: &Result<Action, Error>, elapsed: Duration) {
+        if let Some(m) = &self.metrics {
+            let label = match result {
+                Ok(a) if *a == Action::await_change() => "ok",
+                Ok(_) => "waiting",
+                Err(_) => "error",
+            };
+            m.reconciled(label, elapsed);
+        }
+    }
+}

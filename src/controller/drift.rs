@@ -1,0 +1,162 @@
+//! The drift check: how often a bound binding's bind is re-asserted, so a VIP removed behind
+//! the operator's back comes back, and the sweeper that asks for the due ones.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::runtime::reflector::ObjectRef;
+use rand::RngExt;
+use tokio::time::Instant;
+
+use crate::api::v1alpha1::VipBinding;
+
+use super::key::ObjectKey;
+
+/// The drift check: how often a bound binding's bind is re-asserted (so a VIP removed behind
+/// the operator's back comes back). Jittered by ±10% so a fleet spreads out; after a restart,
+/// the first check of each binding is at a random point within one period (not all at once).
+///
+/// Due bindings are found by one sweeper ([`Resync::take_due`]) rather than by a scheduled
+/// requeue per binding: the controller's scheduler costs about 1.5 KB per pending entry, this
+/// map about 100 bytes.
+pub struct Resync {
+    period: Duration,
+    entries: Mutex<HashMap<ObjectKey, DriftEntry>>,
+}
+
+#[derive(Debug, Clone)]
+struct DriftEntry {
+    next: Instant,
+    /// When the sweeper last asked for a reconcile, so a slow or failing one is not asked again
+    /// on every sweep.
+    triggered: Option<Instant>,
+    /// What to reconcile when it is due.
+    target: ObjectRef<VipBinding>,
+}
+
+impl Resync {
+    pub fn new(period: Duration) -> Self {
+        Self { period, entries: Mutex::default() }
+    }
+
+    pub fn disabled() -> Self {
+        Self::new(Duration::ZERO)
+    }
+
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, DriftEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn jittered(&self) -> Duration {
+        let ms = self.period.as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(ms * 9 / 10..=ms * 11 / 10))
+    }
+
+    /// Tracks a bound binding (a no-op when already tracked); its first check comes at a random
+    /// point within one period.
+    pub fn track(&self, key: &ObjectKey, target: ObjectRef<VipBinding>) {
+        if self.period.is_zero() {
+            return;
+        }
+        let first = rand::rng().random_range(0..=self.period.as_millis() as u64);
+        self.lock().entry(key.clone()).or_insert_with(|| DriftEntry {
+            next: crate::instant_after(Duration::from_millis(first)),
+            triggered: None,
+            target,
+        });
+    }
+
+    pub fn is_due(&self, key: &ObjectKey) -> bool {
+        !self.period.is_zero() && self.lock().get(key).is_some_and(|e| e.next <= Instant::now())
+    }
+
+    /// A bind just succeeded: the next re-assert is one (jittered) period away.
+    pub fn asserted(&self, key: &ObjectKey, target: ObjectRef<VipBinding>) {
+        if self.period.is_zero() {
+            return;
+        }
+        let next = crate::instant_after(self.jittered());
+        self.lock().insert(key.clone(), DriftEntry { next, triggered: None, target });
+    }
+
+    /// The bindings whose drift check is due and that were not asked for in the last
+    /// `retrigger_after`; they are marked as asked.
+    pub fn take_due(&self, retrigger_after: Duration) -> Vec<ObjectRef<VipBinding>> {
+        let now = Instant::now();
+        let mut due = vec![];
+        for entry in self.lock().values_mut() {
+            if entry.next <= now && entry.triggered.is_none_or(|t| now.duration_since(t) >= retrigger_after) {
+                entry.triggered = Some(now);
+                due.push(entry.target.clone());
+            }
+        }
+        due
+    }
+
+    pub fn forget(&self, key: &ObjectKey) {
+        self.lock().remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Asks, through `trigger`, for a reconcile of every bound binding whose drift check is due,
+/// until `stop`.
+pub async fn sweep(
+    resync: &Resync,
+    trigger: impl Fn(ObjectRef<VipBinding>),
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let every = (resync.period() / 20).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        for due in resync.take_due(Duration::from_secs(30).max(every * 4)) {
+            trigger(due);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn drift_checks_are_spread_then_periodic() {
+        let r = Resync::new(Duration::from_secs(600));
+        let web = || ObjectRef::<VipBinding>::new("web").within("ns");
+        assert!(!r.is_due(&"k".into()), "untracked bindings are never due");
+        r.track(&"k".into(), web());
+        // The first check is somewhere in the first period.
+        tokio::time::advance(Duration::from_secs(601)).await;
+        assert!(r.is_due(&"k".into()));
+        assert_eq!(r.take_due(Duration::from_secs(30)), vec![web()]);
+        assert!(r.take_due(Duration::from_secs(30)).is_empty(), "asked once, not on every sweep");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(r.take_due(Duration::from_secs(30)).len(), 1, "asked again if nothing happened");
+        r.asserted(&"k".into(), web());
+        assert!(!r.is_due(&"k".into()));
+        tokio::time::advance(Duration::from_secs(539)).await;
+        assert!(!r.is_due(&"k".into()), "not before 90% of the period");
+        tokio::time::advance(Duration::from_secs(122)).await;
+        assert!(r.is_due(&"k".into()), "by 110% of the period");
+        r.forget(&"k".into());
+        assert!(r.is_empty());
+        let off = Resync::disabled();
+        off.track(&"k".into(), web());
+        assert!(!off.is_due(&"k".into()) && off.is_empty());
+    }
+}

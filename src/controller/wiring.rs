@@ -1,0 +1,309 @@
+//! The wiring: which watches feed which controller, how a watch event becomes a reconcile
+//! (directly, through the binding index, or through a Secret), the drift sweeper and the
+//! credentials guard. Nothing here decides anything about a binding.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use futures::{Future, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::v1alpha1::VipBinding;
+
+use super::context::Context;
+use super::guard;
+use super::index::{BindingIndex, Claim};
+use super::key::ObjectKey;
+use super::reconcile::{self, error_policy};
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// Watch these namespaces; all when empty.
+    pub namespaces: Vec<String>,
+    /// Reconciles in parallel (per watched namespace when several are given).
+    pub concurrency: u16,
+    /// Run the credentials Secret guard (finalizer on Secrets in use).
+    pub protect_credentials: bool,
+}
+
+/// Lets the rest of the process see the controller's caches (metrics, readiness).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub stores: Arc<std::sync::RwLock<Vec<Store<VipBinding>>>>,
+    pub health: Option<Arc<crate::admin::Health>>,
+}
+
+/// Counts down the watches that still have to finish their initial list.
+struct Synced {
+    remaining: AtomicUsize,
+    health: Option<Arc<crate::admin::Health>>,
+}
+
+impl Synced {
+    fn one_done(&self) {
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            tracing::info!("initial watch sync complete");
+            if let Some(h) = &self.health {
+                h.synced();
+            }
+        }
+    }
+}
+
+type Trigger<K> = futures::channel::mpsc::UnboundedSender<ObjectRef<K>>;
+
+/// Sends reconcile requests to the controller whose watch covers an object's namespace.
+struct Triggers {
+    bindings: Vec<(Option<String>, Trigger<VipBinding>)>,
+    secrets: Vec<(Option<String>, Trigger<PartialObjectMeta<Secret>>)>,
+}
+
+fn covers(scope: &Option<String>, namespace: &str) -> bool {
+    scope.as_deref().is_none_or(|s| s == namespace)
+}
+
+impl Triggers {
+    fn binding(&self, binding: ObjectRef<VipBinding>) {
+        let namespace = binding.namespace.clone().unwrap_or_default();
+        for (scope, tx) in &self.bindings {
+            if covers(scope, &namespace) {
+                let _ = tx.unbounded_send(binding.clone());
+            }
+        }
+    }
+
+    fn secret(&self, namespace: &str, name: &str) {
+        for (scope, tx) in &self.secrets {
+            if covers(scope, namespace) {
+                let _ = tx.unbounded_send(ObjectRef::new(name).within(namespace));
+            }
+        }
+    }
+}
+
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    // managedFields are the largest part of most objects and we never read them.
+    obj.meta_mut().managed_fields = None;
+}
+
+/// What the cache keeps of a binding: everything but what the operator never reads
+/// (managedFields, labels, annotations other than its own — `kubectl apply` stores a copy of
+/// the whole object in one). Memory per cached binding is what limits a large fleet.
+fn slim_binding(b: &mut VipBinding) {
+    strip_managed_fields(b);
+    let meta = b.meta_mut();
+    meta.labels = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k.starts_with("vipoperator.dev/"));
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// Runs the controllers until `stop` is cancelled, then lets in-flight reconciles finish.
+/// Several namespaces run one controller each (a watch covers one namespace or all), sharing
+/// the context: one cloud client, one rate limit, one backoff table, one binding index.
+pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, hooks: Hooks, stop: CancellationToken) {
+    let scopes: Vec<Option<String>> =
+        if config.namespaces.is_empty() { vec![None] } else { config.namespaces.iter().cloned().map(Some).collect() };
+    // Readiness comes from the watch streams themselves (their first InitDone), not from
+    // Store::wait_until_ready: that future keeps only its latest waiter's waker, and the
+    // controller itself waits on it.
+    ctx.index.expect_scopes(&scopes);
+    let synced = Arc::new(Synced { remaining: AtomicUsize::new(scopes.len()), health: hooks.health.clone() });
+    let mut triggers = Triggers { bindings: vec![], secrets: vec![] };
+    let mut receivers = vec![];
+    for scope in &scopes {
+        let (btx, brx) = futures::channel::mpsc::unbounded();
+        let (stx, srx) = futures::channel::mpsc::unbounded();
+        triggers.bindings.push((scope.clone(), btx));
+        triggers.secrets.push((scope.clone(), stx));
+        receivers.push((brx, srx));
+    }
+    let triggers = Arc::new(triggers);
+    if !ctx.resync.period().is_zero() {
+        let (ctx, triggers, stop) = (ctx.clone(), triggers.clone(), stop.clone());
+        tokio::spawn(async move { super::drift::sweep(&ctx.resync, |due| triggers.binding(due), stop).await });
+    }
+    let mut tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = vec![];
+    for (scope, (brx, srx)) in scopes.into_iter().zip(receivers) {
+        let scope_synced = Arc::new(AtomicBool::new(false));
+        let parts = Parts {
+            client: client.clone(),
+            ctx: ctx.clone(),
+            namespace: scope.clone(),
+            concurrency: config.concurrency,
+            stop: stop.clone(),
+            synced: synced.clone(),
+            scope_synced: scope_synced.clone(),
+            triggers: triggers.clone(),
+        };
+        let (controller, reader) = build(parts, brx);
+        if let Ok(mut stores) = hooks.stores.write() {
+            stores.push(reader);
+        }
+        tasks.push(Box::pin(controller));
+        if config.protect_credentials {
+            tasks.push(Box::pin(guard_controller(
+                client.clone(),
+                ctx.index.clone(),
+                scope,
+                scope_synced,
+                srx,
+                stop.clone(),
+            )));
+        }
+    }
+    futures::future::join_all(tasks).await;
+}
+
+struct Parts {
+    client: kube::Client,
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    stop: CancellationToken,
+    synced: Arc<Synced>,
+    scope_synced: Arc<AtomicBool>,
+    triggers: Arc<Triggers>,
+}
+
+fn scoped_api<K>(client: kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+fn build(
+    p: Parts,
+    triggered: futures::channel::mpsc::UnboundedReceiver<ObjectRef<VipBinding>>,
+) -> (impl Future<Output = ()> + use<>, Store<VipBinding>) {
+    let bindings: Api<VipBinding> = scoped_api(p.client.clone(), p.namespace.as_deref());
+    // Metadata only: enough to notice a Secret changed, without caching every Secret's data.
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped_api(p.client.clone(), p.namespace.as_deref());
+    let (reader, writer) = reflector::store();
+    let observer = Arc::new(Observer {
+        ctx: p.ctx.clone(),
+        triggers: p.triggers.clone(),
+        scope: p.namespace.clone(),
+        synced: p.synced.clone(),
+        scope_synced: p.scope_synced.clone(),
+    });
+    let binding_stream = watcher(bindings, watcher::Config::default())
+        .default_backoff()
+        .modify(slim_binding)
+        .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                observer.binding_event(event);
+            }
+        })
+        .touched_objects();
+    let secret_stream = watcher(secrets, watcher::Config::default()).default_backoff().touched_objects();
+    let (store, mapper_ctx) = (reader.clone(), p.ctx.clone());
+    let secret_mapper = move |secret: PartialObjectMeta<Secret>| users_of_secret(&mapper_ctx, &store, &secret);
+    let controller = Controller::for_stream(binding_stream, reader.clone())
+        .watches_stream(secret_stream, secret_mapper)
+        .reconcile_on(triggered)
+        .with_config(ControllerConfig::default().concurrency(p.concurrency))
+        .graceful_shutdown_on(p.stop.cancelled_owned())
+        .run(reconcile::reconcile, error_policy, p.ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, action)) => tracing::trace!(object = %obj, ?action, "reconciled"),
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::trace!(object = %obj, "object gone before reconcile")
+                }
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+        });
+    (controller, reader)
+}
+
+/// What one scope's binding watch events do besides filling the cache.
+struct Observer {
+    ctx: Arc<Context>,
+    triggers: Arc<Triggers>,
+    scope: Option<String>,
+    synced: Arc<Synced>,
+    scope_synced: Arc<AtomicBool>,
+}
+
+impl Observer {
+    fn binding_event(&self, event: &watcher::Event<VipBinding>) {
+        if let watcher::Event::Apply(b) | watcher::Event::InitApply(b) = event {
+            self.ctx.memory.observe(b);
+        }
+        let changes = self.ctx.index.apply(self.scope.as_deref(), event);
+        for owner in changes.new_owners {
+            // The NIC's previous owner is gone: the next in line may bind now.
+            self.ctx.backoffs.release_hold(owner.uid());
+            self.triggers.binding(owner.object_ref());
+        }
+        for (ns, name) in changes.secrets {
+            self.triggers.secret(&ns, &name);
+        }
+        for claim in changes.gone {
+            // Backoffs and drift entries of an object that left without a release (no
+            // finalizer yet, or one removed by hand) would otherwise stay for ever.
+            self.ctx.forget_key(claim.uid());
+        }
+        if matches!(event, watcher::Event::InitDone) && !self.scope_synced.swap(true, Ordering::SeqCst) {
+            self.synced.one_done();
+        }
+    }
+}
+
+/// A Secret event re-examines the bindings that use it (e.g. one waiting for credentials):
+/// found through the index, so a cluster's stream of unrelated Secret changes costs nothing.
+fn users_of_secret(
+    ctx: &Context,
+    store: &Store<VipBinding>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<VipBinding>> {
+    let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+    let mut refs: Vec<ObjectRef<VipBinding>> =
+        ctx.index.secret_users(&ns, &name).iter().map(Claim::object_ref).collect();
+    if ctx.targets.is_default_secret(&ns, &name) {
+        refs.extend(
+            store.state().iter().filter(|b| b.spec.credentials_secret_ref.is_none()).map(|b| ObjectRef::from_obj(&**b)),
+        );
+    }
+    for uid in refs.iter().filter_map(|r| r.extra.uid.as_deref()) {
+        // New or rotated credentials deserve a try now, whatever the backoff says.
+        ctx.backoffs.release_hold(&ObjectKey::from(uid));
+    }
+    refs
+}
+
+/// The credentials Secret guard for one watch scope (see [`guard`]).
+async fn guard_controller(
+    client: kube::Client,
+    index: Arc<BindingIndex>,
+    namespace: Option<String>,
+    synced: Arc<AtomicBool>,
+    triggered: futures::channel::mpsc::UnboundedReceiver<ObjectRef<PartialObjectMeta<Secret>>>,
+    stop: CancellationToken,
+) {
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped_api(client.clone(), namespace.as_deref());
+    let ctx = Arc::new(guard::GuardContext { client, index, synced });
+    Controller::new(secrets, watcher::Config::default())
+        .reconcile_on(triggered)
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(guard::reconcile, guard::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
