@@ -157,7 +157,7 @@ impl SimulatorArgs {
     }
 
     pub async fn run(self) -> Result<(), String> {
-        let sim = Simulator::start(self.config()).await?;
+        let sim = Simulator::start(self.config()).await.map_err(|e| e.to_string())?;
         tracing::info!(endpoint = %sim.url(), access_key = %self.access_key, "ECS simulator listening; admin API under /sim/");
         let stop = tokio_util::sync::CancellationToken::new();
         let on_signal = stop.clone();

@@ -339,7 +339,7 @@ pub async fn run(
     if args.simulator {
         let mut config = SimulatorConfig::new(args.simulator_listen, SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY);
         config.latency = Duration::from_millis(args.simulator_latency_ms);
-        let sim = Simulator::start(config).await.map_err(StartError::Config)?;
+        let sim = Simulator::start(config).await.map_err(|e| StartError::Config(e.to_string()))?;
         tracing::info!(endpoint = %sim.url(), "started the bundled ECS simulator in place of Huawei Cloud; its state: {}/sim/state", sim.url());
         endpoint = Endpoint::parse_override(&sim.url()).map_err(StartError::Config)?;
         simulator = Some(sim);

@@ -34,7 +34,21 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use verify::{AuthFailure, KnownKey};
+use verify::{AuthFailure, KnownKey, SignedRequest, Verified};
+
+/// Why the simulator could not start or take a new setting.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    // The I/O error is part of the message (not a `source`) so that it is printed exactly once.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: SocketAddr, error: std::io::Error },
+    #[error("{0}")]
+    LocalAddr(std::io::Error),
+    #[error("qps must be positive, got {0}")]
+    InvalidQps(f64),
+    #[error("qps {0} is too high")]
+    QpsTooHigh(f64),
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SimCredential {
@@ -216,13 +230,12 @@ impl Shared {
     }
 }
 
-fn limiter(qps: Option<f64>) -> Result<Option<Arc<DefaultDirectRateLimiter>>, String> {
+fn limiter(qps: Option<f64>) -> Result<Option<Arc<DefaultDirectRateLimiter>>, SimError> {
     let Some(qps) = qps else { return Ok(None) };
     if !(qps.is_finite() && qps > 0.0) {
-        return Err(format!("qps must be positive, got {qps}"));
+        return Err(SimError::InvalidQps(qps));
     }
-    let quota =
-        Quota::with_period(Duration::from_secs_f64(1.0 / qps)).ok_or_else(|| format!("qps {qps} is too high"))?;
+    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / qps)).ok_or(SimError::QpsTooHigh(qps))?;
     let burst = NonZeroU32::new(qps.ceil() as u32).unwrap_or(NonZeroU32::MIN);
     Ok(Some(Arc::new(RateLimiter::direct(quota.allow_burst(burst)))))
 }
@@ -236,10 +249,10 @@ pub struct Simulator {
 }
 
 impl Simulator {
-    pub async fn start(config: SimulatorConfig) -> Result<Self, String> {
+    pub async fn start(config: SimulatorConfig) -> Result<Self, SimError> {
         let listener =
-            TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            TcpListener::bind(config.listen).await.map_err(|error| SimError::Listen { addr: config.listen, error })?;
+        let addr = listener.local_addr().map_err(SimError::LocalAddr)?;
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 missing: config.missing_nics.iter().cloned().collect(),
@@ -313,7 +326,7 @@ impl Simulator {
         self.shared.lock().latency = latency;
     }
 
-    pub fn set_qps(&self, qps: Option<f64>) -> Result<(), String> {
+    pub fn set_qps(&self, qps: Option<f64>) -> Result<(), SimError> {
         let l = limiter(qps)?;
         self.shared.lock().limiter = l;
         Ok(())
@@ -444,23 +457,50 @@ impl Outcome {
     }
 }
 
+/// Why ECS refuses a request body. The texts are what clients read in the 400 answer
+/// (after "Invalid request parameter: "), so they must not change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BodyError {
+    // serde_json's error is kept as text: the variant must stay comparable in tests.
+    #[error("request body is not JSON: {0}")]
+    NotJson(String),
+    #[error("request body must be a JSON object")]
+    NotAnObject,
+    #[error("unknown field {0:?}")]
+    UnknownField(String),
+    #[error("field nic (object) is required")]
+    NicRequired,
+    #[error("unknown field nic.{0}")]
+    UnknownNicField(String),
+    #[error("nic.{0} must be a string")]
+    NotAString(&'static str),
+    #[error("nic.{0} is required")]
+    Required(&'static str),
+    #[error("nic.reverse_binding must be a boolean")]
+    ReverseBindingNotBool,
+    #[error("nic.ip_address {0:?} is not an IP address")]
+    NotAnIp(String),
+    #[error("nic.subnet_id and nic.ip_address must both be empty (unbind) or both be set (bind)")]
+    HalfSet,
+}
+
 /// Validates the body as ECS does: exactly `{"nic": {subnet_id, ip_address[, reverse_binding]}}`,
 /// typed, with both strings empty (unbind) or both set to valid values (bind).
-fn parse_body(body: &[u8]) -> Result<(SimOperation, NicFieldsIn), String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("request body is not JSON: {e}"))?;
-    let obj = value.as_object().ok_or("request body must be a JSON object")?;
+fn parse_body(body: &[u8]) -> Result<(SimOperation, NicFieldsIn), BodyError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
+    let obj = value.as_object().ok_or(BodyError::NotAnObject)?;
     if let Some(k) = obj.keys().find(|k| *k != "nic") {
-        return Err(format!("unknown field {k:?}"));
+        return Err(BodyError::UnknownField(k.clone()));
     }
-    let nic = obj.get("nic").and_then(Value::as_object).ok_or("field nic (object) is required")?;
+    let nic = obj.get("nic").and_then(Value::as_object).ok_or(BodyError::NicRequired)?;
     if let Some(k) = nic.keys().find(|k| !matches!(k.as_str(), "subnet_id" | "ip_address" | "reverse_binding")) {
-        return Err(format!("unknown field nic.{k}"));
+        return Err(BodyError::UnknownNicField(k.clone()));
     }
-    let string = |k: &str| -> Result<String, String> {
+    let string = |k: &'static str| -> Result<String, BodyError> {
         match nic.get(k) {
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(format!("nic.{k} must be a string")),
-            None => Err(format!("nic.{k} is required")),
+            Some(_) => Err(BodyError::NotAString(k)),
+            None => Err(BodyError::Required(k)),
         }
     };
     let subnet_id = string("subnet_id")?;
@@ -468,17 +508,17 @@ fn parse_body(body: &[u8]) -> Result<(SimOperation, NicFieldsIn), String> {
     let reverse_binding = match nic.get("reverse_binding") {
         None => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err("nic.reverse_binding must be a boolean".into()),
+        Some(_) => return Err(BodyError::ReverseBindingNotBool),
     };
     let op = match (subnet_id.is_empty(), ip_address.is_empty()) {
         (true, true) => SimOperation::Unbind,
         (false, false) => {
             if ip_address.parse::<std::net::IpAddr>().is_err() {
-                return Err(format!("nic.ip_address {ip_address:?} is not an IP address"));
+                return Err(BodyError::NotAnIp(ip_address));
             }
             SimOperation::Bind
         }
-        _ => return Err("nic.subnet_id and nic.ip_address must both be empty (unbind) or both be set (bind)".into()),
+        _ => return Err(BodyError::HalfSet),
     };
     Ok((op, NicFieldsIn { subnet_id, ip_address, reverse_binding }))
 }
@@ -489,29 +529,53 @@ struct NicFieldsIn {
     reverse_binding: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn decide(
-    shared: &Shared,
-    inner: &mut Inner,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-    project_id: &str,
-    nic_id: &str,
-    record: &mut CallRecord,
-) -> Outcome {
+/// One cloud call as received, borrowed from the handler's extractors.
+struct SimRequest<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+    project_id: &'a str,
+    nic_id: &'a str,
+}
+
+/// A step of [`decide`]: `Err` is the answer that ends the call before its effect.
+type Step<T> = Result<T, Outcome>;
+
+/// Runs a cloud call through the checks in the order the real gateway and ECS make them, then
+/// does it (or plays a scripted fault). Records who called and what they asked for.
+fn decide(shared: &Shared, inner: &mut Inner, req: &SimRequest<'_>, record: &mut CallRecord) -> Outcome {
+    let checked = throttle(inner).and_then(|()| authenticate(shared, inner, req, record)).and_then(|()| validate(req));
+    let (op, fields) = match checked {
+        Ok(parsed) => parsed,
+        Err(refused) => return refused,
+    };
+    record.operation = Some(op);
+    let fault = take_fault(inner, op, req.nic_id);
+    perform(inner, req, op, fields, fault)
+}
+
+/// The gateway's rate limit comes first: a throttled call is not even authenticated.
+fn throttle(inner: &Inner) -> Step<()> {
     if let Some(l) = &inner.limiter
         && l.check().is_err()
     {
-        return Outcome::error(
+        return Err(Outcome::error(
             429,
             "APIGW.0308",
             "The throttling threshold has been reached: policy ip over ratelimit",
-        );
+        ));
     }
+    Ok(())
+}
+
+/// Signature check with lockout: a locked key is refused before its signature is looked at, and
+/// `lockout_after` consecutive bad signatures lock it. Sets `record.access_key` to the key the
+/// call proved or, failing that, claimed.
+fn authenticate(shared: &Shared, inner: &mut Inner, req: &SimRequest<'_>, record: &mut CallRecord) -> Step<()> {
     let now = jiff::Timestamp::now();
-    let claimed = headers
+    let claimed = req
+        .headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| verify::parse_authorization(v).ok())
@@ -520,92 +584,119 @@ fn decide(
         && inner.locked_until.get(ak).is_some_and(|until| *until > now)
     {
         record.access_key = Some(ak.clone());
-        return Outcome::error(
+        return Err(Outcome::error(
             401,
             "APIGW.0301",
             "Incorrect IAM authentication information: the access key is locked after repeated signature failures",
-        );
+        ));
     }
-    let creds = inner.credentials.clone();
-    let verified =
-        verify::verify(method.as_str(), uri.path(), uri.query(), headers, body, now, shared.max_skew, |ak| {
-            creds
-                .iter()
-                .find(|c| c.access_key == ak)
-                .map(|c| KnownKey { secret_key: &c.secret_key, security_token: c.security_token.as_deref() })
-        });
-    let ak = match verified {
+    match verify_signature(shared, inner, req, now) {
         Ok(v) => {
             inner.failures.remove(&v.access_key);
-            v.access_key
+            record.access_key = Some(v.access_key);
+            Ok(())
         }
         Err(failure) => {
             record.access_key = failure.access_key().map(str::to_string).or(claimed);
             if let AuthFailure::BadSignature(ak) = &failure {
-                let n = inner.failures.entry(ak.clone()).or_default();
-                *n += 1;
-                if *n >= shared.lockout_after {
-                    inner.failures.remove(ak);
-                    let until = now
-                        .checked_add(jiff::SignedDuration::try_from(shared.lockout_for).unwrap_or_default())
-                        .unwrap_or(now);
-                    inner.locked_until.insert(ak.clone(), until);
-                }
+                count_signature_failure(shared, inner, ak, now);
             }
             let code = if matches!(failure, AuthFailure::BadToken(_)) { "Common.0013" } else { "APIGW.0301" };
-            return Outcome::error(401, code, failure.message());
+            Err(Outcome::error(401, code, failure.message()))
         }
-    };
-    record.access_key = Some(ak);
-    if headers.get("x-project-id").and_then(|v| v.to_str().ok()) != Some(project_id) {
-        return Outcome::error(400, "Ecs.0005", "X-Project-Id does not match the project in the URI");
     }
-    if !headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json")) {
-        return Outcome::error(400, "Ecs.0005", "Content-Type must be application/json");
-    }
-    let (op, fields) = match parse_body(body) {
-        Ok(parsed) => parsed,
-        Err(m) => {
-            return Outcome::error(400, "Ecs.0005", format!("Invalid request parameter: {m}"));
-        }
-    };
-    record.operation = Some(op);
+}
 
-    let fault_index = inner
+fn verify_signature(
+    shared: &Shared,
+    inner: &Inner,
+    req: &SimRequest<'_>,
+    now: jiff::Timestamp,
+) -> Result<Verified, AuthFailure> {
+    let signed = SignedRequest {
+        method: req.method.as_str(),
+        raw_path: req.uri.path(),
+        raw_query: req.uri.query(),
+        headers: req.headers,
+        body: req.body,
+    };
+    verify::verify(&signed, now, shared.max_skew, |ak| {
+        inner
+            .credentials
+            .iter()
+            .find(|c| c.access_key == ak)
+            .map(|c| KnownKey { secret_key: &c.secret_key, security_token: c.security_token.as_deref() })
+    })
+}
+
+/// Counts a bad signature against `ak`; the `lockout_after`-th in a row locks it for `lockout_for`.
+fn count_signature_failure(shared: &Shared, inner: &mut Inner, ak: &str, now: jiff::Timestamp) {
+    let n = inner.failures.entry(ak.to_string()).or_default();
+    *n += 1;
+    if *n >= shared.lockout_after {
+        inner.failures.remove(ak);
+        let until =
+            now.checked_add(jiff::SignedDuration::try_from(shared.lockout_for).unwrap_or_default()).unwrap_or(now);
+        inner.locked_until.insert(ak.to_string(), until);
+    }
+}
+
+/// ECS's own checks once the gateway let the call through: project header, content type, body.
+fn validate(req: &SimRequest<'_>) -> Step<(SimOperation, NicFieldsIn)> {
+    if req.headers.get("x-project-id").and_then(|v| v.to_str().ok()) != Some(req.project_id) {
+        return Err(Outcome::error(400, "Ecs.0005", "X-Project-Id does not match the project in the URI"));
+    }
+    let content_type = req.headers.get("content-type").and_then(|v| v.to_str().ok());
+    if !content_type.is_some_and(|v| v.starts_with("application/json")) {
+        return Err(Outcome::error(400, "Ecs.0005", "Content-Type must be application/json"));
+    }
+    parse_body(req.body).map_err(|e| Outcome::error(400, "Ecs.0005", format!("Invalid request parameter: {e}")))
+}
+
+/// Consumes one use of the first scripted fault matching the call, if any.
+fn take_fault(inner: &mut Inner, op: SimOperation, nic_id: &str) -> Option<Fault> {
+    let i = inner
         .faults
         .iter()
-        .position(|f| f.operation.is_none_or(|o| o == op) && f.nic_id.as_deref().is_none_or(|n| n == nic_id));
-    let fault = fault_index.map(|i| {
-        let f = inner.faults[i].clone();
-        if f.count == 1 {
-            inner.faults.remove(i);
-        } else if f.count > 1 {
-            inner.faults[i].count -= 1;
-        }
-        f
-    });
+        .position(|f| f.operation.is_none_or(|o| o == op) && f.nic_id.as_deref().is_none_or(|n| n == nic_id))?;
+    let f = inner.faults[i].clone();
+    if f.count == 1 {
+        inner.faults.remove(i);
+    } else if f.count > 1 {
+        inner.faults[i].count -= 1;
+    }
+    Some(f)
+}
+
+/// Does the call's effect and answers, unless an error fault or a missing NIC answers instead.
+fn perform(
+    inner: &mut Inner,
+    req: &SimRequest<'_>,
+    op: SimOperation,
+    fields: NicFieldsIn,
+    fault: Option<Fault>,
+) -> Outcome {
     let hold = fault.as_ref().and_then(|f| f.latency_ms).map(Duration::from_millis).unwrap_or_default();
-    if let Some(f) = &fault
+    if let Some(f) = fault
         && !(200..300).contains(&f.status)
     {
-        let code = f.code.clone().unwrap_or_else(|| "Common.0001".into());
-        if f.apply && !inner.missing.contains(nic_id) {
-            apply(inner, op, project_id, nic_id, fields);
+        if f.apply && !inner.missing.contains(req.nic_id) {
+            apply(inner, op, req.project_id, req.nic_id, fields);
         }
         return Outcome {
             status: f.status,
-            code: Some(code),
-            message: f.message.clone().unwrap_or_else(|| "scripted fault".into()),
+            code: Some(f.code.unwrap_or_else(|| "Common.0001".into())),
+            message: f.message.unwrap_or_else(|| "scripted fault".into()),
             retry_after: f.retry_after,
             hold,
         };
     }
-    if inner.missing.contains(nic_id) {
-        let mut out = Outcome::error(404, "Ecs.0614", format!("The NIC {nic_id} does not exist"));
+    if inner.missing.contains(req.nic_id) {
+        let mut out = Outcome::error(404, "Ecs.0614", format!("The NIC {} does not exist", req.nic_id));
         out.hold = hold;
         return out;
     }
-    apply(inner, op, project_id, nic_id, fields);
+    apply(inner, op, req.project_id, req.nic_id, fields);
     Outcome { status: 200, code: None, message: String::new(), retry_after: None, hold }
 }
 
@@ -655,7 +746,15 @@ async fn nic_call(
     };
     let (outcome, latency) = {
         let mut inner = shared.lock();
-        let outcome = decide(&shared, &mut inner, &method, &uri, &headers, &body, &project_id, &nic_id, &mut record);
+        let req = SimRequest {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+            body: &body,
+            project_id: &project_id,
+            nic_id: &nic_id,
+        };
+        let outcome = decide(&shared, &mut inner, &req, &mut record);
         record.status = outcome.status;
         record.code = outcome.code.clone();
         // Bounded: a long-running simulator (make run) must not grow for ever.
@@ -753,7 +852,7 @@ mod double_option {
 
 async fn admin_config(State(shared): State<Arc<Shared>>, axum::Json(update): axum::Json<ConfigUpdate>) -> Response {
     let new_limiter = match update.qps.map(limiter) {
-        Some(Err(e)) => return (StatusCode::BAD_REQUEST, e).into_response(),
+        Some(Err(e)) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         Some(Ok(l)) => Some(l),
         None => None,
     };
@@ -810,5 +909,31 @@ mod tests {
         ] {
             assert!(ok(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Clients read these texts in 400 answers: the typed errors must print what the strings did.
+    #[test]
+    fn error_texts_are_stable() {
+        let text = |b: &str| parse_body(b.as_bytes()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(text("[]"), "request body must be a JSON object");
+        assert_eq!(text(r#"{"nic":{},"other":1}"#), r#"unknown field "other""#);
+        assert_eq!(text(r#"{"nic":[]}"#), "field nic (object) is required");
+        assert_eq!(text(r#"{"nic":{"x":1}}"#), "unknown field nic.x");
+        assert_eq!(text(r#"{"nic":{"subnet_id":1}}"#), "nic.subnet_id must be a string");
+        assert_eq!(text(r#"{"nic":{"subnet_id":"s"}}"#), "nic.ip_address is required");
+        assert_eq!(
+            text(r#"{"nic":{"subnet_id":"s","ip_address":"","reverse_binding":1}}"#),
+            "nic.reverse_binding must be a boolean"
+        );
+        assert_eq!(text(r#"{"nic":{"subnet_id":"s","ip_address":"x"}}"#), r#"nic.ip_address "x" is not an IP address"#);
+        assert_eq!(
+            text(r#"{"nic":{"subnet_id":"s","ip_address":""}}"#),
+            "nic.subnet_id and nic.ip_address must both be empty (unbind) or both be set (bind)"
+        );
+        assert!(text("not json").starts_with("request body is not JSON: "));
+        assert_eq!(
+            limiter(Some(-1.0)).err().map(|e| e.to_string()).unwrap_or_default(),
+            "qps must be positive, got -1"
+        );
     }
 }

@@ -168,17 +168,26 @@ pub struct KnownKey<'a> {
     pub security_token: Option<&'a str>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A request exactly as received: the parts its signature covers.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedRequest<'a> {
+    pub method: &'a str,
+    /// Path and query still percent-encoded, as the client signed them.
+    pub raw_path: &'a str,
+    pub raw_query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Checks `req`'s SDK-HMAC-SHA256 signature, its date against `now` (within `max_skew`) and, for
+/// a temporary key, its security token; `lookup` gives the key material of an access key.
 pub fn verify<'k>(
-    method: &str,
-    raw_path: &str,
-    raw_query: Option<&str>,
-    headers: &HeaderMap,
-    body: &[u8],
+    req: &SignedRequest<'_>,
     now: jiff::Timestamp,
     max_skew: std::time::Duration,
     lookup: impl Fn(&str) -> Option<KnownKey<'k>>,
 ) -> Result<Verified, AuthFailure> {
+    let headers = req.headers;
     let auth = headers
         .get("authorization")
         .ok_or(AuthFailure::MissingHeader("Authorization"))?
@@ -200,7 +209,8 @@ pub fn verify<'k>(
         return Err(AuthFailure::ClockSkew);
     }
     let key = lookup(&auth.access_key).ok_or_else(|| AuthFailure::UnknownAccessKey(auth.access_key.clone()))?;
-    let canonical = canonical_request(method, raw_path, raw_query, headers, &auth.signed_headers, body)?;
+    let canonical =
+        canonical_request(req.method, req.raw_path, req.raw_query, headers, &auth.signed_headers, req.body)?;
     let sts = format!(
         "SDK-HMAC-SHA256\n{}\n{}",
         headers.get("x-sdk-date").and_then(|v| v.to_str().ok()).unwrap_or_default(),
@@ -266,17 +276,24 @@ mod tests {
             lower_hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref()),
             "b25362e603ee30f4f25e7858e8a7160fd36e803bb2dfe206278659d71a9bcd7a"
         );
-        assert!(verify("GET", path, query, &h, b"", now, skew, lookup).is_ok());
+        let get = SignedRequest { method: "GET", raw_path: path, raw_query: query, headers: &h, body: b"" };
+        assert!(verify(&get, now, skew, lookup).is_ok());
         // One changed byte anywhere fails.
-        assert!(matches!(verify("GET", path, query, &h, b"x", now, skew, lookup), Err(AuthFailure::BadSignature(_))));
-        assert!(matches!(verify("PUT", path, query, &h, b"", now, skew, lookup), Err(AuthFailure::BadSignature(_))));
         assert!(matches!(
-            verify("GET", path, Some("limit=3"), &h, b"", now, skew, lookup),
+            verify(&SignedRequest { body: b"x", ..get }, now, skew, lookup),
+            Err(AuthFailure::BadSignature(_))
+        ));
+        assert!(matches!(
+            verify(&SignedRequest { method: "PUT", ..get }, now, skew, lookup),
+            Err(AuthFailure::BadSignature(_))
+        ));
+        assert!(matches!(
+            verify(&SignedRequest { raw_query: Some("limit=3"), ..get }, now, skew, lookup),
             Err(AuthFailure::BadSignature(_))
         ));
         // 16 minutes later the same request is refused for skew.
         let late = now.checked_add(jiff::SignedDuration::from_secs(16 * 60)).unwrap();
-        assert_eq!(verify("GET", path, query, &h, b"", late, skew, lookup).err(), Some(AuthFailure::ClockSkew));
+        assert_eq!(verify(&get, late, skew, lookup).err(), Some(AuthFailure::ClockSkew));
     }
 
     #[test]
@@ -291,6 +308,9 @@ mod tests {
 
     #[test]
     fn rejects_unsigned_host_or_date_and_bad_headers() {
+        fn put(headers: &HeaderMap) -> SignedRequest<'_> {
+            SignedRequest { method: "PUT", raw_path: "/", raw_query: None, headers, body: b"" }
+        }
         let now = parse_sdk_date("20240101T000000Z").unwrap();
         let skew = std::time::Duration::from_secs(900);
         let lookup = |_: &str| Some(KnownKey { secret_key: "s", security_token: None });
@@ -299,34 +319,25 @@ mod tests {
             ("x-sdk-date", "20240101T000000Z"),
             ("authorization", "SDK-HMAC-SHA256 Access=a, SignedHeaders=x-sdk-date, Signature=00"),
         ]);
-        assert_eq!(
-            verify("PUT", "/", None, &h, b"", now, skew, lookup).err(),
-            Some(AuthFailure::UnsignedHeader("host"))
-        );
+        assert_eq!(verify(&put(&h), now, skew, lookup).err(), Some(AuthFailure::UnsignedHeader("host")));
         let h = headers(&[
             ("host", "h"),
             ("authorization", "SDK-HMAC-SHA256 Access=a, SignedHeaders=host;x-sdk-date, Signature=00"),
         ]);
-        assert_eq!(
-            verify("PUT", "/", None, &h, b"", now, skew, lookup).err(),
-            Some(AuthFailure::MissingHeader("X-Sdk-Date"))
-        );
+        assert_eq!(verify(&put(&h), now, skew, lookup).err(), Some(AuthFailure::MissingHeader("X-Sdk-Date")));
         let h = headers(&[
             ("host", "h"),
             ("x-sdk-date", "2024-01-01"),
             ("authorization", "SDK-HMAC-SHA256 Access=a, SignedHeaders=host;x-sdk-date, Signature=00"),
         ]);
-        assert_eq!(verify("PUT", "/", None, &h, b"", now, skew, lookup).err(), Some(AuthFailure::BadDate));
+        assert_eq!(verify(&put(&h), now, skew, lookup).err(), Some(AuthFailure::BadDate));
         let h = headers(&[
             ("host", "h"),
             ("x-sdk-date", "20240101T000000Z"),
             ("authorization", "AWS4-HMAC-SHA256 Credential=x"),
         ]);
-        assert!(matches!(verify("PUT", "/", None, &h, b"", now, skew, lookup), Err(AuthFailure::Malformed(_))));
+        assert!(matches!(verify(&put(&h), now, skew, lookup), Err(AuthFailure::Malformed(_))));
         let h = headers(&[("host", "h"), ("x-sdk-date", "20240101T000000Z")]);
-        assert_eq!(
-            verify("PUT", "/", None, &h, b"", now, skew, lookup).err(),
-            Some(AuthFailure::MissingHeader("Authorization"))
-        );
+        assert_eq!(verify(&put(&h), now, skew, lookup).err(), Some(AuthFailure::MissingHeader("Authorization")));
     }
 }
