@@ -1,0 +1,329 @@
+//! Start-up flags, validated: [`Settings::new`] turns `vip-operator run`'s arguments and the
+//! `HUAWEICLOUD_SDK_*` environment into everything the operator starts from, or says which
+//! flag is wrong. Pure (no network, no process environment of its own), so every rule is
+//! unit-tested.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::RunArgs;
+use crate::controller::WatchConfig;
+use crate::controller::target::{DefaultCredentials, OperatorDefaults};
+use crate::ecs::{
+    CredentialsError, Endpoint, EndpointError, InvalidId, InvalidRegion, MetadataCredentials, RetryPolicy,
+    SystemClock,
+};
+
+pub const SIMULATOR_ACCESS_KEY: &str = "SIMULATORACCESSKEY01";
+pub const SIMULATOR_SECRET_KEY: &str = "simulator-secret-key";
+pub const SIMULATOR_PROJECT_ID: &str = "0000000000000000000000000000demo";
+
+/// A flag (or environment variable) that cannot be used. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("--region: {0}")]
+    Region(#[from] InvalidRegion),
+    #[error(transparent)]
+    ProjectId(#[from] InvalidId),
+    #[error("--credentials-secret {0:?} must be NAMESPACE/NAME")]
+    SecretRef(String),
+    #[error("HUAWEICLOUD_SDK_* credentials: {0}")]
+    EnvCredentials(CredentialsError),
+    #[error("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or neither")]
+    HalfEnvCredentials,
+    #[error("{0}")]
+    SimulatorCredentials(CredentialsError),
+    #[error("--metadata-url {value:?}: {source}")]
+    MetadataUrl { value: String, source: url::ParseError },
+    #[error("--concurrency must be at least 1")]
+    Concurrency,
+    #[error("--cloud-max-attempts must be at least 1")]
+    MaxAttempts,
+    #[error("--metrics-addr {value:?}: {source}")]
+    MetricsAddr { value: String, source: std::net::AddrParseError },
+    #[error("--leader-elect needs --leader-election-namespace (or POD_NAMESPACE)")]
+    LeaderNamespace,
+}
+
+/// What the operator reads from its environment besides flags (Huawei's SDK variables).
+#[derive(Debug, Clone, Default)]
+pub struct SdkEnvironment {
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub security_token: Option<String>,
+    pub project_id: Option<String>,
+}
+
+impl SdkEnvironment {
+    /// The `HUAWEICLOUD_SDK_*` variables of this process; blank counts as unset.
+    pub fn from_process() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            access_key: var("HUAWEICLOUD_SDK_AK"),
+            secret_key: var("HUAWEICLOUD_SDK_SK"),
+            security_token: var("HUAWEICLOUD_SDK_SECURITY_TOKEN"),
+            project_id: var("HUAWEICLOUD_SDK_PROJECT_ID"),
+        }
+    }
+}
+
+/// Leader election, when asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderSettings {
+    pub namespace: String,
+    pub lease_name: String,
+    /// At least 2 s; renewals start a third of it (at least 1 s) before expiry.
+    pub lease_seconds: u64,
+}
+
+/// The bundled simulator, when `--simulator` is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimulatorSettings {
+    pub listen: SocketAddr,
+    pub latency: Duration,
+}
+
+/// The cloud client's limits.
+#[derive(Debug, Clone)]
+pub struct CloudSettings {
+    /// The ECS endpoint; with the simulator, replaced by its address once it listens.
+    pub endpoint: Endpoint,
+    pub qps: f64,
+    pub burst: u32,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+}
+
+/// Everything `vip-operator run` starts from, validated.
+#[derive(Debug)]
+pub struct Settings {
+    pub defaults: OperatorDefaults,
+    pub cloud: CloudSettings,
+    pub watch: WatchConfig,
+    pub resync_period: Duration,
+    pub metrics_addr: Option<SocketAddr>,
+    pub leader: Option<LeaderSettings>,
+    pub simulator: Option<SimulatorSettings>,
+    pub install_crd: bool,
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    /// Validates every flag before anything touches the network: bad input fails fast and
+    /// clearly, naming the flag.
+    pub fn new(args: RunArgs, env: &SdkEnvironment) -> Result<Self, ConfigError> {
+        let endpoint = match &args.ecs_endpoint {
+            Some(url) => Endpoint::parse_override(url)?,
+            None => Endpoint::Regional,
+        };
+        let credentials = credentials(&args, env)?;
+        if let Some(region) = &args.region {
+            crate::ecs::validate_region(region)?;
+        }
+        let project_id = match (&args.project_id, args.simulator) {
+            (Some(p), _) => Some(p.clone()),
+            (None, true) => Some(SIMULATOR_PROJECT_ID.to_string()),
+            (None, false) => env.project_id.clone(),
+        };
+        if let Some(p) = &project_id {
+            crate::ecs::check_path_id("--project-id", p)?;
+        }
+        if args.concurrency == 0 {
+            return Err(ConfigError::Concurrency);
+        }
+        if args.cloud_max_attempts == 0 {
+            return Err(ConfigError::MaxAttempts);
+        }
+        let metrics_addr = match args.metrics_addr.trim() {
+            "" | "off" | "none" => None,
+            a => Some(a.parse().map_err(|source| ConfigError::MetricsAddr { value: a.to_string(), source })?),
+        };
+        let leader = leader(&args)?;
+        Ok(Self {
+            defaults: OperatorDefaults {
+                credentials,
+                project_id,
+                region: args.region.clone(),
+                // With a fixed endpoint (or the simulator) the region only goes into signatures.
+                region_required: endpoint == Endpoint::Regional && !args.simulator,
+            },
+            cloud: CloudSettings {
+                endpoint,
+                qps: args.cloud_qps,
+                burst: args.cloud_burst,
+                concurrency: args.cloud_concurrency,
+                retry: RetryPolicy { max_attempts: args.cloud_max_attempts, ..RetryPolicy::default() },
+            },
+            watch: WatchConfig {
+                namespaces: args.namespaces,
+                concurrency: args.concurrency,
+                protect_credentials: args.protect_credentials,
+            },
+            resync_period: args.resync_period,
+            metrics_addr,
+            leader,
+            simulator: args.simulator.then(|| SimulatorSettings {
+                listen: args.simulator_listen,
+                latency: Duration::from_millis(args.simulator_latency_ms),
+            }),
+            install_crd: args.install_crd,
+            shutdown_timeout: args.shutdown_timeout,
+        })
+    }
+}
+
+fn leader(args: &RunArgs) -> Result<Option<LeaderSettings>, ConfigError> {
+    if !args.leader_elect {
+        return Ok(None);
+    }
+    let namespace =
+        args.leader_election_namespace.clone().filter(|n| !n.is_empty()).ok_or(ConfigError::LeaderNamespace)?;
+    Ok(Some(LeaderSettings {
+        namespace,
+        lease_name: args.leader_election_id.clone(),
+        lease_seconds: args.leader_lease_seconds.max(2),
+    }))
+}
+
+fn parse_secret_ref(value: &str) -> Result<(String, String), ConfigError> {
+    match value.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok((ns.into(), name.into())),
+        _ => Err(ConfigError::SecretRef(value.to_string())),
+    }
+}
+
+/// Operator default credentials: `--credentials-secret`, else the simulator's keys with
+/// `--simulator`, else the `HUAWEICLOUD_SDK_*` environment, else the metadata service when
+/// asked for, else none (bindings must then name their own Secret).
+fn credentials(args: &RunArgs, env: &SdkEnvironment) -> Result<DefaultCredentials, ConfigError> {
+    use crate::ecs::Credentials;
+    if let Some(s) = &args.credentials_secret {
+        let (namespace, name) = parse_secret_ref(s)?;
+        return Ok(DefaultCredentials::Secret { namespace, name });
+    }
+    if args.simulator {
+        return Credentials::new(SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY, None)
+            .map(DefaultCredentials::Static)
+            .map_err(ConfigError::SimulatorCredentials);
+    }
+    match (&env.access_key, &env.secret_key) {
+        (Some(ak), Some(sk)) => {
+            let token = env.security_token.as_deref().map(str::trim);
+            return Credentials::new(ak.trim(), sk.trim(), token)
+                .map(DefaultCredentials::Static)
+                .map_err(ConfigError::EnvCredentials);
+        }
+        (Some(_), None) | (None, Some(_)) => return Err(ConfigError::HalfEnvCredentials),
+        (None, None) => {}
+    }
+    if args.metadata_credentials {
+        let url = args
+            .metadata_url
+            .parse()
+            .map_err(|source| ConfigError::MetadataUrl { value: args.metadata_url.clone(), source })?;
+        return Ok(DefaultCredentials::Metadata(Arc::new(MetadataCredentials::new(
+            url,
+            Duration::from_secs(40 * 60),
+            Arc::new(SystemClock),
+        ))));
+    }
+    Ok(DefaultCredentials::None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(flags: &[&str]) -> RunArgs {
+        let cli = crate::cli::Cli::try_parse_from(["vip-operator", "run"].iter().chain(flags)).expect("flags parse");
+        match cli.command {
+            crate::cli::Command::Run(args) => *args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn settings(flags: &[&str], env: &SdkEnvironment) -> Result<Settings, String> {
+        Settings::new(args(flags), env).map_err(|e| e.to_string())
+    }
+
+    fn error(flags: &[&str]) -> String {
+        settings(flags, &SdkEnvironment::default()).err().unwrap_or_else(|| panic!("{flags:?} was accepted"))
+    }
+
+    #[test]
+    fn every_bad_flag_is_named() {
+        assert_eq!(error(&["--concurrency", "0"]), "--concurrency must be at least 1");
+        assert_eq!(error(&["--cloud-max-attempts", "0"]), "--cloud-max-attempts must be at least 1");
+        assert!(error(&["--metrics-addr", "nowhere"]).starts_with("--metrics-addr \"nowhere\""));
+        assert!(error(&["--region", "CN North"]).starts_with("--region: "));
+        assert!(error(&["--project-id", "../x"]).contains("--project-id"));
+        assert!(error(&["--ecs-endpoint", "ftp://x"]).contains("--ecs-endpoint"));
+        assert_eq!(error(&["--credentials-secret", "no-slash"]), "--credentials-secret \"no-slash\" must be NAMESPACE/NAME");
+        assert_eq!(error(&["--credentials-secret", "a/b/c"]), "--credentials-secret \"a/b/c\" must be NAMESPACE/NAME");
+        assert_eq!(error(&["--leader-elect"]), "--leader-elect needs --leader-election-namespace (or POD_NAMESPACE)");
+        assert!(error(&["--metadata-credentials", "--metadata-url", "not a url"]).starts_with("--metadata-url"));
+    }
+
+    #[test]
+    fn half_a_key_pair_in_the_environment_is_refused() {
+        let env = SdkEnvironment { access_key: Some("AK".into()), ..Default::default() };
+        assert_eq!(settings(&[], &env).err().as_deref(), Some("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or neither"));
+    }
+
+    #[test]
+    fn credentials_come_from_the_secret_flag_then_the_simulator_then_the_environment() {
+        let env = SdkEnvironment {
+            access_key: Some(" ENVAK ".into()),
+            secret_key: Some("envsk".into()),
+            project_id: Some("envproject".into()),
+            ..Default::default()
+        };
+        let s = settings(&["--credentials-secret", "ops/creds"], &env).expect("valid");
+        assert!(matches!(&s.defaults.credentials, DefaultCredentials::Secret { namespace, name } if namespace == "ops" && name == "creds"));
+        assert_eq!(s.defaults.project_id.as_deref(), Some("envproject"));
+        let s = settings(&["--simulator"], &env).expect("valid");
+        assert!(matches!(&s.defaults.credentials, DefaultCredentials::Static(c) if c.access_key() == SIMULATOR_ACCESS_KEY));
+        assert_eq!(s.defaults.project_id.as_deref(), Some(SIMULATOR_PROJECT_ID));
+        assert!(s.simulator.is_some());
+        let s = settings(&[], &env).expect("valid");
+        assert!(matches!(&s.defaults.credentials, DefaultCredentials::Static(c) if c.access_key() == "ENVAK"));
+        let s = settings(&[], &SdkEnvironment::default()).expect("valid");
+        assert!(matches!(s.defaults.credentials, DefaultCredentials::None));
+        assert!(s.defaults.region_required, "the public endpoint needs a region");
+    }
+
+    #[test]
+    fn flags_reach_their_settings() {
+        let s = settings(
+            &[
+                "--leader-elect",
+                "--leader-election-namespace",
+                "ops",
+                "--leader-lease-seconds",
+                "1",
+                "--metrics-addr",
+                "off",
+                "--namespace",
+                "a,b",
+                "--cloud-max-attempts",
+                "2",
+                "--ecs-endpoint",
+                "http://127.0.0.1:1",
+            ],
+            &SdkEnvironment::default(),
+        )
+        .expect("valid");
+        assert_eq!(
+            s.leader,
+            Some(LeaderSettings { namespace: "ops".into(), lease_name: "vip-operator".into(), lease_seconds: 2 })
+        );
+        assert_eq!(s.metrics_addr, None);
+        assert_eq!(s.watch.namespaces, vec!["a", "b"]);
+        assert_eq!(s.cloud.retry.max_attempts, 2);
+        assert!(!s.defaults.region_required, "a fixed endpoint serves every region");
+    }
+}
