@@ -142,6 +142,14 @@ pub struct SimulatorArgs {
     pub missing_nics: Vec<String>,
 }
 
+/// `vip-operator simulator` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulatorError {
+    /// The simulator's own message (it reports start-up failures as text, e.g. a busy port).
+    #[error("{0}")]
+    Start(String),
+}
+
 impl SimulatorArgs {
     pub fn config(&self) -> SimulatorConfig {
         let mut config = SimulatorConfig::new(self.listen, &self.access_key, &self.secret_key);
@@ -156,8 +164,8 @@ impl SimulatorArgs {
         config
     }
 
-    pub async fn run(self) -> Result<(), String> {
-        let sim = Simulator::start(self.config()).await?;
+    pub async fn run(self) -> Result<(), SimulatorError> {
+        let sim = Simulator::start(self.config()).await.map_err(SimulatorError::Start)?;
         tracing::info!(endpoint = %sim.url(), access_key = %self.access_key, "ECS simulator listening; admin API under /sim/");
         let stop = tokio_util::sync::CancellationToken::new();
         let on_signal = stop.clone();
