@@ -91,10 +91,21 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// The admin server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// In use, not local, not permitted: a configuration problem.
+    #[error("--metrics-addr {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The bound socket's own address (for port 0) could not be read.
+    #[error(transparent)]
+    LocalAddr(std::io::Error),
+}
+
 /// Binds the admin server (a bad address is a start-up error) and serves until `stop`.
-pub async fn serve(addr: SocketAddr, state: AdminState, stop: CancellationToken) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+pub async fn serve(addr: SocketAddr, state: AdminState, stop: CancellationToken) -> Result<SocketAddr, AdminError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| AdminError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(AdminError::LocalAddr)?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await {
             tracing::error!(error = %e, "admin server failed");

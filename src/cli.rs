@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::simulator::{SimCredential, Simulator, SimulatorConfig};
+use crate::simulator::{SimCredential, SimError, Simulator, SimulatorConfig};
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -156,8 +156,8 @@ impl SimulatorArgs {
         config
     }
 
-    pub async fn run(self) -> Result<(), String> {
-        let sim = Simulator::start(self.config()).await.map_err(|e| e.to_string())?;
+    pub async fn run(self) -> Result<(), SimError> {
+        let sim = Simulator::start(self.config()).await?;
         tracing::info!(endpoint = %sim.url(), access_key = %self.access_key, "ECS simulator listening; admin API under /sim/");
         let stop = tokio_util::sync::CancellationToken::new();
         let on_signal = stop.clone();

@@ -8,6 +8,8 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::ecs::FenceError;
+
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
     pub namespace: String,
@@ -19,13 +21,20 @@ pub struct LeaderConfig {
     pub renew_grace: u64,
 }
 
+/// Leader election could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("cannot use Lease {namespace}/{name} for leader election: {source}")]
+    Lease { namespace: String, name: String, source: kube_lease_manager::LeaseManagerError },
+}
+
 pub struct Leadership {
     state: watch::Receiver<bool>,
     task: JoinHandle<Result<LeaseManager, kube_lease_manager::LeaseManagerError>>,
 }
 
 impl Leadership {
-    pub async fn start(client: kube::Client, config: LeaderConfig) -> Result<Self, String> {
+    pub async fn start(client: kube::Client, config: LeaderConfig) -> Result<Self, LeaderError> {
         let manager = LeaseManagerBuilder::new(client, &config.lease_name)
             .with_namespace(&config.namespace)
             .with_identity(&config.identity)
@@ -34,8 +43,10 @@ impl Leadership {
             .with_field_manager(format!("vip-operator-{}", config.identity))
             .build()
             .await
-            .map_err(|e| {
-                format!("cannot use Lease {}/{} for leader election: {e}", config.namespace, config.lease_name)
+            .map_err(|source| LeaderError::Lease {
+                namespace: config.namespace.clone(),
+                name: config.lease_name.clone(),
+                source,
             })?;
         let (state, task) = manager.watch().await;
         Ok(Self { state, task })
@@ -96,15 +107,12 @@ impl LeaseFence {
 }
 
 impl crate::ecs::Fence for LeaseFence {
-    fn remaining(&self) -> Result<Duration, String> {
+    fn remaining(&self) -> Result<Duration, FenceError> {
         let until = *self.until.lock().unwrap_or_else(|p| p.into_inner());
         let now = tokio::time::Instant::now();
         match until {
             Some(until) if until > now => Ok(until - now),
-            _ => Err(format!(
-                "this replica could not confirm it holds the leader lease within the last {}s (API server unreachable?)",
-                self.lease.saturating_sub(self.margin).as_secs()
-            )),
+            _ => Err(FenceError::LeadershipUnconfirmed { window: self.lease.saturating_sub(self.margin) }),
         }
     }
 }
@@ -203,7 +211,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(7)).await;
         assert_eq!(fence.remaining().unwrap(), Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(1)).await;
-        let closed = fence.remaining().unwrap_err();
+        let closed = fence.remaining().unwrap_err().to_string();
         assert!(closed.contains("leader lease"), "{closed}");
         // A renewal older than the lease itself opens nothing.
         fence.confirm(Duration::from_secs(60));

@@ -10,7 +10,8 @@ async fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let result = match cli.command {
+    // Each subcommand has its own error type; only the message matters here.
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Run(args) => match vip_operator::run::run(*args, vip_operator::shutdown_signal()).await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -18,8 +19,8 @@ async fn main() -> ExitCode {
                 return ExitCode::from(e.exit_code());
             }
         },
-        Command::Simulator(args) => args.run().await,
-        Command::Crd => vip_operator::api::crd_yaml().map(|yaml| print!("{yaml}")),
+        Command::Simulator(args) => args.run().await.map_err(Into::into),
+        Command::Crd => vip_operator::api::crd_yaml().map(|yaml| print!("{yaml}")).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -235,7 +235,7 @@ pub async fn run(
 ) -> Result<(), StartError> {
     // Validate flags before touching the network: bad input fails fast and clearly.
     let mut endpoint = match &args.ecs_endpoint {
-        Some(url) => Endpoint::parse_override(url).map_err(StartError::Config)?,
+        Some(url) => Endpoint::parse_override(url).map_err(|e| StartError::Config(e.to_string()))?,
         None => Endpoint::Regional,
     };
     let credentials = if args.simulator && args.credentials_secret.is_none() {
@@ -254,7 +254,7 @@ pub async fn run(
     }
     let project_id = args.project_id.clone().or_else(|| env_nonempty("HUAWEICLOUD_SDK_PROJECT_ID"));
     if let Some(p) = &project_id {
-        crate::ecs::check_path_id("--project-id", p).map_err(StartError::Config)?;
+        crate::ecs::check_path_id("--project-id", p).map_err(|e| StartError::Config(e.to_string()))?;
     }
     if args.concurrency == 0 {
         return Err(StartError::Config("--concurrency must be at least 1".into()));
@@ -291,7 +291,9 @@ pub async fn run(
     let admin_stop = CancellationToken::new();
     if let Some(addr) = metrics_addr {
         let state = AdminState { health: health.clone(), metrics: metrics.clone(), stores: stores.clone() };
-        let local = crate::admin::serve(addr, state, admin_stop.clone()).await.map_err(StartError::Config)?;
+        let local = crate::admin::serve(addr, state, admin_stop.clone())
+            .await
+            .map_err(|e| StartError::Config(e.to_string()))?;
         tracing::info!(%local, "admin server: /metrics /healthz /readyz");
     }
 
@@ -315,7 +317,8 @@ pub async fn run(
             renew_grace: (args.leader_lease_seconds / 3).max(1),
         };
         tracing::info!(lease = %format!("{}/{}", config.namespace, config.lease_name), identity = %config.identity, "waiting for leadership");
-        let mut l = Leadership::start(client.clone(), config.clone()).await.map_err(StartError::Cluster)?;
+        let mut l =
+            Leadership::start(client.clone(), config.clone()).await.map_err(|e| StartError::Cluster(e.to_string()))?;
         tokio::select! {
             acquired = l.acquired() => {
                 if !acquired {
@@ -341,7 +344,7 @@ pub async fn run(
         config.latency = Duration::from_millis(args.simulator_latency_ms);
         let sim = Simulator::start(config).await.map_err(|e| StartError::Config(e.to_string()))?;
         tracing::info!(endpoint = %sim.url(), "started the bundled ECS simulator in place of Huawei Cloud; its state: {}/sim/state", sim.url());
-        endpoint = Endpoint::parse_override(&sim.url()).map_err(StartError::Config)?;
+        endpoint = Endpoint::parse_override(&sim.url()).map_err(|e| StartError::Config(e.to_string()))?;
         simulator = Some(sim);
     }
     let retry = RetryPolicy { max_attempts: args.cloud_max_attempts, ..RetryPolicy::default() };
@@ -358,7 +361,7 @@ pub async fn run(
         Some(metrics.clone()),
         fence,
     )
-    .map_err(StartError::Config)?;
+    .map_err(|e| StartError::Config(e.to_string()))?;
     tracing::info!(credentials = ?credentials, endpoint = %endpoint, "cloud configuration");
 
     let reporter = Reporter {

@@ -121,7 +121,7 @@ impl Settings {
         };
         let credentials = credentials(&args, env)?;
         if let Some(region) = &args.region {
-            crate::ecs::validate_region(region)?;
+            crate::ecs::check_region(region)?;
         }
         let project_id = match (&args.project_id, args.simulator) {
             (Some(p), _) => Some(p.clone()),

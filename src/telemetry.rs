@@ -9,12 +9,23 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
+/// Logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// `level` is the `--log-level` value, even when the directives came from `RUST_LOG`.
+    #[error("invalid log level {level:?}: {source}")]
+    Filter { level: String, source: tracing_subscriber::filter::ParseError },
+    /// Typically: a global subscriber is already installed.
+    #[error("cannot initialise logging: {0}")]
+    Init(Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub fn init(level: &str, format: LogFormat) -> Result<(), TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
         _ => EnvFilter::try_new(level),
     }
-    .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    .map_err(|source| TelemetryError::Filter { level: level.into(), source })?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder
@@ -25,7 +36,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
             .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
-    result.map_err(|e| format!("cannot initialise logging: {e}"))
+    result.map_err(TelemetryError::Init)
 }
 
 /// Colour only for a person at a terminal: not in a file, a pipe or `kubectl logs`, and never

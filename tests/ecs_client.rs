@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::routing::{get, put};
 use serde_json::{Value, json};
 use vip_operator::ecs::{
-    BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsClient, EcsClientConfig, Endpoint, ErrorClass,
+    BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsClient, EcsClientConfig, Endpoint, ErrorClass, FenceError,
     MetadataCredentials, RetryPolicy, SystemClock, UnbindRequest,
 };
 use vip_operator::simulator::{Fault, SimCredential, SimOperation, Simulator, SimulatorConfig};
@@ -419,10 +419,10 @@ async fn admin_api_scripts_faults_and_missing_nics() {
 }
 
 /// A fence with a fixed answer (the leader's lease fence, as the client sees it).
-struct FixedFence(Result<Duration, String>);
+struct FixedFence(Result<Duration, FenceError>);
 
 impl vip_operator::ecs::Fence for FixedFence {
-    fn remaining(&self) -> Result<Duration, String> {
+    fn remaining(&self) -> Result<Duration, FenceError> {
         self.0.clone()
     }
 }
@@ -441,7 +441,7 @@ fn fenced_client(sim: &Simulator, fence: FixedFence) -> EcsClient {
 #[tokio::test]
 async fn a_closed_fence_sends_nothing_and_says_why() {
     let sim = simulator().await;
-    let client = fenced_client(&sim, FixedFence(Err("lease not confirmed".into())));
+    let client = fenced_client(&sim, FixedFence(Err(FenceError::Closed("lease not confirmed".into()))));
     let err = client.unbind(&target(SK), &UnbindRequest { nic_id: NIC.into(), reverse_binding: false }).await;
     let err = err.unwrap_err();
     assert!(matches!(err, vip_operator::ecs::EcsError::Fenced(_)), "{err:?}");

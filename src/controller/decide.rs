@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use crate::api::v1alpha1::{CONDITION_BOUND, DeletionPolicy, Reason, VipBinding, VipBindingSpec};
-use crate::ecs::{check_path_id, check_region};
+use crate::ecs::{InvalidId, InvalidRegion, check_path_id, validate_region};
 
 use super::status::{BoundKnowledge, bound_knowledge, has_finalizer};
 
@@ -45,19 +45,32 @@ pub enum Plan {
     Release(Verdict),
 }
 
+/// What is wrong with a spec (see [`validate_spec`]); its text is the Invalid condition's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// `spec.nicId`, `spec.subnetId` or `spec.projectId` (the error names which).
+    #[error(transparent)]
+    Id(#[from] InvalidId),
+    #[error("spec.ipAddress {0:?} is not an IPv4 or IPv6 address")]
+    IpAddress(String),
+    /// The region error says "region ..."; the prefix makes it the field's path.
+    #[error("spec.{0}")]
+    Region(InvalidRegion),
+}
+
 /// Checks what the CRD schema also checks, so that a binding that slipped past it (an older or
 /// edited CRD, a cluster without CEL) still never reaches the cloud with a malformed request.
-pub fn validate_spec(spec: &VipBindingSpec) -> Result<(), String> {
+pub fn validate_spec(spec: &VipBindingSpec) -> Result<(), SpecError> {
     check_path_id("spec.nicId", &spec.nic_id)?;
     check_path_id("spec.subnetId", &spec.subnet_id)?;
     if spec.ip_address.parse::<IpAddr>().is_err() {
-        return Err(format!("spec.ipAddress {:?} is not an IPv4 or IPv6 address", spec.ip_address));
+        return Err(SpecError::IpAddress(spec.ip_address.clone()));
     }
     if let Some(project) = &spec.project_id {
         check_path_id("spec.projectId", project)?;
     }
     if let Some(region) = &spec.region {
-        check_region(region).map_err(|e| format!("spec.{e}"))?;
+        validate_region(region).map_err(SpecError::Region)?;
     }
     Ok(())
 }
@@ -73,8 +86,8 @@ pub fn decide(b: &VipBinding, facts: &Facts) -> Plan {
 }
 
 fn decide_live(b: &VipBinding, facts: &Facts) -> Plan {
-    if let Err(message) = validate_spec(&b.spec) {
-        return Plan::Hold(Verdict::new(Reason::Invalid, message));
+    if let Err(e) = validate_spec(&b.spec) {
+        return Plan::Hold(Verdict::new(Reason::Invalid, e.to_string()));
     }
     if let Some(owner) = &facts.conflict_owner {
         return Plan::Hold(Verdict::new(

@@ -144,7 +144,7 @@ impl TargetResolver {
         let region = b.spec.region.clone().or(found.region).or_else(|| self.defaults.region.clone());
         let region = match region {
             Some(r) => {
-                check_region(&r).map_err(invalid)?;
+                check_region(&r).map_err(|e| invalid(e.to_string()))?;
                 r
             }
             None if self.defaults.region_required => {

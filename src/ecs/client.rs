@@ -17,9 +17,54 @@ use super::error::{EcsError, TransportKind, parse_error_response, parse_retry_af
 use super::retry::{RetryPolicy, with_retries};
 use super::sign::{RequestParts, sign};
 use super::{
-    BindRequest, Clock, CloudTarget, EcsApi, NicBody, Operation, SystemClock, UnbindRequest, check_path_id,
-    check_region,
+    BindRequest, Clock, CloudTarget, EcsApi, InvalidId, InvalidRegion, NicBody, Operation, SystemClock, UnbindRequest,
+    check_path_id, validate_region,
 };
+
+/// An `--ecs-endpoint` value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("--ecs-endpoint {value:?} is not a URL: {source}")]
+    NotAUrl { value: String, source: url::ParseError },
+    #[error("--ecs-endpoint {value:?} must be an http:// or https:// URL")]
+    Scheme { value: String },
+    #[error("--ecs-endpoint {value:?} has no host")]
+    NoHost { value: String },
+    #[error("--ecs-endpoint {value:?} must not have a query or fragment")]
+    QueryOrFragment { value: String },
+    #[error("--ecs-endpoint {value:?} must not carry credentials")]
+    Credentials { value: String },
+}
+
+/// A request URL that cannot be built from a binding's region and ids. Nothing is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error(transparent)]
+    Id(#[from] InvalidId),
+    #[error(transparent)]
+    Region(#[from] InvalidRegion),
+    #[error("region {region:?} does not make a valid endpoint: {source}")]
+    RegionEndpoint { region: String, source: url::ParseError },
+    /// A fixed endpoint URL that takes no path (`mailto:`, `data:`).
+    #[error("the ECS endpoint cannot have a path")]
+    NotABase,
+}
+
+/// An [`EcsClientConfig`] the client cannot be built from.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientConfigError {
+    #[error("--cloud-qps must be a positive number, got {0}")]
+    Qps(f64),
+    /// So high that one token's period rounds to zero.
+    #[error("--cloud-qps {0} is too high")]
+    QpsTooHigh(f64),
+    #[error("--cloud-burst must be at least 1")]
+    Burst,
+    #[error("the cloud concurrency cap must be at least 1")]
+    Concurrency,
+    #[error("cannot build the HTTP client: {0}")]
+    Http(reqwest::Error),
+}
 
 /// Where ECS lives: the public regional endpoint, or one fixed URL (the simulator, a private
 /// cloud, a proxy) used for every region.
@@ -41,43 +86,44 @@ impl std::fmt::Display for Endpoint {
 
 impl Endpoint {
     /// Parses an `--ecs-endpoint` value. http is allowed (simulator, private clouds).
-    pub fn parse_override(value: &str) -> Result<Self, String> {
-        let url = Url::parse(value.trim()).map_err(|e| format!("--ecs-endpoint {value:?} is not a URL: {e}"))?;
+    pub fn parse_override(value: &str) -> Result<Self, EndpointError> {
+        let url = Url::parse(value.trim()).map_err(|source| EndpointError::NotAUrl { value: value.into(), source })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("--ecs-endpoint {value:?} must be an http:// or https:// URL"));
+            return Err(EndpointError::Scheme { value: value.into() });
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("--ecs-endpoint {value:?} has no host"));
+            return Err(EndpointError::NoHost { value: value.into() });
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("--ecs-endpoint {value:?} must not have a query or fragment"));
+            return Err(EndpointError::QueryOrFragment { value: value.into() });
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("--ecs-endpoint {value:?} must not carry credentials"));
+            return Err(EndpointError::Credentials { value: value.into() });
         }
         Ok(Endpoint::Fixed(url))
     }
 
-    pub fn base_url(&self, region: &str) -> Result<Url, String> {
+    pub fn base_url(&self, region: &str) -> Result<Url, UrlError> {
         match self {
             Endpoint::Fixed(url) => Ok(url.clone()),
             Endpoint::Regional => {
-                check_region(region)?;
+                validate_region(region)?;
                 Url::parse(&format!("https://ecs.{region}.myhuaweicloud.com"))
-                    .map_err(|e| format!("region {region:?} does not make a valid endpoint: {e}"))
+                    .map_err(|source| UrlError::RegionEndpoint { region: region.into(), source })
             }
         }
     }
 
     /// `{base}/v1/{project_id}/cloudservers/nics/{nic_id}`
-    pub fn nic_url(&self, region: &str, project_id: &str, nic_id: &str) -> Result<Url, String> {
+    pub fn nic_url(&self, region: &str, project_id: &str, nic_id: &str) -> Result<Url, UrlError> {
         check_path_id("projectId", project_id)?;
         check_path_id("nicId", nic_id)?;
         let mut url = self.base_url(region)?;
-        url.path_segments_mut()
-            .map_err(|_| "the ECS endpoint cannot have a path".to_string())?
-            .pop_if_empty()
-            .extend(["v1", project_id, "cloudservers", "nics", nic_id]);
+        {
+            // The segments are written back into `url` when `path` is dropped.
+            let mut path = url.path_segments_mut().map_err(|()| UrlError::NotABase)?;
+            path.pop_if_empty().extend(["v1", project_id, "cloudservers", "nics", nic_id]);
+        }
         Ok(url)
     }
 }
@@ -145,18 +191,18 @@ struct PortResponse {
     port_id: String,
 }
 
-fn quota(qps: f64, burst: u32) -> Result<Quota, String> {
+fn quota(qps: f64, burst: u32) -> Result<Quota, ClientConfigError> {
     if !(qps.is_finite() && qps > 0.0) {
-        return Err(format!("--cloud-qps must be a positive number, got {qps}"));
+        return Err(ClientConfigError::Qps(qps));
     }
     let period = Duration::from_secs_f64(1.0 / qps);
-    let quota = Quota::with_period(period).ok_or_else(|| format!("--cloud-qps {qps} is too high"))?;
-    let burst = NonZeroU32::new(burst).ok_or("--cloud-burst must be at least 1")?;
+    let quota = Quota::with_period(period).ok_or(ClientConfigError::QpsTooHigh(qps))?;
+    let burst = NonZeroU32::new(burst).ok_or(ClientConfigError::Burst)?;
     Ok(quota.allow_burst(burst))
 }
 
 impl EcsClient {
-    pub fn new(config: EcsClientConfig) -> Result<Self, String> {
+    pub fn new(config: EcsClientConfig) -> Result<Self, ClientConfigError> {
         Self::with_clock(config, Arc::new(SystemClock), None)
     }
 
@@ -164,7 +210,7 @@ impl EcsClient {
         config: EcsClientConfig,
         clock: Arc<dyn Clock>,
         observer: Option<Arc<dyn CallObserver>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientConfigError> {
         Self::fenced(config, clock, observer, None)
     }
 
@@ -175,9 +221,9 @@ impl EcsClient {
         clock: Arc<dyn Clock>,
         observer: Option<Arc<dyn CallObserver>>,
         fence: Option<Arc<dyn super::Fence>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientConfigError> {
         if config.max_concurrency == 0 {
-            return Err("the cloud concurrency cap must be at least 1".into());
+            return Err(ClientConfigError::Concurrency);
         }
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -185,7 +231,7 @@ impl EcsClient {
             .user_agent(concat!("vip-operator/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(ClientConfigError::Http)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
@@ -212,7 +258,7 @@ impl EcsClient {
             .inner
             .endpoint
             .nic_url(&target.region, &target.project_id, nic_id)
-            .map_err(EcsError::InvalidRequest)?;
+            .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
         let body = serde_json::to_vec(body).map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
         with_retries(&self.inner.retry, || self.attempt(op, target, &url, &body))
             .instrument(tracing::debug_span!("ecs", op = op.as_str(), nic = nic_id))
@@ -340,9 +386,36 @@ mod tests {
         assert!(Endpoint::parse_override("http://127.0.0.1:8080").is_ok());
         assert!(Endpoint::parse_override("https://ecs.private.example/prefix").is_ok());
         for bad in ["not a url", "ftp://x", "http://", "http://h/?a=b", "http://u:p@h/", "127.0.0.1:80", ""] {
-            let err = Endpoint::parse_override(bad).unwrap_err();
+            let err = Endpoint::parse_override(bad).unwrap_err().to_string();
             assert!(err.contains("--ecs-endpoint"), "{bad}: {err}");
         }
+    }
+
+    /// The texts are start-up errors and condition messages; they predate the typed errors.
+    #[test]
+    fn config_and_url_messages() {
+        let endpoint = |value: &str| Endpoint::parse_override(value).unwrap_err().to_string();
+        assert!(endpoint("not a url").starts_with(r#"--ecs-endpoint "not a url" is not a URL: "#));
+        assert_eq!(endpoint("ftp://x"), r#"--ecs-endpoint "ftp://x" must be an http:// or https:// URL"#);
+        assert_eq!(endpoint("http://h/?a=b"), r#"--ecs-endpoint "http://h/?a=b" must not have a query or fragment"#);
+        assert_eq!(endpoint("http://u:p@h/"), r#"--ecs-endpoint "http://u:p@h/" must not carry credentials"#);
+        let url = |region: &str, project: &str| Endpoint::Regional.nic_url(region, project, "n").unwrap_err();
+        assert_eq!(url("", "p").to_string(), "region is empty");
+        assert_eq!(url("cn-north-4", "").to_string(), "projectId is empty");
+        assert_eq!(
+            url("cn-north-4", "a b").to_string(),
+            r#"projectId "a b" contains ' '; only letters, digits, '-', '_' and '.' are allowed"#
+        );
+        let quota_error = |qps: f64, burst: u32| quota(qps, burst).unwrap_err().to_string();
+        assert_eq!(quota_error(0.0, 1), "--cloud-qps must be a positive number, got 0");
+        // One token's period rounds to zero.
+        assert_eq!(quota_error(1e300, 1), format!("--cloud-qps {} is too high", 1e300));
+        assert_eq!(quota_error(1.0, 0), "--cloud-burst must be at least 1");
+        let no_slots = EcsClientConfig { max_concurrency: 0, ..Default::default() };
+        assert_eq!(
+            EcsClient::new(no_slots).err().map(|e| e.to_string()).as_deref(),
+            Some("the cloud concurrency cap must be at least 1")
+        );
     }
 
     #[test]

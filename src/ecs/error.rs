@@ -78,7 +78,7 @@ pub enum EcsError {
     AwaitingProbe(String),
     /// Not sent: this process could not confirm it still leads (see [`super::Fence`]).
     #[error("not sent: {0}")]
-    Fenced(String),
+    Fenced(super::FenceError),
     /// The last attempt of a call was refused, but an earlier one may have reached the cloud
     /// (it timed out or got a 5xx): the call may have applied. Class, code and status are the
     /// last answer's.

@@ -10,7 +10,7 @@ pub mod sign;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-pub use client::{EcsClient, EcsClientConfig, Endpoint};
+pub use client::{ClientConfigError, EcsClient, EcsClientConfig, Endpoint, EndpointError, UrlError};
 pub use credentials::{Credentials, CredentialsError, MetadataCredentials, SecretCredentials};
 pub use error::{ApiError, EcsError, ErrorClass, TransportKind};
 pub use retry::RetryPolicy;
@@ -19,7 +19,21 @@ pub use retry::RetryPolicy;
 /// not. Checked before every attempt; an attempt never runs past the time returned.
 pub trait Fence: Send + Sync {
     /// `Ok(time left)` while leadership is confirmed; `Err(why)` otherwise.
-    fn remaining(&self) -> Result<std::time::Duration, String>;
+    fn remaining(&self) -> Result<std::time::Duration, FenceError>;
+}
+
+/// Why a [`Fence`] is closed. Cloned into every [`EcsError::Fenced`] it causes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FenceError {
+    /// The leader lease was not seen naming this replica within the last `window`.
+    #[error(
+        "this replica could not confirm it holds the leader lease within the last {}s (API server unreachable?)",
+        window.as_secs()
+    )]
+    LeadershipUnconfirmed { window: std::time::Duration },
+    /// Any other fence, in its own words (the trait is open to other implementations).
+    #[error("{0}")]
+    Closed(String),
 }
 
 /// The two calls the operator makes. Both are the same idempotent `PUT` on the NIC.
@@ -120,37 +134,60 @@ impl Clock for SystemClock {
     }
 }
 
+/// An identifier that cannot go into the URL path. `what` names it as the user knows it
+/// (`spec.nicId`, `--project-id`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidId {
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+    /// The value itself is left out: it may be arbitrarily long.
+    #[error("{what} is longer than 64 characters")]
+    TooLong { what: &'static str },
+    #[error("{what} {value:?} contains {bad:?}; only letters, digits, '-', '_' and '.' are allowed")]
+    BadCharacter { what: &'static str, value: String, bad: char },
+    /// `.` or `..`: path segments with a meaning of their own.
+    #[error("{what} {value:?} is not an identifier")]
+    DotSegment { what: &'static str, value: String },
+}
+
+/// A region name that cannot go into the endpoint's host name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRegion {
+    #[error("region is empty")]
+    Empty,
+    #[error("region {0:?} is not a region name (lowercase letters, digits and '-', like cn-north-4)")]
+    NotARegionName(String),
+}
+
 /// Identifiers that go into the URL path. Huawei project ids are 32 hex characters and NIC ids
 /// are UUIDs; this accepts a little more, but nothing that could change the path's meaning.
-pub fn check_path_id(what: &str, value: &str) -> Result<(), String> {
+pub fn check_path_id(what: &'static str, value: &str) -> Result<(), InvalidId> {
     if value.is_empty() {
-        return Err(format!("{what} is empty"));
+        return Err(InvalidId::Empty { what });
     }
     if value.len() > 64 {
-        return Err(format!("{what} is longer than 64 characters"));
+        return Err(InvalidId::TooLong { what });
     }
     if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(format!("{what} {value:?} contains {bad:?}; only letters, digits, '-', '_' and '.' are allowed"));
+        return Err(InvalidId::BadCharacter { what, value: value.into(), bad });
     }
     if value == "." || value == ".." {
-        return Err(format!("{what} {value:?} is not an identifier"));
+        return Err(InvalidId::DotSegment { what, value: value.into() });
     }
     Ok(())
 }
 
 /// Region names go into the endpoint's host name (`ecs.{region}.myhuaweicloud.com`).
-pub fn check_region(region: &str) -> Result<(), String> {
+pub fn check_region(region: &str) -> Result<(), InvalidRegion> {
     if region.is_empty() {
-        return Err("region is empty".into());
+        return Err(InvalidRegion::Empty);
     }
     if region.len() > 63
         || !region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         || region.starts_with('-')
         || region.ends_with('-')
     {
-        return Err(format!(
-            "region {region:?} is not a region name (lowercase letters, digits and '-', like cn-north-4)"
-        ));
+        return Err(InvalidRegion::NotARegionName(region.into()));
     }
     Ok(())
 }
@@ -189,6 +226,30 @@ mod tests {
         for bad in ["", "a/b", "..", ".", "a?b", "a%2F", "a b", &"x".repeat(65), "ü"] {
             assert!(check_path_id("id", bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// The texts reach conditions, logs and start-up errors; they predate the typed errors.
+    #[test]
+    fn input_and_fence_messages() {
+        let id = |value: &str| check_path_id("nicId", value).unwrap_err().to_string();
+        assert_eq!(id(""), "nicId is empty");
+        assert_eq!(id(&"x".repeat(65)), "nicId is longer than 64 characters");
+        assert_eq!(id("a/b"), r#"nicId "a/b" contains '/'; only letters, digits, '-', '_' and '.' are allowed"#);
+        assert_eq!(id(".."), r#"nicId ".." is not an identifier"#);
+        assert_eq!(check_region("").unwrap_err().to_string(), "region is empty");
+        assert_eq!(
+            check_region("A").unwrap_err().to_string(),
+            r#"region "A" is not a region name (lowercase letters, digits and '-', like cn-north-4)"#
+        );
+        let closed = FenceError::LeadershipUnconfirmed { window: std::time::Duration::from_millis(12_500) };
+        assert_eq!(
+            closed.to_string(),
+            "this replica could not confirm it holds the leader lease within the last 12s (API server unreachable?)"
+        );
+        assert_eq!(
+            EcsError::Fenced(closed).to_string(),
+            "not sent: this replica could not confirm it holds the leader lease within the last 12s (API server unreachable?)"
+        );
     }
 
     #[test]
