@@ -1,3 +1,6 @@
+// See clippy.toml: a function longer than a screen is several steps that deserve names.
+#![warn(clippy::too_many_lines)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

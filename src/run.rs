@@ -1,5 +1,7 @@
-//! `vip-operator run`: connect to the cluster, build the ECS client and credentials, and run the
-//! controller until SIGTERM. Also usable in-process (tests) through [`run`].
+//! `vip-operator run`, as named steps: validate the flags ([`Settings`]), connect to the
+//! cluster and check it, await leadership, start the cloud side (simulator, client), then
+//! supervise the controller until something stops it, and say why. Also usable in-process
+//! (tests) through [`run`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,75 +14,264 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::Reporter;
 use kube::{Client, Config, CustomResourceExt};
 
-use crate::admin::{AdminState, Health};
+use crate::admin::{AdminError, AdminState, Health};
 use crate::api::v1alpha1::{CRD_NAME, VipBinding};
 use crate::cli::RunArgs;
 use crate::controller::kube_ops::{FIELD_MANAGER, KubeOps};
-use crate::controller::target::{DefaultCredentials, OperatorDefaults, TargetResolver};
-use crate::controller::{Context, Hooks, WatchConfig};
-use crate::ecs::{Credentials, EcsClient, EcsClientConfig, Endpoint, MetadataCredentials, RetryPolicy, SystemClock};
-use crate::leader::{LeaderConfig, Leadership, LeaseFence};
+use crate::controller::target::TargetResolver;
+use crate::controller::{Context, Hooks};
+use crate::ecs::client::ClientConfigError;
+use crate::ecs::{EcsClient, EcsClientConfig, Endpoint, Fence, SystemClock};
+use crate::leader::{LeaderConfig, LeaderError, Leadership, LeaseFence};
 use crate::metrics::Metrics;
-use crate::simulator::{Simulator, SimulatorConfig};
+use crate::settings::{
+    ConfigError, LeaderSettings, SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY, SdkEnvironment, Settings,
+};
+use crate::simulator::{SimError, Simulator, SimulatorConfig};
 
-/// Start-up failures, each with a message that says what to do.
+/// Start-up failures, each with a message that says what to do; the variant picks the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
-    Config(String),
-    #[error("{0}")]
-    NoCluster(String),
-    #[error("{0}")]
-    Cluster(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Simulator(#[from] SimError),
+    #[error(transparent)]
+    CloudClient(#[from] ClientConfigError),
+    #[error(transparent)]
+    NoCluster(#[from] NoCluster),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+    #[error("leader election stopped before this replica was elected")]
+    NotElected,
+    #[error("lost leadership; exiting so that this replica restarts as a standby")]
+    LostLeadership,
+    /// Never an exit 0: a supervisor must see a failure and restart the operator.
+    #[error("the controller stopped unexpectedly")]
+    ControllerStopped,
 }
 
 impl StartError {
+    /// 2: fix the flags; 3: no cluster to talk to; 1: the cluster refused, or the run ended badly.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Config(_) => 2,
+            StartError::Config(_) | StartError::Admin(_) | StartError::Simulator(_) | StartError::CloudClient(_) => 2,
             StartError::NoCluster(_) => 3,
-            StartError::Cluster(_) => 1,
+            StartError::Cluster(_)
+            | StartError::Leader(_)
+            | StartError::NotElected
+            | StartError::LostLeadership
+            | StartError::ControllerStopped => 1,
         }
     }
 }
 
+/// No cluster to talk to (exit code 3).
+#[derive(Debug, thiserror::Error)]
+pub enum NoCluster {
+    #[error(
+        "no Kubernetes cluster configured: {0}. Point KUBECONFIG at a cluster (for a local one: `kind create cluster`)"
+    )]
+    NotConfigured(kube::config::InferConfigError),
+    #[error("cannot build a client for {server}: {source}")]
+    Client { server: String, source: kube::Error },
+    #[error(
+        "the Kubernetes API server at {server} (current kubeconfig context) is not reachable: {source}. Start the cluster or switch context (`kubectl config use-context`)"
+    )]
+    Unreachable { server: String, source: kube::Error },
+    #[error(
+        "the Kubernetes API server at {server} (current kubeconfig context) did not answer within 10s. Start the cluster or switch context"
+    )]
+    Timeout { server: String },
+}
+
+/// The cluster answered, but cannot be used as it is (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot install the VipBinding CRD: {0}")]
+    InstallCrd(kube::Error),
+    #[error("cannot read the VipBinding CRD: {0}")]
+    ReadCrd(kube::Error),
+    #[error(
+        "the VipBinding CRD ({CRD_NAME}) is being deleted (an uninstall is in progress): wait until it is gone, then start again"
+    )]
+    CrdDeleting,
+    #[error("the VipBinding CRD ({CRD_NAME}) was not established within {}s: {why}", CRD_ESTABLISHED_TIMEOUT.as_secs())]
+    CrdNotEstablished { why: String },
+    #[error(
+        "the VipBinding CRD ({CRD_NAME}) is not installed: `kubectl apply -f crds/`, install the Helm chart, or run with --install-crd"
+    )]
+    CrdMissing,
+    #[error("not allowed to list VipBindings ({0}): check the operator's RBAC")]
+    Forbidden(String),
+    #[error("cannot list VipBindings: {0}")]
+    List(kube::Error),
+}
+
 pub const USER_AGENT: &str = concat!("vip-operator/", env!("CARGO_PKG_VERSION"));
-pub const SIMULATOR_ACCESS_KEY: &str = "SIMULATORACCESSKEY01";
-pub const SIMULATOR_SECRET_KEY: &str = "simulator-secret-key";
-pub const SIMULATOR_PROJECT_ID: &str = "0000000000000000000000000000demo";
+
+/// Runs the operator until `shutdown` resolves (or leadership is lost, which is an error: the
+/// process exits so that it restarts as a standby).
+pub async fn run(
+    args: RunArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let settings = Settings::new(args, &SdkEnvironment::from_process())?;
+    let process = Process::start(settings.metrics_addr, shutdown).await?;
+    let outcome = run_steps(&settings, &process).await;
+    process.admin_stop.cancel();
+    outcome
+}
+
+async fn run_steps(settings: &Settings, process: &Process) -> Result<(), StartError> {
+    let client = connect_and_check(settings).await?;
+    process.health.started();
+    let (mut leadership, fence) = match await_leadership(&client, settings.leader.as_ref(), &process.stop).await? {
+        Elected::Yes { leadership, fence } => (leadership, fence),
+        Elected::StoppedWhileWaiting => return Ok(()),
+    };
+    process.metrics.leader.set(1);
+    process.health.leading(true);
+    let result = async {
+        let cloud = CloudSide::start(settings, process.metrics.clone(), fence).await?;
+        let ctx = context(&client, settings, cloud.client, process.metrics.clone());
+        let why = supervise(client, ctx, settings, process, leadership.as_mut()).await;
+        if let Some(sim) = cloud.simulator {
+            sim.shutdown().await;
+        }
+        why.into_result()
+    }
+    .await;
+    process.metrics.leader.set(0);
+    if let Some(l) = leadership {
+        l.release(Duration::from_secs(5)).await;
+    }
+    result
+}
+
+/// What lives for the whole process: metrics, health, the stop signal and the admin server.
+struct Process {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// One signal for everything that must stop; readiness turns false the moment it fires.
+    stop: CancellationToken,
+    stores: Arc<std::sync::RwLock<Vec<kube::runtime::reflector::Store<VipBinding>>>>,
+    admin_stop: CancellationToken,
+}
+
+impl Process {
+    async fn start(
+        metrics_addr: Option<SocketAddr>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<Self, StartError> {
+        let process = Self {
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::default()),
+            stop: CancellationToken::new(),
+            stores: Arc::default(),
+            admin_stop: CancellationToken::new(),
+        };
+        let (stop, health) = (process.stop.clone(), process.health.clone());
+        tokio::spawn(async move {
+            shutdown.await;
+            health.shutting_down();
+            stop.cancel();
+        });
+        if let Some(addr) = metrics_addr {
+            let state = AdminState {
+                health: process.health.clone(),
+                metrics: process.metrics.clone(),
+                stores: process.stores.clone(),
+            };
+            let local = crate::admin::serve(addr, state, process.admin_stop.clone()).await?;
+            tracing::info!(%local, "admin server: /metrics /healthz /readyz");
+        }
+        Ok(process)
+    }
+}
+
+/// Connects, installs the CRD when asked, and checks every watched namespace can be listed.
+async fn connect_and_check(settings: &Settings) -> Result<Client, StartError> {
+    let client = connect().await?;
+    if settings.install_crd {
+        install_crd(&client).await?;
+    }
+    for ns in namespaces_or_all(&settings.watch.namespaces) {
+        check_crd(&client, ns).await?;
+    }
+    Ok(client)
+}
 
 /// Connects with the current kubeconfig (or in-cluster config) and checks the API server answers.
-pub async fn connect() -> Result<Client, StartError> {
-    let mut config = Config::infer().await.map_err(|e| {
-        StartError::NoCluster(format!(
-            "no Kubernetes cluster configured: {e}. Point KUBECONFIG at a cluster (for a local one: `kind create cluster`)"
-        ))
-    })?;
+pub async fn connect() -> Result<Client, NoCluster> {
+    let mut config = Config::infer().await.map_err(NoCluster::NotConfigured)?;
     let server = config.cluster_url.to_string();
     // Audit logs (and tests) can tell the operator's requests apart.
     config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
-    let client = Client::try_from(config)
-        .map_err(|e| StartError::NoCluster(format!("cannot build a client for {server}: {e}")))?;
+    let client = Client::try_from(config).map_err(|source| NoCluster::Client { server: server.clone(), source })?;
     match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
         Ok(Ok(info)) => {
             tracing::info!(server, version = %info.git_version, "connected to the Kubernetes API server");
             Ok(client)
         }
-        Ok(Err(e)) => Err(StartError::NoCluster(format!(
-            "the Kubernetes API server at {server} (current kubeconfig context) is not reachable: {e}. Start the cluster or switch context (`kubectl config use-context`)"
-        ))),
-        Err(_) => Err(StartError::NoCluster(format!(
-            "the Kubernetes API server at {server} (current kubeconfig context) did not answer within 10s. Start the cluster or switch context"
-        ))),
+        Ok(Err(source)) => Err(NoCluster::Unreachable { server, source }),
+        Err(_) => Err(NoCluster::Timeout { server }),
     }
 }
 
-/// Server-side applies the CRD (development convenience; production installs it with Helm).
+enum Elected {
+    /// Leading (or no election asked for: then `leadership` is `None` and so is the fence).
+    Yes {
+        leadership: Option<Leadership>,
+        fence: Option<Arc<dyn Fence>>,
+    },
+    StoppedWhileWaiting,
+}
+
+/// Waits until this replica leads (at once without leader election), then confirms it once
+/// before any reconcile: the fence every cloud call goes through.
+async fn await_leadership(
+    client: &Client,
+    leader: Option<&LeaderSettings>,
+    stop: &CancellationToken,
+) -> Result<Elected, StartError> {
+    let Some(leader) = leader else {
+        return Ok(Elected::Yes { leadership: None, fence: None });
+    };
+    let config = LeaderConfig {
+        namespace: leader.namespace.clone(),
+        lease_name: leader.lease_name.clone(),
+        identity: identity(),
+        lease_duration: leader.lease_seconds,
+        renew_grace: (leader.lease_seconds / 3).max(1),
+    };
+    tracing::info!(namespace = %config.namespace, lease = %config.lease_name, identity = %config.identity, "waiting for leadership");
+    let mut l = Leadership::start(client.clone(), config.clone()).await?;
+    tokio::select! {
+        acquired = l.acquired() => {
+            if !acquired {
+                return Err(StartError::NotElected);
+            }
+        }
+        _ = stop.cancelled() => {
+            l.release(Duration::from_secs(5)).await;
+            return Ok(Elected::StoppedWhileWaiting);
+        }
+    }
+    tracing::info!("elected leader");
+    let fence = start_fence(client, config, stop).await;
+    Ok(Elected::Yes { leadership: Some(l), fence: Some(fence) })
+}
+
 /// The leader's fence (see [`LeaseFence`]): confirmed once before any reconcile, then kept
 /// open by reading the Lease. kube-lease-manager renews `renew_grace` before expiry; the
 /// fence closes halfway through that window and the Lease is read four times in it, so a
 /// healthy leader's fence never closes between two renewals.
-async fn start_fence(client: &Client, config: LeaderConfig, stop: &CancellationToken) -> Arc<dyn crate::ecs::Fence> {
+async fn start_fence(client: &Client, config: LeaderConfig, stop: &CancellationToken) -> Arc<dyn Fence> {
     let lease = Duration::from_secs(config.lease_duration);
     let grace = Duration::from_secs(config.renew_grace);
     let fence = Arc::new(LeaseFence::new(lease, grace / 2));
@@ -93,38 +284,161 @@ async fn start_fence(client: &Client, config: LeaderConfig, stop: &CancellationT
     fence
 }
 
+fn identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "vip-operator".into());
+    // Two processes on one host (or a restarted pod name) must not share an identity.
+    format!("{base}-{:08x}", rand::random::<u32>())
+}
+
+/// The cloud client, and the simulator it talks to in demo mode.
+struct CloudSide {
+    client: EcsClient,
+    simulator: Option<Simulator>,
+}
+
+impl CloudSide {
+    async fn start(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+        fence: Option<Arc<dyn Fence>>,
+    ) -> Result<Self, StartError> {
+        let mut endpoint = settings.cloud.endpoint.clone();
+        let mut simulator = None;
+        if let Some(sim) = &settings.simulator {
+            let mut config = SimulatorConfig::new(sim.listen, SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY);
+            config.latency = sim.latency;
+            let sim = Simulator::start(config).await?;
+            tracing::info!(endpoint = %sim.url(), "started the bundled ECS simulator in place of Huawei Cloud; its state: {}/sim/state", sim.url());
+            endpoint = Endpoint::parse_override(&sim.url()).map_err(ConfigError::from)?;
+            simulator = Some(sim);
+        }
+        let config = EcsClientConfig {
+            endpoint: endpoint.clone(),
+            qps: settings.cloud.qps,
+            burst: settings.cloud.burst,
+            max_concurrency: settings.cloud.concurrency,
+            retry: settings.cloud.retry.clone(),
+            ..Default::default()
+        };
+        let client = EcsClient::fenced(config, Arc::new(SystemClock), Some(metrics), fence)?;
+        tracing::info!(credentials = ?settings.defaults.credentials, endpoint = %endpoint, "cloud configuration");
+        Ok(Self { client, simulator })
+    }
+}
+
+fn context(client: &Client, settings: &Settings, cloud: EcsClient, metrics: Arc<Metrics>) -> Arc<Context> {
+    let reporter = Reporter {
+        controller: "vip-operator".into(),
+        instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
+    };
+    Arc::new(
+        Context::new(
+            KubeOps::new(client.clone(), reporter),
+            Arc::new(cloud),
+            TargetResolver::new(Arc::new(client.clone()), settings.defaults.clone()),
+            Arc::new(SystemClock),
+        )
+        .with_metrics(metrics)
+        .with_resync(settings.resync_period),
+    )
+}
+
+/// Why the controller stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// SIGTERM (or the caller's shutdown future).
+    Requested,
+    LostLeadership,
+    /// The controller returned without being asked to.
+    Unexpectedly,
+}
+
+impl Stopped {
+    fn into_result(self) -> Result<(), StartError> {
+        match self {
+            Stopped::Requested => Ok(()),
+            Stopped::LostLeadership => Err(StartError::LostLeadership),
+            Stopped::Unexpectedly => Err(StartError::ControllerStopped),
+        }
+    }
+}
+
+/// Runs the controller until a stop is asked for, leadership is lost or the controller ends;
+/// then lets in-flight reconciles finish their cloud calls and status writes, within a bound.
+async fn supervise(
+    client: Client,
+    ctx: Arc<Context>,
+    settings: &Settings,
+    process: &Process,
+    leadership: Option<&mut Leadership>,
+) -> Stopped {
+    tracing::info!(namespaces = ?settings.watch.namespaces, concurrency = settings.watch.concurrency, "watching VipBindings (all namespaces when empty)");
+    let hooks = Hooks { stores: process.stores.clone(), health: Some(process.health.clone()) };
+    let stop = process.stop.clone();
+    let mut controller = tokio::spawn(crate::controller::run(client, ctx, settings.watch.clone(), hooks, stop.clone()));
+    let lost = async {
+        match leadership {
+            Some(l) => l.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    let why = tokio::select! {
+        biased;
+        _ = stop.cancelled() => Stopped::Requested,
+        _ = lost => {
+            tracing::error!("lost leadership: stopping reconciles");
+            Stopped::LostLeadership
+        }
+        _ = &mut controller => {
+            if stop.is_cancelled() { Stopped::Requested } else {
+                tracing::error!("controller stopped unexpectedly");
+                Stopped::Unexpectedly
+            }
+        }
+    };
+    process.health.shutting_down();
+    stop.cancel();
+    if !controller.is_finished() {
+        match tokio::time::timeout(settings.shutdown_timeout, &mut controller).await {
+            Ok(_) => tracing::info!("controller stopped"),
+            Err(_) => {
+                tracing::warn!(timeout = ?settings.shutdown_timeout, "in-flight reconciles did not finish in time; aborting them");
+                controller.abort();
+            }
+        }
+    }
+    why
+}
+
 /// How long `--install-crd` waits for the CRD to be served.
 const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn install_crd(client: &Client) -> Result<(), StartError> {
+/// Server-side applies the CRD (development convenience; production installs it with Helm) and
+/// waits until it is served.
+pub async fn install_crd(client: &Client) -> Result<(), ClusterError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let applied = api
+    let mut crd = api
         .patch(CRD_NAME, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(VipBinding::crd()))
         .await
-        .map_err(|e| StartError::Cluster(format!("cannot install the VipBinding CRD: {e}")))?;
+        .map_err(ClusterError::InstallCrd)?;
     tracing::info!(crd = CRD_NAME, "CRD applied; waiting until it is established");
     // The API server serves the new resource only once the CRD is Established: watching
     // before then fails as "not installed".
     let deadline = crate::instant_after(CRD_ESTABLISHED_TIMEOUT);
-    let mut crd = applied;
     loop {
         match crd_state(&crd) {
             CrdState::Established => break,
-            CrdState::Deleting => {
-                return Err(StartError::Cluster(format!(
-                    "the VipBinding CRD ({CRD_NAME}) is being deleted (an uninstall is in progress): wait until it is gone, then start again"
-                )));
-            }
+            CrdState::Deleting => return Err(ClusterError::CrdDeleting),
             CrdState::Pending(why) if tokio::time::Instant::now() >= deadline => {
-                return Err(StartError::Cluster(format!(
-                    "the VipBinding CRD ({CRD_NAME}) was not established within {}s: {why}",
-                    CRD_ESTABLISHED_TIMEOUT.as_secs()
-                )));
+                return Err(ClusterError::CrdNotEstablished { why });
             }
             CrdState::Pending(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        crd =
-            api.get(CRD_NAME).await.map_err(|e| StartError::Cluster(format!("cannot read the VipBinding CRD: {e}")))?;
+        crd = api.get(CRD_NAME).await.map_err(ClusterError::ReadCrd)?;
     }
     tracing::info!(crd = CRD_NAME, "CRD established");
     Ok(())
@@ -154,293 +468,17 @@ fn crd_state(crd: &CustomResourceDefinition) -> CrdState {
     CrdState::Pending(if why.is_empty() { "no conditions yet".into() } else { why.join("; ") })
 }
 
-async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), StartError> {
+async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), ClusterError> {
     let api: Api<VipBinding> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Err(StartError::Cluster(format!(
-            "the VipBinding CRD ({CRD_NAME}) is not installed: `kubectl apply -f crds/`, install the Helm chart, or run with --install-crd"
-        ))),
-        Err(kube::Error::Api(e)) if e.code == 403 => Err(StartError::Cluster(format!(
-            "not allowed to list VipBindings ({}): check the operator's RBAC",
-            e.message
-        ))),
-        Err(e) => Err(StartError::Cluster(format!("cannot list VipBindings: {e}"))),
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(ClusterError::CrdMissing),
+        Err(kube::Error::Api(e)) if e.code == 403 => Err(ClusterError::Forbidden(e.message)),
+        Err(e) => Err(ClusterError::List(e)),
     }
-}
-
-fn parse_secret_ref(value: &str) -> Result<(String, String), StartError> {
-    match value.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok((ns.into(), name.into())),
-        _ => Err(StartError::Config(format!("--credentials-secret {value:?} must be NAMESPACE/NAME"))),
-    }
-}
-
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// Operator default credentials: `--credentials-secret`, else the `HUAWEICLOUD_SDK_*`
-/// environment, else the metadata service when asked for, else none (bindings must then name
-/// their own Secret).
-fn default_credentials(args: &RunArgs) -> Result<DefaultCredentials, StartError> {
-    if let Some(s) = &args.credentials_secret {
-        let (namespace, name) = parse_secret_ref(s)?;
-        return Ok(DefaultCredentials::Secret { namespace, name });
-    }
-    match (env_nonempty("HUAWEICLOUD_SDK_AK"), env_nonempty("HUAWEICLOUD_SDK_SK")) {
-        (Some(ak), Some(sk)) => {
-            let token = env_nonempty("HUAWEICLOUD_SDK_SECURITY_TOKEN");
-            let creds = Credentials::new(ak.trim(), sk.trim(), token.as_deref().map(str::trim))
-                .map_err(|e| StartError::Config(format!("HUAWEICLOUD_SDK_* credentials: {e}")))?;
-            return Ok(DefaultCredentials::Static(creds));
-        }
-        (Some(_), None) | (None, Some(_)) => {
-            return Err(StartError::Config("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or neither".into()));
-        }
-        (None, None) => {}
-    }
-    if args.metadata_credentials {
-        let url = args
-            .metadata_url
-            .parse()
-            .map_err(|e| StartError::Config(format!("--metadata-url {:?}: {e}", args.metadata_url)))?;
-        return Ok(DefaultCredentials::Metadata(Arc::new(MetadataCredentials::new(
-            url,
-            Duration::from_secs(40 * 60),
-            Arc::new(SystemClock),
-        ))));
-    }
-    Ok(DefaultCredentials::None)
-}
-
-fn identity() -> String {
-    let base = std::env::var("POD_NAME")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "vip-operator".into());
-    // Two processes on one host (or a restarted pod name) must not share an identity.
-    format!("{base}-{:08x}", rand::random::<u32>())
-}
-
-/// Runs the operator until `shutdown` resolves (or leadership is lost, which is an error: the
-/// process exits so that it restarts as a standby).
-pub async fn run(
-    mut args: RunArgs,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    // Validate flags before touching the network: bad input fails fast and clearly.
-    let mut endpoint = match &args.ecs_endpoint {
-        Some(url) => Endpoint::parse_override(url).map_err(|e| StartError::Config(e.to_string()))?,
-        None => Endpoint::Regional,
-    };
-    let credentials = if args.simulator && args.credentials_secret.is_none() {
-        DefaultCredentials::Static(
-            Credentials::new(SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY, None)
-                .map_err(|e| StartError::Config(e.to_string()))?,
-        )
-    } else {
-        default_credentials(&args)?
-    };
-    if let Some(region) = &args.region {
-        crate::ecs::check_region(region).map_err(|e| StartError::Config(format!("--region: {e}")))?;
-    }
-    if args.simulator {
-        args.project_id.get_or_insert_with(|| SIMULATOR_PROJECT_ID.into());
-    }
-    let project_id = args.project_id.clone().or_else(|| env_nonempty("HUAWEICLOUD_SDK_PROJECT_ID"));
-    if let Some(p) = &project_id {
-        crate::ecs::check_path_id("--project-id", p).map_err(|e| StartError::Config(e.to_string()))?;
-    }
-    if args.concurrency == 0 {
-        return Err(StartError::Config("--concurrency must be at least 1".into()));
-    }
-    if args.cloud_max_attempts == 0 {
-        return Err(StartError::Config("--cloud-max-attempts must be at least 1".into()));
-    }
-    let metrics_addr: Option<SocketAddr> = match args.metrics_addr.trim() {
-        "" | "off" | "none" => None,
-        a => Some(a.parse().map_err(|e| StartError::Config(format!("--metrics-addr {a:?}: {e}")))?),
-    };
-    let leader_namespace = if args.leader_elect {
-        Some(args.leader_election_namespace.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
-            StartError::Config("--leader-elect needs --leader-election-namespace (or POD_NAMESPACE)".into())
-        })?)
-    } else {
-        None
-    };
-
-    // One signal for everything that must stop; readiness turns false the moment it fires.
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
-    let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            health.shutting_down();
-            stop.cancel();
-        });
-    }
-    let stores = Arc::new(std::sync::RwLock::new(Vec::new()));
-    let admin_stop = CancellationToken::new();
-    if let Some(addr) = metrics_addr {
-        let state = AdminState { health: health.clone(), metrics: metrics.clone(), stores: stores.clone() };
-        let local = crate::admin::serve(addr, state, admin_stop.clone())
-            .await
-            .map_err(|e| StartError::Config(e.to_string()))?;
-        tracing::info!(%local, "admin server: /metrics /healthz /readyz");
-    }
-
-    let client = connect().await?;
-    if args.install_crd {
-        install_crd(&client).await?;
-    }
-    for ns in namespaces_or_all(&args.namespaces) {
-        check_crd(&client, ns).await?;
-    }
-    health.started();
-
-    let mut leadership = None;
-    let mut fence: Option<Arc<dyn crate::ecs::Fence>> = None;
-    if let Some(namespace) = leader_namespace {
-        let config = LeaderConfig {
-            namespace,
-            lease_name: args.leader_election_id.clone(),
-            identity: identity(),
-            lease_duration: args.leader_lease_seconds.max(2),
-            renew_grace: (args.leader_lease_seconds / 3).max(1),
-        };
-        tracing::info!(lease = %format!("{}/{}", config.namespace, config.lease_name), identity = %config.identity, "waiting for leadership");
-        let mut l =
-            Leadership::start(client.clone(), config.clone()).await.map_err(|e| StartError::Cluster(e.to_string()))?;
-        tokio::select! {
-            acquired = l.acquired() => {
-                if !acquired {
-                    return Err(StartError::Cluster("leader election stopped before this replica was elected".into()));
-                }
-            }
-            _ = stop.cancelled() => {
-                l.release(Duration::from_secs(5)).await;
-                admin_stop.cancel();
-                return Ok(());
-            }
-        }
-        tracing::info!("elected leader");
-        leadership = Some(l);
-        fence = Some(start_fence(&client, config, &stop).await);
-    }
-    metrics.leader.set(1);
-    health.leading(true);
-
-    let mut simulator = None;
-    if args.simulator {
-        let mut config = SimulatorConfig::new(args.simulator_listen, SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY);
-        config.latency = Duration::from_millis(args.simulator_latency_ms);
-        let sim = Simulator::start(config).await.map_err(|e| StartError::Config(e.to_string()))?;
-        tracing::info!(endpoint = %sim.url(), "started the bundled ECS simulator in place of Huawei Cloud; its state: {}/sim/state", sim.url());
-        endpoint = Endpoint::parse_override(&sim.url()).map_err(|e| StartError::Config(e.to_string()))?;
-        simulator = Some(sim);
-    }
-    let retry = RetryPolicy { max_attempts: args.cloud_max_attempts, ..RetryPolicy::default() };
-    let cloud = EcsClient::fenced(
-        EcsClientConfig {
-            endpoint: endpoint.clone(),
-            qps: args.cloud_qps,
-            burst: args.cloud_burst,
-            max_concurrency: args.cloud_concurrency,
-            retry,
-            ..Default::default()
-        },
-        Arc::new(SystemClock),
-        Some(metrics.clone()),
-        fence,
-    )
-    .map_err(|e| StartError::Config(e.to_string()))?;
-    tracing::info!(credentials = ?credentials, endpoint = %endpoint, "cloud configuration");
-
-    let reporter = Reporter {
-        controller: "vip-operator".into(),
-        instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
-    };
-    let defaults = OperatorDefaults {
-        credentials,
-        project_id,
-        region: args.region.clone(),
-        region_required: endpoint == Endpoint::Regional,
-    };
-    let ctx = Arc::new(
-        Context::new(
-            KubeOps::new(client.clone(), reporter),
-            Arc::new(cloud),
-            TargetResolver::new(Arc::new(client.clone()), defaults),
-            Arc::new(SystemClock),
-        )
-        .with_metrics(metrics.clone())
-        .with_resync(args.resync_period),
-    );
-    let watch = WatchConfig {
-        namespaces: args.namespaces.clone(),
-        concurrency: args.concurrency,
-        protect_credentials: args.protect_credentials,
-    };
-    tracing::info!(namespaces = ?watch.namespaces, concurrency = watch.concurrency, "watching VipBindings (all namespaces when empty)");
-    let hooks = Hooks { stores, health: Some(health.clone()) };
-    let mut controller = tokio::spawn(crate::controller::run(client, ctx, watch, hooks, stop.clone()));
-
-    let mut lost_leadership = false;
-    let mut stopped_unexpectedly = false;
-    let mut controller_done = false;
-    tokio::select! {
-        biased;
-        _ = stop.cancelled() => {}
-        _ = async { match leadership.as_mut() { Some(l) => l.lost().await, None => std::future::pending().await } } => {
-            tracing::error!("lost leadership: stopping reconciles");
-            lost_leadership = true;
-            health.shutting_down();
-            stop.cancel();
-        }
-        _ = &mut controller => {
-            controller_done = true;
-            if !stop.is_cancelled() {
-                tracing::error!("controller stopped unexpectedly");
-                stopped_unexpectedly = true;
-            }
-            health.shutting_down();
-            stop.cancel();
-        }
-    }
-    // In-flight reconciles finish their cloud calls and status writes, within a bound.
-    if !controller_done {
-        match tokio::time::timeout(args.shutdown_timeout, &mut controller).await {
-            Ok(_) => tracing::info!("controller stopped"),
-            Err(_) => {
-                tracing::warn!(timeout = ?args.shutdown_timeout, "in-flight reconciles did not finish in time; aborting them");
-                controller.abort();
-            }
-        }
-    }
-    metrics.leader.set(0);
-    if let Some(l) = leadership {
-        l.release(Duration::from_secs(5)).await;
-    }
-    if let Some(sim) = simulator {
-        sim.shutdown().await;
-    }
-    admin_stop.cancel();
-    if lost_leadership {
-        return Err(StartError::Cluster("lost leadership; exiting so that this replica restarts as a standby".into()));
-    }
-    if stopped_unexpectedly {
-        // Never exit 0 for this: a supervisor must see a failure and restart the operator.
-        return Err(StartError::Cluster("the controller stopped unexpectedly".into()));
-    }
-    Ok(())
 }
 
 fn namespaces_or_all(namespaces: &[String]) -> Vec<Option<&str>> {

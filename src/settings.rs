@@ -11,8 +11,7 @@ use crate::cli::RunArgs;
 use crate::controller::WatchConfig;
 use crate::controller::target::{DefaultCredentials, OperatorDefaults};
 use crate::ecs::{
-    CredentialsError, Endpoint, EndpointError, InvalidId, InvalidRegion, MetadataCredentials, RetryPolicy,
-    SystemClock,
+    CredentialsError, Endpoint, EndpointError, InvalidId, InvalidRegion, MetadataCredentials, RetryPolicy, SystemClock,
 };
 
 pub const SIMULATOR_ACCESS_KEY: &str = "SIMULATORACCESSKEY01";
@@ -262,7 +261,10 @@ mod tests {
         assert!(error(&["--region", "CN North"]).starts_with("--region: "));
         assert!(error(&["--project-id", "../x"]).contains("--project-id"));
         assert!(error(&["--ecs-endpoint", "ftp://x"]).contains("--ecs-endpoint"));
-        assert_eq!(error(&["--credentials-secret", "no-slash"]), "--credentials-secret \"no-slash\" must be NAMESPACE/NAME");
+        assert_eq!(
+            error(&["--credentials-secret", "no-slash"]),
+            "--credentials-secret \"no-slash\" must be NAMESPACE/NAME"
+        );
         assert_eq!(error(&["--credentials-secret", "a/b/c"]), "--credentials-secret \"a/b/c\" must be NAMESPACE/NAME");
         assert_eq!(error(&["--leader-elect"]), "--leader-elect needs --leader-election-namespace (or POD_NAMESPACE)");
         assert!(error(&["--metadata-credentials", "--metadata-url", "not a url"]).starts_with("--metadata-url"));
@@ -271,7 +273,10 @@ mod tests {
     #[test]
     fn half_a_key_pair_in_the_environment_is_refused() {
         let env = SdkEnvironment { access_key: Some("AK".into()), ..Default::default() };
-        assert_eq!(settings(&[], &env).err().as_deref(), Some("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or neither"));
+        assert_eq!(
+            settings(&[], &env).err().as_deref(),
+            Some("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or neither")
+        );
     }
 
     #[test]
@@ -283,10 +288,14 @@ mod tests {
             ..Default::default()
         };
         let s = settings(&["--credentials-secret", "ops/creds"], &env).expect("valid");
-        assert!(matches!(&s.defaults.credentials, DefaultCredentials::Secret { namespace, name } if namespace == "ops" && name == "creds"));
+        assert!(
+            matches!(&s.defaults.credentials, DefaultCredentials::Secret { namespace, name } if namespace == "ops" && name == "creds")
+        );
         assert_eq!(s.defaults.project_id.as_deref(), Some("envproject"));
         let s = settings(&["--simulator"], &env).expect("valid");
-        assert!(matches!(&s.defaults.credentials, DefaultCredentials::Static(c) if c.access_key() == SIMULATOR_ACCESS_KEY));
+        assert!(
+            matches!(&s.defaults.credentials, DefaultCredentials::Static(c) if c.access_key() == SIMULATOR_ACCESS_KEY)
+        );
         assert_eq!(s.defaults.project_id.as_deref(), Some(SIMULATOR_PROJECT_ID));
         assert!(s.simulator.is_some());
         let s = settings(&[], &env).expect("valid");

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use crate::api::v1alpha1::{CONDITION_BOUND, DeletionPolicy, Reason, VipBinding, VipBindingSpec};
-use crate::ecs::{InvalidId, InvalidRegion, check_path_id, validate_region};
+use crate::ecs::{InvalidId, InvalidRegion, check_path_id, check_region};
 
 use super::status::{BoundKnowledge, bound_knowledge, has_finalizer};
 
@@ -70,7 +70,7 @@ pub fn validate_spec(spec: &VipBindingSpec) -> Result<(), SpecError> {
         check_path_id("spec.projectId", project)?;
     }
     if let Some(region) = &spec.region {
-        validate_region(region).map_err(SpecError::Region)?;
+        check_region(region).map_err(SpecError::Region)?;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use super::retry::{RetryPolicy, with_retries};
 use super::sign::{RequestParts, sign};
 use super::{
     BindRequest, Clock, CloudTarget, EcsApi, InvalidId, InvalidRegion, NicBody, Operation, SystemClock, UnbindRequest,
-    check_path_id, validate_region,
+    check_path_id, check_region,
 };
 
 /// An `--ecs-endpoint` value that cannot be used.
@@ -107,7 +107,7 @@ impl Endpoint {
         match self {
             Endpoint::Fixed(url) => Ok(url.clone()),
             Endpoint::Regional => {
-                validate_region(region)?;
+                check_region(region)?;
                 Url::parse(&format!("https://ecs.{region}.myhuaweicloud.com"))
                     .map_err(|source| UrlError::RegionEndpoint { region: region.into(), source })
             }
