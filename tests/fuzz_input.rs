@@ -10,9 +10,8 @@ use futures::future::BoxFuture;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use proptest::prelude::*;
-use vip_operator::api::v1alpha1::{
-    DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, Reason, SecretRef, VipBinding, VipBindingSpec,
-};
+use vip_operator::api::testing::Fixture;
+use vip_operator::api::v1alpha1::{DeletionPolicy, Reason, VipBinding};
 use vip_operator::controller::decide::{Facts, Plan, decide, validate_spec};
 use vip_operator::controller::target::{DefaultCredentials, OperatorDefaults, SecretReader, TargetResolver};
 use vip_operator::ecs::credentials::from_secret_data;
@@ -38,7 +37,8 @@ fn nasty() -> impl Strategy<Value = String> {
     ]
 }
 
-fn spec() -> impl Strategy<Value = VipBindingSpec> {
+/// Live bindings with any spec: everything else about them is `VipBinding::test()`.
+fn spec() -> impl Strategy<Value = VipBinding> {
     (
         nasty(),
         nasty(),
@@ -48,34 +48,17 @@ fn spec() -> impl Strategy<Value = VipBindingSpec> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(nic, ip, subnet, project, region, reverse, orphan)| VipBindingSpec {
-            nic_id: nic,
-            ip_address: ip,
-            subnet_id: subnet,
-            reverse_binding: reverse,
-            project_id: project,
-            region,
-            credentials_secret_ref: None,
-            deletion_policy: if orphan { DeletionPolicy::Orphan } else { DeletionPolicy::Unbind },
+        .prop_map(|(nic, ip, subnet, project, region, reverse, orphan)| {
+            let b = VipBinding::test().nic(nic).ip(ip).subnet(subnet).project(project).region(region);
+            let b = b.reverse_binding(reverse);
+            if orphan { b.orphan() } else { b }
         })
 }
 
-fn binding(spec: VipBindingSpec, finalizer: bool, deleting: bool, paused: bool) -> VipBinding {
-    let mut b = VipBinding::new("b", spec);
-    b.metadata.namespace = Some("ns".into());
-    b.metadata.uid = Some("uid".into());
-    b.metadata.generation = Some(1);
-    if finalizer {
-        b.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    }
-    if deleting {
-        b.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH));
-    }
-    if paused {
-        b.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "true".to_string())].into());
-    }
-    b
+fn binding(b: VipBinding, finalizer: bool, deleting: bool, paused: bool) -> VipBinding {
+    let b = if finalizer { b.with_finalizer() } else { b };
+    let b = if deleting { b.deleting() } else { b };
+    if paused { b.paused() } else { b }
 }
 
 fn secret_data() -> impl Strategy<Value = BTreeMap<String, ByteString>> {
@@ -165,9 +148,7 @@ proptest! {
     #[test]
     fn resolution_yields_a_sendable_target_or_a_reason(data in secret_data(), spec in spec(), region_required in any::<bool>()) {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let mut spec = spec;
-        spec.credentials_secret_ref = Some(SecretRef { name: "creds".into() });
-        let b = binding(spec, false, false, false);
+        let b = binding(spec.secret("creds"), false, false, false);
         let secret = Secret { data: Some(data), ..Default::default() };
         let defaults = OperatorDefaults { credentials: DefaultCredentials::None, project_id: None, region: None, region_required };
         let resolver = TargetResolver::new(Arc::new(OneSecret(Some(secret))), defaults);

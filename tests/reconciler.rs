@@ -14,9 +14,8 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
-use vip_operator::api::v1alpha1::{
-    DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, SecretRef, VipBinding, VipBindingSpec,
-};
+use vip_operator::api::testing::{Fixture, NIC, SUBNET};
+use vip_operator::api::v1alpha1::{FINALIZER, VipBinding, VipBindingStatus};
 use vip_operator::controller::Context;
 use vip_operator::controller::kube_ops::KubeOps;
 use vip_operator::controller::reconcile::reconcile;
@@ -26,8 +25,6 @@ use vip_operator::ecs::{BindRequest, Clock, CloudTarget, Credentials, EcsApi, Ec
 
 const NS: &str = "team-a";
 const NAME: &str = "web-vip";
-const NIC: &str = "d32019d3-bc6e-4319-9c1d-6722fc136a23";
-const SUBNET: &str = "8c9d4f38-1a2b-4c3d-9e8f-001122334455";
 const PROJECT: &str = "0123456789abcdef0123456789abcdef";
 const NOW: &str = "2026-11-29T10:00:00Z";
 const EARLIER: &str = "2026-11-29T09:00:00Z";
@@ -243,33 +240,15 @@ impl Drop for MockApi {
 
 // ---------------------------------------------------------------- fixtures
 
-fn spec() -> VipBindingSpec {
-    VipBindingSpec {
-        nic_id: NIC.into(),
-        ip_address: "192.168.0.7".into(),
-        subnet_id: SUBNET.into(),
-        reverse_binding: false,
-        project_id: Some(PROJECT.into()),
-        region: Some("cn-north-4".into()),
-        credentials_secret_ref: None,
-        deletion_policy: DeletionPolicy::Unbind,
-    }
-}
-
+/// The binding every scenario starts from: `team-a/web-vip`, with a project and a region.
 fn binding() -> VipBinding {
-    let mut b = VipBinding::new(NAME, spec());
-    b.metadata.namespace = Some(NS.into());
-    b.metadata.uid = Some("uid-1".into());
-    b.metadata.generation = Some(1);
-    b.metadata.resource_version = Some("100".into());
-    b
+    VipBinding::test().named(NS, NAME).project(Some(PROJECT.into())).region(Some("cn-north-4".into()))
 }
 
+/// `binding()` as a successful create left it: finalizer, and Bound and Ready since EARLIER.
 fn bound_binding() -> VipBinding {
-    let mut b = binding();
-    b.metadata.finalizers = Some(vec![FINALIZER.into()]);
     let msg = format!("VIP 192.168.0.7 is bound to NIC {NIC} (port {NIC})");
-    b.status = Some(serde_json::from_value(json!({
+    let status: VipBindingStatus = serde_json::from_value(json!({
         "portId": NIC,
         "observedGeneration": 1,
         "boundReverseBinding": false,
@@ -277,14 +256,8 @@ fn bound_binding() -> VipBinding {
             {"type": "Bound", "status": "True", "reason": "Bound", "message": msg, "observedGeneration": 1, "lastTransitionTime": EARLIER},
             {"type": "Ready", "status": "True", "reason": "Bound", "message": msg, "observedGeneration": 1, "lastTransitionTime": EARLIER},
         ]
-    })).unwrap());
-    b
-}
-
-fn deleting(mut b: VipBinding) -> VipBinding {
-    b.metadata.deletion_timestamp =
-        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(EARLIER.parse().unwrap()));
-    b
+    })).unwrap();
+    binding().with_finalizer().with_status(status)
 }
 
 fn static_defaults() -> OperatorDefaults {
@@ -436,7 +409,7 @@ async fn resync_of_a_bound_binding_makes_no_calls_at_all() {
 #[tokio::test]
 async fn delete_unbinds_records_port_and_conditions_then_releases() {
     let cloud = FakeCloud::answering(vec![]);
-    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), MockOptions::default()).await;
+    let run = run_once(bound_binding().deleting(), cloud.clone(), static_defaults(), MockOptions::default()).await;
 
     let calls = cloud.calls();
     assert_eq!(calls.len(), 1);
@@ -464,8 +437,7 @@ async fn a_paused_deletion_is_released_as_orphaned_while_the_crd_is_deleted() {
     // Pause protects against cloud calls; releasing at uninstall makes none, so a paused binding
     // must not keep `kubectl delete crd` waiting.
     let cloud = FakeCloud::answering(vec![]);
-    let mut paused = deleting(bound_binding());
-    paused.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "true".to_string())].into());
+    let paused = bound_binding().deleting().paused();
     let run =
         run_once(paused, cloud.clone(), static_defaults(), MockOptions { crd_deleting: true, ..Default::default() })
             .await;
@@ -479,8 +451,7 @@ async fn a_paused_deletion_is_released_as_orphaned_while_the_crd_is_deleted() {
 #[tokio::test]
 async fn a_paused_deletion_is_looked_at_again_so_an_uninstall_can_release_it() {
     let cloud = FakeCloud::answering(vec![]);
-    let mut paused = deleting(bound_binding());
-    paused.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "true".to_string())].into());
+    let paused = bound_binding().deleting().paused();
     let run = run_once(paused, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     let seen = after_crd_check(&run.seen);
@@ -491,7 +462,7 @@ async fn a_paused_deletion_is_looked_at_again_so_an_uninstall_can_release_it() {
 #[tokio::test]
 async fn delete_with_the_nic_gone_releases_with_nic_not_found() {
     let cloud = FakeCloud::answering(vec![Err(api_error(404, "Ecs.0614", "req-404"))]);
-    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), MockOptions::default()).await;
+    let run = run_once(bound_binding().deleting(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(cloud.calls().len(), 1);
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 3);
@@ -512,7 +483,7 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 async fn delete_with_a_gateway_404_holds_the_finalizer_and_says_why() {
     // The API gateway found no such API (a wrong endpoint or path): no evidence about the NIC.
     let cloud = FakeCloud::answering(vec![Err(api_error(404, "APIGW.0101", "req-gw"))]);
-    let run = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), MockOptions::default()).await;
+    let run = run_once(bound_binding().deleting(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(cloud.calls().len(), 1);
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 2, "a status write and an event, and no finalizer removal: {seen:#?}");
@@ -530,7 +501,7 @@ async fn delete_with_a_gateway_404_holds_the_finalizer_and_says_why() {
 async fn a_panic_inside_a_reconcile_is_an_error_not_an_unwind() {
     let (client, _api) = MockApi::start(&bound_binding(), MockOptions::default());
     let ctx = context(client, FakeCloud::panicking(), static_defaults());
-    let object = deleting(bound_binding());
+    let object = bound_binding().deleting();
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), ctx)).await.unwrap();
     match result {
         Err(e) => {
@@ -544,7 +515,7 @@ async fn a_panic_inside_a_reconcile_is_an_error_not_an_unwind() {
 #[tokio::test]
 async fn a_new_object_with_an_old_name_does_not_inherit_its_backoff() {
     let cloud = FakeCloud::answering(vec![Err(api_error(500, "Common.0001", "req-500"))]);
-    let object = deleting(bound_binding());
+    let object = bound_binding().deleting();
     let (client, _api) = MockApi::start(&object, MockOptions::default());
     let ctx = context(client, cloud.clone(), static_defaults());
     let old = reconcile(Arc::new(object.clone()), ctx.clone()).await.unwrap();
@@ -553,8 +524,7 @@ async fn a_new_object_with_an_old_name_does_not_inherit_its_backoff() {
     let _ = reconcile(Arc::new(object.clone()), ctx.clone()).await.unwrap();
     assert_eq!(cloud.calls().len(), 1, "held");
     // ...but another object under the same name (deleted and created again) is not.
-    let mut new = object;
-    new.metadata.uid = Some("uid-new".into());
+    let new = object.with_uid("uid-new");
     let _ = reconcile(Arc::new(new), ctx).await.unwrap();
     assert_eq!(cloud.calls().len(), 2, "{:?}", cloud.calls());
 }
@@ -562,7 +532,7 @@ async fn a_new_object_with_an_old_name_does_not_inherit_its_backoff() {
 #[tokio::test]
 async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
     let cloud = FakeCloud::answering(vec![Err(api_error(500, "Common.0001", "req-500"))]);
-    let first = run_once(deleting(bound_binding()), cloud.clone(), static_defaults(), MockOptions::default()).await;
+    let first = run_once(bound_binding().deleting(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     let first_seen = after_crd_check(&first.seen);
     assert_eq!(first_seen.len(), 2, "{first_seen:#?}");
     let msg = "unbind failed: HTTP 500 Common.0001: simulated [request id req-500]; set spec.deletionPolicy to Orphan to release the binding without unbinding";
@@ -581,8 +551,8 @@ async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
     assert!(delay >= Duration::from_millis(2500) && delay <= Duration::from_secs(5), "{delay:?}");
 
     // The next reconcile sees the status the first one wrote, and succeeds.
-    let mut object = deleting(bound_binding());
-    object.status = Some(serde_json::from_value(first_seen[0].body["status"].clone()).unwrap());
+    let object =
+        bound_binding().deleting().with_status(serde_json::from_value(first_seen[0].body["status"].clone()).unwrap());
     let second = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(cloud.calls().len(), 2);
     let second_seen = after_crd_check(&second.seen);
@@ -594,8 +564,7 @@ async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
 #[tokio::test]
 async fn orphan_policy_releases_without_a_cloud_call() {
     let cloud = FakeCloud::answering(vec![]);
-    let mut object = deleting(bound_binding());
-    object.spec.deletion_policy = DeletionPolicy::Orphan;
+    let object = bound_binding().deleting().orphan();
     let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 3);
@@ -628,10 +597,7 @@ async fn auth_failure_is_recorded_and_the_key_is_not_retried_in_a_loop() {
     assert!(delay >= Duration::from_secs(30), "{delay:?}");
 
     // Another binding using the same key right after: held back without a cloud call.
-    let mut other = binding();
-    other.metadata.name = Some("other".into());
-    other.metadata.uid = Some("uid-2".into());
-    other.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let other = binding().named(NS, "other").with_finalizer();
     let _ = reconcile(Arc::new(other), ctx).await.unwrap();
     assert_eq!(cloud.calls().len(), 1, "the refused key must not be sent again at once");
     let held = &api.seen()[3].body["status"]["conditions"][1];
@@ -679,10 +645,7 @@ async fn missing_credentials_never_reach_the_cloud_and_add_no_finalizer() {
 #[tokio::test]
 async fn binding_secret_is_read_and_wins_over_defaults() {
     let cloud = FakeCloud::answering(vec![]);
-    let mut object = binding();
-    object.spec.credentials_secret_ref = Some(SecretRef { name: "hw-creds".into() });
-    object.spec.project_id = None;
-    object.spec.region = None;
+    let object = binding().secret("hw-creds").project(None).region(None);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "hw-creds", "namespace": NS},
         "data": {
@@ -711,8 +674,7 @@ async fn binding_secret_is_read_and_wins_over_defaults() {
 #[tokio::test]
 async fn a_secret_with_a_missing_key_is_invalid_with_a_precise_message() {
     let cloud = FakeCloud::answering(vec![]);
-    let mut object = binding();
-    object.spec.credentials_secret_ref = Some(SecretRef { name: "hw-creds".into() });
+    let object = binding().secret("hw-creds");
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "hw-creds", "namespace": NS},
         "data": {"accessKey": "U0VDUkVUQUs="}
@@ -731,8 +693,7 @@ async fn a_secret_with_a_missing_key_is_invalid_with_a_precise_message() {
 async fn deleting_a_binding_that_never_reached_the_cloud_needs_no_unbind() {
     // Never got a finalizer (credentials were missing from the start): nothing to do at all.
     let cloud = FakeCloud::answering(vec![]);
-    let mut object = deleting(binding());
-    object.status = Some(
+    let object = binding().deleting().with_status(
         serde_json::from_value(json!({
             "conditions": [cond("Bound", "False", "NotBound", "no bind request has been sent to the cloud", EARLIER)]
         }))
@@ -743,7 +704,7 @@ async fn deleting_a_binding_that_never_reached_the_cloud_needs_no_unbind() {
     assert!(run.seen.is_empty(), "{:#?}", run.seen);
 
     // Had the finalizer, but the cloud refused the only bind (Bound=False): released, no call.
-    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let object = object.with_finalizer();
     let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 3);
@@ -757,7 +718,7 @@ async fn event_failures_never_block_a_deletion() {
     // through NicNotFound, a release that publishes an event).
     let cloud = FakeCloud::answering(vec![Err(api_error(404, "Ecs.0614", "req-404"))]);
     let run = run_once(
-        deleting(bound_binding()),
+        bound_binding().deleting(),
         cloud.clone(),
         static_defaults(),
         MockOptions { events_forbidden: true, ..Default::default() },
@@ -780,9 +741,7 @@ async fn a_lost_bind_answer_is_recorded_as_indeterminate_and_deletion_still_unbi
     assert_eq!(status["conditions"][0]["reason"], "Indeterminate");
     assert_eq!(status["conditions"][1]["reason"], "CloudUnavailable");
 
-    let mut object = deleting(binding());
-    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    object.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let object = binding().deleting().with_finalizer().with_status(serde_json::from_value(status.clone()).unwrap());
     let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(cloud.calls().last().unwrap().op, "unbind");
     assert_finalizer_removed(&after_crd_check(&run.seen)[1]);
@@ -801,7 +760,7 @@ async fn crd_being_deleted_releases_without_unbinding() {
     // An uninstall deletes the CRD, which deletes every binding: that must not unbind the fleet.
     let cloud = FakeCloud::answering(vec![]);
     let run = run_once(
-        deleting(bound_binding()),
+        bound_binding().deleting(),
         cloud.clone(),
         static_defaults(),
         MockOptions { crd_deleting: true, ..Default::default() },

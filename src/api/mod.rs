@@ -1,5 +1,8 @@
 //! The operator's Kubernetes API types.
 
+// Test support, not API: the `VipBinding` fixture builder the tests share.
+#[doc(hidden)]
+pub mod testing;
 pub mod v1alpha1;
 
 use kube::CustomResourceExt;

@@ -161,41 +161,12 @@ fn decide_deleting(b: &VipBinding, facts: &Facts) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::v1alpha1::{FINALIZER, PAUSED_ANNOTATION, VipBindingStatus};
+    use crate::api::testing::Fixture;
+    use crate::api::v1alpha1::{PAUSED_ANNOTATION, VipBindingStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-    fn spec() -> VipBindingSpec {
-        VipBindingSpec {
-            nic_id: "d32019d3-bc6e-4319-9c1d-6722fc136a23".into(),
-            ip_address: "192.168.0.7".into(),
-            subnet_id: "8c9d4f38-1a2b-4c3d-9e8f-001122334455".into(),
-            reverse_binding: false,
-            project_id: None,
-            region: None,
-            credentials_secret_ref: None,
-            deletion_policy: DeletionPolicy::Unbind,
-        }
-    }
-
-    fn binding() -> VipBinding {
-        let mut b = VipBinding::new("b", spec());
-        b.metadata.namespace = Some("ns".into());
-        b.metadata.generation = Some(1);
-        b
-    }
-
-    fn with_finalizer(mut b: VipBinding) -> VipBinding {
-        b.metadata.finalizers = Some(vec![FINALIZER.into()]);
-        b
-    }
-
-    fn deleting(mut b: VipBinding) -> VipBinding {
-        b.metadata.deletion_timestamp = Some(Time("2024-01-01T00:00:00Z".parse().unwrap()));
-        b
-    }
-
-    fn with_bound(mut b: VipBinding, status: &str, reverse: Option<bool>) -> VipBinding {
-        b.status = Some(VipBindingStatus {
+    fn bound(status: &str, reverse: Option<bool>) -> VipBindingStatus {
+        VipBindingStatus {
             bound_reverse_binding: reverse,
             conditions: vec![Condition {
                 type_: CONDITION_BOUND.into(),
@@ -206,13 +177,7 @@ mod tests {
                 last_transition_time: Time("2024-01-01T00:00:00Z".parse().unwrap()),
             }],
             ..Default::default()
-        });
-        b
-    }
-
-    fn paused(mut b: VipBinding) -> VipBinding {
-        b.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "true".to_string())].into());
-        b
+        }
     }
 
     fn none() -> Facts {
@@ -229,7 +194,7 @@ mod tests {
     #[test]
     fn a_deletion_already_unbound_is_finished_with_its_own_record() {
         for done in [Reason::Unbound, Reason::NicNotFound] {
-            let mut b = deleting(with_finalizer(with_bound(binding(), "False", None)));
+            let mut b = VipBinding::test().with_status(bound("False", None)).with_finalizer().deleting();
             let bound = &mut b.status.as_mut().unwrap().conditions[0];
             bound.reason = done.as_str().into();
             bound.message = "VIP 192.168.0.7 unbound from NIC d3 (port p1)".into();
@@ -242,52 +207,49 @@ mod tests {
             }
         }
         // Refused before anything was sent: still NotBound.
-        let b = deleting(with_finalizer(with_bound(binding(), "False", None)));
+        let b = VipBinding::test().with_status(bound("False", None)).with_finalizer().deleting();
         assert_eq!(reason(decide(&b, &none())), Reason::NotBound);
     }
 
     #[test]
     fn new_binding_binds() {
-        assert_eq!(decide(&binding(), &none()), Plan::Bind { reassert: false });
+        assert_eq!(decide(&VipBinding::test(), &none()), Plan::Bind { reassert: false });
     }
 
     #[test]
     fn bound_binding_is_left_alone_until_a_drift_check_is_due() {
-        let b = with_finalizer(with_bound(binding(), "True", Some(false)));
+        let b = VipBinding::test().with_status(bound("True", Some(false))).with_finalizer();
         assert_eq!(decide(&b, &none()), Plan::Nothing);
         assert_eq!(decide(&b, &Facts { reassert_due: true, ..none() }), Plan::Bind { reassert: true });
     }
 
     #[test]
     fn changing_reverse_binding_rebinds() {
-        let mut b = with_finalizer(with_bound(binding(), "True", Some(false)));
-        b.spec.reverse_binding = true;
+        let b = VipBinding::test().with_status(bound("True", Some(false))).with_finalizer().reverse_binding(true);
         assert_eq!(decide(&b, &none()), Plan::Bind { reassert: false });
     }
 
     #[test]
     fn unknown_or_failed_bind_is_retried() {
         for status in ["Unknown", "False"] {
-            let b = with_finalizer(with_bound(binding(), status, None));
+            let b = VipBinding::test().with_status(bound(status, None)).with_finalizer();
             assert_eq!(decide(&b, &none()), Plan::Bind { reassert: false });
         }
     }
 
     #[test]
     fn invalid_specs_are_held_before_anything_else() {
-        type Mutation = Box<dyn Fn(&mut VipBindingSpec)>;
-        let cases: Vec<Mutation> = vec![
-            Box::new(|s| s.ip_address = "300.1.1.1".into()),
-            Box::new(|s| s.ip_address = "abc".into()),
-            Box::new(|s| s.nic_id = "../../x".into()),
-            Box::new(|s| s.nic_id = String::new()),
-            Box::new(|s| s.subnet_id = "a b".into()),
-            Box::new(|s| s.project_id = Some("p/../q".into())),
-            Box::new(|s| s.region = Some("Cn_North".into())),
+        let cases: [fn(VipBinding) -> VipBinding; 7] = [
+            |b| b.ip("300.1.1.1"),
+            |b| b.ip("abc"),
+            |b| b.nic("../../x"),
+            |b| b.nic(""),
+            |b| b.subnet("a b"),
+            |b| b.project(Some("p/../q".into())),
+            |b| b.region(Some("Cn_North".into())),
         ];
         for mutate in cases {
-            let mut b = binding();
-            mutate(&mut b.spec);
+            let b = mutate(VipBinding::test());
             match decide(&b, &Facts { conflict_owner: Some("ns/other".into()), ..none() }) {
                 Plan::Hold(v) => {
                     assert_eq!(v.reason, Reason::Invalid);
@@ -300,89 +262,88 @@ mod tests {
 
     #[test]
     fn ipv6_is_valid() {
-        let mut b = binding();
-        b.spec.ip_address = "fd00::7".into();
+        let b = VipBinding::test().ip("fd00::7");
         assert_eq!(decide(&b, &none()), Plan::Bind { reassert: false });
     }
 
     #[test]
     fn conflict_and_pause_hold_live_bindings() {
         let facts = Facts { conflict_owner: Some("ns/first".into()), ..none() };
-        match decide(&binding(), &facts) {
+        match decide(&VipBinding::test(), &facts) {
             Plan::Hold(v) => {
                 assert_eq!(v.reason, Reason::Conflict);
                 assert!(v.message.contains("ns/first"));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(reason(decide(&paused(binding()), &none())), Reason::Paused);
+        assert_eq!(reason(decide(&VipBinding::test().paused(), &none())), Reason::Paused);
         // Paused also stops the drift check.
-        let b = paused(with_finalizer(with_bound(binding(), "True", Some(false))));
+        let b = VipBinding::test().with_status(bound("True", Some(false))).with_finalizer().paused();
         assert_eq!(reason(decide(&b, &Facts { reassert_due: true, ..none() })), Reason::Paused);
     }
 
     #[test]
     fn deleting_a_bound_binding_unbinds() {
-        let b = deleting(with_finalizer(with_bound(binding(), "True", Some(false))));
+        let b = VipBinding::test().with_status(bound("True", Some(false))).with_finalizer().deleting();
         assert_eq!(decide(&b, &none()), Plan::Unbind);
     }
 
     #[test]
     fn deleting_after_a_crash_before_any_status_unbinds() {
         // Finalizer present, no status: a bind may have been sent.
-        assert_eq!(decide(&deleting(with_finalizer(binding())), &none()), Plan::Unbind);
-        let b = deleting(with_finalizer(with_bound(binding(), "Unknown", None)));
+        assert_eq!(decide(&VipBinding::test().with_finalizer().deleting(), &none()), Plan::Unbind);
+        let b = VipBinding::test().with_status(bound("Unknown", None)).with_finalizer().deleting();
         assert_eq!(decide(&b, &none()), Plan::Unbind);
     }
 
     #[test]
     fn deleting_a_never_sent_binding_releases_without_a_call() {
-        let b = deleting(with_finalizer(with_bound(binding(), "False", None)));
+        let b = VipBinding::test().with_status(bound("False", None)).with_finalizer().deleting();
         assert_eq!(reason(decide(&b, &none())), Reason::NotBound);
     }
 
     #[test]
     fn deleting_without_our_finalizer_is_not_our_business() {
-        assert_eq!(decide(&deleting(binding()), &none()), Plan::Nothing);
-        let mut b = deleting(binding());
+        assert_eq!(decide(&VipBinding::test().deleting(), &none()), Plan::Nothing);
+        let mut b = VipBinding::test().deleting();
         b.metadata.finalizers = Some(vec!["other.io/x".into()]);
         assert_eq!(decide(&b, &none()), Plan::Nothing);
     }
 
     #[test]
     fn orphan_policy_releases_even_when_paused_or_conflicted() {
-        let mut b = paused(deleting(with_finalizer(with_bound(binding(), "True", Some(false)))));
-        b.spec.deletion_policy = DeletionPolicy::Orphan;
+        let b =
+            VipBinding::test().with_status(bound("True", Some(false))).with_finalizer().deleting().paused().orphan();
         let facts = Facts { conflict_owner: Some("ns/x".into()), ..none() };
         assert_eq!(reason(decide(&b, &facts)), Reason::Orphaned);
     }
 
     #[test]
     fn crd_deletion_releases_without_unbinding() {
-        let b = deleting(with_finalizer(with_bound(binding(), "True", Some(false))));
+        let b = VipBinding::test().with_status(bound("True", Some(false))).with_finalizer().deleting();
         let plan = decide(&b, &Facts { crd_deleting: true, ..none() });
         assert_eq!(reason(plan), Reason::Orphaned);
     }
 
     #[test]
     fn a_conflicted_binding_never_unbinds_the_owners_nic() {
-        let b = deleting(with_finalizer(with_bound(binding(), "Unknown", None)));
+        let b = VipBinding::test().with_status(bound("Unknown", None)).with_finalizer().deleting();
         let plan = decide(&b, &Facts { conflict_owner: Some("ns/owner".into()), ..none() });
         assert_eq!(reason(plan), Reason::Conflict);
     }
 
     #[test]
     fn paused_deletion_waits_visibly() {
-        let b = paused(deleting(with_finalizer(with_bound(binding(), "True", Some(false)))));
+        let b = VipBinding::test().with_status(bound("True", Some(false))).with_finalizer().deleting().paused();
         assert_eq!(reason(decide(&b, &none())), Reason::DeletionPaused);
         // Nothing to unbind: no reason to wait.
-        let b = paused(deleting(with_finalizer(with_bound(binding(), "False", None))));
+        let b = VipBinding::test().with_status(bound("False", None)).with_finalizer().deleting().paused();
         assert_eq!(reason(decide(&b, &none())), Reason::NotBound);
     }
 
     #[test]
     fn paused_annotation_must_say_true() {
-        let mut b = binding();
+        let mut b = VipBinding::test();
         b.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "false".to_string())].into());
         assert_eq!(decide(&b, &none()), Plan::Bind { reassert: false });
         b.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), " TRUE ".to_string())].into());

@@ -279,35 +279,18 @@ impl BindingIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::v1alpha1::{DeletionPolicy, SecretRef, VipBindingSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use crate::api::testing::Fixture;
 
-    fn b(ns: &str, name: &str, nic: &str, created: &str, secret: Option<&str>) -> VipBinding {
-        let mut b = VipBinding::new(
-            name,
-            VipBindingSpec {
-                nic_id: nic.into(),
-                ip_address: "10.0.0.1".into(),
-                subnet_id: "s".into(),
-                reverse_binding: false,
-                project_id: None,
-                region: None,
-                credentials_secret_ref: secret.map(|s| SecretRef { name: s.into() }),
-                deletion_policy: DeletionPolicy::Unbind,
-            },
-        );
-        b.metadata.namespace = Some(ns.into());
-        b.metadata.uid = Some(format!("{ns}-{name}"));
-        b.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
-        b
+    fn at(rfc3339: &str) -> jiff::Timestamp {
+        rfc3339.parse().unwrap()
     }
 
     #[test]
     fn the_oldest_binding_owns_the_nic_and_the_next_takes_over() {
         let idx = BindingIndex::default();
-        let first = b("a", "first", "nic", "2026-01-01T00:00:00Z", None);
-        let second = b("b", "second", "nic", "2026-01-01T00:00:05Z", None);
-        let other = b("a", "other", "nic2", "2026-01-01T00:00:01Z", None);
+        let first = VipBinding::test().named("a", "first").nic("nic").created(at("2026-01-01T00:00:00Z"));
+        let second = VipBinding::test().named("b", "second").nic("nic").created(at("2026-01-01T00:00:05Z"));
+        let other = VipBinding::test().named("a", "other").nic("nic2").created(at("2026-01-01T00:00:01Z"));
         // Arrival order does not matter, age does.
         idx.apply(None, &watcher::Event::Apply(second.clone()));
         let changes = idx.apply(None, &watcher::Event::Apply(first.clone()));
@@ -325,10 +308,8 @@ mod tests {
     #[test]
     fn same_second_ties_break_by_uid_not_by_name() {
         let idx = BindingIndex::default();
-        let mut x = b("ns", "x", "nic", "2026-01-01T00:00:00Z", None);
-        let mut y = b("ns", "y", "nic", "2026-01-01T00:00:00Z", None);
-        x.metadata.uid = Some("f0000000".into());
-        y.metadata.uid = Some("0a000000".into());
+        let x = VipBinding::test().named("ns", "x").nic("nic").created(at("2026-01-01T00:00:00Z")).with_uid("f0000000");
+        let y = VipBinding::test().named("ns", "y").nic("nic").created(at("2026-01-01T00:00:00Z")).with_uid("0a000000");
         idx.apply(None, &watcher::Event::Apply(x.clone()));
         idx.apply(None, &watcher::Event::Apply(y.clone()));
         assert_eq!(idx.conflict_owner(&x).as_deref(), Some("ns/y"));
@@ -338,17 +319,16 @@ mod tests {
     fn a_binding_that_may_have_bound_keeps_the_nic_over_an_older_one_that_cannot_have() {
         let idx = BindingIndex::default();
         // The newer binding was decided before the older one was seen, and bound.
-        let mut newer = b("ns", "newer", "nic", "2026-01-01T00:00:05Z", None);
-        newer.metadata.finalizers = Some(vec![crate::api::v1alpha1::FINALIZER.into()]);
+        let newer =
+            VipBinding::test().named("ns", "newer").nic("nic").created(at("2026-01-01T00:00:05Z")).with_finalizer();
         idx.apply(None, &watcher::Event::Apply(newer.clone()));
-        let older = b("ns", "older", "nic", "2026-01-01T00:00:00Z", None);
+        let older = VipBinding::test().named("ns", "older").nic("nic").created(at("2026-01-01T00:00:00Z"));
         let changes = idx.apply(None, &watcher::Event::Apply(older.clone()));
         assert!(changes.new_owners.is_empty(), "{changes:?}");
         assert_eq!(idx.conflict_owner(&older).as_deref(), Some("ns/newer"));
         assert_eq!(idx.conflict_owner(&newer), None);
         // Among bindings that may both have bound, age decides again.
-        let mut older = older;
-        older.metadata.finalizers = Some(vec![crate::api::v1alpha1::FINALIZER.into()]);
+        let older = older.with_finalizer();
         idx.apply(None, &watcher::Event::Apply(older.clone()));
         assert_eq!(idx.conflict_owner(&newer).as_deref(), Some("ns/older"));
     }
@@ -356,8 +336,8 @@ mod tests {
     #[test]
     fn bindings_that_leave_the_watch_are_reported_gone() {
         let idx = BindingIndex::default();
-        let a = b("ns", "a", "nic", "2026-01-01T00:00:00Z", None);
-        let c = b("ns", "c", "nic2", "2026-01-01T00:00:00Z", None);
+        let a = VipBinding::test().named("ns", "a").nic("nic").created(at("2026-01-01T00:00:00Z"));
+        let c = VipBinding::test().named("ns", "c").nic("nic2").created(at("2026-01-01T00:00:00Z"));
         idx.apply(Some("ns"), &watcher::Event::Apply(a.clone()));
         idx.apply(Some("ns"), &watcher::Event::Apply(c.clone()));
         assert!(idx.apply(Some("ns"), &watcher::Event::Apply(a.clone())).gone.is_empty());
@@ -372,11 +352,11 @@ mod tests {
     #[test]
     fn the_owner_adding_its_finalizer_is_no_news() {
         let idx = BindingIndex::default();
-        let mut owner = b("ns", "owner", "nic", "2026-01-01T00:00:00Z", None);
-        let next = b("ns", "next", "nic", "2026-01-01T00:00:05Z", None);
+        let owner = VipBinding::test().named("ns", "owner").nic("nic").created(at("2026-01-01T00:00:00Z"));
+        let next = VipBinding::test().named("ns", "next").nic("nic").created(at("2026-01-01T00:00:05Z"));
         idx.apply(None, &watcher::Event::Apply(owner.clone()));
         idx.apply(None, &watcher::Event::Apply(next.clone()));
-        owner.metadata.finalizers = Some(vec![crate::api::v1alpha1::FINALIZER.into()]);
+        let owner = owner.with_finalizer();
         let changes = idx.apply(None, &watcher::Event::Apply(owner.clone()));
         assert!(changes.new_owners.is_empty(), "{changes:?}");
         assert_eq!(idx.conflict_owner(&next).as_deref(), Some("ns/owner"));
@@ -401,8 +381,8 @@ mod tests {
     #[test]
     fn secrets_in_use_follow_the_bindings() {
         let idx = BindingIndex::default();
-        let one = b("ns", "one", "n1", "2026-01-01T00:00:00Z", Some("creds"));
-        let two = b("ns", "two", "n2", "2026-01-01T00:00:00Z", Some("creds"));
+        let one = VipBinding::test().named("ns", "one").nic("n1").created(at("2026-01-01T00:00:00Z")).secret("creds");
+        let two = VipBinding::test().named("ns", "two").nic("n2").created(at("2026-01-01T00:00:00Z")).secret("creds");
         let changes = idx.apply(None, &watcher::Event::Apply(one.clone()));
         assert_eq!(changes.secrets, vec![("ns".to_string(), "creds".to_string())]);
         idx.apply(None, &watcher::Event::Apply(two.clone()));
@@ -414,8 +394,7 @@ mod tests {
         idx.apply(None, &watcher::Event::Delete(one));
         assert!(idx.secret_in_use("ns", "creds"));
         // Switching to another Secret releases the old one.
-        let mut moved = two.clone();
-        moved.spec.credentials_secret_ref = Some(SecretRef { name: "rotated".into() });
+        let moved = two.clone().secret("rotated");
         let changes = idx.apply(None, &watcher::Event::Apply(moved));
         assert!(changes.secrets.contains(&("ns".to_string(), "creds".to_string())));
         assert!(!idx.secret_in_use("ns", "creds"));
@@ -425,8 +404,8 @@ mod tests {
     #[test]
     fn a_relist_replaces_only_its_own_scope() {
         let idx = BindingIndex::default();
-        let a = b("a", "x", "n1", "2026-01-01T00:00:00Z", None);
-        let bb = b("b", "y", "n2", "2026-01-01T00:00:00Z", None);
+        let a = VipBinding::test().named("a", "x").nic("n1").created(at("2026-01-01T00:00:00Z"));
+        let bb = VipBinding::test().named("b", "y").nic("n2").created(at("2026-01-01T00:00:00Z"));
         idx.apply(Some("a"), &watcher::Event::Apply(a.clone()));
         idx.apply(Some("b"), &watcher::Event::Apply(bb.clone()));
         // Namespace a re-lists and finds nothing (x was deleted while the watch was down).

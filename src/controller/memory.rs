@@ -138,26 +138,7 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::v1alpha1::{DeletionPolicy, VipBindingSpec};
-
-    fn binding(generation: i64) -> VipBinding {
-        let mut b = VipBinding::new(
-            "b",
-            VipBindingSpec {
-                nic_id: "n".into(),
-                ip_address: "10.0.0.1".into(),
-                subnet_id: "s".into(),
-                reverse_binding: false,
-                project_id: None,
-                region: None,
-                credentials_secret_ref: None,
-                deletion_policy: DeletionPolicy::Unbind,
-            },
-        );
-        b.metadata.uid = Some("u1".into());
-        b.metadata.generation = Some(generation);
-        b
-    }
+    use crate::api::testing::Fixture;
 
     fn status(port: &str) -> VipBindingStatus {
         VipBindingStatus { port_id: Some(port.into()), ..Default::default() }
@@ -166,14 +147,13 @@ mod tests {
     #[test]
     fn overlays_our_status_until_the_cache_catches_up() {
         let m = Memory::default();
-        let stale = binding(1);
+        let stale = VipBinding::test();
         m.wrote_status(&stale, &status("p"));
         match m.view(&stale) {
             View::Overlaid(b) => assert_eq!(b.status, Some(status("p"))),
             _ => panic!("expected an overlay"),
         }
-        let mut current = binding(1);
-        current.status = Some(status("p"));
+        let current = VipBinding::test().with_status(status("p"));
         assert!(matches!(m.view(&current), View::Cached(_)));
         // The entry is gone once caught up.
         assert!(matches!(m.view(&stale), View::Cached(_)));
@@ -196,20 +176,18 @@ mod tests {
         let read_back: VipBindingStatus = serde_json::from_value(serde_json::to_value(&written).unwrap()).unwrap();
         assert_eq!(read_back, written);
         let m = Memory::default();
-        m.wrote_status(&binding(1), &written);
-        let mut cached = binding(1);
-        cached.status = Some(read_back);
+        m.wrote_status(&VipBinding::test(), &written);
+        let cached = VipBinding::test().with_status(read_back);
         assert!(matches!(m.view(&cached), View::Cached(_)), "caught up");
     }
 
     #[tokio::test(start_paused = true)]
     async fn confirmed_entries_still_serve_a_stale_copy_then_go() {
         let m = Memory::default();
-        let stale = binding(1);
+        let stale = VipBinding::test();
         m.wrote_status(&stale, &status("p"));
         m.observe(&stale);
-        let mut current = binding(1);
-        current.status = Some(status("p"));
+        let current = VipBinding::test().with_status(status("p"));
         // The watch delivered our write...
         m.observe(&current);
         // ...while a reconcile still holds the copy from before it: it must see our status.
@@ -217,8 +195,7 @@ mod tests {
         assert_eq!(m.len(), 1);
         // Confirmed entries are purged a few seconds later, on the next write.
         tokio::time::advance(CONFIRMED_GRACE + Duration::from_millis(1)).await;
-        let mut other = binding(1);
-        other.metadata.uid = Some("u2".into());
+        let other = VipBinding::test().with_uid("u2");
         m.released(&other);
         assert_eq!(m.len(), 1, "only the new entry is left");
     }
@@ -226,22 +203,22 @@ mod tests {
     #[test]
     fn a_spec_change_beats_memory() {
         let m = Memory::default();
-        m.wrote_status(&binding(1), &status("p"));
-        assert!(matches!(m.view(&binding(2)), View::Cached(_)));
+        m.wrote_status(&VipBinding::test(), &status("p"));
+        assert!(matches!(m.view(&VipBinding::test().generation(2)), View::Cached(_)));
     }
 
     #[test]
     fn released_objects_are_not_touched_again() {
         let m = Memory::default();
-        m.released(&binding(1));
-        assert!(matches!(m.view(&binding(1)), View::Released));
+        m.released(&VipBinding::test());
+        assert!(matches!(m.view(&VipBinding::test()), View::Released));
     }
 
     #[tokio::test(start_paused = true)]
     async fn entries_expire() {
         let m = Memory::new(Duration::from_secs(60));
-        m.released(&binding(1));
+        m.released(&VipBinding::test());
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(matches!(m.view(&binding(1)), View::Cached(_)));
+        assert!(matches!(m.view(&VipBinding::test()), View::Cached(_)));
     }
 }
