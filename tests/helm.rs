@@ -1,7 +1,9 @@
 //! The Helm chart, rendered with the real `helm template`: RBAC grants exactly what
 //! `vip_operator::rbac::PERMISSIONS` says the operator needs for the chosen values (no more, no
-//! wildcards), the Deployment passes the expected flags and is restricted-PSS compliant, optional
-//! objects appear only when they should, and bad values fail to render with a clear message.
+//! wildcards), the user-facing ClusterRoles aggregated into admin/edit/view grant VipBinding
+//! rights only and are bound to nobody, the Deployment passes the expected flags and is
+//! restricted-PSS compliant, optional objects appear only when they should, and bad values fail to
+//! render with a clear message.
 //!
 //! Needs `helm` on PATH (or `$HELM`): `.ci/install-tools.sh` installs it into `.helm-tools/bin`.
 
@@ -191,17 +193,35 @@ fn expand(rules: &Value, ns: Option<&str>, out: &mut BTreeSet<Grant>) {
     }
 }
 
-/// What the rendered RBAC grants the operator's ServiceAccount. Also checks that every binding
-/// binds only that ServiceAccount to a rendered role, and that every role is bound.
+/// The built-in roles a ClusterRole's labels aggregate it into (`aggregate-to-admin` and so on).
+fn aggregated_into(role: &Value) -> Vec<String> {
+    role["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.strip_prefix("rbac.authorization.k8s.io/aggregate-to-")?, v)))
+        .map(|(into, v)| {
+            assert_eq!(v, "true", "aggregate-to-{into} label");
+            into.to_owned()
+        })
+        .collect()
+}
+
+/// What the rendered RBAC grants the operator's ServiceAccount: the rules of the roles its
+/// bindings refer to, nothing else. The render also holds the user-facing ClusterRoles, so
+/// collecting every role would count their rights as the operator's, and skipping them by name
+/// would hide them if they were bound to it: only the bindings decide. Also checks that every
+/// binding binds only that ServiceAccount to a rendered role, and that every role is either the
+/// operator's (bound, not aggregated) or user-facing (aggregated, not bound).
 fn granted(r: &Rendered) -> BTreeSet<Grant> {
     let sa = r.service_account();
     let name = |d: &Value| d["metadata"]["name"].as_str().unwrap().to_owned();
     let ns = |d: &Value| d["metadata"]["namespace"].as_str().map(str::to_owned);
     let mut cluster_roles: BTreeMap<String, &Value> = BTreeMap::new();
     for d in r.all("ClusterRole") {
+        // Its rules would be whatever the controller aggregates, not what the chart renders.
         assert!(d.get("aggregationRule").is_none(), "aggregated ClusterRole {}", name(d));
-        assert!(d["metadata"]["labels"].as_object().unwrap().keys().all(|k| !k.contains("aggregate-to")));
-        cluster_roles.insert(name(d), &d["rules"]);
+        cluster_roles.insert(name(d), d);
     }
     let mut roles: BTreeMap<(String, String), &Value> = BTreeMap::new();
     for d in r.all("Role") {
@@ -221,7 +241,7 @@ fn granted(r: &Rendered) -> BTreeSet<Grant> {
             let role = role_ref["name"].as_str().unwrap().to_owned();
             let binding_ns = if kind == "RoleBinding" { ns(b) } else { None };
             let rules = match role_ref["kind"].as_str().unwrap() {
-                "ClusterRole" => cluster_roles.get(&role).copied(),
+                "ClusterRole" => cluster_roles.get(&role).map(|d| &d["rules"]),
                 "Role" => {
                     assert_eq!(kind, "RoleBinding");
                     roles.get(&(binding_ns.clone().unwrap(), role.clone())).copied()
@@ -233,8 +253,15 @@ fn granted(r: &Rendered) -> BTreeSet<Grant> {
             expand(rules, binding_ns.as_deref(), &mut out);
         }
     }
-    for role in cluster_roles.keys() {
-        assert!(used.iter().any(|(k, _, n)| k == "ClusterRole" && n == role), "ClusterRole {role} is not bound");
+    for (role, d) in &cluster_roles {
+        let bound = used.iter().any(|(k, _, n)| k == "ClusterRole" && n == role);
+        if aggregated_into(d).is_empty() {
+            assert!(bound, "ClusterRole {role} is not bound");
+        } else {
+            // Both: the operator's rights (Secrets, status) would reach every namespace user, or
+            // the users' (create, delete) the operator.
+            assert!(!bound, "ClusterRole {role} is aggregated into user-facing roles and bound to the operator");
+        }
     }
     for (ns, role) in roles.keys() {
         assert!(used.contains(&("Role".into(), Some(ns.clone()), role.clone())), "Role {ns}/{role} is not bound");
@@ -444,7 +471,13 @@ fn watched_namespaces_with_an_existing_secret() {
             default_secret: Some("huawei-default"),
         },
     );
-    assert!(r.all("ClusterRole").iter().all(|c| c["metadata"]["name"] == "vip-operator-crd"));
+    // Cluster-wide, the operator only reads its CRD; the others are the user-facing roles.
+    let cluster_roles: BTreeSet<&str> =
+        r.all("ClusterRole").iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        cluster_roles,
+        BTreeSet::from(["vip-operator-crd", "vip-operator-admin", "vip-operator-edit", "vip-operator-view"])
+    );
     // An existing Secret is not created, and its rotation needs no checksum.
     assert!(r.all("Secret").is_empty());
     assert!(r.deployment()["spec"]["template"]["metadata"].get("annotations").is_none());
@@ -481,6 +514,102 @@ fn optional_features_disabled() {
     }
 }
 
+/// The user-facing ClusterRoles: those aggregated into a built-in role, by name.
+fn user_roles(r: &Rendered) -> BTreeMap<String, &Value> {
+    r.all("ClusterRole")
+        .into_iter()
+        .filter(|c| !aggregated_into(c).is_empty())
+        .map(|c| (c["metadata"]["name"].as_str().unwrap().to_owned(), c))
+        .collect()
+}
+
+/// Namespace users get VipBinding rights through the built-in admin/edit/view roles: exactly these
+/// rules, never status writes (the operator's record of what it bound, which the finalizer
+/// unbinds), and nothing beyond VipBindings (Secrets above all).
+#[test]
+fn user_roles_aggregate_into_admin_edit_view() {
+    const WRITE: [&str; 8] = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"];
+    const READ: [&str; 3] = ["get", "list", "watch"];
+    let grants = |spec: &[(&str, &[&str])]| -> BTreeSet<Grant> {
+        let mut out = BTreeSet::new();
+        for (resource, verbs) in spec {
+            for verb in *verbs {
+                out.insert((None, "vipoperator.dev".into(), resource.to_string(), verb.to_string(), None));
+            }
+        }
+        out
+    };
+    for (values, fullname) in [("{}".to_owned(), "vip-operator"), (full_values(), "vipop")] {
+        let r = render(&values);
+        let roles = user_roles(&r);
+        let names: Vec<&str> = roles.keys().map(String::as_str).collect();
+        let expected: Vec<String> = ["admin", "edit", "view"].iter().map(|b| format!("{fullname}-{b}")).collect();
+        assert_eq!(names, expected);
+        // The chart's standard labels (as on every object), plus the one aggregation label.
+        let standard = r.deployment()["metadata"]["labels"].as_object().unwrap();
+        for (builtin, write) in [("admin", true), ("edit", true), ("view", false)] {
+            let role = roles[&format!("{fullname}-{builtin}")];
+            let mut labels = role["metadata"]["labels"].as_object().unwrap().clone();
+            let aggregate = format!("rbac.authorization.k8s.io/aggregate-to-{builtin}");
+            assert_eq!(labels.remove(&aggregate), Some(Value::from("true")), "{aggregate} on {builtin}");
+            assert_eq!(&labels, standard, "labels of the {builtin} role");
+            assert!(role.get("aggregationRule").is_none());
+
+            let mut got = BTreeSet::new();
+            expand(&role["rules"], None, &mut got);
+            let vipbindings: &[&str] = if write { &WRITE } else { &READ };
+            assert_eq!(
+                got,
+                grants(&[("vipbindings", vipbindings), ("vipbindings/status", &READ)]),
+                "rules of the {builtin} role"
+            );
+            // Spelled out, though implied by the equality.
+            for (_, group, resource, verb, name) in &got {
+                assert_eq!(group, "vipoperator.dev", "{builtin}: group {group}");
+                assert!(["vipbindings", "vipbindings/status"].contains(&resource.as_str()), "{builtin}: {resource}");
+                assert!(resource != "vipbindings/status" || READ.contains(&verb.as_str()), "{builtin}: status {verb}");
+                assert!(name.is_none(), "{builtin}: resourceNames");
+            }
+            assert!(!role["rules"].to_string().contains("secrets"), "{builtin} mentions secrets");
+        }
+    }
+}
+
+#[test]
+fn user_roles_can_be_left_out() {
+    let r = render("userRoles: {aggregate: false}\n");
+    assert!(user_roles(&r).is_empty());
+    let cluster_roles: Vec<&str> =
+        r.all("ClusterRole").iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(cluster_roles, ["vip-operator-watched", "vip-operator-crd"]);
+    // The operator's own RBAC does not depend on them.
+    assert_rbac(
+        &r,
+        &Features { watch_namespaces: &[], leader_election: true, credentials_protection: true, default_secret: None },
+    );
+}
+
+/// Users get the roles through the built-in ones; a binding here would hand them to someone
+/// directly (and to the operator, rights it must not have).
+#[test]
+fn user_roles_are_bound_by_nobody() {
+    for values in ["{}".to_owned(), full_values(), "watchNamespaces: [apps]\n".to_owned()] {
+        let r = render(&values);
+        let roles = user_roles(&r);
+        assert_eq!(roles.len(), 3, "{values}");
+        for kind in ["ClusterRoleBinding", "RoleBinding"] {
+            for b in r.all(kind) {
+                let role = b["roleRef"]["name"].as_str().unwrap();
+                assert!(
+                    b["roleRef"]["kind"] != "ClusterRole" || !roles.contains_key(role),
+                    "{kind} {} binds {role}",
+                    b["metadata"]["name"]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_values_fail_with_a_clear_message() {
     let cases = [
@@ -496,6 +625,8 @@ fn bad_values_fail_with_a_clear_message() {
         ),
         ("credentials: {accessKey: b}\n", "without credentials.secretKey"),
         ("credentials: {metadataService: true, existingSecret: a}\n", "choose one default credentials source"),
+        ("userRoles: {aggregated: true}\n", "aggregated"),
+        ("userRoles: {aggregate: sometimes}\n", "userRoles/aggregate"),
     ];
     for (values, message) in cases {
         match template(values, &[]) {
