@@ -245,12 +245,15 @@ mod tests {
         }
     }
 
-    fn settings(flags: &[&str], env: &SdkEnvironment) -> Result<Settings, String> {
-        Settings::new(args(flags), env).map_err(|e| e.to_string())
+    fn settings(flags: &[&str], env: &SdkEnvironment) -> Result<Settings, ConfigError> {
+        Settings::new(args(flags), env)
     }
 
     fn error(flags: &[&str]) -> String {
-        settings(flags, &SdkEnvironment::default()).err().unwrap_or_else(|| panic!("{flags:?} was accepted"))
+        match settings(flags, &SdkEnvironment::default()) {
+            Ok(_) => panic!("{flags:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
     }
 
     #[test]
