@@ -277,7 +277,7 @@ mod tests {
     fn half_a_key_pair_in_the_environment_is_refused() {
         let env = SdkEnvironment { access_key: Some("AK".into()), ..Default::default() };
         assert_eq!(
-            settings(&[], &env).err().as_deref(),
+            settings(&[], &env).err().map(|e| e.to_string()).as_deref(),
             Some("set both HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or neither")
         );
     }
