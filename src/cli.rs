@@ -60,6 +60,14 @@ pub struct RunArgs {
     /// Base URL of the ECS metadata service.
     #[arg(long, env = "VIPOP_METADATA_URL", default_value = crate::ecs::credentials::DEFAULT_METADATA_URL)]
     pub metadata_url: String,
+    /// Namespaces whose bindings may use the operator's default credentials (repeat or
+    /// comma-separate); `*` for every namespace. Default: none (with --simulator: every one).
+    #[arg(long, env = "VIPOP_DEFAULT_CREDENTIALS_NAMESPACES", value_delimiter = ',')]
+    pub default_credentials_namespaces: Vec<String>,
+    /// Namespaces whose labels match this selector may use them too, e.g.
+    /// `vipoperator.dev/default-credentials=allowed` (kubectl selector syntax).
+    #[arg(long, env = "VIPOP_DEFAULT_CREDENTIALS_NAMESPACE_SELECTOR")]
+    pub default_credentials_namespace_selector: Option<String>,
     /// Watch only this namespace; repeat (or comma-separate) for several. Default: all namespaces.
     #[arg(long = "namespace", env = "VIPOP_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,

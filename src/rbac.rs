@@ -122,4 +122,13 @@ pub const PERMISSIONS: &[Permission] = &[
         feature: Feature::Core,
         why: "before an unbind, check the VipBinding CRD is not being deleted (uninstall): then release without unbinding",
     },
+    Permission {
+        api_group: "",
+        resource: "namespaces",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        resource_names: &[],
+        feature: Feature::Core,
+        why: "namespace labels and annotations (metadata only): who may use the default credentials, which projects a namespace may target",
+    },
 ];

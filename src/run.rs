@@ -18,7 +18,8 @@ use crate::admin::{AdminError, AdminState, Health};
 use crate::api::v1alpha1::{CRD_NAME, VipBinding};
 use crate::cli::RunArgs;
 use crate::controller::kube_ops::{FIELD_MANAGER, KubeOps};
-use crate::controller::target::TargetResolver;
+use crate::controller::target::{DefaultCredentials, TargetResolver};
+use crate::controller::tenancy::{DefaultCredentialsScope, Tenancy};
 use crate::controller::{Context, Hooks};
 use crate::ecs::client::ClientConfigError;
 use crate::ecs::{EcsClient, EcsClientConfig, Endpoint, Fence, SystemClock};
@@ -326,7 +327,30 @@ impl CloudSide {
         };
         let client = EcsClient::fenced(config, Arc::new(SystemClock), Some(metrics), fence)?;
         tracing::info!(credentials = ?settings.defaults.credentials, endpoint = %endpoint, "cloud configuration");
+        say_who_may_use_default_credentials(settings);
         Ok(Self { client, simulator })
+    }
+}
+
+fn say_who_may_use_default_credentials(settings: &Settings) {
+    let scope = &settings.default_credentials_scope;
+    if matches!(settings.defaults.credentials, DefaultCredentials::None) {
+        return;
+    }
+    if settings.demo_scope {
+        tracing::warn!(
+            "demo: every namespace may use the simulator's credentials (--simulator without --default-credentials-namespaces or --default-credentials-namespace-selector); a real install grants them per namespace"
+        );
+    } else if scope.is_nowhere() {
+        tracing::warn!(
+            "no namespace may use the operator's default credentials: bindings must name their own Secret, or grant namespaces with --default-credentials-namespaces / --default-credentials-namespace-selector"
+        );
+    } else if *scope == DefaultCredentialsScope::Everywhere {
+        tracing::info!(
+            "every namespace may use the operator's default credentials (--default-credentials-namespaces '*')"
+        );
+    } else {
+        tracing::info!(?scope, "namespaces that may use the operator's default credentials");
     }
 }
 
@@ -339,7 +363,8 @@ fn context(client: &Client, settings: &Settings, cloud: EcsClient, metrics: Arc<
         Context::new(
             KubeOps::new(client.clone(), reporter),
             Arc::new(cloud),
-            TargetResolver::new(Arc::new(client.clone()), settings.defaults.clone()),
+            TargetResolver::new(Arc::new(client.clone()), settings.defaults.clone())
+                .with_tenancy(Arc::new(Tenancy::new(settings.default_credentials_scope.clone()))),
             Arc::new(SystemClock),
         )
         .with_metrics(metrics)

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::cli::RunArgs;
 use crate::controller::WatchConfig;
 use crate::controller::target::{DefaultCredentials, OperatorDefaults};
+use crate::controller::tenancy::{DefaultCredentialsScope, SelectorError, parse_selector};
 use crate::ecs::{
     CredentialsError, Endpoint, EndpointError, InvalidId, InvalidRegion, MetadataCredentials, RetryPolicy, SystemClock,
 };
@@ -45,6 +46,10 @@ pub enum ConfigError {
     MetricsAddr { value: String, source: std::net::AddrParseError },
     #[error("--leader-elect needs --leader-election-namespace (or POD_NAMESPACE)")]
     LeaderNamespace,
+    #[error("--default-credentials-namespaces: {0:?} is not a namespace name")]
+    NamespaceName(String),
+    #[error("--default-credentials-namespace-selector: {0}")]
+    Selector(#[from] SelectorError),
 }
 
 /// What the operator reads from its environment besides flags (Huawei's SDK variables).
@@ -100,6 +105,10 @@ pub struct CloudSettings {
 #[derive(Debug)]
 pub struct Settings {
     pub defaults: OperatorDefaults,
+    /// Which namespaces may use `defaults.credentials`.
+    pub default_credentials_scope: DefaultCredentialsScope,
+    /// Every namespace may, because this is the demo against the simulator (said at start-up).
+    pub demo_scope: bool,
     pub cloud: CloudSettings,
     pub watch: WatchConfig,
     pub resync_period: Duration,
@@ -141,7 +150,10 @@ impl Settings {
             a => Some(a.parse().map_err(|source| ConfigError::MetricsAddr { value: a.to_string(), source })?),
         };
         let leader = leader(&args)?;
+        let (default_credentials_scope, demo_scope) = default_credentials_scope(&args)?;
         Ok(Self {
+            default_credentials_scope,
+            demo_scope,
             defaults: OperatorDefaults {
                 credentials,
                 project_id,
@@ -185,6 +197,36 @@ fn leader(args: &RunArgs) -> Result<Option<LeaderSettings>, ConfigError> {
         lease_name: args.leader_election_id.clone(),
         lease_seconds: args.leader_lease_seconds.max(2),
     }))
+}
+
+/// Who may use the default credentials: names (`*`: everyone) and a label selector; neither
+/// means nobody, except in the demo against the simulator.
+fn default_credentials_scope(args: &RunArgs) -> Result<(DefaultCredentialsScope, bool), ConfigError> {
+    let names = &args.default_credentials_namespaces;
+    if names.iter().any(|n| n.trim() == "*") {
+        return Ok((DefaultCredentialsScope::Everywhere, false));
+    }
+    if names.is_empty() && args.default_credentials_namespace_selector.is_none() {
+        return Ok(if args.simulator {
+            (DefaultCredentialsScope::Everywhere, true)
+        } else {
+            (DefaultCredentialsScope::nowhere(), false)
+        });
+    }
+    let mut namespaces = std::collections::BTreeSet::new();
+    for name in names.iter().map(|n| n.trim()) {
+        let dns_label = !name.is_empty()
+            && name.len() <= 63
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !dns_label {
+            return Err(ConfigError::NamespaceName(name.to_string()));
+        }
+        namespaces.insert(name.to_string());
+    }
+    let selector = args.default_credentials_namespace_selector.as_deref().map(parse_selector).transpose()?;
+    Ok((DefaultCredentialsScope::Only { namespaces, selector }, false))
 }
 
 fn parse_secret_ref(value: &str) -> Result<(String, String), ConfigError> {
@@ -271,6 +313,43 @@ mod tests {
         assert_eq!(error(&["--credentials-secret", "a/b/c"]), "--credentials-secret \"a/b/c\" must be NAMESPACE/NAME");
         assert_eq!(error(&["--leader-elect"]), "--leader-elect needs --leader-election-namespace (or POD_NAMESPACE)");
         assert!(error(&["--metadata-credentials", "--metadata-url", "not a url"]).starts_with("--metadata-url"));
+        assert_eq!(
+            error(&["--default-credentials-namespaces", "ok,Not_A_Namespace"]),
+            "--default-credentials-namespaces: \"Not_A_Namespace\" is not a namespace name"
+        );
+        assert!(
+            error(&["--default-credentials-namespace-selector", "a in b"])
+                .starts_with("--default-credentials-namespace-selector: ")
+        );
+    }
+
+    #[test]
+    fn default_credentials_are_for_nobody_unless_granted_except_in_the_demo() {
+        let scope = |flags: &[&str]| {
+            let s = settings(flags, &SdkEnvironment::default()).expect("valid");
+            (s.default_credentials_scope, s.demo_scope)
+        };
+        assert_eq!(scope(&[]), (DefaultCredentialsScope::nowhere(), false));
+        assert_eq!(scope(&["--simulator"]), (DefaultCredentialsScope::Everywhere, true));
+        assert_eq!(scope(&["--default-credentials-namespaces", "*"]), (DefaultCredentialsScope::Everywhere, false));
+        let (granted, demo) = scope(&[
+            "--simulator",
+            "--default-credentials-namespaces",
+            "ops,team-a",
+            "--default-credentials-namespace-selector",
+            "vipoperator.dev/default-credentials=allowed",
+        ]);
+        assert!(!demo, "an explicit grant is not the demo");
+        match granted {
+            DefaultCredentialsScope::Only { namespaces, selector } => {
+                assert_eq!(namespaces.into_iter().collect::<Vec<_>>(), vec!["ops", "team-a"]);
+                assert_eq!(
+                    selector.map(|s| s.to_string()).as_deref(),
+                    Some("vipoperator.dev/default-credentials=allowed")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -346,6 +346,8 @@ fn default_values() {
             "run",
             "--log-level=info",
             "--log-format=json",
+            "--default-credentials-namespaces=vip-system",
+            "--default-credentials-namespace-selector=vipoperator.dev/default-credentials=allowed",
             "--concurrency=16",
             "--cloud-qps=10",
             "--cloud-burst=10",
@@ -393,6 +395,9 @@ fn full_values_file() {
             "--region=ap-southeast-1",
             "--project-id=0123456789abcdef0123456789abcdef",
             "--credentials-secret=vip-system/vipop-credentials",
+            "--default-credentials-namespaces=team-a",
+            "--default-credentials-namespaces=vip-system",
+            "--default-credentials-namespace-selector=platform.example.com/tier in (gold, silver),vipoperator.dev/default-credentials=allowed",
             "--namespace=team-a",
             "--namespace=team-b",
             "--concurrency=8",
@@ -471,12 +476,13 @@ fn watched_namespaces_with_an_existing_secret() {
             default_secret: Some("huawei-default"),
         },
     );
-    // Cluster-wide, the operator only reads its CRD; the others are the user-facing roles.
+    // Cluster-wide, the operator reads its CRD and Namespace metadata; the others are the
+    // user-facing roles.
     let cluster_roles: BTreeSet<&str> =
         r.all("ClusterRole").iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(
         cluster_roles,
-        BTreeSet::from(["vip-operator-crd", "vip-operator-admin", "vip-operator-edit", "vip-operator-view"])
+        BTreeSet::from(["vip-operator-cluster", "vip-operator-admin", "vip-operator-edit", "vip-operator-view"])
     );
     // An existing Secret is not created, and its rotation needs no checksum.
     assert!(r.all("Secret").is_empty());
@@ -581,7 +587,7 @@ fn user_roles_can_be_left_out() {
     assert!(user_roles(&r).is_empty());
     let cluster_roles: Vec<&str> =
         r.all("ClusterRole").iter().map(|c| c["metadata"]["name"].as_str().unwrap()).collect();
-    assert_eq!(cluster_roles, ["vip-operator-watched", "vip-operator-crd"]);
+    assert_eq!(cluster_roles, ["vip-operator-watched", "vip-operator-cluster"]);
     // The operator's own RBAC does not depend on them.
     assert_rbac(
         &r,
@@ -643,6 +649,59 @@ fn kube_version_floor() {
 }
 
 /// The Deployment's args parse with the binary's own command line.
+/// The chart's default lets the operator's credentials be used in its own namespace and in
+/// namespaces labelled for it, nowhere else (README, "Multi-tenant clusters").
+#[test]
+fn default_values_allow_default_credentials_only_in_the_release_namespace_and_labelled_ones() {
+    use clap::Parser;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::core::PartialObjectMeta;
+    use vip_operator::controller::tenancy::Tenancy;
+    use vip_operator::settings::{SdkEnvironment, Settings};
+
+    let r = render("credentials: {existingSecret: huawei-default}\n");
+    let cli = vip_operator::cli::Cli::try_parse_from(std::iter::once("vip-operator".to_owned()).chain(r.args()))
+        .expect("the chart's args parse");
+    let vip_operator::cli::Command::Run(args) = cli.command else { panic!("not `run`") };
+    let settings = Settings::new(*args, &SdkEnvironment::default()).expect("the chart's args are valid");
+    assert!(!settings.demo_scope);
+    let tenancy = Tenancy::new(settings.default_credentials_scope);
+    let namespace = |name: &str, labels: &[(&str, &str)]| {
+        let mut ns = PartialObjectMeta::<Namespace>::default();
+        ns.metadata.name = Some(name.into());
+        ns.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        ns
+    };
+    for ns in [
+        namespace(RELEASE_NS, &[]),
+        namespace("team-a", &[]),
+        namespace("team-b", &[("vipoperator.dev/default-credentials", "allowed")]),
+        namespace("team-c", &[("vipoperator.dev/default-credentials", "yes")]),
+    ] {
+        tenancy.apply(&kube::runtime::watcher::Event::Apply(ns));
+    }
+    let allowed: Vec<&str> = [RELEASE_NS, "team-a", "team-b", "team-c", "never-seen"]
+        .into_iter()
+        .filter(|ns| tenancy.may_use_default_credentials(ns).is_ok())
+        .collect();
+    assert_eq!(allowed, [RELEASE_NS, "team-b"]);
+    // Turned off, only labelled namespaces remain; ["*"] is every namespace.
+    for (values, expected) in [
+        (
+            "defaultCredentials: {allowReleaseNamespace: false}\n",
+            vec!["--default-credentials-namespace-selector=vipoperator.dev/default-credentials=allowed"],
+        ),
+        (
+            "defaultCredentials: {namespaces: ['*'], namespaceSelector: ''}\n",
+            vec!["--default-credentials-namespaces=*", "--default-credentials-namespaces=vip-system"],
+        ),
+    ] {
+        let args: Vec<String> =
+            render(values).args().into_iter().filter(|a| a.starts_with("--default-credentials")).collect();
+        assert_eq!(args, expected, "{values}");
+    }
+}
+
 #[test]
 fn rendered_args_parse_with_the_cli() {
     use clap::Parser;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use http::{Request, Response};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::client::Body;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
@@ -20,6 +21,9 @@ use vip_operator::controller::Context;
 use vip_operator::controller::kube_ops::KubeOps;
 use vip_operator::controller::reconcile::reconcile;
 use vip_operator::controller::target::{DefaultCredentials, OperatorDefaults, TargetResolver};
+use vip_operator::controller::tenancy::{
+    ALLOWED_PROJECTS_ANNOTATION, DefaultCredentialsScope, Tenancy, parse_selector,
+};
 use vip_operator::ecs::error::{ApiError, TransportKind};
 use vip_operator::ecs::{BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsError, UnbindRequest};
 
@@ -284,6 +288,34 @@ struct Run {
     seen: Vec<Seen>,
 }
 
+/// A tenancy policy where only `ops` may use the default credentials, and `team-a` may target
+/// only `allowed-project` (annotations as a cluster admin would write them).
+fn narrow_tenancy() -> Arc<Tenancy> {
+    let tenancy = Tenancy::new(DefaultCredentialsScope::Only {
+        namespaces: ["ops".to_string()].into(),
+        selector: Some(parse_selector("vipoperator.dev/default-credentials=allowed").unwrap()),
+    });
+    let mut ns = PartialObjectMeta::<Namespace>::default();
+    ns.metadata.name = Some(NS.into());
+    ns.metadata.annotations = Some([(ALLOWED_PROJECTS_ANNOTATION.to_string(), "allowed-project".to_string())].into());
+    tenancy.apply(&kube::runtime::watcher::Event::Apply(ns));
+    Arc::new(tenancy)
+}
+
+async fn run_with_tenancy(object: VipBinding, cloud: Arc<FakeCloud>, opts: MockOptions) -> Run {
+    let (client, api) = MockApi::start(&object, opts);
+    let reporter = Reporter { controller: "vip-operator".into(), instance: Some("test".into()) };
+    let ctx = Arc::new(Context::new(
+        KubeOps::new(client.clone(), reporter),
+        cloud,
+        TargetResolver::new(Arc::new(client), static_defaults()).with_tenancy(narrow_tenancy()),
+        Arc::new(FixedClock),
+    ));
+    let action = reconcile(Arc::new(object), ctx).await.expect("reconcile failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Run { action, seen: api.seen() }
+}
+
 async fn run_once(object: VipBinding, cloud: Arc<FakeCloud>, defaults: OperatorDefaults, opts: MockOptions) -> Run {
     let (client, api) = MockApi::start(&object, opts);
     let ctx = context(client, cloud, defaults);
@@ -390,6 +422,8 @@ async fn create_adds_finalizer_binds_once_and_records_status() {
             "portId": NIC,
             "observedGeneration": 1,
             "boundReverseBinding": false,
+            // What the deletion will unbind with: the operator's credentials (no Secret named).
+            "boundWith": {"projectId": PROJECT, "region": "cn-north-4"},
             "conditions": [cond("Bound", "True", "Bound", &msg, NOW), cond("Ready", "True", "Bound", &msg, NOW)],
         }),
     );
@@ -773,4 +807,89 @@ async fn crd_being_deleted_releases_without_unbinding() {
     assert_eq!(ready["reason"], "Orphaned");
     assert!(ready["message"].as_str().unwrap().contains("CRD is being deleted"));
     assert_finalizer_removed(&seen[1]);
+}
+
+// ---------------------------------------------------------------- tenancy
+
+#[tokio::test]
+async fn a_namespace_not_granted_the_default_credentials_gets_a_reason_an_event_and_no_cloud_call() {
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_with_tenancy(binding(), cloud.clone(), MockOptions::default()).await;
+    assert!(cloud.calls().is_empty());
+    // No finalizer either: nothing can have been sent.
+    assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
+    let ready = condition(&run.seen[0].body["status"], "Ready");
+    assert_eq!(ready["reason"], "DefaultCredentialsNotAllowed");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("kubectl label namespace team-a vipoperator.dev/default-credentials=allowed"),
+        "{message}"
+    );
+    assert_event(
+        &run.seen[1],
+        "Warning",
+        "DefaultCredentialsNotAllowed",
+        "may not use the operator's default credentials",
+    );
+    // Only a change helps (a relabel releases the hold through the namespace watch).
+    assert_eq!(run.action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_project_outside_the_namespace_scope_is_refused_even_with_the_namespace_s_own_secret() {
+    let cloud = FakeCloud::answering(vec![]);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "team-creds", "namespace": NS},
+        "data": {"accessKey": "VEVBTUFL", "secretKey": "dGVhbS1zaw=="},
+    }))
+    .unwrap();
+    let object = binding().secret("team-creds");
+    let run = run_with_tenancy(object, cloud.clone(), MockOptions { secret: Some(secret), ..Default::default() }).await;
+    assert!(cloud.calls().is_empty());
+    assert_eq!(run.seen[0].uri, "/api/v1/namespaces/team-a/secrets/team-creds");
+    let ready = condition(&run.seen[1].body["status"], "Ready");
+    assert_eq!(ready["reason"], "ProjectNotAllowed");
+    assert!(ready["message"].as_str().unwrap().contains(PROJECT), "{ready}");
+}
+
+#[tokio::test]
+async fn a_narrowed_policy_never_traps_a_deletion_it_unbinds_where_the_bind_went() {
+    let cloud = FakeCloud::answering(vec![]);
+    // Bound (by this operator) with the default credentials in PROJECT; since then the
+    // namespace lost both the default credentials and PROJECT.
+    let mut object = bound_binding().deleting();
+    if let Some(status) = object.status.as_mut() {
+        status.bound_with = serde_json::from_value(json!({"projectId": PROJECT, "region": "cn-north-4"})).unwrap();
+    }
+    let run = run_with_tenancy(object, cloud.clone(), MockOptions::default()).await;
+    let calls = cloud.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(
+        (calls[0].op, calls[0].project.as_str(), calls[0].access_key.as_str()),
+        ("unbind", PROJECT, "DEFAULTAK")
+    );
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "Unbound");
+    assert_finalizer_removed(&seen[1]);
+}
+
+#[tokio::test]
+async fn a_binding_bound_before_the_record_existed_still_unbinds() {
+    // Bound=True (only the operator writes it) but no status.boundWith: an older operator.
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_with_tenancy(bound_binding().deleting(), cloud.clone(), MockOptions::default()).await;
+    assert_eq!(cloud.calls().iter().map(|c| c.op).collect::<Vec<_>>(), ["unbind"]);
+    assert_finalizer_removed(&after_crd_check(&run.seen)[1]);
+}
+
+#[tokio::test]
+async fn a_hand_added_finalizer_cannot_turn_a_refused_binding_into_an_unbind() {
+    // Never bound (refused by the policy), but someone added the finalizer by hand: the
+    // operator has no evidence it ever sent a bind, so the unbind is checked like a bind.
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_with_tenancy(binding().with_finalizer().deleting(), cloud.clone(), MockOptions::default()).await;
+    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "DefaultCredentialsNotAllowed");
+    assert!(seen.iter().all(|s| s.body.get(0).is_none_or(|op| op["op"] != "remove")), "finalizer kept: {seen:#?}");
 }

@@ -131,11 +131,31 @@ pub struct VipBindingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound_reverse_binding: Option<bool>,
 
+    /// Where the last bind request was sent and whose credentials signed it. A deletion
+    /// unbinds with the same, whatever the namespace's policy says by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_with: Option<BoundWith>,
+
     /// Ready: the binding is in the state its spec asks for. Bound: whether the VIP is bound to
     /// the NIC (Unknown when a request may have reached the cloud without an answer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The cloud target of a bind request, as sent.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundWith {
+    /// The Huawei project the request went to.
+    pub project_id: String,
+    /// Its region (empty with a fixed endpoint that serves every region).
+    #[serde(default)]
+    pub region: String,
+    /// The Secret in this namespace whose keys signed it; absent: the operator's default
+    /// credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 }
 
 impl VipBindingStatus {
@@ -193,10 +213,15 @@ pub enum Reason {
     DeletionPaused,
     /// Not sent: this replica could not confirm it still holds the leader lease.
     LeaderUnconfirmed,
+    /// The binding names no Secret, and its namespace may not use the operator's default
+    /// credentials.
+    DefaultCredentialsNotAllowed,
+    /// The binding targets a project or region its namespace may not use.
+    ProjectNotAllowed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Bound,
         Reason::Unbound,
         Reason::NotBound,
@@ -215,6 +240,8 @@ impl Reason {
         Reason::Paused,
         Reason::DeletionPaused,
         Reason::LeaderUnconfirmed,
+        Reason::DefaultCredentialsNotAllowed,
+        Reason::ProjectNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -237,6 +264,8 @@ impl Reason {
             Reason::Paused => "Paused",
             Reason::DeletionPaused => "DeletionPaused",
             Reason::LeaderUnconfirmed => "LeaderUnconfirmed",
+            Reason::DefaultCredentialsNotAllowed => "DefaultCredentialsNotAllowed",
+            Reason::ProjectNotAllowed => "ProjectNotAllowed",
         }
     }
 

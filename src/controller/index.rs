@@ -267,6 +267,13 @@ impl BindingIndex {
         uids.iter().filter_map(|uid| inner.by_uid.get(uid)).map(|e| (*e.claim).clone()).collect()
     }
 
+    /// The bindings (live or being deleted) in `namespace`. A scan: asked only when a
+    /// namespace's policy changes.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Claim> {
+        let inner = self.read();
+        inner.by_uid.values().filter(|e| e.claim.namespace == namespace).map(|e| (*e.claim).clone()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.read().by_uid.len()
     }

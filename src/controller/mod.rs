@@ -6,6 +6,7 @@
 //! - [`context`]: what a reconcile works with;
 //! - [`cloud`]: cloud calls, gated by the [`auth_gate`];
 //! - [`kube_ops`]: every Kubernetes call a reconcile makes;
+//! - [`target`] and [`tenancy`]: where a call goes, with whose keys, and who may ask;
 //! - per-object state: [`backoff`], [`drift`], [`memory`], [`index`], keyed by [`key`].
 
 pub mod auth_gate;
@@ -22,6 +23,7 @@ pub mod memory;
 pub mod reconcile;
 pub mod status;
 pub mod target;
+pub mod tenancy;
 pub mod wiring;
 
 pub use context::Context;

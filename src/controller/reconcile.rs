@@ -22,6 +22,7 @@ use super::decide::{Plan, Verdict, decide};
 use super::key::ObjectKey;
 use super::memory::View;
 use super::status::{BoundKnowledge, CondStatus, StatusBuilder, bound_knowledge, has_finalizer};
+use super::target::TargetResolver;
 
 /// Failures of the reconcile itself (Kubernetes API calls); cloud failures are not errors here.
 #[derive(Debug, thiserror::Error)]
@@ -161,8 +162,9 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &ObjectKey) ->
         }
         None => {}
     }
-    if !ctx.index.synced() {
-        // Ownership of a NIC is not known before every watched namespace is listed.
+    if !ctx.index.synced() || !ctx.targets.tenancy().synced() {
+        // Ownership of a NIC is not known before every watched namespace is listed, nor the
+        // tenancy policy before every Namespace is.
         tracing::debug!("waiting for every watched namespace to be listed");
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -286,7 +288,11 @@ async fn target_or_record(
     key: &ObjectKey,
     action: &'static str,
 ) -> Result<Result<CloudTarget, Action>, Error> {
-    match ctx.targets.resolve(b).await {
+    let resolved = match action {
+        "Unbind" => ctx.targets.resolve_for_unbind(b).await,
+        _ => ctx.targets.resolve(b).await,
+    };
+    match resolved {
         Ok(t) => Ok(Ok(t)),
         Err(verdict) => {
             ctx.note_credentials_problem(verdict.reason);
@@ -308,7 +314,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
     let admitted = match ctx.cloud.admit(&target) {
         Ok(admitted) => admitted,
         Err(EcsError::AwaitingProbe(why)) => return Ok(await_probe(&why)),
-        Err(e) => return bind_failed(b, ctx, key, knowledge, e).await,
+        Err(e) => return bind_failed(b, ctx, key, (knowledge, &target), e).await,
     };
     // The finalizer goes on before the cloud can change: from here on a deletion unbinds.
     let added;
@@ -333,6 +339,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
             let next = StatusBuilder::new(b, ctx.now())
                 .port_id(Some(port_id))
                 .bound_reverse_binding(Some(b.spec.reverse_binding))
+                .bound_with(Some(TargetResolver::bound_with(b, &target)))
                 .bound(CondStatus::True, Reason::Bound, &message)
                 .ready(CondStatus::True, Reason::Bound, &message)
                 .build();
@@ -346,20 +353,25 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
             }
             Ok(ctx.after_success(b, key))
         }
-        Err(e) => bind_failed(b, ctx, key, knowledge, e).await,
+        Err(e) => bind_failed(b, ctx, key, (knowledge, &target), e).await,
     }
 }
 
-/// Records a bind that did not succeed: what is now known about the cloud, and the failure.
+/// Records a bind that did not succeed: what is now known about the cloud (what it knew
+/// before, and where the attempt went), and the failure.
 async fn bind_failed(
     b: &VipBinding,
     ctx: &Context,
     key: &ObjectKey,
-    knowledge: BoundKnowledge,
+    (knowledge, target): (BoundKnowledge, &CloudTarget),
     e: EcsError,
 ) -> Result<Action, Error> {
     let reason = failure_reason(&e, false);
-    let builder = StatusBuilder::new(b, ctx.now());
+    let mut builder = StatusBuilder::new(b, ctx.now());
+    if e.may_have_applied() {
+        // The deletion must be able to undo whatever this attempt may have done.
+        builder = builder.bound_with(Some(TargetResolver::bound_with(b, target)));
+    }
     let builder = match (knowledge, e.class()) {
         // An earlier bind still stands; this attempt changed nothing we know of.
         (BoundKnowledge::Bound, _) => builder.bound_unchanged(),
@@ -404,6 +416,7 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action
             let builder = StatusBuilder::new(b, ctx.now())
                 .port_id(Some(port_id))
                 .bound_reverse_binding(None)
+                .bound_with(None)
                 .bound(CondStatus::False, Reason::Unbound, &message)
                 .ready(CondStatus::False, Reason::Unbound, &message);
             release(b, ctx, key, builder, Reason::Unbound, &message).await

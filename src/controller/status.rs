@@ -158,6 +158,13 @@ impl<'a> StatusBuilder<'a> {
         self
     }
 
+    /// Where a bind request was sent (the evidence a deletion unbinds with), or none after an
+    /// unbind.
+    pub fn bound_with(mut self, value: Option<crate::api::v1alpha1::BoundWith>) -> Self {
+        self.status.bound_with = value;
+        self
+    }
+
     /// The new status, or `None` when it equals the current one (no write needed).
     pub fn build(self) -> Option<VipBindingStatus> {
         (self.binding.status.as_ref() != Some(&self.status)).then_some(self.status)

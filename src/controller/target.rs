@@ -1,6 +1,8 @@
 //! Resolving where a binding's cloud calls go and whose keys sign them: the binding's own
 //! Secret (`spec.credentialsSecretRef`) wins over the operator's default credentials; project and
-//! region come from the spec, else the Secret, else the operator's defaults.
+//! region come from the spec, else the Secret, else the operator's defaults. A bind must also
+//! pass the namespace's [tenancy](super::tenancy) policy; an unbind goes where the bind went
+//! (`status.boundWith`).
 
 use std::sync::Arc;
 
@@ -9,11 +11,12 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use crate::api::v1alpha1::{Reason, VipBinding};
+use crate::api::v1alpha1::{BoundWith, CONDITION_BOUND, Reason, VipBinding};
 use crate::ecs::credentials::from_secret_data;
 use crate::ecs::{CloudTarget, Credentials, MetadataCredentials, check_path_id, check_region};
 
 use super::decide::Verdict;
+use super::tenancy::Tenancy;
 
 /// Reads Secrets (the one Kubernetes read the resolver needs), so tests can fake it.
 pub trait SecretReader: Send + Sync {
@@ -58,6 +61,7 @@ pub struct OperatorDefaults {
 pub struct TargetResolver {
     secrets: Arc<dyn SecretReader>,
     defaults: OperatorDefaults,
+    tenancy: Arc<Tenancy>,
 }
 
 fn unavailable(message: String) -> Verdict {
@@ -75,8 +79,19 @@ struct FromSecret {
 }
 
 impl TargetResolver {
+    /// Without a tenancy policy: every namespace may use the default credentials, on any
+    /// project (see [`TargetResolver::with_tenancy`]).
     pub fn new(secrets: Arc<dyn SecretReader>, defaults: OperatorDefaults) -> Self {
-        Self { secrets, defaults }
+        Self { secrets, defaults, tenancy: Arc::default() }
+    }
+
+    pub fn with_tenancy(mut self, tenancy: Arc<Tenancy>) -> Self {
+        self.tenancy = tenancy;
+        self
+    }
+
+    pub fn tenancy(&self) -> &Arc<Tenancy> {
+        &self.tenancy
     }
 
     pub fn defaults(&self) -> &OperatorDefaults {
@@ -104,30 +119,82 @@ impl TargetResolver {
         Ok(FromSecret { credentials: parsed.credentials, project_id: parsed.project_id, region: parsed.region })
     }
 
-    /// The binding's cloud target, or why there is none (`CredentialsUnavailable` when it may
-    /// come later, `Invalid` when the configuration is wrong).
+    /// Where a bind goes, or why it may not (`CredentialsUnavailable` when it may come later,
+    /// `Invalid` when the configuration is wrong, `DefaultCredentialsNotAllowed` or
+    /// `ProjectNotAllowed` when the namespace's policy refuses it). Nothing is sent before this.
     pub async fn resolve(&self, b: &VipBinding) -> Result<CloudTarget, Verdict> {
+        self.resolve_checked(b, true).await
+    }
+
+    /// Where an unbind goes: where the bind went (`status.boundWith`), with the credentials
+    /// it used, whatever the policy says now. Without that record (a binding bound before the
+    /// record existed), a binding the cloud confirmed bound (`Bound=True`, which only the
+    /// operator writes) is resolved as today without the policy checks; any other is checked
+    /// like a bind, so a finalizer added by hand cannot turn a refused binding into an unbind.
+    pub async fn resolve_for_unbind(&self, b: &VipBinding) -> Result<CloudTarget, Verdict> {
+        if let Some(w) = b.status.as_ref().and_then(|s| s.bound_with.as_ref()) {
+            return self.recorded(b, w).await;
+        }
+        let confirmed_bound = b.condition(CONDITION_BOUND).is_some_and(|c| c.status == "True");
+        self.resolve_checked(b, !confirmed_bound).await
+    }
+
+    /// What a successful (or possibly applied) bind to `target` records for the deletion.
+    pub fn bound_with(b: &VipBinding, target: &CloudTarget) -> BoundWith {
+        BoundWith {
+            project_id: target.project_id.clone(),
+            region: target.region.clone(),
+            credentials_secret: b.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+        }
+    }
+
+    async fn recorded(&self, b: &VipBinding, w: &BoundWith) -> Result<CloudTarget, Verdict> {
+        let namespace = b.namespace().unwrap_or_default();
+        let credentials = match &w.credentials_secret {
+            Some(name) => self.read_secret(&namespace, name).await?.credentials,
+            None => self.default_credentials().await?.0.credentials,
+        };
+        // Written by the operator, but status is still input: the same checks as a spec.
+        check_path_id("status.boundWith.projectId", &w.project_id).map_err(|e| invalid(e.to_string()))?;
+        if !w.region.is_empty() || self.defaults.region_required {
+            check_region(&w.region).map_err(|e| invalid(format!("status.boundWith.region: {e}")))?;
+        }
+        Ok(CloudTarget { region: w.region.clone(), project_id: w.project_id.clone(), credentials })
+    }
+
+    /// The operator's default credentials, and how to name them in a message.
+    async fn default_credentials(&self) -> Result<(FromSecret, String), Verdict> {
+        Ok(match &self.defaults.credentials {
+            DefaultCredentials::None => {
+                return Err(unavailable(
+                    "no credentials: set spec.credentialsSecretRef, or give the operator default credentials (--credentials-secret, HUAWEICLOUD_SDK_AK/SK, or --metadata-credentials)".into(),
+                ));
+            }
+            DefaultCredentials::Static(c) => (
+                FromSecret { credentials: c.clone(), project_id: None, region: None },
+                "the operator's credentials".to_string(),
+            ),
+            DefaultCredentials::Secret { namespace, name } => {
+                (self.read_secret(namespace, name).await?, format!("Secret {namespace}/{name}"))
+            }
+            DefaultCredentials::Metadata(m) => {
+                let credentials = m.credentials().await.map_err(|e| unavailable(e.to_string()))?;
+                (FromSecret { credentials, project_id: None, region: None }, "the ECS metadata service".to_string())
+            }
+        })
+    }
+
+    async fn resolve_checked(&self, b: &VipBinding, policy: bool) -> Result<CloudTarget, Verdict> {
         let namespace = b.namespace().unwrap_or_default();
         let (found, source) = match &b.spec.credentials_secret_ref {
             Some(r) => (self.read_secret(&namespace, &r.name).await?, format!("Secret {namespace}/{}", r.name)),
-            None => match &self.defaults.credentials {
-                DefaultCredentials::None => {
-                    return Err(unavailable(
-                        "no credentials: set spec.credentialsSecretRef, or give the operator default credentials (--credentials-secret, HUAWEICLOUD_SDK_AK/SK, or --metadata-credentials)".into(),
-                    ));
+            None => {
+                if policy {
+                    // Before any read: a namespace that may not use them learns nothing of them.
+                    self.tenancy.may_use_default_credentials(&namespace)?;
                 }
-                DefaultCredentials::Static(c) => (
-                    FromSecret { credentials: c.clone(), project_id: None, region: None },
-                    "the operator's credentials".to_string(),
-                ),
-                DefaultCredentials::Secret { namespace, name } => {
-                    (self.read_secret(namespace, name).await?, format!("Secret {namespace}/{name}"))
-                }
-                DefaultCredentials::Metadata(m) => {
-                    let credentials = m.credentials().await.map_err(|e| unavailable(e.to_string()))?;
-                    (FromSecret { credentials, project_id: None, region: None }, "the ECS metadata service".to_string())
-                }
-            },
+                self.default_credentials().await?
+            }
         };
         let project_id = b
             .spec
@@ -154,6 +221,9 @@ impl TargetResolver {
             }
             None => String::new(),
         };
+        if policy {
+            self.tenancy.may_target(&namespace, &project_id, &region)?;
+        }
         Ok(CloudTarget { region, project_id, credentials: found.credentials })
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures::{Future, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -162,7 +162,34 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
             )));
         }
     }
+    ctx.targets.tenancy().expect_watch();
+    tasks.push(Box::pin(watch_namespaces(client.clone(), ctx.clone(), triggers.clone(), stop.clone())));
     futures::future::join_all(tasks).await;
+}
+
+/// Namespaces' labels and annotations (metadata only: nothing else of a Namespace is read)
+/// feed the tenancy policy; a change re-examines the namespace's bindings at once, so
+/// relabelling a namespace takes effect without a restart.
+async fn watch_namespaces(client: kube::Client, ctx: Arc<Context>, triggers: Arc<Triggers>, stop: CancellationToken) {
+    let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
+    let events = watcher(namespaces, watcher::Config::default()).default_backoff();
+    let mut events = std::pin::pin!(events.take_until(stop.cancelled_owned()));
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::debug!(error = %e, "namespace watch");
+                continue;
+            }
+        };
+        for namespace in ctx.targets.tenancy().apply(&event) {
+            for claim in ctx.index.in_namespace(&namespace) {
+                // A held binding (refused by the old policy) deserves a look under the new one.
+                ctx.backoffs.release_hold(claim.uid());
+                triggers.binding(claim.object_ref());
+            }
+        }
+    }
 }
 
 struct Parts {

@@ -641,8 +641,13 @@ impl OperatorBuilder<'_> {
         self
     }
 
-    pub async fn start(self) -> Operator {
+    pub async fn start(mut self) -> Operator {
         self.env.operators += 1;
+        if !self.args.iter().any(|a| a.starts_with("--default-credentials-namespace")) {
+            // The scenarios use the operator's credentials in their own namespace; the tenancy
+            // scenarios set a policy of their own.
+            self.args.push("--default-credentials-namespaces=*".into());
+        }
         let log = self.env.dir().join(format!("operator-{}.log", self.env.operators));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vip-operator"));

@@ -7,6 +7,7 @@ mod support;
 
 mod harness;
 mod safety;
+mod tenancy;
 
 use std::time::Duration;
 
