@@ -72,7 +72,7 @@ async fn bind_then_unbind_changes_cloud_state() {
     let sim = simulator().await;
     let client = client_for(&sim);
 
-    let port = client.bind(&target(SK), &bind_req(NIC)).await.unwrap();
+    let port = client.bind(&target(SK), &bind_req(NIC)).await.unwrap().port_id;
     assert_eq!(port, NIC);
     let state = admin_get(&sim, "/sim/state").await;
     assert_eq!(
@@ -80,7 +80,11 @@ async fn bind_then_unbind_changes_cloud_state() {
         json!({"project_id": PROJECT, "ip_address": "192.168.0.7", "subnet_id": "8c9d4f38-1a2b-4c3d-9e8f-001122334455", "reverse_binding": true})
     );
 
-    let port = client.unbind(&target(SK), &UnbindRequest { nic_id: NIC.into(), reverse_binding: false }).await.unwrap();
+    let port = client
+        .unbind(&target(SK), &UnbindRequest { nic_id: NIC.into(), reverse_binding: false })
+        .await
+        .unwrap()
+        .port_id;
     assert_eq!(port, NIC);
     let state = admin_get(&sim, "/sim/state").await;
     assert_eq!(state["nics"], json!({}));
@@ -129,7 +133,7 @@ async fn repeated_bad_signatures_lock_the_key_as_huawei_does() {
 async fn two_server_errors_then_success_takes_three_requests() {
     let sim = simulator().await;
     sim.add_fault(Fault::error(500, "Common.0001", 2));
-    let port = client_for(&sim).bind(&target(SK), &bind_req(NIC)).await.unwrap();
+    let port = client_for(&sim).bind(&target(SK), &bind_req(NIC)).await.unwrap().port_id;
     assert_eq!(port, NIC);
     let statuses: Vec<u16> = sim.calls().iter().map(|c| c.status).collect();
     assert_eq!(statuses, vec![500, 500, 200]);
@@ -199,6 +203,50 @@ async fn all_three_error_shapes_are_parsed_with_request_id() {
         assert_eq!(err.request_id(), Some(last.request_id.as_str()));
         assert!(err.to_string().contains(&last.request_id));
     }
+}
+
+/// A success names the answer's request id too: what the operator's audit line records.
+#[tokio::test]
+async fn successes_carry_the_request_id_the_simulator_recorded() {
+    let sim = simulator().await;
+    let client = client_for(&sim);
+    let bound = client.bind(&target(SK), &bind_req(NIC)).await.unwrap();
+    let unbound =
+        client.unbind(&target(SK), &UnbindRequest { nic_id: NIC.into(), reverse_binding: false }).await.unwrap();
+    let calls = sim.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(bound.request_id.as_deref(), Some(calls[0].request_id.as_str()));
+    assert_eq!(unbound.request_id.as_deref(), Some(calls[1].request_id.as_str()));
+    assert_ne!(calls[0].request_id, calls[1].request_id);
+    for call in &calls {
+        assert_eq!(call.request_id.len(), 32, "{}", call.request_id);
+        assert!(call.request_id.chars().all(|c| c.is_ascii_hexdigit()), "{}", call.request_id);
+    }
+}
+
+/// Like Huawei's gateway, the simulator puts an `X-Request-Id` on every answer, unique per
+/// request: an unknown API, a method the route does not take, the admin API.
+#[tokio::test]
+async fn every_simulator_answer_has_its_own_request_id() {
+    let sim = simulator().await;
+    let http = reqwest::Client::new();
+    let nic_url = format!("{}/v1/{PROJECT}/cloudservers/nics/{NIC}", sim.url());
+    let answers = [
+        http.get(format!("{}/v2/nothing", sim.url())).send().await.unwrap(),
+        http.get(&nic_url).send().await.unwrap(),
+        http.put(&nic_url).send().await.unwrap(),
+        http.get(format!("{}/sim/state", sim.url())).send().await.unwrap(),
+    ];
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|r| r.headers().get("x-request-id").expect("X-Request-Id").to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), answers.len(), "{ids:?}");
+    assert!(ids.iter().all(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())), "{ids:?}");
+    // Only the cloud call is recorded, with the id its answer carried.
+    let calls = sim.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(answers[2].headers()["x-request-id"].to_str().unwrap(), calls[0].request_id);
 }
 
 #[tokio::test]

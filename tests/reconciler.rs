@@ -25,7 +25,7 @@ use vip_operator::controller::tenancy::{
     ALLOWED_PROJECTS_ANNOTATION, DefaultCredentialsScope, Tenancy, parse_selector,
 };
 use vip_operator::ecs::error::{ApiError, TransportKind};
-use vip_operator::ecs::{BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsError, UnbindRequest};
+use vip_operator::ecs::{BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsError, UnbindRequest, Written};
 
 const NS: &str = "team-a";
 const NAME: &str = "web-vip";
@@ -72,15 +72,17 @@ impl FakeCloud {
     fn calls(&self) -> Vec<CloudCall> {
         self.calls.lock().unwrap().clone()
     }
-    fn next(&self, call: CloudCall) -> Result<String, EcsError> {
+    /// The next scripted answer (a port id or an error); by default the NIC's id as the port.
+    fn next(&self, call: CloudCall) -> Result<Written, EcsError> {
         self.calls.lock().unwrap().push(call.clone());
         assert!(!self.panics, "a bug in the cloud client");
-        self.script.lock().unwrap().pop_front().unwrap_or_else(|| Ok(call.nic.clone()))
+        let answer = self.script.lock().unwrap().pop_front().unwrap_or_else(|| Ok(call.nic.clone()));
+        answer.map(|port_id| Written { port_id, request_id: Some(format!("fake-{}", call.op)) })
     }
 }
 
 impl EcsApi for FakeCloud {
-    fn bind<'a>(&'a self, t: &'a CloudTarget, r: &'a BindRequest) -> BoxFuture<'a, Result<String, EcsError>> {
+    fn bind<'a>(&'a self, t: &'a CloudTarget, r: &'a BindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
         let call = CloudCall {
             op: "bind",
             nic: r.nic_id.clone(),
@@ -93,7 +95,7 @@ impl EcsApi for FakeCloud {
         };
         async move { self.next(call) }.boxed()
     }
-    fn unbind<'a>(&'a self, t: &'a CloudTarget, r: &'a UnbindRequest) -> BoxFuture<'a, Result<String, EcsError>> {
+    fn unbind<'a>(&'a self, t: &'a CloudTarget, r: &'a UnbindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
         let call = CloudCall {
             op: "unbind",
             nic: r.nic_id.clone(),

@@ -1,14 +1,23 @@
 //! The cloud as the reconciler sees it: every call passes the [`AuthGate`] first, and what the
 //! gate holds back is counted. A wrapper around any [`EcsApi`] that is itself one.
+//!
+//! Every write that leaves is also the audit trail's: one info line on [`AUDIT_TARGET`] once it
+//! is answered, naming the binding, the project and the access key's fingerprint (never a key).
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use kube::ResourceExt;
 
-use crate::ecs::{BindRequest, CloudTarget, EcsApi, EcsError, UnbindRequest};
+use crate::api::v1alpha1::VipBinding;
+use crate::ecs::{BindRequest, CloudTarget, EcsApi, EcsError, Operation, UnbindRequest, Written};
 use crate::metrics::Metrics;
 
 use super::auth_gate::{Admission, AuthGate, Ticket};
+
+/// The tracing target of the audit trail, so it can be filtered and routed on its own
+/// (`--log-level warn,vip_operator::audit=info`; the `target` field of a JSON line).
+pub const AUDIT_TARGET: &str = "vip_operator::audit";
 
 pub struct GatedCloud {
     inner: Arc<dyn EcsApi>,
@@ -60,19 +69,33 @@ impl GatedCloud {
 }
 
 impl Admitted<'_> {
-    pub async fn bind(mut self, req: &BindRequest) -> Result<String, EcsError> {
+    /// Binds the VIP for `binding` (named in the audit line).
+    pub async fn bind(self, binding: &VipBinding, req: &BindRequest) -> Result<Written, EcsError> {
+        self.bind_for(Some(binding), req).await
+    }
+
+    /// Unbinds the NIC's VIP for `binding` (named in the audit line).
+    pub async fn unbind(self, binding: &VipBinding, req: &UnbindRequest) -> Result<Written, EcsError> {
+        self.unbind_for(Some(binding), req).await
+    }
+
+    async fn bind_for(mut self, binding: Option<&VipBinding>, req: &BindRequest) -> Result<Written, EcsError> {
+        let audit = AuditEntry::new(binding, self.target, Operation::Bind, &req.nic_id, Some(&req.ip_address));
         let result = self.cloud.inner.bind(self.target, req).await;
+        audit.answered(&result);
         self.settle(&result);
         result
     }
 
-    pub async fn unbind(mut self, req: &UnbindRequest) -> Result<String, EcsError> {
+    async fn unbind_for(mut self, binding: Option<&VipBinding>, req: &UnbindRequest) -> Result<Written, EcsError> {
+        let audit = AuditEntry::new(binding, self.target, Operation::Unbind, &req.nic_id, None);
         let result = self.cloud.inner.unbind(self.target, req).await;
+        audit.answered(&result);
         self.settle(&result);
         result
     }
 
-    fn settle(&mut self, result: &Result<String, EcsError>) {
+    fn settle(&mut self, result: &Result<Written, EcsError>) {
         if let Some(ticket) = self.ticket.take() {
             self.cloud.gate.settle(ticket, result.as_ref().map(|_| ()));
         }
@@ -88,48 +111,321 @@ impl Drop for Admitted<'_> {
     }
 }
 
+/// One write on its way to the cloud, for the audit trail. Logged exactly once: with the answer
+/// ([`AuditEntry::answered`]), or as `abandoned` when the caller stops waiting for it (a
+/// cancelled reconcile), since it may have reached the cloud all the same.
+struct AuditEntry<'a> {
+    /// `namespace/name` and uid; `-` for a call made through the bare [`EcsApi`] face.
+    binding: String,
+    uid: String,
+    operation: Operation,
+    target: &'a CloudTarget,
+    nic: &'a str,
+    vip: Option<&'a str>,
+    logged: bool,
+}
+
+impl<'a> AuditEntry<'a> {
+    fn new(
+        binding: Option<&VipBinding>,
+        target: &'a CloudTarget,
+        operation: Operation,
+        nic: &'a str,
+        vip: Option<&'a str>,
+    ) -> Self {
+        let (binding, uid) = match binding {
+            Some(b) => (format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any()), b.uid().unwrap_or_default()),
+            None => ("-".into(), "-".into()),
+        };
+        Self { binding, uid, operation, target, nic, vip, logged: false }
+    }
+
+    fn answered(mut self, result: &Result<Written, EcsError>) {
+        self.logged = true;
+        match result {
+            Ok(w) => self.log("ok", w.request_id.as_deref(), Some(&w.port_id)),
+            // Refused before it left this process: not a write.
+            Err(e) if never_sent(e) => {}
+            Err(e) => self.log(e.code().unwrap_or(e.class().as_str()), e.request_id(), None),
+        }
+    }
+
+    fn log(&self, outcome: &str, request_id: Option<&str>, port: Option<&str>) {
+        tracing::info!(
+            target: AUDIT_TARGET,
+            binding = %self.binding,
+            uid = %self.uid,
+            operation = self.operation.as_str(),
+            project = %self.target.project_id,
+            region = %self.target.region,
+            nic = self.nic,
+            vip = self.vip,
+            // The fingerprint only: the key, secret, token and signature never reach a log.
+            key = %self.target.credentials.key_id(),
+            request_id = request_id.unwrap_or("none"),
+            outcome,
+            port,
+            "cloud write"
+        );
+    }
+}
+
+impl Drop for AuditEntry<'_> {
+    fn drop(&mut self) {
+        if !self.logged {
+            self.log("abandoned", None, None);
+        }
+    }
+}
+
+/// Errors that mean the request never left this process (the gate, the fence, a request that
+/// could not be built): no write happened, so there is nothing to audit.
+fn never_sent(e: &EcsError) -> bool {
+    matches!(e, EcsError::InvalidRequest(_) | EcsError::HeldBack(_) | EcsError::AwaitingProbe(_) | EcsError::Fenced(_))
+}
+
+/// Without a binding to name: the audit line says `binding="-"`. The reconciler goes through
+/// [`GatedCloud::admit`] and names its binding.
 impl EcsApi for GatedCloud {
-    fn bind<'a>(&'a self, target: &'a CloudTarget, req: &'a BindRequest) -> BoxFuture<'a, Result<String, EcsError>> {
-        Box::pin(async move { self.admit(target)?.bind(req).await })
+    fn bind<'a>(&'a self, target: &'a CloudTarget, req: &'a BindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
+        Box::pin(async move { self.admit(target)?.bind_for(None, req).await })
     }
 
     fn unbind<'a>(
         &'a self,
         target: &'a CloudTarget,
         req: &'a UnbindRequest,
-    ) -> BoxFuture<'a, Result<String, EcsError>> {
-        Box::pin(async move { self.admit(target)?.unbind(req).await })
+    ) -> BoxFuture<'a, Result<Written, EcsError>> {
+        Box::pin(async move { self.admit(target)?.unbind_for(None, req).await })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use serde_json::Value;
+
     use super::*;
-    use crate::ecs::Credentials;
+    use crate::api::testing::Fixture;
+    use crate::ecs::{ApiError, Credentials};
+
+    const AK: &str = "AUDITACCESSKEY000001";
+    const SK: &str = "audit-secret-key-never-logged";
+    const PROJECT: &str = "0123456789abcdef0123456789abcdef";
+
+    fn api_error(status: u16, code: &str, request_id: Option<&str>) -> EcsError {
+        EcsError::Api(ApiError {
+            status,
+            code: Some(code.into()),
+            message: String::new(),
+            detail_codes: vec![],
+            request_id: request_id.map(str::to_string),
+            retry_after: None,
+        })
+    }
+
+    /// Answers from a script, counting the calls; a call past the script never answers.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<Written, EcsError>>>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Result<Written, EcsError>>) -> Arc<Self> {
+            Arc::new(Self { answers: Mutex::new(answers.into()), ..Default::default() })
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        async fn answer(&self) -> Result<Written, EcsError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let next = self.answers.lock().unwrap().pop_front();
+            match next {
+                Some(answer) => answer,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    impl EcsApi for Scripted {
+        fn bind<'a>(&'a self, _: &'a CloudTarget, _: &'a BindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
+            Box::pin(self.answer())
+        }
+        fn unbind<'a>(&'a self, _: &'a CloudTarget, _: &'a UnbindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
+            Box::pin(self.answer())
+        }
+    }
+
+    fn audit_target() -> CloudTarget {
+        CloudTarget {
+            region: "cn-north-4".into(),
+            project_id: PROJECT.into(),
+            credentials: Credentials::new(AK, SK, Some("audit-security-token")).expect("credentials"),
+        }
+    }
+
+    fn bind_req() -> BindRequest {
+        BindRequest {
+            nic_id: "nic-1".into(),
+            subnet_id: "subnet-1".into(),
+            ip_address: "192.168.0.7".into(),
+            reverse_binding: false,
+        }
+    }
+
+    fn unbind_req() -> UnbindRequest {
+        UnbindRequest { nic_id: "nic-1".into(), reverse_binding: false }
+    }
+
+    /// Everything logged while `f` runs, as the operator's JSON format writes it.
+    async fn logged<F: std::future::Future<Output = ()>>(f: F) -> String {
+        let buffer = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        // Thread-local: the current-thread test runtime polls `f` on this thread.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        f.await;
+        String::from_utf8(buffer.lock().unwrap().clone()).unwrap()
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn audit_lines(logs: &str) -> Vec<Value> {
+        logs.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["target"] == AUDIT_TARGET)
+            .collect()
+    }
+
+    fn assert_no_key_material(logs: &str) {
+        for secret in [AK, SK, "audit-security-token", "Signature="] {
+            assert!(!logs.contains(secret), "{secret:?} in the logs:\n{logs}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_answered_write_is_audited_once_with_who_what_and_the_request_id() {
+        let inner = Scripted::new(vec![
+            Ok(Written { port_id: "port-1".into(), request_id: Some("rid-bind".into()) }),
+            Err(api_error(400, "Ecs.0085", Some("rid-unbind"))),
+        ]);
+        let cloud = GatedCloud::new(inner.clone());
+        let target = audit_target();
+        let binding = VipBinding::test().named("team-a", "web-vip").with_uid("uid-1");
+        let logs = logged(async {
+            let written = cloud.admit(&target).unwrap().bind(&binding, &bind_req()).await.unwrap();
+            assert_eq!(written.request_id.as_deref(), Some("rid-bind"));
+            let refused = cloud.admit(&target).unwrap().unbind(&binding, &unbind_req()).await.unwrap_err();
+            assert_eq!(refused.request_id(), Some("rid-unbind"));
+        })
+        .await;
+        assert_eq!(inner.calls(), 2);
+        let lines = audit_lines(&logs);
+        assert_eq!(lines.len(), 2, "{logs}");
+        let key = target.credentials.key_id();
+        for (line, operation, request_id, outcome) in
+            [(&lines[0], "bind", "rid-bind", "ok"), (&lines[1], "unbind", "rid-unbind", "Ecs.0085")]
+        {
+            assert_eq!(line["level"], "INFO", "{line}");
+            assert_eq!(line["message"], "cloud write");
+            assert_eq!(line["binding"], "team-a/web-vip");
+            assert_eq!(line["uid"], "uid-1");
+            assert_eq!(line["operation"], operation);
+            assert_eq!(line["project"], PROJECT);
+            assert_eq!(line["region"], "cn-north-4");
+            assert_eq!(line["nic"], "nic-1");
+            assert_eq!(line["key"], key.as_str());
+            assert_eq!(line["request_id"], request_id);
+            assert_eq!(line["outcome"], outcome);
+        }
+        assert_eq!(lines[0]["vip"], "192.168.0.7");
+        assert_eq!(lines[0]["port"], "port-1");
+        assert!(lines[1].get("vip").is_none() && lines[1].get("port").is_none(), "{}", lines[1]);
+        assert!(key.starts_with("ak#"), "{key}");
+        assert_no_key_material(&logs);
+    }
+
+    #[tokio::test]
+    async fn held_back_calls_are_not_writes_and_the_bare_face_names_no_binding() {
+        let inner = Scripted::new(vec![Err(api_error(401, "APIGW.0301", None))]);
+        let cloud = GatedCloud::new(inner.clone());
+        let target = audit_target();
+        let logs = logged(async {
+            assert!(matches!(EcsApi::unbind(&cloud, &target, &unbind_req()).await, Err(EcsError::Api(_))));
+            // Held back by the gate after the refusal: never sent, so no audit line.
+            assert!(matches!(EcsApi::unbind(&cloud, &target, &unbind_req()).await, Err(EcsError::HeldBack(_))));
+            assert!(matches!(cloud.admit(&target), Err(EcsError::HeldBack(_))));
+        })
+        .await;
+        assert_eq!(inner.calls(), 1);
+        let lines = audit_lines(&logs);
+        assert_eq!(lines.len(), 1, "{logs}");
+        assert_eq!(lines[0]["binding"], "-");
+        assert_eq!(lines[0]["uid"], "-");
+        assert_eq!(lines[0]["request_id"], "none");
+        assert_eq!(lines[0]["outcome"], "APIGW.0301");
+        assert_no_key_material(&logs);
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_caller_stops_waiting_is_audited_as_abandoned() {
+        // No answer scripted: the call never returns, like a cloud that hangs.
+        let inner = Scripted::new(vec![]);
+        let cloud = GatedCloud::new(inner.clone());
+        let target = audit_target();
+        let binding = VipBinding::test().named("team-a", "web-vip");
+        let req = unbind_req();
+        let logs = logged(async {
+            let call = cloud.admit(&target).unwrap().unbind(&binding, &req);
+            let waited = tokio::time::timeout(std::time::Duration::from_millis(20), call).await;
+            assert!(waited.is_err(), "the scripted cloud never answers");
+        })
+        .await;
+        assert_eq!(inner.calls(), 1);
+        let lines = audit_lines(&logs);
+        assert_eq!(lines.len(), 1, "{logs}");
+        assert_eq!(lines[0]["binding"], "team-a/web-vip");
+        assert_eq!(lines[0]["outcome"], "abandoned");
+        // The abandoned call's probe ended with it: the next caller may go.
+        assert!(cloud.admit(&target).is_ok());
+    }
 
     /// Answers every call with 401, counting them.
     #[derive(Default)]
     struct Refusing(std::sync::atomic::AtomicUsize);
 
     impl Refusing {
-        fn refuse(&self) -> Result<String, EcsError> {
+        fn refuse(&self) -> Result<Written, EcsError> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Err(EcsError::Api(crate::ecs::ApiError {
-                status: 401,
-                code: Some("APIGW.0301".into()),
-                message: String::new(),
-                detail_codes: vec![],
-                request_id: None,
-                retry_after: None,
-            }))
+            Err(api_error(401, "APIGW.0301", None))
         }
     }
 
     impl EcsApi for Refusing {
-        fn bind<'a>(&'a self, _: &'a CloudTarget, _: &'a BindRequest) -> BoxFuture<'a, Result<String, EcsError>> {
+        fn bind<'a>(&'a self, _: &'a CloudTarget, _: &'a BindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
             Box::pin(async move { self.refuse() })
         }
-        fn unbind<'a>(&'a self, _: &'a CloudTarget, _: &'a UnbindRequest) -> BoxFuture<'a, Result<String, EcsError>> {
+        fn unbind<'a>(&'a self, _: &'a CloudTarget, _: &'a UnbindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
             Box::pin(async move { self.refuse() })
         }
     }

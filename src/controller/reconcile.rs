@@ -331,7 +331,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
         ip_address: b.spec.ip_address.clone(),
         reverse_binding: b.spec.reverse_binding,
     };
-    match admitted.bind(&req).await {
+    match admitted.bind(b, &req).await.map(|written| written.port_id) {
         Ok(port_id) => {
             ctx.asserted(b, key, reassert);
             let message = format!("VIP {} is bound to NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);
@@ -405,7 +405,7 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action
     let req = UnbindRequest { nic_id: b.spec.nic_id.clone(), reverse_binding: b.spec.reverse_binding };
     tracing::trace!("unbinding");
     let result = match ctx.cloud.admit(&target) {
-        Ok(admitted) => admitted.unbind(&req).await,
+        Ok(admitted) => admitted.unbind(b, &req).await.map(|written| written.port_id),
         Err(EcsError::AwaitingProbe(why)) => return Ok(await_probe(&why)),
         Err(e) => Err(e),
     };

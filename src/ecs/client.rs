@@ -18,7 +18,7 @@ use super::retry::{RetryPolicy, with_retries};
 use super::sign::{RequestParts, sign};
 use super::{
     BindRequest, Clock, CloudTarget, EcsApi, InvalidId, InvalidRegion, NicBody, Operation, SystemClock, UnbindRequest,
-    check_path_id, check_region,
+    Written, check_path_id, check_region,
 };
 
 /// An `--ecs-endpoint` value that cannot be used.
@@ -253,7 +253,7 @@ impl EcsClient {
         target: &CloudTarget,
         nic_id: &str,
         body: &NicBody,
-    ) -> Result<String, EcsError> {
+    ) -> Result<Written, EcsError> {
         let url = self
             .inner
             .endpoint
@@ -266,7 +266,7 @@ impl EcsClient {
     }
 
     /// One signed HTTP attempt: waits for a rate-limit token and a concurrency slot first.
-    async fn attempt(&self, op: Operation, target: &CloudTarget, url: &Url, body: &[u8]) -> Result<String, EcsError> {
+    async fn attempt(&self, op: Operation, target: &CloudTarget, url: &Url, body: &[u8]) -> Result<Written, EcsError> {
         self.inner.limiter.until_ready().await;
         let _slot = self
             .inner
@@ -294,7 +294,7 @@ impl EcsClient {
         result
     }
 
-    async fn send(&self, target: &CloudTarget, url: &Url, body: &[u8], timeout: Duration) -> Result<String, EcsError> {
+    async fn send(&self, target: &CloudTarget, url: &Url, body: &[u8], timeout: Duration) -> Result<Written, EcsError> {
         let creds = &target.credentials;
         let mut headers: Vec<(&str, &str)> =
             vec![("Content-Type", "application/json"), ("X-Project-Id", target.project_id.as_str())];
@@ -337,10 +337,10 @@ impl EcsClient {
             kind: TransportKind::Protocol,
             message: format!(
                 "HTTP {status} without a port_id ({e}){}",
-                request_id.map(|id| format!(" [request id {id}]")).unwrap_or_default()
+                request_id.as_deref().map(|id| format!(" [request id {id}]")).unwrap_or_default()
             ),
         })?;
-        Ok(port.port_id)
+        Ok(Written { port_id: port.port_id, request_id })
     }
 }
 
@@ -364,7 +364,7 @@ fn transport_error(e: reqwest::Error) -> EcsError {
 }
 
 impl EcsApi for EcsClient {
-    fn bind<'a>(&'a self, target: &'a CloudTarget, req: &'a BindRequest) -> BoxFuture<'a, Result<String, EcsError>> {
+    fn bind<'a>(&'a self, target: &'a CloudTarget, req: &'a BindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
         async move { self.call(Operation::Bind, target, &req.nic_id, &NicBody::bind(req)).await }.boxed()
     }
 
@@ -372,7 +372,7 @@ impl EcsApi for EcsClient {
         &'a self,
         target: &'a CloudTarget,
         req: &'a UnbindRequest,
-    ) -> BoxFuture<'a, Result<String, EcsError>> {
+    ) -> BoxFuture<'a, Result<Written, EcsError>> {
         async move { self.call(Operation::Unbind, target, &req.nic_id, &NicBody::unbind(req)).await }.boxed()
     }
 }

@@ -111,13 +111,25 @@ impl NicBody {
     }
 }
 
-/// The ECS calls the controller needs. Implementations: [`EcsClient`] (signed HTTP) and test
-/// fakes. Both return the `port_id` the cloud answered with.
-pub trait EcsApi: Send + Sync {
-    fn bind<'a>(&'a self, target: &'a CloudTarget, req: &'a BindRequest) -> BoxFuture<'a, Result<String, EcsError>>;
+/// A write the cloud accepted: the port it names, and the answer's `X-Request-Id` (what Huawei
+/// support asks for, and what the audit trail records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub port_id: String,
+    /// `None` when the answer carried no `X-Request-Id` (Huawei's gateway always sends one).
+    pub request_id: Option<String>,
+}
 
-    fn unbind<'a>(&'a self, target: &'a CloudTarget, req: &'a UnbindRequest)
-    -> BoxFuture<'a, Result<String, EcsError>>;
+/// The ECS calls the controller needs. Implementations: [`EcsClient`] (signed HTTP) and test
+/// fakes. Both return the `port_id` the cloud answered with, and the answer's request id.
+pub trait EcsApi: Send + Sync {
+    fn bind<'a>(&'a self, target: &'a CloudTarget, req: &'a BindRequest) -> BoxFuture<'a, Result<Written, EcsError>>;
+
+    fn unbind<'a>(
+        &'a self,
+        target: &'a CloudTarget,
+        req: &'a UnbindRequest,
+    ) -> BoxFuture<'a, Result<Written, EcsError>>;
 }
 
 /// Wall-clock time, injectable so signing and credential expiry can be tested.

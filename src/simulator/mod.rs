@@ -2,7 +2,8 @@
 //! cloud (signature checks, body validation, state, throttling, faults), so the operator can be
 //! tried without an account and tested end to end.
 //!
-//! Cloud API: `PUT /v1/{project_id}/cloudservers/nics/{nic_id}` exactly as documented.
+//! Cloud API: `PUT /v1/{project_id}/cloudservers/nics/{nic_id}` exactly as documented. Every
+//! answer, success or error, carries a unique `X-Request-Id`, kept with the call in `/sim/calls`.
 //! Admin API (JSON, for tests and demos; no authentication — bind it to loopback):
 //! - `GET /sim/state` — NIC → VIP state, missing NICs, locked access keys, in-flight peak
 //! - `GET /sim/calls` — every cloud call received, in order, with its outcome
@@ -185,6 +186,8 @@ pub struct CallRecord {
     pub body: String,
     pub status: u16,
     pub code: Option<String>,
+    /// The `X-Request-Id` the answer carried: unique per request, to match against the
+    /// operator's logs (its audit trail) and errors.
     pub request_id: String,
     /// Microseconds from receiving the request to answering it (its latency, faults included).
     #[serde(default)]
@@ -391,13 +394,26 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/credentials", post(admin_add_credential))
         .route("/sim/reset", post(admin_reset))
         .fallback(unknown_api)
+        .layer(axum::middleware::map_response(ensure_request_id))
         .with_state(shared)
 }
 
+/// The next call's sequence number and request id. Request ids look like Huawei's (32 hex
+/// characters) and are unique per request: 96 random bits, then the sequence number's low 32.
 fn request_id(shared: &Shared) -> (u64, String) {
     let seq = shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
-    let random: u64 = rand::random();
-    (seq, format!("{random:016x}{seq:08x}"))
+    let random: u128 = rand::random();
+    (seq, format!("{:024x}{:08x}", random >> 32, seq & 0xffff_ffff))
+}
+
+/// Like Huawei's gateway, every answer carries an `X-Request-Id`. Cloud calls set (and record)
+/// their own; any other answer (the admin API, a method a route does not take) gets a random
+/// one here, without using up a call sequence number.
+async fn ensure_request_id(mut resp: Response) -> Response {
+    if !resp.headers().contains_key("x-request-id") {
+        resp = with_request_id(resp, &format!("{:032x}", rand::random::<u128>()));
+    }
+    resp
 }
 
 /// Error bodies in the shape the real service uses for each family of codes.
