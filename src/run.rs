@@ -111,6 +111,16 @@ pub enum ClusterError {
     Forbidden(String),
     #[error("cannot list VipBindings: {0}")]
     List(kube::Error),
+    #[error(
+        "the installed VipBinding CRD ({CRD_NAME}) is older than this operator (its status has no boundWith): `kubectl apply --server-side -f crds/` (Helm does not upgrade CRDs), or run with --install-crd"
+    )]
+    StaleCrd,
+    #[error(
+        "not allowed to list Namespaces ({0}): the tenancy policy needs list and watch on namespaces; check the operator's RBAC"
+    )]
+    NamespacesForbidden(String),
+    #[error("cannot list Namespaces: {0}")]
+    ListNamespaces(kube::Error),
 }
 
 pub const USER_AGENT: &str = concat!("vip-operator/", env!("CARGO_PKG_VERSION"));
@@ -204,7 +214,41 @@ async fn connect_and_check(settings: &Settings) -> Result<Client, StartError> {
     for ns in namespaces_or_all(&settings.watch.namespaces) {
         check_crd(&client, ns).await?;
     }
+    check_crd_schema(&client).await?;
+    check_namespaces(&client).await?;
     Ok(client)
+}
+
+/// The served CRD must know `status.boundWith`: with an older one the API server silently
+/// drops it, and deletions would lose the record they unbind with. (Helm does not upgrade
+/// `crds/`.)
+async fn check_crd_schema(client: &Client) -> Result<(), ClusterError> {
+    let crd =
+        Api::<CustomResourceDefinition>::all(client.clone()).get(CRD_NAME).await.map_err(ClusterError::ReadCrd)?;
+    let knows_record = crd.spec.versions.iter().filter(|v| v.served).all(|v| {
+        let status = v
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| s.properties.as_ref())
+            .and_then(|p| p.get("status"))
+            .and_then(|s| s.properties.as_ref());
+        status.is_some_and(|p| p.contains_key("boundWith"))
+    });
+    if knows_record { Ok(()) } else { Err(ClusterError::StaleCrd) }
+}
+
+/// The tenancy policy lives on Namespaces: without `list` and `watch` on them, every binding
+/// that needs it would wait for ever.
+async fn check_namespaces(client: &Client) -> Result<(), ClusterError> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::core::PartialObjectMeta;
+    match Api::<PartialObjectMeta<Namespace>>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 403 => Err(ClusterError::NamespacesForbidden(e.message)),
+        Err(e) => Err(ClusterError::ListNamespaces(e)),
+    }
 }
 
 /// Connects with the current kubeconfig (or in-cluster config) and checks the API server answers.

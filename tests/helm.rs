@@ -648,7 +648,6 @@ fn kube_version_floor() {
     assert!(err.contains("kubeVersion"), "{err}");
 }
 
-/// The Deployment's args parse with the binary's own command line.
 /// The chart's default lets the operator's credentials be used in its own namespace and in
 /// namespaces labelled for it, nowhere else (README, "Multi-tenant clusters").
 #[test]
@@ -702,6 +701,7 @@ fn default_values_allow_default_credentials_only_in_the_release_namespace_and_la
     }
 }
 
+/// The Deployment's args parse with the binary's own command line.
 #[test]
 fn rendered_args_parse_with_the_cli() {
     use clap::Parser;

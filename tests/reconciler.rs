@@ -251,8 +251,18 @@ fn binding() -> VipBinding {
     VipBinding::test().named(NS, NAME).project(Some(PROJECT.into())).region(Some("cn-north-4".into()))
 }
 
-/// `binding()` as a successful create left it: finalizer, and Bound and Ready since EARLIER.
+/// `binding()` as a successful create left it: finalizer, Bound and Ready since EARLIER, and
+/// the record of where the bind went.
 fn bound_binding() -> VipBinding {
+    let mut b = legacy_bound_binding();
+    if let Some(status) = b.status.as_mut() {
+        status.bound_with = serde_json::from_value(json!({"projectId": PROJECT, "region": "cn-north-4"})).unwrap();
+    }
+    b
+}
+
+/// `bound_binding()` as an operator that kept no record of where it bound left it.
+fn legacy_bound_binding() -> VipBinding {
     let msg = format!("VIP 192.168.0.7 is bound to NIC {NIC} (port {NIC})");
     let status: VipBindingStatus = serde_json::from_value(json!({
         "portId": NIC,
@@ -579,6 +589,8 @@ async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
             "portId": NIC,
             "observedGeneration": 1,
             "boundReverseBinding": false,
+            // The record stays until the unbind succeeds.
+            "boundWith": {"projectId": PROJECT, "region": "cn-north-4"},
             "conditions": [cond("Bound", "True", "Bound", &bound_msg, EARLIER), cond("Ready", "False", "CloudUnavailable", msg, NOW)],
         }),
     );
@@ -854,32 +866,60 @@ async fn a_project_outside_the_namespace_scope_is_refused_even_with_the_namespac
     assert!(ready["message"].as_str().unwrap().contains(PROJECT), "{ready}");
 }
 
+const RECORDED_PROJECT: &str = "fedcba9876543210fedcba9876543210";
+
+fn team_secret(name: &str) -> Secret {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS},
+        "data": {"accessKey": "VEVBTUFL", "secretKey": "dGVhbS1zaw=="}, // TEAMAK, team-sk
+    }))
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_narrowed_policy_never_traps_a_deletion_it_unbinds_where_the_bind_went() {
+    // Bound with the Secret team-creds in RECORDED_PROJECT (its projectId then); since then the
+    // spec names no Secret, the namespace lost the default credentials, and its annotation
+    // allows neither project. The unbind goes where the bind went, signed as it was.
     let cloud = FakeCloud::answering(vec![]);
-    // Bound (by this operator) with the default credentials in PROJECT; since then the
-    // namespace lost both the default credentials and PROJECT.
-    let mut object = bound_binding().deleting();
+    let mut object = bound_binding().project(None).deleting();
     if let Some(status) = object.status.as_mut() {
-        status.bound_with = serde_json::from_value(json!({"projectId": PROJECT, "region": "cn-north-4"})).unwrap();
+        status.bound_with = serde_json::from_value(
+            json!({"projectId": RECORDED_PROJECT, "region": "ap-southeast-1", "credentialsSecret": "team-creds"}),
+        )
+        .unwrap();
     }
-    let run = run_with_tenancy(object, cloud.clone(), MockOptions::default()).await;
+    let opts = MockOptions { secret: Some(team_secret("team-creds")), ..Default::default() };
+    let run = run_with_tenancy(object, cloud.clone(), opts).await;
     let calls = cloud.calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(
-        (calls[0].op, calls[0].project.as_str(), calls[0].access_key.as_str()),
-        ("unbind", PROJECT, "DEFAULTAK")
+        (calls[0].op, calls[0].project.as_str(), calls[0].region.as_str(), calls[0].access_key.as_str()),
+        ("unbind", RECORDED_PROJECT, "ap-southeast-1", "TEAMAK")
     );
-    let seen = after_crd_check(&run.seen);
+    let seen: Vec<Seen> = after_crd_check(&run.seen).into_iter().filter(|s| s.method != "GET").collect();
     assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "Unbound");
+    assert!(seen[0].body["status"].get("boundWith").is_none(), "the record goes with the unbind");
     assert_finalizer_removed(&seen[1]);
 }
 
 #[tokio::test]
-async fn a_binding_bound_before_the_record_existed_still_unbinds() {
-    // Bound=True (only the operator writes it) but no status.boundWith: an older operator.
+async fn a_binding_bound_before_records_existed_gets_its_record_at_first_sight() {
+    // One status write (the record, from the spec as it is now); no cloud call.
     let cloud = FakeCloud::answering(vec![]);
-    let run = run_with_tenancy(bound_binding().deleting(), cloud.clone(), MockOptions::default()).await;
+    let run = run_with_tenancy(legacy_bound_binding(), cloud.clone(), MockOptions::default()).await;
+    assert!(cloud.calls().is_empty());
+    assert_eq!(run.seen.len(), 1, "{:#?}", run.seen);
+    assert_eq!(run.seen[0].body["status"]["boundWith"], json!({"projectId": PROJECT, "region": "cn-north-4"}));
+    assert_eq!(condition(&run.seen[0].body["status"], "Ready")["reason"], "Bound");
+}
+
+#[tokio::test]
+async fn a_binding_bound_before_the_record_existed_still_unbinds() {
+    // Deleted before the upgraded operator first saw it: Bound=True (only the operator writes
+    // it) and no record. It unbinds as its spec resolves.
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_with_tenancy(legacy_bound_binding().deleting(), cloud.clone(), MockOptions::default()).await;
     assert_eq!(cloud.calls().iter().map(|c| c.op).collect::<Vec<_>>(), ["unbind"]);
     assert_finalizer_removed(&after_crd_check(&run.seen)[1]);
 }
@@ -892,6 +932,8 @@ async fn a_hand_added_finalizer_cannot_turn_a_refused_binding_into_an_unbind() {
     let run = run_with_tenancy(binding().with_finalizer().deleting(), cloud.clone(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
     let seen = after_crd_check(&run.seen);
+    // The refusal (status, then its event), and no finalizer removal.
+    assert_eq!(seen.len(), 2, "{seen:#?}");
     assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "DefaultCredentialsNotAllowed");
-    assert!(seen.iter().all(|s| s.body.get(0).is_none_or(|op| op["op"] != "remove")), "finalizer kept: {seen:#?}");
+    assert_event(&seen[1], "Warning", "DefaultCredentialsNotAllowed", "team-a");
 }

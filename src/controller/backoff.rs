@@ -52,7 +52,7 @@ pub enum Hold {
 struct Entry {
     failures: u32,
     /// Set by a recorded failure; `None` inside means until the object changes.
-    hold: Option<(Option<Instant>, u64)>,
+    hold: Option<(Option<Instant>, u64, Reason)>,
 }
 
 /// Per-object failure counts and holds.
@@ -93,7 +93,7 @@ impl Backoffs {
             let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
             (half + Duration::from_millis(jitter)).max(at_least.unwrap_or_default().min(MAX_RETRY_AFTER))
         });
-        entry.hold = Some((delay.map(crate::instant_after), fingerprint));
+        entry.hold = Some((delay.map(crate::instant_after), fingerprint, reason));
         delay
     }
 
@@ -101,7 +101,7 @@ impl Backoffs {
     pub fn holding(&self, key: &ObjectKey, fingerprint: u64) -> Option<Hold> {
         let mut entries = self.lock();
         let entry = entries.get_mut(key)?;
-        let (until, held_fingerprint) = entry.hold?;
+        let (until, held_fingerprint, _) = entry.hold?;
         if held_fingerprint != fingerprint {
             entry.hold = None;
             return None;
@@ -123,6 +123,16 @@ impl Backoffs {
     /// Lets the next reconcile through (keeps the failure count for the backoff).
     pub fn release_hold(&self, key: &ObjectKey) {
         if let Some(entry) = self.lock().get_mut(key) {
+            entry.hold = None;
+        }
+    }
+
+    /// Lets the next reconcile through only if `key` is held for one of `reasons` (a policy
+    /// change must not cut short, say, the backoff of a refused access key).
+    pub fn release_hold_for(&self, key: &ObjectKey, reasons: &[Reason]) {
+        if let Some(entry) = self.lock().get_mut(key)
+            && entry.hold.is_some_and(|(_, _, reason)| reasons.contains(&reason))
+        {
             entry.hold = None;
         }
     }
@@ -227,5 +237,18 @@ mod tests {
         b.release_hold(&"k".into());
         assert_eq!(b.holding(&"k".into(), 8), None);
         assert_eq!(b.failures(&"k".into()), 3);
+    }
+
+    #[test]
+    fn a_policy_change_releases_only_a_policy_refusal() {
+        let b = Backoffs::default();
+        let k = ObjectKey::from("k");
+        b.next(&k, 8, Reason::AuthFailed, None);
+        b.release_hold_for(&k, &[Reason::DefaultCredentialsNotAllowed]);
+        assert!(b.holding(&k, 8).is_some(), "a refused key keeps its backoff");
+        b.next(&k, 8, Reason::DefaultCredentialsNotAllowed, None);
+        assert_eq!(b.holding(&k, 8), Some(Hold::UntilChange));
+        b.release_hold_for(&k, &[Reason::DefaultCredentialsNotAllowed]);
+        assert_eq!(b.holding(&k, 8), None);
     }
 }

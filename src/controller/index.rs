@@ -56,7 +56,9 @@ impl Claim {
 #[derive(Debug, Clone)]
 struct Entry {
     nic: String,
-    secret: Option<(String, String)>,
+    /// The Secrets it needs: the one its spec names, and the one its last bind used
+    /// (`status.boundWith`), which the deletion's unbind signs with.
+    secrets: Vec<(String, String)>,
     /// Shared with `by_nic`: one copy of the strings per binding.
     claim: std::sync::Arc<Claim>,
 }
@@ -66,7 +68,14 @@ fn entry_of(b: &VipBinding) -> Option<Entry> {
     let namespace = b.namespace().unwrap_or_default();
     Some(Entry {
         nic: b.spec.nic_id.clone(),
-        secret: b.spec.credentials_secret_ref.as_ref().map(|r| (namespace.clone(), r.name.clone())),
+        secrets: {
+            let spec = b.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone());
+            let recorded =
+                b.status.as_ref().and_then(|s| s.bound_with.as_ref()).and_then(|w| w.credentials_secret.clone());
+            let mut names: Vec<String> = spec.into_iter().chain(recorded).collect();
+            names.dedup();
+            names.into_iter().map(|name| (namespace.clone(), name)).collect()
+        },
         claim: std::sync::Arc::new(Claim {
             uncommitted: !super::status::has_finalizer(b),
             created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -130,7 +139,7 @@ impl Inner {
         {
             changes.new_owners.push(owner);
         }
-        if let Some(secret) = old.secret {
+        for secret in old.secrets {
             if let Some(users) = self.by_secret.get_mut(&secret) {
                 users.remove(uid);
                 if users.is_empty() {
@@ -144,7 +153,7 @@ impl Inner {
     fn insert(&mut self, entry: Entry, changes: &mut Changes) {
         let uid = entry.claim.uid.clone();
         let old_nic = match self.by_uid.get(&uid) {
-            Some(old) if old.nic == entry.nic && old.secret == entry.secret && old.claim == entry.claim => return,
+            Some(old) if old.nic == entry.nic && old.secrets == entry.secrets && old.claim == entry.claim => return,
             Some(old) => Some(old.nic.clone()),
             None => None,
         };
@@ -158,7 +167,7 @@ impl Inner {
         self.remove(uid.as_str(), &mut replaced);
         changes.secrets.extend(replaced.secrets);
         self.by_nic.entry(entry.nic.clone()).or_default().insert(entry.claim.clone());
-        if let Some(secret) = &entry.secret {
+        for secret in &entry.secrets {
             self.by_secret.entry(secret.clone()).or_default().insert(uid.clone());
             changes.secrets.push(secret.clone());
         }

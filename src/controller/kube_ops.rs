@@ -16,6 +16,23 @@ use crate::api::v1alpha1::{CRD_NAME, FINALIZER, Reason, VipBinding, VipBindingSt
 
 pub const FIELD_MANAGER: &str = "vip-operator";
 
+/// events.k8s.io refuses a note over 1 KiB: the event would be lost, not shortened.
+const MAX_EVENT_NOTE: usize = 1024;
+
+/// At most `max` bytes, cut on a character boundary, with an ellipsis when cut.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
+}
+
 /// A JSON patch adding `finalizer` to an object whose finalizers were `existing`. The `test` op
 /// makes it fail (422) if the list changed since it was read, instead of overwriting someone
 /// else's change; kube-apiserver passes a `null` test on a missing path, which covers the first
@@ -124,7 +141,7 @@ impl KubeOps {
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.as_str().to_string(),
-            note: Some(note),
+            note: Some(truncate(note, MAX_EVENT_NOTE)),
             action: action.to_string(),
             secondary: None,
         };
@@ -133,5 +150,16 @@ impl KubeOps {
             Ok(Err(e)) => tracing::debug!(error = %e, reason = reason.as_str(), "event not published"),
             Err(_) => tracing::debug!(reason = reason.as_str(), "event not published: timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn event_notes_fit_the_api_limit_on_a_char_boundary() {
+        let long = "é".repeat(1000);
+        let cut = super::truncate(long, super::MAX_EVENT_NOTE);
+        assert!(cut.len() <= super::MAX_EVENT_NOTE && cut.ends_with('…'), "{}", cut.len());
+        assert_eq!(super::truncate("short".into(), super::MAX_EVENT_NOTE), "short");
     }
 }

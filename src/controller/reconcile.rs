@@ -13,8 +13,8 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use tracing::Instrument;
 
-use crate::api::v1alpha1::{Reason, VipBinding};
-use crate::ecs::{BindRequest, CloudTarget, EcsError, ErrorClass, UnbindRequest};
+use crate::api::v1alpha1::{BoundWith, Reason, VipBinding};
+use crate::ecs::{BindRequest, EcsError, ErrorClass, UnbindRequest};
 
 use super::backoff::{Hold, trigger_fingerprint};
 use super::context::Context;
@@ -22,7 +22,7 @@ use super::decide::{Plan, Verdict, decide};
 use super::key::ObjectKey;
 use super::memory::View;
 use super::status::{BoundKnowledge, CondStatus, StatusBuilder, bound_knowledge, has_finalizer};
-use super::target::TargetResolver;
+use super::target::{Resolved, TargetResolver};
 
 /// Failures of the reconcile itself (Kubernetes API calls); cloud failures are not errors here.
 #[derive(Debug, thiserror::Error)]
@@ -162,9 +162,8 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &ObjectKey) ->
         }
         None => {}
     }
-    if !ctx.index.synced() || !ctx.targets.tenancy().synced() {
-        // Ownership of a NIC is not known before every watched namespace is listed, nor the
-        // tenancy policy before every Namespace is.
+    if !ctx.index.synced() {
+        // Ownership of a NIC is not known before every watched namespace is listed.
         tracing::debug!("waiting for every watched namespace to be listed");
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -181,10 +180,11 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &ObjectKey) ->
     tracing::debug!(?plan, "decided");
     match plan {
         Plan::Nothing => {
-            // Only a generation change (e.g. deletionPolicy edited) to acknowledge.
+            // Only a generation change (e.g. deletionPolicy edited) to acknowledge, or the
+            // record of a bind made before records existed.
             if b.metadata.deletion_timestamp.is_none() && has_finalizer(b) {
-                let next = StatusBuilder::new(b, ctx.now()).bound_unchanged().build();
-                if let Some(status) = next {
+                let builder = StatusBuilder::new(b, ctx.now()).bound_unchanged();
+                if let Some(status) = backfill_record(b, ctx, builder).await.build() {
                     ctx.record(b, &status).await?;
                 }
             }
@@ -282,30 +282,68 @@ async fn record_failure(
     Ok(ctx.requeue_after(b, key, f.reason, f.retry_after))
 }
 
-async fn target_or_record(
-    b: &VipBinding,
-    ctx: &Context,
-    key: &ObjectKey,
-    action: &'static str,
-) -> Result<Result<CloudTarget, Action>, Error> {
-    let resolved = match action {
-        "Unbind" => ctx.targets.resolve_for_unbind(b).await,
-        _ => ctx.targets.resolve(b).await,
-    };
-    match resolved {
-        Ok(t) => Ok(Ok(t)),
+/// A binding confirmed bound (`Bound=True`) by an operator that kept no record of where: write
+/// it now, from the spec as it is at the first look, so that a later change of the spec's
+/// credentials cannot steer the deletion's unbind.
+async fn backfill_record<'a>(b: &VipBinding, ctx: &Context, builder: StatusBuilder<'a>) -> StatusBuilder<'a> {
+    let recorded = b.status.as_ref().is_some_and(|s| s.bound_with.is_some());
+    let confirmed = b.condition(crate::api::v1alpha1::CONDITION_BOUND).is_some_and(|c| c.status == "True");
+    if recorded || !confirmed {
+        return builder;
+    }
+    match ctx.targets.resolve_unchecked(b).await {
+        Ok(r) => builder.bound_with(Some(r.bound_with)),
         Err(verdict) => {
-            ctx.note_credentials_problem(verdict.reason);
-            let builder = StatusBuilder::new(b, ctx.now()).bound_unchanged();
-            let failure = Failure { reason: verdict.reason, message: verdict.message, action, retry_after: None };
-            record_failure(b, ctx, key, builder, failure).await.map(Err)
+            tracing::debug!(reason = verdict.reason.as_str(), "cannot record where the earlier bind went yet");
+            builder
         }
     }
 }
 
+/// A decision that needs the namespace's tenancy policy waits until the namespace watch has
+/// seen the namespace (nothing is recorded meanwhile).
+fn wait_for_policy(b: &VipBinding, ctx: &Context, needed: bool) -> Option<Action> {
+    let namespace = b.namespace().unwrap_or_default();
+    (needed && !ctx.targets.tenancy().knows(&namespace)).then(|| {
+        tracing::debug!("waiting for the namespace's tenancy policy to be listed");
+        Action::requeue(Duration::from_millis(500))
+    })
+}
+
+/// The resolved target, or the failure recorded and the requeue to return. A policy refusal
+/// decided while the policy changed is looked at again shortly instead of held: the change's
+/// own trigger may have come and gone during this reconcile.
+async fn or_record<T>(
+    b: &VipBinding,
+    ctx: &Context,
+    key: &ObjectKey,
+    action: &'static str,
+    (resolved, epoch): (Result<T, Verdict>, u64),
+) -> Result<Result<T, Action>, Error> {
+    let verdict = match resolved {
+        Ok(t) => return Ok(Ok(t)),
+        Err(verdict) => verdict,
+    };
+    ctx.note_credentials_problem(verdict.reason);
+    let policy = matches!(verdict.reason, Reason::DefaultCredentialsNotAllowed | Reason::ProjectNotAllowed);
+    let builder = StatusBuilder::new(b, ctx.now()).bound_unchanged();
+    let failure = Failure { reason: verdict.reason, message: verdict.message, action, retry_after: None };
+    let next = record_failure(b, ctx, key, builder, failure).await?;
+    if policy && ctx.targets.tenancy().epoch() != epoch {
+        ctx.backoffs.release_hold(key);
+        return Ok(Err(Action::requeue(Duration::from_millis(200))));
+    }
+    Ok(Err(next))
+}
+
 async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) -> Result<Action, Error> {
-    let target = match target_or_record(b, ctx, key, "Bind").await? {
-        Ok(t) => t,
+    if let Some(wait) = wait_for_policy(b, ctx, true) {
+        return Ok(wait);
+    }
+    let epoch = ctx.targets.tenancy().epoch();
+    let resolved = ctx.targets.resolve_bind(b).await;
+    let Resolved { target, bound_with } = match or_record(b, ctx, key, "Bind", (resolved, epoch)).await? {
+        Ok(r) => r,
         Err(action) => return Ok(action),
     };
     // What we knew before this attempt; adding our finalizer below does not change it.
@@ -314,7 +352,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
     let admitted = match ctx.cloud.admit(&target) {
         Ok(admitted) => admitted,
         Err(EcsError::AwaitingProbe(why)) => return Ok(await_probe(&why)),
-        Err(e) => return bind_failed(b, ctx, key, (knowledge, &target), e).await,
+        Err(e) => return bind_failed(b, ctx, key, (knowledge, &bound_with), e).await,
     };
     // The finalizer goes on before the cloud can change: from here on a deletion unbinds.
     let added;
@@ -323,6 +361,11 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
     } else {
         // On failure no call follows, and dropping `admitted` lets the next caller probe.
         added = ctx.kube.add_finalizer(b).await?;
+        if added.metadata.generation != b.metadata.generation {
+            // The spec changed since it was read: the target and the record were chosen from
+            // the old one. Decide again from the new one.
+            return Ok(Action::requeue(Duration::from_millis(100)));
+        }
         &added
     };
     let req = BindRequest {
@@ -339,7 +382,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
             let next = StatusBuilder::new(b, ctx.now())
                 .port_id(Some(port_id))
                 .bound_reverse_binding(Some(b.spec.reverse_binding))
-                .bound_with(Some(TargetResolver::bound_with(b, &target)))
+                .bound_with(Some(bound_with.clone()))
                 .bound(CondStatus::True, Reason::Bound, &message)
                 .ready(CondStatus::True, Reason::Bound, &message)
                 .build();
@@ -353,7 +396,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
             }
             Ok(ctx.after_success(b, key))
         }
-        Err(e) => bind_failed(b, ctx, key, (knowledge, &target), e).await,
+        Err(e) => bind_failed(b, ctx, key, (knowledge, &bound_with), e).await,
     }
 }
 
@@ -363,14 +406,14 @@ async fn bind_failed(
     b: &VipBinding,
     ctx: &Context,
     key: &ObjectKey,
-    (knowledge, target): (BoundKnowledge, &CloudTarget),
+    (knowledge, bound_with): (BoundKnowledge, &BoundWith),
     e: EcsError,
 ) -> Result<Action, Error> {
     let reason = failure_reason(&e, false);
     let mut builder = StatusBuilder::new(b, ctx.now());
     if e.may_have_applied() {
         // The deletion must be able to undo whatever this attempt may have done.
-        builder = builder.bound_with(Some(TargetResolver::bound_with(b, target)));
+        builder = builder.bound_with(Some(bound_with.clone()));
     }
     let builder = match (knowledge, e.class()) {
         // An earlier bind still stands; this attempt changed nothing we know of.
@@ -398,7 +441,12 @@ async fn bind_failed(
 }
 
 async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
-    let target = match target_or_record(b, ctx, key, "Unbind").await? {
+    if let Some(wait) = wait_for_policy(b, ctx, TargetResolver::unbind_is_checked(b)) {
+        return Ok(wait);
+    }
+    let epoch = ctx.targets.tenancy().epoch();
+    let resolved = ctx.targets.resolve_for_unbind(b).await;
+    let target = match or_record(b, ctx, key, "Unbind", (resolved, epoch)).await? {
         Ok(t) => t,
         Err(action) => return Ok(action),
     };

@@ -58,6 +58,18 @@ pub struct OperatorDefaults {
     pub region_required: bool,
 }
 
+/// A bind's target, and the record it leaves for the deletion.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub target: CloudTarget,
+    pub bound_with: BoundWith,
+}
+
+/// `Bound=True`: only the operator writes it, and only after the cloud accepted a bind.
+fn confirmed_bound(b: &VipBinding) -> bool {
+    b.condition(CONDITION_BOUND).is_some_and(|c| c.status == "True")
+}
+
 pub struct TargetResolver {
     secrets: Arc<dyn SecretReader>,
     defaults: OperatorDefaults,
@@ -123,29 +135,39 @@ impl TargetResolver {
     /// `Invalid` when the configuration is wrong, `DefaultCredentialsNotAllowed` or
     /// `ProjectNotAllowed` when the namespace's policy refuses it). Nothing is sent before this.
     pub async fn resolve(&self, b: &VipBinding) -> Result<CloudTarget, Verdict> {
+        self.resolve_bind(b).await.map(|r| r.target)
+    }
+
+    /// [`TargetResolver::resolve`], with the record a bind to it leaves for the deletion, taken
+    /// from the same reading of the spec that chose the credentials.
+    pub async fn resolve_bind(&self, b: &VipBinding) -> Result<Resolved, Verdict> {
         self.resolve_checked(b, true).await
     }
 
+    /// Where an unbind goes when the binding carries no record yet, without the policy checks:
+    /// for writing the record of a binding bound before records existed.
+    pub async fn resolve_unchecked(&self, b: &VipBinding) -> Result<Resolved, Verdict> {
+        self.resolve_checked(b, false).await
+    }
+
     /// Where an unbind goes: where the bind went (`status.boundWith`), with the credentials
-    /// it used, whatever the policy says now. Without that record (a binding bound before the
-    /// record existed), a binding the cloud confirmed bound (`Bound=True`, which only the
-    /// operator writes) is resolved as today without the policy checks; any other is checked
-    /// like a bind, so a finalizer added by hand cannot turn a refused binding into an unbind.
+    /// it used, whatever the policy says now. Without that record: a binding the cloud
+    /// confirmed bound (`Bound=True`, which only the operator writes) was bound before records
+    /// existed and is resolved from its spec without the policy checks (a live one has its
+    /// record written at first sight, see `reconcile::backfill_record`, so only one deleted
+    /// before the upgraded operator first saw it gets here); any other is checked like a bind,
+    /// so a finalizer added by hand cannot turn a refused binding into an unbind.
     pub async fn resolve_for_unbind(&self, b: &VipBinding) -> Result<CloudTarget, Verdict> {
         if let Some(w) = b.status.as_ref().and_then(|s| s.bound_with.as_ref()) {
             return self.recorded(b, w).await;
         }
-        let confirmed_bound = b.condition(CONDITION_BOUND).is_some_and(|c| c.status == "True");
-        self.resolve_checked(b, !confirmed_bound).await
+        self.resolve_checked(b, !confirmed_bound(b)).await.map(|r| r.target)
     }
 
-    /// What a successful (or possibly applied) bind to `target` records for the deletion.
-    pub fn bound_with(b: &VipBinding, target: &CloudTarget) -> BoundWith {
-        BoundWith {
-            project_id: target.project_id.clone(),
-            region: target.region.clone(),
-            credentials_secret: b.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
-        }
+    /// Whether the policy applies to this binding's unbind (see
+    /// [`TargetResolver::resolve_for_unbind`]).
+    pub fn unbind_is_checked(b: &VipBinding) -> bool {
+        b.status.as_ref().and_then(|s| s.bound_with.as_ref()).is_none() && !confirmed_bound(b)
     }
 
     async fn recorded(&self, b: &VipBinding, w: &BoundWith) -> Result<CloudTarget, Verdict> {
@@ -184,7 +206,7 @@ impl TargetResolver {
         })
     }
 
-    async fn resolve_checked(&self, b: &VipBinding, policy: bool) -> Result<CloudTarget, Verdict> {
+    async fn resolve_checked(&self, b: &VipBinding, policy: bool) -> Result<Resolved, Verdict> {
         let namespace = b.namespace().unwrap_or_default();
         let (found, source) = match &b.spec.credentials_secret_ref {
             Some(r) => (self.read_secret(&namespace, &r.name).await?, format!("Secret {namespace}/{}", r.name)),
@@ -224,7 +246,12 @@ impl TargetResolver {
         if policy {
             self.tenancy.may_target(&namespace, &project_id, &region)?;
         }
-        Ok(CloudTarget { region, project_id, credentials: found.credentials })
+        let bound_with = BoundWith {
+            project_id: project_id.clone(),
+            region: region.clone(),
+            credentials_secret: b.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+        };
+        Ok(Resolved { target: CloudTarget { region, project_id, credentials: found.credentials }, bound_with })
     }
 
     /// Whether this is the operator's default credentials Secret (used by every binding that

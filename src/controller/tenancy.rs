@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
@@ -71,12 +71,15 @@ impl DefaultCredentialsScope {
             let mut exprs = s.clone().into_iter();
             match (exprs.next(), exprs.next()) {
                 (Some(Expression::Equal(k, v)), None) => Some(format!("{k}={v}")),
-                (Some(Expression::Exists(k)), None) => Some(k),
+                // kubectl needs a value; any value exists.
+                (Some(Expression::Exists(k)), None) => Some(format!("{k}=true")),
                 _ => None,
             }
         });
         match (single_label, selector) {
-            (Some(label), _) => format!("a cluster admin allows it with `kubectl label namespace {namespace} {label}`"),
+            (Some(label), _) => {
+                format!("a cluster admin allows it with `kubectl label namespace {namespace} {label} --overwrite`")
+            }
             (None, Some(s)) => format!("a cluster admin allows it by labelling the namespace to match `{s}`"),
             (None, None) => "a cluster admin allows it with the operator's --default-credentials-namespaces".into(),
         }
@@ -158,44 +161,52 @@ fn parse_term(term: &str) -> Option<Expression> {
     let key = words.next()?.trim();
     match words.next().map(str::trim_start) {
         None => valid(key).then(|| Expression::Exists(key.into())),
-        Some(rest) if rest.starts_with("notin") => Some(Expression::NotIn(key.into(), set(&rest[5..])?)),
-        Some(rest) if rest.starts_with("in") => Some(Expression::In(key.into(), set(&rest[2..])?)),
+        Some(rest) if valid(key) && rest.starts_with("notin") => Some(Expression::NotIn(key.into(), set(&rest[5..])?)),
+        Some(rest) if valid(key) && rest.starts_with("in") => Some(Expression::In(key.into(), set(&rest[2..])?)),
         Some(_) => None,
     }
 }
 
-/// What the admin said about one namespace.
+/// What the policy says about one namespace: only what decisions read, so that unrelated label
+/// churn is no news (and releases nothing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct NamespaceFacts {
-    labels: BTreeMap<String, String>,
+struct NamespacePolicy {
+    default_credentials: bool,
     projects: Option<BTreeSet<String>>,
     regions: Option<BTreeSet<String>>,
 }
 
+/// A comma-separated annotation. Present but empty means "none allowed" (the stricter reading
+/// of an admin's edit); absent means "no restriction".
 fn list(annotation: Option<&String>) -> Option<BTreeSet<String>> {
     annotation.map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
 }
 
-impl NamespaceFacts {
-    fn of(ns: &PartialObjectMeta<Namespace>) -> Self {
-        let annotations = ns.annotations();
-        Self {
-            labels: ns.labels().clone(),
-            projects: list(annotations.get(ALLOWED_PROJECTS_ANNOTATION)),
-            regions: list(annotations.get(ALLOWED_REGIONS_ANNOTATION)),
-        }
+/// At most this many allowed values are named in a message (events refuse notes over 1 KiB).
+const NAMED_IN_MESSAGES: usize = 8;
+
+fn named(values: &BTreeSet<String>) -> String {
+    if values.is_empty() {
+        return "none".into();
     }
+    let shown: Vec<&str> = values.iter().take(NAMED_IN_MESSAGES).map(String::as_str).collect();
+    let more = values.len().saturating_sub(NAMED_IN_MESSAGES);
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    format!("{}{more}", shown.join(", "))
 }
 
-/// The tenancy policy and the namespaces' current labels and annotations.
+/// The tenancy policy and what the namespaces' labels and annotations make of it.
 pub struct Tenancy {
     scope: DefaultCredentialsScope,
-    namespaces: RwLock<HashMap<String, NamespaceFacts>>,
-    buffer: RwLock<Option<HashMap<String, NamespaceFacts>>>,
+    namespaces: RwLock<HashMap<String, NamespacePolicy>>,
+    buffer: RwLock<Option<HashMap<String, NamespacePolicy>>>,
     /// Whether decisions wait for the namespace watch (false in tests that drive a reconcile
     /// without one: every namespace then looks unlabelled and unannotated).
     watched: AtomicBool,
     listed: AtomicBool,
+    /// Bumped on every policy change: a refusal decided under an older epoch is looked at
+    /// again instead of held (the change may have raced the decision).
+    epoch: AtomicU64,
 }
 
 impl Default for Tenancy {
@@ -213,6 +224,7 @@ impl Tenancy {
             buffer: RwLock::default(),
             watched: AtomicBool::new(false),
             listed: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -220,9 +232,22 @@ impl Tenancy {
         &self.scope
     }
 
-    fn facts(&self, namespace: &str) -> NamespaceFacts {
+    fn policy_of(&self, ns: &PartialObjectMeta<Namespace>) -> NamespacePolicy {
+        let annotations = ns.annotations();
+        NamespacePolicy {
+            default_credentials: self.scope.allows(&ns.name_any(), ns.labels()),
+            projects: list(annotations.get(ALLOWED_PROJECTS_ANNOTATION)),
+            regions: list(annotations.get(ALLOWED_REGIONS_ANNOTATION)),
+        }
+    }
+
+    /// Without the watch (tests), an unlisted namespace has no labels and no annotations.
+    fn policy(&self, namespace: &str) -> NamespacePolicy {
         let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
-        map.get(namespace).cloned().unwrap_or_default()
+        map.get(namespace).cloned().unwrap_or_else(|| NamespacePolicy {
+            default_credentials: self.scope.allows(namespace, &BTreeMap::new()),
+            ..Default::default()
+        })
     }
 
     /// The namespace watch feeds this from now on: decide nothing before it has listed.
@@ -234,27 +259,44 @@ impl Tenancy {
         !self.watched.load(Ordering::SeqCst) || self.listed.load(Ordering::SeqCst)
     }
 
-    /// Applies a namespace watch event; returns the namespaces whose policy facts changed.
+    /// Whether the policy of `namespace` is known: the watch has listed, and has seen this
+    /// namespace. A binding in a namespace created a moment ago can arrive before its
+    /// Namespace does; deciding then would read "no annotations" and allow anything.
+    pub fn knows(&self, namespace: &str) -> bool {
+        if !self.watched.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.listed.load(Ordering::SeqCst)
+            && self.namespaces.read().unwrap_or_else(|p| p.into_inner()).contains_key(namespace)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Applies a namespace watch event; returns the namespaces whose policy changed. The first
+    /// list reports nothing: no binding has been decided before it.
     pub fn apply(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) -> Vec<String> {
         let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
         let mut buffer = self.buffer.write().unwrap_or_else(|p| p.into_inner());
         let mut changed = vec![];
-        let mut set = |map: &mut HashMap<String, NamespaceFacts>, name: String, facts: Option<NamespaceFacts>| {
-            let old = match facts {
-                Some(f) => map.insert(name.clone(), f.clone()).filter(|old| *old == f),
-                None => map.remove(&name).filter(|old| *old == NamespaceFacts::default()),
+        let mut set = |map: &mut HashMap<String, NamespacePolicy>, name: String, policy: Option<NamespacePolicy>| {
+            let before = map.get(&name).cloned();
+            match &policy {
+                Some(p) => map.insert(name.clone(), p.clone()),
+                None => map.remove(&name),
             };
-            if old.is_none() {
+            if before != policy {
                 changed.push(name);
             }
         };
         match event {
-            watcher::Event::Apply(ns) => set(&mut map, ns.name_any(), Some(NamespaceFacts::of(ns))),
+            watcher::Event::Apply(ns) => set(&mut map, ns.name_any(), Some(self.policy_of(ns))),
             watcher::Event::Delete(ns) => set(&mut map, ns.name_any(), None),
             watcher::Event::Init => *buffer = Some(HashMap::new()),
             watcher::Event::InitApply(ns) => {
                 if let Some(b) = buffer.as_mut() {
-                    b.insert(ns.name_any(), NamespaceFacts::of(ns));
+                    b.insert(ns.name_any(), self.policy_of(ns));
                 }
             }
             watcher::Event::InitDone => {
@@ -263,18 +305,23 @@ impl Tenancy {
                 for name in gone {
                     set(&mut map, name, None);
                 }
-                for (name, facts) in fresh {
-                    set(&mut map, name, Some(facts));
+                for (name, policy) in fresh {
+                    set(&mut map, name, Some(policy));
                 }
-                self.listed.store(true, Ordering::SeqCst);
+                if !self.listed.swap(true, Ordering::SeqCst) {
+                    changed.clear();
+                }
             }
+        }
+        if !changed.is_empty() {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
         }
         changed
     }
 
     /// May a binding in `namespace` use the operator's default credentials?
     pub fn may_use_default_credentials(&self, namespace: &str) -> Result<(), Verdict> {
-        if self.scope.allows(namespace, &self.facts(namespace).labels) {
+        if self.policy(namespace).default_credentials {
             return Ok(());
         }
         Err(Verdict {
@@ -288,20 +335,20 @@ impl Tenancy {
 
     /// May a binding in `namespace` target `project` in `region` (whatever its credentials)?
     pub fn may_target(&self, namespace: &str, project: &str, region: &str) -> Result<(), Verdict> {
-        let facts = self.facts(namespace);
+        let policy = self.policy(namespace);
         let refuse = |what: &str, value: &str, annotation: &str, allowed: &BTreeSet<String>| Verdict {
             reason: Reason::ProjectNotAllowed,
             message: format!(
                 "{what} {value:?} is not allowed in namespace {namespace} (its {annotation} annotation allows {}): use an allowed one, or ask a cluster admin to add it",
-                allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+                named(allowed)
             ),
         };
-        if let Some(allowed) = &facts.projects
+        if let Some(allowed) = &policy.projects
             && !allowed.contains(project)
         {
             return Err(refuse("project", project, ALLOWED_PROJECTS_ANNOTATION, allowed));
         }
-        if let Some(allowed) = &facts.regions
+        if let Some(allowed) = &policy.regions
             && !allowed.contains(region)
         {
             return Err(refuse("region", region, ALLOWED_REGIONS_ANNOTATION, allowed));
@@ -338,7 +385,8 @@ mod tests {
         assert!(!s.matches(&labels(&[("team", "a"), ("env", "prod"), ("vipoperator.dev/default-credentials", "")])));
         assert!(selector("a==b").matches(&labels(&[("a", "b")])));
         assert!(selector("a notin (b)").matches(&labels(&[("a", "c")])));
-        for bad in ["", ",", "a=b,", "a in b", "a in (b", "a)(", "a b", "a=b c", "!"] {
+        for bad in ["", ",", "a=b,", "a in b", "a in (b", "a)(", "a b", "a=b c", "!", "t€am notin (x)", "a in (b c)"]
+        {
             assert!(parse_selector(bad).is_err(), "{bad:?} was accepted");
         }
     }

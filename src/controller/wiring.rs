@@ -118,7 +118,8 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
     // Store::wait_until_ready: that future keeps only its latest waiter's waker, and the
     // controller itself waits on it.
     ctx.index.expect_scopes(&scopes);
-    let synced = Arc::new(Synced { remaining: AtomicUsize::new(scopes.len()), health: hooks.health.clone() });
+    // One per binding watch, and one for the namespace watch (the tenancy policy).
+    let synced = Arc::new(Synced { remaining: AtomicUsize::new(scopes.len() + 1), health: hooks.health.clone() });
     let mut triggers = Triggers { bindings: vec![], secrets: vec![] };
     let mut receivers = vec![];
     for scope in &scopes {
@@ -163,31 +164,45 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
         }
     }
     ctx.targets.tenancy().expect_watch();
-    tasks.push(Box::pin(watch_namespaces(client.clone(), ctx.clone(), triggers.clone(), stop.clone())));
+    tasks.push(Box::pin(watch_namespaces(client.clone(), ctx.clone(), triggers.clone(), synced, stop.clone())));
     futures::future::join_all(tasks).await;
 }
 
 /// Namespaces' labels and annotations (metadata only: nothing else of a Namespace is read)
-/// feed the tenancy policy; a change re-examines the namespace's bindings at once, so
-/// relabelling a namespace takes effect without a restart.
-async fn watch_namespaces(client: kube::Client, ctx: Arc<Context>, triggers: Arc<Triggers>, stop: CancellationToken) {
+/// feed the tenancy policy; a change re-examines the namespace's bindings held by a policy
+/// refusal at once, so relabelling a namespace takes effect without a restart.
+async fn watch_namespaces(
+    client: kube::Client,
+    ctx: Arc<Context>,
+    triggers: Arc<Triggers>,
+    synced: Arc<Synced>,
+    stop: CancellationToken,
+) {
+    use crate::api::v1alpha1::Reason;
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
     let events = watcher(namespaces, watcher::Config::default()).default_backoff();
     let mut events = std::pin::pin!(events.take_until(stop.cancelled_owned()));
+    let mut listed = false;
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => event,
             Err(e) => {
-                tracing::debug!(error = %e, "namespace watch");
+                // Bindings that need the policy wait for it (and /readyz says not ready until
+                // the first list): say why. The watcher backs off between tries.
+                tracing::warn!(error = %e, "cannot watch Namespaces (the tenancy policy): bindings that need it wait");
                 continue;
             }
         };
         for namespace in ctx.targets.tenancy().apply(&event) {
             for claim in ctx.index.in_namespace(&namespace) {
-                // A held binding (refused by the old policy) deserves a look under the new one.
-                ctx.backoffs.release_hold(claim.uid());
+                ctx.backoffs
+                    .release_hold_for(claim.uid(), &[Reason::DefaultCredentialsNotAllowed, Reason::ProjectNotAllowed]);
                 triggers.binding(claim.object_ref());
             }
+        }
+        if matches!(event, watcher::Event::InitDone) && !listed {
+            listed = true;
+            synced.one_done();
         }
     }
 }

@@ -91,6 +91,9 @@ async fn t3_narrowing_the_policy_after_a_bind_still_lets_the_deletion_unbind() {
     let recorded = b.status.as_ref().and_then(|s| s.bound_with.clone()).expect("status.boundWith");
     assert_eq!((recorded.project_id.as_str(), recorded.credentials_secret), (harness::PROJECT, None));
 
+    // The spec now names a Secret that does not exist: re-resolving the spec could not unbind,
+    // so only the record can.
+    env.patch_spec("web", json!({"credentialsSecretRef": {"name": "never-created"}})).await.expect("patch spec");
     // The admin takes the default credentials away and scopes the namespace to another project.
     admin_edits_namespace(
         &env,
