@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod error;
 pub mod retry;
 pub mod sign;
+pub mod vpc;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
