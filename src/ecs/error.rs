@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde::Deserialize;
+use serde_json::Value;
 
 /// The four classes of failure. Each has one policy (see `docs` in the README):
 /// - `Retryable`: transient (5xx, 429, flow control, timeouts, connection errors) — retried
@@ -13,9 +14,10 @@ use serde::Deserialize;
 ///   for a spec change.
 /// - `Auth`: bad keys or permissions (401/403) — never retried in a loop (Huawei locks an AK
 ///   after 5 failed signatures in a row).
-/// - `Gone`: the service itself said the NIC or server does not exist (`Ecs.0085`, `Ecs.0114`,
-///   `Ecs.0614`). A 404 without such a code (the API gateway's `APIGW.0101`, a proxy's page) is
-///   no evidence about the NIC: it is `Terminal` (see [`EcsError::is_unrecognised_not_found`]).
+/// - `Gone`: the service itself said the NIC, server or port does not exist (`Ecs.0085`,
+///   `Ecs.0114`, `Ecs.0614`; the VPC API's `VPC.2502`, port not found). A 404 without such a
+///   code (the API gateway's `APIGW.0101`, a proxy's page) is no evidence about the NIC: it is
+///   `Terminal` (see [`EcsError::is_unrecognised_not_found`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
     Retryable,
@@ -35,7 +37,7 @@ impl ErrorClass {
     }
 }
 
-/// An error answer from the ECS endpoint or the API gateway in front of it.
+/// An error answer from the ECS or VPC endpoint, or the API gateway in front of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: u16,
@@ -62,7 +64,7 @@ pub enum TransportKind {
 pub enum EcsError {
     #[error("{}", describe_api(.0))]
     Api(ApiError),
-    #[error("{kind:?} error talking to the ECS endpoint: {message}")]
+    #[error("{kind:?} error talking to the cloud endpoint: {message}")]
     Transport { kind: TransportKind, message: String },
     /// The request could not be built (a value that cannot go into a URL, a missing project).
     /// Nothing was sent.
@@ -114,6 +116,8 @@ fn class_of_code(code: &str) -> Option<ErrorClass> {
     match code {
         // "The server has no such NIC" (400), "server / NIC not found" said by ECS itself (404).
         "Ecs.0085" | "Ecs.0114" | "Ecs.0614" => Some(ErrorClass::Gone),
+        // "Port xx not found", said by the VPC service (404). A port ID is a NIC ID.
+        "VPC.2502" => Some(ErrorClass::Gone),
         // Failed to update / query port / query NICs: backend hiccups reported as 400.
         "Ecs.0213" | "Ecs.0307" | "Ecs.0323" => Some(ErrorClass::Retryable),
         // Another operation is running on the server; retry later.
@@ -222,6 +226,10 @@ struct ErrorBody {
     error_code: Option<String>,
     error_msg: Option<String>,
     request_id: Option<String>,
+    /// The VPC shape, `{"code": "VPC.xxxx", "message": "..."}`. Kept as values: other services
+    /// put numbers here, and such a body must still be read (by status) rather than refused.
+    code: Option<Value>,
+    message: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -237,9 +245,13 @@ struct Detail {
     code: Option<String>,
 }
 
-/// Builds an [`ApiError`] from an error response. Accepts the three documented body shapes
-/// (ECS `{"error":{...}}`, generic and API-gateway `{"error_code","error_msg"}`); anything else
-/// keeps the status and a short excerpt of the body as the message.
+/// The longest server-supplied message kept: it reaches conditions, events and logs.
+pub const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// Builds an [`ApiError`] from an error response. Accepts the documented body shapes (ECS
+/// `{"error":{...}}`, generic and API-gateway `{"error_code","error_msg"}`, VPC
+/// `{"code","message"}`); anything else keeps the status and a short excerpt of the body as the
+/// message.
 pub fn parse_error_response(
     status: u16,
     body: &[u8],
@@ -254,15 +266,34 @@ pub fn parse_error_response(
         Some(ErrorBody { error_code: code @ Some(_), error_msg, request_id, .. }) => {
             (code, error_msg.unwrap_or_default(), vec![], request_id)
         }
+        Some(ErrorBody { code: Some(Value::String(code)), message, request_id, .. }) => {
+            let message = match message {
+                Some(Value::String(m)) => m,
+                _ => String::new(),
+            };
+            (Some(code), message, vec![], request_id)
+        }
         _ => (None, excerpt(status, body), vec![], None),
     };
     ApiError {
         status,
         code: code.filter(|c| !c.is_empty()),
-        message,
+        message: bounded(message),
         detail_codes,
         request_id: request_id_header.map(str::to_string).or(body_request_id).filter(|s| !s.is_empty()),
         retry_after,
+    }
+}
+
+/// At most [`MAX_MESSAGE_CHARS`] characters, with an ellipsis when cut.
+fn bounded(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => {
+            let mut short = message[..cut].to_string();
+            short.push('…');
+            short
+        }
+        None => message,
     }
 }
 
@@ -294,6 +325,7 @@ pub fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn classification_table() {
@@ -329,6 +361,14 @@ mod tests {
             (504, Some("APIGW.0201"), ErrorClass::Retryable),
             (501, Some("Ecs.0603"), ErrorClass::Retryable),
             (418, Some("Whatever.1"), ErrorClass::Terminal),
+            // The VPC API: only "port not found" is the service saying a NIC is gone.
+            (404, Some("VPC.2502"), ErrorClass::Gone),
+            (404, Some("VPC.0003"), ErrorClass::Terminal),
+            (400, Some("VPC.2500"), ErrorClass::Terminal),
+            (400, Some("VPC.0007"), ErrorClass::Terminal),
+            (403, Some("VPC.0010"), ErrorClass::Auth),
+            (403, Some("VPC.2201"), ErrorClass::Auth),
+            (500, Some("VPC.0001"), ErrorClass::Retryable),
         ];
         for (status, code, want) in cases {
             assert_eq!(classify(*status, *code), *want, "{status} {code:?}");
@@ -352,6 +392,57 @@ mod tests {
         let ecs = EcsError::Api(parse_error_response(404, br#"{"error":{"code":"Ecs.0614"}}"#, None, None));
         assert!(!ecs.is_unrecognised_not_found());
         assert_eq!(ecs.class(), ErrorClass::Gone);
+    }
+
+    #[test]
+    fn parses_the_vpc_shape() {
+        let body = br#"{"code":"VPC.2502","message":"Port 5e2b not found"}"#;
+        let e = parse_error_response(404, body, Some("req-9"), None);
+        assert_eq!(e.code.as_deref(), Some("VPC.2502"));
+        assert_eq!(e.message, "Port 5e2b not found");
+        assert_eq!(e.request_id.as_deref(), Some("req-9"));
+        let e = EcsError::Api(e);
+        assert_eq!(e.class(), ErrorClass::Gone);
+        assert!(!e.is_unrecognised_not_found());
+        assert_eq!(e.to_string(), "HTTP 404 VPC.2502: Port 5e2b not found [request id req-9]");
+        // A request id in the body is kept when no header carried one.
+        let e = parse_error_response(403, br#"{"code":"VPC.2201","message":"no","request_id":"b"}"#, None, None);
+        assert_eq!(e.request_id.as_deref(), Some("b"));
+        assert_eq!(EcsError::Api(e).class(), ErrorClass::Auth);
+    }
+
+    #[test]
+    fn a_vpc_404_without_its_code_is_not_gone() {
+        for body in [
+            &br#"{"error_code":"APIGW.0101","error_msg":"The API does not exist or has not been published in the environment"}"#[..],
+            b"<html><body>404 Not Found</body></html>",
+            b"",
+            // Numbers where VPC puts strings: read by status, never as a code.
+            br#"{"code":404,"message":"not found"}"#,
+            br#"{"code":"","message":"not found"}"#,
+        ] {
+            let e = EcsError::Api(parse_error_response(404, body, None, None));
+            assert_ne!(e.class(), ErrorClass::Gone, "{}", String::from_utf8_lossy(body));
+            assert!(e.is_unrecognised_not_found(), "{}", String::from_utf8_lossy(body));
+        }
+        // The code decides, not the status (Huawei warns its statuses may be inaccurate).
+        let e = EcsError::Api(parse_error_response(400, br#"{"code":"VPC.2502","message":"x"}"#, None, None));
+        assert_eq!(e.class(), ErrorClass::Gone);
+    }
+
+    #[test]
+    fn server_messages_are_bounded() {
+        let long = "é".repeat(5000);
+        for body in [
+            json!({"code": "VPC.0001", "message": long}),
+            json!({"error": {"code": "Ecs.0001", "message": long}}),
+            json!({"error_code": "APIGW.0201", "error_msg": long}),
+        ] {
+            let e = parse_error_response(500, body.to_string().as_bytes(), None, None);
+            assert_eq!(e.message.chars().count(), MAX_MESSAGE_CHARS + 1, "{body}");
+            assert!(e.message.ends_with('…'));
+        }
+        assert_eq!(parse_error_response(500, br#"{"code":"C","message":"short"}"#, None, None).message, "short");
     }
 
     #[test]
