@@ -1,5 +1,6 @@
-//! [`EcsClient`]: the signed HTTP implementation of [`EcsApi`] on one shared reqwest pool, with
-//! one token bucket and one concurrency cap for every cloud call the process makes.
+//! [`EcsClient`]: the signed HTTP implementation of [`EcsApi`] (ECS writes) and [`VpcApi`] (VPC
+//! port reads) on one shared reqwest pool, with one token bucket and one concurrency cap for
+//! every cloud call the process makes.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::Method;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -16,24 +18,25 @@ use url::Url;
 use super::error::{EcsError, TransportKind, parse_error_response, parse_retry_after};
 use super::retry::{RetryPolicy, with_retries};
 use super::sign::{RequestParts, sign};
+use super::vpc::{InvalidFilter, Port, PortEnvelope, PortFilter, PortList, VpcApi};
 use super::{
     BindRequest, Clock, CloudTarget, EcsApi, InvalidId, InvalidRegion, NicBody, Operation, SystemClock, UnbindRequest,
     Written, check_path_id, check_region,
 };
 
-/// An `--ecs-endpoint` value that cannot be used.
+/// An endpoint override (`--ecs-endpoint`, or `flag`) that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
-    #[error("--ecs-endpoint {value:?} is not a URL: {source}")]
-    NotAUrl { value: String, source: url::ParseError },
-    #[error("--ecs-endpoint {value:?} must be an http:// or https:// URL")]
-    Scheme { value: String },
-    #[error("--ecs-endpoint {value:?} has no host")]
-    NoHost { value: String },
-    #[error("--ecs-endpoint {value:?} must not have a query or fragment")]
-    QueryOrFragment { value: String },
-    #[error("--ecs-endpoint {value:?} must not carry credentials")]
-    Credentials { value: String },
+    #[error("{flag} {value:?} is not a URL: {source}")]
+    NotAUrl { flag: &'static str, value: String, source: url::ParseError },
+    #[error("{flag} {value:?} must be an http:// or https:// URL")]
+    Scheme { flag: &'static str, value: String },
+    #[error("{flag} {value:?} has no host")]
+    NoHost { flag: &'static str, value: String },
+    #[error("{flag} {value:?} must not have a query or fragment")]
+    QueryOrFragment { flag: &'static str, value: String },
+    #[error("{flag} {value:?} must not carry credentials")]
+    Credentials { flag: &'static str, value: String },
 }
 
 /// A request URL that cannot be built from a binding's region and ids. Nothing is sent.
@@ -48,6 +51,8 @@ pub enum UrlError {
     /// A fixed endpoint URL that takes no path (`mailto:`, `data:`).
     #[error("the ECS endpoint cannot have a path")]
     NotABase,
+    #[error(transparent)]
+    Filter(#[from] InvalidFilter),
 }
 
 /// An [`EcsClientConfig`] the client cannot be built from.
@@ -62,19 +67,22 @@ pub enum ClientConfigError {
     Burst,
     #[error("the cloud concurrency cap must be at least 1")]
     Concurrency,
+    #[error("the largest cloud answer read must be at least 1 byte")]
+    ResponseLimit,
     #[error("cannot build the HTTP client: {0}")]
     Http(reqwest::Error),
 }
 
-/// Where ECS lives: the public regional endpoint, or one fixed URL (the simulator, a private
-/// cloud, a proxy) used for every region.
+/// Where a service lives: the public regional endpoint, or one fixed URL (the simulator, a
+/// private cloud, a proxy) used for every region. One value per service (ECS, VPC).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `https://ecs.{region}.myhuaweicloud.com`
+    /// `https://{service}.{region}.myhuaweicloud.com` (`ecs.` or `vpc.`)
     Regional,
     Fixed(Url),
 }
 
+/// Displays as the ECS endpoint; see [`Endpoint::vpc_display`] for the VPC one.
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -87,50 +95,101 @@ impl std::fmt::Display for Endpoint {
 impl Endpoint {
     /// Parses an `--ecs-endpoint` value. http is allowed (simulator, private clouds).
     pub fn parse_override(value: &str) -> Result<Self, EndpointError> {
-        let url = Url::parse(value.trim()).map_err(|source| EndpointError::NotAUrl { value: value.into(), source })?;
+        Self::parse_override_for("--ecs-endpoint", value)
+    }
+
+    /// Parses an endpoint override given as `flag` (named in the errors), e.g. `--vpc-endpoint`.
+    pub fn parse_override_for(flag: &'static str, value: &str) -> Result<Self, EndpointError> {
+        let url =
+            Url::parse(value.trim()).map_err(|source| EndpointError::NotAUrl { flag, value: value.into(), source })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(EndpointError::Scheme { value: value.into() });
+            return Err(EndpointError::Scheme { flag, value: value.into() });
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(EndpointError::NoHost { value: value.into() });
+            return Err(EndpointError::NoHost { flag, value: value.into() });
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(EndpointError::QueryOrFragment { value: value.into() });
+            return Err(EndpointError::QueryOrFragment { flag, value: value.into() });
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(EndpointError::Credentials { value: value.into() });
+            return Err(EndpointError::Credentials { flag, value: value.into() });
         }
         Ok(Endpoint::Fixed(url))
     }
 
-    pub fn base_url(&self, region: &str) -> Result<Url, UrlError> {
+    /// This endpoint as the VPC endpoint, for logs.
+    pub fn vpc_display(&self) -> String {
+        match self {
+            Endpoint::Regional => "https://vpc.{region}.myhuaweicloud.com".into(),
+            Endpoint::Fixed(url) => url.to_string(),
+        }
+    }
+
+    fn service_base(&self, service: &str, region: &str) -> Result<Url, UrlError> {
         match self {
             Endpoint::Fixed(url) => Ok(url.clone()),
             Endpoint::Regional => {
                 check_region(region)?;
-                Url::parse(&format!("https://ecs.{region}.myhuaweicloud.com"))
+                Url::parse(&format!("https://{service}.{region}.myhuaweicloud.com"))
                     .map_err(|source| UrlError::RegionEndpoint { region: region.into(), source })
             }
         }
+    }
+
+    /// The ECS base URL for `region`.
+    pub fn base_url(&self, region: &str) -> Result<Url, UrlError> {
+        self.service_base("ecs", region)
+    }
+
+    /// The VPC base URL for `region` (`https://vpc.{region}.myhuaweicloud.com`, or the override).
+    pub fn vpc_base_url(&self, region: &str) -> Result<Url, UrlError> {
+        self.service_base("vpc", region)
     }
 
     /// `{base}/v1/{project_id}/cloudservers/nics/{nic_id}`
     pub fn nic_url(&self, region: &str, project_id: &str, nic_id: &str) -> Result<Url, UrlError> {
         check_path_id("projectId", project_id)?;
         check_path_id("nicId", nic_id)?;
-        let mut url = self.base_url(region)?;
-        {
-            // The segments are written back into `url` when `path` is dropped.
-            let mut path = url.path_segments_mut().map_err(|()| UrlError::NotABase)?;
-            path.pop_if_empty().extend(["v1", project_id, "cloudservers", "nics", nic_id]);
-        }
+        with_path(self.base_url(region)?, &["v1", project_id, "cloudservers", "nics", nic_id])
+    }
+
+    /// `{vpc base}/v1/{project_id}/ports/{port_id}`
+    pub fn port_url(&self, region: &str, project_id: &str, port_id: &str) -> Result<Url, UrlError> {
+        check_path_id("projectId", project_id)?;
+        check_path_id("portId", port_id)?;
+        with_path(self.vpc_base_url(region)?, &["v1", project_id, "ports", port_id])
+    }
+
+    /// `{vpc base}/v1/{project_id}/ports?{filter}`, percent-encoded (`fixed_ips=ip_address%3DX`).
+    pub fn ports_url(&self, region: &str, project_id: &str, filter: &PortFilter) -> Result<Url, UrlError> {
+        check_path_id("projectId", project_id)?;
+        let pairs = filter.query_pairs()?;
+        let mut url = with_path(self.vpc_base_url(region)?, &["v1", project_id, "ports"])?;
+        url.query_pairs_mut().extend_pairs(pairs);
         Ok(url)
     }
 }
 
+/// `base` with `segments` appended to its path (each escaped as a path segment).
+fn with_path(mut url: Url, segments: &[&str]) -> Result<Url, UrlError> {
+    {
+        // The segments are written back into `url` when `path` is dropped.
+        let mut path = url.path_segments_mut().map_err(|()| UrlError::NotABase)?;
+        path.pop_if_empty().extend(segments);
+    }
+    Ok(url)
+}
+
+/// The largest answer the client reads, by default (any call, error answers included). A
+/// listing page of 2000 ports is 2–3 MB; reading without a bound would let one endpoint (or
+/// whatever answers in its place) exhaust the operator's memory.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct EcsClientConfig {
     pub endpoint: Endpoint,
+    /// Where the VPC API lives; an override is one URL for every region, like `endpoint`.
+    pub vpc_endpoint: Endpoint,
     pub connect_timeout: Duration,
     /// Whole-request timeout for one attempt.
     pub request_timeout: Duration,
@@ -140,18 +199,22 @@ pub struct EcsClientConfig {
     pub burst: u32,
     /// Cloud calls in flight at once.
     pub max_concurrency: usize,
+    /// Answers larger than this are not read: the attempt fails (a protocol error).
+    pub max_response_bytes: usize,
 }
 
 impl Default for EcsClientConfig {
     fn default() -> Self {
         Self {
             endpoint: Endpoint::Regional,
+            vpc_endpoint: Endpoint::Regional,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             qps: 10.0,
             burst: 10,
             max_concurrency: 16,
+            max_response_bytes: MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -177,6 +240,7 @@ pub struct EcsClient {
 struct Inner {
     http: reqwest::Client,
     endpoint: Endpoint,
+    vpc_endpoint: Endpoint,
     retry: RetryPolicy,
     limiter: DefaultDirectRateLimiter,
     in_flight: Semaphore,
@@ -184,11 +248,42 @@ struct Inner {
     observer: Option<Arc<dyn CallObserver>>,
     fence: Option<Arc<dyn super::Fence>>,
     request_timeout: Duration,
+    max_response_bytes: usize,
 }
 
 #[derive(Deserialize)]
 struct PortResponse {
     port_id: String,
+}
+
+/// One HTTP request: what it is (for metrics and logs), where it goes, and its body.
+struct Call<'a> {
+    op: Operation,
+    method: Method,
+    url: &'a Url,
+    /// Empty for reads (no body is sent).
+    body: &'a [u8],
+}
+
+/// A 2xx answer, read in full (within the client's bound).
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    request_id: Option<String>,
+}
+
+impl Answer {
+    /// The answer is not what the API documents.
+    fn protocol_error(&self, what: std::fmt::Arguments<'_>) -> EcsError {
+        EcsError::Transport {
+            kind: TransportKind::Protocol,
+            message: format!("HTTP {} {what}{}", self.status, request_id_suffix(self.request_id.as_deref())),
+        }
+    }
+}
+
+fn request_id_suffix(request_id: Option<&str>) -> String {
+    request_id.map(|id| format!(" [request id {id}]")).unwrap_or_default()
 }
 
 fn quota(qps: f64, burst: u32) -> Result<Quota, ClientConfigError> {
@@ -225,6 +320,9 @@ impl EcsClient {
         if config.max_concurrency == 0 {
             return Err(ClientConfigError::Concurrency);
         }
+        if config.max_response_bytes == 0 {
+            return Err(ClientConfigError::ResponseLimit);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -236,6 +334,7 @@ impl EcsClient {
             inner: Arc::new(Inner {
                 http,
                 endpoint: config.endpoint,
+                vpc_endpoint: config.vpc_endpoint,
                 retry: config.retry,
                 limiter: RateLimiter::direct(quota(config.qps, config.burst)?),
                 in_flight: Semaphore::new(config.max_concurrency),
@@ -243,11 +342,13 @@ impl EcsClient {
                 observer,
                 fence,
                 request_timeout: config.request_timeout,
+                max_response_bytes: config.max_response_bytes,
             }),
         })
     }
 
-    async fn call(
+    /// An ECS write (bind or unbind): the `PUT` on the NIC.
+    async fn write(
         &self,
         op: Operation,
         target: &CloudTarget,
@@ -260,13 +361,56 @@ impl EcsClient {
             .nic_url(&target.region, &target.project_id, nic_id)
             .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
         let body = serde_json::to_vec(body).map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
-        with_retries(&self.inner.retry, || self.attempt(op, target, &url, &body))
+        let call = Call { op, method: Method::PUT, url: &url, body: &body };
+        self.execute(target, &call, parse_written)
             .instrument(tracing::debug_span!("ecs", op = op.as_str(), nic = nic_id))
             .await
     }
 
+    async fn read_port(&self, target: &CloudTarget, port_id: &str) -> Result<Port, EcsError> {
+        let url = self
+            .inner
+            .vpc_endpoint
+            .port_url(&target.region, &target.project_id, port_id)
+            .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
+        let call = Call { op: Operation::GetPort, method: Method::GET, url: &url, body: &[] };
+        self.execute(target, &call, |answer| parse_port(answer, port_id))
+            .instrument(tracing::debug_span!("vpc", op = call.op.as_str(), port = port_id))
+            .await
+    }
+
+    async fn read_ports(&self, target: &CloudTarget, filter: &PortFilter) -> Result<Vec<Port>, EcsError> {
+        let url = self
+            .inner
+            .vpc_endpoint
+            .ports_url(&target.region, &target.project_id, filter)
+            .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
+        let call = Call { op: Operation::ListPorts, method: Method::GET, url: &url, body: &[] };
+        self.execute(target, &call, parse_ports).instrument(tracing::debug_span!("vpc", op = call.op.as_str())).await
+    }
+
+    /// The call with retries. A read changes nothing, so "an earlier attempt may have reached the
+    /// cloud" means nothing for it: its error is the last answer alone.
+    async fn execute<T>(
+        &self,
+        target: &CloudTarget,
+        call: &Call<'_>,
+        parse: impl Fn(Answer) -> Result<T, EcsError>,
+    ) -> Result<T, EcsError> {
+        let result = with_retries(&self.inner.retry, || self.attempt(target, call, &parse)).await;
+        match result {
+            Err(EcsError::Uncertain { last, .. }) if call.op.is_read() => Err(*last),
+            other => other,
+        }
+    }
+
     /// One signed HTTP attempt: waits for a rate-limit token and a concurrency slot first.
-    async fn attempt(&self, op: Operation, target: &CloudTarget, url: &Url, body: &[u8]) -> Result<Written, EcsError> {
+    async fn attempt<T>(
+        &self,
+        target: &CloudTarget,
+        call: &Call<'_>,
+        parse: &impl Fn(Answer) -> Result<T, EcsError>,
+    ) -> Result<T, EcsError> {
         self.inner.limiter.until_ready().await;
         let _slot = self
             .inner
@@ -280,44 +424,42 @@ impl EcsClient {
             None => self.inner.request_timeout,
         };
         let started = Instant::now();
-        let result = self.send(target, url, body, timeout).await;
+        let result = self.send(target, call, timeout).await.and_then(parse);
         if let Some(observer) = &self.inner.observer {
             observer.attempt(&AttemptReport {
-                operation: op,
+                operation: call.op,
                 result: result.as_ref().map(|_| ()),
                 elapsed: started.elapsed(),
             });
         }
         if let Err(e) = &result {
-            tracing::debug!(op = op.as_str(), error = %e, class = e.class().as_str(), "ECS attempt failed");
+            tracing::debug!(op = call.op.as_str(), error = %e, class = e.class().as_str(), "cloud attempt failed");
         }
         result
     }
 
-    async fn send(&self, target: &CloudTarget, url: &Url, body: &[u8], timeout: Duration) -> Result<Written, EcsError> {
+    async fn send(&self, target: &CloudTarget, call: &Call<'_>, timeout: Duration) -> Result<Answer, EcsError> {
         let creds = &target.credentials;
         let mut headers: Vec<(&str, &str)> =
             vec![("Content-Type", "application/json"), ("X-Project-Id", target.project_id.as_str())];
         if let Some(token) = creds.security_token() {
             headers.push(("X-Security-Token", token));
         }
-        // Signed per attempt: a retry gets a fresh X-Sdk-Date.
-        let signed = sign(
-            &RequestParts { method: "PUT", url, headers: &headers, body },
-            creds.access_key(),
-            creds.secret_key(),
-            self.inner.clock.now(),
-        )
-        .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
+        // Signed per attempt: a retry gets a fresh X-Sdk-Date. The query is signed too.
+        let parts = RequestParts { method: call.method.as_str(), url: call.url, headers: &headers, body: call.body };
+        let signed = sign(&parts, creds.access_key(), creds.secret_key(), self.inner.clock.now())
+            .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
         let mut req = self
             .inner
             .http
-            .put(url.clone())
+            .request(call.method.clone(), call.url.clone())
             .header("Host", &signed.host)
             .header("X-Sdk-Date", &signed.sdk_date)
             .header("Authorization", &signed.authorization)
-            .timeout(timeout)
-            .body(body.to_vec());
+            .timeout(timeout);
+        if !call.body.is_empty() {
+            req = req.body(call.body.to_vec());
+        }
         for (name, value) in &headers {
             req = req.header(*name, *value);
         }
@@ -329,19 +471,63 @@ impl EcsClient {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, self.inner.clock.now()));
-        let bytes = resp.bytes().await.map_err(transport_error)?;
+        let body = read_bounded(resp, self.inner.max_response_bytes, request_id.as_deref()).await?;
         if !(200..300).contains(&status) {
-            return Err(EcsError::Api(parse_error_response(status, &bytes, request_id.as_deref(), retry_after)));
+            return Err(EcsError::Api(parse_error_response(status, &body, request_id.as_deref(), retry_after)));
         }
-        let port: PortResponse = serde_json::from_slice(&bytes).map_err(|e| EcsError::Transport {
-            kind: TransportKind::Protocol,
-            message: format!(
-                "HTTP {status} without a port_id ({e}){}",
-                request_id.as_deref().map(|id| format!(" [request id {id}]")).unwrap_or_default()
-            ),
-        })?;
-        Ok(Written { port_id: port.port_id, request_id })
+        Ok(Answer { status, body, request_id })
     }
+}
+
+/// Reads the whole answer, refusing one larger than `limit` bytes (by its `Content-Length`
+/// first, then as it arrives: the header may be absent or lie).
+async fn read_bounded(
+    mut resp: reqwest::Response,
+    limit: usize,
+    request_id: Option<&str>,
+) -> Result<Vec<u8>, EcsError> {
+    let status = resp.status().as_u16();
+    let too_large = || EcsError::Transport {
+        kind: TransportKind::Protocol,
+        message: format!("HTTP {status} answer larger than {limit} bytes, not read{}", request_id_suffix(request_id)),
+    };
+    let announced = resp.content_length().unwrap_or(0);
+    if announced > u64::try_from(limit).unwrap_or(u64::MAX) {
+        return Err(too_large());
+    }
+    // `announced` is at most `limit` here, so the capacity is bounded too.
+    let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        // `body.len() <= limit` always holds, so the subtraction cannot underflow.
+        if chunk.len() > limit - body.len() {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn parse_written(answer: Answer) -> Result<Written, EcsError> {
+    match serde_json::from_slice::<PortResponse>(&answer.body) {
+        Ok(port) => Ok(Written { port_id: port.port_id, request_id: answer.request_id }),
+        Err(e) => Err(answer.protocol_error(format_args!("without a port_id ({e})"))),
+    }
+}
+
+/// `{"port": {...}}`, and the port asked for: an answer about another port is not believed.
+fn parse_port(answer: Answer, port_id: &str) -> Result<Port, EcsError> {
+    let envelope: PortEnvelope = serde_json::from_slice(&answer.body)
+        .map_err(|e| answer.protocol_error(format_args!("without a port ({e})")))?;
+    if envelope.port.id != port_id {
+        return Err(answer.protocol_error(format_args!("answered for another port than {port_id}")));
+    }
+    Ok(envelope.port)
+}
+
+fn parse_ports(answer: Answer) -> Result<Vec<Port>, EcsError> {
+    serde_json::from_slice::<PortList>(&answer.body)
+        .map(|page| page.ports)
+        .map_err(|e| answer.protocol_error(format_args!("without a list of ports ({e})")))
 }
 
 fn transport_error(e: reqwest::Error) -> EcsError {
@@ -365,7 +551,7 @@ fn transport_error(e: reqwest::Error) -> EcsError {
 
 impl EcsApi for EcsClient {
     fn bind<'a>(&'a self, target: &'a CloudTarget, req: &'a BindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
-        async move { self.call(Operation::Bind, target, &req.nic_id, &NicBody::bind(req)).await }.boxed()
+        async move { self.write(Operation::Bind, target, &req.nic_id, &NicBody::bind(req)).await }.boxed()
     }
 
     fn unbind<'a>(
@@ -373,7 +559,21 @@ impl EcsApi for EcsClient {
         target: &'a CloudTarget,
         req: &'a UnbindRequest,
     ) -> BoxFuture<'a, Result<Written, EcsError>> {
-        async move { self.call(Operation::Unbind, target, &req.nic_id, &NicBody::unbind(req)).await }.boxed()
+        async move { self.write(Operation::Unbind, target, &req.nic_id, &NicBody::unbind(req)).await }.boxed()
+    }
+}
+
+impl VpcApi for EcsClient {
+    fn get_port<'a>(&'a self, target: &'a CloudTarget, port_id: &'a str) -> BoxFuture<'a, Result<Port, EcsError>> {
+        async move { self.read_port(target, port_id).await }.boxed()
+    }
+
+    fn list_ports<'a>(
+        &'a self,
+        target: &'a CloudTarget,
+        filter: &'a PortFilter,
+    ) -> BoxFuture<'a, Result<Vec<Port>, EcsError>> {
+        async move { self.read_ports(target, filter).await }.boxed()
     }
 }
 
@@ -435,6 +635,62 @@ mod tests {
         assert!(regional.nic_url("bad/region", "p", "n").is_err());
         assert!(regional.nic_url("cn-north-4", "../x", "n").is_err());
         assert!(regional.nic_url("cn-north-4", "p", "").is_err());
+    }
+
+    #[test]
+    fn port_urls() {
+        let regional = Endpoint::Regional;
+        assert_eq!(
+            regional.port_url("cn-north-4", "p1", "port-1").unwrap().as_str(),
+            "https://vpc.cn-north-4.myhuaweicloud.com/v1/p1/ports/port-1"
+        );
+        assert_eq!(regional.vpc_display(), "https://vpc.{region}.myhuaweicloud.com");
+        let fixed = Endpoint::parse_override_for("--vpc-endpoint", "http://127.0.0.1:9/").unwrap();
+        assert_eq!(fixed.port_url("", "p", "n").unwrap().as_str(), "http://127.0.0.1:9/v1/p/ports/n");
+        let prefixed = Endpoint::parse_override("https://gw.example/vpc/").unwrap();
+        assert_eq!(prefixed.port_url("x", "p", "n").unwrap().as_str(), "https://gw.example/vpc/v1/p/ports/n");
+        assert!(regional.port_url("bad/region", "p", "n").is_err());
+        assert!(regional.port_url("cn-north-4", "../x", "n").is_err());
+        for bad in ["", "..", "a/b", "a?b", "a#b", "a%2Fb"] {
+            let e = regional.port_url("cn-north-4", "p", bad).unwrap_err();
+            assert!(e.to_string().starts_with("portId"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn ports_urls_carry_the_filters_encoded() {
+        let filter = PortFilter {
+            device_owner: Some(crate::ecs::vpc::VIP_PORT_OWNER.into()),
+            network_id: Some("net-1".into()),
+            ip_address: Some("192.168.0.7".into()),
+            limit: 2,
+            marker: Some("port-1".into()),
+        };
+        assert_eq!(
+            Endpoint::Regional.ports_url("cn-north-4", "p1", &filter).unwrap().as_str(),
+            "https://vpc.cn-north-4.myhuaweicloud.com/v1/p1/ports?device_owner=neutron%3AVIP_PORT&network_id=net-1\
+             &fixed_ips=ip_address%3D192.168.0.7&limit=2&marker=port-1"
+        );
+        let fixed = Endpoint::parse_override("http://127.0.0.1:9").unwrap();
+        let v6 = PortFilter { ip_address: Some("fd00::7".into()), limit: 5000, ..Default::default() };
+        assert_eq!(
+            fixed.ports_url("", "p", &v6).unwrap().as_str(),
+            "http://127.0.0.1:9/v1/p/ports?fixed_ips=ip_address%3Dfd00%3A%3A7&limit=2000"
+        );
+        let bad = PortFilter { ip_address: Some("1.2.3.4&limit=1".into()), ..Default::default() };
+        assert!(matches!(fixed.ports_url("", "p", &bad), Err(UrlError::Filter(_))));
+        assert!(matches!(fixed.ports_url("", "", &PortFilter::default()), Err(UrlError::Id(_))));
+    }
+
+    #[test]
+    fn override_errors_name_their_flag() {
+        let e = Endpoint::parse_override_for("--vpc-endpoint", "ftp://x").unwrap_err();
+        assert_eq!(e.to_string(), r#"--vpc-endpoint "ftp://x" must be an http:// or https:// URL"#);
+        let none = EcsClientConfig { max_response_bytes: 0, ..Default::default() };
+        assert_eq!(
+            EcsClient::new(none).err().map(|e| e.to_string()).as_deref(),
+            Some("the largest cloud answer read must be at least 1 byte")
+        );
     }
 
     #[test]

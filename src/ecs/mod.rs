@@ -1,5 +1,6 @@
-//! The Huawei Cloud ECS client: the narrow interface the controller uses ([`EcsApi`]), the signed
-//! HTTP implementation ([`EcsClient`]), error classes, credentials and the request signer.
+//! The Huawei Cloud client: the narrow interfaces the controller uses ([`EcsApi`] for the ECS
+//! writes, [`vpc::VpcApi`] for the VPC port reads), their signed HTTP implementation
+//! ([`EcsClient`]), error classes, credentials and the request signer.
 
 pub mod client;
 pub mod credentials;
@@ -11,7 +12,9 @@ pub mod vpc;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-pub use client::{ClientConfigError, EcsClient, EcsClientConfig, Endpoint, EndpointError, UrlError};
+pub use client::{
+    ClientConfigError, EcsClient, EcsClientConfig, Endpoint, EndpointError, MAX_RESPONSE_BYTES, UrlError,
+};
 pub use credentials::{Credentials, CredentialsError, MetadataCredentials, SecretCredentials};
 pub use error::{ApiError, EcsError, ErrorClass, TransportKind};
 pub use retry::RetryPolicy;
@@ -37,11 +40,16 @@ pub enum FenceError {
     Closed(String),
 }
 
-/// The two calls the operator makes. Both are the same idempotent `PUT` on the NIC.
+/// The calls the operator makes: the ECS writes (the same idempotent `PUT` on the NIC) and the
+/// VPC port reads. [`Operation::as_str`] is a metric label: the set stays this small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     Bind,
     Unbind,
+    /// `GET /v1/{project_id}/ports/{port_id}`
+    GetPort,
+    /// `GET /v1/{project_id}/ports?...` (one page)
+    ListPorts,
 }
 
 impl Operation {
@@ -49,7 +57,14 @@ impl Operation {
         match self {
             Operation::Bind => "bind",
             Operation::Unbind => "unbind",
+            Operation::GetPort => "get_port",
+            Operation::ListPorts => "list_ports",
         }
+    }
+
+    /// Whether the call only reads: it cannot change the cloud, so it is always safe to repeat.
+    pub fn is_read(self) -> bool {
+        matches!(self, Operation::GetPort | Operation::ListPorts)
     }
 }
 
@@ -263,6 +278,15 @@ mod tests {
             EcsError::Fenced(closed).to_string(),
             "not sent: this replica could not confirm it holds the leader lease within the last 12s (API server unreachable?)"
         );
+    }
+
+    /// Metric labels: one per operation, fixed, distinct.
+    #[test]
+    fn operation_labels() {
+        let all = [Operation::Bind, Operation::Unbind, Operation::GetPort, Operation::ListPorts];
+        let labels: std::collections::BTreeSet<&str> = all.iter().map(|o| o.as_str()).collect();
+        assert_eq!(labels.len(), all.len());
+        assert_eq!(all.iter().filter(|o| o.is_read()).count(), 2);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::{CloudTarget, EcsError};
+use super::{CloudTarget, EcsError, InvalidId, check_path_id};
 
 /// `device_owner` of a virtual IP's port.
 pub const VIP_PORT_OWNER: &str = "neutron:VIP_PORT";
@@ -33,6 +33,9 @@ pub struct Port {
     pub allowed_address_pairs: Vec<AddressPair>,
     #[serde(default)]
     pub status: String,
+    /// The MAC Huawei pairs with the port's IP (what `reverse_binding` adds to a VIP port).
+    #[serde(default)]
+    pub mac_address: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +73,8 @@ pub struct PortFilter {
     pub network_id: Option<String>,
     /// `fixed_ips=ip_address=X`.
     pub ip_address: Option<String>,
-    /// At most [`MAX_PAGE`].
+    /// Ports per page: at most [`MAX_PAGE`]; 0 asks for the API's default page, [`MAX_PAGE`]
+    /// (see [`PortFilter::page_size`]).
     pub limit: u32,
     /// The last port ID of the previous page.
     pub marker: Option<String>,
@@ -88,15 +92,156 @@ impl Port {
     }
 }
 
+/// The longest filter value sent. Device owners and IDs are short; anything longer is no filter
+/// the API would match, and must not make a URL grow without bound.
+pub const MAX_FILTER_LEN: usize = 255;
+
+/// A [`PortFilter`] that cannot be sent. Nothing is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidFilter {
+    #[error("the ip_address filter {0:?} is not an IP address")]
+    NotAnIp(String),
+    #[error("the {what} filter is longer than {MAX_FILTER_LEN} characters")]
+    TooLong { what: &'static str },
+    #[error("the {what} filter contains a control character")]
+    ControlCharacter { what: &'static str },
+    /// `network_id` and `marker` are IDs, checked as path IDs are.
+    #[error(transparent)]
+    Id(#[from] InvalidId),
+}
+
+impl PortFilter {
+    /// The `limit` sent: within `1..=MAX_PAGE`. Zero (the `Default`) means the API's own default
+    /// page rather than a page of one, which would turn one listing into thousands of calls.
+    pub fn page_size(&self) -> u32 {
+        match self.limit {
+            0 => MAX_PAGE,
+            n => n.min(MAX_PAGE),
+        }
+    }
+
+    /// The query parameters, in order, unencoded: `device_owner`, `network_id`,
+    /// `fixed_ips=ip_address=X`, `limit`, `marker`. Empty filters are left out.
+    pub fn query_pairs(&self) -> Result<Vec<(&'static str, String)>, InvalidFilter> {
+        let given = |v: &Option<String>| v.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
+        let mut pairs = Vec::with_capacity(5);
+        if let Some(owner) = given(&self.device_owner) {
+            check_text("device_owner", &owner)?;
+            pairs.push(("device_owner", owner));
+        }
+        if let Some(network) = given(&self.network_id) {
+            check_path_id("network_id", &network)?;
+            pairs.push(("network_id", network));
+        }
+        if let Some(ip) = given(&self.ip_address) {
+            check_text("ip_address", &ip)?;
+            // Sent in the canonical form: the API compares addresses as text.
+            let ip: std::net::IpAddr = ip.trim().parse().map_err(|_| InvalidFilter::NotAnIp(ip))?;
+            pairs.push(("fixed_ips", format!("ip_address={ip}")));
+        }
+        pairs.push(("limit", self.page_size().to_string()));
+        if let Some(marker) = given(&self.marker) {
+            check_path_id("marker", &marker)?;
+            pairs.push(("marker", marker));
+        }
+        Ok(pairs)
+    }
+}
+
+fn check_text(what: &'static str, value: &str) -> Result<(), InvalidFilter> {
+    if value.len() > MAX_FILTER_LEN {
+        return Err(InvalidFilter::TooLong { what });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(InvalidFilter::ControlCharacter { what });
+    }
+    Ok(())
+}
+
 /// The VPC reads the controller makes. Implementations: the signed HTTP client and test fakes.
 pub trait VpcApi: Send + Sync {
     /// `GET /v1/{project_id}/ports/{port_id}`. A missing port is `Err` with class `Gone`.
     fn get_port<'a>(&'a self, target: &'a CloudTarget, port_id: &'a str) -> BoxFuture<'a, Result<Port, EcsError>>;
 
-    /// One page of `GET /v1/{project_id}/ports?...`.
+    /// One page of `GET /v1/{project_id}/ports?...`, in the API's order. A page shorter than
+    /// [`PortFilter::page_size`] is the last; the next page starts after the last port's ID
+    /// (`marker`). An error of class `Gone` on a listing says nothing about any one NIC.
     fn list_ports<'a>(
         &'a self,
         target: &'a CloudTarget,
         filter: &'a PortFilter,
     ) -> BoxFuture<'a, Result<Vec<Port>, EcsError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter() -> PortFilter {
+        PortFilter::default()
+    }
+
+    #[test]
+    fn page_size_is_within_one_to_max_page() {
+        assert_eq!(filter().page_size(), MAX_PAGE);
+        assert_eq!(PortFilter { limit: 1, ..filter() }.page_size(), 1);
+        assert_eq!(PortFilter { limit: 2000, ..filter() }.page_size(), 2000);
+        assert_eq!(PortFilter { limit: u32::MAX, ..filter() }.page_size(), MAX_PAGE);
+    }
+
+    #[test]
+    fn query_pairs_in_order_and_empty_filters_left_out() {
+        let all = PortFilter {
+            device_owner: Some(VIP_PORT_OWNER.into()),
+            network_id: Some("net-1".into()),
+            ip_address: Some(" 192.168.0.7 ".into()),
+            limit: 2,
+            marker: Some("port-9".into()),
+        };
+        assert_eq!(
+            all.query_pairs().unwrap(),
+            vec![
+                ("device_owner", "neutron:VIP_PORT".to_string()),
+                ("network_id", "net-1".to_string()),
+                ("fixed_ips", "ip_address=192.168.0.7".to_string()),
+                ("limit", "2".to_string()),
+                ("marker", "port-9".to_string()),
+            ]
+        );
+        let empty = PortFilter { device_owner: Some(String::new()), marker: Some(String::new()), ..filter() };
+        assert_eq!(empty.query_pairs().unwrap(), vec![("limit", "2000".to_string())]);
+        let v6 = PortFilter { ip_address: Some("FD00:0:0::1".into()), ..filter() };
+        assert_eq!(v6.query_pairs().unwrap()[0], ("fixed_ips", "ip_address=fd00::1".to_string()));
+    }
+
+    #[test]
+    fn hostile_filters_are_refused() {
+        let bad = [
+            PortFilter { ip_address: Some("10.0.0.1&limit=1".into()), ..filter() },
+            PortFilter { ip_address: Some("x".repeat(300)), ..filter() },
+            PortFilter { device_owner: Some("a\nb".into()), ..filter() },
+            PortFilter { device_owner: Some("o".repeat(MAX_FILTER_LEN + 1)), ..filter() },
+            PortFilter { network_id: Some("../x".into()), ..filter() },
+            PortFilter { marker: Some("a&b".into()), ..filter() },
+        ];
+        for f in bad {
+            assert!(f.query_pairs().is_err(), "{f:?}");
+        }
+        let e = PortFilter { ip_address: Some("nope".into()), ..filter() }.query_pairs().unwrap_err();
+        assert_eq!(e.to_string(), r#"the ip_address filter "nope" is not an IP address"#);
+    }
+
+    #[test]
+    fn a_port_reads_its_ip_and_pairs() {
+        let port: Port = serde_json::from_str(
+            r#"{"id":"p","fixed_ips":[{"subnet_id":"s","ip_address":"10.0.0.5"}],
+                "allowed_address_pairs":[{"ip_address":"10.0.0.9","mac_address":"fa:16:3e:00:00:01"}],
+                "mac_address":"fa:16:3e:00:00:02","unknown":1}"#,
+        )
+        .unwrap();
+        assert_eq!(port.ip(), Some("10.0.0.5"));
+        assert!(port.allows("10.0.0.9"));
+        assert!(!port.allows("10.0.0.5"));
+        assert_eq!(port.mac_address, "fa:16:3e:00:00:02");
+    }
 }
