@@ -1,19 +1,34 @@
-//! The bundled ECS simulator: a stand-in for the Huawei Cloud ECS endpoint that behaves like the
-//! cloud (signature checks, body validation, state, throttling, faults), so the operator can be
-//! tried without an account and tested end to end.
+//! The bundled cloud simulator: a stand-in for the Huawei Cloud ECS and VPC endpoints that
+//! behaves like the cloud (signature checks, body validation, state, throttling, faults), so the
+//! operator can be tried without an account and tested end to end. One listener serves both
+//! services over one state; give its URL as both endpoints.
 //!
-//! Cloud API: `PUT /v1/{project_id}/cloudservers/nics/{nic_id}` exactly as documented. Every
-//! answer, success or error, carries a unique `X-Request-Id`, kept with the call in `/sim/calls`.
+//! Cloud API (every call signed, `X-Project-Id` checked, throttled, delayed and open to scripted
+//! faults alike):
+//! - `PUT /v1/{project_id}/cloudservers/nics/{nic_id}` — ECS bind/unbind, exactly as documented
+//! - `GET /v1/{project_id}/ports/{port_id}` — VPC: one port (404 `VPC.2502` when there is none)
+//! - `GET /v1/{project_id}/ports` — VPC: a page of ports; filters `id`, `device_id`,
+//!   `device_owner`, `network_id`, `fixed_ips=ip_address=X`; `limit` (default and most 2000) and
+//!   `marker` page in port ID order. See [`ports`] for what is modelled.
+//!
+//! Anything else (any method) answers as the API gateway does: 404 `APIGW.0101`. Every answer,
+//! success or error, carries a unique `X-Request-Id`, kept with the call in `/sim/calls`.
 //! Admin API (JSON, for tests and demos; no authentication — bind it to loopback):
-//! - `GET /sim/state` — NIC → VIP state, missing NICs, locked access keys, in-flight peak
+//! - `GET /sim/state` — NIC → VIP state, ports, missing NICs, locked access keys, in-flight peak
 //! - `GET /sim/calls` — every cloud call received, in order, with its outcome
 //! - `POST /sim/faults` — script a fault ([`Fault`]); `DELETE /sim/faults` clears them
-//! - `PUT|DELETE /sim/missing-nics/{nic_id}` — declare a NIC missing (404) or present again
+//! - `PUT|DELETE /sim/missing-nics/{nic_id}` — declare a NIC missing (404, and no port) or present
+//!   again
 //! - `PUT|DELETE /sim/nics/{nic_id}` — set or clear a NIC's VIP behind the operator's back (drift)
+//! - `PUT /sim/ports/{port_id}` — create or replace a port ([`SimPort`]: a port plus `project_id`)
+//! - `DELETE /sim/ports/{port_id}` — the port disappears (reads answer `VPC.2502`)
+//! - `PUT /sim/ports/{port_id}/allowed-address-pairs` — `{"allowed_address_pairs": [...]}`:
+//!   change a port's pairs behind the operator's back
 //! - `PUT /sim/config` — `{"latency_ms": N, "qps": N|null}`
 //! - `POST /sim/credentials` — accept another AK/SK (optionally temporary, with a token)
-//! - `POST /sim/reset` — forget state, calls, faults and lockouts
+//! - `POST /sim/reset` — forget state, ports, calls, faults and lockouts
 
+pub mod ports;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,12 +44,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+pub use ports::{PortError, SimAddressPair, SimFixedIp, SimPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use ports::Ports;
 use verify::{AuthFailure, KnownKey, SignedRequest, Verified};
 
 /// Why the simulator could not start or take a new setting.
@@ -93,6 +111,7 @@ impl SimulatorConfig {
     }
 }
 
+/// The ECS calls (the `PUT` on a NIC).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SimOperation {
@@ -100,15 +119,54 @@ pub enum SimOperation {
     Unbind,
 }
 
+/// The VPC port reads. Kept apart from [`SimOperation`], which callers match exhaustively.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PortOperation {
+    GetPort,
+    ListPorts,
+}
+
+/// Every cloud call the simulator serves: what a [`Fault`] can target. In JSON: `bind`,
+/// `unbind`, `get_port`, `list_ports`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CloudOperation {
+    Bind,
+    Unbind,
+    GetPort,
+    ListPorts,
+}
+
+impl From<SimOperation> for CloudOperation {
+    fn from(op: SimOperation) -> Self {
+        match op {
+            SimOperation::Bind => CloudOperation::Bind,
+            SimOperation::Unbind => CloudOperation::Unbind,
+        }
+    }
+}
+
+impl From<PortOperation> for CloudOperation {
+    fn from(op: PortOperation) -> Self {
+        match op {
+            PortOperation::GetPort => CloudOperation::GetPort,
+            PortOperation::ListPorts => CloudOperation::ListPorts,
+        }
+    }
+}
+
 /// A scripted fault. The first fault that matches a call (operation and NIC, when given) and
-/// has uses left is consumed. A 2xx `status` does the call normally but holds the answer for
-/// `latency_ms` (a slow cloud, or a response the client never receives if it dies meanwhile).
-/// An error `status` answers with that error; with `apply: true` the call's effect happens
-/// anyway (a cloud that did the work but failed to say so).
+/// has uses left is consumed. Without an operation a fault matches every cloud call, port reads
+/// included; its `nic_id` matches an ECS call on that NIC and a read of the port with that ID (a
+/// NIC's port ID is its NIC ID), never a listing. A 2xx `status` does the call normally but
+/// holds the answer for `latency_ms` (a slow cloud, or a response the client never receives if
+/// it dies meanwhile). An error `status` answers with that error; with `apply: true` an ECS
+/// call's effect happens anyway (a cloud that did the work but failed to say so).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Fault {
     #[serde(default)]
-    pub operation: Option<SimOperation>,
+    pub operation: Option<CloudOperation>,
     #[serde(default)]
     pub nic_id: Option<String>,
     #[serde(default = "default_fault_status")]
@@ -150,8 +208,8 @@ impl Fault {
         }
     }
 
-    pub fn on(mut self, operation: SimOperation) -> Self {
-        self.operation = Some(operation);
+    pub fn on(mut self, operation: impl Into<CloudOperation>) -> Self {
+        self.operation = Some(operation.into());
         self
     }
 
@@ -169,6 +227,9 @@ pub struct NicState {
     pub reverse_binding: bool,
 }
 
+/// The longest a cloud call is held (configured latency and a fault's together).
+pub const MAX_LATENCY: Duration = Duration::from_secs(3600);
+
 /// Calls kept in the log; the oldest tenth goes when it is full.
 pub const MAX_CALL_LOG: usize = 100_000;
 
@@ -178,9 +239,20 @@ pub struct CallRecord {
     pub seq: u64,
     pub method: String,
     pub path: String,
+    /// The raw query, as received (listings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     pub project_id: Option<String>,
+    /// The NIC of an ECS call.
     pub nic_id: Option<String>,
+    /// The ECS operation, once the body said which.
     pub operation: Option<SimOperation>,
+    /// The port read (`GET .../ports/{port_id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_id: Option<String>,
+    /// The VPC operation, once the call passed the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_operation: Option<PortOperation>,
     pub access_key: Option<String>,
     /// The body exactly as received.
     pub body: String,
@@ -197,6 +269,9 @@ pub struct CallRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct StateSnapshot {
     pub nics: BTreeMap<String, NicState>,
+    /// Every port (NIC ports and VIP ports), by port ID.
+    #[serde(default)]
+    pub ports: BTreeMap<String, SimPort>,
     pub missing_nics: BTreeSet<String>,
     pub locked_access_keys: BTreeSet<String>,
     pub max_in_flight: usize,
@@ -205,6 +280,7 @@ pub struct StateSnapshot {
 #[derive(Default)]
 struct Inner {
     nics: BTreeMap<String, NicState>,
+    ports: Ports,
     missing: BTreeSet<String>,
     credentials: Vec<SimCredential>,
     faults: Vec<Fault>,
@@ -318,11 +394,28 @@ impl Simulator {
     }
 
     pub fn set_nic(&self, nic_id: &str, state: Option<NicState>) {
-        let mut inner = self.shared.lock();
-        match state {
-            Some(s) => inner.nics.insert(nic_id.into(), s),
-            None => inner.nics.remove(nic_id),
-        };
+        set_nic(&mut self.shared.lock(), nic_id, state);
+    }
+
+    /// Creates or replaces a port (its `id` and `project_id` say which, and whose).
+    pub fn set_port(&self, port: SimPort) -> Result<(), PortError> {
+        self.shared.lock().ports.set(port)
+    }
+
+    /// The port disappears: reads answer `VPC.2502`. False when there was none.
+    pub fn remove_port(&self, port_id: &str) -> bool {
+        self.shared.lock().ports.remove(port_id).is_some()
+    }
+
+    /// Replaces a port's `allowed_address_pairs`, behind the operator's back. False when there
+    /// is no such port.
+    pub fn set_allowed_address_pairs(&self, port_id: &str, pairs: Vec<SimAddressPair>) -> bool {
+        self.shared.lock().ports.set_pairs(port_id, pairs)
+    }
+
+    /// The port as the simulator holds it (whatever its project, missing or not).
+    pub fn port(&self, port_id: &str) -> Option<SimPort> {
+        self.shared.lock().ports.get(port_id).cloned()
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -361,6 +454,7 @@ fn snapshot(shared: &Shared) -> StateSnapshot {
     let now = jiff::Timestamp::now();
     StateSnapshot {
         nics: inner.nics.clone(),
+        ports: inner.ports.all(),
         missing_nics: inner.missing.clone(),
         locked_access_keys: inner
             .locked_until
@@ -372,9 +466,24 @@ fn snapshot(shared: &Shared) -> StateSnapshot {
     }
 }
 
+/// Sets or clears a NIC's VIP behind the operator's back. A NIC named so is known to the
+/// simulator: it has a port from then on, as after an ECS call.
+fn set_nic(inner: &mut Inner, nic_id: &str, state: Option<NicState>) {
+    match state {
+        Some(s) => {
+            inner.ports.know_nic(&s.project_id, nic_id);
+            inner.nics.insert(nic_id.into(), s);
+        }
+        None => {
+            inner.nics.remove(nic_id);
+        }
+    }
+}
+
 fn reset(shared: &Shared) {
     let mut inner = shared.lock();
     inner.nics.clear();
+    inner.ports.clear();
     inner.calls.clear();
     inner.faults.clear();
     inner.failures.clear();
@@ -385,15 +494,22 @@ fn reset(shared: &Shared) {
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/{project_id}/cloudservers/nics/{nic_id}", put(nic_call))
+        .route("/v1/{project_id}/ports", get(list_ports_call))
+        .route("/v1/{project_id}/ports/{port_id}", get(get_port_call))
         .route("/sim/state", get(admin_state))
         .route("/sim/calls", get(admin_calls))
         .route("/sim/faults", post(admin_add_fault).delete(admin_clear_faults))
         .route("/sim/missing-nics/{nic_id}", put(admin_set_missing).delete(admin_unset_missing))
         .route("/sim/nics/{nic_id}", put(admin_set_nic).delete(admin_clear_nic))
+        .route("/sim/ports/{port_id}", put(admin_set_port).delete(admin_remove_port))
+        .route("/sim/ports/{port_id}/allowed-address-pairs", put(admin_set_pairs))
         .route("/sim/config", put(admin_config))
         .route("/sim/credentials", post(admin_add_credential))
         .route("/sim/reset", post(admin_reset))
+        // The gateway matches method and path together: a known path with another method is
+        // as unknown as any other path.
         .fallback(unknown_api)
+        .method_not_allowed_fallback(unknown_api)
         .layer(axum::middleware::map_response(ensure_request_id))
         .with_state(shared)
 }
@@ -422,6 +538,8 @@ fn error_response(status: u16, code: &str, message: &str, request_id: &str, retr
         json!({"error_code": code, "error_msg": message, "request_id": request_id})
     } else if code.starts_with("Ecs.") {
         json!({"error": {"code": code, "message": message}})
+    } else if code.starts_with("VPC.") {
+        json!({"code": code, "message": message})
     } else {
         json!({"error_code": code, "error_msg": message})
     };
@@ -461,16 +579,57 @@ impl Drop for InFlight<'_> {
 /// Outcome of a call before latency is applied.
 struct Outcome {
     status: u16,
+    /// `None` for a success, which answers `body`.
     code: Option<String>,
     message: String,
     retry_after: Option<u64>,
     hold: Duration,
+    body: Value,
 }
 
 impl Outcome {
     fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
-        Self { status, code: Some(code.into()), message: message.into(), retry_after: None, hold: Duration::ZERO }
+        Self {
+            status,
+            code: Some(code.into()),
+            message: message.into(),
+            retry_after: None,
+            hold: Duration::ZERO,
+            body: Value::Null,
+        }
     }
+
+    fn ok(body: Value) -> Self {
+        Self { status: 200, code: None, message: String::new(), retry_after: None, hold: Duration::ZERO, body }
+    }
+
+    /// A scripted error fault's answer.
+    fn fault(f: Fault) -> Self {
+        let hold = fault_hold(Some(&f));
+        Self {
+            status: f.status,
+            code: Some(f.code.unwrap_or_else(|| "Common.0001".into())),
+            message: f.message.unwrap_or_else(|| "scripted fault".into()),
+            retry_after: f.retry_after,
+            hold,
+            body: Value::Null,
+        }
+    }
+
+    /// This answer, unless an error fault answers instead; a 2xx fault holds it.
+    fn unless(mut self, fault: Option<Fault>) -> Self {
+        match fault {
+            Some(f) if !(200..300).contains(&f.status) => Self::fault(f),
+            f => {
+                self.hold = fault_hold(f.as_ref());
+                self
+            }
+        }
+    }
+}
+
+fn fault_hold(fault: Option<&Fault>) -> Duration {
+    fault.and_then(|f| f.latency_ms).map(Duration::from_millis).unwrap_or_default()
 }
 
 /// Why ECS refuses a request body. The texts are what clients read in the 400 answer
@@ -545,6 +704,17 @@ struct NicFieldsIn {
     reverse_binding: bool,
 }
 
+/// What a cloud call is about, from its route.
+#[derive(Clone, Copy)]
+enum Resource<'a> {
+    /// `PUT /v1/{project_id}/cloudservers/nics/{nic_id}`
+    Nic(&'a str),
+    /// `GET /v1/{project_id}/ports/{port_id}`
+    Port(&'a str),
+    /// `GET /v1/{project_id}/ports`
+    Ports,
+}
+
 /// One cloud call as received, borrowed from the handler's extractors.
 struct SimRequest<'a> {
     method: &'a Method,
@@ -552,23 +722,37 @@ struct SimRequest<'a> {
     headers: &'a HeaderMap,
     body: &'a [u8],
     project_id: &'a str,
-    nic_id: &'a str,
+    resource: Resource<'a>,
 }
 
 /// A step of [`decide`]: `Err` is the answer that ends the call before its effect.
 type Step<T> = Result<T, Outcome>;
 
-/// Runs a cloud call through the checks in the order the real gateway and ECS make them, then
-/// does it (or plays a scripted fault). Records who called and what they asked for.
+/// Runs a cloud call through the checks in the order the real gateway and the service make
+/// them, then does it (or plays a scripted fault). Records who called and what they asked for.
 fn decide(shared: &Shared, inner: &mut Inner, req: &SimRequest<'_>, record: &mut CallRecord) -> Outcome {
-    let checked = throttle(inner).and_then(|()| authenticate(shared, inner, req, record)).and_then(|()| validate(req));
-    let (op, fields) = match checked {
+    if let Err(refused) = throttle(inner).and_then(|()| authenticate(shared, inner, req, record)) {
+        return refused;
+    }
+    match req.resource {
+        Resource::Nic(nic_id) => decide_nic(inner, req, nic_id, record),
+        Resource::Port(port_id) => ports::get_port(inner, req, port_id, record),
+        Resource::Ports => ports::list_ports(inner, req, record),
+    }
+}
+
+/// The ECS call once the gateway let it through.
+fn decide_nic(inner: &mut Inner, req: &SimRequest<'_>, nic_id: &str, record: &mut CallRecord) -> Outcome {
+    let (op, fields) = match validate(req) {
         Ok(parsed) => parsed,
         Err(refused) => return refused,
     };
     record.operation = Some(op);
-    let fault = take_fault(inner, op, req.nic_id);
-    perform(inner, req, op, fields, fault)
+    if !inner.missing.contains(nic_id) {
+        inner.ports.know_nic(req.project_id, nic_id);
+    }
+    let fault = take_fault(inner, op.into(), Some(nic_id));
+    perform(inner, req, nic_id, op, fields, fault)
 }
 
 /// The gateway's rate limit comes first: a throttled call is not even authenticated.
@@ -669,12 +853,13 @@ fn validate(req: &SimRequest<'_>) -> Step<(SimOperation, NicFieldsIn)> {
     parse_body(req.body).map_err(|e| Outcome::error(400, "Ecs.0005", format!("Invalid request parameter: {e}")))
 }
 
-/// Consumes one use of the first scripted fault matching the call, if any.
-fn take_fault(inner: &mut Inner, op: SimOperation, nic_id: &str) -> Option<Fault> {
+/// Consumes one use of the first scripted fault matching the call, if any. `subject` is the NIC
+/// or port the call names (none for a listing).
+fn take_fault(inner: &mut Inner, op: CloudOperation, subject: Option<&str>) -> Option<Fault> {
     let i = inner
         .faults
         .iter()
-        .position(|f| f.operation.is_none_or(|o| o == op) && f.nic_id.as_deref().is_none_or(|n| n == nic_id))?;
+        .position(|f| f.operation.is_none_or(|o| o == op) && f.nic_id.as_deref().is_none_or(|n| Some(n) == subject))?;
     let f = inner.faults[i].clone();
     if f.count == 1 {
         inner.faults.remove(i);
@@ -688,37 +873,36 @@ fn take_fault(inner: &mut Inner, op: SimOperation, nic_id: &str) -> Option<Fault
 fn perform(
     inner: &mut Inner,
     req: &SimRequest<'_>,
+    nic_id: &str,
     op: SimOperation,
     fields: NicFieldsIn,
     fault: Option<Fault>,
 ) -> Outcome {
-    let hold = fault.as_ref().and_then(|f| f.latency_ms).map(Duration::from_millis).unwrap_or_default();
-    if let Some(f) = fault
+    if let Some(f) = &fault
         && !(200..300).contains(&f.status)
     {
-        if f.apply && !inner.missing.contains(req.nic_id) {
-            apply(inner, op, req.project_id, req.nic_id, fields);
+        if f.apply && !inner.missing.contains(nic_id) {
+            apply(inner, op, req.project_id, nic_id, fields);
         }
-        return Outcome {
-            status: f.status,
-            code: Some(f.code.unwrap_or_else(|| "Common.0001".into())),
-            message: f.message.unwrap_or_else(|| "scripted fault".into()),
-            retry_after: f.retry_after,
-            hold,
-        };
+        return Outcome::fault(f.clone());
     }
-    if inner.missing.contains(req.nic_id) {
-        let mut out = Outcome::error(404, "Ecs.0614", format!("The NIC {} does not exist", req.nic_id));
-        out.hold = hold;
-        return out;
-    }
-    apply(inner, op, req.project_id, req.nic_id, fields);
-    Outcome { status: 200, code: None, message: String::new(), retry_after: None, hold }
+    let answer = if inner.missing.contains(nic_id) {
+        Outcome::error(404, "Ecs.0614", format!("The NIC {nic_id} does not exist"))
+    } else {
+        apply(inner, op, req.project_id, nic_id, fields);
+        Outcome::ok(json!({"port_id": nic_id}))
+    };
+    answer.unless(fault)
 }
 
+/// The ECS call's effect on the NIC and, with `reverse_binding`, on the VIP's port (see
+/// [`Ports::reverse_bind`] for what is and is not documented).
 fn apply(inner: &mut Inner, op: SimOperation, project_id: &str, nic_id: &str, fields: NicFieldsIn) {
     match op {
         SimOperation::Bind => {
+            if fields.reverse_binding {
+                inner.ports.reverse_bind(project_id, nic_id, &fields.ip_address, &inner.missing);
+            }
             inner.nics.insert(
                 nic_id.into(),
                 NicState {
@@ -730,7 +914,12 @@ fn apply(inner: &mut Inner, op: SimOperation, project_id: &str, nic_id: &str, fi
             );
         }
         SimOperation::Unbind => {
-            inner.nics.remove(nic_id);
+            let had = inner.nics.remove(nic_id);
+            if fields.reverse_binding
+                && let Some(had) = had
+            {
+                inner.ports.reverse_unbind(project_id, nic_id, &had.ip_address, &inner.missing);
+            }
         }
     }
 }
@@ -743,34 +932,80 @@ async fn nic_call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _in_flight = InFlight::enter(&shared);
-    let received = tokio::time::Instant::now();
-    let (seq, rid) = request_id(&shared);
+    let received = Received { method, uri, headers, body };
+    serve(&shared, &project_id, Resource::Nic(&nic_id), &received).await
+}
+
+async fn get_port_call(
+    State(shared): State<Arc<Shared>>,
+    Path((project_id, port_id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let received = Received { method, uri, headers, body };
+    serve(&shared, &project_id, Resource::Port(&port_id), &received).await
+}
+
+async fn list_ports_call(
+    State(shared): State<Arc<Shared>>,
+    Path(project_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let received = Received { method, uri, headers, body };
+    serve(&shared, &project_id, Resource::Ports, &received).await
+}
+
+/// A cloud call's request, as the handler's extractors gave it.
+struct Received {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Every cloud call: decided and recorded under the lock, then answered after the latency.
+async fn serve(shared: &Shared, project_id: &str, resource: Resource<'_>, received: &Received) -> Response {
+    let _in_flight = InFlight::enter(shared);
+    let started = tokio::time::Instant::now();
+    let (seq, rid) = request_id(shared);
     let mut record = CallRecord {
         seq,
-        method: method.to_string(),
-        path: uri.path().to_string(),
-        project_id: Some(project_id.clone()),
-        nic_id: Some(nic_id.clone()),
+        method: received.method.to_string(),
+        path: received.uri.path().to_string(),
+        query: received.uri.query().map(str::to_string),
+        project_id: Some(project_id.to_string()),
+        nic_id: None,
         operation: None,
+        port_id: None,
+        port_operation: None,
         access_key: None,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: String::from_utf8_lossy(&received.body).into_owned(),
         status: 0,
         code: None,
         request_id: rid.clone(),
         duration_us: 0,
     };
+    match resource {
+        Resource::Nic(nic) => record.nic_id = Some(nic.to_string()),
+        Resource::Port(port) => record.port_id = Some(port.to_string()),
+        Resource::Ports => {}
+    }
     let (outcome, latency) = {
         let mut inner = shared.lock();
         let req = SimRequest {
-            method: &method,
-            uri: &uri,
-            headers: &headers,
-            body: &body,
-            project_id: &project_id,
-            nic_id: &nic_id,
+            method: &received.method,
+            uri: &received.uri,
+            headers: &received.headers,
+            body: &received.body,
+            project_id,
+            resource,
         };
-        let outcome = decide(&shared, &mut inner, &req, &mut record);
+        let outcome = decide(shared, &mut inner, &req, &mut record);
         record.status = outcome.status;
         record.code = outcome.code.clone();
         // Bounded: a long-running simulator (make run) must not grow for ever.
@@ -780,15 +1015,16 @@ async fn nic_call(
         inner.calls.push(record);
         (outcome, inner.latency)
     };
-    let wait = latency + outcome.hold;
+    // Latencies come from the admin API: bounded, so no sum can overflow the clock.
+    let wait = latency.saturating_add(outcome.hold).min(MAX_LATENCY);
     if !wait.is_zero() {
-        tokio::time::sleep_until(received + wait).await;
+        tokio::time::sleep_until(started + wait).await;
     }
     let resp = match outcome.code {
-        None => (StatusCode::OK, axum::Json(json!({"port_id": nic_id}))).into_response(),
+        None => (StatusCode::OK, axum::Json(outcome.body)).into_response(),
         Some(code) => error_response(outcome.status, &code, &outcome.message, &rid, outcome.retry_after),
     };
-    let took = received.elapsed().as_micros() as u64;
+    let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     if let Some(call) = shared.lock().calls.iter_mut().rev().find(|c| c.seq == seq) {
         call.duration_us = took;
     }
@@ -842,8 +1078,49 @@ async fn admin_set_nic(
     Path(nic): Path<String>,
     axum::Json(state): axum::Json<NicState>,
 ) -> StatusCode {
-    shared.lock().nics.insert(nic, state);
+    set_nic(&mut shared.lock(), &nic, Some(state));
     StatusCode::NO_CONTENT
+}
+
+async fn admin_set_port(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    axum::Json(mut port): axum::Json<SimPort>,
+) -> Response {
+    if port.id.is_empty() {
+        port.id.clone_from(&id);
+    }
+    let result = if port.id == id {
+        shared.lock().ports.set(port)
+    } else {
+        Err(PortError::IdMismatch { path: id, body: port.id })
+    };
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn admin_remove_port(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> StatusCode {
+    shared.lock().ports.remove(&id);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct PairsUpdate {
+    allowed_address_pairs: Vec<SimAddressPair>,
+}
+
+async fn admin_set_pairs(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    axum::Json(update): axum::Json<PairsUpdate>,
+) -> Response {
+    if shared.lock().ports.set_pairs(&id, update.allowed_address_pairs) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (StatusCode::NOT_FOUND, format!("no port {id}")).into_response()
+    }
 }
 
 async fn admin_clear_nic(State(shared): State<Arc<Shared>>, Path(nic): Path<String>) -> StatusCode {

@@ -1,0 +1,515 @@
+//! The simulator's VPC ports: NIC ports and virtual IP ports over the same state as the ECS
+//! calls, served as `GET /v1/{project_id}/ports/{port_id}` and `GET /v1/{project_id}/ports`.
+//!
+//! What is modelled, and from where (see `huawei-vpc-ports.md` in the shared reference):
+//! - A VIP is a port of its own (`device_owner: neutron:VIP_PORT`, status `DOWN`); it is bound to
+//!   a NIC when its `allowed_address_pairs` holds the NIC's fixed IP. A NIC's port ID is the NIC
+//!   ID. Ports belong to a project; another project's port is not found.
+//! - A missing port answers 404 `{"code": "VPC.2502", "message": "Port <id> not found"}`.
+//! - ECS bind with `reverse_binding: true` adds the NIC's IP/MAC pair to the VIP port's pairs
+//!   (documented); the simulator's unbind with `reverse_binding: true` takes it out again.
+//!
+//! Deliberately independent of `crate::ecs::vpc`: its own wire types, so a serialisation bug in
+//! the client's model cannot be mirrored here and "agree with itself".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{CallRecord, CloudOperation, Inner, Outcome, PortOperation, SimRequest, Step, take_fault};
+
+/// `device_owner` of a virtual IP's port.
+pub const VIP_PORT_OWNER: &str = "neutron:VIP_PORT";
+
+/// Ports per listing page: the default and the most one page holds.
+pub const MAX_PAGE: usize = 2000;
+
+/// Ports the simulator keeps at most (a long-running simulator must not grow for ever).
+pub const MAX_PORTS: usize = 100_000;
+
+/// `device_owner` of the NIC ports the simulator makes up: the simulator's convention (OpenStack
+/// writes `compute:<availability zone>`), not a value Huawei documents.
+pub const NIC_PORT_OWNER: &str = "compute:simulator";
+
+/// A port as the simulator keeps it: the VPC API's fields and the project it belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SimPort {
+    /// Taken from the path by `PUT /sim/ports/{id}` when left out.
+    #[serde(default)]
+    pub id: String,
+    pub project_id: String,
+    #[serde(default)]
+    pub device_owner: String,
+    #[serde(default)]
+    pub device_id: String,
+    #[serde(default)]
+    pub network_id: String,
+    #[serde(default)]
+    pub mac_address: String,
+    #[serde(default)]
+    pub fixed_ips: Vec<SimFixedIp>,
+    #[serde(default)]
+    pub allowed_address_pairs: Vec<SimAddressPair>,
+    #[serde(default)]
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SimFixedIp {
+    #[serde(default)]
+    pub subnet_id: String,
+    pub ip_address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SimAddressPair {
+    pub ip_address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+}
+
+impl SimPort {
+    /// A virtual IP's port: `fixed_ips [{subnet_id, ip_address}]`, no pairs, status `DOWN`.
+    pub fn vip(id: &str, project_id: &str, network_id: &str, subnet_id: &str, ip_address: &str) -> Self {
+        Self {
+            id: id.into(),
+            project_id: project_id.into(),
+            device_owner: VIP_PORT_OWNER.into(),
+            device_id: String::new(),
+            network_id: network_id.into(),
+            mac_address: String::new(),
+            fixed_ips: vec![SimFixedIp { subnet_id: subnet_id.into(), ip_address: ip_address.into() }],
+            allowed_address_pairs: vec![],
+            status: "DOWN".into(),
+        }
+    }
+
+    /// The port of a NIC the simulator learnt of from an ECS call. Its fixed IP (in 10.0.0.0/8)
+    /// and MAC (`fa:16:3e:…`, OpenStack's default prefix) are derived from the NIC ID, so they
+    /// are the same in every run: the simulator's convention, not Huawei's. Different NICs may
+    /// rarely share an address (24 bits of a hash).
+    pub fn nic(nic_id: &str, project_id: &str) -> Self {
+        let h = fnv1a(nic_id.as_bytes()).to_be_bytes();
+        let last = h[2] % 254 + 1;
+        Self {
+            id: nic_id.into(),
+            project_id: project_id.into(),
+            device_owner: NIC_PORT_OWNER.into(),
+            device_id: String::new(),
+            network_id: String::new(),
+            mac_address: format!("fa:16:3e:{:02x}:{:02x}:{:02x}", h[3], h[4], h[5]),
+            fixed_ips: vec![SimFixedIp {
+                subnet_id: String::new(),
+                ip_address: format!("10.{}.{}.{last}", h[0], h[1]),
+            }],
+            allowed_address_pairs: vec![],
+            status: "ACTIVE".into(),
+        }
+    }
+
+    /// The port's first fixed IP.
+    pub fn ip(&self) -> Option<&str> {
+        self.fixed_ips.first().map(|f| f.ip_address.as_str())
+    }
+
+    /// The port as the VPC API shows it (no `project_id`: the reference does not list one).
+    fn wire(&self) -> Value {
+        json!({
+            "id": self.id,
+            "device_owner": self.device_owner,
+            "device_id": self.device_id,
+            "network_id": self.network_id,
+            "mac_address": self.mac_address,
+            "fixed_ips": self.fixed_ips,
+            "allowed_address_pairs": self.allowed_address_pairs,
+            "status": self.status,
+        })
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A port the admin API or [`Simulator::set_port`](super::Simulator::set_port) cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    #[error("a port needs an id of 1 to 255 characters")]
+    BadId,
+    #[error("the port's id {body:?} is not the id in the path {path:?}")]
+    IdMismatch { path: String, body: String },
+    #[error("a port needs a project_id")]
+    NoProject,
+    #[error("the simulator holds at most {MAX_PORTS} ports")]
+    TooMany,
+}
+
+/// Every port, and the NICs the simulator knows of.
+#[derive(Debug, Default)]
+pub(super) struct Ports {
+    ports: BTreeMap<String, SimPort>,
+    /// NICs known to the simulator: a port removed through the admin API stays removed, even
+    /// when an ECS call names the NIC again.
+    known_nics: BTreeSet<String>,
+}
+
+impl Ports {
+    pub(super) fn set(&mut self, port: SimPort) -> Result<(), PortError> {
+        if port.id.is_empty() || port.id.len() > 255 {
+            return Err(PortError::BadId);
+        }
+        if port.project_id.is_empty() {
+            return Err(PortError::NoProject);
+        }
+        if !self.ports.contains_key(&port.id) && self.ports.len() >= MAX_PORTS {
+            return Err(PortError::TooMany);
+        }
+        self.known_nics.insert(port.id.clone());
+        self.ports.insert(port.id.clone(), port);
+        Ok(())
+    }
+
+    pub(super) fn remove(&mut self, id: &str) -> Option<SimPort> {
+        self.ports.remove(id)
+    }
+
+    /// Replaces a port's pairs (behind the operator's back). False when there is no such port.
+    pub(super) fn set_pairs(&mut self, id: &str, pairs: Vec<SimAddressPair>) -> bool {
+        match self.ports.get_mut(id) {
+            Some(port) => {
+                port.allowed_address_pairs = pairs;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn get(&self, id: &str) -> Option<&SimPort> {
+        self.ports.get(id)
+    }
+
+    pub(super) fn all(&self) -> BTreeMap<String, SimPort> {
+        self.ports.clone()
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.ports.clear();
+        self.known_nics.clear();
+    }
+
+    /// The first time the simulator hears of a NIC (an ECS call names it), the NIC's port comes
+    /// into being in that project: it stands for a NIC that exists already. Nothing changes for
+    /// a NIC known before, or once the simulator is full.
+    pub(super) fn know_nic(&mut self, project_id: &str, nic_id: &str) {
+        if self.known_nics.contains(nic_id) || self.ports.contains_key(nic_id) || self.ports.len() >= MAX_PORTS {
+            return;
+        }
+        self.known_nics.insert(nic_id.into());
+        self.ports.insert(nic_id.into(), SimPort::nic(nic_id, project_id));
+    }
+
+    /// The port as `project_id` sees it: another project's port, or a missing NIC's, is not found.
+    fn visible<'a>(&'a self, project_id: &str, id: &str, missing: &BTreeSet<String>) -> Option<&'a SimPort> {
+        self.ports.get(id).filter(|p| p.project_id == project_id && !missing.contains(id))
+    }
+
+    /// One page of a listing, in port ID order (the simulator's order; Huawei's is not documented).
+    fn list(&self, project_id: &str, query: &ListQuery, missing: &BTreeSet<String>) -> Vec<&SimPort> {
+        let from = query.marker.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        self.ports
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|(_, p)| p)
+            .filter(|p| p.project_id == project_id && !missing.contains(&p.id) && query.matches(p))
+            .take(query.limit)
+            .collect()
+    }
+
+    /// The VIP ports in `project_id` whose fixed IP is `vip`.
+    fn vip_ports_mut<'a>(&'a mut self, project_id: &'a str, vip: &'a str) -> impl Iterator<Item = &'a mut SimPort> {
+        self.ports.values_mut().filter(move |p| {
+            p.project_id == project_id
+                && p.device_owner == VIP_PORT_OWNER
+                && p.fixed_ips.iter().any(|f| f.ip_address == vip)
+        })
+    }
+
+    /// ECS bind with `reverse_binding: true`: "add the NIC's IP/MAC pair to the VIP port's
+    /// allowed_address_pairs" (documented). What the ECS call does to the NIC's own port is NOT
+    /// documented: the NIC port is left as it is. A bind without `reverse_binding` touches no
+    /// port at all (nothing documented says it does); nor does a bind that moves a NIC from one
+    /// VIP to another touch the old VIP's port.
+    pub(super) fn reverse_bind(&mut self, project_id: &str, nic_id: &str, vip: &str, missing: &BTreeSet<String>) {
+        let Some((ip, mac)) = self.nic_address(project_id, nic_id, missing) else { return };
+        for port in self.vip_ports_mut(project_id, vip) {
+            if !port.allowed_address_pairs.iter().any(|p| p.ip_address == ip) {
+                port.allowed_address_pairs.push(SimAddressPair { ip_address: ip.clone(), mac_address: mac.clone() });
+            }
+        }
+    }
+
+    /// ECS unbind with `reverse_binding: true`: the NIC's pair leaves the port of the VIP it
+    /// had (the reverse of [`Ports::reverse_bind`]; as there, the NIC's own port is not touched).
+    pub(super) fn reverse_unbind(&mut self, project_id: &str, nic_id: &str, vip: &str, missing: &BTreeSet<String>) {
+        let Some((ip, _)) = self.nic_address(project_id, nic_id, missing) else { return };
+        for port in self.vip_ports_mut(project_id, vip) {
+            port.allowed_address_pairs.retain(|p| p.ip_address != ip);
+        }
+    }
+
+    /// The NIC's own IP and MAC, from its port.
+    fn nic_address(
+        &self,
+        project_id: &str,
+        nic_id: &str,
+        missing: &BTreeSet<String>,
+    ) -> Option<(String, Option<String>)> {
+        let port = self.visible(project_id, nic_id, missing)?;
+        let mac = Some(port.mac_address.clone()).filter(|m| !m.is_empty());
+        Some((port.ip()?.to_string(), mac))
+    }
+}
+
+/// A listing's query: the documented filters (`id`, `device_id`, `device_owner`, `network_id`,
+/// `fixed_ips=ip_address=X`) and paging (`limit`, `marker`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct ListQuery {
+    id: Option<String>,
+    device_id: Option<String>,
+    device_owner: Option<String>,
+    network_id: Option<String>,
+    /// `fixed_ips=ip_address=X`, possibly repeated: a port with any of them matches (Neutron's
+    /// reading of an array filter).
+    ip_addresses: Vec<String>,
+    limit: usize,
+    marker: Option<String>,
+}
+
+impl ListQuery {
+    /// Parses the raw (still percent-encoded) query. Strict: an unknown or repeated parameter
+    /// is refused, so a client that misspells a filter finds out here rather than in the cloud.
+    pub(super) fn parse(raw: Option<&str>) -> Result<Self, String> {
+        let mut q = ListQuery { limit: MAX_PAGE, ..Default::default() };
+        for (key, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            let single = |slot: &mut Option<String>| match slot {
+                Some(_) => Err(format!("parameter {key} is given more than once")),
+                None => {
+                    *slot = Some(value.to_string());
+                    Ok(())
+                }
+            };
+            match key.as_ref() {
+                "id" => single(&mut q.id)?,
+                "device_id" => single(&mut q.device_id)?,
+                "device_owner" => single(&mut q.device_owner)?,
+                "network_id" => single(&mut q.network_id)?,
+                "marker" => single(&mut q.marker)?,
+                "fixed_ips" => match value.strip_prefix("ip_address=") {
+                    Some(ip) => q.ip_addresses.push(ip.to_string()),
+                    None => return Err(format!("fixed_ips {value:?} is not ip_address=<address>")),
+                },
+                // 0 is the default page (the simulator's choice); more than a page is a page.
+                "limit" => match value.parse::<u64>() {
+                    Ok(0) => q.limit = MAX_PAGE,
+                    Ok(n) => q.limit = usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
+                    Err(_) => return Err(format!("limit {value:?} is not a non-negative integer")),
+                },
+                other => return Err(format!("unknown parameter {other:?}")),
+            }
+        }
+        Ok(q)
+    }
+
+    fn matches(&self, port: &SimPort) -> bool {
+        let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        is(&self.id, &port.id)
+            && is(&self.device_id, &port.device_id)
+            && is(&self.device_owner, &port.device_owner)
+            && is(&self.network_id, &port.network_id)
+            && (self.ip_addresses.is_empty()
+                || port.fixed_ips.iter().any(|f| self.ip_addresses.contains(&f.ip_address)))
+    }
+}
+
+/// The VPC service's own check once the gateway let a call through: `X-Project-Id` must name the
+/// project in the path. `VPC.0007` is the documented "tenant ID in the URL differs" code.
+fn check_project(req: &SimRequest<'_>) -> Step<()> {
+    if req.headers.get("x-project-id").and_then(|v| v.to_str().ok()) != Some(req.project_id) {
+        return Err(Outcome::error(400, "VPC.0007", "urlTenantId is not equal tokenTenantId"));
+    }
+    Ok(())
+}
+
+/// `GET /v1/{project_id}/ports/{port_id}`, after the gateway's checks.
+pub(super) fn get_port(inner: &mut Inner, req: &SimRequest<'_>, port_id: &str, record: &mut CallRecord) -> Outcome {
+    if let Err(refused) = check_project(req) {
+        return refused;
+    }
+    record.port_operation = Some(PortOperation::GetPort);
+    let fault = take_fault(inner, CloudOperation::GetPort, Some(port_id));
+    let answer = match inner.ports.visible(req.project_id, port_id, &inner.missing) {
+        Some(port) => Outcome::ok(json!({"port": port.wire()})),
+        None => Outcome::error(404, "VPC.2502", format!("Port {port_id} not found")),
+    };
+    answer.unless(fault)
+}
+
+/// `GET /v1/{project_id}/ports?...`, after the gateway's checks. A query the simulator does not
+/// understand is refused with `VPC.2500` ("Param is invalid", documented for port parameters).
+pub(super) fn list_ports(inner: &mut Inner, req: &SimRequest<'_>, record: &mut CallRecord) -> Outcome {
+    if let Err(refused) = check_project(req) {
+        return refused;
+    }
+    record.port_operation = Some(PortOperation::ListPorts);
+    let query = match ListQuery::parse(req.uri.query()) {
+        Ok(q) => q,
+        Err(why) => return Outcome::error(400, "VPC.2500", format!("Param is invalid: {why}")),
+    };
+    let fault = take_fault(inner, CloudOperation::ListPorts, None);
+    let page: Vec<Value> = inner.ports.list(req.project_id, &query, &inner.missing).iter().map(|p| p.wire()).collect();
+    Outcome::ok(json!({"ports": page})).unless(fault)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "project-a";
+
+    fn ports() -> Ports {
+        let mut ports = Ports::default();
+        for i in 1..=5 {
+            ports.set(SimPort::vip(&format!("vip-{i}"), P, "net-1", "sub-1", &format!("192.168.0.{i}"))).unwrap();
+        }
+        ports.know_nic(P, "nic-1");
+        ports.set(SimPort::vip("other", "project-b", "net-1", "sub-1", "192.168.0.1")).unwrap();
+        ports
+    }
+
+    fn ids(page: &[&SimPort]) -> Vec<String> {
+        page.iter().map(|p| p.id.clone()).collect()
+    }
+
+    fn list(ports: &Ports, query: &str) -> Vec<String> {
+        ids(&ports.list(P, &ListQuery::parse(Some(query)).unwrap(), &BTreeSet::new()))
+    }
+
+    #[test]
+    fn nic_ports_are_deterministic_and_in_the_simulators_range() {
+        let a = SimPort::nic("d32019d3-bc6e-4319-9c1d-6722fc136a23", P);
+        assert_eq!(a, SimPort::nic("d32019d3-bc6e-4319-9c1d-6722fc136a23", P));
+        assert_ne!(a.ip(), SimPort::nic("another", P).ip());
+        let ip: std::net::Ipv4Addr = a.ip().unwrap().parse().unwrap();
+        assert_eq!(ip.octets()[0], 10);
+        assert!((1..=254).contains(&ip.octets()[3]));
+        assert!(a.mac_address.starts_with("fa:16:3e:"));
+        assert_eq!(a.device_owner, NIC_PORT_OWNER);
+        assert!(a.allowed_address_pairs.is_empty());
+    }
+
+    #[test]
+    fn a_removed_nic_port_is_not_recreated_by_later_calls() {
+        let mut ports = ports();
+        assert!(ports.get("nic-1").is_some());
+        ports.remove("nic-1");
+        ports.know_nic(P, "nic-1");
+        assert!(ports.get("nic-1").is_none());
+        // A NIC known first in one project keeps its project.
+        ports.know_nic(P, "nic-2");
+        ports.know_nic("project-b", "nic-2");
+        assert_eq!(ports.get("nic-2").map(|p| p.project_id.as_str()), Some(P));
+    }
+
+    #[test]
+    fn listing_filters_and_pages_in_id_order() {
+        let ports = ports();
+        assert_eq!(list(&ports, ""), ["nic-1", "vip-1", "vip-2", "vip-3", "vip-4", "vip-5"]);
+        assert_eq!(list(&ports, "device_owner=neutron%3AVIP_PORT&limit=2"), ["vip-1", "vip-2"]);
+        assert_eq!(list(&ports, "device_owner=neutron%3AVIP_PORT&limit=2&marker=vip-2"), ["vip-3", "vip-4"]);
+        assert_eq!(list(&ports, "device_owner=neutron:VIP_PORT&limit=2&marker=vip-4"), ["vip-5"]);
+        assert_eq!(list(&ports, "fixed_ips=ip_address%3D192.168.0.3"), ["vip-3"]);
+        assert_eq!(
+            list(&ports, "fixed_ips=ip_address=192.168.0.3&fixed_ips=ip_address=192.168.0.5"),
+            ["vip-3", "vip-5"]
+        );
+        assert_eq!(list(&ports, "network_id=net-1&id=vip-4"), ["vip-4"]);
+        assert!(list(&ports, "network_id=net-2").is_empty());
+        // A marker that is no port still pages by ID order.
+        assert_eq!(list(&ports, "marker=vip-35"), ["vip-4", "vip-5"]);
+        assert_eq!(list(&ports, "limit=0").len(), 6);
+        assert_eq!(list(&ports, "limit=99999").len(), 6);
+    }
+
+    #[test]
+    fn other_projects_and_missing_nics_are_not_seen() {
+        let ports = ports();
+        let none = BTreeSet::new();
+        assert!(ports.visible(P, "other", &none).is_none());
+        assert!(ports.visible("project-b", "other", &none).is_some());
+        let missing: BTreeSet<String> = ["nic-1".to_string()].into();
+        assert!(ports.visible(P, "nic-1", &missing).is_none());
+        let all = ListQuery::parse(None).unwrap();
+        assert!(!ids(&ports.list(P, &all, &missing)).contains(&"nic-1".to_string()));
+    }
+
+    #[test]
+    fn bad_queries_are_refused() {
+        for bad in [
+            "ip_address=1.2.3.4",
+            "fixed_ips=1.2.3.4",
+            "fixed_ips=subnet_id%3Ds",
+            "limit=-1",
+            "limit=x",
+            "marker=a&marker=b",
+            "device_owner=a&device_owner=a",
+        ] {
+            assert!(ListQuery::parse(Some(bad)).is_err(), "{bad}");
+        }
+        let q = ListQuery::parse(Some("limit=3&marker=m&device_owner=o+x")).unwrap();
+        assert_eq!((q.limit, q.marker.as_deref(), q.device_owner.as_deref()), (3, Some("m"), Some("o x")));
+    }
+
+    #[test]
+    fn reverse_binding_adds_and_removes_the_nics_pair_on_the_vip_port_only() {
+        let mut ports = ports();
+        let none = BTreeSet::new();
+        let nic = ports.get("nic-1").cloned().unwrap();
+        ports.reverse_bind(P, "nic-1", "192.168.0.2", &none);
+        ports.reverse_bind(P, "nic-1", "192.168.0.2", &none);
+        let vip = ports.get("vip-2").unwrap();
+        assert_eq!(
+            vip.allowed_address_pairs,
+            vec![SimAddressPair { ip_address: nic.ip().unwrap().into(), mac_address: Some(nic.mac_address.clone()) }]
+        );
+        // The NIC's own port is not touched (undocumented), nor another project's VIP port.
+        assert_eq!(ports.get("nic-1"), Some(&nic));
+        assert!(ports.get("other").unwrap().allowed_address_pairs.is_empty());
+        ports.reverse_unbind(P, "nic-1", "192.168.0.2", &none);
+        assert!(ports.get("vip-2").unwrap().allowed_address_pairs.is_empty());
+        // A VIP without a port, or a NIC without one, changes nothing.
+        ports.reverse_bind(P, "nic-1", "192.168.9.9", &none);
+        ports.reverse_bind(P, "unknown-nic", "192.168.0.2", &none);
+        assert!(ports.get("vip-2").unwrap().allowed_address_pairs.is_empty());
+    }
+
+    #[test]
+    fn admin_ports_are_checked() {
+        let mut ports = Ports::default();
+        assert_eq!(ports.set(SimPort::vip("", P, "n", "s", "1.1.1.1")), Err(PortError::BadId));
+        assert_eq!(ports.set(SimPort::vip("x", "", "n", "s", "1.1.1.1")), Err(PortError::NoProject));
+        assert!(!ports.set_pairs("x", vec![]));
+        ports.set(SimPort::vip("x", P, "n", "s", "1.1.1.1")).unwrap();
+        assert!(ports.set_pairs("x", vec![SimAddressPair { ip_address: "1.1.1.1/0".into(), mac_address: None }]));
+        assert_eq!(ports.get("x").unwrap().allowed_address_pairs.len(), 1);
+    }
+
+    #[test]
+    fn wire_form_has_no_project() {
+        let wire = SimPort::vip("v", P, "n", "s", "10.0.0.1").wire();
+        assert_eq!(wire["device_owner"], VIP_PORT_OWNER);
+        assert_eq!(wire["status"], "DOWN");
+        assert_eq!(wire["fixed_ips"], json!([{"subnet_id": "s", "ip_address": "10.0.0.1"}]));
+        assert!(wire.get("project_id").is_none());
+    }
+}
