@@ -1,4 +1,4 @@
-//! The real ECS client against the bundled simulator, over real HTTP on loopback.
+//! The real ECS and VPC client against the bundled simulator, over real HTTP on loopback.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use axum::routing::{get, put};
 use serde_json::{Value, json};
+use vip_operator::ecs::client::{AttemptReport, CallObserver};
+use vip_operator::ecs::vpc::{AddressPair, FixedIp, Port, PortFilter, VpcApi};
 use vip_operator::ecs::{
     BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsClient, EcsClientConfig, Endpoint, ErrorClass, FenceError,
-    MetadataCredentials, RetryPolicy, SystemClock, UnbindRequest,
+    MetadataCredentials, Operation, RetryPolicy, SystemClock, UnbindRequest,
 };
-use vip_operator::simulator::{Fault, SimCredential, SimOperation, Simulator, SimulatorConfig};
+use vip_operator::simulator::{Fault, PortOperation, SimCredential, SimOperation, SimPort, Simulator, SimulatorConfig};
 
 const AK: &str = "TESTACCESSKEY0000001";
 const SK: &str = "test-secret-key";
@@ -508,4 +510,402 @@ async fn no_attempt_outlives_the_fence() {
     // Cut at the fence's 300 ms, not the 30 s request timeout; it may have reached the cloud.
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert!(err.may_have_applied(), "{err}");
+}
+
+// --- The VPC ports API (reads) against the simulator ---
+
+const VIP_OWNER: &str = "neutron:VIP_PORT";
+const NET: &str = "0a2b3c4d-0000-4000-8000-00000000000a";
+const SUBNET: &str = "8c9d4f38-1a2b-4c3d-9e8f-001122334455";
+
+fn vpc_client(sim: &Simulator, tweak: impl FnOnce(&mut EcsClientConfig)) -> EcsClient {
+    client_with(sim, |c| {
+        c.vpc_endpoint = Endpoint::parse_override_for("--vpc-endpoint", &sim.url()).unwrap();
+        tweak(c);
+    })
+}
+
+fn vip_port(n: u8) -> SimPort {
+    SimPort::vip(&format!("vip-port-{n}"), PROJECT, NET, SUBNET, &format!("192.168.0.{n}"))
+}
+
+fn ids(ports: &[Port]) -> Vec<String> {
+    ports.iter().map(|p| p.id.clone()).collect()
+}
+
+#[tokio::test]
+async fn a_nic_named_by_an_ecs_call_has_a_port() {
+    let sim = simulator().await;
+    let client = vpc_client(&sim, |_| {});
+    client.bind(&target(SK), &bind_req(NIC)).await.unwrap();
+    let port = client.get_port(&target(SK), NIC).await.unwrap();
+    let held = sim.port(NIC).unwrap();
+    assert_eq!(port.id, NIC);
+    assert_eq!(port.ip(), held.ip());
+    assert!(port.ip().unwrap().starts_with("10."), "{port:?}");
+    assert_eq!(port.mac_address, held.mac_address);
+    assert_eq!(port.status, "ACTIVE");
+    assert!(port.allowed_address_pairs.is_empty());
+    let calls = sim.calls();
+    assert_eq!(calls[1].method, "GET");
+    assert_eq!(calls[1].path, format!("/v1/{PROJECT}/ports/{NIC}"));
+    assert_eq!(calls[1].port_operation, Some(PortOperation::GetPort));
+    assert_eq!(calls[1].port_id.as_deref(), Some(NIC));
+    assert_eq!(calls[1].access_key.as_deref(), Some(AK));
+    // The state lists it, with its project.
+    let state = admin_get(&sim, "/sim/state").await;
+    assert_eq!(state["ports"][NIC]["project_id"], PROJECT);
+}
+
+#[tokio::test]
+async fn a_vip_port_created_through_the_admin_api_reads_back() {
+    let sim = simulator().await;
+    let http = reqwest::Client::new();
+    let body = json!({
+        "project_id": PROJECT,
+        "device_owner": VIP_OWNER,
+        "network_id": NET,
+        "fixed_ips": [{"subnet_id": SUBNET, "ip_address": "192.168.0.50"}],
+        "allowed_address_pairs": [{"ip_address": "1.1.1.1/0"}],
+        "status": "DOWN",
+    });
+    let r = http.put(format!("{}/sim/ports/vip-50", sim.url())).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let port = vpc_client(&sim, |_| {}).get_port(&target(SK), "vip-50").await.unwrap();
+    assert_eq!(port.device_owner, VIP_OWNER);
+    assert_eq!(port.network_id, NET);
+    assert_eq!(port.status, "DOWN");
+    assert_eq!(port.fixed_ips, vec![FixedIp { subnet_id: SUBNET.into(), ip_address: "192.168.0.50".into() }]);
+    assert_eq!(port.allowed_address_pairs, vec![AddressPair { ip_address: "1.1.1.1/0".into(), mac_address: None }]);
+    // An id in the body must be the path's.
+    let r = http
+        .put(format!("{}/sim/ports/vip-51", sim.url()))
+        .json(&json!({"id": "vip-52", "project_id": PROJECT}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages() {
+    let sim = simulator().await;
+    for n in 1..=5 {
+        sim.set_port(vip_port(n)).unwrap();
+    }
+    let mut other_net = vip_port(9);
+    other_net.network_id = "another-network".into();
+    sim.set_port(other_net).unwrap();
+    sim.set_port(SimPort::vip("foreign", "another-project", NET, SUBNET, "192.168.0.3")).unwrap();
+    let client = vpc_client(&sim, |_| {});
+    client.bind(&target(SK), &bind_req(NIC)).await.unwrap();
+    let t = target(SK);
+
+    // Paging: 5 VIP ports in this network, 2 a page, by marker.
+    let mut filter = PortFilter {
+        device_owner: Some(VIP_OWNER.into()),
+        network_id: Some(NET.into()),
+        limit: 2,
+        ..Default::default()
+    };
+    let mut pages = vec![];
+    loop {
+        let page = client.list_ports(&t, &filter).await.unwrap();
+        pages.push(ids(&page));
+        if page.len() < filter.page_size() as usize {
+            break;
+        }
+        filter.marker = page.last().map(|p| p.id.clone());
+    }
+    assert_eq!(pages, vec![vec!["vip-port-1", "vip-port-2"], vec!["vip-port-3", "vip-port-4"], vec!["vip-port-5"]]);
+
+    // Each filter alone.
+    let only = |f: PortFilter| {
+        let client = client.clone();
+        let t = t.clone();
+        async move { ids(&client.list_ports(&t, &f).await.unwrap()) }
+    };
+    let by_ip = PortFilter { ip_address: Some("192.168.0.3".into()), ..Default::default() };
+    assert_eq!(only(by_ip).await, vec!["vip-port-3"], "another project's port with that IP is not seen");
+    let by_owner = PortFilter { device_owner: Some(VIP_OWNER.into()), ..Default::default() };
+    assert_eq!(only(by_owner).await.len(), 6);
+    let by_network = PortFilter { network_id: Some("another-network".into()), ..Default::default() };
+    assert_eq!(only(by_network).await, vec!["vip-port-9"]);
+    let everything = only(PortFilter::default()).await;
+    assert_eq!(everything.len(), 7, "{everything:?}");
+    assert!(everything.contains(&NIC.to_string()));
+
+    // What went over the wire: the exact forms, percent-encoded, each one verified.
+    let queries: Vec<String> = sim.calls().iter().filter_map(|c| c.query.clone()).collect();
+    assert!(queries.contains(&"fixed_ips=ip_address%3D192.168.0.3&limit=2000".to_string()), "{queries:?}");
+    assert!(queries.iter().any(|q| q.starts_with("device_owner=neutron%3AVIP_PORT&network_id=")), "{queries:?}");
+    assert!(queries.iter().any(|q| q.ends_with("&limit=2&marker=vip-port-4")), "{queries:?}");
+    assert!(sim.calls().iter().all(|c| c.status == 200 && c.access_key.as_deref() == Some(AK)));
+}
+
+#[tokio::test]
+async fn signatures_cover_the_query() {
+    let sim = simulator().await;
+    sim.set_port(SimPort::vip("vip-v6", PROJECT, NET, SUBNET, "fd00::7")).unwrap();
+    let client = vpc_client(&sim, |c| c.retry = RetryPolicy::none());
+    // Colons, '=' and the IPv6 form, signed by the client and verified independently.
+    let f = PortFilter { ip_address: Some("fd00:0::7".into()), ..Default::default() };
+    assert_eq!(ids(&client.list_ports(&target(SK), &f).await.unwrap()), vec!["vip-v6"]);
+    assert_eq!(sim.calls()[0].query.as_deref(), Some("fixed_ips=ip_address%3Dfd00%3A%3A7&limit=2000"));
+
+    // A correctly signed listing whose query is changed on the way is refused.
+    let http = reqwest::Client::new();
+    let url: url::Url =
+        format!("{}/v1/{PROJECT}/ports?fixed_ips=ip_address%3D192.168.0.1&limit=1", sim.url()).parse().unwrap();
+    let headers = [("Content-Type", "application/json"), ("X-Project-Id", PROJECT)];
+    let parts = vip_operator::ecs::sign::RequestParts { method: "GET", url: &url, headers: &headers, body: b"" };
+    let signed = vip_operator::ecs::sign::sign(&parts, AK, SK, jiff::Timestamp::now()).unwrap();
+    let send = |url: String, project: &'static str| {
+        http.get(url)
+            .header("Host", &signed.host)
+            .header("X-Sdk-Date", &signed.sdk_date)
+            .header("Authorization", &signed.authorization)
+            .header("Content-Type", "application/json")
+            .header("X-Project-Id", project)
+            .send()
+    };
+    assert_eq!(send(url.to_string(), PROJECT).await.unwrap().status(), 200);
+    let tampered = url.as_str().replace("192.168.0.1", "192.168.0.2");
+    let r = send(tampered, PROJECT).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error_code"], "APIGW.0301");
+
+    // Signed, but for another project than the path names: the VPC service refuses it.
+    let other = [("Content-Type", "application/json"), ("X-Project-Id", "another-project")];
+    let parts = vip_operator::ecs::sign::RequestParts { method: "GET", url: &url, headers: &other, body: b"" };
+    let signed = vip_operator::ecs::sign::sign(&parts, AK, SK, jiff::Timestamp::now()).unwrap();
+    let r = http
+        .get(url.clone())
+        .header("Host", signed.host)
+        .header("X-Sdk-Date", signed.sdk_date)
+        .header("Authorization", signed.authorization)
+        .header("Content-Type", "application/json")
+        .header("X-Project-Id", "another-project")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "VPC.0007");
+}
+
+#[tokio::test]
+async fn a_missing_port_is_gone_with_vpc_2502() {
+    let sim = simulator().await;
+    let client = vpc_client(&sim, |_| {});
+    let t = target(SK);
+    sim.set_port(vip_port(1)).unwrap();
+    sim.set_port(SimPort::vip("foreign", "another-project", NET, SUBNET, "192.168.0.1")).unwrap();
+    client.bind(&t, &bind_req(NIC)).await.unwrap();
+    sim.set_missing("declared-missing", true);
+    client.bind(&t, &bind_req("removed-nic")).await.unwrap();
+    assert!(sim.remove_port("removed-nic"));
+    // A NIC whose port was removed keeps its ECS state but has no port, even after more calls.
+    client.bind(&t, &bind_req("removed-nic")).await.unwrap();
+
+    for (id, why) in [
+        ("never-heard-of", "unknown"),
+        ("foreign", "another project's"),
+        ("declared-missing", "a missing NIC's"),
+        ("removed-nic", "removed through the admin API"),
+    ] {
+        let before = sim.calls().len();
+        let err = client.get_port(&t, id).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Gone, "{why}: {err}");
+        assert_eq!(err.status(), Some(404), "{why}");
+        assert_eq!(err.code(), Some("VPC.2502"), "{why}");
+        assert!(!err.is_unrecognised_not_found(), "{why}");
+        assert_eq!(
+            err.to_string(),
+            format!("HTTP 404 VPC.2502: Port {id} not found [request id {}]", err.request_id().unwrap())
+        );
+        assert_eq!(sim.calls().len(), before + 1, "{why}: a 404 is not retried");
+    }
+    // A missing NIC that comes back has its port again.
+    sim.set_missing(NIC, true);
+    assert_eq!(client.get_port(&t, NIC).await.unwrap_err().class(), ErrorClass::Gone);
+    sim.set_missing(NIC, false);
+    assert_eq!(client.get_port(&t, NIC).await.unwrap().id, NIC);
+
+    // Through the admin API as well.
+    let http = reqwest::Client::new();
+    let r = http.delete(format!("{}/sim/ports/vip-port-1", sim.url())).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(client.get_port(&t, "vip-port-1").await.unwrap_err().code(), Some("VPC.2502"));
+}
+
+#[tokio::test]
+async fn an_unknown_path_answers_like_the_gateway_and_is_not_gone() {
+    let sim = simulator().await;
+    // A VPC endpoint with a wrong prefix: every read lands on a path the gateway does not know.
+    let misdirected = vpc_client(&sim, |c| {
+        c.vpc_endpoint = Endpoint::parse_override(&format!("{}/wrong-prefix/", sim.url())).unwrap();
+    });
+    let err = misdirected.get_port(&target(SK), NIC).await.unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    assert_eq!(err.code(), Some("APIGW.0101"));
+    assert_ne!(err.class(), ErrorClass::Gone);
+    assert!(err.is_unrecognised_not_found());
+    let err = misdirected.list_ports(&target(SK), &PortFilter::default()).await.unwrap_err();
+    assert!(err.is_unrecognised_not_found());
+
+    // Any method on any path the simulator does not serve, known paths included.
+    let http = reqwest::Client::new();
+    let base = sim.url();
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/v1/{PROJECT}/cloudservers/nics/{NIC}")),
+        (reqwest::Method::DELETE, format!("/v1/{PROJECT}/ports/{NIC}")),
+        (reqwest::Method::PUT, format!("/v1/{PROJECT}/ports/{NIC}")),
+        (reqwest::Method::POST, format!("/v1/{PROJECT}/ports")),
+        (reqwest::Method::GET, format!("/v2.0/ports/{NIC}")),
+        (reqwest::Method::GET, format!("/v1/{PROJECT}/ports/{NIC}/extra")),
+    ] {
+        let r = http.request(method.clone(), format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error_code"], "APIGW.0101", "{method} {path}");
+        assert!(body["request_id"].is_string());
+    }
+    assert!(sim.calls().is_empty(), "nothing reached a service");
+}
+
+#[tokio::test]
+async fn a_403_on_a_read_is_auth_and_not_retried() {
+    let sim = simulator().await;
+    sim.add_fault(Fault::error(403, "VPC.2201", 0).on(PortOperation::GetPort).for_nic(NIC));
+    let client = vpc_client(&sim, |_| {});
+    let err = client.get_port(&target(SK), NIC).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Auth);
+    assert_eq!(err.code(), Some("VPC.2201"));
+    assert_eq!(sim.calls().len(), 1);
+    // The fault targets that read only: the ECS call and a listing go through.
+    client.bind(&target(SK), &bind_req(NIC)).await.unwrap();
+    client.list_ports(&target(SK), &PortFilter::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn scripted_server_errors_on_reads_are_retried() {
+    let sim = simulator().await;
+    sim.set_port(vip_port(1)).unwrap();
+    sim.add_fault(Fault::error(500, "VPC.0001", 2).on(PortOperation::ListPorts));
+    let client = vpc_client(&sim, |_| {});
+    let page = client.list_ports(&target(SK), &PortFilter::default()).await.unwrap();
+    assert_eq!(ids(&page), vec!["vip-port-1"]);
+    let statuses: Vec<u16> = sim.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, vec![500, 500, 200]);
+
+    // A read that timed out and then found nothing is simply not found: reads change nothing.
+    let mut slow = Fault::error(200, "", 1).on(PortOperation::GetPort);
+    slow.latency_ms = Some(2_000);
+    sim.add_fault(slow);
+    let client = vpc_client(&sim, |c| c.request_timeout = Duration::from_millis(300));
+    let err = client.get_port(&target(SK), "nothing-here").await.unwrap_err();
+    assert!(matches!(err, vip_operator::ecs::EcsError::Api(_)), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Gone);
+}
+
+#[tokio::test]
+async fn answers_above_the_size_limit_are_refused() {
+    let sim = simulator().await;
+    for n in 1..=5 {
+        sim.set_port(vip_port(n)).unwrap();
+    }
+    let client = vpc_client(&sim, |c| {
+        c.max_response_bytes = 1024;
+        c.retry = RetryPolicy::none();
+    });
+    let err = client.list_ports(&target(SK), &PortFilter::default()).await.unwrap_err();
+    assert!(
+        matches!(&err, vip_operator::ecs::EcsError::Transport { kind: vip_operator::ecs::TransportKind::Protocol, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("larger than 1024 bytes"), "{err}");
+    // A small answer still fits.
+    client.get_port(&target(SK), "vip-port-1").await.unwrap();
+}
+
+#[tokio::test]
+async fn reverse_binding_writes_the_nics_pair_on_the_vip_port() {
+    let sim = simulator().await;
+    sim.set_port(vip_port(7)).unwrap();
+    let client = vpc_client(&sim, |_| {});
+    let t = target(SK);
+
+    // Without reverse_binding the VIP port is left alone.
+    let mut plain = bind_req(NIC);
+    plain.reverse_binding = false;
+    client.bind(&t, &plain).await.unwrap();
+    assert!(client.get_port(&t, "vip-port-7").await.unwrap().allowed_address_pairs.is_empty());
+
+    let nic_before = client.get_port(&t, NIC).await.unwrap();
+    client.bind(&t, &bind_req(NIC)).await.unwrap();
+    let vip = client.get_port(&t, "vip-port-7").await.unwrap();
+    let nic_ip = nic_before.ip().unwrap();
+    assert!(vip.allows(nic_ip), "{vip:?}");
+    assert_eq!(vip.allowed_address_pairs[0].mac_address.as_deref(), Some(nic_before.mac_address.as_str()));
+    // The NIC's own port: not documented, so not touched.
+    assert_eq!(client.get_port(&t, NIC).await.unwrap(), nic_before);
+    // Found by the listing a controller would make.
+    let f = PortFilter {
+        device_owner: Some(VIP_OWNER.into()),
+        ip_address: Some("192.168.0.7".into()),
+        ..Default::default()
+    };
+    assert!(client.list_ports(&t, &f).await.unwrap()[0].allows(nic_ip));
+
+    client.unbind(&t, &UnbindRequest { nic_id: NIC.into(), reverse_binding: true }).await.unwrap();
+    assert!(!client.get_port(&t, "vip-port-7").await.unwrap().allows(nic_ip));
+}
+
+#[tokio::test]
+async fn pairs_changed_behind_the_operators_back_are_seen() {
+    let sim = simulator().await;
+    sim.set_port(vip_port(7)).unwrap();
+    let client = vpc_client(&sim, |_| {});
+    let http = reqwest::Client::new();
+    let url = format!("{}/sim/ports/vip-port-7/allowed-address-pairs", sim.url());
+    let r = http
+        .put(&url)
+        .json(&json!({"allowed_address_pairs": [{"ip_address": "10.9.9.9", "mac_address": "fa:16:3e:00:00:09"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(client.get_port(&target(SK), "vip-port-7").await.unwrap().allows("10.9.9.9"));
+    assert!(sim.set_allowed_address_pairs("vip-port-7", vec![]));
+    assert!(client.get_port(&target(SK), "vip-port-7").await.unwrap().allowed_address_pairs.is_empty());
+    let r = http
+        .put(format!("{}/sim/ports/no-such-port/allowed-address-pairs", sim.url()))
+        .json(&json!({"allowed_address_pairs": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn reads_are_observed_with_their_own_operation() {
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<(Operation, bool)>>);
+    impl CallObserver for Seen {
+        fn attempt(&self, report: &AttemptReport<'_>) {
+            self.0.lock().unwrap().push((report.operation, report.result.is_ok()));
+        }
+    }
+    let sim = simulator().await;
+    let seen = Arc::new(Seen::default());
+    let config = EcsClientConfig {
+        endpoint: Endpoint::parse_override(&sim.url()).unwrap(),
+        vpc_endpoint: Endpoint::parse_override(&sim.url()).unwrap(),
+        retry: RetryPolicy::none(),
+        ..Default::default()
+    };
+    let client = EcsClient::with_clock(config, Arc::new(SystemClock), Some(seen.clone())).unwrap();
+    client.get_port(&target(SK), "nothing").await.unwrap_err();
+    client.list_ports(&target(SK), &PortFilter::default()).await.unwrap();
+    assert_eq!(*seen.0.lock().unwrap(), vec![(Operation::GetPort, false), (Operation::ListPorts, true)]);
 }
