@@ -83,6 +83,7 @@ pub struct Metrics {
     pub drift_reasserts: Counter,
     pub credentials_unavailable: Counter,
     pub held_back: Counter,
+    pub vpc_reads_denied: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,6 +156,12 @@ impl Metrics {
             "Reconciles that found no usable credentials for a binding",
             credentials_unavailable.clone(),
         );
+        let vpc_reads_denied = Counter::default();
+        registry.register(
+            "vpc_reads_denied",
+            "Credentials (access key and project) found without VPC read permission: releases then rest on ECS answers alone",
+            vpc_reads_denied.clone(),
+        );
         let held_back = Counter::default();
         registry.register(
             "cloud_calls_held_back",
@@ -173,6 +180,7 @@ impl Metrics {
             drift_reasserts,
             credentials_unavailable,
             held_back,
+            vpc_reads_denied,
         }
     }
 

@@ -25,6 +25,7 @@ use vip_operator::controller::tenancy::{
     ALLOWED_PROJECTS_ANNOTATION, DefaultCredentialsScope, Tenancy, parse_selector,
 };
 use vip_operator::ecs::error::{ApiError, TransportKind};
+use vip_operator::ecs::vpc::{Port, PortFilter, VpcApi};
 use vip_operator::ecs::{BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsError, UnbindRequest, Written};
 
 const NS: &str = "team-a";
@@ -936,4 +937,91 @@ async fn a_hand_added_finalizer_cannot_turn_a_refused_binding_into_an_unbind() {
     assert_eq!(seen.len(), 2, "{seen:#?}");
     assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "DefaultCredentialsNotAllowed");
     assert_event(&seen[1], "Warning", "DefaultCredentialsNotAllowed", "team-a");
+}
+
+// ---------------------------------------------------------------- evidence before a release
+
+/// Answers port reads from a script, counting them.
+struct FakeVpc(Mutex<VecDeque<Result<Port, EcsError>>>);
+
+impl VpcApi for FakeVpc {
+    fn get_port<'a>(&'a self, _: &'a CloudTarget, port_id: &'a str) -> BoxFuture<'a, Result<Port, EcsError>> {
+        let next = self.0.lock().unwrap().pop_front();
+        async move { next.unwrap_or_else(|| panic!("unexpected read of port {port_id}")) }.boxed()
+    }
+    fn list_ports<'a>(&'a self, _: &'a CloudTarget, _: &'a PortFilter) -> BoxFuture<'a, Result<Vec<Port>, EcsError>> {
+        async { panic!("no listing expected") }.boxed()
+    }
+}
+
+/// Deletes `bound_binding()` with ECS answering "NIC gone" and the port read answering `read`.
+async fn delete_with_nic_gone_and_port_read(read: Result<Port, EcsError>) -> Run {
+    let object = bound_binding().deleting();
+    let cloud = FakeCloud::answering(vec![Err(api_error(400, "Ecs.0085", "req-ecs"))]);
+    let vpc = Arc::new(FakeVpc(Mutex::new(VecDeque::from([read]))));
+    let (client, api) = MockApi::start(&object, MockOptions::default());
+    let reporter = Reporter { controller: "vip-operator".into(), instance: Some("test".into()) };
+    let ctx = Arc::new(
+        Context::new(
+            KubeOps::new(client.clone(), reporter),
+            cloud,
+            TargetResolver::new(Arc::new(client), static_defaults()),
+            Arc::new(FixedClock),
+        )
+        .with_reads(vpc.clone()),
+    );
+    let action = reconcile(Arc::new(object), ctx).await.expect("reconcile failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(vpc.0.lock().unwrap().is_empty(), "the port was read");
+    Run { action, seen: api.seen() }
+}
+
+fn nic_port() -> Port {
+    serde_json::from_value(json!({"id": NIC, "device_owner": "compute:cn-north-4a", "fixed_ips": [{"subnet_id": SUBNET, "ip_address": "192.168.0.20"}]})).unwrap()
+}
+
+#[tokio::test]
+async fn a_nic_gone_for_ecs_is_released_once_its_port_reads_404() {
+    let run = delete_with_nic_gone_and_port_read(Err(api_error(404, "VPC.2502", "req-vpc"))).await;
+    let seen = after_crd_check(&run.seen);
+    let ready = condition(&seen[0].body["status"], "Ready");
+    assert_eq!(ready["reason"], "NicNotFound");
+    assert!(ready["message"].as_str().unwrap().contains("confirmed by the VPC API"), "{ready}");
+    assert_finalizer_removed(&seen[1]);
+}
+
+#[tokio::test]
+async fn a_nic_gone_for_ecs_whose_port_still_exists_is_held_not_released() {
+    let run = delete_with_nic_gone_and_port_read(Ok(nic_port())).await;
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(seen.len(), 2, "status and event, no finalizer removal: {seen:#?}");
+    let ready = condition(&seen[0].body["status"], "Ready");
+    assert_eq!(ready["reason"], "GoneUnconfirmed");
+    assert!(ready["message"].as_str().unwrap().contains("still has its port"), "{ready}");
+    assert_eq!(condition(&seen[0].body["status"], "Bound")["status"], "True", "still possibly bound");
+    assert_event(&seen[1], "Warning", "GoneUnconfirmed", "Orphan");
+    assert!(requeue_delay(&run.action).is_some(), "looked at again");
+}
+
+#[tokio::test]
+async fn a_port_read_that_proves_nothing_holds_the_binding_and_retries() {
+    for unknown in [api_error(404, "APIGW.0101", "req-gw"), api_error(503, "VPC.0001", "req-5xx")] {
+        let run = delete_with_nic_gone_and_port_read(Err(unknown)).await;
+        let seen = after_crd_check(&run.seen);
+        assert_eq!(seen.len(), 2, "status and event, no finalizer removal: {seen:#?}");
+        let ready = condition(&seen[0].body["status"], "Ready");
+        assert_ne!(ready["reason"], "NicNotFound");
+        assert!(ready["message"].as_str().unwrap().contains("not released yet"), "{ready}");
+    }
+}
+
+#[tokio::test]
+async fn without_read_permission_the_release_rests_on_the_ecs_answer_and_says_so() {
+    let run = delete_with_nic_gone_and_port_read(Err(api_error(403, "VPC.0003", "req-403"))).await;
+    let seen = after_crd_check(&run.seen);
+    assert_event(&seen[0], "Warning", "VpcReadsDenied", "may not read VPC ports");
+    let ready = condition(&seen[1].body["status"], "Ready");
+    assert_eq!(ready["reason"], "NicNotFound");
+    assert!(ready["message"].as_str().unwrap().contains("not confirmed"), "{ready}");
+    assert_finalizer_removed(&seen[2]);
 }

@@ -218,10 +218,14 @@ pub enum Reason {
     DefaultCredentialsNotAllowed,
     /// The binding targets a project or region its namespace may not use.
     ProjectNotAllowed,
+    /// ECS said the NIC is gone, but the VPC API still has its port: not released.
+    GoneUnconfirmed,
+    /// (Events only.) The credentials may not read VPC ports: releases rest on ECS answers.
+    VpcReadsDenied,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 22] = [
         Reason::Bound,
         Reason::Unbound,
         Reason::NotBound,
@@ -242,6 +246,8 @@ impl Reason {
         Reason::LeaderUnconfirmed,
         Reason::DefaultCredentialsNotAllowed,
         Reason::ProjectNotAllowed,
+        Reason::GoneUnconfirmed,
+        Reason::VpcReadsDenied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -266,6 +272,8 @@ impl Reason {
             Reason::LeaderUnconfirmed => "LeaderUnconfirmed",
             Reason::DefaultCredentialsNotAllowed => "DefaultCredentialsNotAllowed",
             Reason::ProjectNotAllowed => "ProjectNotAllowed",
+            Reason::GoneUnconfirmed => "GoneUnconfirmed",
+            Reason::VpcReadsDenied => "VpcReadsDenied",
         }
     }
 

@@ -27,6 +27,8 @@ pub fn requeue_bounds(reason: Reason) -> Option<(Duration, Duration)> {
         Reason::CredentialsUnavailable => Some((s(30), s(600))),
         // A NIC can appear late (eventual consistency after server creation).
         Reason::NicNotFound => Some((s(60), s(1800))),
+        // ECS and VPC disagree about the NIC: either may settle (eventual consistency).
+        Reason::GoneUnconfirmed => Some((s(60), s(1800))),
         // Most likely the operator's configuration (fixed by a restart, which retries at once);
         // retried slowly in case the gateway itself was briefly wrong.
         Reason::EndpointNotFound => Some((s(60), s(1800))),

@@ -10,6 +10,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::api::v1alpha1::{Reason, VipBinding, VipBindingStatus};
+use crate::ecs::vpc::VpcApi;
 use crate::ecs::{Clock, EcsApi};
 use crate::metrics::Metrics;
 
@@ -17,6 +18,7 @@ use super::backoff::{Backoffs, trigger_fingerprint};
 use super::cloud::GatedCloud;
 use super::decide::{self, Facts};
 use super::drift::Resync;
+use super::evidence::Reads;
 use super::index::BindingIndex;
 use super::key::ObjectKey;
 use super::kube_ops::KubeOps;
@@ -37,6 +39,8 @@ pub struct Context {
     /// NIC ownership and Secret use, across every watched namespace.
     pub index: Arc<BindingIndex>,
     pub resync: Resync,
+    /// VPC reads that back a release with evidence (optional).
+    pub reads: Option<Reads>,
 }
 
 impl Context {
@@ -51,6 +55,19 @@ impl Context {
             memory: Memory::default(),
             index: Arc::default(),
             resync: Resync::disabled(),
+            reads: None,
+        }
+    }
+
+    /// Confirms "NIC gone" answers with a read of the NIC's port (see [`Reads`]).
+    pub fn with_reads(mut self, api: Arc<dyn VpcApi>) -> Self {
+        self.reads = Some(Reads::new(api));
+        self
+    }
+
+    pub fn note_reads_denied(&self) {
+        if let Some(m) = &self.metrics {
+            m.vpc_reads_denied.inc();
         }
     }
 

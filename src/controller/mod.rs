@@ -4,7 +4,8 @@
 //! - [`reconcile`]: one reconcile (observe → decide → act → record) and the error policy;
 //! - [`decide`]: the decision itself, pure;
 //! - [`context`]: what a reconcile works with;
-//! - [`cloud`]: cloud calls, gated by the [`auth_gate`];
+//! - [`cloud`]: cloud calls, gated by the [`auth_gate`]; [`evidence`]: VPC reads that back a
+//!   release;
 //! - [`kube_ops`]: every Kubernetes call a reconcile makes;
 //! - [`target`] and [`tenancy`]: where a call goes, with whose keys, and who may ask;
 //! - per-object state: [`backoff`], [`drift`], [`memory`], [`index`], keyed by [`key`].
@@ -15,6 +16,7 @@ pub mod cloud;
 pub mod context;
 pub mod decide;
 pub mod drift;
+pub mod evidence;
 pub mod guard;
 pub mod index;
 pub mod key;

@@ -14,11 +14,12 @@ use kube::runtime::controller::Action;
 use tracing::Instrument;
 
 use crate::api::v1alpha1::{BoundWith, Reason, VipBinding};
-use crate::ecs::{BindRequest, EcsError, ErrorClass, UnbindRequest};
+use crate::ecs::{BindRequest, CloudTarget, EcsError, ErrorClass, UnbindRequest};
 
 use super::backoff::{Hold, trigger_fingerprint};
 use super::context::Context;
 use super::decide::{Plan, Verdict, decide};
+use super::evidence::{self, Gone};
 use super::key::ObjectKey;
 use super::memory::View;
 use super::status::{BoundKnowledge, CondStatus, StatusBuilder, bound_knowledge, has_finalizer};
@@ -469,14 +470,7 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action
                 .ready(CondStatus::False, Reason::Unbound, &message);
             release(b, ctx, key, builder, Reason::Unbound, &message).await
         }
-        Err(e) if e.class() == ErrorClass::Gone => {
-            let message = format!("NIC {} not found ({e}): nothing to unbind", b.spec.nic_id);
-            let builder = StatusBuilder::new(b, ctx.now())
-                .bound_reverse_binding(None)
-                .bound(CondStatus::False, Reason::NicNotFound, &message)
-                .ready(CondStatus::False, Reason::NicNotFound, &message);
-            release(b, ctx, key, builder, Reason::NicNotFound, &message).await
-        }
+        Err(e) if e.class() == ErrorClass::Gone => nic_gone(b, ctx, key, &target, e).await,
         Err(e) => {
             let reason = failure_reason(&e, true);
             let builder = StatusBuilder::new(b, ctx.now()).bound_unchanged();
@@ -495,4 +489,57 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action
             record_failure(b, ctx, key, builder, failure).await
         }
     }
+}
+
+/// ECS says the NIC is gone: released only once the VPC API agrees (its port reads 404
+/// `VPC.2502`), or when no read is possible (the ECS answer is then the evidence, as it was
+/// before reads). A port still there, or a read that proves nothing, holds the binding.
+async fn nic_gone(
+    b: &VipBinding,
+    ctx: &Context,
+    key: &ObjectKey,
+    target: &CloudTarget,
+    e: EcsError,
+) -> Result<Action, Error> {
+    let nic = &b.spec.nic_id;
+    let gone = match &ctx.reads {
+        Some(reads) => reads.confirm_gone(target, nic).await,
+        None => evidence::no_reads(),
+    };
+    let why = match gone {
+        Gone::Confirmed => "confirmed by the VPC API: its port reads 404 VPC.2502".to_string(),
+        Gone::Unconfirmed { why, newly_denied } => {
+            if newly_denied {
+                ctx.note_reads_denied();
+                let note = format!("{why}: releases rest on the ECS answer alone");
+                ctx.kube.event(b, true, Reason::VpcReadsDenied, "Read", note).await;
+            }
+            why
+        }
+        Gone::Contradicted { port_id } => {
+            let message = format!(
+                "unbind: ECS says NIC {nic} is gone ({e}), but the VPC API still has its port {port_id}: the VIP may still be bound, so the binding is not released; set spec.deletionPolicy to Orphan to release it without unbinding"
+            );
+            let failure = Failure { reason: Reason::GoneUnconfirmed, message, action: "Unbind", retry_after: None };
+            return record_failure(b, ctx, key, StatusBuilder::new(b, ctx.now()).bound_unchanged(), failure).await;
+        }
+        Gone::Unknown(read) => {
+            let message = format!(
+                "unbind: ECS says NIC {nic} is gone ({e}); confirming it with the VPC API failed ({read}), so the binding is not released yet"
+            );
+            let failure = Failure {
+                reason: failure_reason(&read, true),
+                message,
+                action: "Unbind",
+                retry_after: read.retry_after(),
+            };
+            return record_failure(b, ctx, key, StatusBuilder::new(b, ctx.now()).bound_unchanged(), failure).await;
+        }
+    };
+    let message = format!("NIC {nic} not found ({e}; {why}): nothing to unbind");
+    let builder = StatusBuilder::new(b, ctx.now())
+        .bound_reverse_binding(None)
+        .bound(CondStatus::False, Reason::NicNotFound, &message)
+        .ready(CondStatus::False, Reason::NicNotFound, &message);
+    release(b, ctx, key, builder, Reason::NicNotFound, &message).await
 }
