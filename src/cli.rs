@@ -45,6 +45,11 @@ pub struct RunArgs {
     /// https://ecs.{region}.myhuaweicloud.com. http:// is allowed.
     #[arg(long, env = "VIPOP_ECS_ENDPOINT")]
     pub ecs_endpoint: Option<String>,
+    /// VPC endpoint URL for every region, used to read ports before a release (evidence that a
+    /// NIC is gone). Default: https://vpc.{region}.myhuaweicloud.com, unless --ecs-endpoint is
+    /// set: a fixed ECS endpoint without a VPC one means no reads.
+    #[arg(long, env = "VIPOP_VPC_ENDPOINT")]
+    pub vpc_endpoint: Option<String>,
     /// Default region for bindings that set none (and whose Secret sets none).
     #[arg(long, env = "VIPOP_REGION")]
     pub region: Option<String>,

@@ -149,7 +149,7 @@ async fn run_steps(settings: &Settings, process: &Process) -> Result<(), StartEr
     process.health.leading(true);
     let result = async {
         let cloud = CloudSide::start(settings, process.metrics.clone(), fence).await?;
-        let ctx = context(&client, settings, cloud.client, process.metrics.clone());
+        let ctx = context(&client, settings, &cloud, process.metrics.clone());
         let why = supervise(client, ctx, settings, process, leadership.as_mut()).await;
         if let Some(sim) = cloud.simulator {
             sim.shutdown().await;
@@ -342,6 +342,8 @@ fn identity() -> String {
 /// The cloud client, and the simulator it talks to in demo mode.
 struct CloudSide {
     client: EcsClient,
+    /// Whether the client knows where to read VPC ports.
+    reads: bool,
     simulator: Option<Simulator>,
 }
 
@@ -352,6 +354,7 @@ impl CloudSide {
         fence: Option<Arc<dyn Fence>>,
     ) -> Result<Self, StartError> {
         let mut endpoint = settings.cloud.endpoint.clone();
+        let mut vpc_endpoint = settings.cloud.vpc_endpoint.clone();
         let mut simulator = None;
         if let Some(sim) = &settings.simulator {
             let mut config = SimulatorConfig::new(sim.listen, SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY);
@@ -359,10 +362,12 @@ impl CloudSide {
             let sim = Simulator::start(config).await?;
             tracing::info!(endpoint = %sim.url(), "started the bundled ECS simulator in place of Huawei Cloud; its state: {}/sim/state", sim.url());
             endpoint = Endpoint::parse_override(&sim.url()).map_err(ConfigError::from)?;
+            vpc_endpoint = Some(endpoint.clone());
             simulator = Some(sim);
         }
         let config = EcsClientConfig {
             endpoint: endpoint.clone(),
+            vpc_endpoint: vpc_endpoint.clone().unwrap_or(Endpoint::Regional),
             qps: settings.cloud.qps,
             burst: settings.cloud.burst,
             max_concurrency: settings.cloud.concurrency,
@@ -371,8 +376,16 @@ impl CloudSide {
         };
         let client = EcsClient::fenced(config, Arc::new(SystemClock), Some(metrics), fence)?;
         tracing::info!(credentials = ?settings.defaults.credentials, endpoint = %endpoint, "cloud configuration");
+        match &vpc_endpoint {
+            Some(vpc) => {
+                tracing::info!(endpoint = %vpc.vpc_display(), "VPC port reads confirm a NIC is gone before a release")
+            }
+            None => tracing::warn!(
+                "no VPC endpoint (a fixed --ecs-endpoint without --vpc-endpoint): releases as NicNotFound rest on the ECS answer alone"
+            ),
+        }
         say_who_may_use_default_credentials(settings);
-        Ok(Self { client, simulator })
+        Ok(Self { client, reads: vpc_endpoint.is_some(), simulator })
     }
 }
 
@@ -398,22 +411,24 @@ fn say_who_may_use_default_credentials(settings: &Settings) {
     }
 }
 
-fn context(client: &Client, settings: &Settings, cloud: EcsClient, metrics: Arc<Metrics>) -> Arc<Context> {
+fn context(client: &Client, settings: &Settings, cloud: &CloudSide, metrics: Arc<Metrics>) -> Arc<Context> {
     let reporter = Reporter {
         controller: "vip-operator".into(),
         instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
     };
-    Arc::new(
-        Context::new(
-            KubeOps::new(client.clone(), reporter),
-            Arc::new(cloud),
-            TargetResolver::new(Arc::new(client.clone()), settings.defaults.clone())
-                .with_tenancy(Arc::new(Tenancy::new(settings.default_credentials_scope.clone()))),
-            Arc::new(SystemClock),
-        )
-        .with_metrics(metrics)
-        .with_resync(settings.resync_period),
+    let mut ctx = Context::new(
+        KubeOps::new(client.clone(), reporter),
+        Arc::new(cloud.client.clone()),
+        TargetResolver::new(Arc::new(client.clone()), settings.defaults.clone())
+            .with_tenancy(Arc::new(Tenancy::new(settings.default_credentials_scope.clone()))),
+        Arc::new(SystemClock),
     )
+    .with_metrics(metrics)
+    .with_resync(settings.resync_period);
+    if cloud.reads {
+        ctx = ctx.with_reads(Arc::new(cloud.client.clone()));
+    }
+    Arc::new(ctx)
 }
 
 /// Why the controller stopped.

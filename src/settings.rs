@@ -95,6 +95,9 @@ pub struct SimulatorSettings {
 pub struct CloudSettings {
     /// The ECS endpoint; with the simulator, replaced by its address once it listens.
     pub endpoint: Endpoint,
+    /// Where ports are read; `None` when no VPC endpoint is known (a fixed `--ecs-endpoint`
+    /// without `--vpc-endpoint`): releases then rest on the ECS answer alone.
+    pub vpc_endpoint: Option<Endpoint>,
     pub qps: f64,
     pub burst: u32,
     pub concurrency: usize,
@@ -126,6 +129,12 @@ impl Settings {
         let endpoint = match &args.ecs_endpoint {
             Some(url) => Endpoint::parse_override(url)?,
             None => Endpoint::Regional,
+        };
+        let vpc_endpoint = match (&args.vpc_endpoint, &endpoint) {
+            (Some(url), _) => Some(Endpoint::parse_override_for("--vpc-endpoint", url)?),
+            (None, Endpoint::Regional) => Some(Endpoint::Regional),
+            // A proxy or private cloud for ECS says nothing about where its VPC API is.
+            (None, _) => None,
         };
         let credentials = credentials(&args, env)?;
         if let Some(region) = &args.region {
@@ -163,6 +172,7 @@ impl Settings {
             },
             cloud: CloudSettings {
                 endpoint,
+                vpc_endpoint,
                 qps: args.cloud_qps,
                 burst: args.cloud_burst,
                 concurrency: args.cloud_concurrency,
@@ -416,5 +426,23 @@ mod tests {
         assert_eq!(s.watch.namespaces, vec!["a", "b"]);
         assert_eq!(s.cloud.retry.max_attempts, 2);
         assert!(!s.defaults.region_required, "a fixed endpoint serves every region");
+        assert_eq!(s.cloud.vpc_endpoint, None, "a fixed ECS endpoint says nothing about VPC");
+    }
+
+    #[test]
+    fn vpc_reads_follow_the_endpoints() {
+        let env = SdkEnvironment::default();
+        let public = settings(&[], &env).expect("valid");
+        assert_eq!(public.cloud.vpc_endpoint, Some(Endpoint::Regional));
+        let both =
+            settings(&["--ecs-endpoint", "http://127.0.0.1:1", "--vpc-endpoint", "http://127.0.0.1:2/vpc"], &env)
+                .expect("valid");
+        assert_eq!(both.cloud.vpc_endpoint, Some(Endpoint::parse_override("http://127.0.0.1:2/vpc").unwrap()));
+        let only_vpc = settings(&["--vpc-endpoint", "https://vpc.private.example"], &env).expect("valid");
+        assert!(only_vpc.defaults.region_required, "ECS still needs a region");
+        assert_eq!(
+            error(&["--vpc-endpoint", "ftp://x"]),
+            r#"--vpc-endpoint "ftp://x" must be an http:// or https:// URL"#
+        );
     }
 }

@@ -392,6 +392,7 @@ fn full_values_file() {
             "--log-level=info,vip_operator=debug",
             "--log-format=text",
             "--ecs-endpoint=https://ecs-proxy.example.com:8443",
+            "--vpc-endpoint=https://vpc-proxy.example.com:8443",
             "--region=ap-southeast-1",
             "--project-id=0123456789abcdef0123456789abcdef",
             "--credentials-secret=vip-system/vipop-credentials",

@@ -648,6 +648,10 @@ impl OperatorBuilder<'_> {
             // scenarios set a policy of their own.
             self.args.push("--default-credentials-namespaces=*".into());
         }
+        if !self.args.iter().any(|a| a.starts_with("--vpc-endpoint")) {
+            // Ports are read from the simulator too, so releases are confirmed as in production.
+            self.args.push(format!("--vpc-endpoint={}", self.env.sim.url()));
+        }
         let log = self.env.dir().join(format!("operator-{}.log", self.env.operators));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vip-operator"));
