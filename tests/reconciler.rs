@@ -25,7 +25,7 @@ use vip_operator::controller::tenancy::{
     ALLOWED_PROJECTS_ANNOTATION, DefaultCredentialsScope, Tenancy, parse_selector,
 };
 use vip_operator::ecs::error::{ApiError, TransportKind};
-use vip_operator::ecs::vpc::{Port, PortFilter, VpcApi};
+use vip_operator::ecs::vpc::{AddressPair, Port, PortFilter, VpcApi};
 use vip_operator::ecs::{BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsError, UnbindRequest, Written};
 
 const NS: &str = "team-a";
@@ -951,6 +951,14 @@ impl VpcApi for FakeVpc {
     }
     fn list_ports<'a>(&'a self, _: &'a CloudTarget, _: &'a PortFilter) -> BoxFuture<'a, Result<Vec<Port>, EcsError>> {
         async { panic!("no listing expected") }.boxed()
+    }
+    fn update_pairs<'a>(
+        &'a self,
+        _: &'a CloudTarget,
+        port_id: &'a str,
+        _: &'a [AddressPair],
+    ) -> BoxFuture<'a, Result<Port, EcsError>> {
+        async move { panic!("evidence never writes (port {port_id})") }.boxed()
     }
 }
 

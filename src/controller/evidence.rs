@@ -124,6 +124,14 @@ mod tests {
         ) -> BoxFuture<'a, Result<Vec<Port>, EcsError>> {
             Box::pin(async { Ok(vec![]) })
         }
+        fn update_pairs<'a>(
+            &'a self,
+            _: &'a CloudTarget,
+            _: &'a str,
+            _: &'a [crate::ecs::vpc::AddressPair],
+        ) -> BoxFuture<'a, Result<Port, EcsError>> {
+            panic!("evidence never writes")
+        }
     }
 
     fn api(status: u16, code: &str) -> EcsError {

@@ -18,7 +18,7 @@ use url::Url;
 use super::error::{EcsError, TransportKind, parse_error_response, parse_retry_after};
 use super::retry::{RetryPolicy, with_retries};
 use super::sign::{RequestParts, sign};
-use super::vpc::{InvalidFilter, Port, PortEnvelope, PortFilter, PortList, VpcApi};
+use super::vpc::{AddressPair, InvalidFilter, PairsUpdate, Port, PortEnvelope, PortFilter, PortList, VpcApi};
 use super::{
     BindRequest, Clock, CloudTarget, EcsApi, InvalidId, InvalidRegion, NicBody, Operation, SystemClock, UnbindRequest,
     Written, check_path_id, check_region,
@@ -379,6 +379,19 @@ impl EcsClient {
             .await
     }
 
+    async fn write_pairs(&self, target: &CloudTarget, port_id: &str, pairs: &[AddressPair]) -> Result<Port, EcsError> {
+        let url = self
+            .inner
+            .vpc_endpoint
+            .port_url(&target.region, &target.project_id, port_id)
+            .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
+        let body = serde_json::to_vec(&PairsUpdate::new(pairs)).map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
+        let call = Call { op: Operation::UpdatePort, method: Method::PUT, url: &url, body: &body };
+        self.execute(target, &call, |answer| parse_port(answer, port_id))
+            .instrument(tracing::debug_span!("vpc", op = call.op.as_str(), port = port_id))
+            .await
+    }
+
     async fn read_ports(&self, target: &CloudTarget, filter: &PortFilter) -> Result<Vec<Port>, EcsError> {
         let url = self
             .inner
@@ -397,7 +410,8 @@ impl EcsClient {
         call: &Call<'_>,
         parse: impl Fn(Answer) -> Result<T, EcsError>,
     ) -> Result<T, EcsError> {
-        let result = with_retries(&self.inner.retry, || self.attempt(target, call, &parse)).await;
+        let result =
+            with_retries(&self.inner.retry, call.op.resend_safe(), || self.attempt(target, call, &parse)).await;
         match result {
             Err(EcsError::Uncertain { last, .. }) if call.op.is_read() => Err(*last),
             other => other,
@@ -574,6 +588,15 @@ impl VpcApi for EcsClient {
         filter: &'a PortFilter,
     ) -> BoxFuture<'a, Result<Vec<Port>, EcsError>> {
         async move { self.read_ports(target, filter).await }.boxed()
+    }
+
+    fn update_pairs<'a>(
+        &'a self,
+        target: &'a CloudTarget,
+        port_id: &'a str,
+        pairs: &'a [AddressPair],
+    ) -> BoxFuture<'a, Result<Port, EcsError>> {
+        async move { self.write_pairs(target, port_id, pairs).await }.boxed()
     }
 }
 

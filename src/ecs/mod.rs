@@ -50,6 +50,8 @@ pub enum Operation {
     GetPort,
     /// `GET /v1/{project_id}/ports?...` (one page)
     ListPorts,
+    /// `PUT /v1/{project_id}/ports/{port_id}` with a whole `allowed_address_pairs` list
+    UpdatePort,
 }
 
 impl Operation {
@@ -59,7 +61,16 @@ impl Operation {
             Operation::Unbind => "unbind",
             Operation::GetPort => "get_port",
             Operation::ListPorts => "list_ports",
+            Operation::UpdatePort => "update_port",
         }
+    }
+
+    /// Whether sending the same request again after an answer that may have applied is safe.
+    /// The ECS `PUT` sets one NIC's binding, so a repeat lands on the same state; a port update
+    /// replaces a whole list that another writer may have changed in between, so only the
+    /// caller, after reading the port again, may decide to write again.
+    pub fn resend_safe(self) -> bool {
+        !matches!(self, Operation::UpdatePort)
     }
 
     /// Whether the call only reads: it cannot change the cloud, so it is always safe to repeat.
@@ -283,10 +294,11 @@ mod tests {
     /// Metric labels: one per operation, fixed, distinct.
     #[test]
     fn operation_labels() {
-        let all = [Operation::Bind, Operation::Unbind, Operation::GetPort, Operation::ListPorts];
+        let all = [Operation::Bind, Operation::Unbind, Operation::GetPort, Operation::ListPorts, Operation::UpdatePort];
         let labels: std::collections::BTreeSet<&str> = all.iter().map(|o| o.as_str()).collect();
         assert_eq!(labels.len(), all.len());
         assert_eq!(all.iter().filter(|o| o.is_read()).count(), 2);
+        assert_eq!(all.iter().filter(|o| !o.resend_safe()).collect::<Vec<_>>(), [&Operation::UpdatePort]);
     }
 
     #[test]

@@ -84,7 +84,10 @@ impl Iterator for FullJitter {
 /// Whether the call may have changed the cloud is decided over every attempt, not the last
 /// one: a timed-out first attempt followed by a refused second one is
 /// [`EcsError::Uncertain`].
-pub async fn with_retries<T, F, Fut>(policy: &RetryPolicy, mut attempt: F) -> Result<T, EcsError>
+///
+/// With `resend_safe` false, an attempt that may have reached the cloud is not repeated: only
+/// failures that certainly changed nothing (a refused connection, a 4xx throttle) are retried.
+pub async fn with_retries<T, F, Fut>(policy: &RetryPolicy, resend_safe: bool, mut attempt: F) -> Result<T, EcsError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, EcsError>>,
@@ -106,7 +109,11 @@ where
         }
     })
     .retry(FullJitter::new(policy.clone()))
-    .when(|e: &EcsError| e.class() == ErrorClass::Retryable && !matches!(e, EcsError::Fenced(_)))
+    .when(|e: &EcsError| {
+        e.class() == ErrorClass::Retryable
+            && !matches!(e, EcsError::Fenced(_))
+            && (resend_safe || !e.may_have_applied())
+    })
     .adjust(|e: &EcsError, next: Option<Duration>| {
         let delay = next?.max(e.retry_after().unwrap_or_default());
         // Checked: a server-supplied delay must not be able to overflow the clock.
@@ -175,7 +182,7 @@ mod tests {
     async fn run(policy: &RetryPolicy, errors: Vec<EcsError>) -> (Result<u32, EcsError>, u32) {
         let calls = AtomicU32::new(0);
         let errors = std::sync::Mutex::new(errors.into_iter());
-        let res = with_retries(policy, || {
+        let res = with_retries(policy, true, || {
             let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
             let next = errors.lock().unwrap().next();
             async move {

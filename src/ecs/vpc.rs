@@ -54,6 +54,24 @@ pub struct AddressPair {
     pub mac_address: Option<String>,
 }
 
+/// The body of a port update that replaces `allowed_address_pairs` and nothing else. An empty
+/// list is sent as `[]` (it clears the list; leaving it out would change nothing).
+#[derive(Debug, Serialize)]
+pub struct PairsUpdate<'a> {
+    port: PairsOnly<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct PairsOnly<'a> {
+    allowed_address_pairs: &'a [AddressPair],
+}
+
+impl<'a> PairsUpdate<'a> {
+    pub fn new(pairs: &'a [AddressPair]) -> Self {
+        Self { port: PairsOnly { allowed_address_pairs: pairs } }
+    }
+}
+
 /// `{"port": {...}}`, the envelope of a single port.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PortEnvelope {
@@ -158,7 +176,7 @@ fn check_text(what: &'static str, value: &str) -> Result<(), InvalidFilter> {
     Ok(())
 }
 
-/// The VPC reads the controller makes. Implementations: the signed HTTP client and test fakes.
+/// The VPC calls the controller makes. Implementations: the signed HTTP client and test fakes.
 pub trait VpcApi: Send + Sync {
     /// `GET /v1/{project_id}/ports/{port_id}`. A missing port is `Err` with class `Gone`.
     fn get_port<'a>(&'a self, target: &'a CloudTarget, port_id: &'a str) -> BoxFuture<'a, Result<Port, EcsError>>;
@@ -171,6 +189,17 @@ pub trait VpcApi: Send + Sync {
         target: &'a CloudTarget,
         filter: &'a PortFilter,
     ) -> BoxFuture<'a, Result<Vec<Port>, EcsError>>;
+
+    /// `PUT /v1/{project_id}/ports/{port_id}` replacing the port's `allowed_address_pairs` with
+    /// `pairs`, whole; the answer is the port as written. Not resent after an answer that may
+    /// have applied: the list has no version, so only a caller that has read the port again
+    /// may write again.
+    fn update_pairs<'a>(
+        &'a self,
+        target: &'a CloudTarget,
+        port_id: &'a str,
+        pairs: &'a [AddressPair],
+    ) -> BoxFuture<'a, Result<Port, EcsError>>;
 }
 
 #[cfg(test)]
@@ -179,6 +208,20 @@ mod tests {
 
     fn filter() -> PortFilter {
         PortFilter::default()
+    }
+
+    #[test]
+    fn an_empty_pair_list_is_sent_as_an_empty_array() {
+        let body = serde_json::to_string(&PairsUpdate::new(&[])).unwrap();
+        assert_eq!(body, r#"{"port":{"allowed_address_pairs":[]}}"#);
+        let pairs = [
+            AddressPair { ip_address: "192.168.0.10".into(), mac_address: None },
+            AddressPair { ip_address: "192.168.0.11".into(), mac_address: Some("fa:16:3e:00:00:01".into()) },
+        ];
+        assert_eq!(
+            serde_json::to_string(&PairsUpdate::new(&pairs)).unwrap(),
+            r#"{"port":{"allowed_address_pairs":[{"ip_address":"192.168.0.10"},{"ip_address":"192.168.0.11","mac_address":"fa:16:3e:00:00:01"}]}}"#
+        );
     }
 
     #[test]
