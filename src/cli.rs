@@ -36,6 +36,22 @@ pub enum Command {
     Simulator(SimulatorArgs),
 }
 
+/// `--default-api` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApiFlag {
+    Ecs,
+    Vpc,
+}
+
+impl From<ApiFlag> for crate::api::v1alpha1::BindApi {
+    fn from(flag: ApiFlag) -> Self {
+        match flag {
+            ApiFlag::Ecs => Self::Ecs,
+            ApiFlag::Vpc => Self::Vpc,
+        }
+    }
+}
+
 /// Credentials can also come from the environment: HUAWEICLOUD_SDK_AK, HUAWEICLOUD_SDK_SK and
 /// (temporary keys) HUAWEICLOUD_SDK_SECURITY_TOKEN, used when --credentials-secret is not given.
 /// A VipBinding's own spec.credentialsSecretRef always wins.
@@ -50,6 +66,11 @@ pub struct RunArgs {
     /// set: a fixed ECS endpoint without a VPC one means no reads.
     #[arg(long, env = "VIPOP_VPC_ENDPOINT")]
     pub vpc_endpoint: Option<String>,
+    /// The API for bindings whose spec.api is not set: ECS (the NIC call) or VPC (the VIP
+    /// port's allowed_address_pairs). Recorded at each binding's first bind, so changing it
+    /// later does not move existing bindings.
+    #[arg(long, env = "VIPOP_DEFAULT_API", value_enum, default_value = "ecs")]
+    pub default_api: ApiFlag,
     /// Default region for bindings that set none (and whose Secret sets none).
     #[arg(long, env = "VIPOP_REGION")]
     pub region: Option<String>,

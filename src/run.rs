@@ -17,6 +17,7 @@ use kube::{Client, Config, CustomResourceExt};
 use crate::admin::{AdminError, AdminState, Health};
 use crate::api::v1alpha1::{CRD_NAME, VipBinding};
 use crate::cli::RunArgs;
+use crate::controller::index::BindingIndex;
 use crate::controller::kube_ops::{FIELD_MANAGER, KubeOps};
 use crate::controller::target::{DefaultCredentials, TargetResolver};
 use crate::controller::tenancy::{DefaultCredentialsScope, Tenancy};
@@ -425,8 +426,9 @@ fn context(client: &Client, settings: &Settings, cloud: &CloudSide, metrics: Arc
     )
     .with_metrics(metrics)
     .with_resync(settings.resync_period);
+    ctx.index = Arc::new(BindingIndex::new(settings.defaults.api));
     if cloud.reads {
-        ctx = ctx.with_reads(Arc::new(cloud.client.clone()));
+        ctx = ctx.with_vpc(Arc::new(cloud.client.clone()));
     }
     Arc::new(ctx)
 }

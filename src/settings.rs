@@ -28,6 +28,8 @@ pub enum ConfigError {
     Region(#[from] InvalidRegion),
     #[error(transparent)]
     ProjectId(#[from] InvalidId),
+    #[error("--default-api vpc needs a VPC endpoint: with --ecs-endpoint set, set --vpc-endpoint too")]
+    VpcWithoutEndpoint,
     #[error("--credentials-secret {0:?} must be NAMESPACE/NAME")]
     SecretRef(String),
     #[error("HUAWEICLOUD_SDK_* credentials: {0}")]
@@ -136,6 +138,9 @@ impl Settings {
             // A proxy or private cloud for ECS says nothing about where its VPC API is.
             (None, _) => None,
         };
+        if args.default_api == crate::cli::ApiFlag::Vpc && vpc_endpoint.is_none() && !args.simulator {
+            return Err(ConfigError::VpcWithoutEndpoint);
+        }
         let credentials = credentials(&args, env)?;
         if let Some(region) = &args.region {
             crate::ecs::check_region(region)?;
@@ -169,6 +174,7 @@ impl Settings {
                 region: args.region.clone(),
                 // With a fixed endpoint (or the simulator) the region only goes into signatures.
                 region_required: endpoint == Endpoint::Regional && !args.simulator,
+                api: args.default_api.into(),
             },
             cloud: CloudSettings {
                 endpoint,
@@ -444,5 +450,11 @@ mod tests {
             error(&["--vpc-endpoint", "ftp://x"]),
             r#"--vpc-endpoint "ftp://x" must be an http:// or https:// URL"#
         );
+        assert_eq!(
+            error(&["--ecs-endpoint", "http://127.0.0.1:1", "--default-api", "vpc"]),
+            "--default-api vpc needs a VPC endpoint: with --ecs-endpoint set, set --vpc-endpoint too"
+        );
+        let vpc = settings(&["--default-api", "vpc"], &env).expect("valid");
+        assert_eq!(vpc.defaults.api, crate::api::v1alpha1::BindApi::Vpc);
     }
 }

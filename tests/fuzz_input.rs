@@ -150,7 +150,7 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let b = binding(spec.secret("creds"), false, false, false);
         let secret = Secret { data: Some(data), ..Default::default() };
-        let defaults = OperatorDefaults { credentials: DefaultCredentials::None, project_id: None, region: None, region_required };
+        let defaults = OperatorDefaults { credentials: DefaultCredentials::None, project_id: None, region: None, region_required, api: Default::default() };
         let resolver = TargetResolver::new(Arc::new(OneSecret(Some(secret))), defaults);
         match runtime.block_on(resolver.resolve(&b)) {
             Ok(target) => {

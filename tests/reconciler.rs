@@ -283,6 +283,7 @@ fn static_defaults() -> OperatorDefaults {
         project_id: None,
         region: None,
         region_required: true,
+        api: Default::default(),
     }
 }
 
@@ -976,7 +977,7 @@ async fn delete_with_nic_gone_and_port_read(read: Result<Port, EcsError>) -> Run
             TargetResolver::new(Arc::new(client), static_defaults()),
             Arc::new(FixedClock),
         )
-        .with_reads(vpc.clone()),
+        .with_vpc(vpc.clone()),
     );
     let action = reconcile(Arc::new(object), ctx).await.expect("reconcile failed");
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::v1alpha1::{
-    DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, SecretRef, VipBinding, VipBindingSpec, VipBindingStatus,
+    BindApi, DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, SecretRef, VipBinding, VipBindingSpec, VipBindingStatus,
 };
 
 /// The default `spec.nicId`.
@@ -37,6 +37,8 @@ pub trait Fixture: Sized {
     fn project(self, project: Option<String>) -> Self;
     fn region(self, region: Option<String>) -> Self;
     fn reverse_binding(self, reverse: bool) -> Self;
+    /// `spec.api`.
+    fn api(self, api: BindApi) -> Self;
     /// `spec.credentialsSecretRef` names this Secret.
     fn secret(self, name: impl Into<String>) -> Self;
     /// deletionPolicy Orphan.
@@ -61,6 +63,7 @@ impl Fixture for VipBinding {
             region: None,
             credentials_secret_ref: None,
             deletion_policy: DeletionPolicy::Unbind,
+            api: None,
         };
         VipBinding::new("b", spec).named("ns", "b").generation(1)
     }
@@ -110,6 +113,11 @@ impl Fixture for VipBinding {
 
     fn region(mut self, region: Option<String>) -> Self {
         self.spec.region = region;
+        self
+    }
+
+    fn api(mut self, api: BindApi) -> Self {
+        self.spec.api = Some(api);
         self
     }
 

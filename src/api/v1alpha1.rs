@@ -44,6 +44,8 @@ pub const PAUSED_ANNOTATION: &str = "vipoperator.dev/paused";
 )]
 #[x_kube(validation = Rule::new("has(self.projectId) == has(oldSelf.projectId)").message("projectId is immutable (it cannot be added or removed): create a new VipBinding instead"))]
 #[x_kube(validation = Rule::new("has(self.region) == has(oldSelf.region)").message("region is immutable (it cannot be added or removed): create a new VipBinding instead"))]
+#[x_kube(validation = Rule::new("has(self.api) == has(oldSelf.api)").message("api is immutable (it cannot be added or removed): create a new VipBinding instead"))]
+#[x_kube(validation = Rule::new("!has(self.api) || self.api != 'VPC' || ip(self.ipAddress).family() == 4").message("api VPC binds IPv4 VIPs only: how Huawei turns the NIC's source check off for IPv6 is not documented"))]
 #[serde(rename_all = "camelCase")]
 pub struct VipBindingSpec {
     /// ID of the ECS server NIC (port) to bind the VIP to, e.g.
@@ -90,6 +92,14 @@ pub struct VipBindingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 
+    /// Which Huawei API binds and unbinds this VIP. ECS: the server NIC call (what the operator
+    /// has always used; Huawei lists it as discarded). VPC: the VIP port's
+    /// allowed_address_pairs (what Huawei's console and Terraform use; IPv4 only). Absent: the
+    /// operator's --default-api, recorded at the first bind. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("api is immutable: create a new VipBinding instead"))]
+    pub api: Option<BindApi>,
+
     /// What deleting this VipBinding does to the cloud: Unbind (default) unbinds the VIP from the
     /// NIC; Orphan leaves it bound. Can be changed at any time, also while the VipBinding is
     /// being deleted: switching a stuck deletion to Orphan releases it without a cloud call.
@@ -103,6 +113,28 @@ pub struct SecretRef {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
+}
+
+/// The Huawei API a binding is made through.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum BindApi {
+    /// `PUT /v1/{project_id}/cloudservers/nics/{nic_id}`: one VIP per NIC.
+    #[default]
+    #[serde(rename = "ECS")]
+    Ecs,
+    /// The VIP port's `allowed_address_pairs` (and `1.1.1.1/0` on the NIC's port): several
+    /// VIPs per NIC.
+    #[serde(rename = "VPC")]
+    Vpc,
+}
+
+impl BindApi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindApi::Ecs => "ECS",
+            BindApi::Vpc => "VPC",
+        }
+    }
 }
 
 /// What deleting a VipBinding does to the cloud.
@@ -144,7 +176,7 @@ pub struct VipBindingStatus {
 }
 
 /// The cloud target of a bind request, as sent.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct BoundWith {
     /// The Huawei project the request went to.
@@ -156,6 +188,27 @@ pub struct BoundWith {
     /// credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// The API the bind went through; absent: ECS (records written before there was a choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<BindApi>,
+    /// VPC: the VIP's port, whose allowed_address_pairs got the NIC's IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_port_id: Option<String>,
+    /// VPC: the NIC's IP that went into the VIP port's pairs (removed by the unbind even if the
+    /// NIC is gone by then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_ip: Option<String>,
+    /// VPC: the operator added `1.1.1.1/0` (source check off) to the NIC's port, so the last
+    /// binding on that NIC takes it away again. False: it was there already, and stays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source_check_off_added: bool,
+}
+
+impl BoundWith {
+    /// The API the recorded bind went through.
+    pub fn api(&self) -> BindApi {
+        self.api.unwrap_or_default()
+    }
 }
 
 impl VipBindingStatus {
@@ -222,10 +275,15 @@ pub enum Reason {
     GoneUnconfirmed,
     /// (Events only.) The credentials may not read VPC ports: releases rest on ECS answers.
     VpcReadsDenied,
+    /// `api: VPC`: no VIP port has the address in the network. Nothing was written.
+    VipNotFound,
+    /// `api: VPC`: other writers kept changing a port between the operator's reads; nothing
+    /// built from a stale read was written.
+    PortContended,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 24] = [
         Reason::Bound,
         Reason::Unbound,
         Reason::NotBound,
@@ -248,6 +306,8 @@ impl Reason {
         Reason::ProjectNotAllowed,
         Reason::GoneUnconfirmed,
         Reason::VpcReadsDenied,
+        Reason::VipNotFound,
+        Reason::PortContended,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -274,6 +334,8 @@ impl Reason {
             Reason::ProjectNotAllowed => "ProjectNotAllowed",
             Reason::GoneUnconfirmed => "GoneUnconfirmed",
             Reason::VpcReadsDenied => "VpcReadsDenied",
+            Reason::VipNotFound => "VipNotFound",
+            Reason::PortContended => "PortContended",
         }
     }
 

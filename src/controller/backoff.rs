@@ -29,6 +29,9 @@ pub fn requeue_bounds(reason: Reason) -> Option<(Duration, Duration)> {
         Reason::NicNotFound => Some((s(60), s(1800))),
         // ECS and VPC disagree about the NIC: either may settle (eventual consistency).
         Reason::GoneUnconfirmed => Some((s(60), s(1800))),
+        // The VIP may be created later; nothing was written meanwhile.
+        Reason::VipNotFound => Some((s(60), s(1800))),
+        Reason::PortContended => Some((s(5), s(300))),
         // Most likely the operator's configuration (fixed by a restart, which retries at once);
         // retried slowly in case the gateway itself was briefly wrong.
         Reason::EndpointNotFound => Some((s(60), s(1800))),

@@ -14,6 +14,7 @@ use crate::ecs::{BindRequest, CloudTarget, EcsApi, EcsError, Operation, UnbindRe
 use crate::metrics::Metrics;
 
 use super::auth_gate::{Admission, AuthGate, Ticket};
+use super::pairs::{PairsError, PairsFailure, PairsRecord, PairsTarget, PortPairs, Recorded, Unbound};
 
 /// The tracing target of the audit trail, so it can be filtered and routed on its own
 /// (`--log-level warn,vip_operator::audit=info`; the `target` field of a JSON line).
@@ -95,6 +96,47 @@ impl Admitted<'_> {
         result
     }
 
+    /// Binds the VIP for `binding` through the VPC ports API.
+    pub async fn bind_pairs(
+        mut self,
+        binding: &VipBinding,
+        pairs: &PortPairs,
+        t: &PairsTarget<'_>,
+        recorded: &Recorded,
+    ) -> Result<(PairsRecord, bool), PairsFailure> {
+        let audit = AuditEntry::new(Some(binding), self.target, Operation::UpdatePort, t.nic_id, Some(t.vip));
+        let result = pairs.bind(self.target, t, recorded).await;
+        audit.answered_pairs(result.as_ref().map(|(r, _)| r.vip_port_id.as_str()).map_err(|f| &f.error));
+        self.settle_pairs(result.as_ref().map(|_| ()).map_err(|f| &f.error));
+        result
+    }
+
+    /// Unbinds the VIP for `binding` through the VPC ports API.
+    pub async fn unbind_pairs(
+        mut self,
+        binding: &VipBinding,
+        pairs: &PortPairs,
+        t: &PairsTarget<'_>,
+        (recorded, nic_still_used): (&Recorded, bool),
+    ) -> Result<Unbound, PairsFailure> {
+        let audit = AuditEntry::new(Some(binding), self.target, Operation::UpdatePort, t.nic_id, Some(t.vip));
+        let result = pairs.unbind(self.target, t, recorded, nic_still_used).await;
+        audit.answered_pairs(result.as_ref().map(|_| t.nic_id).map_err(|f| &f.error));
+        self.settle_pairs(result.as_ref().map(|_| ()).map_err(|f| &f.error));
+        result
+    }
+
+    fn settle_pairs(&mut self, result: Result<(), &PairsError>) {
+        if let Some(ticket) = self.ticket.take() {
+            let answer = match result {
+                Err(PairsError::Cloud(e)) => Err(e),
+                // Answers about the ports, not the credentials: they worked.
+                _ => Ok(()),
+            };
+            self.cloud.gate.settle(ticket, answer);
+        }
+    }
+
     fn settle(&mut self, result: &Result<Written, EcsError>) {
         if let Some(ticket) = self.ticket.take() {
             self.cloud.gate.settle(ticket, result.as_ref().map(|_| ()));
@@ -147,6 +189,18 @@ impl<'a> AuditEntry<'a> {
             // Refused before it left this process: not a write.
             Err(e) if never_sent(e) => {}
             Err(e) => self.log(e.code().unwrap_or(e.class().as_str()), e.request_id(), None),
+        }
+    }
+
+    /// A VPC bind or unbind: one line for the whole edit (its port reads and writes).
+    fn answered_pairs(mut self, result: Result<&str, &PairsError>) {
+        self.logged = true;
+        match result {
+            Ok(port) => self.log("ok", None, Some(port)),
+            Err(PairsError::Cloud(e)) if never_sent(e) => {}
+            Err(PairsError::Cloud(e)) => self.log(e.code().unwrap_or(e.class().as_str()), e.request_id(), None),
+            Err(e) if !e.may_have_written() => self.log("not_written", None, None),
+            Err(_) => self.log("contended", None, None),
         }
     }
 

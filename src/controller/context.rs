@@ -23,6 +23,7 @@ use super::index::BindingIndex;
 use super::key::ObjectKey;
 use super::kube_ops::KubeOps;
 use super::memory::Memory;
+use super::pairs::PortPairs;
 use super::reconcile::Error;
 use super::target::TargetResolver;
 
@@ -41,6 +42,8 @@ pub struct Context {
     pub resync: Resync,
     /// VPC reads that back a release with evidence (optional).
     pub reads: Option<Reads>,
+    /// Binds and unbinds of `api: VPC` bindings (absent without a VPC endpoint).
+    pub pairs: Option<PortPairs>,
 }
 
 impl Context {
@@ -56,12 +59,15 @@ impl Context {
             index: Arc::default(),
             resync: Resync::disabled(),
             reads: None,
+            pairs: None,
         }
     }
 
-    /// Confirms "NIC gone" answers with a read of the NIC's port (see [`Reads`]).
-    pub fn with_reads(mut self, api: Arc<dyn VpcApi>) -> Self {
-        self.reads = Some(Reads::new(api));
+    /// Confirms "NIC gone" answers with a read of the NIC's port (see [`Reads`]), and binds
+    /// `api: VPC` bindings (see [`PortPairs`]).
+    pub fn with_vpc(mut self, api: Arc<dyn VpcApi>) -> Self {
+        self.reads = Some(Reads::new(api.clone()));
+        self.pairs = Some(PortPairs::new(api));
         self
     }
 

@@ -2,8 +2,10 @@
 //! controller's cache: who owns each NIC, and which Secrets live bindings use. Decisions read it
 //! in O(1), with no API call.
 //!
-//! Ownership: the unbind API names no VIP, so two bindings on one NIC would undo each other.
-//! Ownership is sticky: a binding that may have sent a bind (it carries our finalizer, which goes
+//! Ownership: the ECS unbind names no VIP, so an ECS binding claims its whole NIC: two bindings
+//! on one NIC, either of them ECS, would undo each other. A VPC binding claims its (NIC, VIP)
+//! pair only: its unbind removes exactly its NIC's IP from its own VIP's port, so VPC bindings
+//! of different VIPs share a NIC. Ownership is sticky: a binding that may have sent a bind (it carries our finalizer, which goes
 //! on right before the first cloud call) owns the NIC over any that cannot have; among equals
 //! the oldest (creationTimestamp, then UID: stable, unlike names, which order by chance) wins.
 //! The owner keeps the NIC while it is being deleted, so the next one in line binds only after
@@ -19,7 +21,7 @@ use std::sync::RwLock;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
-use crate::api::v1alpha1::VipBinding;
+use crate::api::v1alpha1::{BindApi, VipBinding};
 
 use super::key::ObjectKey;
 
@@ -32,9 +34,19 @@ pub struct Claim {
     uid: ObjectKey,
     namespace: String,
     name: String,
+    /// `None`: the whole NIC (ECS). `Some(vip)`: only that VIP on the NIC (VPC).
+    vip: Option<String>,
 }
 
 impl Claim {
+    /// Whether the two cannot both act on their NIC.
+    fn conflicts(&self, other: &Claim) -> bool {
+        match (&self.vip, &other.vip) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+
     /// `namespace/name`, for people (condition messages, logs).
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -63,7 +75,16 @@ struct Entry {
     claim: std::sync::Arc<Claim>,
 }
 
-fn entry_of(b: &VipBinding) -> Option<Entry> {
+/// The API a binding is (or will be) bound through: its record, else its spec, else the
+/// operator's default.
+pub fn api_of(b: &VipBinding, default: BindApi) -> BindApi {
+    match b.status.as_ref().and_then(|s| s.bound_with.as_ref()) {
+        Some(record) => record.api(),
+        None => b.spec.api.unwrap_or(default),
+    }
+}
+
+fn entry_of(b: &VipBinding, default_api: BindApi) -> Option<Entry> {
     let uid = b.uid()?;
     let namespace = b.namespace().unwrap_or_default();
     Some(Entry {
@@ -82,6 +103,7 @@ fn entry_of(b: &VipBinding) -> Option<Entry> {
             namespace,
             name: b.name_any(),
             uid: ObjectKey::from(uid.as_str()),
+            vip: (api_of(b, default_api) == BindApi::Vpc).then(|| b.spec.ip_address.clone()),
         }),
     })
 }
@@ -109,11 +131,30 @@ struct Inner {
     /// told, as in tests that feed the index directly).
     expected: Option<HashSet<Option<String>>>,
     listed: HashSet<Option<String>>,
+    default_api: BindApi,
 }
 
 impl Inner {
-    fn owner(&self, nic: &str) -> Option<&Claim> {
-        self.by_nic.get(nic).and_then(|c| c.first()).map(|c| &**c)
+    /// The claims on the NIC that may act: no claim ordered before them conflicts with them.
+    /// (A claim behind a waiting one waits too when they conflict: simple, and never looser.)
+    fn owners(&self, nic: &str) -> Vec<&Claim> {
+        let Some(claims) = self.by_nic.get(nic) else { return vec![] };
+        let mut owners = Vec::new();
+        for (i, claim) in claims.iter().enumerate() {
+            if !claims.iter().take(i).any(|earlier| earlier.conflicts(claim)) {
+                owners.push(&**claim);
+            }
+        }
+        owners
+    }
+
+    fn owner_uids(&self, nic: &str) -> HashSet<ObjectKey> {
+        self.owners(nic).into_iter().map(|c| c.uid.clone()).collect()
+    }
+
+    /// Claims that became owners on `nic` since `before`.
+    fn new_owners(&self, nic: &str, before: &HashSet<ObjectKey>) -> Vec<Claim> {
+        self.owners(nic).into_iter().filter(|c| !before.contains(&c.uid)).cloned().collect()
     }
 
     /// The binding left the watch for good.
@@ -126,19 +167,14 @@ impl Inner {
 
     fn remove(&mut self, uid: &str, changes: &mut Changes) {
         let Some(old) = self.by_uid.remove(uid) else { return };
-        let before = self.owner(&old.nic).cloned();
+        let before = self.owner_uids(&old.nic);
         if let Some(claims) = self.by_nic.get_mut(&old.nic) {
             claims.remove(&old.claim);
             if claims.is_empty() {
                 self.by_nic.remove(&old.nic);
             }
         }
-        let after = self.owner(&old.nic).cloned();
-        if after.as_ref().map(|c| &c.uid) != before.as_ref().map(|c| &c.uid)
-            && let Some(owner) = after
-        {
-            changes.new_owners.push(owner);
-        }
+        changes.new_owners.extend(self.new_owners(&old.nic, &before));
         for secret in old.secrets {
             if let Some(users) = self.by_secret.get_mut(&secret) {
                 users.remove(uid);
@@ -162,7 +198,7 @@ impl Inner {
         // owner for the moment the old claim was out.
         let mut nics = vec![entry.nic.clone()];
         nics.extend(old_nic.filter(|n| *n != entry.nic));
-        let before: Vec<Option<ObjectKey>> = nics.iter().map(|n| self.owner(n).map(|c| c.uid.clone())).collect();
+        let before: Vec<HashSet<ObjectKey>> = nics.iter().map(|n| self.owner_uids(n)).collect();
         let mut replaced = Changes::default();
         self.remove(uid.as_str(), &mut replaced);
         changes.secrets.extend(replaced.secrets);
@@ -173,11 +209,8 @@ impl Inner {
         }
         self.by_uid.insert(uid, entry);
         for (nic, before) in nics.iter().zip(before) {
-            if let Some(owner) = self.owner(nic)
-                && Some(&owner.uid) != before.as_ref()
-            {
-                changes.new_owners.push(owner.clone());
-            }
+            let new = self.new_owners(nic, &before);
+            changes.new_owners.extend(new);
         }
     }
 }
@@ -188,6 +221,11 @@ pub struct BindingIndex {
 }
 
 impl BindingIndex {
+    /// An index for an operator whose bindings without `spec.api` use `default_api`.
+    pub fn new(default_api: BindApi) -> Self {
+        Self { inner: RwLock::new(Inner { default_api, ..Inner::default() }) }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -200,9 +238,10 @@ impl BindingIndex {
     pub fn apply(&self, scope: Option<&str>, event: &watcher::Event<VipBinding>) -> Changes {
         let mut changes = Changes::default();
         let mut inner = self.write();
+        let api = inner.default_api;
         match event {
             watcher::Event::Apply(b) => {
-                if let Some(e) = entry_of(b) {
+                if let Some(e) = entry_of(b, api) {
                     inner.insert(e, &mut changes);
                 }
             }
@@ -215,7 +254,7 @@ impl BindingIndex {
                 inner.buffers.insert(scope.map(str::to_string), Vec::new());
             }
             watcher::Event::InitApply(b) => {
-                if let (Some(e), Some(buffer)) = (entry_of(b), inner.buffers.get_mut(&scope.map(str::to_string))) {
+                if let (Some(e), Some(buffer)) = (entry_of(b, api), inner.buffers.get_mut(&scope.map(str::to_string))) {
                     buffer.push(e);
                 }
             }
@@ -254,13 +293,24 @@ impl BindingIndex {
         inner.expected.as_ref().is_none_or(|scopes| scopes.iter().all(|s| inner.listed.contains(s)))
     }
 
-    /// `namespace/name` of another binding that owns `b`'s NIC.
+    /// `namespace/name` of another binding whose claim on `b`'s NIC comes first and conflicts
+    /// with `b`'s (see the module comment).
     pub fn conflict_owner(&self, b: &VipBinding) -> Option<String> {
         let uid = b.uid()?;
         let inner = self.read();
-        let owner = inner.owner(&b.spec.nic_id)?;
-        // A binding the index has not seen yet is newer than everything it has seen.
-        (owner.uid.as_str() != uid).then(|| owner.key())
+        let claims = inner.by_nic.get(&b.spec.nic_id)?;
+        let mine = match inner.by_uid.get(uid.as_str()) {
+            Some(entry) => entry.claim.clone(),
+            // A binding the index has not seen yet is newer than everything it has seen.
+            None => std::sync::Arc::new(entry_of(b, inner.default_api)?.claim.as_ref().clone()),
+        };
+        claims.iter().take_while(|c| c.uid != mine.uid).find(|c| c.conflicts(&mine)).map(|c| c.key())
+    }
+
+    /// Whether a binding other than `b` (live or being deleted) is on `b`'s NIC.
+    pub fn nic_shared(&self, b: &VipBinding) -> bool {
+        let uid = b.uid().unwrap_or_default();
+        self.read().by_nic.get(&b.spec.nic_id).is_some_and(|claims| claims.iter().any(|c| c.uid.as_str() != uid))
     }
 
     /// Whether a binding (live or being deleted) uses this Secret.
@@ -299,6 +349,40 @@ mod tests {
 
     fn at(rfc3339: &str) -> jiff::Timestamp {
         rfc3339.parse().unwrap()
+    }
+
+    #[test]
+    fn vpc_bindings_share_a_nic_per_vip_and_an_ecs_binding_takes_it_whole() {
+        let idx = BindingIndex::default();
+        let t = |s: u32| at(&format!("2026-01-01T00:00:{s:02}Z"));
+        let vip1 = VipBinding::test().named("a", "vip1").nic("nic").ip("10.0.0.1").api(BindApi::Vpc).created(t(1));
+        let vip2 = VipBinding::test().named("a", "vip2").nic("nic").ip("10.0.0.2").api(BindApi::Vpc).created(t(2));
+        let vip1_again =
+            VipBinding::test().named("b", "again").nic("nic").ip("10.0.0.1").api(BindApi::Vpc).created(t(3));
+        let ecs = VipBinding::test().named("b", "ecs").nic("nic").ip("10.0.0.3").created(t(4));
+        for b in [&vip1, &vip2, &vip1_again, &ecs] {
+            idx.apply(None, &watcher::Event::Apply(b.clone()));
+        }
+        assert_eq!(idx.conflict_owner(&vip1), None);
+        assert_eq!(idx.conflict_owner(&vip2), None, "another VIP on the same NIC");
+        assert_eq!(idx.conflict_owner(&vip1_again).as_deref(), Some("a/vip1"), "the same VIP on the same NIC");
+        assert_eq!(idx.conflict_owner(&ecs).as_deref(), Some("a/vip1"), "ECS takes the whole NIC");
+        assert!(idx.nic_shared(&vip1));
+        // vip1 goes: its successor for the same VIP may act; ECS still waits for vip2.
+        let changes = idx.apply(None, &watcher::Event::Delete(vip1));
+        assert_eq!(changes.new_owners.iter().map(Claim::key).collect::<Vec<_>>(), vec!["b/again"]);
+        assert_eq!(idx.conflict_owner(&ecs).as_deref(), Some("a/vip2"));
+        idx.apply(None, &watcher::Event::Delete(vip2));
+        let changes = idx.apply(None, &watcher::Event::Delete(vip1_again));
+        assert_eq!(changes.new_owners.iter().map(Claim::key).collect::<Vec<_>>(), vec!["b/ecs"]);
+        assert!(!idx.nic_shared(&ecs));
+        // Unset spec.api follows the operator's default.
+        let vpc_default = BindingIndex::new(BindApi::Vpc);
+        let plain1 = VipBinding::test().named("a", "p1").nic("nic").ip("10.0.0.1").created(t(1));
+        let plain2 = VipBinding::test().named("a", "p2").nic("nic").ip("10.0.0.2").created(t(2));
+        vpc_default.apply(None, &watcher::Event::Apply(plain1));
+        vpc_default.apply(None, &watcher::Event::Apply(plain2.clone()));
+        assert_eq!(vpc_default.conflict_owner(&plain2), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::api::v1alpha1::{VipBinding, VipBindingStatus};
 
 #[derive(Debug, Clone)]
 enum Written {
-    Status { generation: Option<i64>, status: VipBindingStatus },
+    Status { generation: Option<i64>, status: Box<VipBindingStatus> },
     Released,
 }
 
@@ -76,7 +76,7 @@ impl Memory {
     }
 
     pub fn wrote_status(&self, b: &VipBinding, status: &VipBindingStatus) {
-        self.put(b, Written::Status { generation: b.metadata.generation, status: status.clone() });
+        self.put(b, Written::Status { generation: b.metadata.generation, status: Box::new(status.clone()) });
     }
 
     pub fn released(&self, b: &VipBinding) {
@@ -92,7 +92,7 @@ impl Memory {
         if let Some(entry) = entries.get_mut(&key)
             && entry.confirmed.is_none()
             && let Written::Status { generation, status } = &entry.written
-            && (b.status.as_ref() == Some(status) || *generation != b.metadata.generation)
+            && (b.status.as_ref() == Some(&**status) || *generation != b.metadata.generation)
         {
             entry.confirmed = Some(Instant::now());
         }
@@ -123,7 +123,7 @@ impl Memory {
                     View::Cached(b)
                 } else if *generation == b.metadata.generation {
                     let mut overlaid = b.clone();
-                    overlaid.status = Some(status.clone());
+                    overlaid.status = Some((**status).clone());
                     View::Overlaid(Box::new(overlaid))
                 } else {
                     // The spec changed since our write: decide from the cache.

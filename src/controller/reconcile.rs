@@ -13,15 +13,17 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use tracing::Instrument;
 
-use crate::api::v1alpha1::{BoundWith, Reason, VipBinding};
+use crate::api::v1alpha1::{BindApi, BoundWith, Reason, VipBinding};
 use crate::ecs::{BindRequest, CloudTarget, EcsError, ErrorClass, UnbindRequest};
 
 use super::backoff::{Hold, trigger_fingerprint};
 use super::context::Context;
 use super::decide::{Plan, Verdict, decide};
 use super::evidence::{self, Gone};
+use super::index::api_of;
 use super::key::ObjectKey;
 use super::memory::View;
+use super::reconcile_vpc;
 use super::status::{BoundKnowledge, CondStatus, StatusBuilder, bound_knowledge, has_finalizer};
 use super::target::{Resolved, TargetResolver};
 
@@ -226,7 +228,7 @@ async fn hold(b: &VipBinding, ctx: &Context, key: &ObjectKey, verdict: &Verdict)
 }
 
 /// Writes the final status, then lets the object go.
-async fn release(
+pub(super) async fn release(
     b: &VipBinding,
     ctx: &Context,
     key: &ObjectKey,
@@ -252,23 +254,23 @@ async fn release(
 }
 
 /// A failed attempt to bind or unbind (or to get the credentials for it).
-struct Failure {
-    reason: Reason,
-    message: String,
-    action: &'static str,
-    retry_after: Option<Duration>,
+pub(super) struct Failure {
+    pub reason: Reason,
+    pub message: String,
+    pub action: &'static str,
+    pub retry_after: Option<Duration>,
 }
 
 /// Another call with the same unproven credentials is in flight: nothing was sent and nothing
 /// is recorded; look again shortly (jittered, so a fleet does not come back at once).
-fn await_probe(why: &str) -> Action {
+pub(super) fn await_probe(why: &str) -> Action {
     use rand::RngExt;
     tracing::debug!(why, "waiting for the credentials' first call to be answered");
     Action::requeue(Duration::from_millis(rand::rng().random_range(500..=1500)))
 }
 
 /// Records a failure in status and as a Warning event, and picks the requeue.
-async fn record_failure(
+pub(super) async fn record_failure(
     b: &VipBinding,
     ctx: &Context,
     key: &ObjectKey,
@@ -293,7 +295,8 @@ async fn backfill_record<'a>(b: &VipBinding, ctx: &Context, builder: StatusBuild
         return builder;
     }
     match ctx.targets.resolve_unchecked(b).await {
-        Ok(r) => builder.bound_with(Some(r.bound_with)),
+        // Bound before records existed, so before there was a choice of API: through ECS.
+        Ok(r) => builder.bound_with(Some(BoundWith { api: None, ..r.bound_with })),
         Err(verdict) => {
             tracing::debug!(reason = verdict.reason.as_str(), "cannot record where the earlier bind went yet");
             builder
@@ -349,6 +352,19 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
     };
     // What we knew before this attempt; adding our finalizer below does not change it.
     let knowledge = bound_knowledge(b);
+    let pairs = match (bound_with.api(), &ctx.pairs) {
+        (BindApi::Ecs, _) => None,
+        (BindApi::Vpc, Some(pairs)) => Some(pairs),
+        (BindApi::Vpc, None) => {
+            let failure = Failure {
+                reason: Reason::Invalid,
+                message: format!("bind: {}", reconcile_vpc::NO_VPC_ENDPOINT),
+                action: "Bind",
+                retry_after: None,
+            };
+            return record_failure(b, ctx, key, StatusBuilder::new(b, ctx.now()).bound_unchanged(), failure).await;
+        }
+    };
     // Asked before the finalizer goes on: a call that will not be made needs none.
     let admitted = match ctx.cloud.admit(&target) {
         Ok(admitted) => admitted,
@@ -369,6 +385,10 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
         }
         &added
     };
+    if let Some(pairs) = pairs {
+        let step = reconcile_vpc::BindStep { admitted, pairs, bound_with, knowledge, reassert };
+        return reconcile_vpc::bind(b, ctx, key, step).await;
+    }
     let req = BindRequest {
         nic_id: b.spec.nic_id.clone(),
         subnet_id: b.spec.subnet_id.clone(),
@@ -410,16 +430,47 @@ async fn bind_failed(
     (knowledge, bound_with): (BoundKnowledge, &BoundWith),
     e: EcsError,
 ) -> Result<Action, Error> {
-    let reason = failure_reason(&e, false);
-    let mut builder = StatusBuilder::new(b, ctx.now());
-    if e.may_have_applied() {
+    let failed = FailedBind {
+        reason: failure_reason(&e, false),
+        detail: e.to_string(),
+        may_have_applied: e.may_have_applied(),
+        gone: e.class() == ErrorClass::Gone,
+        retry_after: e.retry_after(),
         // The deletion must be able to undo whatever this attempt may have done.
-        builder = builder.bound_with(Some(bound_with.clone()));
+        record: e.may_have_applied().then(|| bound_with.clone()),
+    };
+    record_bind_failure(b, ctx, key, knowledge, failed).await
+}
+
+/// A bind that did not succeed, through either API.
+pub(super) struct FailedBind {
+    pub reason: Reason,
+    /// What went wrong (the condition message says `bind failed: {detail}`).
+    pub detail: String,
+    /// The attempt may have changed the cloud.
+    pub may_have_applied: bool,
+    /// The cloud said the NIC does not exist.
+    pub gone: bool,
+    pub retry_after: Option<Duration>,
+    /// The record to keep for the deletion, when there is something to undo.
+    pub record: Option<BoundWith>,
+}
+
+pub(super) async fn record_bind_failure(
+    b: &VipBinding,
+    ctx: &Context,
+    key: &ObjectKey,
+    knowledge: BoundKnowledge,
+    f: FailedBind,
+) -> Result<Action, Error> {
+    let mut builder = StatusBuilder::new(b, ctx.now());
+    if let Some(record) = f.record {
+        builder = builder.bound_with(Some(record));
     }
-    let builder = match (knowledge, e.class()) {
+    let builder = match (knowledge, f.gone) {
         // An earlier bind still stands; this attempt changed nothing we know of.
         (BoundKnowledge::Bound, _) => builder.bound_unchanged(),
-        (_, ErrorClass::Gone) => {
+        (_, true) => {
             builder.bound(CondStatus::False, Reason::NicNotFound, &format!("NIC {} does not exist", b.spec.nic_id))
         }
         (BoundKnowledge::Maybe, _) => builder.bound(
@@ -427,17 +478,21 @@ async fn bind_failed(
             Reason::Indeterminate,
             "an earlier bind request may have reached the cloud; its outcome is unknown",
         ),
-        (BoundKnowledge::NotBound, _) if e.may_have_applied() => builder.bound(
+        (BoundKnowledge::NotBound, _) if f.may_have_applied => builder.bound(
             CondStatus::Unknown,
             Reason::Indeterminate,
-            &format!("the bind request may have reached the cloud: {e}"),
+            &format!("the bind request may have reached the cloud: {}", f.detail),
         ),
         (BoundKnowledge::NotBound, _) => {
             builder.bound(CondStatus::False, Reason::NotBound, "the cloud refused the bind request; nothing is bound")
         }
     };
-    let failure =
-        Failure { reason, message: format!("bind failed: {e}"), action: "Bind", retry_after: e.retry_after() };
+    let failure = Failure {
+        reason: f.reason,
+        message: format!("bind failed: {}", f.detail),
+        action: "Bind",
+        retry_after: f.retry_after,
+    };
     record_failure(b, ctx, key, builder, failure).await
 }
 
@@ -451,6 +506,9 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action
         Ok(t) => t,
         Err(action) => return Ok(action),
     };
+    if api_of(b, ctx.targets.defaults().api) == BindApi::Vpc {
+        return reconcile_vpc::unbind(b, ctx, key, &target).await;
+    }
     let req = UnbindRequest { nic_id: b.spec.nic_id.clone(), reverse_binding: b.spec.reverse_binding };
     tracing::trace!("unbinding");
     let result = match ctx.cloud.admit(&target) {

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use crate::api::v1alpha1::{BoundWith, CONDITION_BOUND, Reason, VipBinding};
+use crate::api::v1alpha1::{BindApi, BoundWith, CONDITION_BOUND, Reason, VipBinding};
 use crate::ecs::credentials::from_secret_data;
 use crate::ecs::{CloudTarget, Credentials, MetadataCredentials, check_path_id, check_region};
 
@@ -56,6 +56,8 @@ pub struct OperatorDefaults {
     pub region: Option<String>,
     /// False when a fixed `--ecs-endpoint` serves every region.
     pub region_required: bool,
+    /// The API for bindings whose spec names none (`--default-api`).
+    pub api: BindApi,
 }
 
 /// A bind's target, and the record it leaves for the deletion.
@@ -250,6 +252,9 @@ impl TargetResolver {
             project_id: project_id.clone(),
             region: region.clone(),
             credentials_secret: b.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+            // Absent means ECS, so ECS records read as they always have.
+            api: Some(b.spec.api.unwrap_or(self.defaults.api)).filter(|api| *api == BindApi::Vpc),
+            ..Default::default()
         };
         Ok(Resolved { target: CloudTarget { region, project_id, credentials: found.credentials }, bound_with })
     }

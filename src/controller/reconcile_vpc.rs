@@ -1,0 +1,203 @@
+//! The bind and unbind steps of one reconcile for `api: VPC` bindings: the same ordering rules
+//! as the ECS steps in [`super::reconcile`] (finalizer before the first write, status before
+//! the finalizer goes), with the edits of [`super::pairs`] in place of the ECS call.
+
+use kube::runtime::controller::Action;
+
+use crate::api::v1alpha1::{BoundWith, Reason, VipBinding};
+use crate::ecs::{CloudTarget, EcsError, ErrorClass};
+
+use super::cloud::Admitted;
+use super::context::Context;
+use super::key::ObjectKey;
+use super::pairs::{PairsError, PairsFailure, PairsTarget, PortPairs, Recorded, Unbound};
+use super::reconcile::{
+    Error, FailedBind, Failure, await_probe, failure_reason, record_bind_failure, record_failure, release,
+};
+use super::status::{BoundKnowledge, CondStatus, StatusBuilder};
+
+/// The message for bindings that ask for VPC on an operator that does not know where it is.
+pub const NO_VPC_ENDPOINT: &str =
+    "spec.api is VPC, but the operator has no VPC endpoint (it runs with a fixed --ecs-endpoint and no --vpc-endpoint)";
+
+fn pairs_target(b: &VipBinding) -> PairsTarget<'_> {
+    PairsTarget {
+        nic_id: &b.spec.nic_id,
+        network_id: &b.spec.subnet_id,
+        vip: &b.spec.ip_address,
+        with_mac: b.spec.reverse_binding,
+    }
+}
+
+/// What the binding's record says an earlier VPC bind did.
+fn recorded(b: &VipBinding) -> Recorded {
+    match b.status.as_ref().and_then(|s| s.bound_with.as_ref()) {
+        Some(w) => Recorded {
+            vip_port_id: w.vip_port_id.clone(),
+            nic_ip: w.nic_ip.clone(),
+            source_check_off_added: w.source_check_off_added,
+        },
+        None => Recorded::default(),
+    }
+}
+
+/// A bind about to be sent: leave from the gate, the record it will leave, what was known.
+pub(super) struct BindStep<'a> {
+    pub admitted: Admitted<'a>,
+    pub pairs: &'a PortPairs,
+    pub bound_with: BoundWith,
+    pub knowledge: BoundKnowledge,
+    pub reassert: bool,
+}
+
+pub(super) async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, step: BindStep<'_>) -> Result<Action, Error> {
+    let t = pairs_target(b);
+    let BindStep { admitted, pairs, bound_with, knowledge, reassert } = step;
+    match admitted.bind_pairs(b, pairs, &t, &recorded(b)).await {
+        Ok((record, wrote)) => {
+            // A drift check that found the pair in place wrote nothing and re-asserted nothing.
+            ctx.asserted(b, key, reassert && wrote);
+            let message = format!(
+                "VIP {} is bound to NIC {} through the VPC API (NIC IP {} in VIP port {}'s allowed_address_pairs)",
+                b.spec.ip_address, b.spec.nic_id, record.nic_ip, record.vip_port_id
+            );
+            let next = StatusBuilder::new(b, ctx.now())
+                .port_id(Some(b.spec.nic_id.clone()))
+                .bound_reverse_binding(Some(b.spec.reverse_binding))
+                .bound_with(Some(with_record(bound_with, Some(&record))))
+                .bound(CondStatus::True, Reason::Bound, &message)
+                .ready(CondStatus::True, Reason::Bound, &message)
+                .build();
+            if let Some(status) = next {
+                ctx.record(b, &status).await?;
+            }
+            if wrote {
+                tracing::info!(vip = %b.spec.ip_address, nic = %b.spec.nic_id, reassert, "bound through the VPC API");
+            }
+            Ok(ctx.after_success(b, key))
+        }
+        Err(failure) => {
+            let failed = failed_bind(b, failure, bound_with);
+            record_bind_failure(b, ctx, key, knowledge, failed).await
+        }
+    }
+}
+
+fn with_record(bound_with: BoundWith, record: Option<&super::pairs::PairsRecord>) -> BoundWith {
+    match record {
+        Some(r) => BoundWith {
+            vip_port_id: Some(r.vip_port_id.clone()),
+            nic_ip: Some(r.nic_ip.clone()),
+            source_check_off_added: r.source_check_off_added,
+            ..bound_with
+        },
+        None => bound_with,
+    }
+}
+
+fn failed_bind(b: &VipBinding, f: PairsFailure, bound_with: BoundWith) -> FailedBind {
+    let (reason, retry_after, gone) = match &f.error {
+        PairsError::Cloud(e) => (failure_reason(e, false), e.retry_after(), e.class() == ErrorClass::Gone),
+        PairsError::VipNotFound { .. } => (Reason::VipNotFound, None, false),
+        PairsError::Contended { .. } => (Reason::PortContended, None, false),
+        PairsError::NotAVip { .. } | PairsError::Ambiguous { .. } | PairsError::NicOutsideNetwork { .. } => {
+            (Reason::BindFailed, None, false)
+        }
+    };
+    let keep = f.may_have_applied || f.partial.is_some();
+    let detail = match &f.error {
+        PairsError::Cloud(e) if e.class() == ErrorClass::Gone => {
+            format!("{e} (NIC {}'s port, read through the VPC API)", b.spec.nic_id)
+        }
+        e => e.to_string(),
+    };
+    FailedBind {
+        reason,
+        detail,
+        may_have_applied: f.may_have_applied,
+        gone,
+        retry_after,
+        record: keep.then(|| with_record(bound_with, f.partial.as_ref())),
+    }
+}
+
+pub(super) async fn unbind(
+    b: &VipBinding,
+    ctx: &Context,
+    key: &ObjectKey,
+    target: &CloudTarget,
+) -> Result<Action, Error> {
+    let Some(pairs) = &ctx.pairs else {
+        let failure = Failure {
+            reason: Reason::Invalid,
+            message: format!(
+                "unbind: {NO_VPC_ENDPOINT}; set spec.deletionPolicy to Orphan to release it without unbinding"
+            ),
+            action: "Unbind",
+            retry_after: None,
+        };
+        return record_failure(b, ctx, key, StatusBuilder::new(b, ctx.now()).bound_unchanged(), failure).await;
+    };
+    let admitted = match ctx.cloud.admit(target) {
+        Ok(admitted) => admitted,
+        Err(EcsError::AwaitingProbe(why)) => return Ok(await_probe(&why)),
+        Err(e) => return unbind_failed(b, ctx, key, PairsFailure::from(PairsError::Cloud(e))).await,
+    };
+    let t = pairs_target(b);
+    // The last binding on the NIC takes away the 1.1.1.1/0 the operator added.
+    let nic_shared = ctx.index.nic_shared(b);
+    match admitted.unbind_pairs(b, pairs, &t, (&recorded(b), nic_shared)).await {
+        Ok(outcome) => {
+            let what = match outcome {
+                Unbound::Removed { vip_port_id } => {
+                    format!("its IP left VIP port {vip_port_id}'s allowed_address_pairs")
+                }
+                Unbound::NotThere { vip_port_id } => format!("VIP port {vip_port_id} did not hold its IP"),
+                Unbound::VipGone { vip_port_id } => format!("VIP port {vip_port_id} no longer exists"),
+            };
+            let message = format!("VIP {} unbound from NIC {} ({what})", b.spec.ip_address, b.spec.nic_id);
+            let builder = StatusBuilder::new(b, ctx.now())
+                .port_id(Some(b.spec.nic_id.clone()))
+                .bound_reverse_binding(None)
+                .bound_with(None)
+                .bound(CondStatus::False, Reason::Unbound, &message)
+                .ready(CondStatus::False, Reason::Unbound, &message);
+            release(b, ctx, key, builder, Reason::Unbound, &message).await
+        }
+        Err(f) => unbind_failed(b, ctx, key, f).await,
+    }
+}
+
+async fn unbind_failed(b: &VipBinding, ctx: &Context, key: &ObjectKey, f: PairsFailure) -> Result<Action, Error> {
+    let nic = &b.spec.nic_id;
+    match f.error {
+        // Read from the NIC's own port (with no recorded IP to remove): the cloud's word.
+        PairsError::Cloud(e) if e.class() == ErrorClass::Gone => {
+            let message = format!(
+                "NIC {nic} not found ({e}; its port read through the VPC API): no pair of it can be on the VIP port, nothing to unbind"
+            );
+            let builder = StatusBuilder::new(b, ctx.now())
+                .bound_reverse_binding(None)
+                .bound(CondStatus::False, Reason::NicNotFound, &message)
+                .ready(CondStatus::False, Reason::NicNotFound, &message);
+            release(b, ctx, key, builder, Reason::NicNotFound, &message).await
+        }
+        error => {
+            let (reason, retry_after) = match &error {
+                PairsError::Cloud(e) => (failure_reason(e, true), e.retry_after()),
+                PairsError::VipNotFound { .. } => (Reason::VipNotFound, None),
+                PairsError::Contended { .. } => (Reason::PortContended, None),
+                _ => (Reason::UnbindFailed, None),
+            };
+            let failure = Failure {
+                reason,
+                message: format!(
+                    "unbind failed: {error}; set spec.deletionPolicy to Orphan to release the binding without unbinding"
+                ),
+                action: "Unbind",
+                retry_after,
+            };
+            record_failure(b, ctx, key, StatusBuilder::new(b, ctx.now()).bound_unchanged(), failure).await
+        }
+    }
+}
