@@ -759,7 +759,7 @@ async fn an_unknown_path_answers_like_the_gateway_and_is_not_gone() {
     for (method, path) in [
         (reqwest::Method::GET, format!("/v1/{PROJECT}/cloudservers/nics/{NIC}")),
         (reqwest::Method::DELETE, format!("/v1/{PROJECT}/ports/{NIC}")),
-        (reqwest::Method::PUT, format!("/v1/{PROJECT}/ports/{NIC}")),
+        (reqwest::Method::PATCH, format!("/v1/{PROJECT}/ports/{NIC}")),
         (reqwest::Method::POST, format!("/v1/{PROJECT}/ports")),
         (reqwest::Method::GET, format!("/v2.0/ports/{NIC}")),
         (reqwest::Method::GET, format!("/v1/{PROJECT}/ports/{NIC}/extra")),
