@@ -12,7 +12,9 @@ use vip_operator::ecs::{
     BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsClient, EcsClientConfig, Endpoint, ErrorClass, FenceError,
     MetadataCredentials, Operation, RetryPolicy, SystemClock, UnbindRequest,
 };
-use vip_operator::simulator::{Fault, PortOperation, SimCredential, SimOperation, SimPort, Simulator, SimulatorConfig};
+use vip_operator::simulator::{
+    Fault, PairsChange, PortOperation, SimAddressPair, SimCredential, SimOperation, SimPort, Simulator, SimulatorConfig,
+};
 
 const AK: &str = "TESTACCESSKEY0000001";
 const SK: &str = "test-secret-key";
@@ -759,7 +761,7 @@ async fn an_unknown_path_answers_like_the_gateway_and_is_not_gone() {
     for (method, path) in [
         (reqwest::Method::GET, format!("/v1/{PROJECT}/cloudservers/nics/{NIC}")),
         (reqwest::Method::DELETE, format!("/v1/{PROJECT}/ports/{NIC}")),
-        (reqwest::Method::PUT, format!("/v1/{PROJECT}/ports/{NIC}")),
+        (reqwest::Method::PATCH, format!("/v1/{PROJECT}/ports/{NIC}")),
         (reqwest::Method::POST, format!("/v1/{PROJECT}/ports")),
         (reqwest::Method::GET, format!("/v2.0/ports/{NIC}")),
         (reqwest::Method::GET, format!("/v1/{PROJECT}/ports/{NIC}/extra")),
@@ -908,4 +910,291 @@ async fn reads_are_observed_with_their_own_operation() {
     client.get_port(&target(SK), "nothing").await.unwrap_err();
     client.list_ports(&target(SK), &PortFilter::default()).await.unwrap();
     assert_eq!(*seen.0.lock().unwrap(), vec![(Operation::GetPort, false), (Operation::ListPorts, true)]);
+}
+
+// --- The VPC port update (PUT) against the simulator ---
+
+fn pair(ip: &str) -> AddressPair {
+    AddressPair { ip_address: ip.into(), mac_address: None }
+}
+
+fn sim_pair(ip: &str) -> SimAddressPair {
+    SimAddressPair { ip_address: ip.into(), mac_address: None }
+}
+
+fn sim_pairs(sim: &Simulator, port: &str) -> Vec<String> {
+    sim.port(port).unwrap().allowed_address_pairs.into_iter().map(|p| p.ip_address).collect()
+}
+
+fn puts(sim: &Simulator) -> Vec<vip_operator::simulator::CallRecord> {
+    sim.calls().into_iter().filter(|c| c.method == "PUT").collect()
+}
+
+#[tokio::test]
+async fn update_pairs_replaces_the_list_whole_and_answers_the_port() {
+    let sim = simulator().await;
+    sim.set_port(vip_port(7)).unwrap();
+    assert!(sim.set_allowed_address_pairs("vip-port-7", vec![sim_pair("10.0.0.1"), sim_pair("10.0.0.2")]));
+    let client = vpc_client(&sim, |_| {});
+    let t = target(SK);
+
+    let new = [
+        pair("10.0.0.3"),
+        AddressPair { ip_address: "10.0.0.4".into(), mac_address: Some("fa:16:3e:00:00:04".into()) },
+    ];
+    let port = client.update_pairs(&t, "vip-port-7", &new).await.unwrap();
+    assert_eq!(port.id, "vip-port-7");
+    assert_eq!(port.allowed_address_pairs, new, "replaced whole, in order");
+    assert_eq!(port.device_owner, VIP_OWNER);
+    assert_eq!(port.fixed_ips, vec![FixedIp { subnet_id: SUBNET.into(), ip_address: "192.168.0.7".into() }]);
+    assert_eq!(client.get_port(&t, "vip-port-7").await.unwrap(), port);
+    let state = admin_get(&sim, "/sim/state").await;
+    assert_eq!(
+        state["ports"]["vip-port-7"]["allowed_address_pairs"],
+        json!([{"ip_address": "10.0.0.3"}, {"ip_address": "10.0.0.4", "mac_address": "fa:16:3e:00:00:04"}])
+    );
+    let call = &sim.calls()[0];
+    assert_eq!((call.method.as_str(), call.status), ("PUT", 200));
+    assert_eq!(call.path, format!("/v1/{PROJECT}/ports/vip-port-7"));
+    assert_eq!(call.port_operation, Some(PortOperation::UpdatePort));
+    assert_eq!(call.port_id.as_deref(), Some("vip-port-7"));
+    assert_eq!(call.access_key.as_deref(), Some(AK));
+
+    // `[]` clears the list, and is sent as `[]`.
+    let port = client.update_pairs(&t, "vip-port-7", &[]).await.unwrap();
+    assert!(port.allowed_address_pairs.is_empty());
+    assert!(sim_pairs(&sim, "vip-port-7").is_empty());
+    assert_eq!(puts(&sim).last().unwrap().body, r#"{"port":{"allowed_address_pairs":[]}}"#);
+
+    // A NIC's port takes `1.1.1.1/0` (source/destination check off).
+    client.bind(&t, &bind_req(NIC)).await.unwrap();
+    let nic = client.update_pairs(&t, NIC, &[pair("1.1.1.1/0")]).await.unwrap();
+    assert!(nic.allows("1.1.1.1/0"));
+    assert_eq!(nic.mac_address, sim.port(NIC).unwrap().mac_address);
+}
+
+#[tokio::test]
+async fn a_server_error_on_update_is_not_resent() {
+    let sim = simulator().await;
+    sim.set_port(vip_port(7)).unwrap();
+    sim.add_fault(Fault::error(500, "VPC.0001", 0).on(PortOperation::UpdatePort));
+    let client = vpc_client(&sim, |_| {});
+    let err = client.update_pairs(&target(SK), "vip-port-7", &[pair("10.0.0.3")]).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Retryable);
+    assert_eq!(err.status(), Some(500));
+    assert!(err.may_have_applied(), "{err}");
+    assert_eq!(puts(&sim).len(), 1, "a write that may have applied is never resent");
+    assert!(sim_pairs(&sim, "vip-port-7").is_empty());
+
+    // A cloud that wrote the list and then failed to say so: the same error, and the list is new.
+    sim.clear_faults();
+    let mut applied = Fault::error(502, "APIGW.0202", 1).on(PortOperation::UpdatePort);
+    applied.apply = true;
+    sim.add_fault(applied);
+    let err = client.update_pairs(&target(SK), "vip-port-7", &[pair("10.0.0.3")]).await.unwrap_err();
+    assert!(err.may_have_applied());
+    assert_eq!(puts(&sim).len(), 2);
+    assert_eq!(sim_pairs(&sim, "vip-port-7"), ["10.0.0.3"]);
+
+    // A write whose answer never came (timeout) is not resent either; the cloud did it.
+    let mut slow = Fault::error(200, "", 1).on(PortOperation::UpdatePort);
+    slow.latency_ms = Some(2_000);
+    sim.add_fault(slow);
+    let impatient = vpc_client(&sim, |c| c.request_timeout = Duration::from_millis(300));
+    let err = impatient.update_pairs(&target(SK), "vip-port-7", &[]).await.unwrap_err();
+    assert!(err.may_have_applied(), "{err}");
+    assert_eq!(puts(&sim).len(), 3);
+    assert!(sim_pairs(&sim, "vip-port-7").is_empty());
+}
+
+#[tokio::test]
+async fn a_throttled_update_is_resent() {
+    let sim = simulator().await;
+    sim.set_port(vip_port(7)).unwrap();
+    sim.add_fault(Fault::error(429, "APIGW.0308", 2).on(PortOperation::UpdatePort).for_nic("vip-port-7"));
+    let client = vpc_client(&sim, |_| {});
+    let port = client.update_pairs(&target(SK), "vip-port-7", &[pair("10.0.0.3")]).await.unwrap();
+    assert!(port.allows("10.0.0.3"));
+    let statuses: Vec<u16> = puts(&sim).iter().map(|c| c.status).collect();
+    assert_eq!(statuses, vec![429, 429, 200]);
+    assert!(puts(&sim).iter().all(|c| c.body == r#"{"port":{"allowed_address_pairs":[{"ip_address":"10.0.0.3"}]}}"#));
+
+    // The gateway's own rate limit too: refused before anything is looked at, then resent.
+    sim.set_qps(Some(1.0)).unwrap();
+    let patient = vpc_client(&sim, |c| {
+        c.retry = RetryPolicy {
+            max_attempts: 20,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_millis(400),
+            max_elapsed: Duration::from_secs(10),
+        }
+    });
+    patient.get_port(&target(SK), "vip-port-7").await.unwrap();
+    let port = patient.update_pairs(&target(SK), "vip-port-7", &[]).await.unwrap();
+    assert!(port.allowed_address_pairs.is_empty());
+    let last: Vec<u16> = sim.calls().iter().skip(3).map(|c| c.status).collect();
+    assert!(last.contains(&429), "{last:?}");
+    assert_eq!(last.last(), Some(&200));
+}
+
+#[tokio::test]
+async fn updating_a_missing_port_is_gone_with_vpc_2502() {
+    let sim = simulator().await;
+    sim.set_port(SimPort::vip("foreign", "another-project", NET, SUBNET, "192.168.0.3")).unwrap();
+    let client = vpc_client(&sim, |_| {});
+    let t = target(SK);
+    client.bind(&t, &bind_req(NIC)).await.unwrap();
+    sim.set_missing(NIC, true);
+    for id in ["never-heard-of", "foreign", NIC] {
+        let before = sim.calls().len();
+        let err = client.update_pairs(&t, id, &[pair("10.0.0.3")]).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Gone, "{id}: {err}");
+        assert_eq!((err.status(), err.code()), (Some(404), Some("VPC.2502")), "{id}");
+        assert!(!err.may_have_applied());
+        assert_eq!(sim.calls().len(), before + 1, "{id}: a 404 is not resent");
+        assert_eq!(sim.calls().last().unwrap().port_operation, Some(PortOperation::UpdatePort));
+    }
+    assert!(sim.port("foreign").unwrap().allowed_address_pairs.is_empty());
+    assert!(sim.port(NIC).unwrap().allowed_address_pairs.is_empty());
+}
+
+#[tokio::test]
+async fn the_any_address_is_refused_as_terminal() {
+    let sim = simulator().await;
+    sim.set_port(vip_port(7)).unwrap();
+    assert!(sim.set_allowed_address_pairs("vip-port-7", vec![sim_pair("10.0.0.1")]));
+    let client = vpc_client(&sim, |_| {});
+    for any in ["0.0.0.0/0", "0.0.0.0"] {
+        let before = sim.calls().len();
+        let err = client.update_pairs(&target(SK), "vip-port-7", &[pair("10.0.0.2"), pair(any)]).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Terminal, "{any}: {err}");
+        assert_eq!((err.status(), err.code()), (Some(400), Some("VPC.2500")));
+        assert!(err.to_string().contains("must not be 0.0.0.0 or 0.0.0.0/0"), "{err}");
+        assert!(!err.may_have_applied());
+        assert_eq!(sim.calls().len(), before + 1);
+    }
+    assert_eq!(sim_pairs(&sim, "vip-port-7"), ["10.0.0.1"], "nothing written");
+    // Not an address at all: refused the same way.
+    let err = client.update_pairs(&target(SK), "vip-port-7", &[pair("not-an-ip")]).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Terminal);
+    // A scripted fault is not used up by a refused body.
+    sim.add_fault(Fault::error(500, "VPC.0001", 1).on(PortOperation::UpdatePort));
+    client.update_pairs(&target(SK), "vip-port-7", &[pair("0.0.0.0")]).await.unwrap_err();
+    assert_eq!(client.update_pairs(&target(SK), "vip-port-7", &[]).await.unwrap_err().status(), Some(500));
+}
+
+#[tokio::test]
+async fn bodies_the_update_api_refuses() {
+    let sim = simulator().await;
+    sim.set_port(vip_port(7)).unwrap();
+    let http = reqwest::Client::new();
+    let url: url::Url = format!("{}/v1/{PROJECT}/ports/vip-port-7", sim.url()).parse().unwrap();
+    let send = |body: &'static str| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let headers = [("Content-Type", "application/json"), ("X-Project-Id", PROJECT)];
+            let parts = vip_operator::ecs::sign::RequestParts {
+                method: "PUT",
+                url: &url,
+                headers: &headers,
+                body: body.as_bytes(),
+            };
+            let signed = vip_operator::ecs::sign::sign(&parts, AK, SK, jiff::Timestamp::now()).unwrap();
+            let req = http
+                .put(url.clone())
+                .header("Host", signed.host)
+                .header("X-Sdk-Date", signed.sdk_date)
+                .header("Authorization", signed.authorization)
+                .header("Content-Type", "application/json")
+                .header("X-Project-Id", PROJECT)
+                .body(body);
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    for (body, why) in [
+        (r#"{"port":{}}"#, "at least one attribute"),
+        (r#"{"port":{"name":"x"}}"#, "port.name is not supported"),
+        (r#"{"allowed_address_pairs":[]}"#, "unknown field"),
+        (r#"{"port":{"allowed_address_pairs":[{"ip_address":"10.0.0.1/33"}]}}"#, "not an IP address or CIDR"),
+    ] {
+        let (status, answer) = send(body).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(answer["code"], "VPC.2500", "{body}");
+        assert!(answer["message"].as_str().unwrap().contains(why), "{body}: {answer}");
+    }
+    let (status, answer) = send(r#"{"port":{"allowed_address_pairs":[{"ip_address":"10.0.0.0/24"}]}}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["port"]["allowed_address_pairs"], json!([{"ip_address": "10.0.0.0/24"}]));
+    assert_eq!(answer["port"]["id"], "vip-port-7");
+}
+
+#[tokio::test]
+async fn a_concurrent_writer_after_the_read_fires_once() {
+    let sim = simulator().await;
+    sim.set_port(vip_port(7)).unwrap();
+    assert!(sim.set_allowed_address_pairs("vip-port-7", vec![sim_pair("10.0.0.1")]));
+    let client = vpc_client(&sim, |c| c.retry = RetryPolicy::none());
+    let t = target(SK);
+    sim.after_next_read("vip-port-7", PairsChange::Add(sim_pair("10.0.0.9"))).unwrap();
+    assert!(sim.state().after_next_read.contains_key("vip-port-7"));
+
+    // An ECS call and a failed read are no reads of the port: nothing fires.
+    client.bind(&t, &BindRequest { reverse_binding: false, ..bind_req(NIC) }).await.unwrap();
+    sim.add_fault(Fault::error(500, "VPC.0001", 1).on(PortOperation::GetPort));
+    client.get_port(&t, "vip-port-7").await.unwrap_err();
+    assert_eq!(sim_pairs(&sim, "vip-port-7"), ["10.0.0.1"]);
+
+    // The reader sees the list before; the change lands right after its read.
+    let read = client.get_port(&t, "vip-port-7").await.unwrap();
+    assert_eq!(read.allowed_address_pairs, vec![pair("10.0.0.1")]);
+    assert_eq!(sim_pairs(&sim, "vip-port-7"), ["10.0.0.1", "10.0.0.9"]);
+    assert_eq!(sim.calls().last().unwrap().after_read_fired, ["vip-port-7"]);
+    assert!(sim.state().after_next_read.is_empty());
+
+    // A read-modify-write from the stale read loses the other writer's pair (no version):
+    // why a writer must read back.
+    let mut mine = read.allowed_address_pairs.clone();
+    mine.push(pair("10.0.0.5"));
+    client.update_pairs(&t, "vip-port-7", &mine).await.unwrap();
+    let again = client.get_port(&t, "vip-port-7").await.unwrap();
+    assert_eq!(again.allowed_address_pairs, mine, "the hook fired once only");
+    assert!(sim.calls().last().unwrap().after_read_fired.is_empty());
+
+    // Through the admin API, set off by a listing that shows the port.
+    let http = reqwest::Client::new();
+    let url = format!("{}/sim/ports/vip-port-7/after-next-read", sim.url());
+    let r = http.put(&url).json(&json!({"replace": [{"ip_address": "10.0.0.7"}]})).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        admin_get(&sim, "/sim/state").await["after_next_read"]["vip-port-7"],
+        json!({"replace": [{"ip_address": "10.0.0.7"}]})
+    );
+    let f = PortFilter { ip_address: Some("192.168.0.7".into()), ..Default::default() };
+    let page = client.list_ports(&t, &f).await.unwrap();
+    assert_eq!(page[0].allowed_address_pairs, mine);
+    assert_eq!(sim_pairs(&sim, "vip-port-7"), ["10.0.0.7"]);
+    client.list_ports(&t, &f).await.unwrap();
+    assert_eq!(sim_pairs(&sim, "vip-port-7"), ["10.0.0.7"]);
+
+    // Armed, then disarmed: nothing happens.
+    let r = http.put(&url).json(&json!({"remove": "10.0.0.7"})).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(http.delete(&url).send().await.unwrap().status(), 204);
+    client.get_port(&t, "vip-port-7").await.unwrap();
+    assert_eq!(sim_pairs(&sim, "vip-port-7"), ["10.0.0.7"]);
+
+    // No such port: 404; a change the update API would refuse: 400.
+    let r = http
+        .put(format!("{}/sim/ports/no-such-port/after-next-read", sim.url()))
+        .json(&json!({"remove": "10.0.0.7"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http.put(&url).json(&json!({"add": {"ip_address": "0.0.0.0/0"}})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(sim.state().after_next_read.is_empty());
 }

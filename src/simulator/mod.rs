@@ -10,11 +10,15 @@
 //! - `GET /v1/{project_id}/ports` — VPC: a page of ports; filters `id`, `device_id`,
 //!   `device_owner`, `network_id`, `fixed_ips=ip_address=X`; `limit` (default and most 2000) and
 //!   `marker` page in port ID order. See [`ports`] for what is modelled.
+//! - `PUT /v1/{project_id}/ports/{port_id}` — VPC: `{"port": {"allowed_address_pairs": [...]}}`
+//!   replaces the port's pairs whole and answers `{"port": {...}}` (400 `VPC.2500` for a body
+//!   it refuses, 404 `VPC.2502` when there is no port)
 //!
 //! Anything else (any method) answers as the API gateway does: 404 `APIGW.0101`. Every answer,
 //! success or error, carries a unique `X-Request-Id`, kept with the call in `/sim/calls`.
 //! Admin API (JSON, for tests and demos; no authentication — bind it to loopback):
-//! - `GET /sim/state` — NIC → VIP state, ports, missing NICs, locked access keys, in-flight peak
+//! - `GET /sim/state` — NIC → VIP state, ports, armed after-read changes, missing NICs, locked
+//!   access keys, in-flight peak
 //! - `GET /sim/calls` — every cloud call received, in order, with its outcome
 //! - `POST /sim/faults` — script a fault ([`Fault`]); `DELETE /sim/faults` clears them
 //! - `PUT|DELETE /sim/missing-nics/{nic_id}` — declare a NIC missing (404, and no port) or present
@@ -24,6 +28,11 @@
 //! - `DELETE /sim/ports/{port_id}` — the port disappears (reads answer `VPC.2502`)
 //! - `PUT /sim/ports/{port_id}/allowed-address-pairs` — `{"allowed_address_pairs": [...]}`:
 //!   change a port's pairs behind the operator's back
+//! - `PUT /sim/ports/{port_id}/after-next-read` — a [`PairsChange`] (`{"add": {pair}}`,
+//!   `{"remove": "<ip>"}` or `{"replace": [pairs]}`): a concurrent writer, once; the next read
+//!   that shows the port (GET or a listing) is answered, then the change happens (see
+//!   [`Simulator::after_next_read`]). 404 without such a port, 400 for a change the API would
+//!   refuse. `DELETE` disarms it.
 //! - `PUT /sim/config` — `{"latency_ms": N, "qps": N|null}`
 //! - `POST /sim/credentials` — accept another AK/SK (optionally temporary, with a token)
 //! - `POST /sim/reset` — forget state, ports, calls, faults and lockouts
@@ -46,7 +55,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-pub use ports::{PortError, SimAddressPair, SimFixedIp, SimPort};
+pub use ports::{PairsChange, PairsError, PortError, SimAddressPair, SimFixedIp, SimPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -119,16 +128,18 @@ pub enum SimOperation {
     Unbind,
 }
 
-/// The VPC port reads. Kept apart from [`SimOperation`], which callers match exhaustively.
+/// The VPC port calls. Kept apart from [`SimOperation`], which callers match exhaustively.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum PortOperation {
     GetPort,
     ListPorts,
+    /// `PUT /v1/{project_id}/ports/{port_id}`.
+    UpdatePort,
 }
 
 /// Every cloud call the simulator serves: what a [`Fault`] can target. In JSON: `bind`,
-/// `unbind`, `get_port`, `list_ports`.
+/// `unbind`, `get_port`, `list_ports`, `update_port`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CloudOperation {
@@ -136,6 +147,7 @@ pub enum CloudOperation {
     Unbind,
     GetPort,
     ListPorts,
+    UpdatePort,
 }
 
 impl From<SimOperation> for CloudOperation {
@@ -152,17 +164,19 @@ impl From<PortOperation> for CloudOperation {
         match op {
             PortOperation::GetPort => CloudOperation::GetPort,
             PortOperation::ListPorts => CloudOperation::ListPorts,
+            PortOperation::UpdatePort => CloudOperation::UpdatePort,
         }
     }
 }
 
 /// A scripted fault. The first fault that matches a call (operation and NIC, when given) and
-/// has uses left is consumed. Without an operation a fault matches every cloud call, port reads
-/// included; its `nic_id` matches an ECS call on that NIC and a read of the port with that ID (a
-/// NIC's port ID is its NIC ID), never a listing. A 2xx `status` does the call normally but
-/// holds the answer for `latency_ms` (a slow cloud, or a response the client never receives if
-/// it dies meanwhile). An error `status` answers with that error; with `apply: true` an ECS
-/// call's effect happens anyway (a cloud that did the work but failed to say so).
+/// has uses left is consumed. Without an operation a fault matches every cloud call, port calls
+/// included; its `nic_id` matches an ECS call on that NIC and a read or update of the port with
+/// that ID (a NIC's port ID is its NIC ID), never a listing. A 2xx `status` does the call
+/// normally but holds the answer for `latency_ms` (a slow cloud, or a response the client never
+/// receives if it dies meanwhile). An error `status` answers with that error; with `apply: true`
+/// an ECS call's or a port update's effect happens anyway (a cloud that did the work but failed
+/// to say so).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Fault {
     #[serde(default)]
@@ -247,12 +261,15 @@ pub struct CallRecord {
     pub nic_id: Option<String>,
     /// The ECS operation, once the body said which.
     pub operation: Option<SimOperation>,
-    /// The port read (`GET .../ports/{port_id}`).
+    /// The port read or updated (`GET|PUT .../ports/{port_id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_id: Option<String>,
     /// The VPC operation, once the call passed the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_operation: Option<PortOperation>,
+    /// Ports whose armed [`PairsChange`] this read set off (right after its answer was taken).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_read_fired: Vec<String>,
     pub access_key: Option<String>,
     /// The body exactly as received.
     pub body: String,
@@ -272,6 +289,9 @@ pub struct StateSnapshot {
     /// Every port (NIC ports and VIP ports), by port ID.
     #[serde(default)]
     pub ports: BTreeMap<String, SimPort>,
+    /// Changes armed by [`Simulator::after_next_read`] that no read has set off yet, by port ID.
+    #[serde(default)]
+    pub after_next_read: BTreeMap<String, PairsChange>,
     pub missing_nics: BTreeSet<String>,
     pub locked_access_keys: BTreeSet<String>,
     pub max_in_flight: usize,
@@ -413,6 +433,24 @@ impl Simulator {
         self.shared.lock().ports.set_pairs(port_id, pairs)
     }
 
+    /// A concurrent writer, for tests of read-modify-write: the next time the VPC API shows port
+    /// `port_id` to a reader (a GET of it, or a listing page that holds it, answered 200), the
+    /// answer is taken first and `change` is made to the port's `allowed_address_pairs` right
+    /// after, once. The reader sees the list before; every call decided after that read (the
+    /// reader's own write included) sees the list after. Arming a port again replaces its
+    /// change; removing the port or a reset disarms it. An ECS call is no read.
+    ///
+    /// `Err(NotFound)` without such a port; `Err(InvalidPairs)` for a change the update API
+    /// would refuse (that writer goes through the same checks).
+    pub fn after_next_read(&self, port_id: &str, change: PairsChange) -> Result<(), PortError> {
+        self.shared.lock().ports.after_next_read(port_id, change)
+    }
+
+    /// Disarms [`Simulator::after_next_read`] for the port. False when nothing was armed.
+    pub fn clear_after_next_read(&self, port_id: &str) -> bool {
+        self.shared.lock().ports.clear_after_next_read(port_id)
+    }
+
     /// The port as the simulator holds it (whatever its project, missing or not).
     pub fn port(&self, port_id: &str) -> Option<SimPort> {
         self.shared.lock().ports.get(port_id).cloned()
@@ -455,6 +493,7 @@ fn snapshot(shared: &Shared) -> StateSnapshot {
     StateSnapshot {
         nics: inner.nics.clone(),
         ports: inner.ports.all(),
+        after_next_read: inner.ports.pending_after_read(),
         missing_nics: inner.missing.clone(),
         locked_access_keys: inner
             .locked_until
@@ -495,7 +534,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/{project_id}/cloudservers/nics/{nic_id}", put(nic_call))
         .route("/v1/{project_id}/ports", get(list_ports_call))
-        .route("/v1/{project_id}/ports/{port_id}", get(get_port_call))
+        .route("/v1/{project_id}/ports/{port_id}", get(get_port_call).put(update_port_call))
         .route("/sim/state", get(admin_state))
         .route("/sim/calls", get(admin_calls))
         .route("/sim/faults", post(admin_add_fault).delete(admin_clear_faults))
@@ -503,6 +542,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/nics/{nic_id}", put(admin_set_nic).delete(admin_clear_nic))
         .route("/sim/ports/{port_id}", put(admin_set_port).delete(admin_remove_port))
         .route("/sim/ports/{port_id}/allowed-address-pairs", put(admin_set_pairs))
+        .route("/sim/ports/{port_id}/after-next-read", put(admin_after_next_read).delete(admin_clear_after_next_read))
         .route("/sim/config", put(admin_config))
         .route("/sim/credentials", post(admin_add_credential))
         .route("/sim/reset", post(admin_reset))
@@ -711,6 +751,8 @@ enum Resource<'a> {
     Nic(&'a str),
     /// `GET /v1/{project_id}/ports/{port_id}`
     Port(&'a str),
+    /// `PUT /v1/{project_id}/ports/{port_id}`
+    PortUpdate(&'a str),
     /// `GET /v1/{project_id}/ports`
     Ports,
 }
@@ -737,6 +779,7 @@ fn decide(shared: &Shared, inner: &mut Inner, req: &SimRequest<'_>, record: &mut
     match req.resource {
         Resource::Nic(nic_id) => decide_nic(inner, req, nic_id, record),
         Resource::Port(port_id) => ports::get_port(inner, req, port_id, record),
+        Resource::PortUpdate(port_id) => ports::update_port(inner, req, port_id, record),
         Resource::Ports => ports::list_ports(inner, req, record),
     }
 }
@@ -948,6 +991,18 @@ async fn get_port_call(
     serve(&shared, &project_id, Resource::Port(&port_id), &received).await
 }
 
+async fn update_port_call(
+    State(shared): State<Arc<Shared>>,
+    Path((project_id, port_id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let received = Received { method, uri, headers, body };
+    serve(&shared, &project_id, Resource::PortUpdate(&port_id), &received).await
+}
+
 async fn list_ports_call(
     State(shared): State<Arc<Shared>>,
     Path(project_id): Path<String>,
@@ -983,6 +1038,7 @@ async fn serve(shared: &Shared, project_id: &str, resource: Resource<'_>, receiv
         operation: None,
         port_id: None,
         port_operation: None,
+        after_read_fired: vec![],
         access_key: None,
         body: String::from_utf8_lossy(&received.body).into_owned(),
         status: 0,
@@ -992,7 +1048,7 @@ async fn serve(shared: &Shared, project_id: &str, resource: Resource<'_>, receiv
     };
     match resource {
         Resource::Nic(nic) => record.nic_id = Some(nic.to_string()),
-        Resource::Port(port) => record.port_id = Some(port.to_string()),
+        Resource::Port(port) | Resource::PortUpdate(port) => record.port_id = Some(port.to_string()),
         Resource::Ports => {}
     }
     let (outcome, latency) = {
@@ -1121,6 +1177,23 @@ async fn admin_set_pairs(
     } else {
         (StatusCode::NOT_FOUND, format!("no port {id}")).into_response()
     }
+}
+
+async fn admin_after_next_read(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    axum::Json(change): axum::Json<PairsChange>,
+) -> Response {
+    match shared.lock().ports.after_next_read(&id, change) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ PortError::NotFound(_)) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn admin_clear_after_next_read(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> StatusCode {
+    shared.lock().ports.clear_after_next_read(&id);
+    StatusCode::NO_CONTENT
 }
 
 async fn admin_clear_nic(State(shared): State<Arc<Shared>>, Path(nic): Path<String>) -> StatusCode {

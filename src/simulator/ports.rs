@@ -1,5 +1,6 @@
 //! The simulator's VPC ports: NIC ports and virtual IP ports over the same state as the ECS
-//! calls, served as `GET /v1/{project_id}/ports/{port_id}` and `GET /v1/{project_id}/ports`.
+//! calls, served as `GET /v1/{project_id}/ports/{port_id}`, `GET /v1/{project_id}/ports` and
+//! `PUT /v1/{project_id}/ports/{port_id}`.
 //!
 //! What is modelled, and from where (see `huawei-vpc-ports.md` in the shared reference):
 //! - A VIP is a port of its own (`device_owner: neutron:VIP_PORT`, status `DOWN`); it is bound to
@@ -8,6 +9,17 @@
 //! - A missing port answers 404 `{"code": "VPC.2502", "message": "Port <id> not found"}`.
 //! - ECS bind with `reverse_binding: true` adds the NIC's IP/MAC pair to the VIP port's pairs
 //!   (documented); the simulator's unbind with `reverse_binding: true` takes it out again.
+//! - An update (`PUT`) replaces `allowed_address_pairs` whole (documented), with no version: the
+//!   last writer wins. `0.0.0.0` and `0.0.0.0/0` are refused, `1.1.1.1/0` is taken (documented);
+//!   an update must set at least one attribute (documented). The simulator supports no other
+//!   attribute. Not confirmed, and the simulator's choice: the error code of a refused update
+//!   (`VPC.2500`, documented for creating a port), the 404 of a missing port on update (`VPC.2502`,
+//!   as for reads), the limit of [`MAX_PAIRS`] pairs, the MAC format, and the order of the checks
+//!   (body first, then the port). An update changes only the port: the ECS view of NIC → VIP
+//!   (`nics` in the state) is what ECS calls said, as how Huawei links the two is not documented.
+//! - A test can act as a concurrent writer between a reader's read and its write:
+//!   [`Simulator::after_next_read`](super::Simulator::after_next_read) changes a port's pairs
+//!   right after the next read that shows it.
 //!
 //! Deliberately independent of `crate::ecs::vpc`: its own wire types, so a serialisation bug in
 //! the client's model cannot be mirrored here and "agree with itself".
@@ -28,6 +40,13 @@ pub const MAX_PAGE: usize = 2000;
 
 /// Ports the simulator keeps at most (a long-running simulator must not grow for ever).
 pub const MAX_PORTS: usize = 100_000;
+
+/// Pairs one port holds at most. Huawei's quota is NOT confirmed: this is the simulator's bound,
+/// so a hostile body cannot grow a port without limit.
+pub const MAX_PAIRS: usize = 100;
+
+/// The longest `ip_address` or `mac_address` of a pair taken (the longest IPv6 CIDR is 43).
+pub const MAX_PAIR_FIELD_LEN: usize = 64;
 
 /// `device_owner` of the NIC ports the simulator makes up: the simulator's convention (OpenStack
 /// writes `compute:<availability zone>`), not a value Huawei documents.
@@ -144,6 +163,178 @@ pub enum PortError {
     NoProject,
     #[error("the simulator holds at most {MAX_PORTS} ports")]
     TooMany,
+    #[error("no port {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidPairs(PairsError),
+}
+
+/// Why a list of `allowed_address_pairs` is refused. The texts are what clients read in the 400
+/// answer (after "Param is invalid: ").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PairsError {
+    #[error("allowed_address_pairs must be an array")]
+    NotAnArray,
+    #[error("allowed_address_pairs holds at most {MAX_PAIRS} pairs")]
+    TooMany,
+    #[error("allowed_address_pairs[{0}] must be an object")]
+    NotAnObject(usize),
+    #[error("unknown field allowed_address_pairs[{0}].{1}")]
+    UnknownField(usize, String),
+    #[error("allowed_address_pairs[{0}].ip_address is required")]
+    NoIp(usize),
+    #[error("allowed_address_pairs[{0}].{1} must be a string")]
+    NotAString(usize, &'static str),
+    #[error("allowed_address_pairs[{0}].ip_address {1:?} is not an IP address or CIDR")]
+    NotAnIp(usize, String),
+    #[error("allowed_address_pairs[{0}].ip_address must not be 0.0.0.0 or 0.0.0.0/0")]
+    AnyAddress(usize),
+    #[error("allowed_address_pairs[{0}].mac_address {1:?} is not a MAC address")]
+    NotAMac(usize, String),
+}
+
+/// Why the simulator refuses an update's body. The texts are what clients read in the 400 answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    // serde_json's error is kept as text: the variant must stay comparable in tests.
+    #[error("request body is not JSON: {0}")]
+    NotJson(String),
+    #[error("request body must be a JSON object")]
+    NotAnObject,
+    #[error("unknown field {0:?}")]
+    UnknownField(String),
+    #[error("field port (object) is required")]
+    PortRequired,
+    #[error("an update must set at least one attribute of the port")]
+    Empty,
+    /// Huawei takes more (`name`, `security_groups`, …); the simulator models this one alone.
+    #[error("port.{0} is not supported by the simulator (only allowed_address_pairs)")]
+    Unsupported(String),
+    #[error(transparent)]
+    Pairs(#[from] PairsError),
+}
+
+/// A change to a port's `allowed_address_pairs` made by someone other than the caller (see
+/// [`Simulator::after_next_read`](super::Simulator::after_next_read)). In JSON:
+/// `{"add": {"ip_address": "10.0.0.9"}}`, `{"remove": "10.0.0.9"}`, `{"replace": [...]}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PairsChange {
+    /// Appends the pair, unless a pair with its `ip_address` is there already (or the port holds
+    /// [`MAX_PAIRS`]: that writer's update would be refused).
+    Add(SimAddressPair),
+    /// Removes every pair with this `ip_address`.
+    Remove(String),
+    /// Replaces the list whole.
+    Replace(Vec<SimAddressPair>),
+}
+
+impl PairsChange {
+    /// The change must be one the API would take: that writer goes through the same checks.
+    fn check(&self) -> Result<(), PairsError> {
+        match self {
+            PairsChange::Add(pair) => check_pair(0, pair),
+            PairsChange::Remove(_) => Ok(()),
+            PairsChange::Replace(pairs) if pairs.len() > MAX_PAIRS => Err(PairsError::TooMany),
+            PairsChange::Replace(pairs) => pairs.iter().enumerate().try_for_each(|(i, p)| check_pair(i, p)),
+        }
+    }
+
+    fn apply(self, pairs: &mut Vec<SimAddressPair>) {
+        match self {
+            PairsChange::Add(pair) => {
+                if pairs.len() < MAX_PAIRS && !pairs.iter().any(|p| p.ip_address == pair.ip_address) {
+                    pairs.push(pair);
+                }
+            }
+            PairsChange::Remove(ip) => pairs.retain(|p| p.ip_address != ip),
+            PairsChange::Replace(new) => *pairs = new,
+        }
+    }
+}
+
+/// Parses an update's body: exactly `{"port": {"allowed_address_pairs": [...]}}`, each pair
+/// `{ip_address[, mac_address]}`, checked. Bounded: the body is at most axum's body limit, the
+/// list at most [`MAX_PAIRS`], each field at most [`MAX_PAIR_FIELD_LEN`].
+pub(super) fn parse_update(body: &[u8]) -> Result<Vec<SimAddressPair>, UpdateError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| UpdateError::NotJson(e.to_string()))?;
+    let obj = value.as_object().ok_or(UpdateError::NotAnObject)?;
+    if let Some(k) = obj.keys().find(|k| *k != "port") {
+        return Err(UpdateError::UnknownField(k.clone()));
+    }
+    let port = obj.get("port").and_then(Value::as_object).ok_or(UpdateError::PortRequired)?;
+    if port.is_empty() {
+        return Err(UpdateError::Empty);
+    }
+    if let Some(k) = port.keys().find(|k| *k != "allowed_address_pairs") {
+        return Err(UpdateError::Unsupported(k.clone()));
+    }
+    let list = port.get("allowed_address_pairs").and_then(Value::as_array).ok_or(PairsError::NotAnArray)?;
+    if list.len() > MAX_PAIRS {
+        return Err(PairsError::TooMany.into());
+    }
+    let mut pairs = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let entry = entry.as_object().ok_or(PairsError::NotAnObject(i))?;
+        if let Some(k) = entry.keys().find(|k| !matches!(k.as_str(), "ip_address" | "mac_address")) {
+            return Err(PairsError::UnknownField(i, k.clone()).into());
+        }
+        let ip_address = match entry.get("ip_address") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(PairsError::NotAString(i, "ip_address").into()),
+            None => return Err(PairsError::NoIp(i).into()),
+        };
+        let mac_address = match entry.get("mac_address") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(PairsError::NotAString(i, "mac_address").into()),
+        };
+        let pair = SimAddressPair { ip_address, mac_address };
+        check_pair(i, &pair)?;
+        pairs.push(pair);
+    }
+    Ok(pairs)
+}
+
+/// One pair's checks: an IP or CIDR that is not "any" (`0.0.0.0`, `0.0.0.0/0`), and a MAC in the
+/// colon form when given (Neutron takes other forms; whether Huawei does is not confirmed).
+fn check_pair(i: usize, pair: &SimAddressPair) -> Result<(), PairsError> {
+    let ip = &pair.ip_address;
+    let bad_ip = || PairsError::NotAnIp(i, ip.chars().take(MAX_PAIR_FIELD_LEN).collect());
+    if ip.len() > MAX_PAIR_FIELD_LEN {
+        return Err(bad_ip());
+    }
+    let (addr, prefix) = match ip.split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (ip.as_str(), None),
+    };
+    let addr: std::net::IpAddr = addr.parse().map_err(|_| bad_ip())?;
+    let prefix = match prefix {
+        None => None,
+        // Digits only: `u8::from_str` would take "+8".
+        Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            Some(p.parse::<u8>().ok().filter(|n| *n <= max).ok_or_else(bad_ip)?)
+        }
+        Some(_) => return Err(bad_ip()),
+    };
+    // Documented: "0.0.0.0" and "0.0.0.0/0" are refused. Other prefixes of 0.0.0.0, and `::/0`,
+    // are not documented either way: taken.
+    if addr == std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) && matches!(prefix, None | Some(0)) {
+        return Err(PairsError::AnyAddress(i));
+    }
+    if let Some(mac) = &pair.mac_address
+        && !is_mac(mac)
+    {
+        return Err(PairsError::NotAMac(i, mac.chars().take(MAX_PAIR_FIELD_LEN).collect()));
+    }
+    Ok(())
+}
+
+/// `xx:xx:xx:xx:xx:xx`, hexadecimal, either case.
+fn is_mac(mac: &str) -> bool {
+    let groups: Vec<&str> = mac.split(':').take(7).collect();
+    groups.len() == 6 && groups.iter().all(|g| g.len() == 2 && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Every port, and the NICs the simulator knows of.
@@ -153,6 +344,9 @@ pub(super) struct Ports {
     /// NICs known to the simulator: a port removed through the admin API stays removed, even
     /// when an ECS call names the NIC again.
     known_nics: BTreeSet<String>,
+    /// One-shot changes made right after the next read of a port (at most one a port, and
+    /// only for ports that exist: bounded by [`MAX_PORTS`]).
+    after_read: BTreeMap<String, PairsChange>,
 }
 
 impl Ports {
@@ -172,7 +366,45 @@ impl Ports {
     }
 
     pub(super) fn remove(&mut self, id: &str) -> Option<SimPort> {
+        self.after_read.remove(id);
         self.ports.remove(id)
+    }
+
+    /// Arms the one-shot change of `id`'s pairs after its next read, replacing one armed before.
+    pub(super) fn after_next_read(&mut self, id: &str, change: PairsChange) -> Result<(), PortError> {
+        if !self.ports.contains_key(id) {
+            return Err(PortError::NotFound(id.to_string()));
+        }
+        change.check().map_err(PortError::InvalidPairs)?;
+        self.after_read.insert(id.to_string(), change);
+        Ok(())
+    }
+
+    /// Disarms it. False when none was armed.
+    pub(super) fn clear_after_next_read(&mut self, id: &str) -> bool {
+        self.after_read.remove(id).is_some()
+    }
+
+    pub(super) fn pending_after_read(&self) -> BTreeMap<String, PairsChange> {
+        self.after_read.clone()
+    }
+
+    /// The ports in `ids` were just shown to a reader: their armed changes happen now, once.
+    /// Returns the ports changed.
+    fn fire_after_read<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        if self.after_read.is_empty() {
+            return vec![];
+        }
+        let mut fired = vec![];
+        for id in ids {
+            if let Some(change) = self.after_read.remove(id)
+                && let Some(port) = self.ports.get_mut(id)
+            {
+                change.apply(&mut port.allowed_address_pairs);
+                fired.push(id.to_string());
+            }
+        }
+        fired
     }
 
     /// Replaces a port's pairs (behind the operator's back). False when there is no such port.
@@ -197,6 +429,7 @@ impl Ports {
     pub(super) fn clear(&mut self) {
         self.ports.clear();
         self.known_nics.clear();
+        self.after_read.clear();
     }
 
     /// The first time the simulator hears of a NIC (an ECS call names it), the NIC's port comes
@@ -351,8 +584,14 @@ pub(super) fn get_port(inner: &mut Inner, req: &SimRequest<'_>, port_id: &str, r
     let answer = match inner.ports.visible(req.project_id, port_id, &inner.missing) {
         Some(port) => Outcome::ok(json!({"port": port.wire()})),
         None => Outcome::error(404, "VPC.2502", format!("Port {port_id} not found")),
-    };
-    answer.unless(fault)
+    }
+    .unless(fault);
+    // The answer is taken: a change armed for after this read happens now, under the same lock,
+    // so the reader sees the list before it and every call decided later the list after it.
+    if answer.code.is_none() {
+        record.after_read_fired = inner.ports.fire_after_read([port_id]);
+    }
+    answer
 }
 
 /// `GET /v1/{project_id}/ports?...`, after the gateway's checks. A query the simulator does not
@@ -367,8 +606,55 @@ pub(super) fn list_ports(inner: &mut Inner, req: &SimRequest<'_>, record: &mut C
         Err(why) => return Outcome::error(400, "VPC.2500", format!("Param is invalid: {why}")),
     };
     let fault = take_fault(inner, CloudOperation::ListPorts, None);
-    let page: Vec<Value> = inner.ports.list(req.project_id, &query, &inner.missing).iter().map(|p| p.wire()).collect();
-    Outcome::ok(json!({"ports": page})).unless(fault)
+    let page = inner.ports.list(req.project_id, &query, &inner.missing);
+    let shown: Vec<String> = page.iter().map(|p| p.id.clone()).collect();
+    let page: Vec<Value> = page.iter().map(|p| p.wire()).collect();
+    let answer = Outcome::ok(json!({"ports": page})).unless(fault);
+    // As for one port: every port the page showed.
+    if answer.code.is_none() {
+        record.after_read_fired = inner.ports.fire_after_read(shown.iter().map(String::as_str));
+    }
+    answer
+}
+
+/// `PUT /v1/{project_id}/ports/{port_id}`, after the gateway's checks: replaces the port's
+/// `allowed_address_pairs` whole and answers the whole port. A body the simulator refuses answers
+/// 400 `VPC.2500` ("Param is invalid": documented for creating a port; that an update answers
+/// it is NOT confirmed) and consumes no fault. An error fault with `apply: true` writes the list
+/// anyway (a cloud that did the work but failed to say so).
+pub(super) fn update_port(inner: &mut Inner, req: &SimRequest<'_>, port_id: &str, record: &mut CallRecord) -> Outcome {
+    if let Err(refused) = check_project(req) {
+        return refused;
+    }
+    record.port_operation = Some(PortOperation::UpdatePort);
+    // The simulator's strictness, as for ECS: the client always sends JSON.
+    let content_type = req.headers.get("content-type").and_then(|v| v.to_str().ok());
+    if !content_type.is_some_and(|v| v.starts_with("application/json")) {
+        return Outcome::error(400, "VPC.2500", "Param is invalid: Content-Type must be application/json");
+    }
+    let pairs = match parse_update(req.body) {
+        Ok(pairs) => pairs,
+        Err(why) => return Outcome::error(400, "VPC.2500", format!("Param is invalid: {why}")),
+    };
+    let fault = take_fault(inner, CloudOperation::UpdatePort, Some(port_id));
+    let exists = inner.ports.visible(req.project_id, port_id, &inner.missing).is_some();
+    if let Some(f) = &fault
+        && !(200..300).contains(&f.status)
+    {
+        if f.apply && exists {
+            inner.ports.set_pairs(port_id, pairs);
+        }
+        return Outcome::fault(f.clone());
+    }
+    if !exists {
+        // `VPC.2502` as for reads; that an update answers the same is NOT confirmed.
+        return Outcome::error(404, "VPC.2502", format!("Port {port_id} not found")).unless(fault);
+    }
+    inner.ports.set_pairs(port_id, pairs);
+    match inner.ports.get(port_id) {
+        Some(port) => Outcome::ok(json!({"port": port.wire()})).unless(fault),
+        None => Outcome::error(404, "VPC.2502", format!("Port {port_id} not found")),
+    }
 }
 
 #[cfg(test)]
@@ -502,6 +788,134 @@ mod tests {
         ports.set(SimPort::vip("x", P, "n", "s", "1.1.1.1")).unwrap();
         assert!(ports.set_pairs("x", vec![SimAddressPair { ip_address: "1.1.1.1/0".into(), mac_address: None }]));
         assert_eq!(ports.get("x").unwrap().allowed_address_pairs.len(), 1);
+    }
+
+    fn pairs(body: &str) -> Result<Vec<SimAddressPair>, String> {
+        parse_update(body.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    fn pair(ip: &str) -> SimAddressPair {
+        SimAddressPair { ip_address: ip.into(), mac_address: None }
+    }
+
+    #[test]
+    fn update_bodies_are_checked() {
+        assert_eq!(pairs(r#"{"port":{"allowed_address_pairs":[]}}"#), Ok(vec![]));
+        assert_eq!(
+            pairs(
+                r#"{"port":{"allowed_address_pairs":[{"ip_address":"1.1.1.1/0"},{"ip_address":"10.0.0.0/24","mac_address":"FA:16:3e:00:00:0a"},{"ip_address":"fd00::1/128"},{"ip_address":"192.168.0.9","mac_address":null}]}}"#
+            ),
+            Ok(vec![
+                pair("1.1.1.1/0"),
+                SimAddressPair { ip_address: "10.0.0.0/24".into(), mac_address: Some("FA:16:3e:00:00:0a".into()) },
+                pair("fd00::1/128"),
+                pair("192.168.0.9"),
+            ])
+        );
+        let long = format!(r#"{{"port":{{"allowed_address_pairs":[{{"ip_address":"{}"}}]}}}}"#, "1".repeat(10_000));
+        let many = format!(
+            r#"{{"port":{{"allowed_address_pairs":[{}]}}}}"#,
+            vec![r#"{"ip_address":"10.0.0.1"}"#; MAX_PAIRS + 1].join(",")
+        );
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for (bad, why) in [
+            ("[]", "request body must be a JSON object"),
+            (r#"{"port":{"allowed_address_pairs":[]},"x":1}"#, r#"unknown field "x""#),
+            (r#"{}"#, "field port (object) is required"),
+            (r#"{"port":[]}"#, "field port (object) is required"),
+            (r#"{"port":{}}"#, "an update must set at least one attribute of the port"),
+            (r#"{"port":{"name":"a"}}"#, "port.name is not supported by the simulator (only allowed_address_pairs)"),
+            (r#"{"port":{"allowed_address_pairs":null}}"#, "allowed_address_pairs must be an array"),
+            (r#"{"port":{"allowed_address_pairs":{}}}"#, "allowed_address_pairs must be an array"),
+            (many.as_str(), "allowed_address_pairs holds at most 100 pairs"),
+            (r#"{"port":{"allowed_address_pairs":["10.0.0.1"]}}"#, "allowed_address_pairs[0] must be an object"),
+            (r#"{"port":{"allowed_address_pairs":[{}]}}"#, "allowed_address_pairs[0].ip_address is required"),
+            (
+                r#"{"port":{"allowed_address_pairs":[{"ip_address":1}]}}"#,
+                "allowed_address_pairs[0].ip_address must be a string",
+            ),
+            (
+                r#"{"port":{"allowed_address_pairs":[{"ip_address":"10.0.0.1","mac_address":1}]}}"#,
+                "allowed_address_pairs[0].mac_address must be a string",
+            ),
+            (
+                r#"{"port":{"allowed_address_pairs":[{"ip_address":"10.0.0.1","x":1}]}}"#,
+                "unknown field allowed_address_pairs[0].x",
+            ),
+            (
+                r#"{"port":{"allowed_address_pairs":[{"ip_address":"10.0.0.1"},{"ip_address":"0.0.0.0/0"}]}}"#,
+                "allowed_address_pairs[1].ip_address must not be 0.0.0.0 or 0.0.0.0/0",
+            ),
+            (
+                r#"{"port":{"allowed_address_pairs":[{"ip_address":"0.0.0.0"}]}}"#,
+                "allowed_address_pairs[0].ip_address must not be 0.0.0.0 or 0.0.0.0/0",
+            ),
+            (
+                r#"{"port":{"allowed_address_pairs":[{"ip_address":"10.0.0.1","mac_address":"fa:16:3e:00:00"}]}}"#,
+                r#"allowed_address_pairs[0].mac_address "fa:16:3e:00:00" is not a MAC address"#,
+            ),
+        ] {
+            assert_eq!(pairs(bad).err().as_deref(), Some(why), "{bad:.80}");
+        }
+        // Not JSON, or nested past serde_json's recursion limit: refused, no stack overflow.
+        for bad in ["", "{", deep.as_str()] {
+            assert!(pairs(bad).unwrap_err().starts_with("request body is not JSON: "), "{bad:.80}");
+        }
+        // The refused text is bounded too.
+        let text = pairs(&long).unwrap_err();
+        assert!(text.len() < 200, "{text}");
+        for ip in [
+            "x",
+            "",
+            "10.0.0.1/",
+            "10.0.0.1/33",
+            "10.0.0.1/+8",
+            "10.0.0.1/0008",
+            "fd00::1/129",
+            "10.0.0.1/8/8",
+            " 10.0.0.1",
+            "10.0.0.256",
+        ] {
+            assert!(check_pair(0, &pair(ip)).is_err(), "{ip:?}");
+        }
+        for ip in ["1.1.1.1/0", "0.0.0.0/8", "::/0", "10.0.0.1/32", "fd00::/64"] {
+            assert_eq!(check_pair(0, &pair(ip)), Ok(()), "{ip:?}");
+        }
+    }
+
+    #[test]
+    fn an_armed_change_fires_once_after_a_read_that_shows_the_port() {
+        let mut ports = ports();
+        assert_eq!(
+            ports.after_next_read("nope", PairsChange::Remove("x".into())),
+            Err(PortError::NotFound("nope".into()))
+        );
+        assert!(matches!(
+            ports.after_next_read("vip-1", PairsChange::Add(pair("0.0.0.0"))),
+            Err(PortError::InvalidPairs(PairsError::AnyAddress(0)))
+        ));
+        ports.after_next_read("vip-1", PairsChange::Add(pair("10.0.0.9"))).unwrap();
+        assert_eq!(ports.fire_after_read(["vip-2"]), Vec::<String>::new());
+        assert_eq!(ports.fire_after_read(["vip-1", "vip-2"]), ["vip-1"]);
+        assert_eq!(ports.get("vip-1").unwrap().allowed_address_pairs, vec![pair("10.0.0.9")]);
+        assert!(ports.fire_after_read(["vip-1"]).is_empty(), "one-shot");
+        assert!(ports.pending_after_read().is_empty());
+
+        // Add is idempotent; Remove and Replace do what they say.
+        let mut list = vec![pair("10.0.0.9")];
+        PairsChange::Add(pair("10.0.0.9")).apply(&mut list);
+        assert_eq!(list.len(), 1);
+        PairsChange::Replace(vec![pair("10.0.0.1"), pair("10.0.0.2")]).apply(&mut list);
+        PairsChange::Remove("10.0.0.1".into()).apply(&mut list);
+        assert_eq!(list, vec![pair("10.0.0.2")]);
+
+        // Removing the port disarms it.
+        ports.after_next_read("vip-2", PairsChange::Replace(vec![])).unwrap();
+        assert!(ports.clear_after_next_read("vip-2"));
+        assert!(!ports.clear_after_next_read("vip-2"));
+        ports.after_next_read("vip-2", PairsChange::Replace(vec![])).unwrap();
+        ports.remove("vip-2");
+        assert!(ports.pending_after_read().is_empty());
     }
 
     #[test]
