@@ -169,6 +169,23 @@ fn identity_fields_are_immutable_with_a_helpful_message() {
     let bare = binding(good_spec());
     rejected_with(&old, Some(&bare), "projectId is immutable");
     rejected_with(&bare, Some(&old), "region is immutable");
+    // The API too: it cannot be changed, added or removed.
+    let vpc = binding(with(good_spec(), "api", json!("VPC")));
+    let mut ecs = vpc.clone();
+    ecs["spec"]["api"] = json!("ECS");
+    rejected_with(&ecs, Some(&vpc), "api is immutable");
+    rejected_with(&vpc, Some(&bare), "api is immutable");
+    rejected_with(&bare, Some(&vpc), "api is immutable");
+}
+
+#[test]
+fn the_vpc_api_takes_ipv4_vips_only() {
+    let v4 = with(good_spec(), "api", json!("VPC"));
+    assert!(admit(&binding(v4.clone()), None).is_ok());
+    let v6 = with(v4, "ipAddress", json!("fd00::7"));
+    rejected_with(&binding(v6), None, "api VPC binds IPv4 VIPs only");
+    assert!(admit(&binding(with(good_spec(), "ipAddress", json!("fd00::7"))), None).is_ok(), "ECS takes IPv6");
+    rejected_with(&binding(with(good_spec(), "api", json!("EC2"))), None, "api");
 }
 
 #[test]

@@ -68,6 +68,8 @@ impl Claim {
 #[derive(Debug, Clone)]
 struct Entry {
     nic: String,
+    /// Its record says the operator turned the NIC's source check off (`1.1.1.1/0`).
+    source_check_off_added: bool,
     /// The Secrets it needs: the one its spec names, and the one its last bind used
     /// (`status.boundWith`), which the deletion's unbind signs with.
     secrets: Vec<(String, String)>,
@@ -87,8 +89,10 @@ pub fn api_of(b: &VipBinding, default: BindApi) -> BindApi {
 fn entry_of(b: &VipBinding, default_api: BindApi) -> Option<Entry> {
     let uid = b.uid()?;
     let namespace = b.namespace().unwrap_or_default();
+    let record = b.status.as_ref().and_then(|s| s.bound_with.as_ref());
     Some(Entry {
         nic: b.spec.nic_id.clone(),
+        source_check_off_added: record.is_some_and(|w| w.source_check_off_added),
         secrets: {
             let spec = b.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone());
             let recorded =
@@ -189,7 +193,14 @@ impl Inner {
     fn insert(&mut self, entry: Entry, changes: &mut Changes) {
         let uid = entry.claim.uid.clone();
         let old_nic = match self.by_uid.get(&uid) {
-            Some(old) if old.nic == entry.nic && old.secrets == entry.secrets && old.claim == entry.claim => return,
+            Some(old)
+                if old.nic == entry.nic
+                    && old.secrets == entry.secrets
+                    && old.claim == entry.claim
+                    && old.source_check_off_added == entry.source_check_off_added =>
+            {
+                return;
+            }
             Some(old) => Some(old.nic.clone()),
             None => None,
         };
@@ -305,6 +316,19 @@ impl BindingIndex {
             None => std::sync::Arc::new(entry_of(b, inner.default_api)?.claim.as_ref().clone()),
         };
         claims.iter().take_while(|c| c.uid != mine.uid).find(|c| c.conflicts(&mine)).map(|c| c.key())
+    }
+
+    /// Whether another binding on `b`'s NIC recorded turning its source check off: `b` then
+    /// shares that, so whichever of them is unbound last turns it back on.
+    pub fn source_check_off_by_another(&self, b: &VipBinding) -> bool {
+        let uid = b.uid().unwrap_or_default();
+        let inner = self.read();
+        inner.by_nic.get(&b.spec.nic_id).is_some_and(|claims| {
+            claims
+                .iter()
+                .filter(|c| c.uid.as_str() != uid)
+                .any(|c| inner.by_uid.get(c.uid.as_str()).is_some_and(|e| e.source_check_off_added))
+        })
     }
 
     /// Whether a binding other than `b` (live or being deleted) is on `b`'s NIC.

@@ -155,7 +155,11 @@ impl PortPairs {
         t: &PairsTarget<'_>,
         recorded: &Recorded,
     ) -> Result<(PairsRecord, bool), PairsFailure> {
-        let vip_port_id = self.find_vip_port(target, t).await?;
+        // A VIP's port keeps its ID: a re-bind (drift) reads it directly instead of listing.
+        let vip_port_id = match &recorded.vip_port_id {
+            Some(id) => id.clone(),
+            None => self.find_vip_port(target, t).await?,
+        };
         let nic = self.api.get_port(target, t.nic_id).await.map_err(cloud)?;
         let nic_ip = nic
             .fixed_ips

@@ -53,7 +53,9 @@ pub(super) struct BindStep<'a> {
 pub(super) async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, step: BindStep<'_>) -> Result<Action, Error> {
     let t = pairs_target(b);
     let BindStep { admitted, pairs, bound_with, knowledge, reassert } = step;
-    match admitted.bind_pairs(b, pairs, &t, &recorded(b)).await {
+    let mut recorded = recorded(b);
+    recorded.source_check_off_added |= ctx.index.source_check_off_by_another(b);
+    match admitted.bind_pairs(b, pairs, &t, &recorded).await {
         Ok((record, wrote)) => {
             // A drift check that found the pair in place wrote nothing and re-asserted nothing.
             ctx.asserted(b, key, reassert && wrote);

@@ -10,6 +10,7 @@ mod evidence;
 mod harness;
 mod safety;
 mod tenancy;
+mod vpc;
 
 use std::time::Duration;
 

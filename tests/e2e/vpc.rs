@@ -1,0 +1,162 @@
+//! `api: VPC` bindings end to end: the operator binds through the VIP port's
+//! allowed_address_pairs on the simulator, which serves the ECS and VPC calls over one state.
+
+use std::time::Duration;
+
+use serde_json::json;
+use vip_operator::simulator::{PairsChange, PortOperation, SimAddressPair, SimPort};
+
+use crate::NIC;
+use crate::harness::{Env, Needs, PROJECT, SUBNET, ready};
+
+const VIP_A: &str = "192.168.0.7";
+const VIP_B: &str = "192.168.0.8";
+const FOREIGN: &str = "10.99.0.1";
+const CHECK_OFF: &str = "1.1.1.1/0";
+
+fn pair(ip: &str) -> SimAddressPair {
+    SimAddressPair { ip_address: ip.into(), mac_address: None }
+}
+
+/// The NIC's port (in the bindings' network) and two VIP ports; returns the NIC's IP.
+fn ports(env: &Env) -> String {
+    let mut nic = SimPort::nic(NIC, PROJECT);
+    nic.network_id = SUBNET.into();
+    let nic_ip = nic.ip().expect("a fixed IP").to_string();
+    env.sim.set_port(nic).unwrap();
+    let mut a = SimPort::vip("vip-port-a", PROJECT, SUBNET, "subnet-v4", VIP_A);
+    // Someone else's pair on the VIP: never ours to remove.
+    a.allowed_address_pairs = vec![pair(FOREIGN)];
+    env.sim.set_port(a).unwrap();
+    env.sim.set_port(SimPort::vip("vip-port-b", PROJECT, SUBNET, "subnet-v4", VIP_B)).unwrap();
+    nic_ip
+}
+
+fn pairs(env: &Env, port: &str) -> Vec<String> {
+    env.sim.port(port).expect("port").allowed_address_pairs.into_iter().map(|p| p.ip_address).collect()
+}
+
+fn updates(env: &Env, port: &str) -> usize {
+    env.sim
+        .calls()
+        .iter()
+        .filter(|c| c.port_operation == Some(PortOperation::UpdatePort) && c.port_id.as_deref() == Some(port))
+        .count()
+}
+
+async fn until(what: &str, within: Duration, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_two_vips_share_a_nic_and_each_unbind_takes_only_its_own_pair() {
+    let mut env = Env::new("vpc-share").await;
+    let nic_ip = ports(&env);
+    let _op = env.operator().start().await;
+    env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
+    env.create("b", NIC, VIP_B, json!({"api": "VPC"})).await;
+    let a = env.wait_ready("a").await;
+    env.wait_ready("b").await;
+    assert_eq!(pairs(&env, "vip-port-a"), [FOREIGN, nic_ip.as_str()]);
+    assert_eq!(pairs(&env, "vip-port-b"), [nic_ip.as_str()]);
+    assert_eq!(pairs(&env, NIC), [CHECK_OFF], "the NIC's source check is turned off once");
+    assert!(env.sim.state().nics.is_empty(), "no ECS call was made");
+    let record = a.status.as_ref().and_then(|s| s.bound_with.clone()).expect("a record");
+    assert_eq!(record.vip_port_id.as_deref(), Some("vip-port-a"));
+    assert_eq!(record.nic_ip.as_deref(), Some(nic_ip.as_str()));
+    assert_eq!(a.status.as_ref().and_then(|s| s.port_id.as_deref()), Some(NIC));
+
+    env.delete("a").await;
+    env.wait_gone("a", Duration::from_secs(20)).await;
+    assert_eq!(pairs(&env, "vip-port-a"), [FOREIGN], "only our pair left; someone else's stays");
+    assert_eq!(pairs(&env, "vip-port-b"), [nic_ip.as_str()], "the other VIP on the NIC stays bound");
+    assert_eq!(pairs(&env, NIC), [CHECK_OFF], "still needed by b");
+
+    env.delete("b").await;
+    env.wait_gone("b", Duration::from_secs(20)).await;
+    assert!(pairs(&env, "vip-port-b").is_empty());
+    assert!(pairs(&env, NIC).is_empty(), "the last binding on the NIC turns its source check back on");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_a_pair_removed_behind_our_back_is_put_back_without_rewriting_intact_ones() {
+    let mut env = Env::new("vpc-drift").await;
+    let nic_ip = ports(&env);
+    let _op = env.operator().arg("--resync-period").arg("1s").start().await;
+    env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
+    env.create("b", NIC, VIP_B, json!({"api": "VPC"})).await;
+    env.wait_ready("a").await;
+    env.wait_ready("b").await;
+    let b_writes = updates(&env, "vip-port-b");
+    // Someone removes a's pair, keeping theirs.
+    assert!(env.sim.set_allowed_address_pairs("vip-port-a", vec![pair(FOREIGN)]));
+    until("the pair to be put back", Duration::from_secs(15), || pairs(&env, "vip-port-a").contains(&nic_ip)).await;
+    assert_eq!(pairs(&env, "vip-port-a"), [FOREIGN, nic_ip.as_str()]);
+    // Several drift rounds have passed over b by now: read, never rewritten.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(updates(&env, "vip-port-b"), b_writes, "an intact binding is read, not re-bound");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_a_writer_between_our_read_and_our_write_keeps_its_change() {
+    let mut env = Env::new("vpc-race").await;
+    let nic_ip = ports(&env);
+    let _op = env.operator().arg("--resync-period").arg("1s").start().await;
+    env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
+    env.wait_ready("a").await;
+    // The pair goes missing; the drift check reads the port (by its recorded ID) and, right
+    // after that read, another writer adds its own pair: the list read first is stale.
+    env.sim.after_next_read("vip-port-a", PairsChange::Add(pair("10.99.0.2"))).unwrap();
+    assert!(env.sim.set_allowed_address_pairs("vip-port-a", vec![pair(FOREIGN)]));
+    until("the pair to be put back", Duration::from_secs(15), || pairs(&env, "vip-port-a").contains(&nic_ip)).await;
+    let now = pairs(&env, "vip-port-a");
+    assert!(now.contains(&"10.99.0.2".to_string()), "the other writer's change was lost: {now:?}");
+    assert!(now.contains(&FOREIGN.to_string()), "{now:?}");
+    assert!(env.sim.calls().iter().any(|c| c.after_read_fired.iter().any(|p| p == "vip-port-a")), "the race happened");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v4_a_vip_that_does_not_exist_is_reported_and_nothing_is_written() {
+    let mut env = Env::new("vpc-novip").await;
+    ports(&env);
+    let _op = env.operator().start().await;
+    env.create("c", NIC, "192.168.0.9", json!({"api": "VPC"})).await;
+    let b = env
+        .wait_for("c", Duration::from_secs(20), "VipNotFound", |b| ready(b).is_some_and(|(_, r)| r == "VipNotFound"))
+        .await;
+    let message = b.condition("Ready").map(|c| c.message.clone()).unwrap_or_default();
+    assert!(message.contains("192.168.0.9"), "{message}");
+    assert_eq!(updates(&env, "vip-port-a") + updates(&env, "vip-port-b") + updates(&env, NIC), 0);
+    // Never bound: the deletion needs no cloud call.
+    env.delete("c").await;
+    env.wait_gone("c", Duration::from_secs(20)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_the_api_server_keeps_the_api_fixed_and_vpc_to_ipv4() {
+    // CEL rules are the API server's to enforce: a real one.
+    let Some(env) = Env::with("vpc-cel", Needs::RealServer).await else { return };
+    env.create("web", NIC, VIP_A, json!({"api": "VPC", "deletionPolicy": "Orphan"})).await;
+    for patch in [json!({"api": "ECS"}), json!({"api": null})] {
+        match env.patch_spec("web", patch.clone()).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{patch}");
+                assert!(e.message.contains("api is immutable"), "{}", e.message);
+            }
+            other => panic!("{patch}: expected 422, got {other:?}"),
+        }
+    }
+    let v6 = json!({"apiVersion": "vipoperator.dev/v1alpha1", "kind": "VipBinding", "metadata": {"name": "v6"},
+        "spec": {"nicId": NIC, "ipAddress": "fd00::7", "subnetId": SUBNET, "api": "VPC"}});
+    let err = env.bindings().create(&Default::default(), &serde_json::from_value(v6).unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("api VPC binds IPv4 VIPs only"), "{err}");
+    env.cleanup().await;
+}
