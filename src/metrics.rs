@@ -84,6 +84,8 @@ pub struct Metrics {
     pub credentials_unavailable: Counter,
     pub held_back: Counter,
     pub vpc_reads_denied: Counter,
+    pub drift_compared_in_place: Counter,
+    pub drift_compared_drifted: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -101,6 +103,13 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A counter registered under `name`.
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
 }
 
 impl Metrics {
@@ -148,28 +157,7 @@ impl Metrics {
         );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica is the leader and reconciles", leader.clone());
-        let drift_reasserts = Counter::default();
-        registry.register("drift_reasserts", "Binds re-asserted by the periodic drift check", drift_reasserts.clone());
-        let credentials_unavailable = Counter::default();
-        registry.register(
-            "credentials_unavailable",
-            "Reconciles that found no usable credentials for a binding",
-            credentials_unavailable.clone(),
-        );
-        let vpc_reads_denied = Counter::default();
-        registry.register(
-            "vpc_reads_denied",
-            "Credentials (access key and project) found without VPC read permission: releases then rest on ECS answers alone",
-            vpc_reads_denied.clone(),
-        );
-        let held_back = Counter::default();
-        registry.register(
-            "cloud_calls_held_back",
-            "Cloud calls not sent because the cloud had just refused the same access key",
-            held_back.clone(),
-        );
         Self {
-            registry,
             reconciles,
             reconcile_duration,
             cloud_requests,
@@ -177,10 +165,34 @@ impl Metrics {
             bindings,
             oldest_terminating_seconds,
             leader,
-            drift_reasserts,
-            credentials_unavailable,
-            held_back,
-            vpc_reads_denied,
+            drift_reasserts: counter(&mut registry, "drift_reasserts", "Binds re-asserted by the periodic drift check"),
+            credentials_unavailable: counter(
+                &mut registry,
+                "credentials_unavailable",
+                "Reconciles that found no usable credentials for a binding",
+            ),
+            vpc_reads_denied: counter(
+                &mut registry,
+                "vpc_reads_denied",
+                "Credentials (access key and project) found without VPC read permission: releases then rest on ECS answers alone",
+            ),
+            drift_compared_in_place: counter(
+                &mut registry,
+                "drift_compared_in_place",
+                "VPC bindings a drift listing showed bound as recorded (no call of their own)",
+            ),
+            drift_compared_drifted: counter(
+                &mut registry,
+                "drift_compared_drifted",
+                "VPC bindings a drift listing showed not bound (reconciled and re-bound)",
+            ),
+            held_back: counter(
+                &mut registry,
+                "cloud_calls_held_back",
+                "Cloud calls not sent because the cloud had just refused the same access key",
+            ),
+            // Last: the fields above register into it first.
+            registry,
         }
     }
 

@@ -71,6 +71,14 @@ impl Context {
         self
     }
 
+    /// A drift listing showed `in_place` bindings bound as recorded and `drifted` not.
+    pub fn note_compared(&self, in_place: u64, drifted: u64) {
+        if let Some(m) = &self.metrics {
+            m.drift_compared_in_place.inc_by(in_place);
+            m.drift_compared_drifted.inc_by(drifted);
+        }
+    }
+
     pub fn note_reads_denied(&self) {
         if let Some(m) = &self.metrics {
             m.vpc_reads_denied.inc();

@@ -111,11 +111,11 @@ impl Resync {
     }
 }
 
-/// Asks, through `trigger`, for a reconcile of every bound binding whose drift check is due,
-/// until `stop`.
-pub async fn sweep(
+/// Hands every bound binding whose drift check is due to `check` (which reconciles them, or
+/// compares them with the cloud first), until `stop`.
+pub async fn sweep<F: Future<Output = ()>>(
     resync: &Resync,
-    trigger: impl Fn(ObjectRef<VipBinding>),
+    check: impl Fn(Vec<ObjectRef<VipBinding>>) -> F,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let every = (resync.period() / 20).clamp(Duration::from_millis(250), Duration::from_secs(30));
@@ -124,8 +124,12 @@ pub async fn sweep(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        for due in resync.take_due(Duration::from_secs(30).max(every * 4)) {
-            trigger(due);
+        let due = resync.take_due(Duration::from_secs(30).max(every * 4));
+        if !due.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = check(due) => {}
+            }
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod auth_gate;
 pub mod backoff;
 pub mod cloud;
+pub mod compare;
 pub mod context;
 pub mod decide;
 pub mod drift;

@@ -12,13 +12,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::ecs::vpc::{AddressPair, PortFilter, VIP_PORT_OWNER, VpcApi};
+use crate::ecs::vpc::{AddressPair, MAX_PAGE, PortFilter, VIP_PORT_OWNER, VpcApi};
 use crate::ecs::{CloudTarget, EcsError, ErrorClass};
 
 /// What the NIC's port carries to let traffic for other addresses through (source check off).
 pub const SOURCE_CHECK_OFF: &str = "1.1.1.1/0";
 /// Read-modify-write rounds on one port before giving up for this reconcile.
 const MAX_ROUNDS: usize = 4;
+/// Pages of one project's VIP ports read at most (2,000 each): a listing that never ends (a
+/// server that ignores the marker) is an error, not a loop.
+pub const MAX_LIST_PAGES: usize = 100;
+
+/// Each VIP port of a project, and the addresses its `allowed_address_pairs` hold.
+pub type VipPairs = HashMap<String, std::collections::HashSet<String>>;
 
 /// A VPC bind or unbind: which VIP, in which network, on which NIC.
 #[derive(Debug, Clone)]
@@ -263,6 +269,30 @@ impl PortPairs {
             self.edit(target, t.nic_id, remove_check_off).await.map_err(PairsFailure::from)?;
         }
         Ok(outcome)
+    }
+
+    /// Every VIP port of the target's project with the addresses it lets through: one listing
+    /// (filtered by `device_owner`, [`MAX_PAGE`] ports a page) instead of a read per binding.
+    pub async fn vip_pairs(&self, target: &CloudTarget) -> Result<VipPairs, EcsError> {
+        let mut all = VipPairs::new();
+        let mut filter =
+            PortFilter { device_owner: Some(VIP_PORT_OWNER.into()), limit: MAX_PAGE, ..PortFilter::default() };
+        for _ in 0..MAX_LIST_PAGES {
+            let page = self.api.list_ports(target, &filter).await?;
+            let full = page.len() >= filter.page_size() as usize;
+            let last = page.last().map(|p| p.id.clone());
+            for port in page.into_iter().filter(|p| p.device_owner == VIP_PORT_OWNER) {
+                all.insert(port.id, port.allowed_address_pairs.into_iter().map(|p| p.ip_address).collect());
+            }
+            match last {
+                Some(last) if full && filter.marker.as_deref() != Some(last.as_str()) => filter.marker = Some(last),
+                Some(_) if full => {
+                    return Err(EcsError::InvalidRequest("the port listing repeated its last page".into()));
+                }
+                _ => return Ok(all),
+            }
+        }
+        Err(EcsError::InvalidRequest(format!("the VIP port listing ran past {MAX_LIST_PAGES} pages")))
     }
 
     /// The VIP's port: the one port with the VIP's address in the network, a VIP port.

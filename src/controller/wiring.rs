@@ -131,8 +131,22 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
     }
     let triggers = Arc::new(triggers);
     if !ctx.resync.period().is_zero() {
-        let (ctx, triggers, stop) = (ctx.clone(), triggers.clone(), stop.clone());
-        tokio::spawn(async move { super::drift::sweep(&ctx.resync, |due| triggers.binding(due), stop).await });
+        let (ctx, triggers, stop, stores) = (ctx.clone(), triggers.clone(), stop.clone(), hooks.stores.clone());
+        tokio::spawn(async move {
+            let check = |due| {
+                let (ctx, triggers, stores) = (ctx.clone(), triggers.clone(), stores.clone());
+                async move {
+                    let lookup = |r: &ObjectRef<VipBinding>| {
+                        let stores = stores.read().map(|s| s.clone()).unwrap_or_default();
+                        stores.iter().find_map(|s| s.get(r))
+                    };
+                    for r in super::compare::due_to_reconcile(&ctx, due, lookup).await {
+                        triggers.binding(r);
+                    }
+                }
+            };
+            super::drift::sweep(&ctx.resync, check, stop).await
+        });
     }
     let mut tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = vec![];
     for (scope, (brx, srx)) in scopes.into_iter().zip(receivers) {

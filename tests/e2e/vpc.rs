@@ -44,6 +44,18 @@ fn updates(env: &Env, port: &str) -> usize {
         .count()
 }
 
+fn reads(env: &Env, port: &str) -> usize {
+    env.sim
+        .calls()
+        .iter()
+        .filter(|c| c.port_operation == Some(PortOperation::GetPort) && c.port_id.as_deref() == Some(port))
+        .count()
+}
+
+fn listings(env: &Env) -> usize {
+    env.sim.calls().iter().filter(|c| c.port_operation == Some(PortOperation::ListPorts)).count()
+}
+
 async fn until(what: &str, within: Duration, check: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + within;
     while !check() {
@@ -97,9 +109,13 @@ async fn v2_a_pair_removed_behind_our_back_is_put_back_without_rewriting_intact_
     assert!(env.sim.set_allowed_address_pairs("vip-port-a", vec![pair(FOREIGN)]));
     until("the pair to be put back", Duration::from_secs(15), || pairs(&env, "vip-port-a").contains(&nic_ip)).await;
     assert_eq!(pairs(&env, "vip-port-a"), [FOREIGN, nic_ip.as_str()]);
-    // Several drift rounds have passed over b by now: read, never rewritten.
+    // Several drift rounds pass over b: the project's listing shows it in place, so it gets
+    // no call of its own, neither a write nor a read.
+    let (b_reads, lists) = (reads(&env, "vip-port-b"), listings(&env));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(updates(&env, "vip-port-b"), b_writes, "an intact binding is read, not re-bound");
+    assert!(listings(&env) >= lists + 2, "drift rounds list the project's VIP ports");
+    assert_eq!(updates(&env, "vip-port-b"), b_writes, "an intact binding is not re-bound");
+    assert_eq!(reads(&env, "vip-port-b"), b_reads, "nor read one by one");
     env.cleanup().await;
 }
 
@@ -107,18 +123,23 @@ async fn v2_a_pair_removed_behind_our_back_is_put_back_without_rewriting_intact_
 async fn v3_a_writer_between_our_read_and_our_write_keeps_its_change() {
     let mut env = Env::new("vpc-race").await;
     let nic_ip = ports(&env);
-    let _op = env.operator().arg("--resync-period").arg("1s").start().await;
+    // No drift rounds: this re-bind is the user's (a spec change), so its first read of the
+    // VIP port is the one the other writer follows.
+    let _op = env.operator().arg("--resync-period").arg("0s").start().await;
     env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
     env.wait_ready("a").await;
-    // The pair goes missing; the drift check reads the port (by its recorded ID) and, right
-    // after that read, another writer adds its own pair: the list read first is stale.
-    env.sim.after_next_read("vip-port-a", PairsChange::Add(pair("10.99.0.2"))).unwrap();
+    // Our pair goes missing; right after the operator's next read of the VIP port, another
+    // writer adds its own pair: the list read first is stale by the time it would be written.
     assert!(env.sim.set_allowed_address_pairs("vip-port-a", vec![pair(FOREIGN)]));
+    env.sim.after_next_read("vip-port-a", PairsChange::Add(pair("10.99.0.2"))).unwrap();
+    env.patch_spec("a", json!({"reverseBinding": true})).await.expect("re-bind");
     until("the pair to be put back", Duration::from_secs(15), || pairs(&env, "vip-port-a").contains(&nic_ip)).await;
     let now = pairs(&env, "vip-port-a");
     assert!(now.contains(&"10.99.0.2".to_string()), "the other writer's change was lost: {now:?}");
     assert!(now.contains(&FOREIGN.to_string()), "{now:?}");
-    assert!(env.sim.calls().iter().any(|c| c.after_read_fired.iter().any(|p| p == "vip-port-a")), "the race happened");
+    let fired: Vec<_> = env.sim.calls().into_iter().filter(|c| !c.after_read_fired.is_empty()).collect();
+    assert_eq!(fired.len(), 1, "the race happened once: {fired:#?}");
+    assert_eq!(fired[0].port_operation, Some(PortOperation::GetPort), "after a read of the port itself");
     env.cleanup().await;
 }
 

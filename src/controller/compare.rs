@@ -1,0 +1,107 @@
+//! Drift by comparison, for VPC bindings: the due bindings of one project (same region and
+//! credentials) are checked against one listing of its VIP ports, and only those whose NIC IP
+//! is missing from their VIP port are reconciled (and re-bound). ECS bindings, and VPC ones
+//! without a complete record of their bind, are reconciled as before.
+//!
+//! What the listing does not show is the NIC's own `1.1.1.1/0`: that is put back whenever the
+//! binding is re-bound, not checked on every round.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::v1alpha1::{BindApi, VipBinding};
+use crate::ecs::ErrorClass;
+
+use super::context::Context;
+use super::index::api_of;
+use super::key::ObjectKey;
+
+/// Bindings whose records say one listing covers them all.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Listing {
+    project: String,
+    region: String,
+    /// The Secret (namespace, name) that signed their binds; `None`: the default credentials.
+    secret: Option<(String, String)>,
+}
+
+/// A VPC binding checkable against a listing: its VIP port and NIC IP are on record.
+struct Checkable {
+    binding: Arc<VipBinding>,
+    vip_port_id: String,
+    nic_ip: String,
+}
+
+fn checkable(b: Arc<VipBinding>, default_api: BindApi) -> Result<(Listing, Checkable), Arc<VipBinding>> {
+    if api_of(&b, default_api) != BindApi::Vpc {
+        return Err(b);
+    }
+    let Some(w) = b.status.as_ref().and_then(|s| s.bound_with.as_ref()) else { return Err(b) };
+    let (Some(vip_port_id), Some(nic_ip)) = (w.vip_port_id.clone(), w.nic_ip.clone()) else { return Err(b) };
+    let listing = Listing {
+        project: w.project_id.clone(),
+        region: w.region.clone(),
+        secret: w.credentials_secret.clone().map(|name| (b.namespace().unwrap_or_default(), name)),
+    };
+    Ok((listing, Checkable { binding: b, vip_port_id, nic_ip }))
+}
+
+/// Of the due bindings, the ones to reconcile: ECS ones, VPC ones a listing could not vouch
+/// for, and VPC ones whose pair is missing. The ones a listing shows in place are marked
+/// checked (their next check is a period away).
+pub async fn due_to_reconcile(
+    ctx: &Context,
+    due: Vec<ObjectRef<VipBinding>>,
+    lookup: impl Fn(&ObjectRef<VipBinding>) -> Option<Arc<VipBinding>>,
+) -> Vec<ObjectRef<VipBinding>> {
+    let Some(pairs) = &ctx.pairs else { return due };
+    let default_api = ctx.targets.defaults().api;
+    let mut reconcile = vec![];
+    let mut listings: HashMap<Listing, Vec<Checkable>> = HashMap::new();
+    for r in due {
+        match lookup(&r).map(|b| checkable(b, default_api)) {
+            Some(Ok((listing, c))) => listings.entry(listing).or_default().push(c),
+            _ => reconcile.push(r),
+        }
+    }
+    for (listing, group) in listings {
+        let Some(first) = group.first() else { continue };
+        let target = match ctx.targets.resolve_for_unbind(&first.binding).await {
+            Ok(target) => target,
+            // Their reconciles say why (and record it).
+            Err(_) => {
+                reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding)));
+                continue;
+            }
+        };
+        match pairs.vip_pairs(&target).await {
+            Ok(seen) => {
+                let (mut in_place, mut drifted) = (0u64, 0u64);
+                for c in &group {
+                    if seen.get(&c.vip_port_id).is_some_and(|ips| ips.contains(&c.nic_ip)) {
+                        ctx.resync.asserted(&ObjectKey::of(&c.binding), ObjectRef::from_obj(&*c.binding));
+                        in_place += 1;
+                    } else {
+                        reconcile.push(ObjectRef::from_obj(&*c.binding));
+                        drifted += 1;
+                    }
+                }
+                ctx.note_compared(in_place, drifted);
+                tracing::debug!(project = %listing.project, region = %listing.region, in_place, drifted, "drift compared by listing");
+            }
+            // Credentials that may not list: each binding's own reads then.
+            Err(e) if e.class() == ErrorClass::Auth => {
+                tracing::info!(project = %listing.project, error = %e, "cannot list VIP ports; checking each binding instead");
+                reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding)));
+            }
+            // Asked again by the sweeper shortly (they stay due).
+            Err(e) => {
+                tracing::warn!(project = %listing.project, error = %e, bindings = group.len(), "the drift listing failed; trying again shortly");
+            }
+        }
+    }
+    reconcile
+}
