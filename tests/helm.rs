@@ -392,6 +392,7 @@ fn full_values_file() {
             "--log-level=info,vip_operator=debug",
             "--log-format=text",
             "--ecs-endpoint=https://ecs-proxy.example.com:8443",
+            "--default-api=vpc",
             "--vpc-endpoint=https://vpc-proxy.example.com:8443",
             "--region=ap-southeast-1",
             "--project-id=0123456789abcdef0123456789abcdef",
