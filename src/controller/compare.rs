@@ -3,11 +3,18 @@
 //! is missing from their VIP port are reconciled (and re-bound). ECS bindings, and VPC ones
 //! without a complete record of their bind, are reconciled as before.
 //!
+//! A listing is reused for a quarter of the drift period ([`Listings`]): due times are spread
+//! over the period, so without it every sweep would list the whole project again. The cost is a
+//! later repair: a pair removed just after a listing is seen up to a quarter period later.
+//!
 //! What the listing does not show is the NIC's own `1.1.1.1/0`: that is put back whenever the
 //! binding is re-bound, not checked on every round.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
@@ -18,6 +25,32 @@ use crate::ecs::ErrorClass;
 use super::context::Context;
 use super::index::api_of;
 use super::key::ObjectKey;
+use super::pairs::VipPairs;
+
+/// Recent listings, per project, region and credentials.
+pub struct Listings {
+    max_age: Duration,
+    taken: Mutex<HashMap<Listing, (Instant, Arc<VipPairs>)>>,
+}
+
+impl Listings {
+    /// Listings reused for a quarter of `period`.
+    pub fn for_period(period: Duration) -> Self {
+        Self { max_age: period / 4, taken: Mutex::default() }
+    }
+
+    fn fresh(&self, key: &Listing) -> Option<Arc<VipPairs>> {
+        let taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        taken.get(key).filter(|(at, _)| at.elapsed() < self.max_age).map(|(_, pairs)| pairs.clone())
+    }
+
+    fn keep(&self, key: Listing, pairs: Arc<VipPairs>) {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        // Old ones go: projects come and go, and a stale listing is never used anyway.
+        taken.retain(|_, (at, _)| at.elapsed() < self.max_age);
+        taken.insert(key, (Instant::now(), pairs));
+    }
+}
 
 /// Bindings whose records say one listing covers them all.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,30 +87,37 @@ fn checkable(b: Arc<VipBinding>, default_api: BindApi) -> Result<(Listing, Check
 /// checked (their next check is a period away).
 pub async fn due_to_reconcile(
     ctx: &Context,
+    listings: &Listings,
     due: Vec<ObjectRef<VipBinding>>,
     lookup: impl Fn(&ObjectRef<VipBinding>) -> Option<Arc<VipBinding>>,
 ) -> Vec<ObjectRef<VipBinding>> {
     let Some(pairs) = &ctx.pairs else { return due };
     let default_api = ctx.targets.defaults().api;
     let mut reconcile = vec![];
-    let mut listings: HashMap<Listing, Vec<Checkable>> = HashMap::new();
+    let mut groups: HashMap<Listing, Vec<Checkable>> = HashMap::new();
     for r in due {
         match lookup(&r).map(|b| checkable(b, default_api)) {
-            Some(Ok((listing, c))) => listings.entry(listing).or_default().push(c),
+            Some(Ok((listing, c))) => groups.entry(listing).or_default().push(c),
             _ => reconcile.push(r),
         }
     }
-    for (listing, group) in listings {
+    for (listing, group) in groups {
         let Some(first) = group.first() else { continue };
-        let target = match ctx.targets.resolve_for_unbind(&first.binding).await {
-            Ok(target) => target,
-            // Their reconciles say why (and record it).
-            Err(_) => {
-                reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding)));
-                continue;
-            }
+        let seen = match listings.fresh(&listing) {
+            Some(seen) => Ok(seen),
+            None => match ctx.targets.resolve_for_unbind(&first.binding).await {
+                Ok(target) => pairs.vip_pairs(&target).await.map(Arc::new),
+                // Their reconciles say why (and record it).
+                Err(_) => {
+                    reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding)));
+                    continue;
+                }
+            },
         };
-        match pairs.vip_pairs(&target).await {
+        if let Ok(seen) = &seen {
+            listings.keep(listing.clone(), seen.clone());
+        }
+        match seen {
             Ok(seen) => {
                 let (mut in_place, mut drifted) = (0u64, 0u64);
                 for c in &group {
@@ -104,4 +144,25 @@ pub async fn due_to_reconcile(
         }
     }
     reconcile
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listing_serves_a_quarter_period_then_is_taken_again() {
+        let listings = Listings::for_period(Duration::from_secs(600));
+        let key = Listing { project: "p".into(), region: "r".into(), secret: None };
+        assert!(listings.fresh(&key).is_none());
+        listings.keep(key.clone(), Arc::new(VipPairs::new()));
+        tokio::time::advance(Duration::from_secs(149)).await;
+        assert!(listings.fresh(&key).is_some());
+        let other = Listing { secret: Some(("ns".into(), "s".into())), ..key.clone() };
+        assert!(listings.fresh(&other).is_none(), "other credentials list for themselves");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(listings.fresh(&key).is_none());
+        listings.keep(other, Arc::new(VipPairs::new()));
+        assert_eq!(listings.taken.lock().unwrap().len(), 1, "stale ones are dropped");
+    }
 }

@@ -133,14 +133,16 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
     if !ctx.resync.period().is_zero() {
         let (ctx, triggers, stop, stores) = (ctx.clone(), triggers.clone(), stop.clone(), hooks.stores.clone());
         tokio::spawn(async move {
+            let listings = Arc::new(super::compare::Listings::for_period(ctx.resync.period()));
             let check = |due| {
-                let (ctx, triggers, stores) = (ctx.clone(), triggers.clone(), stores.clone());
+                let (ctx, triggers, stores, listings) =
+                    (ctx.clone(), triggers.clone(), stores.clone(), listings.clone());
                 async move {
                     let lookup = |r: &ObjectRef<VipBinding>| {
                         let stores = stores.read().map(|s| s.clone()).unwrap_or_default();
                         stores.iter().find_map(|s| s.get(r))
                     };
-                    for r in super::compare::due_to_reconcile(&ctx, due, lookup).await {
+                    for r in super::compare::due_to_reconcile(&ctx, &listings, due, lookup).await {
                         triggers.binding(r);
                     }
                 }
