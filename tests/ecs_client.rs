@@ -1198,3 +1198,130 @@ async fn a_concurrent_writer_after_the_read_fires_once() {
     assert_eq!(r.status(), 400);
     assert!(sim.state().after_next_read.is_empty());
 }
+
+// --- Budgets: one per access key, region and service; user calls ahead of background ones ---
+
+const AK2: &str = "TESTACCESSKEY0000002";
+const SK2: &str = "test-secret-key-2";
+
+fn target_in(ak: &str, sk: &str, region: &str) -> CloudTarget {
+    CloudTarget {
+        region: region.into(),
+        project_id: PROJECT.into(),
+        credentials: Credentials::new(ak, sk, None).unwrap(),
+    }
+}
+
+/// NICs of the ECS calls the simulator received, in the order it received them.
+fn nics_in_order(sim: &Simulator) -> Vec<String> {
+    let mut calls = sim.calls();
+    calls.sort_by_key(|c| c.seq);
+    calls.into_iter().filter_map(|c| c.nic_id).collect()
+}
+
+/// Within `limit`, or the call waited for a budget it does not draw from.
+async fn soon<T>(limit: Duration, call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, call).await.expect("the call waited for another budget")
+}
+
+#[tokio::test]
+async fn an_exhausted_budget_delays_no_other_region_key_or_service() {
+    let sim = simulator().await;
+    sim.add_credential(SimCredential { access_key: AK2.into(), secret_key: SK2.into(), security_token: None });
+    sim.set_port(vip_port(7)).unwrap();
+    // One token every 20 s: the first call empties (AK, cn-north-4, ECS) and the next one on it
+    // waits 20 s, far longer than the other calls may take.
+    let client = vpc_client(&sim, |c| {
+        c.qps = 0.05;
+        c.burst = 1;
+        c.retry = RetryPolicy::none();
+    });
+    let busy = target_in(AK, SK, "cn-north-4");
+    client.bind(&busy, &bind_req("nic-a1")).await.unwrap();
+    let queued = tokio::spawn({
+        let (client, busy) = (client.clone(), busy.clone());
+        async move { client.bind(&busy, &bind_req("nic-a2")).await }
+    });
+    let limit = Duration::from_secs(5);
+    soon(limit, client.bind(&target_in(AK, SK, "cn-east-3"), &bind_req("nic-region"))).await.unwrap();
+    soon(limit, client.bind(&target_in(AK2, SK2, "cn-north-4"), &bind_req("nic-key"))).await.unwrap();
+    let port = soon(limit, client.get_port(&busy, "vip-port-7")).await.unwrap();
+    assert_eq!(port.id, "vip-port-7");
+    // The call queued on the empty budget is still waiting, and was not sent.
+    assert!(!queued.is_finished());
+    assert_eq!(nics_in_order(&sim), ["nic-a1", "nic-region", "nic-key"]);
+    assert_eq!(sim.calls().len(), 4);
+    assert_eq!(client.budget_count(), 4);
+    queued.abort();
+}
+
+/// Spawns `client.bind(nic)` as background work.
+fn spawn_background_bind(client: &EcsClient, nic: &str) -> tokio::task::JoinHandle<Result<(), ErrorClass>> {
+    let (client, nic) = (client.clone(), nic.to_string());
+    tokio::spawn(vip_operator::ecs::in_background(async move {
+        client.bind(&target(SK), &bind_req(&nic)).await.map(|_| ()).map_err(|e| e.class())
+    }))
+}
+
+#[tokio::test]
+async fn a_user_call_goes_before_background_calls_queued_earlier() {
+    let sim = simulator().await;
+    let client = client_with(&sim, |c| {
+        c.qps = 1.0;
+        c.burst = 1;
+        c.retry = RetryPolicy::none();
+    });
+    client.bind(&target(SK), &bind_req("nic-first")).await.unwrap();
+    let background: Vec<_> = (1..=3).map(|n| spawn_background_bind(&client, &format!("nic-bg{n}"))).collect();
+    // The next token frees up 1 s after the first call; the user call comes well before that.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.bind(&target(SK), &bind_req("nic-user")).await.unwrap();
+    for task in background {
+        task.await.unwrap().unwrap();
+    }
+    let order = nics_in_order(&sim);
+    assert_eq!(order[..2], ["nic-first", "nic-user"], "{order:?}");
+    let mut rest = order[2..].to_vec();
+    rest.sort();
+    assert_eq!(rest, ["nic-bg1", "nic-bg2", "nic-bg3"]);
+}
+
+#[tokio::test]
+async fn a_retry_keeps_the_priority_of_its_call() {
+    let sim = simulator().await;
+    sim.add_fault(Fault::error(500, "Common.0001", 1).for_nic("nic-bg"));
+    let client = client_with(&sim, |c| {
+        c.qps = 1.0;
+        c.burst = 1;
+    });
+    // The background call takes the full bucket's token, fails with a 500 and waits to retry.
+    let background = spawn_background_bind(&client, "nic-bg");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.bind(&target(SK), &bind_req("nic-user")).await.unwrap();
+    background.await.unwrap().unwrap();
+    let statuses: Vec<(Option<String>, u16)> = {
+        let mut calls = sim.calls();
+        calls.sort_by_key(|c| c.seq);
+        calls.into_iter().map(|c| (c.nic_id, c.status)).collect()
+    };
+    let nic = |n: &str| Some(n.to_string());
+    assert_eq!(statuses, [(nic("nic-bg"), 500), (nic("nic-user"), 200), (nic("nic-bg"), 200)]);
+}
+
+#[tokio::test]
+async fn the_budget_map_stays_bounded_under_many_regions_and_keys() {
+    let sim = simulator().await;
+    let client = vpc_client(&sim, |c| c.max_budgets = 8);
+    for n in 0..40 {
+        client.bind(&target_in(AK, SK, &format!("region-{n}")), &bind_req(&format!("nic-{n}"))).await.unwrap();
+        assert!(client.budget_count() <= 8, "{} budgets", client.budget_count());
+    }
+    // Keys the cloud does not know: refused (401, never retried), but each drew from a budget.
+    for n in 0..40 {
+        let t = target_in(&format!("UNKNOWNKEY{n:04}"), "sk", "cn-north-4");
+        let err = client.list_ports(&t, &PortFilter::default()).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Auth);
+        assert!(client.budget_count() <= 8, "{} budgets", client.budget_count());
+    }
+    assert_eq!(sim.calls().len(), 80);
+}

@@ -1,20 +1,19 @@
 //! [`EcsClient`]: the signed HTTP implementation of [`EcsApi`] (ECS writes) and [`VpcApi`] (VPC
-//! port reads) on one shared reqwest pool, with one token bucket and one concurrency cap for
-//! every cloud call the process makes.
+//! port reads) on one shared reqwest pool, with a token bucket per access key, region and
+//! service ([`super::budget`]) and one concurrency cap for every cloud call the process makes.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::Method;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 use url::Url;
 
+use super::budget::{BudgetKey, Budgets, Priority, Quota, current_priority};
 use super::error::{EcsError, TransportKind, parse_error_response, parse_retry_after};
 use super::retry::{RetryPolicy, with_retries};
 use super::sign::{RequestParts, sign};
@@ -60,6 +59,9 @@ pub enum UrlError {
 pub enum ClientConfigError {
     #[error("--cloud-qps must be a positive number, got {0}")]
     Qps(f64),
+    /// So low that one token's period does not fit in a `Duration`.
+    #[error("--cloud-qps {0} is too low")]
+    QpsTooLow(f64),
     /// So high that one token's period rounds to zero.
     #[error("--cloud-qps {0} is too high")]
     QpsTooHigh(f64),
@@ -67,6 +69,8 @@ pub enum ClientConfigError {
     Burst,
     #[error("the cloud concurrency cap must be at least 1")]
     Concurrency,
+    #[error("the number of cloud budgets kept must be at least 1")]
+    Budgets,
     #[error("the largest cloud answer read must be at least 1 byte")]
     ResponseLimit,
     #[error("cannot build the HTTP client: {0}")]
@@ -185,6 +189,10 @@ fn with_path(mut url: Url, segments: &[&str]) -> Result<Url, UrlError> {
 /// whatever answers in its place) exhaust the operator's memory.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Budgets (token buckets) kept at most, by default. Keys rotate and bindings name arbitrary
+/// regions, so the map is bounded; refilled buckets go first, and losing one changes nothing.
+pub const MAX_BUDGETS: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct EcsClientConfig {
     pub endpoint: Endpoint,
@@ -194,9 +202,13 @@ pub struct EcsClientConfig {
     /// Whole-request timeout for one attempt.
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
-    /// Sustained cloud calls per second (every attempt counts, retries included).
+    /// Sustained cloud calls per second for each access key, region and service (ECS, VPC):
+    /// every attempt counts, retries included.
     pub qps: f64,
+    /// Calls a full budget lets go at once (per access key, region and service, like `qps`).
     pub burst: u32,
+    /// Budgets kept at most ([`MAX_BUDGETS`]).
+    pub max_budgets: usize,
     /// Cloud calls in flight at once.
     pub max_concurrency: usize,
     /// Answers larger than this are not read: the attempt fails (a protocol error).
@@ -213,6 +225,7 @@ impl Default for EcsClientConfig {
             retry: RetryPolicy::default(),
             qps: 10.0,
             burst: 10,
+            max_budgets: MAX_BUDGETS,
             max_concurrency: 16,
             max_response_bytes: MAX_RESPONSE_BYTES,
         }
@@ -242,7 +255,8 @@ struct Inner {
     endpoint: Endpoint,
     vpc_endpoint: Endpoint,
     retry: RetryPolicy,
-    limiter: DefaultDirectRateLimiter,
+    budgets: Budgets,
+    /// Process-wide, not per budget: it bounds the operator's own sockets and memory.
     in_flight: Semaphore,
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn CallObserver>>,
@@ -290,10 +304,14 @@ fn quota(qps: f64, burst: u32) -> Result<Quota, ClientConfigError> {
     if !(qps.is_finite() && qps > 0.0) {
         return Err(ClientConfigError::Qps(qps));
     }
-    let period = Duration::from_secs_f64(1.0 / qps);
-    let quota = Quota::with_period(period).ok_or(ClientConfigError::QpsTooHigh(qps))?;
-    let burst = NonZeroU32::new(burst).ok_or(ClientConfigError::Burst)?;
-    Ok(quota.allow_burst(burst))
+    let period = Duration::try_from_secs_f64(1.0 / qps).map_err(|_| ClientConfigError::QpsTooLow(qps))?;
+    if period.is_zero() {
+        return Err(ClientConfigError::QpsTooHigh(qps));
+    }
+    if burst == 0 {
+        return Err(ClientConfigError::Burst);
+    }
+    Ok(Quota { period, burst })
 }
 
 impl EcsClient {
@@ -323,6 +341,9 @@ impl EcsClient {
         if config.max_response_bytes == 0 {
             return Err(ClientConfigError::ResponseLimit);
         }
+        if config.max_budgets == 0 {
+            return Err(ClientConfigError::Budgets);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -336,7 +357,7 @@ impl EcsClient {
                 endpoint: config.endpoint,
                 vpc_endpoint: config.vpc_endpoint,
                 retry: config.retry,
-                limiter: RateLimiter::direct(quota(config.qps, config.burst)?),
+                budgets: Budgets::new(quota(config.qps, config.burst)?, config.max_budgets),
                 in_flight: Semaphore::new(config.max_concurrency),
                 clock,
                 observer,
@@ -402,6 +423,11 @@ impl EcsClient {
         self.execute(target, &call, parse_ports).instrument(tracing::debug_span!("vpc", op = call.op.as_str())).await
     }
 
+    /// Budgets (token buckets) held now: at most [`EcsClientConfig::max_budgets`].
+    pub fn budget_count(&self) -> usize {
+        self.inner.budgets.len()
+    }
+
     /// The call with retries. A read changes nothing, so "an earlier attempt may have reached the
     /// cloud" means nothing for it: its error is the last answer alone.
     async fn execute<T>(
@@ -410,22 +436,26 @@ impl EcsClient {
         call: &Call<'_>,
         parse: impl Fn(Answer) -> Result<T, EcsError>,
     ) -> Result<T, EcsError> {
+        // Read once: every retry of the call draws from the same budget at the same priority.
+        let budget = (BudgetKey::new(&target.credentials, &target.region, call.op.service()), current_priority());
         let result =
-            with_retries(&self.inner.retry, call.op.resend_safe(), || self.attempt(target, call, &parse)).await;
+            with_retries(&self.inner.retry, call.op.resend_safe(), || self.attempt(target, &budget, call, &parse))
+                .await;
         match result {
             Err(EcsError::Uncertain { last, .. }) if call.op.is_read() => Err(*last),
             other => other,
         }
     }
 
-    /// One signed HTTP attempt: waits for a rate-limit token and a concurrency slot first.
+    /// One signed HTTP attempt: waits for a token of its budget and a concurrency slot first.
     async fn attempt<T>(
         &self,
         target: &CloudTarget,
+        (key, priority): &(BudgetKey, Priority),
         call: &Call<'_>,
         parse: &impl Fn(Answer) -> Result<T, EcsError>,
     ) -> Result<T, EcsError> {
-        self.inner.limiter.until_ready().await;
+        self.inner.budgets.acquire(key, *priority).await;
         let _slot = self
             .inner
             .in_flight
@@ -634,6 +664,12 @@ mod tests {
         // One token's period rounds to zero.
         assert_eq!(quota_error(1e300, 1), format!("--cloud-qps {} is too high", 1e300));
         assert_eq!(quota_error(1.0, 0), "--cloud-burst must be at least 1");
+        assert_eq!(quota_error(1e-300, 1), format!("--cloud-qps {} is too low", 1e-300));
+        let no_budgets = EcsClientConfig { max_budgets: 0, ..Default::default() };
+        assert_eq!(
+            EcsClient::new(no_budgets).err().map(|e| e.to_string()).as_deref(),
+            Some("the number of cloud budgets kept must be at least 1")
+        );
         let no_slots = EcsClientConfig { max_concurrency: 0, ..Default::default() };
         assert_eq!(
             EcsClient::new(no_slots).err().map(|e| e.to_string()).as_deref(),
@@ -718,7 +754,7 @@ mod tests {
 
     #[test]
     fn quota_validation() {
-        assert!(quota(10.0, 5).is_ok());
+        assert_eq!(quota(10.0, 5).unwrap(), Quota { period: Duration::from_millis(100), burst: 5 });
         assert!(quota(0.5, 1).is_ok());
         assert!(quota(0.0, 1).is_err());
         assert!(quota(-1.0, 1).is_err());

@@ -66,6 +66,13 @@ fn check_header_safe(key: &'static str, value: &str) -> Result<(), CredentialsEr
     Ok(())
 }
 
+/// See [`Credentials::key_id`].
+pub(crate) fn key_id(access_key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(access_key.as_bytes());
+    format!("ak#{}", hex::encode(&digest[..4]))
+}
+
 impl Credentials {
     /// Validates and builds credentials. The access key goes into the `Authorization` header
     /// verbatim, so it may not carry separators; the token goes into a header of its own.
@@ -97,9 +104,12 @@ impl Credentials {
     /// A stable, non-reversible name for the access key (`ak#` + 8 hex digits of its SHA-256),
     /// for logs, events and conditions: the key itself never appears there.
     pub fn key_id(&self) -> String {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(self.access_key.as_bytes());
-        format!("ak#{}", hex::encode(&digest[..4]))
+        key_id(&self.access_key)
+    }
+
+    /// The access key, shared (budgets are kept by it).
+    pub(crate) fn access_key_shared(&self) -> Arc<str> {
+        self.access_key.clone()
     }
 
     pub(crate) fn secret_key(&self) -> &str {

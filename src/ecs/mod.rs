@@ -2,6 +2,7 @@
 //! writes, [`vpc::VpcApi`] for the VPC port reads), their signed HTTP implementation
 //! ([`EcsClient`]), error classes, credentials and the request signer.
 
+pub mod budget;
 pub mod client;
 pub mod credentials;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod vpc;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+pub use budget::{Priority, Service, current_priority, in_background};
 pub use client::{
     ClientConfigError, EcsClient, EcsClientConfig, Endpoint, EndpointError, MAX_RESPONSE_BYTES, UrlError,
 };
@@ -71,6 +73,14 @@ impl Operation {
     /// caller, after reading the port again, may decide to write again.
     pub fn resend_safe(self) -> bool {
         !matches!(self, Operation::UpdatePort)
+    }
+
+    /// The service the call goes to (and whose budget it draws from).
+    pub fn service(self) -> Service {
+        match self {
+            Operation::Bind | Operation::Unbind => Service::Ecs,
+            Operation::GetPort | Operation::ListPorts | Operation::UpdatePort => Service::Vpc,
+        }
     }
 
     /// Whether the call only reads: it cannot change the cloud, so it is always safe to repeat.
@@ -299,6 +309,8 @@ mod tests {
         assert_eq!(labels.len(), all.len());
         assert_eq!(all.iter().filter(|o| o.is_read()).count(), 2);
         assert_eq!(all.iter().filter(|o| !o.resend_safe()).collect::<Vec<_>>(), [&Operation::UpdatePort]);
+        let ecs: Vec<_> = all.iter().filter(|o| o.service() == Service::Ecs).collect();
+        assert_eq!(ecs, [&Operation::Bind, &Operation::Unbind]);
     }
 
     #[test]
