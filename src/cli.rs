@@ -100,7 +100,8 @@ pub struct RunArgs {
     /// Bindings reconciled in parallel.
     #[arg(long, env = "VIPOP_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
-    /// Cloud API calls per second, for all bindings together (retries included).
+    /// Cloud API calls per second, for each access key, region and service (ECS, VPC) apart
+    /// (retries included).
     #[arg(long, env = "VIPOP_CLOUD_QPS", default_value_t = 10.0)]
     pub cloud_qps: f64,
     /// Cloud API calls allowed in a burst above --cloud-qps.

@@ -204,7 +204,9 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &ObjectKey) ->
             };
             release(b, ctx, key, builder, verdict.reason, &verdict.message).await
         }
-        Plan::Bind { reassert } => bind(b, ctx, key, reassert).await,
+        // A drift re-bind takes only what user work leaves of the cloud budget.
+        Plan::Bind { reassert: true } => crate::ecs::in_background(bind(b, ctx, key, true)).await,
+        Plan::Bind { reassert: false } => bind(b, ctx, key, false).await,
         Plan::Unbind => unbind(b, ctx, key).await,
     }
 }

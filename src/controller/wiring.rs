@@ -142,7 +142,8 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
                         let stores = stores.read().map(|s| s.clone()).unwrap_or_default();
                         stores.iter().find_map(|s| s.get(r))
                     };
-                    for r in super::compare::due_to_reconcile(&ctx, &listings, due, lookup).await {
+                    let compared = super::compare::due_to_reconcile(&ctx, &listings, due, lookup);
+                    for r in crate::ecs::in_background(compared).await {
                         triggers.binding(r);
                     }
                 }
