@@ -66,9 +66,11 @@ e2e-real: k8s-assets ## The e2e suite on a private real control plane; fails rat
 
 bench: k8s-assets ## Fleet benchmark on a private real control plane (BENCH_N, BENCH_LATENCY_MS, BENCH_QPS, BENCH_CONCURRENCY)
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} $(CARGO) bench --bench operator
+	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} $(CARGO) bench --bench drift
 
 bench-fake: ## The same benchmark on the in-repo fake API server
 	$(CARGO) bench --bench operator
+	$(CARGO) bench --bench drift
 
 build: ## Debug build
 	$(CARGO) build

@@ -44,6 +44,21 @@ impl Listings {
         taken.get(key).filter(|(at, _)| at.elapsed() < self.max_age).map(|(_, pairs)| pairs.clone())
     }
 
+    /// The listing for `key`: a fresh one kept, else `list`'s (kept when it succeeds). Using a
+    /// kept listing does not make it younger.
+    async fn get_or_list<E, F: Future<Output = Result<VipPairs, E>>>(
+        &self,
+        key: &Listing,
+        list: impl FnOnce() -> F,
+    ) -> Result<Arc<VipPairs>, E> {
+        if let Some(seen) = self.fresh(key) {
+            return Ok(seen);
+        }
+        let seen = Arc::new(list().await?);
+        self.keep(key.clone(), seen.clone());
+        Ok(seen)
+    }
+
     fn keep(&self, key: Listing, pairs: Arc<VipPairs>) {
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         // Old ones go: projects come and go, and a stale listing is never used anyway.
@@ -82,6 +97,13 @@ fn checkable(b: Arc<VipBinding>, default_api: BindApi) -> Result<(Listing, Check
     Ok((listing, Checkable { binding: b, vip_port_id, nic_ip }))
 }
 
+/// Why no listing vouches for a group.
+enum ListFailed {
+    /// Their credentials or project cannot be resolved now.
+    NoTarget,
+    Cloud(crate::ecs::EcsError),
+}
+
 /// Of the due bindings, the ones to reconcile: ECS ones, VPC ones a listing could not vouch
 /// for, and VPC ones whose pair is missing. The ones a listing shows in place are marked
 /// checked (their next check is a period away).
@@ -103,20 +125,12 @@ pub async fn due_to_reconcile(
     }
     for (listing, group) in groups {
         let Some(first) = group.first() else { continue };
-        let seen = match listings.fresh(&listing) {
-            Some(seen) => Ok(seen),
-            None => match ctx.targets.resolve_for_unbind(&first.binding).await {
-                Ok(target) => pairs.vip_pairs(&target).await.map(Arc::new),
-                // Their reconciles say why (and record it).
-                Err(_) => {
-                    reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding)));
-                    continue;
-                }
-            },
-        };
-        if let Ok(seen) = &seen {
-            listings.keep(listing.clone(), seen.clone());
-        }
+        let seen = listings
+            .get_or_list(&listing, || async {
+                let target = ctx.targets.resolve_for_unbind(&first.binding).await.map_err(|_| ListFailed::NoTarget)?;
+                pairs.vip_pairs(&target).await.map_err(ListFailed::Cloud)
+            })
+            .await;
         match seen {
             Ok(seen) => {
                 let (mut in_place, mut drifted) = (0u64, 0u64);
@@ -132,13 +146,15 @@ pub async fn due_to_reconcile(
                 ctx.note_compared(in_place, drifted);
                 tracing::debug!(project = %listing.project, region = %listing.region, in_place, drifted, "drift compared by listing");
             }
+            // Their reconciles say why (and record it).
+            Err(ListFailed::NoTarget) => reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding))),
             // Credentials that may not list: each binding's own reads then.
-            Err(e) if e.class() == ErrorClass::Auth => {
+            Err(ListFailed::Cloud(e)) if e.class() == ErrorClass::Auth => {
                 tracing::info!(project = %listing.project, error = %e, "cannot list VIP ports; checking each binding instead");
                 reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding)));
             }
             // Asked again by the sweeper shortly (they stay due).
-            Err(e) => {
+            Err(ListFailed::Cloud(e)) => {
                 tracing::warn!(project = %listing.project, error = %e, bindings = group.len(), "the drift listing failed; trying again shortly");
             }
         }
@@ -164,5 +180,26 @@ mod tests {
         assert!(listings.fresh(&key).is_none());
         listings.keep(other, Arc::new(VipPairs::new()));
         assert_eq!(listings.taken.lock().unwrap().len(), 1, "stale ones are dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn using_a_listing_does_not_keep_it_young() {
+        let listings = Listings::for_period(Duration::from_secs(4));
+        let key = Listing { project: "p".into(), region: "r".into(), secret: None };
+        let taken = std::sync::atomic::AtomicUsize::new(0);
+        let list = || async {
+            taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, ()>(VipPairs::new())
+        };
+        // Used every 100 ms for 3 s: listed again each second (a quarter of the period).
+        for _ in 0..30 {
+            listings.get_or_list(&key, list).await.unwrap();
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // A failed listing is not kept.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(listings.get_or_list(&key, || async { Err::<VipPairs, _>("down") }).await.is_err());
+        assert!(listings.fresh(&key).is_none());
     }
 }

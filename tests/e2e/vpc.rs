@@ -105,7 +105,10 @@ async fn v2_a_pair_removed_behind_our_back_is_put_back_without_rewriting_intact_
     env.wait_ready("a").await;
     env.wait_ready("b").await;
     let b_writes = updates(&env, "vip-port-b");
-    // Someone removes a's pair, keeping theirs.
+    // After a drift round has listed the project (a listing is reused for a while: the repair
+    // must not wait for ever on it)...
+    until("a drift listing", Duration::from_secs(10), || listings(&env) > 0).await;
+    // ...someone removes a's pair, keeping theirs.
     assert!(env.sim.set_allowed_address_pairs("vip-port-a", vec![pair(FOREIGN)]));
     until("the pair to be put back", Duration::from_secs(15), || pairs(&env, "vip-port-a").contains(&nic_ip)).await;
     assert_eq!(pairs(&env, "vip-port-a"), [FOREIGN, nic_ip.as_str()]);
