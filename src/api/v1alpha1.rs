@@ -163,6 +163,10 @@ pub struct VipBindingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound_reverse_binding: Option<bool>,
 
+    /// `api: VPC`: what the VPC API last showed of this binding (see [`Observed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observed>,
+
     /// Where the last bind request was sent and whose credentials signed it. A deletion
     /// unbinds with the same, whatever the namespace's policy says by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +206,22 @@ pub struct BoundWith {
     /// binding on that NIC takes it away again. False: it was there already, and stays.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub source_check_off_added: bool,
+}
+
+/// What the VPC API showed when the operator last read this binding's VIP port: whether its
+/// allowed_address_pairs held the NIC's IP. Written when a bind reads the port; a drift listing
+/// that finds the binding in place refreshes it at most hourly (a write per binding per round
+/// would cost the API server as much as the fleet itself).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Observed {
+    /// The VIP port held the NIC's IP.
+    pub bound: bool,
+    pub vip_port_id: String,
+    /// When it was read.
+    pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// What found it: `bind` (a bind or re-bind read the port) or `listing` (a drift listing).
+    pub by: String,
 }
 
 impl BoundWith {
@@ -280,10 +300,13 @@ pub enum Reason {
     /// `api: VPC`: other writers kept changing a port between the operator's reads; nothing
     /// built from a stale read was written.
     PortContended,
+    /// (Events only.) `api: VPC`: the drift check found the NIC's IP missing from the VIP port
+    /// and put it back.
+    DriftRepaired,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::Bound,
         Reason::Unbound,
         Reason::NotBound,
@@ -308,6 +331,7 @@ impl Reason {
         Reason::VpcReadsDenied,
         Reason::VipNotFound,
         Reason::PortContended,
+        Reason::DriftRepaired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -336,6 +360,7 @@ impl Reason {
             Reason::VpcReadsDenied => "VpcReadsDenied",
             Reason::VipNotFound => "VipNotFound",
             Reason::PortContended => "PortContended",
+            Reason::DriftRepaired => "DriftRepaired",
         }
     }
 

@@ -26,6 +26,7 @@ use super::context::Context;
 use super::index::api_of;
 use super::key::ObjectKey;
 use super::pairs::VipPairs;
+use crate::api::v1alpha1::Observed;
 
 /// Recent listings, per project, region and credentials.
 pub struct Listings {
@@ -97,6 +98,26 @@ fn checkable(b: Arc<VipBinding>, default_api: BindApi) -> Result<(Listing, Check
     Ok((listing, Checkable { binding: b, vip_port_id, nic_ip }))
 }
 
+/// Observations written at most per sweep: the API server's budget is the fleet's first.
+const MAX_REFRESHES_PER_SWEEP: usize = 100;
+
+/// Writes "bound, seen by a listing" into a binding whose observation is stale (see
+/// [`crate::api::v1alpha1::Observed`]); true when it wrote.
+async fn refresh_observation(ctx: &Context, c: &Checkable, allowed: bool) -> bool {
+    let now = ctx.now();
+    if !allowed || !super::reconcile_vpc::observation_stale(&c.binding, now.0) {
+        return false;
+    }
+    let observed = Observed { bound: true, vip_port_id: c.vip_port_id.clone(), at: now, by: "listing".into() };
+    match ctx.kube.write_observed(&c.binding, &observed).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not write the observation; the next round tries again");
+            false
+        }
+    }
+}
+
 /// Why no listing vouches for a group.
 enum ListFailed {
     /// Their credentials or project cannot be resolved now.
@@ -117,6 +138,7 @@ pub async fn due_to_reconcile(
     let default_api = ctx.targets.defaults().api;
     let mut reconcile = vec![];
     let mut groups: HashMap<Listing, Vec<Checkable>> = HashMap::new();
+    let mut refreshes = MAX_REFRESHES_PER_SWEEP;
     for r in due {
         match lookup(&r).map(|b| checkable(b, default_api)) {
             Some(Ok((listing, c))) => groups.entry(listing).or_default().push(c),
@@ -138,6 +160,7 @@ pub async fn due_to_reconcile(
                     if seen.get(&c.vip_port_id).is_some_and(|ips| ips.contains(&c.nic_ip)) {
                         ctx.resync.asserted(&ObjectKey::of(&c.binding), ObjectRef::from_obj(&*c.binding));
                         in_place += 1;
+                        refreshes = refreshes.saturating_sub(refresh_observation(ctx, c, refreshes > 0).await.into());
                     } else {
                         reconcile.push(ObjectRef::from_obj(&*c.binding));
                         drifted += 1;

@@ -119,6 +119,20 @@ impl KubeOps {
         }
     }
 
+    /// Sets `status.observed` alone (a merge patch): written outside a reconcile, from a cached
+    /// object, so the rest of the status must not be rewritten from that copy.
+    pub async fn write_observed(
+        &self,
+        b: &VipBinding,
+        observed: &crate::api::v1alpha1::Observed,
+    ) -> Result<(), kube::Error> {
+        let body = json!({ "status": { "observed": observed } });
+        match api(&self.client, b).patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(body)).await {
+            Err(e) if is_not_found(&e) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
     /// Whether the VipBinding CRD is being deleted (an uninstall): then bindings are released
     /// without unbinding. Asked right before each unbind, so no watch lag can let one through.
     pub async fn crd_deleting(&self) -> bool {

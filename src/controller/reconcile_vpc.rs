@@ -16,6 +16,15 @@ use super::reconcile::{
 };
 use super::status::{BoundKnowledge, CondStatus, StatusBuilder};
 
+/// How long an observation of a binding found in place stands before it is written again.
+pub const OBSERVATION_REFRESH: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether the binding's observation is missing or older than [`OBSERVATION_REFRESH`].
+pub fn observation_stale(b: &VipBinding, now: jiff::Timestamp) -> bool {
+    let refresh = jiff::SignedDuration::try_from(OBSERVATION_REFRESH).unwrap_or(jiff::SignedDuration::MAX);
+    b.status.as_ref().and_then(|s| s.observed.as_ref()).is_none_or(|o| now.duration_since(o.at.0) >= refresh)
+}
+
 /// The message for bindings that ask for VPC on an operator that does not know where it is.
 pub const NO_VPC_ENDPOINT: &str =
     "spec.api is VPC, but the operator has no VPC endpoint (it runs with a fixed --ecs-endpoint and no --vpc-endpoint)";
@@ -63,18 +72,30 @@ pub(super) async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, step: B
                 "VIP {} is bound to NIC {} through the VPC API (NIC IP {} in VIP port {}'s allowed_address_pairs)",
                 b.spec.ip_address, b.spec.nic_id, record.nic_ip, record.vip_port_id
             );
-            let next = StatusBuilder::new(b, ctx.now())
+            let now = ctx.now();
+            let mut builder = StatusBuilder::new(b, now.clone())
                 .port_id(Some(b.spec.nic_id.clone()))
                 .bound_reverse_binding(Some(b.spec.reverse_binding))
                 .bound_with(Some(with_record(bound_with, Some(&record))))
                 .bound(CondStatus::True, Reason::Bound, &message)
-                .ready(CondStatus::True, Reason::Bound, &message)
-                .build();
+                .ready(CondStatus::True, Reason::Bound, &message);
+            // A re-bind that found the pair in place refreshes the observation only hourly.
+            if wrote || !reassert || observation_stale(b, now.0) {
+                builder = builder.observed(true, &record.vip_port_id, "bind");
+            }
+            let next = builder.build();
             if let Some(status) = next {
                 ctx.record(b, &status).await?;
             }
             if wrote {
                 tracing::info!(vip = %b.spec.ip_address, nic = %b.spec.nic_id, reassert, "bound through the VPC API");
+            }
+            if wrote && reassert {
+                let note = format!(
+                    "VIP port {} did not hold NIC {}'s IP {}: put back",
+                    record.vip_port_id, b.spec.nic_id, record.nic_ip
+                );
+                ctx.kube.event(b, true, Reason::DriftRepaired, "Bind", note).await;
             }
             Ok(ctx.after_success(b, key))
         }

@@ -165,6 +165,17 @@ impl<'a> StatusBuilder<'a> {
         self
     }
 
+    /// What the VPC API showed, read now by `by`.
+    pub fn observed(mut self, bound: bool, vip_port_id: &str, by: &str) -> Self {
+        self.status.observed = Some(crate::api::v1alpha1::Observed {
+            bound,
+            vip_port_id: vip_port_id.to_string(),
+            at: self.now.clone(),
+            by: by.to_string(),
+        });
+        self
+    }
+
     /// The new status, or `None` when it equals the current one (no write needed).
     pub fn build(self) -> Option<VipBindingStatus> {
         (self.binding.status.as_ref() != Some(&self.status)).then_some(self.status)

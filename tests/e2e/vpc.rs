@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use vip_operator::simulator::{PairsChange, PortOperation, SimAddressPair, SimPort};
 
@@ -56,6 +57,13 @@ fn listings(env: &Env) -> usize {
     env.sim.calls().iter().filter(|c| c.port_operation == Some(PortOperation::ListPorts)).count()
 }
 
+async fn warning_reasons(env: &Env) -> Vec<String> {
+    use k8s_openapi::api::events::v1::Event;
+    let events: kube::Api<Event> = kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let list = events.list(&Default::default()).await.expect("list events");
+    list.items.into_iter().filter(|e| e.type_.as_deref() == Some("Warning")).filter_map(|e| e.reason).collect()
+}
+
 async fn until(what: &str, within: Duration, check: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + within;
     while !check() {
@@ -81,6 +89,9 @@ async fn v1_two_vips_share_a_nic_and_each_unbind_takes_only_its_own_pair() {
     assert_eq!(record.vip_port_id.as_deref(), Some("vip-port-a"));
     assert_eq!(record.nic_ip.as_deref(), Some(nic_ip.as_str()));
     assert_eq!(a.status.as_ref().and_then(|s| s.port_id.as_deref()), Some(NIC));
+    let observed = a.status.as_ref().and_then(|s| s.observed.clone()).expect("what the VPC API showed");
+    assert!(observed.bound);
+    assert_eq!((observed.vip_port_id.as_str(), observed.by.as_str()), ("vip-port-a", "bind"));
 
     env.delete("a").await;
     env.wait_gone("a", Duration::from_secs(20)).await;
@@ -112,6 +123,23 @@ async fn v2_a_pair_removed_behind_our_back_is_put_back_without_rewriting_intact_
     assert!(env.sim.set_allowed_address_pairs("vip-port-a", vec![pair(FOREIGN)]));
     until("the pair to be put back", Duration::from_secs(15), || pairs(&env, "vip-port-a").contains(&nic_ip)).await;
     assert_eq!(pairs(&env, "vip-port-a"), [FOREIGN, nic_ip.as_str()]);
+    // The repair says so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !warning_reasons(&env).await.iter().any(|r| r == "DriftRepaired") {
+        assert!(tokio::time::Instant::now() < deadline, "no DriftRepaired event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // An observation older than an hour is refreshed by the listing (b's, made old here).
+    let old = json!({"status": {"observed": {"bound": true, "vipPortId": "vip-port-b", "at": "2026-01-01T00:00:00Z", "by": "bind"}}});
+    env.bindings().patch_status("b", &PatchParams::default(), &Patch::Merge(old)).await.expect("age b's observation");
+    let refreshed = env
+        .wait_for("b", Duration::from_secs(10), "a refreshed observation", |b| {
+            b.status.as_ref().and_then(|s| s.observed.as_ref()).is_some_and(|o| o.by == "listing")
+        })
+        .await;
+    let observed = refreshed.status.as_ref().and_then(|s| s.observed.clone()).expect("observed");
+    assert!(observed.bound && observed.at.0 > "2026-06-01T00:00:00Z".parse().unwrap());
+    assert_eq!(ready(&refreshed), Some(("True", "Bound")), "only the observation was written");
     // Several drift rounds pass over b: the project's listing shows it in place, so it gets
     // no call of its own, neither a write nor a read.
     let (b_reads, lists) = (reads(&env, "vip-port-b"), listings(&env));
