@@ -205,16 +205,7 @@ impl AuthGate {
 mod tests {
     use super::*;
 
-    fn api(status: u16, code: &str) -> EcsError {
-        EcsError::Api(crate::ecs::ApiError {
-            status,
-            code: Some(code.into()),
-            message: String::new(),
-            detail_codes: vec![],
-            request_id: None,
-            retry_after: None,
-        })
-    }
+    use crate::ecs::error::coded as api;
 
     fn go(a: Admission) -> Ticket {
         match a {

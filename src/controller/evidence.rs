@@ -106,8 +106,8 @@ pub fn no_reads() -> Gone {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ecs::Credentials;
     use crate::ecs::vpc::{Port, PortFilter};
-    use crate::ecs::{ApiError, Credentials};
     use futures::future::BoxFuture;
 
     struct Answers(Mutex<Vec<Result<Port, EcsError>>>);
@@ -134,16 +134,7 @@ mod tests {
         }
     }
 
-    fn api(status: u16, code: &str) -> EcsError {
-        EcsError::Api(ApiError {
-            status,
-            code: Some(code.into()),
-            message: String::new(),
-            detail_codes: vec![],
-            request_id: None,
-            retry_after: None,
-        })
-    }
+    use crate::ecs::error::coded as api;
 
     fn port(id: &str) -> Port {
         serde_json::from_value(serde_json::json!({"id": id})).unwrap()

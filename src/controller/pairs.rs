@@ -133,13 +133,13 @@ pub enum Unbound {
 }
 
 /// How an edit went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Edit {
     /// The port already was as wanted: nothing was written.
     AlreadyThere,
     Written,
-    /// The port does not exist (404 `VPC.2502`).
-    PortGone,
+    /// The port does not exist: the read's own answer (404 `VPC.2502`).
+    PortGone(EcsError),
 }
 
 /// VPC binds and unbinds, with writes to each port serialised.
@@ -185,7 +185,8 @@ impl PortPairs {
         let added = match self.edit(target, t.nic_id, check_off).await {
             Ok(Edit::Written) => true,
             Ok(Edit::AlreadyThere) => recorded.source_check_off_added,
-            Ok(Edit::PortGone) => return Err(cloud(port_gone(t.nic_id))),
+            // The NIC's port went away since it was read above.
+            Ok(Edit::PortGone(gone)) => return Err(cloud(gone)),
             Err(e) => return Err(e.into()),
         };
         let record =
@@ -200,7 +201,7 @@ impl PortPairs {
         match self.edit(target, &vip_port_id, add_ip).await {
             Ok(Edit::Written) => Ok((record, true)),
             Ok(Edit::AlreadyThere) => Ok((record, false)),
-            Ok(Edit::PortGone) => Err(PairsFailure {
+            Ok(Edit::PortGone(_)) => Err(PairsFailure {
                 error: PairsError::VipNotFound { vip: t.vip.into(), network: t.network_id.into() },
                 partial: Some(record),
                 may_have_applied: false,
@@ -252,7 +253,7 @@ impl PortPairs {
         let outcome = match self.edit(target, &vip_port_id, remove).await {
             Ok(Edit::Written) => Unbound::Removed { vip_port_id },
             Ok(Edit::AlreadyThere) => Unbound::NotThere { vip_port_id },
-            Ok(Edit::PortGone) => Unbound::VipGone { vip_port_id },
+            Ok(Edit::PortGone(_)) => Unbound::VipGone { vip_port_id },
             Err(error) => {
                 let may_have_applied = error.may_have_written();
                 return Err(PairsFailure { error, partial: None, may_have_applied });
@@ -352,10 +353,11 @@ impl PortPairs {
         port_id: &str,
         change: &impl Fn(&[AddressPair]) -> Option<Vec<AddressPair>>,
     ) -> Result<Edit, PairsError> {
+        // `Ok(Err(gone))`: the port does not exist; other failures end the edit.
         let read = |what| async move {
             match self.api.get_port(target, port_id).await {
-                Ok(port) => Ok(Some(port.allowed_address_pairs)),
-                Err(e) if e.class() == ErrorClass::Gone => Ok(None),
+                Ok(port) => Ok(Ok(port.allowed_address_pairs)),
+                Err(e) if e.class() == ErrorClass::Gone => Ok(Err(e)),
                 Err(e) => {
                     tracing::debug!(port = port_id, error = %e, "reading the port {what} failed");
                     Err(PairsError::Cloud(e))
@@ -364,12 +366,18 @@ impl PortPairs {
         };
         let mut written = false;
         for _ in 0..MAX_ROUNDS {
-            let Some(first) = read("before an edit").await? else { return Ok(Edit::PortGone) };
+            let first = match read("before an edit").await? {
+                Ok(pairs) => pairs,
+                Err(gone) => return Ok(Edit::PortGone(gone)),
+            };
             let Some(next) = change(&first) else {
                 return Ok(if written { Edit::Written } else { Edit::AlreadyThere });
             };
             // Written only when a second read agrees with the one the list was built from.
-            let Some(second) = read("right before the write").await? else { return Ok(Edit::PortGone) };
+            let second = match read("right before the write").await? {
+                Ok(pairs) => pairs,
+                Err(gone) => return Ok(Edit::PortGone(gone)),
+            };
             if second != first {
                 tracing::debug!(port = port_id, "the port changed between two reads; building the list again");
                 continue;
@@ -396,18 +404,6 @@ impl PortPairs {
     }
 }
 
-/// The cloud's "port not found", for a port read that just answered so.
-fn port_gone(port_id: &str) -> EcsError {
-    EcsError::Api(crate::ecs::ApiError {
-        status: 404,
-        code: Some("VPC.2502".into()),
-        message: format!("Port {port_id} not found"),
-        detail_codes: vec![],
-        request_id: None,
-        retry_after: None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -415,8 +411,8 @@ mod tests {
     use futures::future::BoxFuture;
 
     use super::*;
+    use crate::ecs::Credentials;
     use crate::ecs::vpc::{FixedIp, Port};
-    use crate::ecs::{ApiError, Credentials};
 
     const NET: &str = "net-1";
     const VIP: &str = "10.0.0.100";
@@ -450,8 +446,8 @@ mod tests {
         }
     }
 
-    fn not_found(id: &str) -> EcsError {
-        super::port_gone(id)
+    fn not_found() -> EcsError {
+        crate::ecs::error::coded(404, "VPC.2502")
     }
 
     impl Cloud {
@@ -473,7 +469,7 @@ mod tests {
     impl VpcApi for Cloud {
         fn get_port<'a>(&'a self, _: &'a CloudTarget, id: &'a str) -> BoxFuture<'a, Result<Port, EcsError>> {
             self.calls.lock().unwrap().push(format!("get {id}"));
-            let answer = self.ports.lock().unwrap().get(id).cloned().ok_or_else(|| not_found(id));
+            let answer = self.ports.lock().unwrap().get(id).cloned().ok_or_else(not_found);
             let mut queue = self.after_read.lock().unwrap();
             if queue.front().is_some_and(|(port, _)| port == id) {
                 let (_, pairs) = queue.pop_front().unwrap();
@@ -515,7 +511,7 @@ mod tests {
                     p.allowed_address_pairs = pairs.to_vec();
                     Ok(p.clone())
                 }
-                None => Err(not_found(id)),
+                None => Err(not_found()),
             };
             Box::pin(async move { answer })
         }
@@ -681,14 +677,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_without_an_answer_may_have_applied_and_is_not_resent() {
         let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
-        *cloud.fail_update.lock().unwrap() = Some(EcsError::Api(ApiError {
-            status: 500,
-            code: Some("VPC.0001".into()),
-            message: "internal".into(),
-            detail_codes: vec![],
-            request_id: None,
-            retry_after: None,
-        }));
+        *cloud.fail_update.lock().unwrap() = Some(crate::ecs::error::coded(500, "VPC.0001"));
         let f = pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap_err();
         assert!(f.may_have_applied);
         assert_eq!(f.partial.as_ref().map(|r| r.vip_port_id.as_str()), Some("vip-port"));

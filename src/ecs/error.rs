@@ -52,6 +52,19 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
 }
 
+/// An answer with `status` and `code` and nothing else, for unit tests.
+#[cfg(test)]
+pub(crate) fn coded(status: u16, code: &str) -> EcsError {
+    EcsError::Api(ApiError {
+        status,
+        code: Some(code.into()),
+        message: String::new(),
+        detail_codes: vec![],
+        request_id: None,
+        retry_after: None,
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
     Timeout,
