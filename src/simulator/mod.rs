@@ -534,7 +534,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/{project_id}/cloudservers/nics/{nic_id}", put(nic_call))
         .route("/v1/{project_id}/ports", get(list_ports_call))
-        .route("/v1/{project_id}/ports/{port_id}", get(get_port_call).put(update_port_call))
+        .route("/v1/{project_id}/ports/{port_id}", get(port_call).put(port_call))
         .route("/sim/state", get(admin_state))
         .route("/sim/calls", get(admin_calls))
         .route("/sim/faults", post(admin_add_fault).delete(admin_clear_faults))
@@ -676,15 +676,8 @@ fn fault_hold(fault: Option<&Fault>) -> Duration {
 /// (after "Invalid request parameter: "), so they must not change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 enum BodyError {
-    // serde_json's error is kept as text: the variant must stay comparable in tests.
-    #[error("request body is not JSON: {0}")]
-    NotJson(String),
-    #[error("request body must be a JSON object")]
-    NotAnObject,
-    #[error("unknown field {0:?}")]
-    UnknownField(String),
-    #[error("field nic (object) is required")]
-    NicRequired,
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
     #[error("unknown field nic.{0}")]
     UnknownNicField(String),
     #[error("nic.{0} must be a string")]
@@ -699,15 +692,37 @@ enum BodyError {
     HalfSet,
 }
 
+/// Why a body is not `{"<key>": {...}}`, the envelope both the ECS and the VPC calls take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    // serde_json's error is kept as text: the variant must stay comparable in tests.
+    #[error("request body is not JSON: {0}")]
+    NotJson(String),
+    #[error("request body must be a JSON object")]
+    NotAnObject,
+    #[error("unknown field {0:?}")]
+    UnknownField(String),
+    #[error("field {0} (object) is required")]
+    Required(&'static str),
+}
+
+/// The object under `key` of a body that must be exactly `{"<key>": {...}}`.
+fn envelope(body: &[u8], key: &'static str) -> Result<serde_json::Map<String, Value>, EnvelopeError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+    let Value::Object(mut obj) = value else { return Err(EnvelopeError::NotAnObject) };
+    if let Some(k) = obj.keys().find(|k| *k != key) {
+        return Err(EnvelopeError::UnknownField(k.clone()));
+    }
+    match obj.remove(key) {
+        Some(Value::Object(inner)) => Ok(inner),
+        _ => Err(EnvelopeError::Required(key)),
+    }
+}
+
 /// Validates the body as ECS does: exactly `{"nic": {subnet_id, ip_address[, reverse_binding]}}`,
 /// typed, with both strings empty (unbind) or both set to valid values (bind).
 fn parse_body(body: &[u8]) -> Result<(SimOperation, NicFieldsIn), BodyError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
-    let obj = value.as_object().ok_or(BodyError::NotAnObject)?;
-    if let Some(k) = obj.keys().find(|k| *k != "nic") {
-        return Err(BodyError::UnknownField(k.clone()));
-    }
-    let nic = obj.get("nic").and_then(Value::as_object).ok_or(BodyError::NicRequired)?;
+    let nic = envelope(body, "nic")?;
     if let Some(k) = nic.keys().find(|k| !matches!(k.as_str(), "subnet_id" | "ip_address" | "reverse_binding")) {
         return Err(BodyError::UnknownNicField(k.clone()));
     }
@@ -979,7 +994,8 @@ async fn nic_call(
     serve(&shared, &project_id, Resource::Nic(&nic_id), &received).await
 }
 
-async fn get_port_call(
+/// A port read (`GET`) or update (`PUT`): the router sends no other method here.
+async fn port_call(
     State(shared): State<Arc<Shared>>,
     Path((project_id, port_id)): Path<(String, String)>,
     method: Method,
@@ -987,20 +1003,9 @@ async fn get_port_call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let resource = if method == Method::PUT { Resource::PortUpdate(&port_id) } else { Resource::Port(&port_id) };
     let received = Received { method, uri, headers, body };
-    serve(&shared, &project_id, Resource::Port(&port_id), &received).await
-}
-
-async fn update_port_call(
-    State(shared): State<Arc<Shared>>,
-    Path((project_id, port_id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let received = Received { method, uri, headers, body };
-    serve(&shared, &project_id, Resource::PortUpdate(&port_id), &received).await
+    serve(&shared, &project_id, resource, &received).await
 }
 
 async fn list_ports_call(

@@ -196,15 +196,8 @@ pub enum PairsError {
 /// Why the simulator refuses an update's body. The texts are what clients read in the 400 answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpdateError {
-    // serde_json's error is kept as text: the variant must stay comparable in tests.
-    #[error("request body is not JSON: {0}")]
-    NotJson(String),
-    #[error("request body must be a JSON object")]
-    NotAnObject,
-    #[error("unknown field {0:?}")]
-    UnknownField(String),
-    #[error("field port (object) is required")]
-    PortRequired,
+    #[error(transparent)]
+    Envelope(#[from] super::EnvelopeError),
     #[error("an update must set at least one attribute of the port")]
     Empty,
     /// Huawei takes more (`name`, `security_groups`, …); the simulator models this one alone.
@@ -257,12 +250,7 @@ impl PairsChange {
 /// `{ip_address[, mac_address]}`, checked. Bounded: the body is at most axum's body limit, the
 /// list at most [`MAX_PAIRS`], each field at most [`MAX_PAIR_FIELD_LEN`].
 pub(super) fn parse_update(body: &[u8]) -> Result<Vec<SimAddressPair>, UpdateError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| UpdateError::NotJson(e.to_string()))?;
-    let obj = value.as_object().ok_or(UpdateError::NotAnObject)?;
-    if let Some(k) = obj.keys().find(|k| *k != "port") {
-        return Err(UpdateError::UnknownField(k.clone()));
-    }
-    let port = obj.get("port").and_then(Value::as_object).ok_or(UpdateError::PortRequired)?;
+    let port = super::envelope(body, "port")?;
     if port.is_empty() {
         return Err(UpdateError::Empty);
     }
