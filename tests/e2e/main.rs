@@ -117,6 +117,19 @@ async fn s04_delete_with_the_nic_gone_releases_with_nic_not_found() {
     let unbinds = calls(&env, SimOperation::Unbind);
     assert_eq!(unbinds.len(), 1, "a missing NIC is not retried");
     assert_eq!(unbinds[0].status, 404);
+    // Released on evidence: ECS and the VPC API (the NIC's port reads 404 VPC.2502) agree.
+    let last = history.versions().into_iter().rev().find(|b| ready(b).is_some()).expect("a final status");
+    assert_eq!(ready(&last).map(|(_, r)| r), Some("NicNotFound"));
+    let message = last.condition("Ready").map(|c| c.message.clone()).unwrap_or_default();
+    assert!(message.contains("confirmed by the VPC API"), "{message}");
+    let reads: Vec<_> = env
+        .sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.port_operation == Some(vip_operator::simulator::PortOperation::GetPort))
+        .collect();
+    assert_eq!(reads.len(), 1, "one read of the NIC's port: {reads:#?}");
+    assert_eq!(reads[0].status, 404);
     env.cleanup().await;
 }
 
