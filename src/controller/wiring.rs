@@ -138,10 +138,9 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
                 let (ctx, triggers, stores, listings) =
                     (ctx.clone(), triggers.clone(), stores.clone(), listings.clone());
                 async move {
-                    let lookup = |r: &ObjectRef<VipBinding>| {
-                        let stores = stores.read().map(|s| s.clone()).unwrap_or_default();
-                        stores.iter().find_map(|s| s.get(r))
-                    };
+                    // One snapshot of the stores per sweep, not one per due binding.
+                    let stores = stores.read().map(|s| s.clone()).unwrap_or_default();
+                    let lookup = |r: &ObjectRef<VipBinding>| stores.iter().find_map(|s| s.get(r));
                     let compared = super::compare::due_to_reconcile(&ctx, &listings, due, lookup);
                     for r in crate::ecs::in_background(compared).await {
                         triggers.binding(r);
