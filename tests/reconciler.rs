@@ -16,7 +16,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use vip_operator::api::testing::{Fixture, NIC, SUBNET};
-use vip_operator::api::v1alpha1::{FINALIZER, VipBinding, VipBindingStatus};
+use vip_operator::api::v1alpha1::{BindApi, FINALIZER, VipBinding, VipBindingStatus};
 use vip_operator::controller::Context;
 use vip_operator::controller::kube_ops::KubeOps;
 use vip_operator::controller::reconcile::reconcile;
@@ -802,6 +802,21 @@ async fn terminal_bind_errors_wait_for_a_spec_change() {
     let cloud = FakeCloud::answering(vec![Err(api_error(400, "Ecs.0039", "req-400"))]);
     let run = run_once(binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(run.seen[1].body["status"]["conditions"][1]["reason"], "BindFailed");
+    assert_eq!(run.action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_vpc_binding_without_a_vpc_endpoint_is_invalid_and_nothing_is_sent() {
+    // This context has no VPC client (a fixed --ecs-endpoint and no --vpc-endpoint).
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_once(binding().api(BindApi::Vpc), cloud.clone(), static_defaults(), MockOptions::default()).await;
+    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    // The failure is recorded, then said: no finalizer went on, since nothing was sent.
+    assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
+    let ready = condition(&run.seen[0].body["status"], "Ready");
+    assert_eq!(ready["reason"], "Invalid");
+    assert!(ready["message"].as_str().unwrap().contains("no VPC endpoint"), "{ready}");
+    assert_event(&run.seen[1], "Warning", "Invalid", "--vpc-endpoint");
     assert_eq!(run.action, Action::await_change());
 }
 

@@ -357,15 +357,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
     let pairs = match (bound_with.api(), &ctx.pairs) {
         (BindApi::Ecs, _) => None,
         (BindApi::Vpc, Some(pairs)) => Some(pairs),
-        (BindApi::Vpc, None) => {
-            let failure = Failure {
-                reason: Reason::Invalid,
-                message: format!("bind: {}", reconcile_vpc::NO_VPC_ENDPOINT),
-                action: "Bind",
-                retry_after: None,
-            };
-            return record_failure(b, ctx, key, StatusBuilder::new(b, ctx.now()).bound_unchanged(), failure).await;
-        }
+        (BindApi::Vpc, None) => return reconcile_vpc::no_vpc_endpoint(b, ctx, key, "Bind").await,
     };
     // Asked before the finalizer goes on: a call that will not be made needs none.
     let admitted = match ctx.cloud.admit(&target) {

@@ -25,9 +25,27 @@ pub fn observation_stale(b: &VipBinding, now: jiff::Timestamp) -> bool {
     b.status.as_ref().and_then(|s| s.observed.as_ref()).is_none_or(|o| now.duration_since(o.at.0) >= refresh)
 }
 
-/// The message for bindings that ask for VPC on an operator that does not know where it is.
-pub const NO_VPC_ENDPOINT: &str =
-    "spec.api is VPC, but the operator has no VPC endpoint (it runs with a fixed --ecs-endpoint and no --vpc-endpoint)";
+/// Records that a VPC binding cannot be bound or unbound (`action`) by an operator that does not
+/// know where the VPC API is. Nothing was sent; it waits for a change.
+pub(super) async fn no_vpc_endpoint(
+    b: &VipBinding,
+    ctx: &Context,
+    key: &ObjectKey,
+    action: &'static str,
+) -> Result<Action, Error> {
+    let hint =
+        if action == "Unbind" { "; set spec.deletionPolicy to Orphan to release it without unbinding" } else { "" };
+    let failure = Failure {
+        reason: Reason::Invalid,
+        message: format!(
+            "{}: spec.api is VPC, but the operator has no VPC endpoint (it runs with a fixed --ecs-endpoint and no --vpc-endpoint){hint}",
+            action.to_lowercase()
+        ),
+        action,
+        retry_after: None,
+    };
+    record_failure(b, ctx, key, StatusBuilder::new(b, ctx.now()).bound_unchanged(), failure).await
+}
 
 fn pairs_target(b: &VipBinding) -> PairsTarget<'_> {
     PairsTarget {
@@ -150,17 +168,7 @@ pub(super) async fn unbind(
     key: &ObjectKey,
     target: &CloudTarget,
 ) -> Result<Action, Error> {
-    let Some(pairs) = &ctx.pairs else {
-        let failure = Failure {
-            reason: Reason::Invalid,
-            message: format!(
-                "unbind: {NO_VPC_ENDPOINT}; set spec.deletionPolicy to Orphan to release it without unbinding"
-            ),
-            action: "Unbind",
-            retry_after: None,
-        };
-        return record_failure(b, ctx, key, StatusBuilder::new(b, ctx.now()).bound_unchanged(), failure).await;
-    };
+    let Some(pairs) = &ctx.pairs else { return no_vpc_endpoint(b, ctx, key, "Unbind").await };
     let admitted = match ctx.cloud.admit(target) {
         Ok(admitted) => admitted,
         Err(EcsError::AwaitingProbe(why)) => return Ok(await_probe(&why)),
