@@ -980,9 +980,19 @@ impl VpcApi for FakeVpc {
 
 /// Deletes `bound_binding()` with ECS answering "NIC gone" and the port read answering `read`.
 async fn delete_with_nic_gone_and_port_read(read: Result<Port, EcsError>) -> Run {
-    let object = bound_binding().deleting();
-    let cloud = FakeCloud::answering(vec![Err(api_error(400, "Ecs.0085", "req-ecs"))]);
-    let vpc = Arc::new(FakeVpc(Mutex::new(VecDeque::from([read]))));
+    let ecs = vec![Err(api_error(400, "Ecs.0085", "req-ecs"))];
+    reconcile_with_port_reads(bound_binding().deleting(), ecs, vec![read]).await
+}
+
+/// One reconcile of `object` with ECS answering `ecs` and port reads answering `reads` (all of
+/// which must be read).
+async fn reconcile_with_port_reads(
+    object: VipBinding,
+    ecs: Vec<Result<String, EcsError>>,
+    reads: Vec<Result<Port, EcsError>>,
+) -> Run {
+    let cloud = FakeCloud::answering(ecs);
+    let vpc = Arc::new(FakeVpc(Mutex::new(VecDeque::from(reads))));
     let (client, api) = MockApi::start(&object, MockOptions::default());
     let reporter = Reporter { controller: "vip-operator".into(), instance: Some("test".into()) };
     let ctx = Arc::new(
@@ -1002,6 +1012,20 @@ async fn delete_with_nic_gone_and_port_read(read: Result<Port, EcsError>) -> Run
 
 fn nic_port() -> Port {
     serde_json::from_value(json!({"id": NIC, "device_owner": "compute:cn-north-4a", "fixed_ips": [{"subnet_id": SUBNET, "ip_address": "192.168.0.20"}]})).unwrap()
+}
+
+#[tokio::test]
+async fn a_vpc_deletion_with_no_recorded_nic_ip_is_released_when_the_nics_port_reads_404() {
+    // The finalizer went on, but no status followed (a crash): the bind may have been sent,
+    // and there is no record of the NIC's IP. The NIC's own port answering 404 VPC.2502 is the
+    // cloud's word that no pair of it can be bound.
+    let object = binding().api(BindApi::Vpc).with_finalizer().deleting();
+    let run = reconcile_with_port_reads(object, vec![], vec![Err(api_error(404, "VPC.2502", "req-vpc"))]).await;
+    let seen = after_crd_check(&run.seen);
+    let ready = condition(&seen[0].body["status"], "Ready");
+    assert_eq!(ready["reason"], "NicNotFound");
+    assert!(ready["message"].as_str().unwrap().contains("read through the VPC API"), "{ready}");
+    assert_finalizer_removed(&seen[1]);
 }
 
 #[tokio::test]

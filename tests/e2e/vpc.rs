@@ -212,3 +212,29 @@ async fn v5_the_api_server_keeps_the_api_fixed_and_vpc_to_ipv4() {
     assert!(err.to_string().contains("api VPC binds IPv4 VIPs only"), "{err}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v6_deletions_go_on_the_clouds_word_a_gone_nic_still_loses_its_pair() {
+    let mut env = Env::new("vpc-gone").await;
+    let nic_ip = ports(&env);
+    let _op = env.operator().start().await;
+    env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
+    env.create("b", NIC, VIP_B, json!({"api": "VPC"})).await;
+    env.wait_ready("a").await;
+    env.wait_ready("b").await;
+    // The NIC's port is gone: the pair it left on the VIP port is removed by the recorded IP.
+    assert!(env.sim.remove_port(NIC));
+    env.delete("a").await;
+    env.wait_gone("a", Duration::from_secs(20)).await;
+    assert_eq!(pairs(&env, "vip-port-a"), [FOREIGN], "the stale pair of {nic_ip} is gone too");
+    // The VIP port is gone (it reads 404 VPC.2502): nothing can be bound to it.
+    assert!(env.sim.remove_port("vip-port-b"));
+    let history = env.history("b").await;
+    env.delete("b").await;
+    env.wait_gone("b", Duration::from_secs(20)).await;
+    history.wait_deleted().await;
+    let last = history.versions().into_iter().rev().find(|b| ready(b).is_some()).expect("a final status");
+    let message = last.condition("Ready").map(|c| c.message.clone()).unwrap_or_default();
+    assert!(message.contains("VIP port vip-port-b no longer exists"), "{message}");
+    env.cleanup().await;
+}
