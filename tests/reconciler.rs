@@ -455,6 +455,40 @@ async fn resync_of_a_bound_binding_makes_no_calls_at_all() {
 }
 
 #[tokio::test]
+async fn a_due_drift_check_is_made_only_when_the_sweeper_asks() {
+    let object = bound_binding();
+    let (client, _api) = MockApi::start(&object, MockOptions::default());
+    let cloud = FakeCloud::answering(vec![]);
+    let reporter = Reporter { controller: "vip-operator".into(), instance: Some("test".into()) };
+    let ctx = Arc::new(
+        Context::new(
+            KubeOps::new(client.clone(), reporter),
+            cloud.clone(),
+            TargetResolver::new(Arc::new(client), static_defaults()),
+            Arc::new(FixedClock),
+        )
+        .with_resync(Duration::from_millis(20)),
+    );
+    let key = vip_operator::controller::key::ObjectKey::of(&object);
+    let target = kube::runtime::reflector::ObjectRef::from_obj(&object);
+    ctx.resync.track(&key, target.clone());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Due, but an unrelated event (a status write, say) starts this reconcile: the check is the
+    // sweeper's, which compares VPC bindings with a listing instead of reading each one.
+    reconcile(Arc::new(object.clone()), ctx.clone()).await.unwrap();
+    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    // Taken by the sweeper but not yet handed over (still being compared): the same.
+    assert_eq!(ctx.resync.take_due(Duration::from_secs(30)), vec![target.clone()]);
+    reconcile(Arc::new(object.clone()), ctx.clone()).await.unwrap();
+    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    // Handed to the reconcile: the bind is re-asserted.
+    ctx.resync.ask(std::slice::from_ref(&target));
+    reconcile(Arc::new(object), ctx).await.unwrap();
+    let ops: Vec<_> = cloud.calls().iter().map(|c| c.op).collect();
+    assert_eq!(ops, ["bind"]);
+}
+
+#[tokio::test]
 async fn delete_unbinds_records_port_and_conditions_then_releases() {
     let cloud = FakeCloud::answering(vec![]);
     let run = run_once(bound_binding().deleting(), cloud.clone(), static_defaults(), MockOptions::default()).await;

@@ -116,7 +116,7 @@ impl Context {
         Facts {
             conflict_owner: self.index.conflict_owner(b),
             crd_deleting: false,
-            reassert_due: decide::bound_as_specified(b) && self.resync.is_due(key),
+            reassert_due: decide::bound_as_specified(b) && self.resync.is_asked(key),
         }
     }
 

@@ -28,9 +28,11 @@ pub struct Resync {
 #[derive(Debug, Clone)]
 struct DriftEntry {
     next: Instant,
-    /// When the sweeper last asked for a reconcile, so a slow or failing one is not asked again
-    /// on every sweep.
+    /// When the sweeper last took it as due, so a slow or failing check is not taken again on
+    /// every sweep.
     triggered: Option<Instant>,
+    /// Whether the sweeper, having taken it, handed it to a reconcile (see [`Resync::ask`]).
+    asked: bool,
     /// What to reconcile when it is due.
     target: ObjectRef<VipBinding>,
 }
@@ -67,12 +69,30 @@ impl Resync {
         self.lock().entry(key.clone()).or_insert_with(|| DriftEntry {
             next: crate::instant_after(Duration::from_millis(first)),
             triggered: None,
+            asked: false,
             target,
         });
     }
 
-    pub fn is_due(&self, key: &ObjectKey) -> bool {
-        !self.period.is_zero() && self.lock().get(key).is_some_and(|e| e.next <= Instant::now())
+    /// Whether the sweeper has handed this binding's due drift check to a reconcile. Only then
+    /// does a reconcile re-assert: one that an unrelated event starts (a status or label write)
+    /// while the check is merely due, or while the sweeper is still comparing it with a listing,
+    /// leaves it to the sweeper, which checks VPC bindings by listing instead of one by one.
+    pub fn is_asked(&self, key: &ObjectKey) -> bool {
+        !self.period.is_zero() && self.lock().get(key).is_some_and(|e| e.next <= Instant::now() && e.asked)
+    }
+
+    /// The sweeper hands `targets` (taken by [`Resync::take_due`]) to reconciles.
+    pub fn ask(&self, targets: &[ObjectRef<VipBinding>]) {
+        if targets.is_empty() {
+            return;
+        }
+        let targets: std::collections::HashSet<_> = targets.iter().collect();
+        for entry in self.lock().values_mut() {
+            if entry.triggered.is_some() && targets.contains(&entry.target) {
+                entry.asked = true;
+            }
+        }
     }
 
     /// A bind just succeeded: the next re-assert is one (jittered) period away.
@@ -81,7 +101,7 @@ impl Resync {
             return;
         }
         let next = crate::instant_after(self.jittered());
-        self.lock().insert(key.clone(), DriftEntry { next, triggered: None, target });
+        self.lock().insert(key.clone(), DriftEntry { next, triggered: None, asked: false, target });
     }
 
     /// The bindings whose drift check is due and that were not asked for in the last
@@ -92,6 +112,7 @@ impl Resync {
         for entry in self.lock().values_mut() {
             if entry.next <= now && entry.triggered.is_none_or(|t| now.duration_since(t) >= retrigger_after) {
                 entry.triggered = Some(now);
+                entry.asked = false;
                 due.push(entry.target.clone());
             }
         }
@@ -142,25 +163,28 @@ mod tests {
     async fn drift_checks_are_spread_then_periodic() {
         let r = Resync::new(Duration::from_secs(600));
         let web = || ObjectRef::<VipBinding>::new("web").within("ns");
-        assert!(!r.is_due(&"k".into()), "untracked bindings are never due");
+        assert!(!r.is_asked(&"k".into()), "untracked bindings are never due");
         r.track(&"k".into(), web());
         // The first check is somewhere in the first period.
         tokio::time::advance(Duration::from_secs(601)).await;
-        assert!(r.is_due(&"k".into()));
+        assert!(!r.is_asked(&"k".into()), "due, but a reconcile re-asserts only when the sweeper asks");
         assert_eq!(r.take_due(Duration::from_secs(30)), vec![web()]);
+        assert!(!r.is_asked(&"k".into()), "taken, but still being compared with a listing");
+        r.ask(&[web()]);
+        assert!(r.is_asked(&"k".into()), "handed to a reconcile");
         assert!(r.take_due(Duration::from_secs(30)).is_empty(), "asked once, not on every sweep");
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(r.take_due(Duration::from_secs(30)).len(), 1, "asked again if nothing happened");
         r.asserted(&"k".into(), web());
-        assert!(!r.is_due(&"k".into()));
+        assert!(!r.is_asked(&"k".into()));
         tokio::time::advance(Duration::from_secs(539)).await;
-        assert!(!r.is_due(&"k".into()), "not before 90% of the period");
+        assert!(r.take_due(Duration::from_secs(30)).is_empty(), "not before 90% of the period");
         tokio::time::advance(Duration::from_secs(122)).await;
-        assert!(r.is_due(&"k".into()), "by 110% of the period");
+        assert_eq!(r.take_due(Duration::from_secs(30)).len(), 1, "by 110% of the period");
         r.forget(&"k".into());
         assert!(r.is_empty());
         let off = Resync::disabled();
         off.track(&"k".into(), web());
-        assert!(!off.is_due(&"k".into()) && off.is_empty());
+        assert!(off.take_due(Duration::ZERO).is_empty() && off.is_empty());
     }
 }

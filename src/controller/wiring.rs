@@ -142,7 +142,9 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
                     let stores = stores.read().map(|s| s.clone()).unwrap_or_default();
                     let lookup = |r: &ObjectRef<VipBinding>| stores.iter().find_map(|s| s.get(r));
                     let compared = super::compare::due_to_reconcile(&ctx, &listings, due, lookup);
-                    for r in crate::ecs::in_background(compared).await {
+                    let compared = crate::ecs::in_background(compared).await;
+                    ctx.resync.ask(&compared);
+                    for r in compared {
                         triggers.binding(r);
                     }
                 }
