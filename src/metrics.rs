@@ -131,14 +131,14 @@ impl Metrics {
         let cloud_requests = Family::<CloudLabels, Counter>::default();
         registry.register(
             "cloud_requests",
-            "ECS HTTP attempts by operation, outcome (ok or error class) and Huawei error code",
+            "Cloud HTTP attempts (ECS and VPC) by operation, outcome (ok or error class) and Huawei error code",
             cloud_requests.clone(),
         );
         let cloud_latency =
             Family::<OperationLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register_with_unit(
             "cloud_request_duration",
-            "Latency of one ECS HTTP attempt",
+            "Latency of one cloud HTTP attempt (ECS or VPC)",
             prometheus_client::registry::Unit::Seconds,
             cloud_latency.clone(),
         );
