@@ -399,13 +399,17 @@ impl Env {
 
     /// The end of a scenario that passed: the leak checks, then the namespace and everything in
     /// it removed from a shared cluster (waiting until it is gone).
-    pub async fn cleanup(mut self) {
+    pub async fn cleanup(self) {
+        self.cleanup_within(Duration::from_secs(60)).await
+    }
+
+    /// [`Env::cleanup`] for a namespace whose size needs longer than a scenario's (a bench's
+    /// fleet: its objects are deleted one by one).
+    pub async fn cleanup_within(mut self, within: Duration) {
         self.assert_operator_requests_within_rbac();
         self.assert_no_secrets_leaked().await;
         if matches!(self.backend, Backend::Shared) {
-            remove_namespace(&self.client, &self.namespace, Duration::from_secs(60))
-                .await
-                .unwrap_or_else(|e| panic!("cleanup: {e}"));
+            remove_namespace(&self.client, &self.namespace, within).await.unwrap_or_else(|e| panic!("cleanup: {e}"));
         }
         // The simulator serves until the test's runtime ends.
         self.cleaned = true;
