@@ -25,7 +25,8 @@ use vip_operator::controller::tenancy::{
     ALLOWED_PROJECTS_ANNOTATION, DefaultCredentialsScope, Tenancy, parse_selector,
 };
 use vip_operator::ecs::error::{ApiError, TransportKind};
-use vip_operator::ecs::vpc::{AddressPair, Port, PortFilter, VpcApi};
+use vip_operator::ecs::testing::ScriptedReads;
+use vip_operator::ecs::vpc::Port;
 use vip_operator::ecs::{BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsError, UnbindRequest, Written};
 
 const NS: &str = "team-a";
@@ -991,27 +992,6 @@ async fn a_hand_added_finalizer_cannot_turn_a_refused_binding_into_an_unbind() {
 
 // ---------------------------------------------------------------- evidence before a release
 
-/// Answers port reads from a script, counting them.
-struct FakeVpc(Mutex<VecDeque<Result<Port, EcsError>>>);
-
-impl VpcApi for FakeVpc {
-    fn get_port<'a>(&'a self, _: &'a CloudTarget, port_id: &'a str) -> BoxFuture<'a, Result<Port, EcsError>> {
-        let next = self.0.lock().unwrap().pop_front();
-        async move { next.unwrap_or_else(|| panic!("unexpected read of port {port_id}")) }.boxed()
-    }
-    fn list_ports<'a>(&'a self, _: &'a CloudTarget, _: &'a PortFilter) -> BoxFuture<'a, Result<Vec<Port>, EcsError>> {
-        async { panic!("no listing expected") }.boxed()
-    }
-    fn update_pairs<'a>(
-        &'a self,
-        _: &'a CloudTarget,
-        port_id: &'a str,
-        _: &'a [AddressPair],
-    ) -> BoxFuture<'a, Result<Port, EcsError>> {
-        async move { panic!("evidence never writes (port {port_id})") }.boxed()
-    }
-}
-
 /// Deletes `bound_binding()` with ECS answering "NIC gone" and the port read answering `read`.
 async fn delete_with_nic_gone_and_port_read(read: Result<Port, EcsError>) -> Run {
     let ecs = vec![Err(api_error(400, "Ecs.0085", "req-ecs"))];
@@ -1026,7 +1006,7 @@ async fn reconcile_with_port_reads(
     reads: Vec<Result<Port, EcsError>>,
 ) -> Run {
     let cloud = FakeCloud::answering(ecs);
-    let vpc = Arc::new(FakeVpc(Mutex::new(VecDeque::from(reads))));
+    let vpc = Arc::new(ScriptedReads::new(reads));
     let (client, api) = MockApi::start(&object, MockOptions::default());
     let reporter = Reporter { controller: "vip-operator".into(), instance: Some("test".into()) };
     let ctx = Arc::new(
@@ -1040,7 +1020,7 @@ async fn reconcile_with_port_reads(
     );
     let action = reconcile(Arc::new(object), ctx).await.expect("reconcile failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(vpc.0.lock().unwrap().is_empty(), "the port was read");
+    assert!(vpc.all_read(), "the port was read");
     Run { action, seen: api.seen() }
 }
 

@@ -107,32 +107,8 @@ pub fn no_reads() -> Gone {
 mod tests {
     use super::*;
     use crate::ecs::Credentials;
-    use crate::ecs::vpc::{Port, PortFilter};
-    use futures::future::BoxFuture;
-
-    struct Answers(Mutex<Vec<Result<Port, EcsError>>>);
-
-    impl VpcApi for Answers {
-        fn get_port<'a>(&'a self, _: &'a CloudTarget, _: &'a str) -> BoxFuture<'a, Result<Port, EcsError>> {
-            let next = self.0.lock().unwrap().remove(0);
-            Box::pin(async move { next })
-        }
-        fn list_ports<'a>(
-            &'a self,
-            _: &'a CloudTarget,
-            _: &'a PortFilter,
-        ) -> BoxFuture<'a, Result<Vec<Port>, EcsError>> {
-            Box::pin(async { Ok(vec![]) })
-        }
-        fn update_pairs<'a>(
-            &'a self,
-            _: &'a CloudTarget,
-            _: &'a str,
-            _: &'a [crate::ecs::vpc::AddressPair],
-        ) -> BoxFuture<'a, Result<Port, EcsError>> {
-            panic!("evidence never writes")
-        }
-    }
+    use crate::ecs::testing::ScriptedReads;
+    use crate::ecs::vpc::Port;
 
     use crate::ecs::error::coded as api;
 
@@ -150,12 +126,12 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_vpc_api_saying_so_confirms_a_nic_is_gone() {
-        let reads = Reads::new(Arc::new(Answers(Mutex::new(vec![
+        let reads = Reads::new(Arc::new(ScriptedReads::new(vec![
             Err(api(404, "VPC.2502")),
             Ok(port("nic")),
             Err(api(404, "APIGW.0101")),
             Err(api(503, "VPC.0001")),
-        ]))));
+        ])));
         assert!(matches!(reads.confirm_gone(&target(), "nic").await, Gone::Confirmed));
         assert!(
             matches!(reads.confirm_gone(&target(), "nic").await, Gone::Contradicted { port_id } if port_id == "nic")
@@ -167,7 +143,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_refused_read_permission_is_said_once_then_believed_for_a_while() {
         let reads =
-            Reads::new(Arc::new(Answers(Mutex::new(vec![Err(api(403, "VPC.0003")), Err(api(404, "VPC.2502"))]))));
+            Reads::new(Arc::new(ScriptedReads::new(vec![Err(api(403, "VPC.0003")), Err(api(404, "VPC.2502"))])));
         assert!(matches!(reads.confirm_gone(&target(), "nic").await, Gone::Unconfirmed { newly_denied: true, .. }));
         // No read is sent while the refusal is believed.
         assert!(matches!(reads.confirm_gone(&target(), "nic").await, Gone::Unconfirmed { newly_denied: false, .. }));

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod error;
 pub mod retry;
 pub mod sign;
+pub mod testing;
 pub mod vpc;
 
 use futures::future::BoxFuture;
