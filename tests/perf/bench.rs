@@ -28,6 +28,8 @@ mod support;
 #[allow(dead_code)]
 mod harness;
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,11 +48,8 @@ use vip_operator::controller::kube_ops::KubeOps;
 use vip_operator::controller::status::{CondStatus, StatusBuilder};
 use vip_operator::simulator::{CallRecord, SimOperation};
 
+use common::{knob, nic, round};
 use harness::{Env, admin_get, free_port, ready};
-
-fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 #[derive(Default)]
 struct Seen {
@@ -251,16 +250,10 @@ fn phase(
 async fn create_fleet(env: &Env, names: &[String]) {
     futures::stream::iter(names.iter().enumerate())
         .for_each_concurrent(64, |(i, name)| async move {
-            let nic = format!("00000000-0000-4000-8000-{i:012}");
             let ip = format!("10.{}.{}.{}", i / 62_500, (i / 250) % 250, i % 250 + 1);
-            env.create(name, &nic, &ip, json!({})).await;
+            env.create(name, &nic(i), &ip, json!({})).await;
         })
         .await;
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -366,7 +359,7 @@ async fn main() {
             if let Some(gone) = seen.lock().unwrap().gone_at.get(name) {
                 // Minus the time the cloud (the simulator) actually took for the unbind, which
                 // is L plus its timer's rounding.
-                let nic = format!("00000000-0000-4000-8000-{:012}", names.iter().position(|n| n == name).unwrap_or(0));
+                let nic = nic(names.iter().position(|n| n == name).unwrap_or(0));
                 let cloud_ms = env
                     .sim
                     .calls()

@@ -20,6 +20,8 @@ mod support;
 #[allow(dead_code)]
 mod harness;
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,15 +32,8 @@ use serde::Serialize;
 use serde_json::json;
 use vip_operator::simulator::{CallRecord, PortOperation, SimPort};
 
+use common::{knob, nic, round};
 use harness::{Env, PROJECT, SUBNET, free_port, metric, ready};
-
-fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn nic(i: usize) -> String {
-    format!("00000000-0000-4000-8000-{i:012}")
-}
 
 fn vip(i: usize) -> String {
     format!("10.{}.{}.{}", 100 + i / 62_500, (i / 250) % 250, i % 250 + 1)
@@ -126,11 +121,6 @@ struct Report {
     create_per_second_during_drift: f64,
     create_per_second_without_drift: f64,
     checks: Vec<(String, bool)>,
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }
 
 #[tokio::main(flavor = "multi_thread")]
