@@ -177,6 +177,15 @@ impl From<PortOperation> for CloudOperation {
 /// receives if it dies meanwhile). An error `status` answers with that error; with `apply: true`
 /// an ECS call's or a port update's effect happens anyway (a cloud that did the work but failed
 /// to say so).
+///
+/// `apply_after_ms` models a write that lands after the client gave up (Huawei's gateway
+/// answers 504 while the service behind it is still working): the write's effect (an ECS
+/// call's, or a port update's) is not made on arrival but that long after it, by a task of its
+/// own, whatever the answer and whether or not the client is still there. With an error
+/// `status` the effect happens (late) whether or not `apply` is set. The call is checked on
+/// arrival as always; a call that would have had no effect (refused, missing NIC or port) gets
+/// none later either. Reads ignore it. At most [`MAX_APPLY_AFTER`]. The call's record says when
+/// the effect landed ([`CallRecord::late`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Fault {
     #[serde(default)]
@@ -198,6 +207,8 @@ pub struct Fault {
     pub latency_ms: Option<u64>,
     #[serde(default)]
     pub apply: bool,
+    #[serde(default)]
+    pub apply_after_ms: Option<u64>,
 }
 
 fn default_fault_status() -> u16 {
@@ -219,6 +230,7 @@ impl Fault {
             retry_after: None,
             latency_ms: None,
             apply: false,
+            apply_after_ms: None,
         }
     }
 
@@ -246,6 +258,38 @@ pub const MAX_LATENCY: Duration = Duration::from_secs(3600);
 
 /// Calls kept in the log; the oldest tenth goes when it is full.
 pub const MAX_CALL_LOG: usize = 100_000;
+
+/// The longest a write's effect is put off ([`Fault::apply_after_ms`]): admin input is hostile.
+pub const MAX_APPLY_AFTER: Duration = Duration::from_secs(600);
+
+/// Late effects waiting at most; past that a late effect is made on arrival (and its record
+/// says so), so a flood of calls cannot pile up tasks without bound.
+pub const MAX_PENDING_LATE: usize = 10_000;
+
+/// A write whose effect was put off ([`Fault::apply_after_ms`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LateApply {
+    /// When the effect was due, in milliseconds after the request was received (bounded).
+    pub due_after_ms: u64,
+    pub state: LateState,
+    /// When it was made (or found nothing to act on), in microseconds after the request was
+    /// received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_after_us: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LateState {
+    /// Not due yet.
+    Pending,
+    /// The effect was made, late.
+    Applied,
+    /// Made on arrival after all: [`MAX_PENDING_LATE`] effects were waiting already.
+    AppliedOnArrival,
+    /// When it was due, its NIC was missing or its port gone: nothing changed.
+    TargetGone,
+}
 
 /// One cloud call as the simulator saw it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -281,6 +325,9 @@ pub struct CallRecord {
     /// Microseconds from receiving the request to answering it (its latency, faults included).
     #[serde(default)]
     pub duration_us: u64,
+    /// A write whose effect was put off, and whether it has landed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late: Option<LateApply>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -314,6 +361,11 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     seq: AtomicU64,
+    /// Late effects not made yet ([`Fault::apply_after_ms`]).
+    late_pending: AtomicUsize,
+    /// Moved on by every reset, under the lock: a late effect scheduled before a reset is
+    /// dropped rather than landing in the new state.
+    epoch: AtomicU64,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     max_skew: Duration,
@@ -361,6 +413,8 @@ impl Simulator {
                 ..Default::default()
             }),
             seq: AtomicU64::new(0),
+            late_pending: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             max_skew: config.max_clock_skew,
@@ -402,6 +456,11 @@ impl Simulator {
 
     pub fn clear_faults(&self) {
         self.shared.lock().faults.clear();
+    }
+
+    /// Late effects ([`Fault::apply_after_ms`]) that have not landed yet.
+    pub fn late_pending(&self) -> usize {
+        self.shared.late_pending.load(Ordering::SeqCst)
     }
 
     pub fn set_missing(&self, nic_id: &str, missing: bool) {
@@ -521,6 +580,7 @@ fn set_nic(inner: &mut Inner, nic_id: &str, state: Option<NicState>) {
 
 fn reset(shared: &Shared) {
     let mut inner = shared.lock();
+    shared.epoch.fetch_add(1, Ordering::SeqCst);
     inner.nics.clear();
     inner.ports.clear();
     inner.calls.clear();
@@ -621,10 +681,51 @@ struct Outcome {
     status: u16,
     /// `None` for a success, which answers `body`.
     code: Option<String>,
-    message: String,
+    /// A boxed str: with the late effect, an `Outcome` stays small enough to be every step's
+    /// error (clippy's `result_large_err`).
+    message: Box<str>,
     retry_after: Option<u64>,
     hold: Duration,
     body: Value,
+    /// The call's effect, put off ([`Fault::apply_after_ms`]). Boxed: rare, and every
+    /// refusal is an `Outcome` too.
+    late: Option<Box<Late>>,
+}
+
+/// A write's effect kept to be made later, exactly as the call would have made it.
+enum Effect {
+    Nic { op: SimOperation, project_id: String, nic_id: String, fields: NicFieldsIn },
+    Pairs { port_id: String, pairs: Vec<SimAddressPair> },
+}
+
+impl Effect {
+    fn make(self, inner: &mut Inner) -> LateState {
+        match self {
+            Effect::Nic { nic_id, .. } if inner.missing.contains(&nic_id) => LateState::TargetGone,
+            Effect::Nic { op, project_id, nic_id, fields } => {
+                apply(inner, op, &project_id, &nic_id, fields);
+                LateState::Applied
+            }
+            Effect::Pairs { port_id, pairs } => {
+                if inner.ports.set_pairs(&port_id, pairs) {
+                    LateState::Applied
+                } else {
+                    LateState::TargetGone
+                }
+            }
+        }
+    }
+}
+
+struct Late {
+    after: Duration,
+    effect: Effect,
+}
+
+/// How long after arrival the fault puts the call's effect off, if it does: bounded by
+/// [`MAX_APPLY_AFTER`].
+fn apply_after(fault: Option<&Fault>) -> Option<Duration> {
+    fault?.apply_after_ms.map(|ms| Duration::from_millis(ms).min(MAX_APPLY_AFTER))
 }
 
 impl Outcome {
@@ -632,15 +733,24 @@ impl Outcome {
         Self {
             status,
             code: Some(code.into()),
-            message: message.into(),
+            message: message.into().into_boxed_str(),
             retry_after: None,
             hold: Duration::ZERO,
             body: Value::Null,
+            late: None,
         }
     }
 
     fn ok(body: Value) -> Self {
-        Self { status: 200, code: None, message: String::new(), retry_after: None, hold: Duration::ZERO, body }
+        Self {
+            status: 200,
+            code: None,
+            message: Box::default(),
+            retry_after: None,
+            hold: Duration::ZERO,
+            body,
+            late: None,
+        }
     }
 
     /// A scripted error fault's answer.
@@ -649,11 +759,18 @@ impl Outcome {
         Self {
             status: f.status,
             code: Some(f.code.unwrap_or_else(|| "Common.0001".into())),
-            message: f.message.unwrap_or_else(|| "scripted fault".into()),
+            message: f.message.unwrap_or_else(|| "scripted fault".into()).into_boxed_str(),
             retry_after: f.retry_after,
             hold,
             body: Value::Null,
+            late: None,
         }
+    }
+
+    /// This answer, with the call's effect to be made late.
+    fn with_late(mut self, late: Late) -> Self {
+        self.late = Some(Box::new(late));
+        self
     }
 
     /// This answer, unless an error fault answers instead; a 2xx fault holds it.
@@ -927,7 +1044,8 @@ fn take_fault(inner: &mut Inner, op: CloudOperation, subject: Option<&str>) -> O
     Some(f)
 }
 
-/// Does the call's effect and answers, unless an error fault or a missing NIC answers instead.
+/// Does the call's effect (now, or late) and answers, unless an error fault or a missing NIC
+/// answers instead.
 fn perform(
     inner: &mut Inner,
     req: &SimRequest<'_>,
@@ -936,18 +1054,30 @@ fn perform(
     fields: NicFieldsIn,
     fault: Option<Fault>,
 ) -> Outcome {
+    let missing = inner.missing.contains(nic_id);
+    let effect = Effect::Nic { op, project_id: req.project_id.to_string(), nic_id: nic_id.to_string(), fields };
+    let after = apply_after(fault.as_ref());
     if let Some(f) = &fault
         && !(200..300).contains(&f.status)
     {
-        if f.apply && !inner.missing.contains(nic_id) {
-            apply(inner, op, req.project_id, nic_id, fields);
-        }
-        return Outcome::fault(f.clone());
+        let answer = Outcome::fault(f.clone());
+        return match after {
+            _ if missing => answer,
+            Some(after) => answer.with_late(Late { after, effect }),
+            None => {
+                if f.apply {
+                    effect.make(inner);
+                }
+                answer
+            }
+        };
     }
-    let answer = if inner.missing.contains(nic_id) {
+    let answer = if missing {
         Outcome::error(404, "Ecs.0614", format!("The NIC {nic_id} does not exist"))
+    } else if let Some(after) = after {
+        Outcome::ok(json!({"port_id": nic_id})).with_late(Late { after, effect })
     } else {
-        apply(inner, op, req.project_id, nic_id, fields);
+        effect.make(inner);
         Outcome::ok(json!({"port_id": nic_id}))
     };
     answer.unless(fault)
@@ -1029,7 +1159,7 @@ struct Received {
 }
 
 /// Every cloud call: decided and recorded under the lock, then answered after the latency.
-async fn serve(shared: &Shared, project_id: &str, resource: Resource<'_>, received: &Received) -> Response {
+async fn serve(shared: &Arc<Shared>, project_id: &str, resource: Resource<'_>, received: &Received) -> Response {
     let _in_flight = InFlight::enter(shared);
     let started = tokio::time::Instant::now();
     let (seq, rid) = request_id(shared);
@@ -1050,6 +1180,7 @@ async fn serve(shared: &Shared, project_id: &str, resource: Resource<'_>, receiv
         code: None,
         request_id: rid.clone(),
         duration_us: 0,
+        late: None,
     };
     match resource {
         Resource::Nic(nic) => record.nic_id = Some(nic.to_string()),
@@ -1066,9 +1197,12 @@ async fn serve(shared: &Shared, project_id: &str, resource: Resource<'_>, receiv
             project_id,
             resource,
         };
-        let outcome = decide(shared, &mut inner, &req, &mut record);
+        let mut outcome = decide(shared, &mut inner, &req, &mut record);
         record.status = outcome.status;
         record.code = outcome.code.clone();
+        if let Some(late) = outcome.late.take() {
+            record.late = Some(schedule_late(shared, &mut inner, seq, started, *late));
+        }
         // Bounded: a long-running simulator (make run) must not grow for ever.
         if inner.calls.len() >= MAX_CALL_LOG {
             inner.calls.drain(..MAX_CALL_LOG / 10);
@@ -1090,6 +1224,47 @@ async fn serve(shared: &Shared, project_id: &str, resource: Resource<'_>, receiv
         call.duration_us = took;
     }
     with_request_id(resp, &rid)
+}
+
+/// Puts a call's effect off until `late.after` past `started`, in a task of its own: it lands
+/// whether or not the client is still waiting. Called under the lock, with the call's record
+/// not yet in the log; returns what the record says of it.
+fn schedule_late(
+    shared: &Arc<Shared>,
+    inner: &mut Inner,
+    seq: u64,
+    started: tokio::time::Instant,
+    late: Late,
+) -> LateApply {
+    let due_after_ms = u64::try_from(late.after.as_millis()).unwrap_or(u64::MAX);
+    if shared.late_pending.load(Ordering::SeqCst) >= MAX_PENDING_LATE {
+        let state = match late.effect.make(inner) {
+            LateState::Applied => LateState::AppliedOnArrival,
+            other => other,
+        };
+        return LateApply { due_after_ms, state, done_after_us: Some(0) };
+    }
+    shared.late_pending.fetch_add(1, Ordering::SeqCst);
+    let epoch = shared.epoch.load(Ordering::SeqCst);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(started + late.after).await;
+        let mut inner = shared.lock();
+        // A reset since: the state this effect was meant for is gone.
+        if shared.epoch.load(Ordering::SeqCst) == epoch {
+            let state = late.effect.make(&mut inner);
+            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            if let Some(call) = inner.calls.iter_mut().rev().find(|c| c.seq == seq)
+                && let Some(l) = call.late.as_mut()
+            {
+                l.state = state;
+                l.done_after_us = Some(took);
+            }
+        }
+        drop(inner);
+        shared.late_pending.fetch_sub(1, Ordering::SeqCst);
+    });
+    LateApply { due_after_ms, state: LateState::Pending, done_after_us: None }
 }
 
 async fn unknown_api(State(shared): State<Arc<Shared>>) -> Response {
@@ -1253,6 +1428,173 @@ async fn admin_reset(State(shared): State<Arc<Shared>>) -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ecs::vpc::{AddressPair, VpcApi};
+    use crate::ecs::{
+        BindRequest, CloudTarget, Credentials, EcsApi, EcsClient, EcsClientConfig, Endpoint, RetryPolicy, UnbindRequest,
+    };
+
+    const AK: &str = "UNITACCESSKEY0000001";
+    const SK: &str = "unit-secret-key";
+    const PROJECT: &str = "0123456789abcdef0123456789abcdef";
+    const NIC: &str = "d32019d3-bc6e-4319-9c1d-6722fc136a23";
+
+    async fn sim() -> Simulator {
+        Simulator::start(SimulatorConfig::new("127.0.0.1:0".parse().unwrap(), AK, SK)).await.unwrap()
+    }
+
+    /// One attempt per call: what the simulator did with that one request is what is tested.
+    fn client(sim: &Simulator, timeout: Duration) -> EcsClient {
+        EcsClient::new(EcsClientConfig {
+            endpoint: Endpoint::parse_override(&sim.url()).unwrap(),
+            vpc_endpoint: Endpoint::parse_override_for("--vpc-endpoint", &sim.url()).unwrap(),
+            request_timeout: timeout,
+            retry: RetryPolicy::none(),
+            qps: 1000.0,
+            burst: 100,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn target() -> CloudTarget {
+        CloudTarget {
+            region: "cn-north-4".into(),
+            project_id: PROJECT.into(),
+            credentials: Credentials::new(AK, SK, None).unwrap(),
+        }
+    }
+
+    fn bind_req() -> BindRequest {
+        BindRequest {
+            nic_id: NIC.into(),
+            subnet_id: "subnet-1".into(),
+            ip_address: "192.168.0.7".into(),
+            reverse_binding: false,
+        }
+    }
+
+    fn late_fault(status: u16, after_ms: u64) -> Fault {
+        let mut f = Fault::error(status, "APIGW.0204", 1);
+        f.apply_after_ms = Some(after_ms);
+        f
+    }
+
+    fn last_late(sim: &Simulator) -> Option<LateApply> {
+        sim.calls().last().and_then(|c| c.late.clone())
+    }
+
+    async fn landed(sim: &Simulator) -> LateApply {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while sim.late_pending() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the late effect never landed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        last_late(sim).expect("a late record")
+    }
+
+    fn pair(ip: &str) -> SimAddressPair {
+        SimAddressPair { ip_address: ip.into(), mac_address: None }
+    }
+
+    fn pairs_of(sim: &Simulator, port: &str) -> Vec<String> {
+        sim.port(port).unwrap().allowed_address_pairs.into_iter().map(|p| p.ip_address).collect()
+    }
+
+    #[tokio::test]
+    async fn a_504_with_apply_after_binds_the_nic_late() {
+        let sim = sim().await;
+        sim.add_fault(late_fault(504, 300).on(SimOperation::Bind));
+        let err = client(&sim, Duration::from_secs(5)).bind(&target(), &bind_req()).await.unwrap_err();
+        assert_eq!(err.status(), Some(504));
+        assert!(sim.state().nics.is_empty(), "not on arrival");
+        assert_eq!(last_late(&sim).map(|l| (l.due_after_ms, l.state)), Some((300, LateState::Pending)));
+        assert_eq!(sim.late_pending(), 1);
+        let late = landed(&sim).await;
+        assert_eq!(late.state, LateState::Applied);
+        assert!(late.done_after_us.is_some_and(|us| us >= 300_000), "{late:?}");
+        assert_eq!(sim.state().nics[NIC].ip_address, "192.168.0.7", "exactly the bind the call asked for");
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_unbind_the_client_timed_out_on_lands_later() {
+        let sim = sim().await;
+        let c = client(&sim, Duration::from_millis(200));
+        c.bind(&target(), &bind_req()).await.unwrap();
+        // A success held past the client's timeout; the unbind lands after the client gave up.
+        let mut slow = late_fault(200, 600).on(SimOperation::Unbind);
+        slow.code = None;
+        slow.latency_ms = Some(2_000);
+        sim.add_fault(slow);
+        let err = c.unbind(&target(), &UnbindRequest { nic_id: NIC.into(), reverse_binding: false }).await.unwrap_err();
+        assert!(err.may_have_applied(), "{err}");
+        assert!(sim.state().nics.contains_key(NIC), "still bound when the client gave up");
+        assert_eq!(landed(&sim).await.state, LateState::Applied);
+        assert!(sim.state().nics.is_empty());
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_late_port_update_replaces_the_pairs_with_the_list_it_carried() {
+        let sim = sim().await;
+        sim.set_port(SimPort::vip("vip-1", PROJECT, "net-1", "sub-1", "192.168.0.7")).unwrap();
+        assert!(sim.set_allowed_address_pairs("vip-1", vec![pair("10.0.0.1")]));
+        sim.add_fault(late_fault(504, 300).on(PortOperation::UpdatePort).for_nic("vip-1"));
+        let c = client(&sim, Duration::from_secs(5));
+        let carried = [AddressPair { ip_address: "10.0.0.2".into(), mac_address: None }];
+        let err = c.update_pairs(&target(), "vip-1", &carried).await.unwrap_err();
+        assert_eq!(err.status(), Some(504));
+        assert_eq!(pairs_of(&sim, "vip-1"), ["10.0.0.1"], "not on arrival");
+        // Another writer meanwhile: the late write is a whole replacement, and wins.
+        assert!(sim.set_allowed_address_pairs("vip-1", vec![pair("10.0.0.1"), pair("10.0.0.3")]));
+        assert_eq!(landed(&sim).await.state, LateState::Applied);
+        assert_eq!(pairs_of(&sim, "vip-1"), ["10.0.0.2"]);
+
+        // A 2xx answers the port as written, before the list is.
+        let mut ok = late_fault(200, 300).on(PortOperation::UpdatePort);
+        ok.code = None;
+        sim.add_fault(ok);
+        let shown = c.update_pairs(&target(), "vip-1", &[]).await.unwrap();
+        assert!(shown.allowed_address_pairs.is_empty());
+        assert_eq!(pairs_of(&sim, "vip-1"), ["10.0.0.2"], "not yet");
+        landed(&sim).await;
+        assert!(pairs_of(&sim, "vip-1").is_empty());
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn late_effects_need_a_target_and_a_reset_drops_them() {
+        let sim = sim().await;
+        let c = client(&sim, Duration::from_secs(5));
+        // A call that would have changed nothing changes nothing later either.
+        sim.add_fault(late_fault(504, 100).on(PortOperation::UpdatePort));
+        c.update_pairs(&target(), "no-such-port", &[]).await.unwrap_err();
+        assert_eq!(last_late(&sim), None);
+        assert_eq!(sim.late_pending(), 0);
+        // The port goes before its late write is due.
+        sim.set_port(SimPort::vip("vip-1", PROJECT, "net-1", "sub-1", "192.168.0.7")).unwrap();
+        sim.add_fault(late_fault(504, 200).on(PortOperation::UpdatePort));
+        c.update_pairs(&target(), "vip-1", &[]).await.unwrap_err();
+        assert!(sim.remove_port("vip-1"));
+        assert_eq!(landed(&sim).await.state, LateState::TargetGone);
+        // A reset forgets what was pending.
+        sim.add_fault(late_fault(504, 200).on(SimOperation::Bind));
+        c.bind(&target(), &bind_req()).await.unwrap_err();
+        sim.reset();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(sim.late_pending(), 0);
+        assert!(sim.state().nics.is_empty());
+        sim.shutdown().await;
+    }
+
+    #[test]
+    fn apply_after_is_optional_and_bounded() {
+        let f: Fault = serde_json::from_str(r#"{"operation":"bind","status":504}"#).unwrap();
+        assert_eq!(f.apply_after_ms, None);
+        let f: Fault = serde_json::from_str(r#"{"status":504,"apply_after_ms":18446744073709551615}"#).unwrap();
+        assert_eq!(apply_after(Some(&f)), Some(MAX_APPLY_AFTER));
+        assert_eq!(apply_after(None), None);
+    }
 
     #[test]
     fn body_validation() {

@@ -30,7 +30,9 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{CallRecord, CloudOperation, Inner, Outcome, PortOperation, SimRequest, Step, take_fault};
+use super::{
+    CallRecord, CloudOperation, Effect, Inner, Late, Outcome, PortOperation, SimRequest, Step, apply_after, take_fault,
+};
 
 /// `device_owner` of a virtual IP's port.
 pub const VIP_PORT_OWNER: &str = "neutron:VIP_PORT";
@@ -609,7 +611,8 @@ pub(super) fn list_ports(inner: &mut Inner, req: &SimRequest<'_>, record: &mut C
 /// `allowed_address_pairs` whole and answers the whole port. A body the simulator refuses answers
 /// 400 `VPC.2500` ("Param is invalid": documented for creating a port; that an update answers
 /// it is NOT confirmed) and consumes no fault. An error fault with `apply: true` writes the list
-/// anyway (a cloud that did the work but failed to say so).
+/// anyway (a cloud that did the work but failed to say so); a fault with `apply_after_ms` writes
+/// it that long after arrival instead, whatever the answer.
 pub(super) fn update_port(inner: &mut Inner, req: &SimRequest<'_>, port_id: &str, record: &mut CallRecord) -> Outcome {
     if let Err(refused) = check_project(req) {
         return refused;
@@ -626,17 +629,34 @@ pub(super) fn update_port(inner: &mut Inner, req: &SimRequest<'_>, port_id: &str
     };
     let fault = take_fault(inner, CloudOperation::UpdatePort, Some(port_id));
     let exists = inner.ports.visible(req.project_id, port_id, &inner.missing).is_some();
+    let after = apply_after(fault.as_ref());
     if let Some(f) = &fault
         && !(200..300).contains(&f.status)
     {
-        if f.apply && exists {
-            inner.ports.set_pairs(port_id, pairs);
-        }
-        return Outcome::fault(f.clone());
+        let answer = Outcome::fault(f.clone());
+        return match after {
+            _ if !exists => answer,
+            Some(after) => answer.with_late(Late { after, effect: Effect::Pairs { port_id: port_id.into(), pairs } }),
+            None => {
+                if f.apply {
+                    inner.ports.set_pairs(port_id, pairs);
+                }
+                answer
+            }
+        };
     }
     if !exists {
         // `VPC.2502` as for reads; that an update answers the same is NOT confirmed.
         return Outcome::error(404, "VPC.2502", format!("Port {port_id} not found")).unless(fault);
+    }
+    if let Some(after) = after {
+        // Answered as if written (the port with the new list); the list itself lands later.
+        let Some(mut shown) = inner.ports.get(port_id).cloned() else {
+            return Outcome::error(404, "VPC.2502", format!("Port {port_id} not found"));
+        };
+        shown.allowed_address_pairs.clone_from(&pairs);
+        let effect = Effect::Pairs { port_id: port_id.into(), pairs };
+        return Outcome::ok(json!({"port": shown.wire()})).with_late(Late { after, effect }).unless(fault);
     }
     inner.ports.set_pairs(port_id, pairs);
     match inner.ports.get(port_id) {
