@@ -86,6 +86,8 @@ pub struct Metrics {
     pub vpc_reads_denied: Counter,
     pub drift_compared_in_place: Counter,
     pub drift_compared_drifted: Counter,
+    /// Write attempts that ended without a trusted answer (they may still land), by operation.
+    pub writes_unsettled: Family<OperationLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +105,16 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn writes_unsettled(registry: &mut Registry) -> Family<OperationLabels, Counter> {
+    let family = Family::<OperationLabels, Counter>::default();
+    registry.register(
+        "writes_unsettled",
+        "Cloud write attempts that ended without an answer saying whether they applied (timeout, lost connection, 5xx): the cloud may still apply them within --write-horizon",
+        family.clone(),
+    );
+    family
 }
 
 /// A counter registered under `name`.
@@ -158,6 +170,7 @@ impl Metrics {
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica is the leader and reconciles", leader.clone());
         Self {
+            writes_unsettled: writes_unsettled(&mut registry),
             reconciles,
             reconcile_duration,
             cloud_requests,
@@ -244,6 +257,10 @@ impl CallObserver for Metrics {
         };
         self.cloud_requests.get_or_create(&CloudLabels { operation, outcome, code }).inc();
         self.cloud_latency.get_or_create(&OperationLabels { operation }).observe(report.elapsed.as_secs_f64());
+    }
+
+    fn write_unsettled(&self, op: crate::ecs::Operation, _subject: &str) {
+        self.writes_unsettled.get_or_create(&OperationLabels { operation: op.as_str() }).inc();
     }
 }
 

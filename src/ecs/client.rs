@@ -243,6 +243,51 @@ pub struct AttemptReport<'a> {
 /// Receives one report per HTTP attempt (metrics live outside the client).
 pub trait CallObserver: Send + Sync {
     fn attempt(&self, report: &AttemptReport<'_>);
+
+    /// A write attempt on `subject` (the NIC for ECS calls, the port for a port update) ended
+    /// without an answer that says whether it applied: a timeout, a lost connection, a 5xx, or
+    /// the attempt dropped mid-flight. The cloud may still apply it later.
+    fn write_unsettled(&self, _op: Operation, _subject: &str) {}
+}
+
+/// Two observers, each told everything (metrics and the writes-in-flight ledger).
+pub struct BothObservers(pub Arc<dyn CallObserver>, pub Arc<dyn CallObserver>);
+
+impl CallObserver for BothObservers {
+    fn attempt(&self, report: &AttemptReport<'_>) {
+        self.0.attempt(report);
+        self.1.attempt(report);
+    }
+
+    fn write_unsettled(&self, op: Operation, subject: &str) {
+        self.0.write_unsettled(op, subject);
+        self.1.write_unsettled(op, subject);
+    }
+}
+
+/// Tells the observer of a write attempt that ends without a trusted answer, also when the
+/// attempt's future is dropped mid-flight (a cancelled reconcile: the request may be on its way).
+struct UnsettledGuard<'a> {
+    observer: Option<&'a dyn CallObserver>,
+    op: Operation,
+    subject: &'a str,
+}
+
+impl UnsettledGuard<'_> {
+    /// An answer was read: only one that may have applied leaves the write unsettled.
+    fn settle(mut self, result: Result<(), &EcsError>) {
+        if result.is_ok() || result.is_err_and(|e| !e.may_have_applied()) {
+            self.observer = None;
+        }
+    }
+}
+
+impl Drop for UnsettledGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(observer) = self.observer.take() {
+            observer.write_unsettled(self.op, self.subject);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -273,6 +318,8 @@ struct PortResponse {
 /// One HTTP request: what it is (for metrics and logs), where it goes, and its body.
 struct Call<'a> {
     op: Operation,
+    /// What a write changes (the NIC or the port), for the writes-in-flight ledger.
+    subject: &'a str,
     method: Method,
     url: &'a Url,
     /// Empty for reads (no body is sent).
@@ -382,7 +429,7 @@ impl EcsClient {
             .nic_url(&target.region, &target.project_id, nic_id)
             .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
         let body = serde_json::to_vec(body).map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
-        let call = Call { op, method: Method::PUT, url: &url, body: &body };
+        let call = Call { op, subject: nic_id, method: Method::PUT, url: &url, body: &body };
         self.execute(target, &call, parse_written)
             .instrument(tracing::debug_span!("ecs", op = op.as_str(), nic = nic_id))
             .await
@@ -394,7 +441,7 @@ impl EcsClient {
             .vpc_endpoint
             .port_url(&target.region, &target.project_id, port_id)
             .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
-        let call = Call { op: Operation::GetPort, method: Method::GET, url: &url, body: &[] };
+        let call = Call { op: Operation::GetPort, subject: port_id, method: Method::GET, url: &url, body: &[] };
         self.execute(target, &call, |answer| parse_port(answer, port_id))
             .instrument(tracing::debug_span!("vpc", op = call.op.as_str(), port = port_id))
             .await
@@ -407,7 +454,7 @@ impl EcsClient {
             .port_url(&target.region, &target.project_id, port_id)
             .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
         let body = serde_json::to_vec(&PairsUpdate::new(pairs)).map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
-        let call = Call { op: Operation::UpdatePort, method: Method::PUT, url: &url, body: &body };
+        let call = Call { op: Operation::UpdatePort, subject: port_id, method: Method::PUT, url: &url, body: &body };
         self.execute(target, &call, |answer| parse_port(answer, port_id))
             .instrument(tracing::debug_span!("vpc", op = call.op.as_str(), port = port_id))
             .await
@@ -419,7 +466,7 @@ impl EcsClient {
             .vpc_endpoint
             .ports_url(&target.region, &target.project_id, filter)
             .map_err(|e| EcsError::InvalidRequest(e.to_string()))?;
-        let call = Call { op: Operation::ListPorts, method: Method::GET, url: &url, body: &[] };
+        let call = Call { op: Operation::ListPorts, subject: "", method: Method::GET, url: &url, body: &[] };
         self.execute(target, &call, parse_ports).instrument(tracing::debug_span!("vpc", op = call.op.as_str())).await
     }
 
@@ -468,7 +515,15 @@ impl EcsClient {
             None => self.inner.request_timeout,
         };
         let started = Instant::now();
+        let guard = (!call.op.is_read()).then(|| UnsettledGuard {
+            observer: self.inner.observer.as_deref(),
+            op: call.op,
+            subject: call.subject,
+        });
         let result = self.send(target, call, timeout).await.and_then(parse);
+        if let Some(guard) = guard {
+            guard.settle(result.as_ref().map(|_| ()));
+        }
         if let Some(observer) = &self.inner.observer {
             observer.attempt(&AttemptReport {
                 operation: call.op,
