@@ -118,6 +118,14 @@ pub struct RunArgs {
     /// operator's back comes back. 0 disables.
     #[arg(long, env = "VIPOP_RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync_period: std::time::Duration,
+    /// How long after a write attempt without a trusted answer (a timeout, a lost connection, a
+    /// 5xx such as the gateway's 504) the cloud may still apply it; until then no decision rests
+    /// on a read it could overtake, and what is decided is checked again afterwards. Also how
+    /// long a new leader treats every write of the one before as possibly landing. The default
+    /// covers Huawei API Gateway's 60 s backend timeout plus 30 s. 0 assumes writes never land
+    /// late (tests only). At most 10m.
+    #[arg(long, env = "VIPOP_WRITE_HORIZON", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub write_horizon: std::time::Duration,
     /// Keep credentials Secrets referenced by live bindings from being deleted before the
     /// bindings are (a finalizer on the Secret).
     #[arg(long, env = "VIPOP_PROTECT_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]

@@ -18,11 +18,12 @@ use crate::admin::{AdminError, AdminState, Health};
 use crate::api::v1alpha1::{CRD_NAME, VipBinding};
 use crate::cli::RunArgs;
 use crate::controller::index::BindingIndex;
+use crate::controller::inflight::WritesInFlight;
 use crate::controller::kube_ops::{FIELD_MANAGER, KubeOps};
 use crate::controller::target::{DefaultCredentials, TargetResolver};
 use crate::controller::tenancy::{DefaultCredentialsScope, Tenancy};
 use crate::controller::{Context, Hooks};
-use crate::ecs::client::ClientConfigError;
+use crate::ecs::client::{BothObservers, ClientConfigError};
 use crate::ecs::{EcsClient, EcsClientConfig, Endpoint, Fence, SystemClock};
 use crate::leader::{LeaderConfig, LeaderError, Leadership, LeaseFence};
 use crate::metrics::Metrics;
@@ -343,6 +344,8 @@ fn identity() -> String {
 /// The cloud client, and the simulator it talks to in demo mode.
 struct CloudSide {
     client: EcsClient,
+    /// Writes the client saw end without a trusted answer.
+    writes: Arc<WritesInFlight>,
     /// Whether the client knows where to read VPC ports.
     reads: bool,
     simulator: Option<Simulator>,
@@ -375,7 +378,11 @@ impl CloudSide {
             retry: settings.cloud.retry.clone(),
             ..Default::default()
         };
-        let client = EcsClient::fenced(config, Arc::new(SystemClock), Some(metrics), fence)?;
+        // The new process cannot see the old one's writes: every subject counts as written for
+        // one horizon.
+        let writes = Arc::new(WritesInFlight::taking_over(settings.write_horizon));
+        let observer = Arc::new(BothObservers(metrics, writes.clone()));
+        let client = EcsClient::fenced(config, Arc::new(SystemClock), Some(observer), fence)?;
         tracing::info!(credentials = ?settings.defaults.credentials, endpoint = %endpoint, "cloud configuration");
         match &vpc_endpoint {
             Some(vpc) => {
@@ -386,7 +393,13 @@ impl CloudSide {
             ),
         }
         say_who_may_use_default_credentials(settings);
-        Ok(Self { client, reads: vpc_endpoint.is_some(), simulator })
+        if !settings.write_horizon.is_zero() {
+            tracing::info!(
+                horizon_s = settings.write_horizon.as_secs(),
+                "writes without a trusted answer are taken to land up to --write-horizon later; decisions in the first horizon after start are checked again"
+            );
+        }
+        Ok(Self { client, writes, reads: vpc_endpoint.is_some(), simulator })
     }
 }
 
@@ -425,7 +438,8 @@ fn context(client: &Client, settings: &Settings, cloud: &CloudSide, metrics: Arc
         Arc::new(SystemClock),
     )
     .with_metrics(metrics)
-    .with_resync(settings.resync_period);
+    .with_resync(settings.resync_period)
+    .with_writes(cloud.writes.clone());
     ctx.index = Arc::new(BindingIndex::new(settings.defaults.api));
     if cloud.reads {
         ctx = ctx.with_vpc(Arc::new(cloud.client.clone()));

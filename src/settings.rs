@@ -52,7 +52,12 @@ pub enum ConfigError {
     NamespaceName(String),
     #[error("--default-credentials-namespace-selector: {0}")]
     Selector(#[from] SelectorError),
+    #[error("--write-horizon {0:?} is longer than the 10 minutes it may be")]
+    WriteHorizon(Duration),
 }
+
+/// The longest `--write-horizon`: a deletion may wait this long for a write that may still land.
+pub const MAX_WRITE_HORIZON: Duration = Duration::from_secs(600);
 
 /// What the operator reads from its environment besides flags (Huawei's SDK variables).
 #[derive(Debug, Clone, Default)]
@@ -117,6 +122,8 @@ pub struct Settings {
     pub cloud: CloudSettings,
     pub watch: WatchConfig,
     pub resync_period: Duration,
+    /// How long after an attempt without a trusted answer the cloud may still apply it.
+    pub write_horizon: Duration,
     pub metrics_addr: Option<SocketAddr>,
     pub leader: Option<LeaderSettings>,
     pub simulator: Option<SimulatorSettings>,
@@ -156,6 +163,9 @@ impl Settings {
         if args.concurrency == 0 {
             return Err(ConfigError::Concurrency);
         }
+        if args.write_horizon > MAX_WRITE_HORIZON {
+            return Err(ConfigError::WriteHorizon(args.write_horizon));
+        }
         if args.cloud_max_attempts == 0 {
             return Err(ConfigError::MaxAttempts);
         }
@@ -190,6 +200,7 @@ impl Settings {
                 protect_credentials: args.protect_credentials,
             },
             resync_period: args.resync_period,
+            write_horizon: args.write_horizon,
             metrics_addr,
             leader,
             simulator: args.simulator.then(|| SimulatorSettings {

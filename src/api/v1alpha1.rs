@@ -303,10 +303,14 @@ pub enum Reason {
     /// (Events only.) `api: VPC`: the drift check found the NIC's IP missing from the VIP port
     /// and put it back.
     DriftRepaired,
+    /// Unbound, but a write of the operator's that may still land (an attempt answered 504 or
+    /// given up on, or one of a previous leader) could undo it: released once that can no
+    /// longer happen and a second look agrees.
+    WritesInFlight,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::Bound,
         Reason::Unbound,
         Reason::NotBound,
@@ -332,6 +336,7 @@ impl Reason {
         Reason::VipNotFound,
         Reason::PortContended,
         Reason::DriftRepaired,
+        Reason::WritesInFlight,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -361,6 +366,7 @@ impl Reason {
             Reason::VipNotFound => "VipNotFound",
             Reason::PortContended => "PortContended",
             Reason::DriftRepaired => "DriftRepaired",
+            Reason::WritesInFlight => "WritesInFlight",
         }
     }
 

@@ -14,7 +14,10 @@ use crate::ecs::{BindRequest, CloudTarget, EcsApi, EcsError, Operation, UnbindRe
 use crate::metrics::Metrics;
 
 use super::auth_gate::{Admission, AuthGate, Ticket};
-use super::pairs::{PairsError, PairsFailure, PairsRecord, PairsTarget, PortPairs, Recorded, Unbound};
+use super::key::ObjectKey;
+use super::pairs::{
+    BoundPairs, CheckOff, NicUsers, PairsError, PairsFailure, PairsTarget, PortPairs, Recorded, Unbound,
+};
 
 /// The tracing target of the audit trail, so it can be filtered and routed on its own
 /// (`--log-level warn,vip_operator::audit=info`; the `target` field of a JSON line).
@@ -101,12 +104,12 @@ impl Admitted<'_> {
         mut self,
         binding: &VipBinding,
         pairs: &PortPairs,
-        t: &PairsTarget<'_>,
-        recorded: &Recorded,
-    ) -> Result<(PairsRecord, bool), PairsFailure> {
+        (t, recorded): (&PairsTarget<'_>, &Recorded),
+        users: &dyn NicUsers,
+    ) -> Result<BoundPairs, PairsFailure> {
         let audit = AuditEntry::new(Some(binding), self.target, Operation::UpdatePort, t.nic_id, Some(t.vip));
-        let result = pairs.bind(self.target, t, recorded).await;
-        audit.answered_pairs(result.as_ref().map(|(r, _)| r.vip_port_id.as_str()).map_err(|f| &f.error));
+        let result = pairs.bind(self.target, t, (&ObjectKey::of(binding), recorded), users).await;
+        audit.answered_pairs(result.as_ref().map(|b| b.record.vip_port_id.as_str()).map_err(|f| &f.error));
         self.settle_pairs(result.as_ref().map(|_| ()).map_err(|f| &f.error));
         result
     }
@@ -116,11 +119,11 @@ impl Admitted<'_> {
         mut self,
         binding: &VipBinding,
         pairs: &PortPairs,
-        t: &PairsTarget<'_>,
-        (recorded, nic_still_used): (&Recorded, bool),
-    ) -> Result<Unbound, PairsFailure> {
+        (t, recorded): (&PairsTarget<'_>, &Recorded),
+        users: &dyn NicUsers,
+    ) -> Result<(Unbound, CheckOff), PairsFailure> {
         let audit = AuditEntry::new(Some(binding), self.target, Operation::UpdatePort, t.nic_id, Some(t.vip));
-        let result = pairs.unbind(self.target, t, recorded, nic_still_used).await;
+        let result = pairs.unbind(self.target, t, (&ObjectKey::of(binding), recorded), users).await;
         audit.answered_pairs(result.as_ref().map(|_| t.nic_id).map_err(|f| &f.error));
         self.settle_pairs(result.as_ref().map(|_| ()).map_err(|f| &f.error));
         result

@@ -7,8 +7,9 @@
 //! over the period, so without it every sweep would list the whole project again. The cost is a
 //! later repair: a pair removed just after a listing is seen up to a quarter period later.
 //!
-//! What the listing does not show is the NIC's own `1.1.1.1/0`: that is put back whenever the
-//! binding is re-bound, not checked on every round.
+//! The NIC's half is compared the same way: one listing of each network's ports shows whether
+//! every bound binding's NIC still has its source check off (`1.1.1.1/0`); one that lost it is
+//! re-bound, which puts it back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,33 +26,46 @@ use crate::ecs::ErrorClass;
 use super::context::Context;
 use super::index::api_of;
 use super::key::ObjectKey;
-use super::pairs::VipPairs;
+use super::pairs::{NicChecks, VipPairs};
 use crate::api::v1alpha1::Observed;
 
-/// Recent listings, per project, region and credentials.
+/// Recent listings, per project, region and credentials: its VIP ports' pairs, and per network
+/// its NIC ports' source checks.
 pub struct Listings {
-    max_age: Duration,
-    taken: Mutex<HashMap<Listing, (Instant, Arc<VipPairs>)>>,
+    vips: Kept<Listing, VipPairs>,
+    nics: Kept<(Listing, String), NicChecks>,
 }
 
 impl Listings {
     /// Listings reused for a quarter of `period`.
     pub fn for_period(period: Duration) -> Self {
-        Self { max_age: period / 4, taken: Mutex::default() }
+        Self { vips: Kept::new(period / 4), nics: Kept::new(period / 4) }
+    }
+}
+
+/// Listings of one kind, each kept for `max_age` after it was taken.
+struct Kept<K, V> {
+    max_age: Duration,
+    taken: Mutex<HashMap<K, (Instant, Arc<V>)>>,
+}
+
+impl<K: Clone + Eq + std::hash::Hash, V> Kept<K, V> {
+    fn new(max_age: Duration) -> Self {
+        Self { max_age, taken: Mutex::default() }
     }
 
-    fn fresh(&self, key: &Listing) -> Option<Arc<VipPairs>> {
+    fn fresh(&self, key: &K) -> Option<Arc<V>> {
         let taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        taken.get(key).filter(|(at, _)| at.elapsed() < self.max_age).map(|(_, pairs)| pairs.clone())
+        taken.get(key).filter(|(at, _)| at.elapsed() < self.max_age).map(|(_, v)| v.clone())
     }
 
     /// The listing for `key`: a fresh one kept, else `list`'s (kept when it succeeds). Using a
     /// kept listing does not make it younger.
-    async fn get_or_list<E, F: Future<Output = Result<VipPairs, E>>>(
+    async fn get_or_list<E, F: Future<Output = Result<V, E>>>(
         &self,
-        key: &Listing,
+        key: &K,
         list: impl FnOnce() -> F,
-    ) -> Result<Arc<VipPairs>, E> {
+    ) -> Result<Arc<V>, E> {
         if let Some(seen) = self.fresh(key) {
             return Ok(seen);
         }
@@ -60,11 +74,11 @@ impl Listings {
         Ok(seen)
     }
 
-    fn keep(&self, key: Listing, pairs: Arc<VipPairs>) {
+    fn keep(&self, key: K, value: Arc<V>) {
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         // Old ones go: projects come and go, and a stale listing is never used anyway.
         taken.retain(|_, (at, _)| at.elapsed() < self.max_age);
-        taken.insert(key, (Instant::now(), pairs));
+        taken.insert(key, (Instant::now(), value));
     }
 }
 
@@ -146,43 +160,113 @@ pub async fn due_to_reconcile(
         }
     }
     for (listing, group) in groups {
-        let Some(first) = group.first() else { continue };
+        let Some(first) = group.first().map(|c| c.binding.clone()) else { continue };
+        // Resolved once per group, and only when a listing must be taken.
+        let target = tokio::sync::OnceCell::new();
+        let resolve = || target.get_or_init(|| async { ctx.targets.resolve_for_unbind(&first).await.map_err(|_| ()) });
         let seen = listings
+            .vips
             .get_or_list(&listing, || async {
-                let target = ctx.targets.resolve_for_unbind(&first.binding).await.map_err(|_| ListFailed::NoTarget)?;
-                pairs.vip_pairs(&target).await.map_err(ListFailed::Cloud)
+                let target = resolve().await.as_ref().map_err(|_| ListFailed::NoTarget)?;
+                pairs.vip_pairs(target).await.map_err(ListFailed::Cloud)
             })
             .await;
-        match seen {
-            Ok(seen) => {
-                let (mut in_place, mut drifted) = (0u64, 0u64);
-                for c in &group {
-                    if seen.get(&c.vip_port_id).is_some_and(|ips| ips.contains(&c.nic_ip)) {
-                        ctx.resync.asserted(&ObjectKey::of(&c.binding), ObjectRef::from_obj(&*c.binding));
-                        in_place += 1;
-                        refreshes = refreshes.saturating_sub(refresh_observation(ctx, c, refreshes > 0).await.into());
-                    } else {
-                        reconcile.push(ObjectRef::from_obj(&*c.binding));
-                        drifted += 1;
-                    }
-                }
-                ctx.note_compared(in_place, drifted);
-                tracing::debug!(project = %listing.project, region = %listing.region, in_place, drifted, "drift compared by listing");
-            }
+        let seen = match seen {
+            Ok(seen) => seen,
             // Their reconciles say why (and record it).
-            Err(ListFailed::NoTarget) => reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding))),
+            Err(ListFailed::NoTarget) => {
+                reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding)));
+                continue;
+            }
             // Credentials that may not list: each binding's own reads then.
             Err(ListFailed::Cloud(e)) if e.class() == ErrorClass::Auth => {
                 tracing::info!(project = %listing.project, error = %e, "cannot list VIP ports; checking each binding instead");
                 reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding)));
+                continue;
             }
             // Asked again by the sweeper shortly (they stay due).
             Err(ListFailed::Cloud(e)) => {
                 tracing::warn!(project = %listing.project, error = %e, bindings = group.len(), "the drift listing failed; trying again shortly");
+                continue;
+            }
+        };
+        let (mut in_place, mut drifted) = (0u64, 0u64);
+        let mut paired = vec![];
+        for c in group {
+            if seen.get(&c.vip_port_id).is_some_and(|ips| ips.contains(&c.nic_ip)) {
+                paired.push(c);
+            } else {
+                reconcile.push(ObjectRef::from_obj(&*c.binding));
+                drifted += 1;
             }
         }
+        let (nics_in_place, nics_drifted) =
+            compare_nics(ctx, listings, (&listing, &resolve), paired, (&mut reconcile, &mut refreshes)).await;
+        in_place += nics_in_place;
+        drifted += nics_drifted;
+        ctx.note_compared(in_place, drifted);
+        tracing::debug!(project = %listing.project, region = %listing.region, in_place, drifted, "drift compared by listing");
     }
     reconcile
+}
+
+/// The NIC's half of the comparison: each paired binding's NIC port must still have its source
+/// check off. One listing per network, not a read per binding. Returns (in place, drifted).
+async fn compare_nics<'a, R, F>(
+    ctx: &Context,
+    listings: &Listings,
+    (listing, resolve): (&Listing, &R),
+    paired: Vec<Checkable>,
+    (reconcile, refreshes): (&mut Vec<ObjectRef<VipBinding>>, &mut usize),
+) -> (u64, u64)
+where
+    R: Fn() -> F,
+    F: Future<Output = &'a Result<crate::ecs::CloudTarget, ()>>,
+{
+    let Some(pairs) = &ctx.pairs else { return (0, 0) };
+    let (mut in_place, mut drifted) = (0u64, 0u64);
+    let mut by_network: HashMap<String, Vec<Checkable>> = HashMap::new();
+    for c in paired {
+        by_network.entry(c.binding.spec.subnet_id.clone()).or_default().push(c);
+    }
+    for (network, group) in by_network {
+        let checks = listings
+            .nics
+            .get_or_list(&(listing.clone(), network.clone()), || async {
+                let target = resolve().await.as_ref().map_err(|_| ListFailed::NoTarget)?;
+                pairs.nic_checks(target, &network).await.map_err(ListFailed::Cloud)
+            })
+            .await;
+        let checks = match checks {
+            Ok(checks) => Some(checks),
+            // Not allowed to list the network's ports: the VIP port's word alone.
+            Err(ListFailed::Cloud(e)) if e.class() == ErrorClass::Auth => {
+                tracing::debug!(network = %network, error = %e, "cannot list the network's ports; NIC source checks not compared");
+                None
+            }
+            Err(ListFailed::NoTarget) => None,
+            // Unknown: they stay due, and are compared again shortly.
+            Err(ListFailed::Cloud(e)) => {
+                tracing::warn!(network = %network, error = %e, bindings = group.len(), "listing the network's ports failed; trying again shortly");
+                continue;
+            }
+        };
+        for c in group {
+            let nic = &c.binding.spec.nic_id;
+            // A NIC port the listing does not show is left to the VIP port's word: a NIC that
+            // is gone is found by the binding's own next bind.
+            if checks.as_ref().and_then(|checks| checks.get(nic)) == Some(&false) {
+                tracing::info!(nic = %nic, "the NIC's port has its source check on again; re-binding");
+                reconcile.push(ObjectRef::from_obj(&*c.binding));
+                drifted += 1;
+                continue;
+            }
+            ctx.resync.asserted(&ObjectKey::of(&c.binding), ObjectRef::from_obj(&*c.binding));
+            in_place += 1;
+            *refreshes = refreshes.saturating_sub(refresh_observation(ctx, &c, *refreshes > 0).await.into());
+        }
+    }
+    (in_place, drifted)
 }
 
 #[cfg(test)]
@@ -193,16 +277,16 @@ mod tests {
     async fn a_listing_serves_a_quarter_period_then_is_taken_again() {
         let listings = Listings::for_period(Duration::from_secs(600));
         let key = Listing { project: "p".into(), region: "r".into(), secret: None };
-        assert!(listings.fresh(&key).is_none());
-        listings.keep(key.clone(), Arc::new(VipPairs::new()));
+        assert!(listings.vips.fresh(&key).is_none());
+        listings.vips.keep(key.clone(), Arc::new(VipPairs::new()));
         tokio::time::advance(Duration::from_secs(149)).await;
-        assert!(listings.fresh(&key).is_some());
+        assert!(listings.vips.fresh(&key).is_some());
         let other = Listing { secret: Some(("ns".into(), "s".into())), ..key.clone() };
-        assert!(listings.fresh(&other).is_none(), "other credentials list for themselves");
+        assert!(listings.vips.fresh(&other).is_none(), "other credentials list for themselves");
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(listings.fresh(&key).is_none());
-        listings.keep(other, Arc::new(VipPairs::new()));
-        assert_eq!(listings.taken.lock().unwrap().len(), 1, "stale ones are dropped");
+        assert!(listings.vips.fresh(&key).is_none());
+        listings.vips.keep(other, Arc::new(VipPairs::new()));
+        assert_eq!(listings.vips.taken.lock().unwrap().len(), 1, "stale ones are dropped");
     }
 
     #[tokio::test(start_paused = true)]
@@ -216,13 +300,13 @@ mod tests {
         };
         // Used every 100 ms for 3 s: listed again each second (a quarter of the period).
         for _ in 0..30 {
-            listings.get_or_list(&key, list).await.unwrap();
+            listings.vips.get_or_list(&key, list).await.unwrap();
             tokio::time::advance(Duration::from_millis(100)).await;
         }
         assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 3);
         // A failed listing is not kept.
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(listings.get_or_list(&key, || async { Err::<VipPairs, _>("down") }).await.is_err());
-        assert!(listings.fresh(&key).is_none());
+        assert!(listings.vips.get_or_list(&key, || async { Err::<VipPairs, _>("down") }).await.is_err());
+        assert!(listings.vips.fresh(&key).is_none());
     }
 }

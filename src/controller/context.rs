@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -20,6 +22,7 @@ use super::decide::{self, Facts};
 use super::drift::Resync;
 use super::evidence::Reads;
 use super::index::BindingIndex;
+use super::inflight::{Direction, WritesInFlight};
 use super::key::ObjectKey;
 use super::kube_ops::KubeOps;
 use super::memory::Memory;
@@ -44,6 +47,8 @@ pub struct Context {
     pub reads: Option<Reads>,
     /// Binds and unbinds of `api: VPC` bindings (absent without a VPC endpoint).
     pub pairs: Option<PortPairs>,
+    /// Writes that may still land, and the second looks they call for.
+    pub writes: Arc<WritesInFlight>,
 }
 
 impl Context {
@@ -60,6 +65,7 @@ impl Context {
             resync: Resync::disabled(),
             reads: None,
             pairs: None,
+            writes: Arc::default(),
         }
     }
 
@@ -83,6 +89,12 @@ impl Context {
         if let Some(m) = &self.metrics {
             m.vpc_reads_denied.inc();
         }
+    }
+
+    /// Tracks writes that may still land (the same ledger the cloud client reports to).
+    pub fn with_writes(mut self, writes: Arc<WritesInFlight>) -> Self {
+        self.writes = writes;
+        self
     }
 
     pub fn with_resync(mut self, period: Duration) -> Self {
@@ -116,7 +128,7 @@ impl Context {
         Facts {
             conflict_owner: self.index.conflict_owner(b),
             crd_deleting: false,
-            reassert_due: decide::bound_as_specified(b) && self.resync.is_asked(key),
+            reassert_due: decide::bound_as_specified(b) && (self.resync.is_asked(key) || self.writes.recheck_due(key)),
         }
     }
 
@@ -126,8 +138,30 @@ impl Context {
         self.backoffs.reset(key);
         if b.metadata.deletion_timestamp.is_none() && decide::bound_as_specified(b) {
             self.resync.track(key, ObjectRef::from_obj(b));
+            // A second look is pending: another trigger must not make it be forgotten.
+            if let Some(wait) = self.writes.recheck_in(key) {
+                return Action::requeue(wait);
+            }
         }
         Action::await_change()
+    }
+
+    /// A bind of `subjects` just completed. If a write going the other way may still land on
+    /// them, the bind is checked again once it cannot any more; the requeue for that.
+    pub fn bound_inside_horizon(&self, key: &ObjectKey, subjects: &[&str]) -> Option<Instant> {
+        let until = self.writes.overtaken_until(subjects, Direction::Bind);
+        match until {
+            Some(at) => {
+                tracing::info!(
+                    in_s = at.saturating_duration_since(Instant::now()).as_secs(),
+                    "bound while an earlier write may still land: it is checked again once that can no longer happen"
+                );
+                // Past the horizon, so a late write has landed by then.
+                self.writes.recheck_at(key, at + Duration::from_millis(200));
+            }
+            None => self.writes.rechecked(key),
+        }
+        until
     }
 
     /// A bind succeeded: the next drift check is a period away.
@@ -148,6 +182,10 @@ impl Context {
     pub fn forget_key(&self, key: &ObjectKey) {
         self.backoffs.reset(key);
         self.resync.forget(key);
+        self.writes.rechecked(key);
+        if let Some(pairs) = &self.pairs {
+            pairs.ledger().unneed(key);
+        }
     }
 
     /// After a recorded failure or hold: back off by its reason (holding the binding until then,

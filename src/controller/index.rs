@@ -70,6 +70,9 @@ struct Entry {
     nic: String,
     /// Its record says the operator turned the NIC's source check off (`1.1.1.1/0`).
     source_check_off_added: bool,
+    /// A VPC binding that is bound or may be (committed, live, not known unbound): it needs
+    /// the NIC's check off.
+    needs_check_off: bool,
     /// The Secrets it needs: the one its spec names, and the one its last bind used
     /// (`status.boundWith`), which the deletion's unbind signs with.
     secrets: Vec<(String, String)>,
@@ -93,6 +96,10 @@ fn entry_of(b: &VipBinding, default_api: BindApi) -> Option<Entry> {
     Some(Entry {
         nic: b.spec.nic_id.clone(),
         source_check_off_added: record.is_some_and(|w| w.source_check_off_added),
+        needs_check_off: api_of(b, default_api) == BindApi::Vpc
+            && super::status::has_finalizer(b)
+            && b.metadata.deletion_timestamp.is_none()
+            && super::status::bound_knowledge(b) != super::status::BoundKnowledge::NotBound,
         secrets: {
             let spec = b.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone());
             let recorded =
@@ -197,7 +204,8 @@ impl Inner {
                 if old.nic == entry.nic
                     && old.secrets == entry.secrets
                     && old.claim == entry.claim
-                    && old.source_check_off_added == entry.source_check_off_added =>
+                    && old.source_check_off_added == entry.source_check_off_added
+                    && old.needs_check_off == entry.needs_check_off =>
             {
                 return;
             }
@@ -328,6 +336,20 @@ impl BindingIndex {
                 .iter()
                 .filter(|c| c.uid.as_str() != uid)
                 .any(|c| inner.by_uid.get(c.uid.as_str()).is_some_and(|e| e.source_check_off_added))
+        })
+    }
+
+    /// Whether a VPC binding other than `b` on `b`'s NIC is bound or may be (committed, live,
+    /// not known unbound): it needs the NIC's check off. Asked under the NIC's lock, right
+    /// before the write that would turn the check back on.
+    pub fn others_need_check_off(&self, b: &VipBinding) -> bool {
+        let uid = b.uid().unwrap_or_default();
+        let inner = self.read();
+        inner.by_nic.get(&b.spec.nic_id).is_some_and(|claims| {
+            claims
+                .iter()
+                .filter(|c| c.uid.as_str() != uid)
+                .any(|c| inner.by_uid.get(c.uid.as_str()).is_some_and(|e| e.needs_check_off))
         })
     }
 

@@ -12,8 +12,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
+
 use crate::ecs::vpc::{AddressPair, MAX_PAGE, PortFilter, VIP_PORT_OWNER, VpcApi};
 use crate::ecs::{CloudTarget, EcsError, ErrorClass};
+
+use super::checkoff::CheckOffLedger;
+use super::key::ObjectKey;
 
 /// What the NIC's port carries to let traffic for other addresses through (source check off).
 pub const SOURCE_CHECK_OFF: &str = "1.1.1.1/0";
@@ -25,6 +30,8 @@ pub const MAX_LIST_PAGES: usize = 100;
 
 /// Each VIP port of a project, and the addresses its `allowed_address_pairs` hold.
 pub type VipPairs = HashMap<String, std::collections::HashSet<String>>;
+/// Each NIC port of a network, and whether its source check is off (`1.1.1.1/0`).
+pub type NicChecks = HashMap<String, bool>;
 
 /// A VPC bind or unbind: which VIP, in which network, on which NIC.
 #[derive(Debug, Clone)]
@@ -43,6 +50,16 @@ pub struct PairsRecord {
     pub vip_port_id: String,
     pub nic_ip: String,
     pub source_check_off_added: bool,
+}
+
+/// A bind that succeeded: its record, and what it had to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundPairs {
+    pub record: PairsRecord,
+    /// The VIP port lacked the NIC's IP (false: bound already).
+    pub wrote_vip: bool,
+    /// The NIC's port lacked `1.1.1.1/0`.
+    pub wrote_nic: bool,
 }
 
 /// What is known of an earlier bind, for the unbind.
@@ -72,6 +89,10 @@ pub enum PairsError {
     /// Other writers kept changing the port's list; nothing built from a stale read was written.
     #[error("port {port_id} kept changing under concurrent writers; trying again later")]
     Contended { port_id: String, wrote: bool },
+    /// The binding's intent could not be recorded before the NIC's check was turned off; the
+    /// NIC was not written.
+    #[error("could not record the binding's intent before turning the NIC's source check off: {why}")]
+    NotRecorded { why: String },
 }
 
 impl PairsError {
@@ -88,7 +109,7 @@ impl PairsError {
     pub fn is_retryable(&self) -> bool {
         match self {
             PairsError::Cloud(e) => e.class() == ErrorClass::Retryable,
-            PairsError::Contended { .. } | PairsError::VipNotFound { .. } => true,
+            PairsError::Contended { .. } | PairsError::VipNotFound { .. } | PairsError::NotRecorded { .. } => true,
             PairsError::NotAVip { .. } | PairsError::Ambiguous { .. } | PairsError::NicOutsideNetwork { .. } => false,
         }
     }
@@ -103,12 +124,15 @@ pub struct PairsFailure {
     pub partial: Option<PairsRecord>,
     /// A write to the VIP port was sent without a known outcome.
     pub may_have_applied: bool,
+    /// This attempt wrote the NIC's `1.1.1.1/0` (or may have): the binding is not "never
+    /// bound" any more, whatever the VIP port's write came to.
+    pub wrote_nic: bool,
 }
 
 impl From<PairsError> for PairsFailure {
     fn from(error: PairsError) -> Self {
         let may_have_applied = error.may_have_written();
-        Self { error, partial: None, may_have_applied }
+        Self { error, partial: None, may_have_applied, wrote_nic: false }
     }
 }
 
@@ -132,6 +156,45 @@ pub enum Unbound {
     },
 }
 
+impl Unbound {
+    pub fn vip_port_id(&self) -> &str {
+        match self {
+            Unbound::Removed { vip_port_id } | Unbound::NotThere { vip_port_id } | Unbound::VipGone { vip_port_id } => {
+                vip_port_id
+            }
+        }
+    }
+}
+
+/// What became of the NIC's `1.1.1.1/0` after an unbind, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOff {
+    /// The last binding on the NIC took it away.
+    Removed,
+    /// Not the operator's: it was there before the first binding, and stays.
+    NotOurs,
+    /// Another VPC binding on the NIC is bound or binding.
+    StillNeeded,
+    /// A VIP port in the NIC's network still holds the NIC's IP (the cloud's listing says so).
+    StillPaired { vip_port_id: String },
+    /// The NIC's port is gone, or had no `1.1.1.1/0` left.
+    Absent,
+}
+
+/// What the bindings on a NIC say, read fresh under the NIC's lock (the reconciler answers from
+/// the index and the binding's own status; the edit decides).
+pub trait NicUsers: Sync {
+    /// Another VPC binding on the NIC is bound or may be (live, committed, not known unbound).
+    fn others_need_check_off(&self) -> bool;
+    /// Another binding on the NIC records that the operator turned the NIC's check off.
+    fn added_by_another(&self) -> bool;
+    /// Records, durably and before the write, that this binding is about to turn the NIC's
+    /// check off (`record` is what it will have done): a crash between the write and the
+    /// bind's status then still leaves who added it on record. `Err`: not recorded, so the
+    /// check is not turned off either.
+    fn before_check_off<'a>(&'a self, record: &'a PairsRecord) -> BoxFuture<'a, Result<(), String>>;
+}
+
 /// How an edit went.
 #[derive(Debug)]
 enum Edit {
@@ -142,25 +205,57 @@ enum Edit {
     PortGone(EcsError),
 }
 
+/// Runs once, right before an edit's first write (see [`NicUsers::before_check_off`]).
+type BeforeWrite<'a> = Option<BoxFuture<'a, Result<(), PairsError>>>;
+
 /// VPC binds and unbinds, with writes to each port serialised.
 pub struct PortPairs {
     api: Arc<dyn VpcApi>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Who needs each NIC's check off, and which this process turned off.
+    ledger: CheckOffLedger,
 }
 
 impl PortPairs {
     pub fn new(api: Arc<dyn VpcApi>) -> Self {
-        Self { api, locks: Mutex::default() }
+        Self { api, locks: Mutex::default(), ledger: CheckOffLedger::default() }
+    }
+
+    pub fn ledger(&self) -> &CheckOffLedger {
+        &self.ledger
     }
 
     /// Binds: the NIC's port gets `1.1.1.1/0` if it lacks it, then the VIP port gets the NIC's
-    /// IP. Also says whether the VIP port had to be written (false: it was bound already).
+    /// IP. Also says which of the two had to be written (neither: it was bound already).
+    /// `who` registers its need of the NIC's check off before anything is read.
     pub async fn bind(
         &self,
         target: &CloudTarget,
         t: &PairsTarget<'_>,
+        (who, recorded): (&ObjectKey, &Recorded),
+        users: &dyn NicUsers,
+    ) -> Result<BoundPairs, PairsFailure> {
+        self.ledger.need(t.nic_id, who);
+        let result = self.bind_needed(target, t, recorded, users).await;
+        // A bind that wrote nothing, of a binding that recorded nothing, needs nothing: its
+        // registration would keep another's unbind from taking the check away.
+        if let Err(f) = &result
+            && !f.wrote_nic
+            && !f.may_have_applied
+            && recorded.vip_port_id.is_none()
+        {
+            self.ledger.unneed(who);
+        }
+        result
+    }
+
+    async fn bind_needed(
+        &self,
+        target: &CloudTarget,
+        t: &PairsTarget<'_>,
         recorded: &Recorded,
-    ) -> Result<(PairsRecord, bool), PairsFailure> {
+        users: &dyn NicUsers,
+    ) -> Result<BoundPairs, PairsFailure> {
         // A VIP's port keeps its ID: a re-bind (drift) reads it directly instead of listing.
         let vip_port_id = match &recorded.vip_port_id {
             Some(id) => id.clone(),
@@ -182,13 +277,33 @@ impl PortPairs {
                 next
             })
         };
-        let added = match self.edit(target, t.nic_id, check_off).await {
+        let intent =
+            PairsRecord { vip_port_id: vip_port_id.clone(), nic_ip: nic_ip.clone(), source_check_off_added: true };
+        let lock = self.lock_for(t.nic_id);
+        let held = lock.lock().await;
+        let before: BeforeWrite<'_> = Some(Box::pin(async {
+            users.before_check_off(&intent).await.map_err(|why| PairsError::NotRecorded { why })?;
+            // From here on the entry is the operator's, whatever the write's answer.
+            self.ledger.mark_added(t.nic_id);
+            Ok(())
+        }));
+        let nic_edit = self.edit_locked(target, t.nic_id, &check_off, before).await;
+        // Read under the lock: a binding bound on this NIC before us may have added it.
+        let inherited = self.ledger.added(t.nic_id) || users.added_by_another();
+        drop(held);
+        self.forget_unused(t.nic_id, lock);
+        let added = match nic_edit {
             Ok(Edit::Written) => true,
-            Ok(Edit::AlreadyThere) => recorded.source_check_off_added,
+            Ok(Edit::AlreadyThere) => recorded.source_check_off_added || inherited,
             // The NIC's port went away since it was read above.
             Ok(Edit::PortGone(gone)) => return Err(cloud(gone)),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                let wrote_nic = e.may_have_written();
+                let partial = wrote_nic.then(|| PairsRecord { source_check_off_added: true, ..intent.clone() });
+                return Err(PairsFailure { may_have_applied: false, wrote_nic, partial, error: e });
+            }
         };
+        let wrote_nic = matches!(nic_edit, Ok(Edit::Written));
         let record =
             PairsRecord { vip_port_id: vip_port_id.clone(), nic_ip: nic_ip.clone(), source_check_off_added: added };
         let add_ip = |pairs: &[AddressPair]| {
@@ -199,31 +314,35 @@ impl PortPairs {
             })
         };
         match self.edit(target, &vip_port_id, add_ip).await {
-            Ok(Edit::Written) => Ok((record, true)),
-            Ok(Edit::AlreadyThere) => Ok((record, false)),
+            Ok(Edit::Written) => Ok(BoundPairs { record, wrote_vip: true, wrote_nic }),
+            Ok(Edit::AlreadyThere) => Ok(BoundPairs { record, wrote_vip: false, wrote_nic }),
             Ok(Edit::PortGone(_)) => Err(PairsFailure {
                 error: PairsError::VipNotFound { vip: t.vip.into(), network: t.network_id.into() },
                 partial: Some(record),
                 may_have_applied: false,
+                wrote_nic,
             }),
             Err(error) => {
                 let may_have_applied = error.may_have_written();
-                Err(PairsFailure { error, partial: Some(record), may_have_applied })
+                Err(PairsFailure { error, partial: Some(record), may_have_applied, wrote_nic })
             }
         }
     }
 
-    /// Unbinds: exactly this NIC's IP leaves the VIP port's pairs; `1.1.1.1/0` leaves the NIC's
-    /// port only if the operator added it and `nic_still_used` is false. `Ok` also when the VIP
-    /// port is gone (nothing can be bound to it). A NIC whose port is gone, with no recorded IP,
-    /// is the cloud's `Gone` (404 `VPC.2502`).
+    /// Unbinds: exactly this NIC's IP leaves the VIP port's pairs; then, under the NIC's lock,
+    /// `1.1.1.1/0` leaves the NIC's port if the operator added it and nothing needs it any more
+    /// (see [`super::checkoff`]). `Ok` also when the VIP port is gone (nothing can be bound to
+    /// it). A NIC whose port is gone, with no recorded IP, is the cloud's `Gone` (404
+    /// `VPC.2502`).
     pub async fn unbind(
         &self,
         target: &CloudTarget,
         t: &PairsTarget<'_>,
-        recorded: &Recorded,
-        nic_still_used: bool,
-    ) -> Result<Unbound, PairsFailure> {
+        (who, recorded): (&ObjectKey, &Recorded),
+        users: &dyn NicUsers,
+    ) -> Result<(Unbound, CheckOff), PairsFailure> {
+        // Going away: its own need no longer holds the check off.
+        self.ledger.unneed(who);
         let nic_ip = match &recorded.nic_ip {
             Some(ip) => ip.clone(),
             None => {
@@ -256,10 +375,48 @@ impl PortPairs {
             Ok(Edit::PortGone(_)) => Unbound::VipGone { vip_port_id },
             Err(error) => {
                 let may_have_applied = error.may_have_written();
-                return Err(PairsFailure { error, partial: None, may_have_applied });
+                return Err(PairsFailure { error, partial: None, may_have_applied, wrote_nic: false });
             }
         };
-        if recorded.source_check_off_added && !nic_still_used {
+        let check_off = self.release_check_off(target, t, (who, recorded), &nic_ip, users).await?;
+        Ok((outcome, check_off))
+    }
+
+    /// The NIC's half of an unbind, decided and written under the NIC's lock.
+    async fn release_check_off(
+        &self,
+        target: &CloudTarget,
+        t: &PairsTarget<'_>,
+        (who, recorded): (&ObjectKey, &Recorded),
+        nic_ip: &str,
+        users: &dyn NicUsers,
+    ) -> Result<CheckOff, PairsFailure> {
+        let lock = self.lock_for(t.nic_id);
+        let held = lock.lock().await;
+        let decided = async {
+            let ours = recorded.source_check_off_added || self.ledger.added(t.nic_id) || users.added_by_another();
+            if !ours {
+                return Ok(CheckOff::NotOurs);
+            }
+            // The NIC's fact, not this binding's: it outlives this record, for whoever is last.
+            self.ledger.mark_added(t.nic_id);
+            if self.ledger.needed_by_another(t.nic_id, who) || users.others_need_check_off() {
+                return Ok(CheckOff::StillNeeded);
+            }
+            // The cloud's word, not the index's: a VIP port that still lets the NIC's IP through
+            // (another operator's binding, a late write) needs the check off too.
+            match self.vip_pairs_in(target, Some(t.network_id)).await {
+                Ok(seen) => {
+                    if let Some(port) = seen.iter().find(|(_, ips)| ips.contains(nic_ip)).map(|(id, _)| id) {
+                        return Ok(CheckOff::StillPaired { vip_port_id: port.clone() });
+                    }
+                }
+                // Credentials that may not list: the bindings' word alone, as before listings.
+                Err(e) if e.class() == ErrorClass::Auth => {
+                    tracing::debug!(nic = t.nic_id, error = %e, "cannot list VIP ports; deciding the NIC's check-off from the bindings alone");
+                }
+                Err(e) => return Err(cloud(e)),
+            }
             let remove_check_off = |pairs: &[AddressPair]| {
                 pairs
                     .iter()
@@ -267,33 +424,88 @@ impl PortPairs {
                     .then(|| pairs.iter().filter(|p| p.ip_address != SOURCE_CHECK_OFF).cloned().collect())
             };
             // The VIP is off the NIC already; a NIC that is gone needs nothing more.
-            self.edit(target, t.nic_id, remove_check_off).await.map_err(PairsFailure::from)?;
+            match self.edit_locked(target, t.nic_id, &remove_check_off, None).await {
+                Ok(Edit::Written) => {
+                    self.ledger.mark_removed(t.nic_id);
+                    Ok(CheckOff::Removed)
+                }
+                Ok(Edit::AlreadyThere | Edit::PortGone(_)) => {
+                    self.ledger.mark_removed(t.nic_id);
+                    Ok(CheckOff::Absent)
+                }
+                Err(e) => Err(PairsFailure::from(e)),
+            }
         }
-        Ok(outcome)
+        .await;
+        drop(held);
+        self.forget_unused(t.nic_id, lock);
+        decided
     }
 
     /// Every VIP port of the target's project with the addresses it lets through: one listing
     /// (filtered by `device_owner`, [`MAX_PAGE`] ports a page) instead of a read per binding.
     pub async fn vip_pairs(&self, target: &CloudTarget) -> Result<VipPairs, EcsError> {
+        self.vip_pairs_in(target, None).await
+    }
+
+    /// [`Self::vip_pairs`], of one network's VIP ports only (`None`: the whole project).
+    pub async fn vip_pairs_in(&self, target: &CloudTarget, network: Option<&str>) -> Result<VipPairs, EcsError> {
+        let filter = PortFilter {
+            device_owner: Some(VIP_PORT_OWNER.into()),
+            network_id: network.map(str::to_string),
+            limit: MAX_PAGE,
+            ..PortFilter::default()
+        };
         let mut all = VipPairs::new();
-        let mut filter =
-            PortFilter { device_owner: Some(VIP_PORT_OWNER.into()), limit: MAX_PAGE, ..PortFilter::default() };
+        self.list_all(target, filter, |port| {
+            // The filters are the server's; the answer is checked, not trusted.
+            if port.device_owner == VIP_PORT_OWNER
+                && network.is_none_or(|n| port.network_id.is_empty() || port.network_id == n)
+            {
+                all.insert(port.id, port.allowed_address_pairs.into_iter().map(|p| p.ip_address).collect());
+            }
+        })
+        .await?;
+        Ok(all)
+    }
+
+    /// Every port of one network that is not a VIP (the NICs), and whether its source check is
+    /// off: one listing ([`MAX_PAGE`] ports a page) instead of a read per binding.
+    pub async fn nic_checks(&self, target: &CloudTarget, network: &str) -> Result<NicChecks, EcsError> {
+        let filter = PortFilter { network_id: Some(network.into()), limit: MAX_PAGE, ..PortFilter::default() };
+        let mut all = NicChecks::new();
+        self.list_all(target, filter, |port| {
+            if port.device_owner != VIP_PORT_OWNER && (port.network_id.is_empty() || port.network_id == network) {
+                let off = port.allowed_address_pairs.iter().any(|p| p.ip_address == SOURCE_CHECK_OFF);
+                all.insert(port.id, off);
+            }
+        })
+        .await?;
+        Ok(all)
+    }
+
+    /// Every page of a listing, bounded: a listing that never ends (a server that ignores the
+    /// marker) is an error, not a loop.
+    async fn list_all(
+        &self,
+        target: &CloudTarget,
+        mut filter: PortFilter,
+        mut each: impl FnMut(crate::ecs::vpc::Port),
+    ) -> Result<(), EcsError> {
         for _ in 0..MAX_LIST_PAGES {
             let page = self.api.list_ports(target, &filter).await?;
             let full = page.len() >= filter.page_size() as usize;
             let last = page.last().map(|p| p.id.clone());
-            for port in page.into_iter().filter(|p| p.device_owner == VIP_PORT_OWNER) {
-                all.insert(port.id, port.allowed_address_pairs.into_iter().map(|p| p.ip_address).collect());
-            }
+            page.into_iter().for_each(&mut each);
             match last {
                 Some(last) if full && filter.marker.as_deref() != Some(last.as_str()) => filter.marker = Some(last),
                 Some(_) if full => {
                     return Err(EcsError::InvalidRequest("the port listing repeated its last page".into()));
                 }
-                _ => return Ok(all),
+                _ => return Ok(()),
             }
         }
-        Err(EcsError::InvalidRequest(format!("the VIP port listing ran past {MAX_LIST_PAGES} pages")))
+        Err(EcsError::InvalidRequest(format!("the port listing ran past {MAX_LIST_PAGES} pages")))
     }
 
     /// The VIP's port: the one port with the VIP's address in the network, a VIP port.
@@ -340,9 +552,9 @@ impl PortPairs {
         change: impl Fn(&[AddressPair]) -> Option<Vec<AddressPair>>,
     ) -> Result<Edit, PairsError> {
         let lock = self.lock_for(port_id);
-        let _held = lock.lock().await;
-        let result = self.edit_locked(target, port_id, &change).await;
-        drop(_held);
+        let held = lock.lock().await;
+        let result = self.edit_locked(target, port_id, &change, None).await;
+        drop(held);
         self.forget_unused(port_id, lock);
         result
     }
@@ -352,6 +564,7 @@ impl PortPairs {
         target: &CloudTarget,
         port_id: &str,
         change: &impl Fn(&[AddressPair]) -> Option<Vec<AddressPair>>,
+        mut before_write: BeforeWrite<'_>,
     ) -> Result<Edit, PairsError> {
         // `Ok(Err(gone))`: the port does not exist; other failures end the edit.
         let read = |what| async move {
@@ -381,6 +594,9 @@ impl PortPairs {
             if second != first {
                 tracing::debug!(port = port_id, "the port changed between two reads; building the list again");
                 continue;
+            }
+            if let Some(before) = before_write.take() {
+                before.await?;
             }
             self.api.update_pairs(target, port_id, &next).await.map_err(PairsError::Cloud)?;
             written = true;
@@ -426,6 +642,8 @@ mod tests {
         ports: Mutex<HashMap<String, Port>>,
         after_read: Mutex<VecDeque<(String, Vec<AddressPair>)>>,
         fail_update: Mutex<Option<EcsError>>,
+        /// After this many more updates succeed, the next one answers the error.
+        fail_update_after: Mutex<Option<(usize, EcsError)>>,
         calls: Mutex<Vec<String>>,
     }
 
@@ -506,6 +724,14 @@ mod tests {
             if let Some(e) = self.fail_update.lock().unwrap().take() {
                 return Box::pin(async move { Err(e) });
             }
+            {
+                let mut after = self.fail_update_after.lock().unwrap();
+                match after.take() {
+                    Some((0, e)) => return Box::pin(async move { Err(e) }),
+                    Some((n, e)) => *after = Some((n - 1, e)),
+                    None => {}
+                }
+            }
             let answer = match self.ports.lock().unwrap().get_mut(id) {
                 Some(p) => {
                     p.allowed_address_pairs = pairs.to_vec();
@@ -515,6 +741,41 @@ mod tests {
             };
             Box::pin(async move { answer })
         }
+    }
+
+    /// The other bindings on the NIC, as the reconciler would answer for them.
+    #[derive(Default)]
+    struct Others {
+        need: bool,
+        added: bool,
+        refuse_intent: bool,
+        intents: Mutex<Vec<PairsRecord>>,
+    }
+
+    impl Others {
+        fn needing(need: bool) -> Self {
+            Self { need, ..Self::default() }
+        }
+    }
+
+    impl NicUsers for Others {
+        fn others_need_check_off(&self) -> bool {
+            self.need
+        }
+
+        fn added_by_another(&self) -> bool {
+            self.added
+        }
+
+        fn before_check_off<'a>(&'a self, record: &'a PairsRecord) -> BoxFuture<'a, Result<(), String>> {
+            self.intents.lock().unwrap().push(record.clone());
+            let refuse = self.refuse_intent;
+            Box::pin(async move { if refuse { Err("the API server is down".into()) } else { Ok(()) } })
+        }
+    }
+
+    fn who() -> ObjectKey {
+        ObjectKey::from("uid-a")
     }
 
     fn target() -> CloudTarget {
@@ -541,7 +802,11 @@ mod tests {
     #[tokio::test]
     async fn bind_adds_the_nic_ip_and_the_source_check_off_keeping_every_other_pair() {
         let (cloud, pairs) = setup(&["10.0.0.9"], &["10.0.0.77"]);
-        let (record, wrote) = pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap();
+        let (record, wrote) = pairs
+            .bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default())
+            .await
+            .map(|b| (b.record, b.wrote_vip))
+            .unwrap();
         assert!(wrote);
         assert_eq!(
             record,
@@ -552,8 +817,14 @@ mod tests {
         // Bound already: reads only, and the record of who added 1.1.1.1/0 is kept.
         let writes = cloud.updates();
         let (again, wrote) = pairs
-            .bind(&target(), &t(), &Recorded { source_check_off_added: true, ..Default::default() })
+            .bind(
+                &target(),
+                &t(),
+                (&who(), &Recorded { source_check_off_added: true, ..Default::default() }),
+                &Others::default(),
+            )
             .await
+            .map(|b| (b.record, b.wrote_vip))
             .unwrap();
         assert!(!wrote);
         assert!(again.source_check_off_added);
@@ -563,14 +834,18 @@ mod tests {
     #[tokio::test]
     async fn a_source_check_already_off_is_not_ours_to_remove() {
         let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
-        let (record, _) = pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap();
+        let (record, _) = pairs
+            .bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default())
+            .await
+            .map(|b| (b.record, b.wrote_vip))
+            .unwrap();
         assert!(!record.source_check_off_added);
         let recorded = Recorded {
             vip_port_id: Some(record.vip_port_id),
             nic_ip: Some(record.nic_ip),
             source_check_off_added: false,
         };
-        pairs.unbind(&target(), &t(), &recorded, false).await.unwrap();
+        pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(false)).await.map(|(u, _)| u).unwrap();
         assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF]);
         assert!(cloud.pairs("vip-port").is_empty());
     }
@@ -584,12 +859,14 @@ mod tests {
             source_check_off_added: true,
         };
         // Another binding still uses the NIC: 1.1.1.1/0 stays.
-        let out = pairs.unbind(&target(), &t(), &recorded, true).await.unwrap();
+        let out =
+            pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(true)).await.map(|(u, _)| u).unwrap();
         assert_eq!(out, Unbound::Removed { vip_port_id: "vip-port".into() });
         assert_eq!(cloud.pairs("vip-port"), ["10.0.0.9", "10.0.0.10"]);
         assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF, "10.0.0.77"]);
         // The last one: it goes, and only it.
-        let out = pairs.unbind(&target(), &t(), &recorded, false).await.unwrap();
+        let out =
+            pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(false)).await.map(|(u, _)| u).unwrap();
         assert_eq!(out, Unbound::NotThere { vip_port_id: "vip-port".into() });
         assert_eq!(cloud.pairs(NIC), ["10.0.0.77"]);
     }
@@ -599,16 +876,28 @@ mod tests {
         let (cloud, pairs) = setup(&["10.0.0.9"], &[SOURCE_CHECK_OFF]);
         // Right after our first read of the VIP port, someone adds 10.0.0.44.
         cloud.after_read.lock().unwrap().push_back(("vip-port".into(), vec![pair("10.0.0.9"), pair("10.0.0.44")]));
-        pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap();
+        pairs
+            .bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default())
+            .await
+            .map(|b| (b.record, b.wrote_vip))
+            .unwrap();
         assert_eq!(cloud.pairs("vip-port"), ["10.0.0.9", "10.0.0.44", NIC_IP]);
     }
 
     #[tokio::test]
     async fn a_pair_removed_behind_our_back_is_put_back_by_the_next_bind() {
         let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
-        pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap();
+        pairs
+            .bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default())
+            .await
+            .map(|b| (b.record, b.wrote_vip))
+            .unwrap();
         cloud.ports.lock().unwrap().get_mut("vip-port").unwrap().allowed_address_pairs = vec![pair("10.0.0.44")];
-        let (_, wrote) = pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap();
+        let (_, wrote) = pairs
+            .bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default())
+            .await
+            .map(|b| (b.record, b.wrote_vip))
+            .unwrap();
         assert!(wrote, "the drift is repaired");
         assert_eq!(cloud.pairs("vip-port"), ["10.0.0.44", NIC_IP]);
     }
@@ -620,7 +909,8 @@ mod tests {
         for i in 0..2 * MAX_ROUNDS {
             cloud.after_read.lock().unwrap().push_back(("vip-port".into(), vec![pair(&format!("10.0.1.{i}"))]));
         }
-        let failure = pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap_err();
+        let failure =
+            pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(matches!(failure.error, PairsError::Contended { wrote: false, .. }), "{failure:?}");
         assert!(!failure.may_have_applied);
         assert_eq!(cloud.calls.lock().unwrap().iter().filter(|c| *c == "put vip-port").count(), 0);
@@ -630,16 +920,16 @@ mod tests {
     async fn no_vip_port_a_port_that_is_no_vip_and_a_nic_elsewhere_write_nothing() {
         let (cloud, pairs) = setup(&[], &[]);
         cloud.ports.lock().unwrap().remove("vip-port");
-        let f = pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap_err();
+        let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(matches!(f.error, PairsError::VipNotFound { .. }), "{f:?}");
         cloud.ports.lock().unwrap().insert("srv".into(), port("srv", "compute:az1", VIP, &[]));
-        let f = pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap_err();
+        let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(matches!(f.error, PairsError::NotAVip { .. }), "{f:?}");
         assert!(!f.error.is_retryable());
         cloud.ports.lock().unwrap().remove("srv");
         cloud.ports.lock().unwrap().insert("vip-port".into(), port("vip-port", VIP_PORT_OWNER, VIP, &[]));
         cloud.ports.lock().unwrap().get_mut(NIC).unwrap().network_id = "net-2".into();
-        let f = pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap_err();
+        let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(matches!(f.error, PairsError::NicOutsideNetwork { .. }), "{f:?}");
         assert_eq!(cloud.updates(), 0);
     }
@@ -653,11 +943,16 @@ mod tests {
             nic_ip: Some(NIC_IP.into()),
             source_check_off_added: true,
         };
-        let out = pairs.unbind(&target(), &t(), &recorded, false).await.unwrap();
+        let out =
+            pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(false)).await.map(|(u, _)| u).unwrap();
         assert_eq!(out, Unbound::Removed { vip_port_id: "vip-port".into() });
         assert_eq!(cloud.pairs("vip-port"), ["10.0.0.9"]);
         // Nothing recorded: the NIC's port answering 404 VPC.2502 is the cloud's word.
-        let f = pairs.unbind(&target(), &t(), &Recorded::default(), false).await.unwrap_err();
+        let f = pairs
+            .unbind(&target(), &t(), (&who(), &Recorded::default()), &Others::needing(false))
+            .await
+            .map(|(u, _)| u)
+            .unwrap_err();
         assert!(matches!(&f.error, PairsError::Cloud(e) if e.class() == ErrorClass::Gone), "{f:?}");
     }
 
@@ -670,7 +965,8 @@ mod tests {
             nic_ip: Some(NIC_IP.into()),
             source_check_off_added: false,
         };
-        let out = pairs.unbind(&target(), &t(), &recorded, false).await.unwrap();
+        let out =
+            pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(false)).await.map(|(u, _)| u).unwrap();
         assert_eq!(out, Unbound::VipGone { vip_port_id: "vip-port".into() });
     }
 
@@ -678,16 +974,112 @@ mod tests {
     async fn a_write_without_an_answer_may_have_applied_and_is_not_resent() {
         let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
         *cloud.fail_update.lock().unwrap() = Some(crate::ecs::error::coded(500, "VPC.0001"));
-        let f = pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap_err();
+        let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(f.may_have_applied);
         assert_eq!(f.partial.as_ref().map(|r| r.vip_port_id.as_str()), Some("vip-port"));
         assert_eq!(cloud.updates(), 1);
     }
 
     #[tokio::test]
+    async fn an_unbind_keeps_the_check_off_for_a_bind_that_registered_before_the_unbind_decided() {
+        let (cloud, pairs) = setup(&[NIC_IP], &[SOURCE_CHECK_OFF]);
+        let recorded = Recorded {
+            vip_port_id: Some("vip-port".into()),
+            nic_ip: Some(NIC_IP.into()),
+            source_check_off_added: true,
+        };
+        // B is on its way (registered before its NIC read); the index does not show it yet.
+        pairs.ledger().need(NIC, &ObjectKey::from("uid-b"));
+        let (_, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
+        assert_eq!(check, CheckOff::StillNeeded);
+        assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF]);
+        // B's bind found it there and inherits who added it, so B's own unbind takes it away.
+        let b = ObjectKey::from("uid-b");
+        let (record, _) = pairs
+            .bind(&target(), &t(), (&b, &Recorded::default()), &Others::default())
+            .await
+            .map(|b| (b.record, b.wrote_vip))
+            .unwrap();
+        assert!(record.source_check_off_added, "the operator's entry, found by the last one to use it");
+        let recorded_b = Recorded { vip_port_id: Some(record.vip_port_id), nic_ip: Some(record.nic_ip), ..recorded };
+        let (_, check) = pairs.unbind(&target(), &t(), (&b, &recorded_b), &Others::default()).await.unwrap();
+        assert_eq!(check, CheckOff::Removed);
+        assert!(cloud.pairs(NIC).is_empty());
+        assert!(pairs.ledger().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_vip_port_that_still_lets_the_nic_through_keeps_the_check_off() {
+        let (cloud, pairs) = setup(&[NIC_IP], &[SOURCE_CHECK_OFF]);
+        // Another VIP in the network still pairs the NIC's IP (a binding the index does not know).
+        cloud.ports.lock().unwrap().insert("vip-2".into(), port("vip-2", VIP_PORT_OWNER, "10.0.0.101", &[NIC_IP]));
+        let recorded = Recorded {
+            vip_port_id: Some("vip-port".into()),
+            nic_ip: Some(NIC_IP.into()),
+            source_check_off_added: true,
+        };
+        let (out, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
+        assert_eq!(out, Unbound::Removed { vip_port_id: "vip-port".into() });
+        assert_eq!(check, CheckOff::StillPaired { vip_port_id: "vip-2".into() });
+        assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF]);
+        // A binding on the NIC that the index shows bound keeps it too, listing or not.
+        cloud.ports.lock().unwrap().remove("vip-2");
+        let (_, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(true)).await.unwrap();
+        assert_eq!(check, CheckOff::StillNeeded);
+        let (_, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
+        assert_eq!(check, CheckOff::Removed);
+    }
+
+    #[tokio::test]
+    async fn the_intent_is_recorded_before_the_check_off_and_without_it_nothing_is_written() {
+        let (cloud, pairs) = setup(&[], &[]);
+        let refusing = Others { refuse_intent: true, ..Others::default() };
+        let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &refusing).await.unwrap_err();
+        assert!(matches!(f.error, PairsError::NotRecorded { .. }), "{f:?}");
+        assert!(!f.wrote_nic && !f.may_have_applied);
+        assert_eq!(cloud.updates(), 0, "no intent on record, no write");
+        assert!(pairs.ledger().is_empty(), "a bind that wrote nothing needs nothing");
+        let others = Others::default();
+        pairs
+            .bind(&target(), &t(), (&who(), &Recorded::default()), &others)
+            .await
+            .map(|b| (b.record, b.wrote_vip))
+            .unwrap();
+        assert_eq!(
+            *others.intents.lock().unwrap(),
+            [PairsRecord { vip_port_id: "vip-port".into(), nic_ip: NIC_IP.into(), source_check_off_added: true }]
+        );
+        // Already off: no intent, no write.
+        let others = Others::default();
+        pairs
+            .bind(&target(), &t(), (&who(), &Recorded::default()), &others)
+            .await
+            .map(|b| (b.record, b.wrote_vip))
+            .unwrap();
+        assert!(others.intents.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bind_that_wrote_the_nic_and_then_failed_says_so() {
+        let (cloud, pairs) = setup(&[], &[]);
+        // The NIC's write goes through; the VIP port's is refused (a 429 that changed nothing).
+        *cloud.fail_update_after.lock().unwrap() = Some((1, crate::ecs::error::coded(429, "APIGW.0308")));
+        let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
+        assert!(f.wrote_nic, "{f:?}");
+        assert!(!f.may_have_applied, "the VIP port's write was refused");
+        assert!(f.partial.as_ref().is_some_and(|r| r.source_check_off_added));
+        assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF]);
+        assert!(pairs.ledger().added(NIC) && !pairs.ledger().is_empty(), "its deletion must take it away");
+    }
+
+    #[tokio::test]
     async fn locks_are_dropped_after_use() {
         let (_cloud, pairs) = setup(&[], &[]);
-        pairs.bind(&target(), &t(), &Recorded::default()).await.unwrap();
+        pairs
+            .bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default())
+            .await
+            .map(|b| (b.record, b.wrote_vip))
+            .unwrap();
         assert!(pairs.locks.lock().unwrap().is_empty());
     }
 }

@@ -21,6 +21,7 @@ use super::context::Context;
 use super::decide::{Plan, Verdict, decide};
 use super::evidence::{self, Gone};
 use super::index::api_of;
+use super::inflight::Direction;
 use super::key::ObjectKey;
 use super::memory::View;
 use super::reconcile_vpc;
@@ -255,6 +256,32 @@ pub(super) async fn release(
     Ok(Action::await_change())
 }
 
+/// An unbind that succeeded while a bind of ours (or a pair write, or any write of the process
+/// before this one) may still land and undo it: not released yet. `Bound` says the outcome is
+/// unknown, so no later pass takes "unbound" as the last word; once the write can no longer
+/// land, the unbind is made again and only then released.
+pub(super) async fn unbound_inside_horizon(
+    b: &VipBinding,
+    ctx: &Context,
+    unbound: &str,
+    until: tokio::time::Instant,
+) -> Result<Action, Error> {
+    let wait = until.saturating_duration_since(tokio::time::Instant::now()) + Duration::from_millis(200);
+    let message = format!(
+        "{unbound}; an earlier write that may still land (answered 504, given up on, or sent by a previous leader) could bind it again, so the unbind is repeated in {}s before the binding is released",
+        wait.as_secs().max(1)
+    );
+    tracing::info!(wait_s = wait.as_secs(), "unbound inside the horizon of a write that may still land; holding");
+    let next = StatusBuilder::new(b, ctx.now())
+        .bound(CondStatus::Unknown, Reason::WritesInFlight, &message)
+        .ready(CondStatus::False, Reason::WritesInFlight, &message)
+        .build();
+    if let Some(status) = next {
+        ctx.record(b, &status).await?;
+    }
+    Ok(Action::requeue(wait))
+}
+
 /// A failed attempt to bind or unbind (or to get the credentials for it).
 pub(super) struct Failure {
     pub reason: Reason,
@@ -392,7 +419,14 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
     match admitted.bind(b, &req).await.map(|written| written.port_id) {
         Ok(port_id) => {
             ctx.asserted(b, key, reassert);
-            let message = format!("VIP {} is bound to NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);
+            // ECS has no read: an unbind that may still land is answered by binding again.
+            let recheck = ctx.bound_inside_horizon(key, &[&b.spec.nic_id]);
+            let message = format!(
+                "VIP {} is bound to NIC {} (port {port_id}){}",
+                b.spec.ip_address,
+                b.spec.nic_id,
+                if recheck.is_some() { reconcile_vpc::RECHECK_NOTE } else { "" }
+            );
             let was_bound = knowledge == BoundKnowledge::Bound;
             let next = StatusBuilder::new(b, ctx.now())
                 .port_id(Some(port_id))
@@ -514,6 +548,9 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action
         Ok(port_id) => {
             tracing::trace!("unbound");
             let message = format!("VIP {} unbound from NIC {} (port {port_id})", b.spec.ip_address, b.spec.nic_id);
+            if let Some(until) = ctx.writes.overtaken_until(&[&b.spec.nic_id], Direction::Unbind) {
+                return unbound_inside_horizon(b, ctx, &message, until).await;
+            }
             let builder = StatusBuilder::new(b, ctx.now())
                 .port_id(Some(port_id))
                 .bound_reverse_binding(None)

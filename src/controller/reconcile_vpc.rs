@@ -10,9 +10,15 @@ use crate::ecs::{CloudTarget, EcsError, ErrorClass};
 use super::cloud::Admitted;
 use super::context::Context;
 use super::key::ObjectKey;
-use super::pairs::{PairsError, PairsFailure, PairsTarget, PortPairs, Recorded, Unbound};
+use futures::future::BoxFuture;
+
+use super::inflight::Direction;
+use super::pairs::{
+    BoundPairs, CheckOff, NicUsers, PairsError, PairsFailure, PairsRecord, PairsTarget, PortPairs, Recorded, Unbound,
+};
 use super::reconcile::{
     Error, FailedBind, Failure, await_probe, failure_reason, record_bind_failure, record_failure, release,
+    unbound_inside_horizon,
 };
 use super::status::{BoundKnowledge, CondStatus, StatusBuilder};
 
@@ -77,18 +83,87 @@ pub(super) struct BindStep<'a> {
     pub reassert: bool,
 }
 
+/// The bindings on the NIC, as a VPC edit asks about them under the NIC's lock.
+struct Users<'a> {
+    b: &'a VipBinding,
+    ctx: &'a Context,
+    /// Where the bind goes, for the intent record.
+    bound_with: Option<&'a BoundWith>,
+    knowledge: BoundKnowledge,
+    /// The status write of the intent failed: a Kubernetes failure, returned as the
+    /// reconcile's error once the edit has given up.
+    not_recorded: std::sync::Mutex<Option<kube::Error>>,
+}
+
+impl<'a> Users<'a> {
+    fn new(b: &'a VipBinding, ctx: &'a Context, bound_with: Option<&'a BoundWith>, knowledge: BoundKnowledge) -> Self {
+        Self { b, ctx, bound_with, knowledge, not_recorded: std::sync::Mutex::new(None) }
+    }
+
+    fn take_error(&self) -> Option<kube::Error> {
+        self.not_recorded.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl NicUsers for Users<'_> {
+    fn others_need_check_off(&self) -> bool {
+        self.ctx.index.others_need_check_off(self.b)
+    }
+
+    fn added_by_another(&self) -> bool {
+        self.ctx.index.source_check_off_by_another(self.b)
+    }
+
+    fn before_check_off<'a>(&'a self, record: &'a PairsRecord) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let Some(bound_with) = self.bound_with else {
+                return Err("an unbind never turns the check off".into());
+            };
+            let b = self.b;
+            let builder =
+                StatusBuilder::new(b, self.ctx.now()).bound_with(Some(with_record(bound_with.clone(), Some(record))));
+            let message = format!(
+                "binding: NIC {}'s source check goes off (1.1.1.1/0) before its IP {} goes into VIP port {}",
+                b.spec.nic_id, record.nic_ip, record.vip_port_id
+            );
+            let builder = match self.knowledge {
+                BoundKnowledge::Bound => builder.bound_unchanged(),
+                _ => builder.bound(CondStatus::Unknown, Reason::Indeterminate, &message),
+            };
+            if let Some(status) = builder.build() {
+                match self.ctx.record(b, &status).await {
+                    Ok(()) => {}
+                    Err(Error::Kube(e)) => {
+                        let why = e.to_string();
+                        *self.not_recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        return Err(why);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
 pub(super) async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, step: BindStep<'_>) -> Result<Action, Error> {
     let t = pairs_target(b);
     let BindStep { admitted, pairs, bound_with, knowledge, reassert } = step;
-    let mut recorded = recorded(b);
-    recorded.source_check_off_added |= ctx.index.source_check_off_by_another(b);
-    match admitted.bind_pairs(b, pairs, &t, &recorded).await {
-        Ok((record, wrote)) => {
+    let recorded = recorded(b);
+    let users = Users::new(b, ctx, Some(&bound_with), knowledge);
+    match admitted.bind_pairs(b, pairs, (&t, &recorded), &users).await {
+        Ok(BoundPairs { record, wrote_vip, wrote_nic }) => {
+            let wrote = wrote_vip || wrote_nic;
             // A drift check that found the pair in place wrote nothing and re-asserted nothing.
             ctx.asserted(b, key, reassert && wrote);
+            let recheck = ctx.bound_inside_horizon(key, &[&record.vip_port_id, &b.spec.nic_id]);
             let message = format!(
-                "VIP {} is bound to NIC {} through the VPC API (NIC IP {} in VIP port {}'s allowed_address_pairs)",
-                b.spec.ip_address, b.spec.nic_id, record.nic_ip, record.vip_port_id
+                "VIP {} is bound to NIC {} through the VPC API (NIC IP {} in VIP port {}'s allowed_address_pairs){}",
+                b.spec.ip_address,
+                b.spec.nic_id,
+                record.nic_ip,
+                record.vip_port_id,
+                if recheck.is_some() { RECHECK_NOTE } else { "" }
             );
             let now = ctx.now();
             let mut builder = StatusBuilder::new(b, now.clone())
@@ -108,21 +183,36 @@ pub(super) async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, step: B
             if wrote {
                 tracing::info!(vip = %b.spec.ip_address, nic = %b.spec.nic_id, reassert, "bound through the VPC API");
             }
-            if wrote && reassert {
+            if wrote_vip && reassert {
                 let note = format!(
                     "VIP port {} did not hold NIC {}'s IP {}: put back",
                     record.vip_port_id, b.spec.nic_id, record.nic_ip
                 );
                 ctx.kube.event(b, true, Reason::DriftRepaired, "Bind", note).await;
             }
+            if wrote_nic && reassert {
+                let note = format!(
+                    "NIC {}'s port had its source check on again (no 1.1.1.1/0), so VIP {}'s traffic was dropped: turned off again",
+                    b.spec.nic_id, b.spec.ip_address
+                );
+                ctx.kube.event(b, true, Reason::DriftRepaired, "Bind", note).await;
+            }
             Ok(ctx.after_success(b, key))
         }
         Err(failure) => {
+            if let (PairsError::NotRecorded { .. }, Some(e)) = (&failure.error, users.take_error()) {
+                // Nothing was written to the NIC: the reconcile's error policy retries.
+                return Err(Error::Kube(e));
+            }
             let failed = failed_bind(b, failure, bound_with);
             record_bind_failure(b, ctx, key, knowledge, failed).await
         }
     }
 }
+
+/// Said in a Bound message when the bind is checked again after the horizon.
+pub(super) const RECHECK_NOTE: &str =
+    "; an earlier write that may still land could undo it, so it is checked again once that can no longer happen";
 
 fn with_record(bound_with: BoundWith, record: Option<&super::pairs::PairsRecord>) -> BoundWith {
     match record {
@@ -144,8 +234,14 @@ fn failed_bind(b: &VipBinding, f: PairsFailure, bound_with: BoundWith) -> Failed
         PairsError::NotAVip { .. } | PairsError::Ambiguous { .. } | PairsError::NicOutsideNetwork { .. } => {
             (Reason::BindFailed, None, false)
         }
+        // Only without a Kubernetes error to return (see `bind`): retried like an unanswered call.
+        PairsError::NotRecorded { .. } => (Reason::CloudUnavailable, None, false),
     };
-    let keep = f.may_have_applied || f.partial.is_some();
+    // A bind that wrote the NIC's check-off changed the cloud even when the VIP port's write
+    // was refused: its deletion must unbind (and take the check-off away), not release as
+    // "nothing was written".
+    let may_have_applied = f.may_have_applied || f.wrote_nic;
+    let keep = may_have_applied || f.partial.is_some();
     let detail = match &f.error {
         PairsError::Cloud(e) if e.class() == ErrorClass::Gone => {
             format!("{e} (NIC {}'s port, read through the VPC API)", b.spec.nic_id)
@@ -155,7 +251,7 @@ fn failed_bind(b: &VipBinding, f: PairsFailure, bound_with: BoundWith) -> Failed
     FailedBind {
         reason,
         detail,
-        may_have_applied: f.may_have_applied,
+        may_have_applied,
         gone,
         retry_after,
         record: keep.then(|| with_record(bound_with, f.partial.as_ref())),
@@ -175,18 +271,32 @@ pub(super) async fn unbind(
         Err(e) => return unbind_failed(b, ctx, key, PairsFailure::from(PairsError::Cloud(e))).await,
     };
     let t = pairs_target(b);
-    // The last binding on the NIC takes away the 1.1.1.1/0 the operator added.
-    let nic_shared = ctx.index.nic_shared(b);
-    match admitted.unbind_pairs(b, pairs, &t, (&recorded(b), nic_shared)).await {
-        Ok(outcome) => {
-            let what = match outcome {
+    let users = Users::new(b, ctx, None, BoundKnowledge::Maybe);
+    match admitted.unbind_pairs(b, pairs, (&t, &recorded(b)), &users).await {
+        Ok((outcome, check_off)) => {
+            let what = match &outcome {
                 Unbound::Removed { vip_port_id } => {
                     format!("its IP left VIP port {vip_port_id}'s allowed_address_pairs")
                 }
                 Unbound::NotThere { vip_port_id } => format!("VIP port {vip_port_id} did not hold its IP"),
                 Unbound::VipGone { vip_port_id } => format!("VIP port {vip_port_id} no longer exists"),
             };
-            let message = format!("VIP {} unbound from NIC {} ({what})", b.spec.ip_address, b.spec.nic_id);
+            let nic = &b.spec.nic_id;
+            let check = match &check_off {
+                CheckOff::Removed => format!("; NIC {nic}'s source check is on again (1.1.1.1/0 removed)"),
+                CheckOff::NotOurs => String::new(),
+                CheckOff::StillNeeded => {
+                    format!("; NIC {nic} keeps 1.1.1.1/0: another VPC binding on it is bound or binding")
+                }
+                CheckOff::StillPaired { vip_port_id } => {
+                    format!("; NIC {nic} keeps 1.1.1.1/0: VIP port {vip_port_id} still lets its IP through")
+                }
+                CheckOff::Absent => String::new(),
+            };
+            let message = format!("VIP {} unbound from NIC {nic} ({what}){check}", b.spec.ip_address);
+            if let Some(until) = ctx.writes.overtaken_until(&[outcome.vip_port_id(), nic], Direction::Unbind) {
+                return unbound_inside_horizon(b, ctx, &message, until).await;
+            }
             let builder = StatusBuilder::new(b, ctx.now())
                 .port_id(Some(b.spec.nic_id.clone()))
                 .bound_reverse_binding(None)
@@ -218,6 +328,7 @@ async fn unbind_failed(b: &VipBinding, ctx: &Context, key: &ObjectKey, f: PairsF
                 PairsError::Cloud(e) => (failure_reason(e, true), e.retry_after()),
                 PairsError::VipNotFound { .. } => (Reason::VipNotFound, None),
                 PairsError::Contended { .. } => (Reason::PortContended, None),
+                PairsError::NotRecorded { .. } => (Reason::UnbindFailed, None),
                 _ => (Reason::UnbindFailed, None),
             };
             let failure = Failure {
