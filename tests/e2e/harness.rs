@@ -652,6 +652,12 @@ impl OperatorBuilder<'_> {
             // scenarios set a policy of their own.
             self.args.push("--default-credentials-namespaces=*".into());
         }
+        if !self.args.iter().any(|a| a.starts_with("--write-horizon")) {
+            // Without late writes in a scenario, a horizon would only hold every deletion in the
+            // first one after start (a new process's takeover window). The scenarios about
+            // writes that land late (tests/e2e/shared.rs, chaos.rs) set a real one.
+            self.args.push("--write-horizon=0s".into());
+        }
         if !self.args.iter().any(|a| a.starts_with("--vpc-endpoint")) {
             // Ports are read from the simulator too, so releases are confirmed as in production.
             self.args.push(format!("--vpc-endpoint={}", self.env.sim.url()));

@@ -9,6 +9,7 @@ mod audit;
 mod evidence;
 mod harness;
 mod safety;
+mod shared;
 mod tenancy;
 mod vpc;
 

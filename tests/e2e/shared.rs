@@ -1,0 +1,182 @@
+//! What bindings share in the cloud, and writes that land after the operator gave up on them:
+//! each scenario is one of the defects of issue 19, and fails without its fix.
+//! - w1: a delete racing a create on one NIC must not leave the live one without `1.1.1.1/0`;
+//! - w2: a bind that wrote the NIC's `1.1.1.1/0` and then failed is unbound like any other;
+//! - w3: of two bindings that bound together, the last one's unbind takes `1.1.1.1/0` away;
+//! - w4: a VPC write answered 504 that lands later is undone before the deletion is let go;
+//! - w5: an ECS unbind given up on that lands after a successor bound is repaired.
+
+use std::time::Duration;
+
+use serde_json::json;
+use vip_operator::simulator::{Fault, PortOperation, SimOperation, SimPort};
+
+use crate::NIC;
+use crate::harness::{Env, PROJECT, SUBNET, ready};
+
+const VIP_A: &str = "192.168.0.11";
+const VIP_B: &str = "192.168.0.12";
+const CHECK_OFF: &str = "1.1.1.1/0";
+/// Long enough for the late writes below (2.5 s) to have landed, short enough for a test.
+const HORIZON: &str = "--write-horizon=4s";
+
+/// The NIC's port and two VIP ports; returns the NIC's IP.
+fn ports(env: &Env) -> String {
+    let mut nic = SimPort::nic(NIC, PROJECT);
+    nic.network_id = SUBNET.into();
+    let nic_ip = nic.ip().expect("a fixed IP").to_string();
+    env.sim.set_port(nic).unwrap();
+    env.sim.set_port(SimPort::vip("vip-port-a", PROJECT, SUBNET, "subnet-v4", VIP_A)).unwrap();
+    env.sim.set_port(SimPort::vip("vip-port-b", PROJECT, SUBNET, "subnet-v4", VIP_B)).unwrap();
+    nic_ip
+}
+
+fn pairs(env: &Env, port: &str) -> Vec<String> {
+    env.sim.port(port).expect("port").allowed_address_pairs.into_iter().map(|p| p.ip_address).collect()
+}
+
+fn condition(b: &vip_operator::api::v1alpha1::VipBinding, type_: &str) -> Option<(String, String)> {
+    b.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w1_a_delete_racing_a_create_on_one_nic_leaves_the_live_binding_its_source_check() {
+    let mut env = Env::new("share-race").await;
+    let nic_ip = ports(&env);
+    let _op = env.operator().start().await;
+    env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
+    env.wait_ready("a").await;
+    // A slow cloud widens the window between the unbind's decision and its NIC write.
+    env.sim.set_latency(Duration::from_millis(300));
+    let before = env.sim.calls().len();
+    env.delete("a").await;
+    // b arrives once a's unbind is under way (its first read of a's VIP port), so b's bind
+    // reads the NIC while a's unbind is still to write it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !env.sim.calls().iter().skip(before).any(|c| c.port_id.as_deref() == Some("vip-port-a")) {
+        assert!(tokio::time::Instant::now() < deadline, "a's unbind did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.create("b", NIC, VIP_B, json!({"api": "VPC"})).await;
+    env.wait_gone("a", Duration::from_secs(30)).await;
+    let b = env.wait_for("b", Duration::from_secs(30), "Ready", |b| ready(b) == Some(("True", "Bound"))).await;
+    assert_eq!(pairs(&env, "vip-port-b"), [nic_ip.as_str()]);
+    assert!(pairs(&env, "vip-port-a").is_empty(), "a's pair is gone");
+    assert_eq!(pairs(&env, NIC), [CHECK_OFF], "b is bound, so its NIC's source check stays off: {b:#?}");
+    env.sim.set_latency(Duration::ZERO);
+    env.delete("b").await;
+    env.wait_gone("b", Duration::from_secs(20)).await;
+    assert!(pairs(&env, NIC).is_empty(), "the last one turns the check back on");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w2_a_bind_that_wrote_the_nic_and_then_failed_is_unbound_and_leaves_no_check_off() {
+    let mut env = Env::new("share-partial").await;
+    ports(&env);
+    // The VIP port's writes are throttled until the attempts run out; the NIC's go through.
+    env.sim.add_fault(
+        Fault { nic_id: Some("vip-port-a".into()), ..Fault::error(429, "APIGW.0308", 0) }.on(PortOperation::UpdatePort),
+    );
+    let _op = env.operator().start().await;
+    env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
+    let a =
+        env.wait_for("a", Duration::from_secs(30), "Throttled", |b| ready(b).map(|r| r.1) == Some("Throttled")).await;
+    assert_eq!(pairs(&env, NIC), [CHECK_OFF], "the NIC was written before the VIP port refused");
+    assert_eq!(
+        condition(&a, "Bound"),
+        Some(("Unknown".into(), "Indeterminate".into())),
+        "something was written: not 'never bound'"
+    );
+    assert!(a.status.as_ref().and_then(|s| s.bound_with.as_ref()).is_some_and(|w| w.source_check_off_added));
+    env.sim.clear_faults();
+    env.delete("a").await;
+    env.wait_gone("a", Duration::from_secs(30)).await;
+    assert!(pairs(&env, NIC).is_empty(), "no binding needs the NIC's check off any more");
+    assert!(pairs(&env, "vip-port-a").is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w3_bindings_that_bound_together_leave_the_check_off_to_the_last_one() {
+    let mut env = Env::new("share-inherit").await;
+    ports(&env);
+    let _op = env.operator().start().await;
+    // Created together: the one that finds 1.1.1.1/0 there binds before the other's record of
+    // adding it is in the watch cache.
+    env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
+    env.create("b", NIC, VIP_B, json!({"api": "VPC"})).await;
+    env.wait_ready("a").await;
+    env.wait_ready("b").await;
+    assert_eq!(pairs(&env, NIC), [CHECK_OFF]);
+    env.delete("a").await;
+    env.wait_gone("a", Duration::from_secs(20)).await;
+    assert_eq!(pairs(&env, NIC), [CHECK_OFF], "b still needs it");
+    env.delete("b").await;
+    env.wait_gone("b", Duration::from_secs(20)).await;
+    assert!(pairs(&env, NIC).is_empty(), "the last binding on the NIC takes the operator's entry away");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w4_a_vpc_write_answered_504_that_lands_later_is_undone_before_the_deletion_goes() {
+    let mut env = Env::new("late-vpc").await;
+    let nic_ip = ports(&env);
+    // The gateway answers 504 at once; the service applies the write 2.5 s later.
+    let late =
+        Fault { nic_id: Some("vip-port-a".into()), apply_after_ms: Some(2500), ..Fault::error(504, "APIGW.0201", 1) };
+    env.sim.add_fault(late.on(PortOperation::UpdatePort));
+    let _op = env.operator().arg(HORIZON).start().await;
+    env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
+    env.wait_for("a", Duration::from_secs(20), "failed", |b| ready(b).is_some_and(|r| r.0 == "False")).await;
+    assert!(pairs(&env, "vip-port-a").is_empty(), "not landed yet");
+    // Deleted at once: its unbind reads the port before the late write lands.
+    env.delete("a").await;
+    let held =
+        env.wait_for("a", Duration::from_secs(10), "held", |b| ready(b).map(|r| r.1) == Some("WritesInFlight")).await;
+    assert_eq!(condition(&held, "Bound").map(|c| c.0).as_deref(), Some("Unknown"));
+    env.wait_gone("a", Duration::from_secs(30)).await;
+    let state = env.sim.calls();
+    assert!(
+        state.iter().any(|c| c.port_id.as_deref() == Some("vip-port-a")
+            && c.port_operation == Some(PortOperation::UpdatePort)
+            && c.status == 200),
+        "the late pair was removed by a second unbind"
+    );
+    assert!(!pairs(&env, "vip-port-a").contains(&nic_ip), "the late write did not survive the deletion");
+    assert!(pairs(&env, NIC).is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w5_an_ecs_unbind_given_up_on_that_lands_after_a_successor_bound_is_repaired() {
+    let mut env = Env::new("late-ecs").await;
+    let _op = env.operator().arg(HORIZON).start().await;
+    env.create("web", NIC, VIP_A, json!({})).await;
+    env.wait_ready("web").await;
+    // The first unbind is answered 504 and applied 2.5 s later; its retry is answered 200.
+    let late = Fault { nic_id: Some(NIC.into()), apply_after_ms: Some(2500), ..Fault::error(504, "APIGW.0201", 1) };
+    env.sim.add_fault(late.on(SimOperation::Unbind));
+    env.delete("web").await;
+    env.wait_gone("web", Duration::from_secs(20)).await;
+    // A binding of the same name on the same NIC, bound before the late unbind lands.
+    env.create("web", NIC, VIP_B, json!({})).await;
+    let b = env.wait_ready("web").await;
+    assert!(
+        b.status.as_ref().unwrap().conditions.iter().any(|c| c.type_ == "Ready" && c.message.contains("checked again")),
+        "{b:#?}"
+    );
+    // The late unbind lands; the second look (a re-assert once the horizon has passed) repairs it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let bound = env.sim.state().nics.get(NIC).map(|n| n.ip_address.clone());
+        if bound.as_deref() == Some(VIP_B)
+            && env.sim.calls().iter().filter(|c| c.operation == Some(SimOperation::Bind)).count() >= 3
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the successor's VIP was not put back: {bound:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.cleanup().await;
+}
