@@ -15,7 +15,23 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use crate::ecs::CloudTarget;
+
 use super::key::ObjectKey;
+
+/// NICs left with the operator's `1.1.1.1/0` by an unbind that found it still needed, kept at
+/// most: one per NIC that had VPC bindings.
+const MAX_CLEANUPS: usize = 65_536;
+
+/// What the drift check needs to take away a `1.1.1.1/0` that an unbind left for another
+/// binding, once nothing needs it any more (that binding went without unbinding: its bind
+/// wrote nothing, or it was released by policy).
+#[derive(Debug, Clone)]
+pub struct Cleanup {
+    pub target: CloudTarget,
+    pub network: String,
+    pub nic_ip: String,
+}
 
 #[derive(Default)]
 struct Inner {
@@ -24,6 +40,7 @@ struct Inner {
     nic_of: HashMap<ObjectKey, String>,
     /// NICs whose check this process turned off and has not turned back on.
     added: HashSet<String>,
+    cleanups: HashMap<String, Cleanup>,
 }
 
 #[derive(Default)]
@@ -72,7 +89,33 @@ impl CheckOffLedger {
     }
 
     pub fn mark_removed(&self, nic: &str) {
-        self.lock().added.remove(nic);
+        let mut inner = self.lock();
+        inner.added.remove(nic);
+        inner.cleanups.remove(nic);
+    }
+
+    /// An unbind left `nic`'s `1.1.1.1/0` for others: the drift check looks at it again.
+    pub fn remember_cleanup(&self, nic: &str, cleanup: Cleanup) {
+        let mut inner = self.lock();
+        if inner.cleanups.len() < MAX_CLEANUPS || inner.cleanups.contains_key(nic) {
+            inner.cleanups.insert(nic.to_string(), cleanup);
+        }
+    }
+
+    /// The NICs whose entry an unbind left, and that no binding of this process needs now.
+    pub fn cleanups(&self) -> Vec<(String, Cleanup)> {
+        let inner = self.lock();
+        inner
+            .cleanups
+            .iter()
+            .filter(|(nic, _)| !inner.needs.contains_key(*nic))
+            .map(|(nic, c)| (nic.clone(), c.clone()))
+            .collect()
+    }
+
+    /// `nic` was looked at: it is needed again (a binding bound there), or taken care of.
+    pub fn forget_cleanup(&self, nic: &str) {
+        self.lock().cleanups.remove(nic);
     }
 
     /// Bindings registered (for tests and the memory bound).

@@ -26,7 +26,7 @@ use crate::ecs::ErrorClass;
 use super::context::Context;
 use super::index::api_of;
 use super::key::ObjectKey;
-use super::pairs::{NicChecks, VipPairs};
+use super::pairs::{CheckOff, NicChecks, VipPairs};
 use crate::api::v1alpha1::Observed;
 
 /// Recent listings, per project, region and credentials: its VIP ports' pairs, and per network
@@ -208,6 +208,21 @@ pub async fn due_to_reconcile(
         tracing::debug!(project = %listing.project, region = %listing.region, in_place, drifted, "drift compared by listing");
     }
     reconcile
+}
+
+/// NICs whose `1.1.1.1/0` an unbind left for a binding that then went without needing it: taken
+/// away now if nothing needs it (decided under the NIC's lock, as an unbind decides).
+pub async fn release_unneeded_check_offs(ctx: &Context) {
+    let Some(pairs) = &ctx.pairs else { return };
+    for (nic, cleanup) in pairs.ledger().cleanups() {
+        match pairs.release_unneeded(&nic, &cleanup, || ctx.index.nic_needs_check_off(&nic)).await {
+            Ok(CheckOff::Removed) => {
+                tracing::info!(nic = %nic, "NIC's source check on again: the binding it was kept for went without needing it");
+            }
+            Ok(_) => {}
+            Err(f) => tracing::debug!(nic = %nic, error = %f.error, "could not look at a NIC's check-off; trying again next sweep"),
+        }
+    }
 }
 
 /// The NIC's half of the comparison: each paired binding's NIC port must still have its source

@@ -133,7 +133,7 @@ impl Resync {
 }
 
 /// Hands every bound binding whose drift check is due to `check` (which reconciles them, or
-/// compares them with the cloud first), until `stop`.
+/// compares them with the cloud first), every sweep (with none due, too), until `stop`.
 pub async fn sweep<F: Future<Output = ()>>(
     resync: &Resync,
     check: impl Fn(Vec<ObjectRef<VipBinding>>) -> F,
@@ -145,12 +145,11 @@ pub async fn sweep<F: Future<Output = ()>>(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+        // Also with nothing due: a sweep has NIC-level work too (check-offs left for others).
         let due = resync.take_due(Duration::from_secs(30).max(every * 4));
-        if !due.is_empty() {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = check(due) => {}
-            }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = check(due) => {}
         }
     }
 }

@@ -353,6 +353,14 @@ impl BindingIndex {
         })
     }
 
+    /// Whether any VPC binding on `nic` is bound or may be (see [`Self::others_need_check_off`]).
+    pub fn nic_needs_check_off(&self, nic: &str) -> bool {
+        let inner = self.read();
+        inner.by_nic.get(nic).is_some_and(|claims| {
+            claims.iter().any(|c| inner.by_uid.get(c.uid.as_str()).is_some_and(|e| e.needs_check_off))
+        })
+    }
+
     /// Whether a binding other than `b` (live or being deleted) is on `b`'s NIC.
     pub fn nic_shared(&self, b: &VipBinding) -> bool {
         let uid = b.uid().unwrap_or_default();
@@ -395,6 +403,48 @@ mod tests {
 
     fn at(rfc3339: &str) -> jiff::Timestamp {
         rfc3339.parse().unwrap()
+    }
+
+    #[test]
+    fn the_nics_check_off_is_needed_by_live_vpc_bindings_that_are_or_may_be_bound() {
+        use crate::api::v1alpha1::VipBindingStatus;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        let bound = |status: &str| VipBindingStatus {
+            conditions: vec![Condition {
+                type_: crate::api::v1alpha1::CONDITION_BOUND.into(),
+                status: status.into(),
+                reason: "x".into(),
+                message: String::new(),
+                observed_generation: Some(1),
+                last_transition_time: Time("2024-01-01T00:00:00Z".parse().unwrap()),
+            }],
+            ..Default::default()
+        };
+        let idx = BindingIndex::default();
+        let me = VipBinding::test().named("a", "me").nic("nic").ip("10.0.0.1").api(BindApi::Vpc).with_finalizer();
+        idx.apply(None, &watcher::Event::Apply(me.clone()));
+        assert!(!idx.others_need_check_off(&me), "its own need is not another's");
+        for (other, needs) in [
+            (VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc), false),
+            (VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc).with_finalizer(), true),
+            (
+                VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc).with_finalizer().with_status(bound("False")),
+                false,
+            ),
+            (
+                VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc).with_finalizer().with_status(bound("True")),
+                true,
+            ),
+            (
+                VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc).with_finalizer().with_status(bound("True")).deleting(),
+                false,
+            ),
+            (VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").with_finalizer().with_status(bound("True")), false),
+        ] {
+            idx.apply(None, &watcher::Event::Apply(other.clone()));
+            assert_eq!(idx.others_need_check_off(&me), needs, "{:?}", other.status);
+            assert_eq!(idx.nic_needs_check_off("nic"), needs || idx.others_need_check_off(&other));
+        }
     }
 
     #[test]

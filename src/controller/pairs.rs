@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use crate::ecs::vpc::{AddressPair, MAX_PAGE, PortFilter, VIP_PORT_OWNER, VpcApi};
 use crate::ecs::{CloudTarget, EcsError, ErrorClass};
 
-use super::checkoff::CheckOffLedger;
+use super::checkoff::{CheckOffLedger, Cleanup};
 use super::key::ObjectKey;
 
 /// What the NIC's port carries to let traffic for other addresses through (source check off).
@@ -400,46 +400,85 @@ impl PortPairs {
             }
             // The NIC's fact, not this binding's: it outlives this record, for whoever is last.
             self.ledger.mark_added(t.nic_id);
-            if self.ledger.needed_by_another(t.nic_id, who) || users.others_need_check_off() {
-                return Ok(CheckOff::StillNeeded);
+            let still_needed = self.ledger.needed_by_another(t.nic_id, who) || users.others_need_check_off();
+            let decided = self.remove_check_off_locked(target, (t.nic_id, t.network_id, nic_ip), still_needed).await;
+            if matches!(decided, Ok(CheckOff::StillNeeded | CheckOff::StillPaired { .. })) {
+                let cleanup =
+                    Cleanup { target: target.clone(), network: t.network_id.into(), nic_ip: nic_ip.into() };
+                self.ledger.remember_cleanup(t.nic_id, cleanup);
             }
-            // The cloud's word, not the index's: a VIP port that still lets the NIC's IP through
-            // (another operator's binding, a late write) needs the check off too.
-            match self.vip_pairs_in(target, Some(t.network_id)).await {
-                Ok(seen) => {
-                    if let Some(port) = seen.iter().find(|(_, ips)| ips.contains(nic_ip)).map(|(id, _)| id) {
-                        return Ok(CheckOff::StillPaired { vip_port_id: port.clone() });
-                    }
-                }
-                // Credentials that may not list: the bindings' word alone, as before listings.
-                Err(e) if e.class() == ErrorClass::Auth => {
-                    tracing::debug!(nic = t.nic_id, error = %e, "cannot list VIP ports; deciding the NIC's check-off from the bindings alone");
-                }
-                Err(e) => return Err(cloud(e)),
-            }
-            let remove_check_off = |pairs: &[AddressPair]| {
-                pairs
-                    .iter()
-                    .any(|p| p.ip_address == SOURCE_CHECK_OFF)
-                    .then(|| pairs.iter().filter(|p| p.ip_address != SOURCE_CHECK_OFF).cloned().collect())
-            };
-            // The VIP is off the NIC already; a NIC that is gone needs nothing more.
-            match self.edit_locked(target, t.nic_id, &remove_check_off, None).await {
-                Ok(Edit::Written) => {
-                    self.ledger.mark_removed(t.nic_id);
-                    Ok(CheckOff::Removed)
-                }
-                Ok(Edit::AlreadyThere | Edit::PortGone(_)) => {
-                    self.ledger.mark_removed(t.nic_id);
-                    Ok(CheckOff::Absent)
-                }
-                Err(e) => Err(PairsFailure::from(e)),
-            }
+            decided
         }
         .await;
         drop(held);
         self.forget_unused(t.nic_id, lock);
         decided
+    }
+
+    /// Takes away a `1.1.1.1/0` that an unbind left for another binding, if nothing needs it
+    /// now (`still_used`: a binding on the NIC, asked under the lock). For the drift check.
+    pub async fn release_unneeded(
+        &self,
+        nic: &str,
+        cleanup: &Cleanup,
+        still_used: impl Fn() -> bool,
+    ) -> Result<CheckOff, PairsFailure> {
+        let lock = self.lock_for(nic);
+        let held = lock.lock().await;
+        let still_needed = self.ledger.needed_by_another(nic, &ObjectKey::from("")) || still_used();
+        let decided =
+            self.remove_check_off_locked(&cleanup.target, (nic, &cleanup.network, &cleanup.nic_ip), still_needed).await;
+        drop(held);
+        self.forget_unused(nic, lock);
+        if still_needed || matches!(decided, Ok(CheckOff::Removed | CheckOff::Absent)) {
+            // Needed again: the next unbind there decides. Gone: nothing left to do.
+            self.ledger.forget_cleanup(nic);
+        }
+        decided
+    }
+
+    /// The last step of taking a NIC's check-off away, under its lock: nothing the bindings
+    /// know of needs it (`still_needed` false), and no VIP port in its network lets its IP
+    /// through (the cloud's word: another operator's binding, a late write).
+    async fn remove_check_off_locked(
+        &self,
+        target: &CloudTarget,
+        (nic, network, nic_ip): (&str, &str, &str),
+        still_needed: bool,
+    ) -> Result<CheckOff, PairsFailure> {
+        if still_needed {
+            return Ok(CheckOff::StillNeeded);
+        }
+        match self.vip_pairs_in(target, Some(network)).await {
+            Ok(seen) => {
+                if let Some(port) = seen.iter().find(|(_, ips)| ips.contains(nic_ip)).map(|(id, _)| id) {
+                    return Ok(CheckOff::StillPaired { vip_port_id: port.clone() });
+                }
+            }
+            // Credentials that may not list: the bindings' word alone, as before listings.
+            Err(e) if e.class() == ErrorClass::Auth => {
+                tracing::debug!(nic, error = %e, "cannot list VIP ports; deciding the NIC's check-off from the bindings alone");
+            }
+            Err(e) => return Err(cloud(e)),
+        }
+        let remove_check_off = |pairs: &[AddressPair]| {
+            pairs
+                .iter()
+                .any(|p| p.ip_address == SOURCE_CHECK_OFF)
+                .then(|| pairs.iter().filter(|p| p.ip_address != SOURCE_CHECK_OFF).cloned().collect())
+        };
+        // The VIP is off the NIC already; a NIC that is gone needs nothing more.
+        match self.edit_locked(target, nic, &remove_check_off, None).await {
+            Ok(Edit::Written) => {
+                self.ledger.mark_removed(nic);
+                Ok(CheckOff::Removed)
+            }
+            Ok(Edit::AlreadyThere | Edit::PortGone(_)) => {
+                self.ledger.mark_removed(nic);
+                Ok(CheckOff::Absent)
+            }
+            Err(e) => Err(PairsFailure::from(e)),
+        }
     }
 
     /// Every VIP port of the target's project with the addresses it lets through: one listing
@@ -1070,6 +1109,34 @@ mod tests {
         assert!(f.partial.as_ref().is_some_and(|r| r.source_check_off_added));
         assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF]);
         assert!(pairs.ledger().added(NIC) && !pairs.ledger().is_empty(), "its deletion must take it away");
+    }
+
+    #[tokio::test]
+    async fn a_check_off_left_for_a_bind_that_then_wrote_nothing_is_taken_away_by_the_sweep() {
+        let (cloud, pairs) = setup(&[NIC_IP], &[SOURCE_CHECK_OFF]);
+        let recorded = Recorded {
+            vip_port_id: Some("vip-port".into()),
+            nic_ip: Some(NIC_IP.into()),
+            source_check_off_added: true,
+        };
+        let b = ObjectKey::from("uid-b");
+        pairs.ledger().need(NIC, &b);
+        let (_, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
+        assert_eq!(check, CheckOff::StillNeeded);
+        assert!(pairs.ledger().cleanups().is_empty(), "b still binds: not the sweep's to decide");
+        // b's bind wrote nothing (its VIP does not exist) and it went: nothing needs the entry.
+        pairs.ledger().unneed(&b);
+        let [(nic, cleanup)] = <[_; 1]>::try_from(pairs.ledger().cleanups()).unwrap();
+        assert_eq!(
+            pairs.release_unneeded(&nic, &cleanup, || true).await.unwrap(),
+            CheckOff::StillNeeded,
+            "a binding the index shows bound keeps it"
+        );
+        assert!(pairs.ledger().cleanups().is_empty(), "left to that binding's own unbind");
+        pairs.ledger().remember_cleanup(NIC, cleanup.clone());
+        assert_eq!(pairs.release_unneeded(NIC, &cleanup, || false).await.unwrap(), CheckOff::Removed);
+        assert!(cloud.pairs(NIC).is_empty());
+        assert!(pairs.ledger().cleanups().is_empty() && !pairs.ledger().added(NIC));
     }
 
     #[tokio::test]

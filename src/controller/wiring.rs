@@ -134,15 +134,20 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
         let (ctx, triggers, stop, stores) = (ctx.clone(), triggers.clone(), stop.clone(), hooks.stores.clone());
         tokio::spawn(async move {
             let listings = Arc::new(super::compare::Listings::for_period(ctx.resync.period()));
-            let check = |due| {
+            let check = |due: Vec<ObjectRef<VipBinding>>| {
                 let (ctx, triggers, stores, listings) =
                     (ctx.clone(), triggers.clone(), stores.clone(), listings.clone());
                 async move {
-                    // One snapshot of the stores per sweep, not one per due binding.
-                    let stores = stores.read().map(|s| s.clone()).unwrap_or_default();
-                    let lookup = |r: &ObjectRef<VipBinding>| stores.iter().find_map(|s| s.get(r));
-                    let compared = super::compare::due_to_reconcile(&ctx, &listings, due, lookup);
-                    let compared = crate::ecs::in_background(compared).await;
+                    let compared = if due.is_empty() {
+                        vec![]
+                    } else {
+                        // One snapshot of the stores per sweep, not one per due binding.
+                        let stores = stores.read().map(|s| s.clone()).unwrap_or_default();
+                        let lookup = |r: &ObjectRef<VipBinding>| stores.iter().find_map(|s| s.get(r));
+                        let compared = super::compare::due_to_reconcile(&ctx, &listings, due, lookup);
+                        crate::ecs::in_background(compared).await
+                    };
+                    crate::ecs::in_background(super::compare::release_unneeded_check_offs(&ctx)).await;
                     ctx.resync.ask(&compared);
                     for r in compared {
                         triggers.binding(r);
