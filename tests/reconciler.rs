@@ -1087,3 +1087,59 @@ async fn without_read_permission_the_release_rests_on_the_ecs_answer_and_says_so
     assert!(ready["message"].as_str().unwrap().contains("not confirmed"), "{ready}");
     assert_finalizer_removed(&seen[2]);
 }
+
+// ---------------------------------------------------------------- writes that may still land
+
+/// A reconcile whose context knows of a write that may still land: `op` on the NIC.
+async fn run_after_unsettled(object: VipBinding, cloud: Arc<FakeCloud>, op: vip_operator::ecs::Operation) -> Run {
+    use vip_operator::controller::inflight::WritesInFlight;
+    let (client, api) = MockApi::start(&object, MockOptions::default());
+    let reporter = Reporter { controller: "vip-operator".into(), instance: Some("test".into()) };
+    let writes = Arc::new(WritesInFlight::new(Duration::from_secs(90)));
+    writes.note(op, NIC);
+    let ctx = Context::new(
+        KubeOps::new(client.clone(), reporter),
+        cloud,
+        TargetResolver::new(Arc::new(client), static_defaults()),
+        Arc::new(FixedClock),
+    )
+    .with_writes(writes);
+    let action = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), Arc::new(ctx)))
+        .await
+        .expect("reconcile hung")
+        .expect("reconcile failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Run { action, seen: api.seen() }
+}
+
+#[tokio::test]
+async fn an_unbind_that_a_bind_still_in_flight_could_undo_is_held_and_the_finalizer_stays() {
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_after_unsettled(bound_binding().deleting(), cloud.clone(), vip_operator::ecs::Operation::Bind).await;
+    assert_eq!(cloud.calls().len(), 1, "unbound once");
+    let seen = after_crd_check(&run.seen);
+    assert_eq!(seen.len(), 1, "the status only: the finalizer stays {seen:#?}");
+    let status = &seen[0].body["status"];
+    assert_eq!(condition(status, "Bound")["status"], "Unknown");
+    assert_eq!(condition(status, "Bound")["reason"], "WritesInFlight");
+    assert_eq!(condition(status, "Ready")["reason"], "WritesInFlight");
+    let delay = requeue_delay(&run.action).expect("looked at again");
+    assert!(delay >= Duration::from_secs(89) && delay <= Duration::from_secs(91), "{delay:?}");
+    // A late unbind cannot undo an unbind: released at once.
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_after_unsettled(bound_binding().deleting(), cloud, vip_operator::ecs::Operation::Unbind).await;
+    assert_finalizer_removed(after_crd_check(&run.seen).last().unwrap());
+}
+
+#[tokio::test]
+async fn a_bind_that_an_unbind_still_in_flight_could_undo_is_checked_again_after_the_horizon() {
+    let cloud = FakeCloud::answering(vec![]);
+    let run = run_after_unsettled(binding(), cloud.clone(), vip_operator::ecs::Operation::Unbind).await;
+    assert_eq!(cloud.calls().iter().map(|c| c.op).collect::<Vec<_>>(), ["bind"]);
+    let status = &run.seen.last().unwrap().body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    let message = condition(status, "Ready")["message"].as_str().unwrap();
+    assert!(message.contains("checked again"), "{message}");
+    let delay = requeue_delay(&run.action).expect("a second look is scheduled");
+    assert!(delay >= Duration::from_secs(89) && delay <= Duration::from_secs(91), "{delay:?}");
+}

@@ -1,15 +1,17 @@
-//! Drift by comparison, for VPC bindings: the due bindings of one project (same region and
-//! credentials) are checked against one listing of its VIP ports, and only those whose NIC IP
-//! is missing from their VIP port are reconciled (and re-bound). ECS bindings, and VPC ones
+//! Drift by comparison, for VPC bindings: the due bindings of one network (same project, region
+//! and credentials) are checked against one listing of its ports, and only those whose NIC IP
+//! is missing from their VIP port, or whose NIC lost its `1.1.1.1/0`, are reconciled (and
+//! re-bound). ECS bindings, and VPC ones
 //! without a complete record of their bind, are reconciled as before.
 //!
 //! A listing is reused for a quarter of the drift period ([`Listings`]): due times are spread
 //! over the period, so without it every sweep would list the whole project again. The cost is a
 //! later repair: a pair removed just after a listing is seen up to a quarter period later.
 //!
-//! The NIC's half is compared the same way: one listing of each network's ports shows whether
-//! every bound binding's NIC still has its source check off (`1.1.1.1/0`); one that lost it is
-//! re-bound, which puts it back.
+//! Why a listing by network: a VIP and the NICs bound to it share a network, so one listing
+//! shows both halves of every binding in it (ports / 2,000 pages). Listing the NICs by `id`
+//! instead would cost a call per 100 or so bindings (the query string's length), and a
+//! project-wide listing of VIP ports would still leave the NICs unseen.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,20 +28,18 @@ use crate::ecs::ErrorClass;
 use super::context::Context;
 use super::index::api_of;
 use super::key::ObjectKey;
-use super::pairs::{CheckOff, NicChecks, VipPairs};
+use super::pairs::{CheckOff, NetworkPorts};
 use crate::api::v1alpha1::Observed;
 
-/// Recent listings, per project, region and credentials: its VIP ports' pairs, and per network
-/// its NIC ports' source checks.
+/// Recent listings of a network's ports, per project, region, credentials and network.
 pub struct Listings {
-    vips: Kept<Listing, VipPairs>,
-    nics: Kept<(Listing, String), NicChecks>,
+    networks: Kept<(Listing, String), NetworkPorts>,
 }
 
 impl Listings {
     /// Listings reused for a quarter of `period`.
     pub fn for_period(period: Duration) -> Self {
-        Self { vips: Kept::new(period / 4), nics: Kept::new(period / 4) }
+        Self { networks: Kept::new(period / 4) }
     }
 }
 
@@ -140,8 +140,9 @@ enum ListFailed {
 }
 
 /// Of the due bindings, the ones to reconcile: ECS ones, VPC ones a listing could not vouch
-/// for, and VPC ones whose pair is missing. The ones a listing shows in place are marked
-/// checked (their next check is a period away).
+/// for, and VPC ones whose pair is missing from their VIP port or whose NIC lost its
+/// `1.1.1.1/0`. The ones a listing shows in place are marked checked (their next check is a
+/// period away).
 pub async fn due_to_reconcile(
     ctx: &Context,
     listings: &Listings,
@@ -151,24 +152,28 @@ pub async fn due_to_reconcile(
     let Some(pairs) = &ctx.pairs else { return due };
     let default_api = ctx.targets.defaults().api;
     let mut reconcile = vec![];
-    let mut groups: HashMap<Listing, Vec<Checkable>> = HashMap::new();
+    // One listing of each network's ports shows both halves: the VIP ports' pairs and the NIC
+    // ports' source checks (a VIP and its NICs share the network).
+    let mut groups: HashMap<(Listing, String), Vec<Checkable>> = HashMap::new();
     let mut refreshes = MAX_REFRESHES_PER_SWEEP;
     for r in due {
         match lookup(&r).map(|b| checkable(b, default_api)) {
-            Some(Ok((listing, c))) => groups.entry(listing).or_default().push(c),
-            _ => reconcile.push(r),
+            Some(Ok((listing, c))) => groups.entry((listing, c.binding.spec.subnet_id.clone())).or_default().push(c),
+            Some(Err(_)) => reconcile.push(r),
+            // Not in this sweep's snapshot of the cache yet (a loaded start-up: the store fills
+            // while the sweeper runs). Handing it to a reconcile would check it by reads of its
+            // own; it stays due and is compared by a later sweep's listing instead.
+            None => tracing::debug!(binding = %r, "due, but not in the cache snapshot yet; compared later"),
         }
     }
-    for (listing, group) in groups {
+    for (key, group) in groups {
         let Some(first) = group.first().map(|c| c.binding.clone()) else { continue };
-        // Resolved once per group, and only when a listing must be taken.
-        let target = tokio::sync::OnceCell::new();
-        let resolve = || target.get_or_init(|| async { ctx.targets.resolve_for_unbind(&first).await.map_err(|_| ()) });
+        let (listing, network) = &key;
         let seen = listings
-            .vips
-            .get_or_list(&listing, || async {
-                let target = resolve().await.as_ref().map_err(|_| ListFailed::NoTarget)?;
-                pairs.vip_pairs(target).await.map_err(ListFailed::Cloud)
+            .networks
+            .get_or_list(&key, || async {
+                let target = ctx.targets.resolve_for_unbind(&first).await.map_err(|_| ListFailed::NoTarget)?;
+                pairs.network_ports(&target, network).await.map_err(ListFailed::Cloud)
             })
             .await;
         let seen = match seen {
@@ -180,32 +185,36 @@ pub async fn due_to_reconcile(
             }
             // Credentials that may not list: each binding's own reads then.
             Err(ListFailed::Cloud(e)) if e.class() == ErrorClass::Auth => {
-                tracing::info!(project = %listing.project, error = %e, "cannot list VIP ports; checking each binding instead");
+                tracing::info!(project = %listing.project, error = %e, "cannot list ports; checking each binding instead");
                 reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding)));
                 continue;
             }
-            // Asked again by the sweeper shortly (they stay due).
+            // Unknown: asked again by the sweeper shortly (they stay due).
             Err(ListFailed::Cloud(e)) => {
-                tracing::warn!(project = %listing.project, error = %e, bindings = group.len(), "the drift listing failed; trying again shortly");
+                tracing::warn!(project = %listing.project, %network, error = %e, bindings = group.len(), "the drift listing failed; trying again shortly");
                 continue;
             }
         };
         let (mut in_place, mut drifted) = (0u64, 0u64);
-        let mut paired = vec![];
         for c in group {
-            if seen.get(&c.vip_port_id).is_some_and(|ips| ips.contains(&c.nic_ip)) {
-                paired.push(c);
-            } else {
+            let paired = seen.vips.get(&c.vip_port_id).is_some_and(|ips| ips.contains(&c.nic_ip));
+            // A NIC port the listing does not show is left to the VIP port's word: a NIC that
+            // is gone is found by the binding's own next bind.
+            let check_on = seen.nics.get(&c.binding.spec.nic_id) == Some(&false);
+            if !paired || check_on {
+                if check_on {
+                    tracing::info!(nic = %c.binding.spec.nic_id, "the NIC's port has its source check on again; re-binding");
+                }
                 reconcile.push(ObjectRef::from_obj(&*c.binding));
                 drifted += 1;
+                continue;
             }
+            ctx.resync.asserted(&ObjectKey::of(&c.binding), ObjectRef::from_obj(&*c.binding));
+            in_place += 1;
+            refreshes = refreshes.saturating_sub(refresh_observation(ctx, &c, refreshes > 0).await.into());
         }
-        let (nics_in_place, nics_drifted) =
-            compare_nics(ctx, listings, (&listing, &resolve), paired, (&mut reconcile, &mut refreshes)).await;
-        in_place += nics_in_place;
-        drifted += nics_drifted;
         ctx.note_compared(in_place, drifted);
-        tracing::debug!(project = %listing.project, region = %listing.region, in_place, drifted, "drift compared by listing");
+        tracing::debug!(project = %listing.project, region = %listing.region, %network, in_place, drifted, "drift compared by listing");
     }
     reconcile
 }
@@ -220,93 +229,37 @@ pub async fn release_unneeded_check_offs(ctx: &Context) {
                 tracing::info!(nic = %nic, "NIC's source check on again: the binding it was kept for went without needing it");
             }
             Ok(_) => {}
-            Err(f) => tracing::debug!(nic = %nic, error = %f.error, "could not look at a NIC's check-off; trying again next sweep"),
+            Err(f) => {
+                tracing::debug!(nic = %nic, error = %f.error, "could not look at a NIC's check-off; trying again next sweep")
+            }
         }
     }
-}
-
-/// The NIC's half of the comparison: each paired binding's NIC port must still have its source
-/// check off. One listing per network, not a read per binding. Returns (in place, drifted).
-async fn compare_nics<'a, R, F>(
-    ctx: &Context,
-    listings: &Listings,
-    (listing, resolve): (&Listing, &R),
-    paired: Vec<Checkable>,
-    (reconcile, refreshes): (&mut Vec<ObjectRef<VipBinding>>, &mut usize),
-) -> (u64, u64)
-where
-    R: Fn() -> F,
-    F: Future<Output = &'a Result<crate::ecs::CloudTarget, ()>>,
-{
-    let Some(pairs) = &ctx.pairs else { return (0, 0) };
-    let (mut in_place, mut drifted) = (0u64, 0u64);
-    let mut by_network: HashMap<String, Vec<Checkable>> = HashMap::new();
-    for c in paired {
-        by_network.entry(c.binding.spec.subnet_id.clone()).or_default().push(c);
-    }
-    for (network, group) in by_network {
-        let checks = listings
-            .nics
-            .get_or_list(&(listing.clone(), network.clone()), || async {
-                let target = resolve().await.as_ref().map_err(|_| ListFailed::NoTarget)?;
-                pairs.nic_checks(target, &network).await.map_err(ListFailed::Cloud)
-            })
-            .await;
-        let checks = match checks {
-            Ok(checks) => Some(checks),
-            // Not allowed to list the network's ports: the VIP port's word alone.
-            Err(ListFailed::Cloud(e)) if e.class() == ErrorClass::Auth => {
-                tracing::debug!(network = %network, error = %e, "cannot list the network's ports; NIC source checks not compared");
-                None
-            }
-            Err(ListFailed::NoTarget) => None,
-            // Unknown: they stay due, and are compared again shortly.
-            Err(ListFailed::Cloud(e)) => {
-                tracing::warn!(network = %network, error = %e, bindings = group.len(), "listing the network's ports failed; trying again shortly");
-                continue;
-            }
-        };
-        for c in group {
-            let nic = &c.binding.spec.nic_id;
-            // A NIC port the listing does not show is left to the VIP port's word: a NIC that
-            // is gone is found by the binding's own next bind.
-            if checks.as_ref().and_then(|checks| checks.get(nic)) == Some(&false) {
-                tracing::info!(nic = %nic, "the NIC's port has its source check on again; re-binding");
-                reconcile.push(ObjectRef::from_obj(&*c.binding));
-                drifted += 1;
-                continue;
-            }
-            ctx.resync.asserted(&ObjectKey::of(&c.binding), ObjectRef::from_obj(&*c.binding));
-            in_place += 1;
-            *refreshes = refreshes.saturating_sub(refresh_observation(ctx, &c, *refreshes > 0).await.into());
-        }
-    }
-    (in_place, drifted)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::pairs::VipPairs;
 
     #[tokio::test(start_paused = true)]
     async fn a_listing_serves_a_quarter_period_then_is_taken_again() {
-        let listings = Listings::for_period(Duration::from_secs(600));
+        let listings: Kept<Listing, VipPairs> = Kept::new(Duration::from_secs(150));
         let key = Listing { project: "p".into(), region: "r".into(), secret: None };
-        assert!(listings.vips.fresh(&key).is_none());
-        listings.vips.keep(key.clone(), Arc::new(VipPairs::new()));
+        assert!(listings.fresh(&key).is_none());
+        listings.keep(key.clone(), Arc::new(VipPairs::new()));
         tokio::time::advance(Duration::from_secs(149)).await;
-        assert!(listings.vips.fresh(&key).is_some());
+        assert!(listings.fresh(&key).is_some());
         let other = Listing { secret: Some(("ns".into(), "s".into())), ..key.clone() };
-        assert!(listings.vips.fresh(&other).is_none(), "other credentials list for themselves");
+        assert!(listings.fresh(&other).is_none(), "other credentials list for themselves");
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(listings.vips.fresh(&key).is_none());
-        listings.vips.keep(other, Arc::new(VipPairs::new()));
-        assert_eq!(listings.vips.taken.lock().unwrap().len(), 1, "stale ones are dropped");
+        assert!(listings.fresh(&key).is_none());
+        listings.keep(other, Arc::new(VipPairs::new()));
+        assert_eq!(listings.taken.lock().unwrap().len(), 1, "stale ones are dropped");
     }
 
     #[tokio::test(start_paused = true)]
     async fn using_a_listing_does_not_keep_it_young() {
-        let listings = Listings::for_period(Duration::from_secs(4));
+        let listings: Kept<Listing, VipPairs> = Kept::new(Duration::from_secs(1));
         let key = Listing { project: "p".into(), region: "r".into(), secret: None };
         let taken = std::sync::atomic::AtomicUsize::new(0);
         let list = || async {
@@ -315,13 +268,13 @@ mod tests {
         };
         // Used every 100 ms for 3 s: listed again each second (a quarter of the period).
         for _ in 0..30 {
-            listings.vips.get_or_list(&key, list).await.unwrap();
+            listings.get_or_list(&key, list).await.unwrap();
             tokio::time::advance(Duration::from_millis(100)).await;
         }
         assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 3);
         // A failed listing is not kept.
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(listings.vips.get_or_list(&key, || async { Err::<VipPairs, _>("down") }).await.is_err());
-        assert!(listings.vips.fresh(&key).is_none());
+        assert!(listings.get_or_list(&key, || async { Err::<VipPairs, _>("down") }).await.is_err());
+        assert!(listings.fresh(&key).is_none());
     }
 }

@@ -136,9 +136,12 @@ impl Context {
     /// sweeper asks for the next check of a bound binding).
     pub fn after_success(&self, b: &VipBinding, key: &ObjectKey) -> Action {
         self.backoffs.reset(key);
-        if b.metadata.deletion_timestamp.is_none() && decide::bound_as_specified(b) {
-            self.resync.track(key, ObjectRef::from_obj(b));
-            // A second look is pending: another trigger must not make it be forgotten.
+        if b.metadata.deletion_timestamp.is_none() {
+            if decide::bound_as_specified(b) {
+                self.resync.track(key, ObjectRef::from_obj(b));
+            }
+            // A second look is pending (`b` may be the copy from before the bind): another
+            // trigger must not make it be forgotten.
             if let Some(wait) = self.writes.recheck_in(key) {
                 return Action::requeue(wait);
             }

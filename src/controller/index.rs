@@ -428,18 +428,45 @@ mod tests {
             (VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc), false),
             (VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc).with_finalizer(), true),
             (
-                VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc).with_finalizer().with_status(bound("False")),
+                VipBinding::test()
+                    .named("a", "o")
+                    .nic("nic")
+                    .ip("10.0.0.2")
+                    .api(BindApi::Vpc)
+                    .with_finalizer()
+                    .with_status(bound("False")),
                 false,
             ),
             (
-                VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc).with_finalizer().with_status(bound("True")),
+                VipBinding::test()
+                    .named("a", "o")
+                    .nic("nic")
+                    .ip("10.0.0.2")
+                    .api(BindApi::Vpc)
+                    .with_finalizer()
+                    .with_status(bound("True")),
                 true,
             ),
             (
-                VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc).with_finalizer().with_status(bound("True")).deleting(),
+                VipBinding::test()
+                    .named("a", "o")
+                    .nic("nic")
+                    .ip("10.0.0.2")
+                    .api(BindApi::Vpc)
+                    .with_finalizer()
+                    .with_status(bound("True"))
+                    .deleting(),
                 false,
             ),
-            (VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").with_finalizer().with_status(bound("True")), false),
+            (
+                VipBinding::test()
+                    .named("a", "o")
+                    .nic("nic")
+                    .ip("10.0.0.2")
+                    .with_finalizer()
+                    .with_status(bound("True")),
+                false,
+            ),
         ] {
             idx.apply(None, &watcher::Event::Apply(other.clone()));
             assert_eq!(idx.others_need_check_off(&me), needs, "{:?}", other.status);

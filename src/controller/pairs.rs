@@ -33,6 +33,13 @@ pub type VipPairs = HashMap<String, std::collections::HashSet<String>>;
 /// Each NIC port of a network, and whether its source check is off (`1.1.1.1/0`).
 pub type NicChecks = HashMap<String, bool>;
 
+/// What one listing of a network's ports shows the drift check.
+#[derive(Debug, Default)]
+pub struct NetworkPorts {
+    pub vips: VipPairs,
+    pub nics: NicChecks,
+}
+
 /// A VPC bind or unbind: which VIP, in which network, on which NIC.
 #[derive(Debug, Clone)]
 pub struct PairsTarget<'a> {
@@ -403,8 +410,7 @@ impl PortPairs {
             let still_needed = self.ledger.needed_by_another(t.nic_id, who) || users.others_need_check_off();
             let decided = self.remove_check_off_locked(target, (t.nic_id, t.network_id, nic_ip), still_needed).await;
             if matches!(decided, Ok(CheckOff::StillNeeded | CheckOff::StillPaired { .. })) {
-                let cleanup =
-                    Cleanup { target: target.clone(), network: t.network_id.into(), nic_ip: nic_ip.into() };
+                let cleanup = Cleanup { target: target.clone(), network: t.network_id.into(), nic_ip: nic_ip.into() };
                 self.ledger.remember_cleanup(t.nic_id, cleanup);
             }
             decided
@@ -481,13 +487,8 @@ impl PortPairs {
         }
     }
 
-    /// Every VIP port of the target's project with the addresses it lets through: one listing
-    /// (filtered by `device_owner`, [`MAX_PAGE`] ports a page) instead of a read per binding.
-    pub async fn vip_pairs(&self, target: &CloudTarget) -> Result<VipPairs, EcsError> {
-        self.vip_pairs_in(target, None).await
-    }
-
-    /// [`Self::vip_pairs`], of one network's VIP ports only (`None`: the whole project).
+    /// The VIP ports of one network (`None`: the whole project) with the addresses each lets
+    /// through: one listing (filtered by `device_owner`, [`MAX_PAGE`] ports a page).
     pub async fn vip_pairs_in(&self, target: &CloudTarget, network: Option<&str>) -> Result<VipPairs, EcsError> {
         let filter = PortFilter {
             device_owner: Some(VIP_PORT_OWNER.into()),
@@ -508,15 +509,22 @@ impl PortPairs {
         Ok(all)
     }
 
-    /// Every port of one network that is not a VIP (the NICs), and whether its source check is
-    /// off: one listing ([`MAX_PAGE`] ports a page) instead of a read per binding.
-    pub async fn nic_checks(&self, target: &CloudTarget, network: &str) -> Result<NicChecks, EcsError> {
+    /// Every port of one network: the VIP ports with the addresses they let through, and the
+    /// others (the NICs) with whether their source check is off. One listing ([`MAX_PAGE`]
+    /// ports a page) instead of reads per binding.
+    pub async fn network_ports(&self, target: &CloudTarget, network: &str) -> Result<NetworkPorts, EcsError> {
         let filter = PortFilter { network_id: Some(network.into()), limit: MAX_PAGE, ..PortFilter::default() };
-        let mut all = NicChecks::new();
+        let mut all = NetworkPorts::default();
         self.list_all(target, filter, |port| {
-            if port.device_owner != VIP_PORT_OWNER && (port.network_id.is_empty() || port.network_id == network) {
+            // The filter is the server's; the answer is checked, not trusted.
+            if !(port.network_id.is_empty() || port.network_id == network) {
+                return;
+            }
+            if port.device_owner == VIP_PORT_OWNER {
+                all.vips.insert(port.id, port.allowed_address_pairs.into_iter().map(|p| p.ip_address).collect());
+            } else {
                 let off = port.allowed_address_pairs.iter().any(|p| p.ip_address == SOURCE_CHECK_OFF);
-                all.insert(port.id, off);
+                all.nics.insert(port.id, off);
             }
         })
         .await?;

@@ -2,7 +2,7 @@
 //! each scenario is one of the defects of issue 19, and fails without its fix.
 //! - w1: a delete racing a create on one NIC must not leave the live one without `1.1.1.1/0`;
 //! - w2: a bind that wrote the NIC's `1.1.1.1/0` and then failed is unbound like any other;
-//! - w3: of two bindings that bound together, the last one's unbind takes `1.1.1.1/0` away;
+//! - w3: a binding that found the operator's `1.1.1.1/0` already there takes it away when last;
 //! - w4: a VPC write answered 504 that lands later is undone before the deletion is let go;
 //! - w5: an ECS unbind given up on that lands after a successor bound is repaired.
 
@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::json;
 use vip_operator::simulator::{Fault, PortOperation, SimOperation, SimPort};
 
-use crate::NIC;
 use crate::harness::{Env, PROJECT, SUBNET, ready};
+use crate::{NIC, NIC2};
 
 const VIP_A: &str = "192.168.0.11";
 const VIP_B: &str = "192.168.0.12";
@@ -98,14 +98,30 @@ async fn w2_a_bind_that_wrote_the_nic_and_then_failed_is_unbound_and_leaves_no_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn w3_bindings_that_bound_together_leave_the_check_off_to_the_last_one() {
+async fn w3_a_binding_that_found_the_operators_check_off_takes_it_away_when_last() {
     let mut env = Env::new("share-inherit").await;
     ports(&env);
     let _op = env.operator().start().await;
-    // Created together, on a slow cloud: the one that finds 1.1.1.1/0 there binds before the
-    // other's record of adding it is in the watch cache.
+    // On a slow cloud, b arrives right after a turned the NIC's check off and before a's status
+    // (the record of adding it) is written: b finds the entry there, and must still learn that it
+    // is the operator's.
+    // A first call proves the credentials, so the two binds below are not serialised by the
+    // auth gate's probe.
+    env.create("warm-up", NIC2, "192.168.0.99", json!({})).await;
+    env.wait_ready("warm-up").await;
     env.sim.set_latency(Duration::from_millis(300));
     env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let nic_written = |env: &Env| {
+        env.sim
+            .calls()
+            .iter()
+            .any(|c| c.port_id.as_deref() == Some(NIC) && c.port_operation == Some(PortOperation::UpdatePort))
+    };
+    while !nic_written(&env) {
+        assert!(tokio::time::Instant::now() < deadline, "a did not write its NIC");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     env.create("b", NIC, VIP_B, json!({"api": "VPC"})).await;
     let added = |b: &vip_operator::api::v1alpha1::VipBinding| {
         b.status.as_ref().and_then(|s| s.bound_with.as_ref()).is_some_and(|w| w.source_check_off_added)
@@ -120,6 +136,7 @@ async fn w3_bindings_that_bound_together_leave_the_check_off_to_the_last_one() {
     assert_eq!(pairs(&env, NIC), [CHECK_OFF], "{last} still needs it");
     env.delete(last).await;
     env.wait_gone(last, Duration::from_secs(20)).await;
+    env.sim.set_latency(Duration::ZERO);
     assert!(pairs(&env, NIC).is_empty(), "the last binding on the NIC takes the operator's entry away");
     env.cleanup().await;
 }
