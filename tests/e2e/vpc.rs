@@ -151,6 +151,38 @@ async fn v2_a_pair_removed_behind_our_back_is_put_back_without_rewriting_intact_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v7_a_nic_that_lost_its_source_check_is_put_back_by_the_drift_listing() {
+    let mut env = Env::new("vpc-nic-drift").await;
+    let nic_ip = ports(&env);
+    // A second NIC, bound too, whose check-off stays: it must get no call of its own.
+    let mut other = SimPort::nic(crate::NIC2, PROJECT);
+    other.network_id = SUBNET.into();
+    env.sim.set_port(other).unwrap();
+    let _op = env.operator().arg("--resync-period").arg("1s").start().await;
+    env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
+    env.create("b", crate::NIC2, VIP_B, json!({"api": "VPC"})).await;
+    env.wait_ready("a").await;
+    env.wait_ready("b").await;
+    until("a drift listing", Duration::from_secs(10), || listings(&env) > 0).await;
+    let nic2_writes = updates(&env, crate::NIC2);
+    // Someone turns a's NIC's source check back on: the VIP pair is intact, the traffic dropped.
+    assert!(env.sim.set_allowed_address_pairs(NIC, vec![]));
+    until("the check-off to be put back", Duration::from_secs(15), || pairs(&env, NIC) == [CHECK_OFF]).await;
+    assert_eq!(pairs(&env, "vip-port-a"), [FOREIGN, nic_ip.as_str()], "the VIP port was not rewritten");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !warning_reasons(&env).await.iter().any(|r| r == "DriftRepaired") {
+        assert!(tokio::time::Instant::now() < deadline, "no DriftRepaired event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (b_reads, lists) = (reads(&env, crate::NIC2), listings(&env));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(listings(&env) >= lists + 2, "drift rounds list the network's ports");
+    assert_eq!(updates(&env, crate::NIC2), nic2_writes, "an intact NIC is not written");
+    assert_eq!(reads(&env, crate::NIC2), b_reads, "nor read one by one");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v3_a_writer_between_our_read_and_our_write_keeps_its_change() {
     let mut env = Env::new("vpc-race").await;
     let nic_ip = ports(&env);
