@@ -27,6 +27,7 @@ use crate::ecs::ErrorClass;
 
 use super::context::Context;
 use super::index::api_of;
+use super::inflight::Direction;
 use super::key::ObjectKey;
 use super::pairs::{CheckOff, NetworkPorts};
 use crate::api::v1alpha1::Observed;
@@ -197,6 +198,12 @@ pub async fn due_to_reconcile(
         };
         let (mut in_place, mut drifted) = (0u64, 0u64);
         for c in group {
+            // A listing taken while a write of ours may still land on these ports proves
+            // nothing: they stay due, and a later sweep compares them again.
+            let subjects = [c.vip_port_id.as_str(), c.binding.spec.nic_id.as_str()];
+            if ctx.writes.overtaken_until(&subjects, Direction::Bind).is_some() {
+                continue;
+            }
             let paired = seen.vips.get(&c.vip_port_id).is_some_and(|ips| ips.contains(&c.nic_ip));
             // A NIC port the listing does not show is left to the VIP port's word: a NIC that
             // is gone is found by the binding's own next bind.
