@@ -9,7 +9,7 @@ CHART_CRD_FILE := charts/vip-operator/crds/vipbindings.vipoperator.dev.yaml
 K8S_BIN ?= ../shared/k8s/bin.tar.xz
 K8S_ASSETS ?= $(CURDIR)/target/k8s-assets
 
-.PHONY: help run simulator test lint fmt crds check-crds chart-check tools e2e e2e-real k8s-assets bench bench-fake build release
+.PHONY: help run simulator test lint fmt crds check-crds chart-check tools e2e e2e-real chaos k8s-assets bench bench-fake build release
 
 help: ## This list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -63,6 +63,21 @@ k8s-assets: ## Unpack the real control plane ($(K8S_BIN)) into $(K8S_ASSETS)
 
 e2e-real: k8s-assets ## The e2e suite on a private real control plane; fails rather than fall back to the fake
 	KUBEBUILDER_ASSETS=$(K8S_ASSETS) VIPOP_E2E_REQUIRE_REAL=1 $(MAKE) --no-print-directory e2e
+
+# The chaos test, long: CHAOS_RUNS random seeds, or the seeds in CHAOS_SEEDS ("7 42"), of
+# CHAOS_STEPS steps each. The e2e suite runs it too, short, with one random seed.
+CHAOS_STEPS ?= 600
+CHAOS_RUNS ?= 10
+
+chaos: k8s-assets ## Seeded random mix on a private real control plane, CHAOS_RUNS seeds (or CHAOS_SEEDS) of CHAOS_STEPS steps; stops at the first failure
+	@seeds="$(CHAOS_SEEDS)"; \
+	if [ -z "$$seeds" ]; then seeds=$$(for i in $$(seq $(CHAOS_RUNS)); do od -An -N8 -tu8 /dev/urandom | tr -d ' '; done); fi; \
+	for seed in $$seeds; do \
+	  echo "chaos: seed $$seed, $(CHAOS_STEPS) steps"; \
+	  KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} VIPOP_E2E_REQUIRE_REAL=1 VIPOP_CHAOS_SEED=$$seed VIPOP_CHAOS_STEPS=$(CHAOS_STEPS) \
+	    $(CARGO) nextest run --test e2e --no-capture chaos_random_mix_keeps_the_invariants \
+	    || { echo "chaos: seed $$seed FAILED; replay: make chaos CHAOS_SEEDS=$$seed CHAOS_STEPS=$(CHAOS_STEPS)"; exit 1; }; \
+	done
 
 bench: k8s-assets ## Fleet benchmark on a private real control plane (BENCH_N, BENCH_LATENCY_MS, BENCH_QPS, BENCH_CONCURRENCY)
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} $(CARGO) bench --bench operator

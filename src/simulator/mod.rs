@@ -295,6 +295,9 @@ pub enum LateState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallRecord {
     pub seq: u64,
+    /// When the request arrived: with [`LateApply::done_after_us`], when a late effect landed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<jiff::Timestamp>,
     pub method: String,
     pub path: String,
     /// The raw query, as received (listings).
@@ -1165,6 +1168,7 @@ async fn serve(shared: &Arc<Shared>, project_id: &str, resource: Resource<'_>, r
     let (seq, rid) = request_id(shared);
     let mut record = CallRecord {
         seq,
+        received_at: Some(jiff::Timestamp::now()),
         method: received.method.to_string(),
         path: received.uri.path().to_string(),
         query: received.uri.query().map(str::to_string),
@@ -1513,6 +1517,8 @@ mod tests {
         assert_eq!(late.state, LateState::Applied);
         assert!(late.done_after_us.is_some_and(|us| us >= 300_000), "{late:?}");
         assert_eq!(sim.state().nics[NIC].ip_address, "192.168.0.7", "exactly the bind the call asked for");
+        let arrived = sim.calls()[0].received_at.expect("an arrival time");
+        assert!(arrived <= jiff::Timestamp::now() - jiff::SignedDuration::from_millis(300), "{arrived}");
         sim.shutdown().await;
     }
 

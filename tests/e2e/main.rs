@@ -6,6 +6,7 @@
 mod support;
 
 mod audit;
+mod chaos;
 mod evidence;
 mod harness;
 mod safety;
