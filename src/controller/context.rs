@@ -110,8 +110,8 @@ impl Context {
 
     /// Writes the status and remembers it until the cache shows it.
     pub async fn record(&self, b: &VipBinding, status: &VipBindingStatus) -> Result<(), Error> {
-        self.kube.write_status(b, status).await?;
-        self.memory.wrote_status(b, status);
+        let generation = self.kube.write_status(b, status).await?;
+        self.memory.wrote_status(b, generation, status);
         Ok(())
     }
 
@@ -160,7 +160,7 @@ impl Context {
                     "bound while an earlier write may still land: it is checked again once that can no longer happen"
                 );
                 // Past the horizon, so a late write has landed by then.
-                self.writes.recheck_at(key, at + Duration::from_millis(200));
+                self.writes.recheck_at(key, at.checked_add(Duration::from_millis(200)).unwrap_or(at));
             }
             None => self.writes.rechecked(key),
         }

@@ -103,8 +103,10 @@ impl KubeOps {
     }
 
     /// Writes the whole status with server-side apply: fields we set before and omit now are
-    /// removed, fields other managers own are left alone.
-    pub async fn write_status(&self, b: &VipBinding, status: &VipBindingStatus) -> Result<(), kube::Error> {
+    /// removed, fields other managers own are left alone. Returns the object's generation as the
+    /// server had it after the write (`None`: the object is gone), which may be newer than `b`'s
+    /// (a deletion bumps it).
+    pub async fn write_status(&self, b: &VipBinding, status: &VipBindingStatus) -> Result<Option<i64>, kube::Error> {
         let body = json!({
             "apiVersion": VipBinding::api_version(&()),
             "kind": VipBinding::kind(&()),
@@ -114,8 +116,8 @@ impl KubeOps {
             .patch_status(&b.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
             .await
         {
-            Err(e) if is_not_found(&e) => Ok(()),
-            other => other.map(|_| ()),
+            Err(e) if is_not_found(&e) => Ok(None),
+            other => other.map(|written| written.metadata.generation),
         }
     }
 

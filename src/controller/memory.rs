@@ -75,8 +75,11 @@ impl Memory {
         entries.insert(key, Entry { at: now, written, confirmed: None });
     }
 
-    pub fn wrote_status(&self, b: &VipBinding, status: &VipBindingStatus) {
-        self.put(b, Written::Status { generation: b.metadata.generation, status: Box::new(status.clone()) });
+    /// We wrote `status`; the server answered with the object at `generation` (newer than
+    /// `b`'s when the object changed since `b` was read: a deletion bumps it).
+    pub fn wrote_status(&self, b: &VipBinding, generation: Option<i64>, status: &VipBindingStatus) {
+        let generation = generation.or(b.metadata.generation);
+        self.put(b, Written::Status { generation, status: Box::new(status.clone()) });
     }
 
     pub fn released(&self, b: &VipBinding) {
@@ -92,7 +95,7 @@ impl Memory {
         if let Some(entry) = entries.get_mut(&key)
             && entry.confirmed.is_none()
             && let Written::Status { generation, status } = &entry.written
-            && (b.status.as_ref() == Some(&**status) || *generation != b.metadata.generation)
+            && (b.status.as_ref() == Some(&**status) || newer(b.metadata.generation, *generation))
         {
             entry.confirmed = Some(Instant::now());
         }
@@ -121,7 +124,9 @@ impl Memory {
                     // Caught up: the cache is authoritative again.
                     entries.remove(&key);
                     View::Cached(b)
-                } else if *generation == b.metadata.generation {
+                } else if !newer(b.metadata.generation, *generation) {
+                    // The cache holds the object as it was at our write or before it (the
+                    // deletion of an object we were binding included): our status is the latest.
                     let mut overlaid = b.clone();
                     overlaid.status = Some((**status).clone());
                     View::Overlaid(Box::new(overlaid))
@@ -132,6 +137,15 @@ impl Memory {
                 }
             }
         }
+    }
+}
+
+/// Whether the cached generation is past the one our write was answered with.
+fn newer(cached: Option<i64>, written: Option<i64>) -> bool {
+    match (cached, written) {
+        (Some(cached), Some(written)) => cached > written,
+        // Unknown on either side: only equality can vouch for our write.
+        (cached, written) => cached != written,
     }
 }
 
@@ -148,7 +162,7 @@ mod tests {
     fn overlays_our_status_until_the_cache_catches_up() {
         let m = Memory::default();
         let stale = VipBinding::test();
-        m.wrote_status(&stale, &status("p"));
+        m.wrote_status(&stale, None, &status("p"));
         match m.view(&stale) {
             View::Overlaid(b) => assert_eq!(b.status, Some(status("p"))),
             _ => panic!("expected an overlay"),
@@ -176,7 +190,7 @@ mod tests {
         let read_back: VipBindingStatus = serde_json::from_value(serde_json::to_value(&written).unwrap()).unwrap();
         assert_eq!(read_back, written);
         let m = Memory::default();
-        m.wrote_status(&VipBinding::test(), &written);
+        m.wrote_status(&VipBinding::test(), None, &written);
         let cached = VipBinding::test().with_status(read_back);
         assert!(matches!(m.view(&cached), View::Cached(_)), "caught up");
     }
@@ -185,7 +199,7 @@ mod tests {
     async fn confirmed_entries_still_serve_a_stale_copy_then_go() {
         let m = Memory::default();
         let stale = VipBinding::test();
-        m.wrote_status(&stale, &status("p"));
+        m.wrote_status(&stale, None, &status("p"));
         m.observe(&stale);
         let current = VipBinding::test().with_status(status("p"));
         // The watch delivered our write...
@@ -203,8 +217,28 @@ mod tests {
     #[test]
     fn a_spec_change_beats_memory() {
         let m = Memory::default();
-        m.wrote_status(&VipBinding::test(), &status("p"));
+        m.wrote_status(&VipBinding::test(), None, &status("p"));
         assert!(matches!(m.view(&VipBinding::test().generation(2)), View::Cached(_)));
+    }
+
+    #[test]
+    fn a_deletion_that_came_before_our_write_does_not_hide_it() {
+        // Bound from the copy read before the deletion (generation 1); the server answered the
+        // status write at generation 2 (the deletion bumped it); the cache still shows the
+        // deletion's version with the status from before the bind.
+        let m = Memory::default();
+        let before = VipBinding::test();
+        m.wrote_status(&before, Some(2), &status("bound"));
+        let deleting = VipBinding::test().generation(2).deleting();
+        match m.view(&deleting) {
+            View::Overlaid(b) => {
+                assert_eq!(b.status, Some(status("bound")), "decided from our write, not the stale status");
+                assert!(b.metadata.deletion_timestamp.is_some());
+            }
+            _ => panic!("expected an overlay"),
+        }
+        // A generation past the one our write was answered with is newer than our write.
+        assert!(matches!(m.view(&VipBinding::test().generation(3)), View::Cached(_)));
     }
 
     #[test]
