@@ -307,10 +307,13 @@ pub enum Reason {
     /// given up on, or one of a previous leader) could undo it: released once that can no
     /// longer happen and a second look agrees.
     WritesInFlight,
+    /// `api: VPC`: unbound, but other bindings on the NIC that need its `1.1.1.1/0` are still
+    /// binding: released once they have read that the operator added it.
+    HandingOver,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::Bound,
         Reason::Unbound,
         Reason::NotBound,
@@ -337,6 +340,7 @@ impl Reason {
         Reason::PortContended,
         Reason::DriftRepaired,
         Reason::WritesInFlight,
+        Reason::HandingOver,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -367,6 +371,7 @@ impl Reason {
             Reason::PortContended => "PortContended",
             Reason::DriftRepaired => "DriftRepaired",
             Reason::WritesInFlight => "WritesInFlight",
+            Reason::HandingOver => "HandingOver",
         }
     }
 

@@ -234,6 +234,21 @@ pub async fn release_unneeded_check_offs(ctx: &Context) {
         match pairs.release_unneeded(&nic, &cleanup, || ctx.index.nic_needs_check_off(&nic)).await {
             Ok(CheckOff::Removed) => {
                 tracing::info!(nic = %nic, "NIC's source check on again: the binding it was kept for went without needing it");
+                // A cloud write of no binding's: the audit trail names the sweep instead.
+                tracing::info!(
+                    target: super::cloud::AUDIT_TARGET,
+                    binding = "-",
+                    uid = "-",
+                    operation = "update_port",
+                    project = %cleanup.target.project_id,
+                    region = %cleanup.target.region,
+                    nic = %nic,
+                    key = %cleanup.target.credentials.key_id(),
+                    request_id = "none",
+                    outcome = "ok",
+                    reason = "check-off no binding needs",
+                    "cloud write"
+                );
             }
             Ok(_) => {}
             Err(f) => {

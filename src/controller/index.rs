@@ -73,6 +73,8 @@ struct Entry {
     /// A VPC binding that is bound or may be (committed, live, not known unbound): it needs
     /// the NIC's check off.
     needs_check_off: bool,
+    /// It has a record of a bind (`status.boundWith`), even one that found the check off there.
+    recorded: bool,
     /// The Secrets it needs: the one its spec names, and the one its last bind used
     /// (`status.boundWith`), which the deletion's unbind signs with.
     secrets: Vec<(String, String)>,
@@ -96,6 +98,7 @@ fn entry_of(b: &VipBinding, default_api: BindApi) -> Option<Entry> {
     Some(Entry {
         nic: b.spec.nic_id.clone(),
         source_check_off_added: record.is_some_and(|w| w.source_check_off_added),
+        recorded: record.is_some(),
         needs_check_off: api_of(b, default_api) == BindApi::Vpc
             && super::status::has_finalizer(b)
             && b.metadata.deletion_timestamp.is_none()
@@ -205,7 +208,8 @@ impl Inner {
                     && old.secrets == entry.secrets
                     && old.claim == entry.claim
                     && old.source_check_off_added == entry.source_check_off_added
-                    && old.needs_check_off == entry.needs_check_off =>
+                    && old.needs_check_off == entry.needs_check_off
+                    && old.recorded == entry.recorded =>
             {
                 return;
             }
@@ -353,6 +357,23 @@ impl BindingIndex {
         })
     }
 
+    /// `namespace/name` of the VPC bindings other than `b` on `b`'s NIC that need its check off
+    /// and have no record of a bind yet (they are binding): `b`'s record, which says the entry
+    /// is the operator's, must outlive `b` until their binds have read it, or the last of them
+    /// would leave the entry behind. (One that recorded finding the entry there is not waited
+    /// for: it has bound already, and waiting would not change what it read.)
+    pub fn others_needing_unrecorded(&self, b: &VipBinding) -> Vec<String> {
+        let uid = b.uid().unwrap_or_default();
+        let inner = self.read();
+        let Some(claims) = inner.by_nic.get(&b.spec.nic_id) else { return vec![] };
+        claims
+            .iter()
+            .filter(|c| c.uid.as_str() != uid)
+            .filter(|c| inner.by_uid.get(c.uid.as_str()).is_some_and(|e| e.needs_check_off && !e.recorded))
+            .map(|c| c.key())
+            .collect()
+    }
+
     /// Whether any VPC binding on `nic` is bound or may be (see [`Self::others_need_check_off`]).
     pub fn nic_needs_check_off(&self, nic: &str) -> bool {
         let inner = self.read();
@@ -421,7 +442,14 @@ mod tests {
             ..Default::default()
         };
         let idx = BindingIndex::default();
-        let me = VipBinding::test().named("a", "me").nic("nic").ip("10.0.0.1").api(BindApi::Vpc).with_finalizer();
+        // Known unbound itself, so whether the NIC needs the check off is the other's alone.
+        let me = VipBinding::test()
+            .named("a", "me")
+            .nic("nic")
+            .ip("10.0.0.1")
+            .api(BindApi::Vpc)
+            .with_finalizer()
+            .with_status(bound("False"));
         idx.apply(None, &watcher::Event::Apply(me.clone()));
         assert!(!idx.others_need_check_off(&me), "its own need is not another's");
         for (other, needs) in [
@@ -470,7 +498,7 @@ mod tests {
         ] {
             idx.apply(None, &watcher::Event::Apply(other.clone()));
             assert_eq!(idx.others_need_check_off(&me), needs, "{:?}", other.status);
-            assert_eq!(idx.nic_needs_check_off("nic"), needs || idx.others_need_check_off(&other));
+            assert_eq!(idx.nic_needs_check_off("nic"), needs, "{:?}", other.status);
         }
     }
 

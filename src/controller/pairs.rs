@@ -182,6 +182,9 @@ pub enum CheckOff {
     NotOurs,
     /// Another VPC binding on the NIC is bound or binding.
     StillNeeded,
+    /// Another VPC binding on the NIC needs it and is still binding: this binding, whose record
+    /// says the entry is the operator's, is not let go until their binds have read that.
+    HandingOver { to: Vec<String> },
     /// A VIP port in the NIC's network still holds the NIC's IP (the cloud's listing says so).
     StillPaired { vip_port_id: String },
     /// The NIC's port is gone, or had no `1.1.1.1/0` left.
@@ -193,6 +196,9 @@ pub enum CheckOff {
 pub trait NicUsers: Sync {
     /// Another VPC binding on the NIC is bound or may be (live, committed, not known unbound).
     fn others_need_check_off(&self) -> bool;
+    /// Those of them with no record of a bind yet (`namespace/name`): they are binding, and
+    /// read who added the entry from the unbinding binding's record.
+    fn needers_without_record(&self) -> Vec<String>;
     /// Another binding on the NIC records that the operator turned the NIC's check off.
     fn added_by_another(&self) -> bool;
     /// Records, durably and before the write, that this binding is about to turn the NIC's
@@ -289,12 +295,13 @@ impl PortPairs {
         let lock = self.lock_for(t.nic_id);
         let held = lock.lock().await;
         let before: BeforeWrite<'_> = Some(Box::pin(async {
-            users.before_check_off(&intent).await.map_err(|why| PairsError::NotRecorded { why })?;
-            // From here on the entry is the operator's, whatever the write's answer.
-            self.ledger.mark_added(t.nic_id);
-            Ok(())
+            users.before_check_off(&intent).await.map_err(|why| PairsError::NotRecorded { why })
         }));
         let nic_edit = self.edit_locked(target, t.nic_id, &check_off, before).await;
+        // The entry is the operator's once a write of it may have landed (not on a refusal).
+        if matches!(&nic_edit, Ok(Edit::Written)) || nic_edit.as_ref().is_err_and(PairsError::may_have_written) {
+            self.ledger.mark_added(t.nic_id);
+        }
         // Read under the lock: a binding bound on this NIC before us may have added it.
         let inherited = self.ledger.added(t.nic_id) || users.added_by_another();
         drop(held);
@@ -408,6 +415,10 @@ impl PortPairs {
             // The NIC's fact, not this binding's: it outlives this record, for whoever is last.
             self.ledger.mark_added(t.nic_id);
             let still_needed = self.ledger.needed_by_another(t.nic_id, who) || users.others_need_check_off();
+            let waiting = if still_needed { users.needers_without_record() } else { vec![] };
+            if !waiting.is_empty() {
+                return Ok(CheckOff::HandingOver { to: waiting });
+            }
             let decided = self.remove_check_off_locked(target, (t.nic_id, t.network_id, nic_ip), still_needed).await;
             if matches!(decided, Ok(CheckOff::StillNeeded | CheckOff::StillPaired { .. })) {
                 let cleanup = Cleanup { target: target.clone(), network: t.network_id.into(), nic_ip: nic_ip.into() };
@@ -436,8 +447,12 @@ impl PortPairs {
             self.remove_check_off_locked(&cleanup.target, (nic, &cleanup.network, &cleanup.nic_ip), still_needed).await;
         drop(held);
         self.forget_unused(nic, lock);
-        if still_needed || matches!(decided, Ok(CheckOff::Removed | CheckOff::Absent)) {
-            // Needed again: the next unbind there decides. Gone: nothing left to do.
+        let retry = decided.as_ref().is_err_and(|f| {
+            f.error.is_retryable() && !matches!(&f.error, PairsError::Cloud(e) if e.class() == ErrorClass::Auth)
+        });
+        if !retry {
+            // Needed (by a binding, or by a pair a VIP port keeps): the unbind of whoever needs
+            // it decides. Gone, or not ours to touch with these keys: nothing left to do.
             self.ledger.forget_cleanup(nic);
         }
         decided
@@ -625,8 +640,16 @@ impl PortPairs {
             }
         };
         let mut written = false;
+        // A read that fails after our write landed must not make the edit look unwritten.
+        let after_write = |written: bool, e: PairsError| match e {
+            PairsError::Cloud(last) if written && !last.may_have_applied() => PairsError::Cloud(EcsError::Uncertain {
+                last: Box::new(last),
+                earlier: format!("a write to port {port_id} was answered before this read"),
+            }),
+            e => e,
+        };
         for _ in 0..MAX_ROUNDS {
-            let first = match read("before an edit").await? {
+            let first = match read("before an edit").await.map_err(|e| after_write(written, e))? {
                 Ok(pairs) => pairs,
                 Err(gone) => return Ok(Edit::PortGone(gone)),
             };
@@ -634,7 +657,7 @@ impl PortPairs {
                 return Ok(if written { Edit::Written } else { Edit::AlreadyThere });
             };
             // Written only when a second read agrees with the one the list was built from.
-            let second = match read("right before the write").await? {
+            let second = match read("right before the write").await.map_err(|e| after_write(written, e))? {
                 Ok(pairs) => pairs,
                 Err(gone) => return Ok(Edit::PortGone(gone)),
             };
@@ -691,6 +714,8 @@ mod tests {
         fail_update: Mutex<Option<EcsError>>,
         /// After this many more updates succeed, the next one answers the error.
         fail_update_after: Mutex<Option<(usize, EcsError)>>,
+        /// After this many more reads of the port succeed, the next one answers the error.
+        fail_get_after: Mutex<Option<(String, usize, EcsError)>>,
         calls: Mutex<Vec<String>>,
     }
 
@@ -734,6 +759,14 @@ mod tests {
     impl VpcApi for Cloud {
         fn get_port<'a>(&'a self, _: &'a CloudTarget, id: &'a str) -> BoxFuture<'a, Result<Port, EcsError>> {
             self.calls.lock().unwrap().push(format!("get {id}"));
+            {
+                let mut after = self.fail_get_after.lock().unwrap();
+                match after.take() {
+                    Some((port, 0, e)) if port == id => return Box::pin(async move { Err(e) }),
+                    Some((port, n, e)) if port == id => *after = Some((port, n - 1, e)),
+                    other => *after = other,
+                }
+            }
             let answer = self.ports.lock().unwrap().get(id).cloned().ok_or_else(not_found);
             let mut queue = self.after_read.lock().unwrap();
             if queue.front().is_some_and(|(port, _)| port == id) {
@@ -808,6 +841,10 @@ mod tests {
     impl NicUsers for Others {
         fn others_need_check_off(&self) -> bool {
             self.need
+        }
+
+        fn needers_without_record(&self) -> Vec<String> {
+            vec![]
         }
 
         fn added_by_another(&self) -> bool {
@@ -1145,6 +1182,28 @@ mod tests {
         assert_eq!(pairs.release_unneeded(NIC, &cleanup, || false).await.unwrap(), CheckOff::Removed);
         assert!(cloud.pairs(NIC).is_empty());
         assert!(pairs.ledger().cleanups().is_empty() && !pairs.ledger().added(NIC));
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_read_back_is_refused_still_counts_as_written() {
+        let (cloud, pairs) = setup(&[], &[]);
+        // The NIC is read for its IP, then twice before the write; the read-back is throttled.
+        *cloud.fail_get_after.lock().unwrap() = Some((NIC.into(), 3, crate::ecs::error::coded(429, "APIGW.0308")));
+        let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
+        assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF], "the write landed");
+        assert!(f.wrote_nic, "a refused read-back does not unwrite it: {f:?}");
+        assert!(f.partial.as_ref().is_some_and(|r| r.source_check_off_added));
+        assert!(pairs.ledger().added(NIC) && !pairs.ledger().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_check_off_write_does_not_make_the_entry_ours() {
+        let (cloud, pairs) = setup(&[], &[]);
+        *cloud.fail_update.lock().unwrap() = Some(crate::ecs::error::coded(400, "VPC.0002"));
+        let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
+        assert!(!f.wrote_nic && !f.may_have_applied, "{f:?}");
+        assert!(!pairs.ledger().added(NIC), "nothing of ours is on the NIC");
+        assert!(pairs.ledger().is_empty());
     }
 
     #[tokio::test]

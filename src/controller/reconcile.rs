@@ -267,9 +267,10 @@ pub(super) async fn unbound_inside_horizon(
     until: tokio::time::Instant,
 ) -> Result<Action, Error> {
     let wait = until.saturating_duration_since(tokio::time::Instant::now()) + Duration::from_millis(200);
+    // No countdown in the text: a message that changes on every pass would be a status write,
+    // and a watch event, on every pass.
     let message = format!(
-        "{unbound}; an earlier write that may still land (answered 504, given up on, or sent by a previous leader) could bind it again, so the unbind is repeated in {}s before the binding is released",
-        wait.as_secs().max(1)
+        "{unbound}; an earlier write that may still land (answered 504, given up on, or sent by a previous leader) could bind it again, so the unbind is repeated once it can no longer land (--write-horizon after it), before the binding is released"
     );
     tracing::info!(wait_s = wait.as_secs(), "unbound inside the horizon of a write that may still land; holding");
     let next = StatusBuilder::new(b, ctx.now())
@@ -280,6 +281,22 @@ pub(super) async fn unbound_inside_horizon(
         ctx.record(b, &status).await?;
     }
     Ok(Action::requeue(wait))
+}
+
+/// A deletion already held for a write that may still land, which still may: looked at again
+/// when it can no longer land, with no cloud call and no status write meanwhile (another
+/// trigger, such as our own status write's event, changes nothing).
+fn still_held_for_writes_in_flight(b: &VipBinding, ctx: &Context) -> Option<Action> {
+    let held = b.condition(crate::api::v1alpha1::CONDITION_READY).map(|c| c.reason.as_str())
+        == Some(Reason::WritesInFlight.as_str());
+    if !held {
+        return None;
+    }
+    let vip_port = b.status.as_ref().and_then(|s| s.bound_with.as_ref()).and_then(|w| w.vip_port_id.as_deref());
+    let subjects: Vec<&str> = vip_port.into_iter().chain([b.spec.nic_id.as_str()]).collect();
+    let until = ctx.writes.overtaken_until(&subjects, Direction::Unbind)?;
+    tracing::debug!("held until a write that may still land can no longer land");
+    Some(Action::requeue(until.saturating_duration_since(tokio::time::Instant::now()) + Duration::from_millis(200)))
 }
 
 /// A failed attempt to bind or unbind (or to get the credentials for it).
@@ -525,6 +542,9 @@ pub(super) async fn record_bind_failure(
 }
 
 async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
+    if let Some(wait) = still_held_for_writes_in_flight(b, ctx) {
+        return Ok(wait);
+    }
     if let Some(wait) = wait_for_policy(b, ctx, TargetResolver::unbind_is_checked(b)) {
         return Ok(wait);
     }

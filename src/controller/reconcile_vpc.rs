@@ -110,6 +110,10 @@ impl NicUsers for Users<'_> {
         self.ctx.index.others_need_check_off(self.b)
     }
 
+    fn needers_without_record(&self) -> Vec<String> {
+        self.ctx.index.others_needing_unrecorded(self.b)
+    }
+
     fn added_by_another(&self) -> bool {
         self.ctx.index.source_check_off_by_another(self.b)
     }
@@ -131,7 +135,12 @@ impl NicUsers for Users<'_> {
                 _ => builder.bound(CondStatus::Unknown, Reason::Indeterminate, &message),
             };
             if let Some(status) = builder.build() {
-                match self.ctx.record(b, &status).await {
+                // Under the NIC's lock: a slow API server must not hold every edit of the NIC.
+                let written = tokio::time::timeout(INTENT_TIMEOUT, self.ctx.record(b, &status)).await;
+                let Ok(written) = written else {
+                    return Err(format!("the status write took longer than {}s", INTENT_TIMEOUT.as_secs()));
+                };
+                match written {
                     Ok(()) => {}
                     Err(Error::Kube(e)) => {
                         let why = e.to_string();
@@ -209,6 +218,9 @@ pub(super) async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, step: B
         }
     }
 }
+
+/// How long the intent's status write may hold the NIC's lock.
+const INTENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Said in a Bound message when the bind is checked again after the horizon.
 pub(super) const RECHECK_NOTE: &str =
@@ -292,6 +304,14 @@ pub(super) async fn unbind(
                     format!("; NIC {nic} keeps 1.1.1.1/0: VIP port {vip_port_id} still lets its IP through")
                 }
                 CheckOff::Absent => String::new(),
+                CheckOff::HandingOver { to } => {
+                    let message = format!(
+                        "VIP {} unbound from NIC {nic} ({what}); NIC {nic} keeps 1.1.1.1/0 for {}, still binding: this binding, whose record says the entry is the operator's, is released once they have read it",
+                        b.spec.ip_address,
+                        to.join(", ")
+                    );
+                    return handing_over(b, ctx, &message).await;
+                }
             };
             let message = format!("VIP {} unbound from NIC {nic} ({what}){check}", b.spec.ip_address);
             if let Some(until) = ctx.writes.overtaken_until(&[outcome.vip_port_id(), nic], Direction::Unbind) {
@@ -307,6 +327,21 @@ pub(super) async fn unbind(
         }
         Err(f) => unbind_failed(b, ctx, key, f).await,
     }
+}
+
+/// Unbound, but not let go yet: its record of who added the NIC's `1.1.1.1/0` is the only one
+/// until the bindings that still need the entry record it too (they read it at their next
+/// bind). `Bound` is `Unknown` so no later pass takes the unbind as the last word.
+async fn handing_over(b: &VipBinding, ctx: &Context, message: &str) -> Result<Action, Error> {
+    tracing::info!("unbound; waiting for the NIC's other bindings to record whose 1.1.1.1/0 it is");
+    let next = StatusBuilder::new(b, ctx.now())
+        .bound(CondStatus::Unknown, Reason::HandingOver, message)
+        .ready(CondStatus::False, Reason::HandingOver, message)
+        .build();
+    if let Some(status) = next {
+        ctx.record(b, &status).await?;
+    }
+    Ok(Action::requeue(std::time::Duration::from_secs(2)))
 }
 
 async fn unbind_failed(b: &VipBinding, ctx: &Context, key: &ObjectKey, f: PairsFailure) -> Result<Action, Error> {
