@@ -185,7 +185,7 @@ async fn w5_an_ecs_unbind_given_up_on_that_lands_after_a_successor_bound_is_repa
     env.wait_gone("web", Duration::from_secs(20)).await;
     // A binding of the same name on the same NIC, bound before the late unbind lands.
     env.create("web", NIC, VIP_B, json!({})).await;
-    let b = env.wait_ready("web").await;
+    env.wait_ready("web").await;
     // The late unbind lands (after the successor's bind: see the call log), and the successor's
     // VIP must be on the NIC again within the horizon and its second look.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -202,9 +202,7 @@ async fn w5_an_ecs_unbind_given_up_on_that_lands_after_a_successor_bound_is_repa
         assert!(tokio::time::Instant::now() < deadline, "the successor's VIP was not put back: {bound:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        b.status.as_ref().unwrap().conditions.iter().any(|c| c.type_ == "Ready" && c.message.contains("checked again")),
-        "the successor's bind says it is checked again: {b:#?}"
-    );
+    // What the successor's message says depends on whether it bound inside the horizon (a slow
+    // machine may bind it after); tests/reconciler.rs checks the message itself.
     env.cleanup().await;
 }
