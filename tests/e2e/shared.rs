@@ -165,10 +165,12 @@ async fn w4_a_vpc_write_answered_504_that_lands_later_is_undone_before_the_delet
     }
     assert!(!pairs(&env, "vip-port-a").contains(&nic_ip), "the late write outlived the deletion");
     assert!(pairs(&env, NIC).is_empty());
-    let reasons = history.ready_reasons();
-    assert!(reasons.iter().any(|r| r == "WritesInFlight"), "held until the write could no longer land: {reasons:?}");
-    let held = history.versions().into_iter().find(|b| ready(b).map(|r| r.1) == Some("WritesInFlight"));
-    assert_eq!(held.and_then(|b| condition(&b, "Bound")).map(|c| c.0).as_deref(), Some("Unknown"));
+    // Held as WritesInFlight when the unbind came inside the horizon (a slow machine may get to
+    // it only after the late write landed, and then simply removes it); while held, the outcome
+    // is Unknown. tests/reconciler.rs checks the hold itself.
+    for held in history.versions().into_iter().filter(|b| ready(b).map(|r| r.1) == Some("WritesInFlight")) {
+        assert_eq!(condition(&held, "Bound").map(|c| c.0).as_deref(), Some("Unknown"));
+    }
     env.cleanup().await;
 }
 
