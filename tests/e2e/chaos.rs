@@ -48,10 +48,10 @@ const VIPS: [(&str, &str, Option<&str>); 4] = [
     ("vip-port-3", "192.168.10.13", None),
 ];
 /// About 60–90 s in all with the waits around the steps.
-const DEFAULT_STEPS: usize = 160;
-/// A step takes about 0.35 s; the loop stops after this much a step even if steps are left
+const DEFAULT_STEPS: usize = 120;
+/// A step takes about 0.45 s; the loop stops after this much a step even if steps are left
 /// (a slow machine).
-const STEP_TIME_CAP: Duration = Duration::from_millis(600);
+const STEP_TIME_CAP: Duration = Duration::from_millis(750);
 /// Late writes land at most this long after their request arrived; the operator's
 /// `--write-horizon` (when it has the flag) is set to it.
 const WRITE_HORIZON: Duration = Duration::from_secs(3);
