@@ -1,8 +1,11 @@
 //! A seeded random mix ("chaos") on a real API server: bindings created, deleted, recreated
 //! under the same name and replaced on shared NICs and VIPs, through both APIs, while the cloud
 //! fails, throttles, stalls and lands writes after the client gave up, and the leader is
-//! killed. Then, with the cloud healthy again, the invariants no interleaving may break are
-//! checked against the simulator's state, and again once every binding is deleted.
+//! killed. "Bound means bound" is checked after every step; then, with the cloud healthy
+//! again, every invariant no interleaving may break is checked against the simulator's state,
+//! and the cloud must be clean once every binding is deleted. A failure prints the seed, the
+//! last steps, the cloud, and a timeline of each NIC and port involved; the whole run is saved
+//! under `target/tmp/chaos/seed-<seed>/`.
 //!
 //! `VIPOP_CHAOS_SEED` replays a run (the seed is printed at the start and in every failure),
 //! `VIPOP_CHAOS_STEPS` sets its length, `VIPOP_CHAOS_OPERATOR_ARGS` adds operator flags. A seed
