@@ -1,8 +1,11 @@
 //! A seeded random mix ("chaos") on a real API server: bindings created, deleted, recreated
 //! under the same name and replaced on shared NICs and VIPs, through both APIs, while the cloud
 //! fails, throttles, stalls and lands writes after the client gave up, and the leader is
-//! killed. Then, with the cloud healthy again, the invariants no interleaving may break are
-//! checked against the simulator's state, and again once every binding is deleted.
+//! killed. "Bound means bound" is checked after every step; then, with the cloud healthy
+//! again, every invariant no interleaving may break is checked against the simulator's state,
+//! and the cloud must be clean once every binding is deleted. A failure prints the seed, the
+//! last steps, the cloud, and a timeline of each NIC and port involved; the whole run is saved
+//! under `target/tmp/chaos/seed-<seed>/`.
 //!
 //! `VIPOP_CHAOS_SEED` replays a run (the seed is printed at the start and in every failure),
 //! `VIPOP_CHAOS_STEPS` sets its length, `VIPOP_CHAOS_OPERATOR_ARGS` adds operator flags. A seed
@@ -29,15 +32,17 @@ const TEST: &str = "chaos_random_mix_keeps_the_invariants";
 const CHECK_OFF: &str = "1.1.1.1/0";
 /// The NICs the bindings share. The last one has `1.1.1.1/0` before the test: not the
 /// operator's, it must stay.
-const NICS: [&str; 6] = [
+const NICS: [&str; 8] = [
     "c4a0e001-0000-4000-8000-000000000001",
     "c4a0e001-0000-4000-8000-000000000002",
     "c4a0e001-0000-4000-8000-000000000003",
     "c4a0e001-0000-4000-8000-000000000004",
     "c4a0e001-0000-4000-8000-000000000005",
     "c4a0e001-0000-4000-8000-000000000006",
+    "c4a0e001-0000-4000-8000-000000000007",
+    "c4a0e001-0000-4000-8000-000000000008",
 ];
-const PRESET_CHECK_OFF: usize = 5;
+const PRESET_CHECK_OFF: usize = 7;
 /// VIP ports: (port ID, VIP, someone else's pair that must never be removed).
 const VIPS: [(&str, &str, Option<&str>); 4] = [
     ("vip-port-0", "192.168.10.10", Some("10.99.0.1")),
@@ -46,10 +51,10 @@ const VIPS: [(&str, &str, Option<&str>); 4] = [
     ("vip-port-3", "192.168.10.13", None),
 ];
 /// About 60–90 s in all with the waits around the steps.
-const DEFAULT_STEPS: usize = 160;
-/// A step takes about 0.35 s; the loop stops after this much a step even if steps are left
+const DEFAULT_STEPS: usize = 120;
+/// A step takes about 0.45 s; the loop stops after this much a step even if steps are left
 /// (a slow machine).
-const STEP_TIME_CAP: Duration = Duration::from_millis(600);
+const STEP_TIME_CAP: Duration = Duration::from_millis(750);
 /// Late writes land at most this long after their request arrived; the operator's
 /// `--write-horizon` (when it has the flag) is set to it.
 const WRITE_HORIZON: Duration = Duration::from_secs(3);
@@ -60,6 +65,8 @@ const PAST_THE_TIMEOUT_MS: u64 = 8_000;
 /// Few enough that a NIC often has one VPC binding only: its replacement then races the
 /// unbind that takes `1.1.1.1/0` away.
 const MAX_LIVE: usize = 8;
+/// One stretch of 300 ms cloud latency in this many steps.
+const SLOW_EVERY: usize = 120;
 const LOG_TAIL: usize = 40;
 const TIMELINE_TAIL: usize = 60;
 
@@ -275,6 +282,8 @@ struct Chaos {
     /// The bindings the test means to exist (what it asked for, not what it observed, so the
     /// random choices depend on the seed alone).
     live: BTreeMap<String, Spec>,
+    /// The step each name was last created at (by the test's asking).
+    born: BTreeMap<String, usize>,
     /// Names left alone until this step (a same-name recreation is under way).
     busy_until: BTreeMap<String, usize>,
     recreating: BTreeMap<String, JoinHandle<Result<Duration, String>>>,
@@ -284,6 +293,9 @@ struct Chaos {
     nic_ips: Vec<String>,
     kills: usize,
     last_kill: usize,
+    /// Violations seen during the run ([`Chaos::sample`]), and their keys.
+    during: Vec<Violation>,
+    seen_during: BTreeSet<String>,
 }
 
 impl Chaos {
@@ -351,18 +363,39 @@ impl Chaos {
         Spec {
             nic: self.rng.random_range(0..NICS.len()),
             vip: self.rng.random_range(0..VIPS.len()),
-            vpc: self.rng.random_bool(0.7),
+            vpc: self.rng.random_bool(0.75),
         }
     }
 
     /// A live binding no recreation is busy with, chosen at random.
     fn pick(&mut self, step: usize) -> Option<String> {
-        let free: Vec<String> =
-            self.live.keys().filter(|n| self.busy_until.get(*n).is_none_or(|until| *until <= step)).cloned().collect();
+        self.pick_where(step, |_, _, _| true)
+    }
+
+    fn pick_where(&mut self, step: usize, ok: impl Fn(&str, &Spec, &BTreeMap<String, Spec>) -> bool) -> Option<String> {
+        let free: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(n, s)| self.busy_until.get(*n).is_none_or(|until| *until <= step) && ok(n, s, &self.live))
+            .map(|(n, _)| n.clone())
+            .collect();
         if free.is_empty() {
             return None;
         }
         Some(free[self.rng.random_range(0..free.len())].clone())
+    }
+
+    /// A VPC binding alone on its NIC (as far as the test asked): its replacement by another
+    /// VPC binding is the race of a delete and a create over the NIC's 1.1.1.1/0.
+    /// Created a few steps ago, so its bind has likely finished and recorded adding the NIC's
+    /// `1.1.1.1/0`.
+    fn pick_alone_vpc(&mut self, step: usize) -> Option<String> {
+        let born = self.born.clone();
+        self.pick_where(step, move |name, s, live| {
+            s.vpc
+                && live.values().filter(|o| o.nic == s.nic).count() == 1
+                && born.get(name).is_some_and(|b| b + 6 <= step)
+        })
     }
 
     async fn create(&mut self, step: usize, name: &str, spec: Spec) {
@@ -372,6 +405,7 @@ impl Chaos {
             Err(e) => self.note(Some(step), format!("create {name} {} FAILED: {e}", spec.describe())),
         }
         self.live.insert(name.to_string(), spec);
+        self.born.insert(name.to_string(), step);
     }
 
     /// Waits for a recreation of `name` still under way, so a delete meets the new object.
@@ -422,9 +456,12 @@ impl Chaos {
         self.recreating.insert(name.to_string(), task);
         self.busy_until.insert(name.to_string(), step + 8);
         self.live.insert(name.to_string(), spec);
+        self.born.insert(name.to_string(), step);
     }
 
-    /// Deletes `old` and creates a new binding on the same NIC at the same moment.
+    /// Deletes `old` and creates a new binding on the same NIC within the same second: at once,
+    /// or a little after, when the old one's unbind may have started without knowing the new
+    /// one (the NIC looked unshared) while the new one's bind is still ahead of it.
     async fn replace(&mut self, step: usize, old: &str) {
         let Some(was) = self.live.get(old).copied() else { return };
         // Mostly the same API and another VIP: two VPC bindings of different VIPs share the
@@ -435,21 +472,30 @@ impl Chaos {
             vip: if self.rng.random_bool(0.8) { other_vip } else { was.vip },
             vpc: if self.rng.random_bool(0.8) { was.vpc } else { !was.vpc },
         };
+        let gap = if self.rng.random_bool(0.3) { 0 } else { self.rng.random_range(20..=400) };
         let new = self.fresh_name();
         self.settle_recreation(Some(step), old).await;
         let api = self.env.bindings();
         let object = binding(&new, &spec);
         let (dp, pp) = (DeleteParams::default(), PostParams::default());
-        let (deleted, created) = tokio::join!(api.delete(old, &dp), api.create(&pp, &object));
+        let (deleted, created) = if gap == 0 {
+            tokio::join!(api.delete(old, &dp), api.create(&pp, &object))
+        } else {
+            let deleted = api.delete(old, &dp).await;
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+            (deleted, api.create(&pp, &object).await)
+        };
         let outcome = match (deleted.err(), created.err()) {
             (None, None) => String::new(),
             (d, c) => format!(" FAILED: delete {d:?}, create {c:?}"),
         };
+        let when = if gap == 0 { "at once".to_string() } else { format!("{gap}ms later") };
         self.note(
             Some(step),
-            format!("replace {old} ({}) by {new} ({}) at once{outcome}", was.describe(), spec.describe()),
+            format!("replace {old} ({}) by {new} ({}) {when}{outcome}", was.describe(), spec.describe()),
         );
         self.live.remove(old);
+        self.born.insert(new.clone(), step);
         self.live.insert(new, spec);
     }
 
@@ -555,10 +601,12 @@ impl Chaos {
                 }
                 None => self.create_random(i).await,
             },
-            46..64 => match self.pick(i) {
-                Some(name) => self.replace(i, &name).await,
-                None => self.create_random(i).await,
-            },
+            46..64 => {
+                match if self.rng.random_bool(0.8) { self.pick_alone_vpc(i) } else { None }.or_else(|| self.pick(i)) {
+                    Some(name) => self.replace(i, &name).await,
+                    None => self.create_random(i).await,
+                }
+            }
             64..92 => self.fault(i),
             92..96 if can_kill => {
                 self.kills += 1;
@@ -588,6 +636,54 @@ impl Chaos {
 
     async fn list(&self) -> Vec<VipBinding> {
         self.env.bindings().list(&ListParams::default()).await.expect("list bindings").items
+    }
+
+    /// Invariants 1 and 4 during the run. Invariant 1 holds at every moment for a binding that
+    /// says Bound: the operator writes Bound after the cloud shows the bind, and a deletion
+    /// changes the object before its unbind. So the cloud is read between two reads of the
+    /// bindings, and only those Bound, not deleting and unchanged across both are judged.
+    /// The first finding for each binding and each kind is kept.
+    async fn sample(&mut self, step: usize) {
+        let steady = |b: &VipBinding| {
+            b.metadata.deletion_timestamp.is_none() && b.condition("Bound").is_some_and(|c| c.status == "True")
+        };
+        let before: BTreeMap<String, Option<String>> = self
+            .list()
+            .await
+            .into_iter()
+            .filter(|b| steady(b))
+            .map(|b| (b.metadata.uid.clone().unwrap_or_default(), b.metadata.resource_version.clone()))
+            .collect();
+        let state = self.env.sim.state();
+        let after = self.list().await;
+        let mut bound = vec![];
+        let mut uids = BTreeMap::new();
+        for b in after.iter().filter(|b| steady(b)) {
+            let uid = b.metadata.uid.clone().unwrap_or_default();
+            if before.get(&uid) == Some(&b.metadata.resource_version)
+                && let Some(spec) = spec_of(b)
+            {
+                let name = b.metadata.name.clone().unwrap_or_default();
+                uids.insert(name.clone(), uid);
+                bound.push((name, spec));
+            }
+        }
+        let mut found: Vec<(String, Violation)> = bound_means_bound(&bound, &state, &self.nic_ips)
+            .into_iter()
+            .map(|(kind, v)| {
+                let name = v.text.split_whitespace().nth(2).unwrap_or_default().to_string();
+                (format!("{}/{kind}", uids.get(&name).cloned().unwrap_or(name)), v)
+            })
+            .collect();
+        found.extend(foreign_intact(&state).into_iter().map(|v| (v.text.clone(), v)));
+        for (key, mut v) in found {
+            if self.seen_during.insert(key) {
+                let at = clock(jiff::Timestamp::now());
+                v.text = format!("{} (during the run, after step #{step:03}, at {at})", v.text);
+                self.note(Some(step), format!("VIOLATION {}", v.text));
+                self.during.push(v);
+            }
+        }
     }
 
     /// Waits (bounded) until no binding is being deleted and every other one is Ready, or held
@@ -743,6 +839,49 @@ fn conflicting(b: &VipBinding, all: &[VipBinding]) -> bool {
         .any(|o| o.nic == mine.nic && (!o.vpc || !mine.vpc || o.vip == mine.vip))
 }
 
+/// Invariant 1 for bindings that say Bound: ECS, the NIC's ECS state holds the VIP; VPC, the
+/// VIP port holds the NIC's IP and the NIC's port `1.1.1.1/0`. With what is missing (`ecs`,
+/// `pair`, `check-off`).
+fn bound_means_bound(
+    bound: &[(String, Spec)],
+    state: &StateSnapshot,
+    nic_ips: &[String],
+) -> Vec<(&'static str, Violation)> {
+    let mut out = vec![];
+    for (name, s) in bound {
+        let (nic, (port, vip, _)) = (NICS[s.nic], VIPS[s.vip]);
+        if !s.vpc {
+            let holds = state.nics.get(nic).map(|n| n.ip_address.as_str());
+            if holds != Some(vip) {
+                let text =
+                    format!("invariant 1: {name} ({}) is Bound, but the NIC's ECS state holds {holds:?}", s.describe());
+                out.push(("ecs", Violation { text, subjects: vec![nic.into()] }));
+            }
+            continue;
+        }
+        let ip = &nic_ips[s.nic];
+        let vip_pairs = pairs_of(state, port);
+        if !vip_pairs.contains(ip) {
+            let text = format!(
+                "invariant 1: {name} ({}) is Bound, but {port} lacks nic{}'s IP {ip}: pairs {vip_pairs:?}",
+                s.describe(),
+                s.nic
+            );
+            out.push(("pair", Violation { text, subjects: vec![port.into()] }));
+        }
+        let nic_pairs = pairs_of(state, nic);
+        if !nic_pairs.iter().any(|p| p == CHECK_OFF) {
+            let text = format!(
+                "invariant 1: {name} ({}) is Bound, but nic{} lacks {CHECK_OFF}: pairs {nic_pairs:?}",
+                s.describe(),
+                s.nic
+            );
+            out.push(("check-off", Violation { text, subjects: vec![nic.into()] }));
+        }
+    }
+    out
+}
+
 /// The invariants after convergence, over the live bindings and the simulator's state.
 fn check(bindings: &[VipBinding], state: &StateSnapshot, nic_ips: &[String]) -> Vec<Violation> {
     let mut out = vec![];
@@ -758,45 +897,8 @@ fn check(bindings: &[VipBinding], state: &StateSnapshot, nic_ips: &[String]) -> 
         |ip: &str| nic_ips.iter().position(|n| n == ip).map(|i| format!("nic{i}")).unwrap_or("no NIC".into());
 
     // 1. Bound means bound, in the cloud.
-    for (name, s, _) in live.iter().filter(|(_, _, bound)| *bound) {
-        let (nic, (port, vip, _)) = (NICS[s.nic], VIPS[s.vip]);
-        if !s.vpc {
-            let holds = state.nics.get(nic).map(|n| n.ip_address.as_str());
-            if holds != Some(vip) {
-                out.push(Violation {
-                    text: format!(
-                        "invariant 1: {name} ({}) is Bound, but the NIC's ECS state holds {holds:?}",
-                        s.describe()
-                    ),
-                    subjects: vec![nic.into()],
-                });
-            }
-            continue;
-        }
-        let ip = &nic_ips[s.nic];
-        let vip_pairs = pairs_of(state, port);
-        if !vip_pairs.contains(ip) {
-            out.push(Violation {
-                text: format!(
-                    "invariant 1: {name} ({}) is Bound, but {port} lacks nic{}'s IP {ip}: pairs {vip_pairs:?}",
-                    s.describe(),
-                    s.nic
-                ),
-                subjects: vec![port.into()],
-            });
-        }
-        let nic_pairs = pairs_of(state, nic);
-        if !nic_pairs.iter().any(|p| p == CHECK_OFF) {
-            out.push(Violation {
-                text: format!(
-                    "invariant 1: {name} ({}) is Bound, but nic{} lacks {CHECK_OFF}: pairs {nic_pairs:?}",
-                    s.describe(),
-                    s.nic
-                ),
-                subjects: vec![nic.into()],
-            });
-        }
-    }
+    let bound: Vec<(String, Spec)> = live.iter().filter(|l| l.2).map(|(n, s, _)| (n.clone(), *s)).collect();
+    out.extend(bound_means_bound(&bound, state, nic_ips).into_iter().map(|(_, v)| v));
 
     // 2. Nothing bound that no live binding needs.
     for (v, (port, vip, foreign)) in VIPS.iter().enumerate() {
@@ -945,6 +1047,7 @@ async fn chaos_random_mix_keeps_the_invariants() {
         log: vec![],
         history,
         live: BTreeMap::new(),
+        born: BTreeMap::new(),
         busy_until: BTreeMap::new(),
         recreating: BTreeMap::new(),
         next_name: 0,
@@ -953,6 +1056,8 @@ async fn chaos_random_mix_keeps_the_invariants() {
         nic_ips,
         kills: 0,
         last_kill: 0,
+        during: vec![],
+        seen_during: BTreeSet::new(),
     };
     let flags = format!("operator flags: {:?}", chaos.operator_args);
     eprintln!("chaos: {flags}");
@@ -960,21 +1065,31 @@ async fn chaos_random_mix_keeps_the_invariants() {
     chaos.start_operator().await;
     chaos.start_operator().await;
 
-    // Global latency for a stretch of the run: every call slower, every race window wider.
-    let slow_from = chaos.rng.random_range(steps / 5..=steps / 2);
-    let slow_until = slow_from + chaos.rng.random_range(20..=40);
+    // Global latency for stretches of the run (one in each SLOW_EVERY steps): every call
+    // slower, every race window wider. Early in each, as a race over 1.1.1.1/0 needs a NIC
+    // whose 1.1.1.1/0 a binding recorded adding, and leaks of earlier steps spoil NICs for that.
+    let mut slow = BTreeMap::new();
+    for start in (0..steps).step_by(SLOW_EVERY) {
+        let from = start + chaos.rng.random_range(SLOW_EVERY / 12..=SLOW_EVERY / 3);
+        slow.insert(from, true);
+        slow.insert(from + chaos.rng.random_range(35..=60), false);
+    }
     let mut i = 0;
     let loop_cap = STEP_TIME_CAP.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX));
     while i < steps && chaos.started.elapsed() < loop_cap {
-        if i == slow_from {
-            chaos.env.sim.set_latency(Duration::from_millis(300));
-            chaos.note(Some(i), "cloud latency 300ms");
-        }
-        if i == slow_until {
-            chaos.env.sim.set_latency(Duration::ZERO);
-            chaos.note(Some(i), "cloud latency 0");
+        match slow.get(&i) {
+            Some(true) => {
+                chaos.env.sim.set_latency(Duration::from_millis(300));
+                chaos.note(Some(i), "cloud latency 300ms");
+            }
+            Some(false) => {
+                chaos.env.sim.set_latency(Duration::ZERO);
+                chaos.note(Some(i), "cloud latency 0");
+            }
+            None => {}
         }
         chaos.step(i).await;
+        chaos.sample(i).await;
         i += 1;
     }
     let names: Vec<String> = chaos.recreating.keys().cloned().collect();
@@ -1004,9 +1119,10 @@ async fn chaos_random_mix_keeps_the_invariants() {
             chaos.fail("convergence after the horizon", &[Violation { text: why, subjects: vec![] }], &all)
         }
     };
-    let mut problems = check(&bindings, &chaos.env.sim.state(), &chaos.nic_ips);
+    let mut problems = std::mem::take(&mut chaos.during);
+    problems.extend(check(&bindings, &chaos.env.sim.state(), &chaos.nic_ips));
     // Going on after a violation: the deletions may show more (or show a leak for good).
-    chaos.note(None, format!("{} invariant violations with the bindings live", problems.len()));
+    chaos.note(None, format!("{} invariant violations during the run and with the bindings live", problems.len()));
 
     // Every binding goes: the cloud must be left as it was before the test.
     for b in &bindings {
