@@ -452,49 +452,15 @@ mod tests {
             .with_status(bound("False"));
         idx.apply(None, &watcher::Event::Apply(me.clone()));
         assert!(!idx.others_need_check_off(&me), "its own need is not another's");
+        let other = || VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2");
+        let vpc = || other().api(BindApi::Vpc).with_finalizer();
         for (other, needs) in [
-            (VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc), false),
-            (VipBinding::test().named("a", "o").nic("nic").ip("10.0.0.2").api(BindApi::Vpc).with_finalizer(), true),
-            (
-                VipBinding::test()
-                    .named("a", "o")
-                    .nic("nic")
-                    .ip("10.0.0.2")
-                    .api(BindApi::Vpc)
-                    .with_finalizer()
-                    .with_status(bound("False")),
-                false,
-            ),
-            (
-                VipBinding::test()
-                    .named("a", "o")
-                    .nic("nic")
-                    .ip("10.0.0.2")
-                    .api(BindApi::Vpc)
-                    .with_finalizer()
-                    .with_status(bound("True")),
-                true,
-            ),
-            (
-                VipBinding::test()
-                    .named("a", "o")
-                    .nic("nic")
-                    .ip("10.0.0.2")
-                    .api(BindApi::Vpc)
-                    .with_finalizer()
-                    .with_status(bound("True"))
-                    .deleting(),
-                false,
-            ),
-            (
-                VipBinding::test()
-                    .named("a", "o")
-                    .nic("nic")
-                    .ip("10.0.0.2")
-                    .with_finalizer()
-                    .with_status(bound("True")),
-                false,
-            ),
+            (other().api(BindApi::Vpc), false),
+            (vpc(), true),
+            (vpc().with_status(bound("False")), false),
+            (vpc().with_status(bound("True")), true),
+            (vpc().with_status(bound("True")).deleting(), false),
+            (other().with_finalizer().with_status(bound("True")), false),
         ] {
             idx.apply(None, &watcher::Event::Apply(other.clone()));
             assert_eq!(idx.others_need_check_off(&me), needs, "{:?}", other.status);
