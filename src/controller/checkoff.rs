@@ -79,6 +79,11 @@ impl CheckOffLedger {
         self.lock().needs.get(nic).is_some_and(|keys| keys.iter().any(|k| k != key))
     }
 
+    /// Whether any binding registered that it needs `nic`'s check off.
+    pub fn needed(&self, nic: &str) -> bool {
+        self.lock().needs.contains_key(nic)
+    }
+
     /// Whether this process turned `nic`'s check off (and has not turned it back on).
     pub fn added(&self, nic: &str) -> bool {
         self.lock().added.contains(nic)

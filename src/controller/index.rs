@@ -162,6 +162,16 @@ impl Inner {
         owners
     }
 
+    /// The claims on `nic` and their entries, leaving out the binding whose UID is `except`.
+    fn on_nic<'a>(&'a self, nic: &str, except: Option<&'a str>) -> impl Iterator<Item = (&'a Claim, &'a Entry)> + 'a {
+        self.by_nic
+            .get(nic)
+            .into_iter()
+            .flatten()
+            .filter(move |c| except.is_none_or(|uid| c.uid.as_str() != uid))
+            .filter_map(|c| self.by_uid.get(c.uid.as_str()).map(|e| (&**c, e)))
+    }
+
     fn owner_uids(&self, nic: &str) -> HashSet<ObjectKey> {
         self.owners(nic).into_iter().map(|c| c.uid.clone()).collect()
     }
@@ -333,28 +343,14 @@ impl BindingIndex {
     /// Whether another binding on `b`'s NIC recorded turning its source check off: `b` then
     /// shares that, so whichever of them is unbound last turns it back on.
     pub fn source_check_off_by_another(&self, b: &VipBinding) -> bool {
-        let uid = b.uid().unwrap_or_default();
-        let inner = self.read();
-        inner.by_nic.get(&b.spec.nic_id).is_some_and(|claims| {
-            claims
-                .iter()
-                .filter(|c| c.uid.as_str() != uid)
-                .any(|c| inner.by_uid.get(c.uid.as_str()).is_some_and(|e| e.source_check_off_added))
-        })
+        self.read().on_nic(&b.spec.nic_id, b.uid().as_deref()).any(|(_, e)| e.source_check_off_added)
     }
 
     /// Whether a VPC binding other than `b` on `b`'s NIC is bound or may be (committed, live,
     /// not known unbound): it needs the NIC's check off. Asked under the NIC's lock, right
     /// before the write that would turn the check back on.
     pub fn others_need_check_off(&self, b: &VipBinding) -> bool {
-        let uid = b.uid().unwrap_or_default();
-        let inner = self.read();
-        inner.by_nic.get(&b.spec.nic_id).is_some_and(|claims| {
-            claims
-                .iter()
-                .filter(|c| c.uid.as_str() != uid)
-                .any(|c| inner.by_uid.get(c.uid.as_str()).is_some_and(|e| e.needs_check_off))
-        })
+        self.read().on_nic(&b.spec.nic_id, b.uid().as_deref()).any(|(_, e)| e.needs_check_off)
     }
 
     /// `namespace/name` of the VPC bindings other than `b` on `b`'s NIC that need its check off
@@ -363,29 +359,17 @@ impl BindingIndex {
     /// would leave the entry behind. (One that recorded finding the entry there is not waited
     /// for: it has bound already, and waiting would not change what it read.)
     pub fn others_needing_unrecorded(&self, b: &VipBinding) -> Vec<String> {
-        let uid = b.uid().unwrap_or_default();
         let inner = self.read();
-        let Some(claims) = inner.by_nic.get(&b.spec.nic_id) else { return vec![] };
-        claims
-            .iter()
-            .filter(|c| c.uid.as_str() != uid)
-            .filter(|c| inner.by_uid.get(c.uid.as_str()).is_some_and(|e| e.needs_check_off && !e.recorded))
-            .map(|c| c.key())
+        inner
+            .on_nic(&b.spec.nic_id, b.uid().as_deref())
+            .filter(|(_, e)| e.needs_check_off && !e.recorded)
+            .map(|(c, _)| c.key())
             .collect()
     }
 
     /// Whether any VPC binding on `nic` is bound or may be (see [`Self::others_need_check_off`]).
     pub fn nic_needs_check_off(&self, nic: &str) -> bool {
-        let inner = self.read();
-        inner.by_nic.get(nic).is_some_and(|claims| {
-            claims.iter().any(|c| inner.by_uid.get(c.uid.as_str()).is_some_and(|e| e.needs_check_off))
-        })
-    }
-
-    /// Whether a binding other than `b` (live or being deleted) is on `b`'s NIC.
-    pub fn nic_shared(&self, b: &VipBinding) -> bool {
-        let uid = b.uid().unwrap_or_default();
-        self.read().by_nic.get(&b.spec.nic_id).is_some_and(|claims| claims.iter().any(|c| c.uid.as_str() != uid))
+        self.read().on_nic(nic, None).any(|(_, e)| e.needs_check_off)
     }
 
     /// Whether a binding (live or being deleted) uses this Secret.
@@ -484,7 +468,6 @@ mod tests {
         assert_eq!(idx.conflict_owner(&vip2), None, "another VIP on the same NIC");
         assert_eq!(idx.conflict_owner(&vip1_again).as_deref(), Some("a/vip1"), "the same VIP on the same NIC");
         assert_eq!(idx.conflict_owner(&ecs).as_deref(), Some("a/vip1"), "ECS takes the whole NIC");
-        assert!(idx.nic_shared(&vip1));
         // vip1 goes: its successor for the same VIP may act; ECS still waits for vip2.
         let changes = idx.apply(None, &watcher::Event::Delete(vip1));
         assert_eq!(changes.new_owners.iter().map(Claim::key).collect::<Vec<_>>(), vec!["b/again"]);
@@ -492,7 +475,6 @@ mod tests {
         idx.apply(None, &watcher::Event::Delete(vip2));
         let changes = idx.apply(None, &watcher::Event::Delete(vip1_again));
         assert_eq!(changes.new_owners.iter().map(Claim::key).collect::<Vec<_>>(), vec!["b/ecs"]);
-        assert!(!idx.nic_shared(&ecs));
         // Unset spec.api follows the operator's default.
         let vpc_default = BindingIndex::new(BindApi::Vpc);
         let plain1 = VipBinding::test().named("a", "p1").nic("nic").ip("10.0.0.1").created(t(1));

@@ -96,19 +96,12 @@ pub struct WritesInFlight {
     subjects: Mutex<HashMap<String, Unsettled>>,
     /// Bindings whose bind completed inside a horizon: checked again once it has passed.
     rechecks: Mutex<HashMap<ObjectKey, Instant>>,
-    noted: std::sync::atomic::AtomicU64,
 }
 
 impl Default for WritesInFlight {
     /// Tracks nothing: for tests and tools that make no cloud writes of their own.
     fn default() -> Self {
-        Self {
-            horizon: Duration::ZERO,
-            takeover_until: None,
-            subjects: Mutex::default(),
-            rechecks: Mutex::default(),
-            noted: Default::default(),
-        }
+        Self { horizon: Duration::ZERO, takeover_until: None, subjects: Mutex::default(), rechecks: Mutex::default() }
     }
 }
 
@@ -123,10 +116,6 @@ impl WritesInFlight {
         Self { horizon, ..Self::default() }
     }
 
-    pub fn horizon(&self) -> Duration {
-        self.horizon
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Unsettled>> {
         self.subjects.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -137,7 +126,6 @@ impl WritesInFlight {
         if self.horizon.is_zero() || subject.is_empty() {
             return;
         }
-        self.noted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let until = crate::instant_after(self.horizon);
         let now = Instant::now();
         let mut subjects = self.lock();
@@ -153,11 +141,6 @@ impl WritesInFlight {
         let slot = entry.slot(direction);
         *slot = Some(slot.map_or(until, |at| at.max(until)));
         tracing::debug!(subject, op = op.as_str(), horizon_s = self.horizon.as_secs(), "a write may still land");
-    }
-
-    /// Writes noted so far (for the metric).
-    pub fn noted(&self) -> u64 {
-        self.noted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Until when a `decided` write's outcome on any of `subjects` may still be overtaken by a
@@ -209,8 +192,9 @@ impl WritesInFlight {
         self.rechecks.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
-    /// Subjects with a write that may still land (for the gauge).
-    pub fn pending(&self) -> usize {
+    /// Subjects with a write that may still land.
+    #[cfg(test)]
+    fn pending(&self) -> usize {
         let now = Instant::now();
         let mut map = self.lock();
         map.retain(|_, u| u.latest().is_some_and(|at| at > now));

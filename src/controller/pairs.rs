@@ -442,7 +442,7 @@ impl PortPairs {
     ) -> Result<CheckOff, PairsFailure> {
         let lock = self.lock_for(nic);
         let held = lock.lock().await;
-        let still_needed = self.ledger.needed_by_another(nic, &ObjectKey::from("")) || still_used();
+        let still_needed = self.ledger.needed(nic) || still_used();
         let decided =
             self.remove_check_off_locked(&cleanup.target, (nic, &cleanup.network, &cleanup.nic_ip), still_needed).await;
         drop(held);
@@ -470,7 +470,7 @@ impl PortPairs {
         if still_needed {
             return Ok(CheckOff::StillNeeded);
         }
-        match self.vip_pairs_in(target, Some(network)).await {
+        match self.vip_pairs_in(target, network).await {
             Ok(seen) => {
                 if let Some(port) = seen.iter().find(|(_, ips)| ips.contains(nic_ip)).map(|(id, _)| id) {
                     return Ok(CheckOff::StillPaired { vip_port_id: port.clone() });
@@ -502,21 +502,19 @@ impl PortPairs {
         }
     }
 
-    /// The VIP ports of one network (`None`: the whole project) with the addresses each lets
-    /// through: one listing (filtered by `device_owner`, [`MAX_PAGE`] ports a page).
-    pub async fn vip_pairs_in(&self, target: &CloudTarget, network: Option<&str>) -> Result<VipPairs, EcsError> {
+    /// The VIP ports of one network with the addresses each lets through: one listing
+    /// (filtered by `device_owner`, [`MAX_PAGE`] ports a page).
+    pub async fn vip_pairs_in(&self, target: &CloudTarget, network: &str) -> Result<VipPairs, EcsError> {
         let filter = PortFilter {
             device_owner: Some(VIP_PORT_OWNER.into()),
-            network_id: network.map(str::to_string),
+            network_id: Some(network.to_string()),
             limit: MAX_PAGE,
             ..PortFilter::default()
         };
         let mut all = VipPairs::new();
         self.list_all(target, filter, |port| {
             // The filters are the server's; the answer is checked, not trusted.
-            if port.device_owner == VIP_PORT_OWNER
-                && network.is_none_or(|n| port.network_id.is_empty() || port.network_id == n)
-            {
+            if port.device_owner == VIP_PORT_OWNER && (port.network_id.is_empty() || port.network_id == network) {
                 all.insert(port.id, port.allowed_address_pairs.into_iter().map(|p| p.ip_address).collect());
             }
         })
@@ -858,6 +856,11 @@ mod tests {
         }
     }
 
+    /// What a bind to "vip-port" from NIC_IP left on record.
+    fn recorded(source_check_off_added: bool) -> Recorded {
+        Recorded { vip_port_id: Some("vip-port".into()), nic_ip: Some(NIC_IP.into()), source_check_off_added }
+    }
+
     fn who() -> ObjectKey {
         ObjectKey::from("uid-a")
     }
@@ -937,11 +940,7 @@ mod tests {
     #[tokio::test]
     async fn unbind_removes_exactly_its_own_ip_and_the_check_off_only_from_a_nic_nobody_else_uses() {
         let (cloud, pairs) = setup(&["10.0.0.9", NIC_IP, "10.0.0.10"], &[SOURCE_CHECK_OFF, "10.0.0.77"]);
-        let recorded = Recorded {
-            vip_port_id: Some("vip-port".into()),
-            nic_ip: Some(NIC_IP.into()),
-            source_check_off_added: true,
-        };
+        let recorded = recorded(true);
         // Another binding still uses the NIC: 1.1.1.1/0 stays.
         let out =
             pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(true)).await.map(|(u, _)| u).unwrap();
@@ -1022,11 +1021,7 @@ mod tests {
     async fn a_nic_that_is_gone_unbinds_by_its_recorded_ip_or_is_the_clouds_gone() {
         let (cloud, pairs) = setup(&[NIC_IP, "10.0.0.9"], &[]);
         cloud.ports.lock().unwrap().remove(NIC);
-        let recorded = Recorded {
-            vip_port_id: Some("vip-port".into()),
-            nic_ip: Some(NIC_IP.into()),
-            source_check_off_added: true,
-        };
+        let recorded = recorded(true);
         let out =
             pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(false)).await.map(|(u, _)| u).unwrap();
         assert_eq!(out, Unbound::Removed { vip_port_id: "vip-port".into() });
@@ -1044,11 +1039,7 @@ mod tests {
     async fn a_vip_port_that_is_gone_leaves_nothing_bound() {
         let (cloud, pairs) = setup(&[], &[]);
         cloud.ports.lock().unwrap().remove("vip-port");
-        let recorded = Recorded {
-            vip_port_id: Some("vip-port".into()),
-            nic_ip: Some(NIC_IP.into()),
-            source_check_off_added: false,
-        };
+        let recorded = recorded(false);
         let out =
             pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(false)).await.map(|(u, _)| u).unwrap();
         assert_eq!(out, Unbound::VipGone { vip_port_id: "vip-port".into() });
@@ -1067,11 +1058,7 @@ mod tests {
     #[tokio::test]
     async fn an_unbind_keeps_the_check_off_for_a_bind_that_registered_before_the_unbind_decided() {
         let (cloud, pairs) = setup(&[NIC_IP], &[SOURCE_CHECK_OFF]);
-        let recorded = Recorded {
-            vip_port_id: Some("vip-port".into()),
-            nic_ip: Some(NIC_IP.into()),
-            source_check_off_added: true,
-        };
+        let recorded = recorded(true);
         // B is on its way (registered before its NIC read); the index does not show it yet.
         pairs.ledger().need(NIC, &ObjectKey::from("uid-b"));
         let (_, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
@@ -1097,11 +1084,7 @@ mod tests {
         let (cloud, pairs) = setup(&[NIC_IP], &[SOURCE_CHECK_OFF]);
         // Another VIP in the network still pairs the NIC's IP (a binding the index does not know).
         cloud.ports.lock().unwrap().insert("vip-2".into(), port("vip-2", VIP_PORT_OWNER, "10.0.0.101", &[NIC_IP]));
-        let recorded = Recorded {
-            vip_port_id: Some("vip-port".into()),
-            nic_ip: Some(NIC_IP.into()),
-            source_check_off_added: true,
-        };
+        let recorded = recorded(true);
         let (out, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
         assert_eq!(out, Unbound::Removed { vip_port_id: "vip-port".into() });
         assert_eq!(check, CheckOff::StillPaired { vip_port_id: "vip-2".into() });
@@ -1159,11 +1142,7 @@ mod tests {
     #[tokio::test]
     async fn a_check_off_left_for_a_bind_that_then_wrote_nothing_is_taken_away_by_the_sweep() {
         let (cloud, pairs) = setup(&[NIC_IP], &[SOURCE_CHECK_OFF]);
-        let recorded = Recorded {
-            vip_port_id: Some("vip-port".into()),
-            nic_ip: Some(NIC_IP.into()),
-            source_check_off_added: true,
-        };
+        let recorded = recorded(true);
         let b = ObjectKey::from("uid-b");
         pairs.ledger().need(NIC, &b);
         let (_, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
