@@ -2,7 +2,7 @@
 //! the reconciler makes is recorded and asserted exactly (method, path, query, content type,
 //! body); a scenario that should make none asserts radio silence.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::ResourceExt;
 use kube::client::Body;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -132,10 +133,22 @@ struct Seen {
     body: Value,
 }
 
+impl Seen {
+    /// The status a status write sets: the value of its `add /status` (after the UID test).
+    fn status(&self) -> &Value {
+        self.body
+            .as_array()
+            .and_then(|ops| ops.iter().find(|op| op["op"] == "add" && op["path"] == "/status"))
+            .map_or(&Value::Null, |op| &op["value"])
+    }
+}
+
 /// A small stand-in for the API server behind the mock: it applies the reconciler's patches to
-/// one object (so responses are what a server would return) and records every request.
+/// the objects it stores, by name (so responses are what a server would return, a write meant
+/// for another object of the same name included), and records every request.
 struct MockApi {
     seen: Arc<Mutex<Vec<Seen>>>,
+    objects: Arc<Mutex<BTreeMap<String, Value>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -180,7 +193,9 @@ impl MockApi {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
-        let mut current = serde_json::to_value(object).unwrap();
+        let objects = Arc::new(Mutex::new(BTreeMap::new()));
+        objects.lock().unwrap().insert(object.name_any(), serde_json::to_value(object).unwrap());
+        let stored = objects.clone();
         let task = tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let method = request.method().to_string();
@@ -195,12 +210,23 @@ impl MockApi {
                     body: body.clone(),
                 });
                 let path = uri.split('?').next().unwrap().to_string();
-                let response = if path.ends_with("/status") && method == "PATCH" {
-                    current["status"] = body["status"].clone();
-                    json_response(&current)
-                } else if path.contains("/vipbindings/") && method == "PATCH" {
-                    match apply_json_patch(&mut current, &body) {
-                        Ok(()) => json_response(&current),
+                let name = path.split("/vipbindings/").nth(1).map(|rest| rest.trim_end_matches("/status").to_string());
+                let mut objects = stored.lock().unwrap();
+                let current = name.as_ref().and_then(|n| objects.get_mut(n));
+                let response = if name.is_some() && method == "PATCH" && current.is_none() {
+                    status_response(404, "NotFound", "vipbindings not found")
+                } else if let (Some(current), true) = (current, method == "PATCH") {
+                    // A status patch is tested against the whole object; only its status changes.
+                    let mut patched = current.clone();
+                    match apply_json_patch(&mut patched, &body) {
+                        Ok(()) if path.ends_with("/status") => {
+                            current["status"] = patched["status"].clone();
+                            json_response(current)
+                        }
+                        Ok(()) => {
+                            *current = patched;
+                            json_response(current)
+                        }
                         Err(e) => status_response(422, "Invalid", &e),
                     }
                 } else if path.contains("/events") && method == "POST" {
@@ -232,11 +258,16 @@ impl MockApi {
                 send.send_response(response);
             }
         });
-        (kube::Client::new(service, "default"), Self { seen, task })
+        (kube::Client::new(service, "default"), Self { seen, objects, task })
     }
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// `object` is stored now (created, or in place of another of its name).
+    fn put(&self, object: &VipBinding) {
+        self.objects.lock().unwrap().insert(object.name_any(), serde_json::to_value(object).unwrap());
     }
 }
 
@@ -343,6 +374,8 @@ async fn run_once(object: VipBinding, cloud: Arc<FakeCloud>, defaults: OperatorD
     Run { action, seen: api.seen() }
 }
 
+/// The UID of `binding()` (the test builder's `{namespace}-{name}`).
+const UID: &str = "team-a-web-vip";
 const BINDING_PATH: &str = "/apis/vipoperator.dev/v1alpha1/namespaces/team-a/vipbindings/web-vip";
 
 /// Right before an unbind the reconciler checks the CRD is not being deleted (uninstall).
@@ -365,6 +398,7 @@ fn assert_finalizer_added(s: &Seen) {
     assert_eq!(
         s.body,
         json!([
+            {"op": "test", "path": "/metadata/uid", "value": UID},
             {"op": "test", "path": "/metadata/finalizers", "value": null},
             {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
         ])
@@ -378,17 +412,25 @@ fn assert_finalizer_removed(s: &Seen) {
     assert_eq!(
         s.body,
         json!([
+            {"op": "test", "path": "/metadata/uid", "value": UID},
             {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
             {"op": "remove", "path": "/metadata/finalizers/0"},
         ])
     );
 }
 
-fn assert_status_apply(s: &Seen, status: Value) {
+/// The whole status, written to this object only (a successor of the same name fails the test).
+fn assert_status_write(s: &Seen, status: Value) {
     assert_eq!(s.method, "PATCH");
-    assert_eq!(s.uri, format!("{BINDING_PATH}/status?&force=true&fieldManager=vip-operator"));
-    assert_eq!(s.content_type.as_deref(), Some("application/apply-patch+yaml"));
-    assert_eq!(s.body, json!({"apiVersion": "vipoperator.dev/v1alpha1", "kind": "VipBinding", "status": status}));
+    assert_eq!(s.uri, format!("{BINDING_PATH}/status?&fieldManager=vip-operator"));
+    assert_eq!(s.content_type.as_deref(), Some("application/json-patch+json"));
+    assert_eq!(
+        s.body,
+        json!([
+            {"op": "test", "path": "/metadata/uid", "value": UID},
+            {"op": "add", "path": "/status", "value": status},
+        ])
+    );
 }
 
 fn assert_event(s: &Seen, type_: &str, reason: &str, note_contains: &str) {
@@ -431,7 +473,7 @@ async fn create_adds_finalizer_binds_once_and_records_status() {
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
     assert_finalizer_added(&run.seen[0]);
     let msg = format!("VIP 192.168.0.7 is bound to NIC {NIC} (port {NIC})");
-    assert_status_apply(
+    assert_status_write(
         &run.seen[1],
         json!({
             "portId": NIC,
@@ -504,7 +546,7 @@ async fn delete_unbinds_records_port_and_conditions_then_releases() {
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 2, "{seen:#?}");
     let msg = format!("VIP 192.168.0.7 unbound from NIC {NIC} (port {NIC})");
-    assert_status_apply(
+    assert_status_write(
         &seen[0],
         json!({
             "portId": NIC,
@@ -527,7 +569,7 @@ async fn a_paused_deletion_is_released_as_orphaned_while_the_crd_is_deleted() {
     assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 3, "{seen:#?}");
-    assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "Orphaned");
+    assert_eq!(condition(&seen[0].status(), "Ready")["reason"], "Orphaned");
     assert_finalizer_removed(&seen[1]);
 }
 
@@ -538,7 +580,7 @@ async fn a_paused_deletion_is_looked_at_again_so_an_uninstall_can_release_it() {
     let run = run_once(paused, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     let seen = after_crd_check(&run.seen);
-    assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "DeletionPaused");
+    assert_eq!(condition(&seen[0].status(), "Ready")["reason"], "DeletionPaused");
     assert!(requeue_delay(&run.action).is_some_and(|d| d <= Duration::from_secs(60)), "{:?}", run.action);
 }
 
@@ -549,7 +591,7 @@ async fn delete_with_the_nic_gone_releases_with_nic_not_found() {
     assert_eq!(cloud.calls().len(), 1);
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 3);
-    let status = &seen[0].body["status"];
+    let status = &seen[0].status();
     assert_eq!(status["conditions"][1]["reason"], "NicNotFound");
     assert_eq!(status["conditions"][0]["reason"], "NicNotFound");
     assert_eq!(status["conditions"][0]["status"], "False");
@@ -570,7 +612,7 @@ async fn delete_with_a_gateway_404_holds_the_finalizer_and_says_why() {
     assert_eq!(cloud.calls().len(), 1);
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 2, "a status write and an event, and no finalizer removal: {seen:#?}");
-    let status = &seen[0].body["status"];
+    let status = &seen[0].status();
     let ready = condition(status, "Ready");
     assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("EndpointNotFound")));
     let message = ready["message"].as_str().unwrap();
@@ -599,7 +641,7 @@ async fn a_panic_inside_a_reconcile_is_an_error_not_an_unwind() {
 async fn a_new_object_with_an_old_name_does_not_inherit_its_backoff() {
     let cloud = FakeCloud::answering(vec![Err(api_error(500, "Common.0001", "req-500"))]);
     let object = bound_binding().deleting();
-    let (client, _api) = MockApi::start(&object, MockOptions::default());
+    let (client, api) = MockApi::start(&object, MockOptions::default());
     let ctx = context(client, cloud.clone(), static_defaults());
     let old = reconcile(Arc::new(object.clone()), ctx.clone()).await.unwrap();
     assert!(requeue_delay(&old).is_some_and(|d| d >= Duration::from_millis(2500)), "{old:?}");
@@ -608,8 +650,30 @@ async fn a_new_object_with_an_old_name_does_not_inherit_its_backoff() {
     assert_eq!(cloud.calls().len(), 1, "held");
     // ...but another object under the same name (deleted and created again) is not.
     let new = object.with_uid("uid-new");
+    api.put(&new);
     let _ = reconcile(Arc::new(new), ctx).await.unwrap();
     assert_eq!(cloud.calls().len(), 2, "{:?}", cloud.calls());
+}
+
+/// A reconcile from a stale copy of a binding that has gone (a late trigger, a previous leader's
+/// cache) meets its successor of the same name on the server: the release it decided must not
+/// rewrite the successor's status or take its finalizer away, or the successor's bind would be
+/// left with no binding to unbind it (found by the chaos test, seeds 106 and 107).
+#[tokio::test]
+async fn a_release_meant_for_a_gone_binding_leaves_its_successor_of_the_same_name_alone() {
+    let successor = bound_binding().with_uid("uid-successor");
+    let (client, api) = MockApi::start(&successor, MockOptions::default());
+    let ctx = context(client, FakeCloud::answering(vec![]), static_defaults());
+    let stale = bound_binding().orphan().deleting();
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(stale), ctx)).await.unwrap();
+    let Err(error) = result else { panic!("the write for the gone object must fail, got {result:?}") };
+    assert_eq!(error.kind(), "invalid", "{error}");
+    let seen = api.seen();
+    let writes: Vec<_> = seen.iter().filter(|s| s.method == "PATCH").collect();
+    assert_eq!(writes.len(), 1, "the release stops at its first refused write: {seen:#?}");
+    assert_status_write(writes[0], writes[0].status().clone());
+    let stored: VipBinding = serde_json::from_value(api.objects.lock().unwrap()[NAME].clone()).unwrap();
+    assert_eq!(stored, successor, "the successor is untouched");
 }
 
 #[tokio::test]
@@ -620,7 +684,7 @@ async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
     assert_eq!(first_seen.len(), 2, "{first_seen:#?}");
     let msg = "unbind failed: HTTP 500 Common.0001: simulated [request id req-500]; set spec.deletionPolicy to Orphan to release the binding without unbinding";
     let bound_msg = format!("VIP 192.168.0.7 is bound to NIC {NIC} (port {NIC})");
-    assert_status_apply(
+    assert_status_write(
         &first_seen[0],
         json!({
             "portId": NIC,
@@ -637,12 +701,12 @@ async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
 
     // The next reconcile sees the status the first one wrote, and succeeds.
     let object =
-        bound_binding().deleting().with_status(serde_json::from_value(first_seen[0].body["status"].clone()).unwrap());
+        bound_binding().deleting().with_status(serde_json::from_value(first_seen[0].status().clone()).unwrap());
     let second = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(cloud.calls().len(), 2);
     let second_seen = after_crd_check(&second.seen);
     assert_eq!(second_seen.len(), 2);
-    assert_eq!(second_seen[0].body["status"]["conditions"][1]["reason"], "Unbound");
+    assert_eq!(second_seen[0].status()["conditions"][1]["reason"], "Unbound");
     assert_finalizer_removed(&second_seen[1]);
 }
 
@@ -653,7 +717,7 @@ async fn orphan_policy_releases_without_a_cloud_call() {
     let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 3);
-    let conditions = &run.seen[0].body["status"]["conditions"];
+    let conditions = &run.seen[0].status()["conditions"];
     assert_eq!(conditions[1]["reason"], "Orphaned");
     assert_eq!(conditions[1]["status"], "False");
     // The VIP stays bound, and status says so.
@@ -672,7 +736,7 @@ async fn auth_failure_is_recorded_and_the_key_is_not_retried_in_a_loop() {
     // Finalizer (the call was about to be made), status, warning event.
     assert_eq!(seen.len(), 3, "{seen:#?}");
     assert_finalizer_added(&seen[0]);
-    let status = &seen[1].body["status"];
+    let status = &seen[1].status();
     assert_eq!(status["conditions"][1]["reason"], "AuthFailed");
     assert!(status["conditions"][1]["message"].as_str().unwrap().contains("APIGW.0301"));
     // A 401 proves nothing was bound.
@@ -683,9 +747,11 @@ async fn auth_failure_is_recorded_and_the_key_is_not_retried_in_a_loop() {
 
     // Another binding using the same key right after: held back without a cloud call.
     let other = binding().named(NS, "other").with_finalizer();
+    api.put(&other);
     let _ = reconcile(Arc::new(other), ctx).await.unwrap();
     assert_eq!(cloud.calls().len(), 1, "the refused key must not be sent again at once");
-    let held = &api.seen()[3].body["status"]["conditions"][1];
+    let seen = api.seen();
+    let held = &seen[3].status()["conditions"][1];
     assert_eq!(held["reason"], "AuthFailed");
     let key_id = Credentials::new("DEFAULTAK", "x", None).unwrap().key_id();
     assert!(
@@ -719,7 +785,7 @@ async fn missing_credentials_never_reach_the_cloud_and_add_no_finalizer() {
     let run = run_once(binding(), cloud.clone(), defaults, MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
-    let status = &run.seen[0].body["status"];
+    let status = &run.seen[0].status();
     assert_eq!(status["conditions"][1]["reason"], "CredentialsUnavailable");
     assert_eq!(status["conditions"][0]["reason"], "NotBound");
     assert_eq!(status["conditions"][0]["status"], "False");
@@ -769,7 +835,7 @@ async fn a_secret_with_a_missing_key_is_invalid_with_a_precise_message() {
         run_once(object, cloud.clone(), static_defaults(), MockOptions { secret: Some(secret), ..Default::default() })
             .await;
     assert!(cloud.calls().is_empty());
-    let ready = &run.seen[1].body["status"]["conditions"][1];
+    let ready = &run.seen[1].status()["conditions"][1];
     assert_eq!(ready["reason"], "Invalid");
     assert_eq!(ready["message"], "credentials Secret team-a/hw-creds: key `secretKey` is missing");
 }
@@ -793,7 +859,7 @@ async fn deleting_a_binding_that_never_reached_the_cloud_needs_no_unbind() {
     let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 3);
-    assert_eq!(run.seen[0].body["status"]["conditions"][1]["reason"], "NotBound");
+    assert_eq!(run.seen[0].status()["conditions"][1]["reason"], "NotBound");
     assert_finalizer_removed(&run.seen[1]);
 }
 
@@ -821,7 +887,7 @@ async fn a_lost_bind_answer_is_recorded_as_indeterminate_and_deletion_still_unbi
     let timeout = EcsError::Transport { kind: TransportKind::Timeout, message: "operation timed out".into() };
     let cloud = FakeCloud::answering(vec![Err(timeout)]);
     let run = run_once(binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
-    let status = &run.seen[1].body["status"];
+    let status = run.seen[1].status();
     assert_eq!(status["conditions"][0]["status"], "Unknown");
     assert_eq!(status["conditions"][0]["reason"], "Indeterminate");
     assert_eq!(status["conditions"][1]["reason"], "CloudUnavailable");
@@ -836,7 +902,7 @@ async fn a_lost_bind_answer_is_recorded_as_indeterminate_and_deletion_still_unbi
 async fn terminal_bind_errors_wait_for_a_spec_change() {
     let cloud = FakeCloud::answering(vec![Err(api_error(400, "Ecs.0039", "req-400"))]);
     let run = run_once(binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert_eq!(run.seen[1].body["status"]["conditions"][1]["reason"], "BindFailed");
+    assert_eq!(run.seen[1].status()["conditions"][1]["reason"], "BindFailed");
     assert_eq!(run.action, Action::await_change());
 }
 
@@ -848,7 +914,7 @@ async fn a_vpc_binding_without_a_vpc_endpoint_is_invalid_and_nothing_is_sent() {
     assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
     // The failure is recorded, then said: no finalizer went on, since nothing was sent.
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
-    let ready = condition(&run.seen[0].body["status"], "Ready");
+    let ready = condition(&run.seen[0].status(), "Ready");
     assert_eq!(ready["reason"], "Invalid");
     assert!(ready["message"].as_str().unwrap().contains("no VPC endpoint"), "{ready}");
     assert_event(&run.seen[1], "Warning", "Invalid", "--vpc-endpoint");
@@ -869,7 +935,7 @@ async fn crd_being_deleted_releases_without_unbinding() {
     assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 3);
-    let ready = &seen[0].body["status"]["conditions"][1];
+    let ready = &seen[0].status()["conditions"][1];
     assert_eq!(ready["reason"], "Orphaned");
     assert!(ready["message"].as_str().unwrap().contains("CRD is being deleted"));
     assert_finalizer_removed(&seen[1]);
@@ -884,7 +950,7 @@ async fn a_namespace_not_granted_the_default_credentials_gets_a_reason_an_event_
     assert!(cloud.calls().is_empty());
     // No finalizer either: nothing can have been sent.
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
-    let ready = condition(&run.seen[0].body["status"], "Ready");
+    let ready = condition(&run.seen[0].status(), "Ready");
     assert_eq!(ready["reason"], "DefaultCredentialsNotAllowed");
     let message = ready["message"].as_str().unwrap();
     assert!(
@@ -913,7 +979,7 @@ async fn a_project_outside_the_namespace_scope_is_refused_even_with_the_namespac
     let run = run_with_tenancy(object, cloud.clone(), MockOptions { secret: Some(secret), ..Default::default() }).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen[0].uri, "/api/v1/namespaces/team-a/secrets/team-creds");
-    let ready = condition(&run.seen[1].body["status"], "Ready");
+    let ready = condition(&run.seen[1].status(), "Ready");
     assert_eq!(ready["reason"], "ProjectNotAllowed");
     assert!(ready["message"].as_str().unwrap().contains(PROJECT), "{ready}");
 }
@@ -950,8 +1016,8 @@ async fn a_narrowed_policy_never_traps_a_deletion_it_unbinds_where_the_bind_went
         ("unbind", RECORDED_PROJECT, "ap-southeast-1", "TEAMAK")
     );
     let seen: Vec<Seen> = after_crd_check(&run.seen).into_iter().filter(|s| s.method != "GET").collect();
-    assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "Unbound");
-    assert!(seen[0].body["status"].get("boundWith").is_none(), "the record goes with the unbind");
+    assert_eq!(condition(&seen[0].status(), "Ready")["reason"], "Unbound");
+    assert!(seen[0].status().get("boundWith").is_none(), "the record goes with the unbind");
     assert_finalizer_removed(&seen[1]);
 }
 
@@ -962,8 +1028,8 @@ async fn a_binding_bound_before_records_existed_gets_its_record_at_first_sight()
     let run = run_with_tenancy(legacy_bound_binding(), cloud.clone(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 1, "{:#?}", run.seen);
-    assert_eq!(run.seen[0].body["status"]["boundWith"], json!({"projectId": PROJECT, "region": "cn-north-4"}));
-    assert_eq!(condition(&run.seen[0].body["status"], "Ready")["reason"], "Bound");
+    assert_eq!(run.seen[0].status()["boundWith"], json!({"projectId": PROJECT, "region": "cn-north-4"}));
+    assert_eq!(condition(&run.seen[0].status(), "Ready")["reason"], "Bound");
 }
 
 #[tokio::test]
@@ -986,7 +1052,7 @@ async fn a_hand_added_finalizer_cannot_turn_a_refused_binding_into_an_unbind() {
     let seen = after_crd_check(&run.seen);
     // The refusal (status, then its event), and no finalizer removal.
     assert_eq!(seen.len(), 2, "{seen:#?}");
-    assert_eq!(condition(&seen[0].body["status"], "Ready")["reason"], "DefaultCredentialsNotAllowed");
+    assert_eq!(condition(&seen[0].status(), "Ready")["reason"], "DefaultCredentialsNotAllowed");
     assert_event(&seen[1], "Warning", "DefaultCredentialsNotAllowed", "team-a");
 }
 
@@ -1036,7 +1102,7 @@ async fn a_vpc_deletion_with_no_recorded_nic_ip_is_released_when_the_nics_port_r
     let object = binding().api(BindApi::Vpc).with_finalizer().deleting();
     let run = reconcile_with_port_reads(object, vec![], vec![Err(api_error(404, "VPC.2502", "req-vpc"))]).await;
     let seen = after_crd_check(&run.seen);
-    let ready = condition(&seen[0].body["status"], "Ready");
+    let ready = condition(&seen[0].status(), "Ready");
     assert_eq!(ready["reason"], "NicNotFound");
     assert!(ready["message"].as_str().unwrap().contains("read through the VPC API"), "{ready}");
     assert_finalizer_removed(&seen[1]);
@@ -1046,7 +1112,7 @@ async fn a_vpc_deletion_with_no_recorded_nic_ip_is_released_when_the_nics_port_r
 async fn a_nic_gone_for_ecs_is_released_once_its_port_reads_404() {
     let run = delete_with_nic_gone_and_port_read(Err(api_error(404, "VPC.2502", "req-vpc"))).await;
     let seen = after_crd_check(&run.seen);
-    let ready = condition(&seen[0].body["status"], "Ready");
+    let ready = condition(&seen[0].status(), "Ready");
     assert_eq!(ready["reason"], "NicNotFound");
     assert!(ready["message"].as_str().unwrap().contains("confirmed by the VPC API"), "{ready}");
     assert_finalizer_removed(&seen[1]);
@@ -1057,10 +1123,10 @@ async fn a_nic_gone_for_ecs_whose_port_still_exists_is_held_not_released() {
     let run = delete_with_nic_gone_and_port_read(Ok(nic_port())).await;
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 2, "status and event, no finalizer removal: {seen:#?}");
-    let ready = condition(&seen[0].body["status"], "Ready");
+    let ready = condition(&seen[0].status(), "Ready");
     assert_eq!(ready["reason"], "GoneUnconfirmed");
     assert!(ready["message"].as_str().unwrap().contains("still has its port"), "{ready}");
-    assert_eq!(condition(&seen[0].body["status"], "Bound")["status"], "True", "still possibly bound");
+    assert_eq!(condition(&seen[0].status(), "Bound")["status"], "True", "still possibly bound");
     assert_event(&seen[1], "Warning", "GoneUnconfirmed", "Orphan");
     assert!(requeue_delay(&run.action).is_some(), "looked at again");
 }
@@ -1071,7 +1137,7 @@ async fn a_port_read_that_proves_nothing_holds_the_binding_and_retries() {
         let run = delete_with_nic_gone_and_port_read(Err(unknown)).await;
         let seen = after_crd_check(&run.seen);
         assert_eq!(seen.len(), 2, "status and event, no finalizer removal: {seen:#?}");
-        let ready = condition(&seen[0].body["status"], "Ready");
+        let ready = condition(&seen[0].status(), "Ready");
         assert_ne!(ready["reason"], "NicNotFound");
         assert!(ready["message"].as_str().unwrap().contains("not released yet"), "{ready}");
     }
@@ -1082,7 +1148,7 @@ async fn without_read_permission_the_release_rests_on_the_ecs_answer_and_says_so
     let run = delete_with_nic_gone_and_port_read(Err(api_error(403, "VPC.0003", "req-403"))).await;
     let seen = after_crd_check(&run.seen);
     assert_event(&seen[0], "Warning", "VpcReadsDenied", "may not read VPC ports");
-    let ready = condition(&seen[1].body["status"], "Ready");
+    let ready = condition(&seen[1].status(), "Ready");
     assert_eq!(ready["reason"], "NicNotFound");
     assert!(ready["message"].as_str().unwrap().contains("not confirmed"), "{ready}");
     assert_finalizer_removed(&seen[2]);
@@ -1119,7 +1185,7 @@ async fn an_unbind_that_a_bind_still_in_flight_could_undo_is_held_and_the_finali
     assert_eq!(cloud.calls().len(), 1, "unbound once");
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 1, "the status only: the finalizer stays {seen:#?}");
-    let status = &seen[0].body["status"];
+    let status = &seen[0].status();
     assert_eq!(condition(status, "Bound")["status"], "Unknown");
     assert_eq!(condition(status, "Bound")["reason"], "WritesInFlight");
     assert_eq!(condition(status, "Ready")["reason"], "WritesInFlight");
@@ -1136,7 +1202,7 @@ async fn a_bind_that_an_unbind_still_in_flight_could_undo_is_checked_again_after
     let cloud = FakeCloud::answering(vec![]);
     let run = run_after_unsettled(binding(), cloud.clone(), vip_operator::ecs::Operation::Unbind).await;
     assert_eq!(cloud.calls().iter().map(|c| c.op).collect::<Vec<_>>(), ["bind"]);
-    let status = &run.seen.last().unwrap().body["status"];
+    let status = &run.seen.last().unwrap().status();
     assert_eq!(condition(status, "Ready")["status"], "True");
     let message = condition(status, "Ready")["message"].as_str().unwrap();
     assert!(message.contains("checked again"), "{message}");

@@ -57,8 +57,12 @@ pub async fn reconcile(secret: Arc<PartialObjectMeta<Secret>>, ctx: Arc<GuardCon
         GuardPlan::Nothing => {
             return Ok(if in_use { Action::requeue(Duration::from_secs(600)) } else { Action::await_change() });
         }
-        GuardPlan::Add => add_finalizer_patch(secret.metadata.finalizers.as_deref(), CREDENTIALS_FINALIZER)?,
-        GuardPlan::Remove(i) => remove_finalizer_patch(i, CREDENTIALS_FINALIZER)?,
+        GuardPlan::Add => add_finalizer_patch(
+            secret.metadata.uid.as_deref(),
+            secret.metadata.finalizers.as_deref(),
+            CREDENTIALS_FINALIZER,
+        )?,
+        GuardPlan::Remove(i) => remove_finalizer_patch(secret.metadata.uid.as_deref(), i, CREDENTIALS_FINALIZER)?,
     };
     // Metadata only: the answer does not carry the Secret's data.
     match api.patch_metadata(&name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {

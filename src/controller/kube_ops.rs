@@ -1,6 +1,12 @@
-//! The Kubernetes calls the reconciler makes, in one place: finalizer add/remove (JSON patch
-//! guarded by `test`), status (server-side apply on the status subresource), events (best
-//! effort), and the uninstall check (is the CRD being deleted?).
+//! The Kubernetes calls the reconciler makes, in one place: finalizer add/remove and status
+//! (JSON patches guarded by `test`), events (best effort), and the uninstall check (is the CRD
+//! being deleted?).
+//!
+//! Every write names its object and is guarded by a `test` of its UID: a write meant for an
+//! object that has gone (a reconcile from a stale copy, a request that arrived late) must fail
+//! on a successor of the same name instead of taking its finalizer away or rewriting its status.
+//! The API server ignores `metadata.uid` in a merge patch or an apply of the status subresource
+//! (checked on v1.36), but evaluates a JSON patch's `test` against the whole object.
 
 use std::time::Duration;
 
@@ -33,32 +39,64 @@ fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
-/// A JSON patch adding `finalizer` to an object whose finalizers were `existing`. The `test` op
-/// makes it fail (422) if the list changed since it was read, instead of overwriting someone
-/// else's change; kube-apiserver passes a `null` test on a missing path, which covers the first
-/// finalizer.
-pub fn add_finalizer_patch(existing: Option<&[String]>, finalizer: &str) -> Result<json_patch::Patch, kube::Error> {
-    let ops = match existing {
-        None | Some([]) => json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]},
-        ]),
-        Some(existing) => json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": existing},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer},
-        ]),
-    };
-    serde_json::from_value(ops).map_err(kube::Error::SerdeError)
+/// The object a write is for: its UID, which a successor of the same name does not share.
+/// `None` only for an object that was never stored (tests); the write is then unguarded.
+fn same_object(uid: Option<&str>) -> Vec<serde_json::Value> {
+    uid.map(|uid| json!({"op": "test", "path": "/metadata/uid", "value": uid})).into_iter().collect()
 }
 
-/// A JSON patch removing `finalizer` at `index`, guarded by a `test` that it is still there.
-pub fn remove_finalizer_patch(index: usize, finalizer: &str) -> Result<json_patch::Patch, kube::Error> {
+fn patch_of(ops: Vec<serde_json::Value>) -> Result<json_patch::Patch, kube::Error> {
+    serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)
+}
+
+/// A JSON patch adding `finalizer` to the object `uid` whose finalizers were `existing`. The
+/// `test` ops make it fail (422) if the object was replaced or the list changed since it was
+/// read, instead of overwriting someone else's change; kube-apiserver passes a `null` test on a
+/// missing path, which covers the first finalizer.
+pub fn add_finalizer_patch(
+    uid: Option<&str>,
+    existing: Option<&[String]>,
+    finalizer: &str,
+) -> Result<json_patch::Patch, kube::Error> {
+    let mut ops = same_object(uid);
+    match existing {
+        None | Some([]) => ops.extend([
+            json!({"op": "test", "path": "/metadata/finalizers", "value": null}),
+            json!({"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}),
+        ]),
+        Some(existing) => ops.extend([
+            json!({"op": "test", "path": "/metadata/finalizers", "value": existing}),
+            json!({"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}),
+        ]),
+    }
+    patch_of(ops)
+}
+
+/// A JSON patch removing `finalizer` at `index` of the object `uid`, guarded by `test`s that it
+/// is still that object and the finalizer is still there.
+pub fn remove_finalizer_patch(
+    uid: Option<&str>,
+    index: usize,
+    finalizer: &str,
+) -> Result<json_patch::Patch, kube::Error> {
     let path = format!("/metadata/finalizers/{index}");
-    serde_json::from_value(json!([
-        {"op": "test", "path": path, "value": finalizer},
-        {"op": "remove", "path": path},
-    ]))
-    .map_err(kube::Error::SerdeError)
+    let mut ops = same_object(uid);
+    ops.extend([json!({"op": "test", "path": path, "value": finalizer}), json!({"op": "remove", "path": path})]);
+    patch_of(ops)
+}
+
+/// A JSON patch for the status subresource setting `/status/{field}` (the whole status when
+/// `field` is `None`) of the object `uid`. The status is ours alone (no other manager writes
+/// it), so a whole-status write replaces: a field we no longer set is removed.
+pub fn status_patch(
+    uid: Option<&str>,
+    field: Option<&str>,
+    value: serde_json::Value,
+) -> Result<json_patch::Patch, kube::Error> {
+    let path = field.map_or_else(|| "/status".to_string(), |f| format!("/status/{f}"));
+    let mut ops = same_object(uid);
+    ops.push(json!({"op": "add", "path": path, "value": value}));
+    patch_of(ops)
 }
 
 pub struct KubeOps {
@@ -69,6 +107,11 @@ pub struct KubeOps {
 
 fn api(client: &kube::Client, b: &VipBinding) -> Api<VipBinding> {
     Api::namespaced(client.clone(), &b.namespace().unwrap_or_default())
+}
+
+/// Status writes name their manager, so `managedFields` says who wrote the status.
+fn status_params() -> PatchParams {
+    PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() }
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
@@ -86,7 +129,7 @@ impl KubeOps {
 
     /// Adds our finalizer (see [`add_finalizer_patch`]).
     pub async fn add_finalizer(&self, b: &VipBinding) -> Result<VipBinding, kube::Error> {
-        let patch = add_finalizer_patch(b.metadata.finalizers.as_deref(), FINALIZER)?;
+        let patch = add_finalizer_patch(b.metadata.uid.as_deref(), b.metadata.finalizers.as_deref(), FINALIZER)?;
         api(&self.client, b).patch(&b.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await
     }
 
@@ -95,41 +138,40 @@ impl KubeOps {
         let Some(index) = b.finalizers().iter().position(|f| f == FINALIZER) else {
             return Ok(());
         };
-        let patch = remove_finalizer_patch(index, FINALIZER)?;
+        let patch = remove_finalizer_patch(b.metadata.uid.as_deref(), index, FINALIZER)?;
         match api(&self.client, b).patch(&b.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
             Err(e) if is_not_found(&e) => Ok(()),
             other => other.map(|_| ()),
         }
     }
 
-    /// Writes the whole status with server-side apply: fields we set before and omit now are
-    /// removed, fields other managers own are left alone. Returns the object's generation as the
-    /// server had it after the write (`None`: the object is gone), which may be newer than `b`'s
-    /// (a deletion bumps it).
+    /// Writes the whole status of `b` (not of a successor of the same name; see
+    /// [`status_patch`]). Returns the object's generation as the server had it after the write
+    /// (`None`: the object is gone), which may be newer than `b`'s (a deletion bumps it).
     pub async fn write_status(&self, b: &VipBinding, status: &VipBindingStatus) -> Result<Option<i64>, kube::Error> {
-        let body = json!({
-            "apiVersion": VipBinding::api_version(&()),
-            "kind": VipBinding::kind(&()),
-            "status": status,
-        });
-        match api(&self.client, b)
-            .patch_status(&b.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
-            .await
-        {
+        let value = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
+        let patch = status_patch(b.metadata.uid.as_deref(), None, value)?;
+        match api(&self.client, b).patch_status(&b.name_any(), &status_params(), &Patch::<()>::Json(patch)).await {
             Err(e) if is_not_found(&e) => Ok(None),
             other => other.map(|written| written.metadata.generation),
         }
     }
 
-    /// Sets `status.observed` alone (a merge patch): written outside a reconcile, from a cached
-    /// object, so the rest of the status must not be rewritten from that copy.
+    /// Sets `status.observed` alone: written outside a reconcile, from a cached object, so the
+    /// rest of the status must not be rewritten from that copy. A copy without a status (never
+    /// the case for a bound binding, the only kind observed) writes a status of that field alone.
     pub async fn write_observed(
         &self,
         b: &VipBinding,
         observed: &crate::api::v1alpha1::Observed,
     ) -> Result<(), kube::Error> {
-        let body = json!({ "status": { "observed": observed } });
-        match api(&self.client, b).patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(body)).await {
+        let value = serde_json::to_value(observed).map_err(kube::Error::SerdeError)?;
+        let uid = b.metadata.uid.as_deref();
+        let patch = match b.status {
+            Some(_) => status_patch(uid, Some("observed"), value)?,
+            None => status_patch(uid, None, json!({ "observed": value }))?,
+        };
+        match api(&self.client, b).patch_status(&b.name_any(), &status_params(), &Patch::<()>::Json(patch)).await {
             Err(e) if is_not_found(&e) => Ok(()),
             other => other.map(|_| ()),
         }

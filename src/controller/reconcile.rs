@@ -123,7 +123,8 @@ pub fn failure_reason(e: &EcsError, unbinding: bool) -> Reason {
 
 pub async fn reconcile(b: Arc<VipBinding>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = ObjectKey::of(&b);
-    let span = tracing::info_span!("reconcile", namespace = %b.namespace().unwrap_or_default(), name = %b.name_any());
+    // The UID tells a binding from its successor of the same name in the logs.
+    let span = tracing::info_span!("reconcile", namespace = %b.namespace().unwrap_or_default(), name = %b.name_any(), uid = %b.uid().unwrap_or_default());
     let started = std::time::Instant::now();
     let inner = std::panic::AssertUnwindSafe(reconcile_inner(&b, &ctx, &key).instrument(span.clone()));
     let result = match futures::FutureExt::catch_unwind(inner).await {
