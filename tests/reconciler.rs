@@ -569,7 +569,7 @@ async fn a_paused_deletion_is_released_as_orphaned_while_the_crd_is_deleted() {
     assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 3, "{seen:#?}");
-    assert_eq!(condition(&seen[0].status(), "Ready")["reason"], "Orphaned");
+    assert_eq!(condition(seen[0].status(), "Ready")["reason"], "Orphaned");
     assert_finalizer_removed(&seen[1]);
 }
 
@@ -580,7 +580,7 @@ async fn a_paused_deletion_is_looked_at_again_so_an_uninstall_can_release_it() {
     let run = run_once(paused, cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     let seen = after_crd_check(&run.seen);
-    assert_eq!(condition(&seen[0].status(), "Ready")["reason"], "DeletionPaused");
+    assert_eq!(condition(seen[0].status(), "Ready")["reason"], "DeletionPaused");
     assert!(requeue_delay(&run.action).is_some_and(|d| d <= Duration::from_secs(60)), "{:?}", run.action);
 }
 
@@ -591,7 +591,7 @@ async fn delete_with_the_nic_gone_releases_with_nic_not_found() {
     assert_eq!(cloud.calls().len(), 1);
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 3);
-    let status = &seen[0].status();
+    let status = seen[0].status();
     assert_eq!(status["conditions"][1]["reason"], "NicNotFound");
     assert_eq!(status["conditions"][0]["reason"], "NicNotFound");
     assert_eq!(status["conditions"][0]["status"], "False");
@@ -612,7 +612,7 @@ async fn delete_with_a_gateway_404_holds_the_finalizer_and_says_why() {
     assert_eq!(cloud.calls().len(), 1);
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 2, "a status write and an event, and no finalizer removal: {seen:#?}");
-    let status = &seen[0].status();
+    let status = seen[0].status();
     let ready = condition(status, "Ready");
     assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("EndpointNotFound")));
     let message = ready["message"].as_str().unwrap();
@@ -736,7 +736,7 @@ async fn auth_failure_is_recorded_and_the_key_is_not_retried_in_a_loop() {
     // Finalizer (the call was about to be made), status, warning event.
     assert_eq!(seen.len(), 3, "{seen:#?}");
     assert_finalizer_added(&seen[0]);
-    let status = &seen[1].status();
+    let status = seen[1].status();
     assert_eq!(status["conditions"][1]["reason"], "AuthFailed");
     assert!(status["conditions"][1]["message"].as_str().unwrap().contains("APIGW.0301"));
     // A 401 proves nothing was bound.
@@ -785,7 +785,7 @@ async fn missing_credentials_never_reach_the_cloud_and_add_no_finalizer() {
     let run = run_once(binding(), cloud.clone(), defaults, MockOptions::default()).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
-    let status = &run.seen[0].status();
+    let status = run.seen[0].status();
     assert_eq!(status["conditions"][1]["reason"], "CredentialsUnavailable");
     assert_eq!(status["conditions"][0]["reason"], "NotBound");
     assert_eq!(status["conditions"][0]["status"], "False");
@@ -914,7 +914,7 @@ async fn a_vpc_binding_without_a_vpc_endpoint_is_invalid_and_nothing_is_sent() {
     assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
     // The failure is recorded, then said: no finalizer went on, since nothing was sent.
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
-    let ready = condition(&run.seen[0].status(), "Ready");
+    let ready = condition(run.seen[0].status(), "Ready");
     assert_eq!(ready["reason"], "Invalid");
     assert!(ready["message"].as_str().unwrap().contains("no VPC endpoint"), "{ready}");
     assert_event(&run.seen[1], "Warning", "Invalid", "--vpc-endpoint");
@@ -950,7 +950,7 @@ async fn a_namespace_not_granted_the_default_credentials_gets_a_reason_an_event_
     assert!(cloud.calls().is_empty());
     // No finalizer either: nothing can have been sent.
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
-    let ready = condition(&run.seen[0].status(), "Ready");
+    let ready = condition(run.seen[0].status(), "Ready");
     assert_eq!(ready["reason"], "DefaultCredentialsNotAllowed");
     let message = ready["message"].as_str().unwrap();
     assert!(
@@ -979,7 +979,7 @@ async fn a_project_outside_the_namespace_scope_is_refused_even_with_the_namespac
     let run = run_with_tenancy(object, cloud.clone(), MockOptions { secret: Some(secret), ..Default::default() }).await;
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen[0].uri, "/api/v1/namespaces/team-a/secrets/team-creds");
-    let ready = condition(&run.seen[1].status(), "Ready");
+    let ready = condition(run.seen[1].status(), "Ready");
     assert_eq!(ready["reason"], "ProjectNotAllowed");
     assert!(ready["message"].as_str().unwrap().contains(PROJECT), "{ready}");
 }
@@ -1016,7 +1016,7 @@ async fn a_narrowed_policy_never_traps_a_deletion_it_unbinds_where_the_bind_went
         ("unbind", RECORDED_PROJECT, "ap-southeast-1", "TEAMAK")
     );
     let seen: Vec<Seen> = after_crd_check(&run.seen).into_iter().filter(|s| s.method != "GET").collect();
-    assert_eq!(condition(&seen[0].status(), "Ready")["reason"], "Unbound");
+    assert_eq!(condition(seen[0].status(), "Ready")["reason"], "Unbound");
     assert!(seen[0].status().get("boundWith").is_none(), "the record goes with the unbind");
     assert_finalizer_removed(&seen[1]);
 }
@@ -1029,7 +1029,7 @@ async fn a_binding_bound_before_records_existed_gets_its_record_at_first_sight()
     assert!(cloud.calls().is_empty());
     assert_eq!(run.seen.len(), 1, "{:#?}", run.seen);
     assert_eq!(run.seen[0].status()["boundWith"], json!({"projectId": PROJECT, "region": "cn-north-4"}));
-    assert_eq!(condition(&run.seen[0].status(), "Ready")["reason"], "Bound");
+    assert_eq!(condition(run.seen[0].status(), "Ready")["reason"], "Bound");
 }
 
 #[tokio::test]
@@ -1052,7 +1052,7 @@ async fn a_hand_added_finalizer_cannot_turn_a_refused_binding_into_an_unbind() {
     let seen = after_crd_check(&run.seen);
     // The refusal (status, then its event), and no finalizer removal.
     assert_eq!(seen.len(), 2, "{seen:#?}");
-    assert_eq!(condition(&seen[0].status(), "Ready")["reason"], "DefaultCredentialsNotAllowed");
+    assert_eq!(condition(seen[0].status(), "Ready")["reason"], "DefaultCredentialsNotAllowed");
     assert_event(&seen[1], "Warning", "DefaultCredentialsNotAllowed", "team-a");
 }
 
@@ -1102,7 +1102,7 @@ async fn a_vpc_deletion_with_no_recorded_nic_ip_is_released_when_the_nics_port_r
     let object = binding().api(BindApi::Vpc).with_finalizer().deleting();
     let run = reconcile_with_port_reads(object, vec![], vec![Err(api_error(404, "VPC.2502", "req-vpc"))]).await;
     let seen = after_crd_check(&run.seen);
-    let ready = condition(&seen[0].status(), "Ready");
+    let ready = condition(seen[0].status(), "Ready");
     assert_eq!(ready["reason"], "NicNotFound");
     assert!(ready["message"].as_str().unwrap().contains("read through the VPC API"), "{ready}");
     assert_finalizer_removed(&seen[1]);
@@ -1112,7 +1112,7 @@ async fn a_vpc_deletion_with_no_recorded_nic_ip_is_released_when_the_nics_port_r
 async fn a_nic_gone_for_ecs_is_released_once_its_port_reads_404() {
     let run = delete_with_nic_gone_and_port_read(Err(api_error(404, "VPC.2502", "req-vpc"))).await;
     let seen = after_crd_check(&run.seen);
-    let ready = condition(&seen[0].status(), "Ready");
+    let ready = condition(seen[0].status(), "Ready");
     assert_eq!(ready["reason"], "NicNotFound");
     assert!(ready["message"].as_str().unwrap().contains("confirmed by the VPC API"), "{ready}");
     assert_finalizer_removed(&seen[1]);
@@ -1123,10 +1123,10 @@ async fn a_nic_gone_for_ecs_whose_port_still_exists_is_held_not_released() {
     let run = delete_with_nic_gone_and_port_read(Ok(nic_port())).await;
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 2, "status and event, no finalizer removal: {seen:#?}");
-    let ready = condition(&seen[0].status(), "Ready");
+    let ready = condition(seen[0].status(), "Ready");
     assert_eq!(ready["reason"], "GoneUnconfirmed");
     assert!(ready["message"].as_str().unwrap().contains("still has its port"), "{ready}");
-    assert_eq!(condition(&seen[0].status(), "Bound")["status"], "True", "still possibly bound");
+    assert_eq!(condition(seen[0].status(), "Bound")["status"], "True", "still possibly bound");
     assert_event(&seen[1], "Warning", "GoneUnconfirmed", "Orphan");
     assert!(requeue_delay(&run.action).is_some(), "looked at again");
 }
@@ -1137,7 +1137,7 @@ async fn a_port_read_that_proves_nothing_holds_the_binding_and_retries() {
         let run = delete_with_nic_gone_and_port_read(Err(unknown)).await;
         let seen = after_crd_check(&run.seen);
         assert_eq!(seen.len(), 2, "status and event, no finalizer removal: {seen:#?}");
-        let ready = condition(&seen[0].status(), "Ready");
+        let ready = condition(seen[0].status(), "Ready");
         assert_ne!(ready["reason"], "NicNotFound");
         assert!(ready["message"].as_str().unwrap().contains("not released yet"), "{ready}");
     }
@@ -1148,7 +1148,7 @@ async fn without_read_permission_the_release_rests_on_the_ecs_answer_and_says_so
     let run = delete_with_nic_gone_and_port_read(Err(api_error(403, "VPC.0003", "req-403"))).await;
     let seen = after_crd_check(&run.seen);
     assert_event(&seen[0], "Warning", "VpcReadsDenied", "may not read VPC ports");
-    let ready = condition(&seen[1].status(), "Ready");
+    let ready = condition(seen[1].status(), "Ready");
     assert_eq!(ready["reason"], "NicNotFound");
     assert!(ready["message"].as_str().unwrap().contains("not confirmed"), "{ready}");
     assert_finalizer_removed(&seen[2]);
@@ -1185,7 +1185,7 @@ async fn an_unbind_that_a_bind_still_in_flight_could_undo_is_held_and_the_finali
     assert_eq!(cloud.calls().len(), 1, "unbound once");
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 1, "the status only: the finalizer stays {seen:#?}");
-    let status = &seen[0].status();
+    let status = seen[0].status();
     assert_eq!(condition(status, "Bound")["status"], "Unknown");
     assert_eq!(condition(status, "Bound")["reason"], "WritesInFlight");
     assert_eq!(condition(status, "Ready")["reason"], "WritesInFlight");

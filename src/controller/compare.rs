@@ -38,9 +38,10 @@ pub struct Listings {
 }
 
 impl Listings {
-    /// Listings reused for a quarter of `period`.
+    /// Listings reused for a quarter of `period`, and never longer than the ledger of writes
+    /// that may still land remembers a passed horizon (a listing's use checks it).
     pub fn for_period(period: Duration) -> Self {
-        Self { networks: Kept::new(period / 4) }
+        Self { networks: Kept::new((period / 4).min(super::inflight::REMEMBERED)) }
     }
 }
 
@@ -55,31 +56,37 @@ impl<K: Clone + Eq + std::hash::Hash, V> Kept<K, V> {
         Self { max_age, taken: Mutex::default() }
     }
 
-    fn fresh(&self, key: &K) -> Option<Arc<V>> {
+    fn fresh(&self, key: &K) -> Option<(Instant, Arc<V>)> {
         let taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        taken.get(key).filter(|(at, _)| at.elapsed() < self.max_age).map(|(_, v)| v.clone())
+        taken.get(key).filter(|(at, _)| at.elapsed() < self.max_age).cloned()
     }
 
-    /// The listing for `key`: a fresh one kept, else `list`'s (kept when it succeeds). Using a
-    /// kept listing does not make it younger.
+    /// The listing for `key` and when it was taken (when its request started: what it shows
+    /// is no older than that): a fresh one kept, else `list`'s (kept when it succeeds). Using
+    /// a kept listing does not make it younger.
     async fn get_or_list<E, F: Future<Output = Result<V, E>>>(
         &self,
         key: &K,
         list: impl FnOnce() -> F,
-    ) -> Result<Arc<V>, E> {
-        if let Some(seen) = self.fresh(key) {
-            return Ok(seen);
+    ) -> Result<(Instant, Arc<V>), E> {
+        if let Some(kept) = self.fresh(key) {
+            return Ok(kept);
         }
+        let started = Instant::now();
         let seen = Arc::new(list().await?);
-        self.keep(key.clone(), seen.clone());
-        Ok(seen)
+        self.keep(key.clone(), started, seen.clone());
+        Ok((started, seen))
     }
 
-    fn keep(&self, key: K, value: Arc<V>) {
+    fn forget(&self, key: &K) {
+        self.taken.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    fn keep(&self, key: K, at: Instant, value: Arc<V>) {
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         // Old ones go: projects come and go, and a stale listing is never used anyway.
         taken.retain(|_, (at, _)| at.elapsed() < self.max_age);
-        taken.insert(key, (Instant::now(), value));
+        taken.insert(key, (at, value));
     }
 }
 
@@ -177,8 +184,8 @@ pub async fn due_to_reconcile(
                 pairs.network_ports(&target, network).await.map_err(ListFailed::Cloud)
             })
             .await;
-        let seen = match seen {
-            Ok(seen) => seen,
+        let (taken, seen) = match seen {
+            Ok(kept) => kept,
             // Their reconciles say why (and record it).
             Err(ListFailed::NoTarget) => {
                 reconcile.extend(group.iter().map(|c| ObjectRef::from_obj(&*c.binding)));
@@ -196,12 +203,14 @@ pub async fn due_to_reconcile(
                 continue;
             }
         };
-        let (mut in_place, mut drifted) = (0u64, 0u64);
+        let (mut in_place, mut drifted, mut outdated) = (0u64, 0u64, false);
         for c in group {
             // A listing taken while a write of ours may still land on these ports proves
-            // nothing: they stay due, and a later sweep compares them again.
+            // nothing, however late it is used: they stay due, and a sweep with a listing
+            // taken after the write can no longer land compares them again.
             let subjects = [c.vip_port_id.as_str(), c.binding.spec.nic_id.as_str()];
-            if ctx.writes.overtaken_until(&subjects, Direction::Bind).is_some() {
+            if ctx.writes.may_land_after(&subjects, Direction::Bind, taken) {
+                outdated |= ctx.writes.overtaken_until(&subjects, Direction::Bind).is_none();
                 continue;
             }
             let paired = seen.vips.get(&c.vip_port_id).is_some_and(|ips| ips.contains(&c.nic_ip));
@@ -219,6 +228,10 @@ pub async fn due_to_reconcile(
             ctx.resync.asserted(&ObjectKey::of(&c.binding), ObjectRef::from_obj(&*c.binding));
             in_place += 1;
             refreshes = refreshes.saturating_sub(refresh_observation(ctx, &c, refreshes > 0).await.into());
+        }
+        if outdated {
+            // Nothing can land on them any more: the next sweep's listing will vouch for them.
+            listings.networks.forget(&key);
         }
         ctx.note_compared(in_place, drifted);
         tracing::debug!(project = %listing.project, region = %listing.region, %network, in_place, drifted, "drift compared by listing");
@@ -268,14 +281,14 @@ mod tests {
         let listings: Kept<Listing, VipPairs> = Kept::new(Duration::from_secs(150));
         let key = Listing { project: "p".into(), region: "r".into(), secret: None };
         assert!(listings.fresh(&key).is_none());
-        listings.keep(key.clone(), Arc::new(VipPairs::new()));
+        listings.keep(key.clone(), Instant::now(), Arc::new(VipPairs::new()));
         tokio::time::advance(Duration::from_secs(149)).await;
         assert!(listings.fresh(&key).is_some());
         let other = Listing { secret: Some(("ns".into(), "s".into())), ..key.clone() };
         assert!(listings.fresh(&other).is_none(), "other credentials list for themselves");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(listings.fresh(&key).is_none());
-        listings.keep(other, Arc::new(VipPairs::new()));
+        listings.keep(other, Instant::now(), Arc::new(VipPairs::new()));
         assert_eq!(listings.taken.lock().unwrap().len(), 1, "stale ones are dropped");
     }
 
@@ -297,6 +310,26 @@ mod tests {
         // A failed listing is not kept.
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(listings.get_or_list(&key, || async { Err::<VipPairs, _>("down") }).await.is_err());
+        assert!(listings.fresh(&key).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_listing_says_when_it_was_taken_and_can_be_dropped() {
+        let listings: Kept<Listing, VipPairs> = Kept::new(Duration::from_secs(60));
+        let key = Listing { project: "p".into(), region: "r".into(), secret: None };
+        let started = Instant::now();
+        let (taken, _) = listings
+            .get_or_list(&key, || async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok::<_, ()>(VipPairs::new())
+            })
+            .await
+            .unwrap();
+        assert_eq!(taken, started, "taken when its request started, not when it was answered");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let (again, _) = listings.get_or_list(&key, || async { Err(()) }).await.unwrap();
+        assert_eq!(again, started, "a kept listing keeps its age");
+        listings.forget(&key);
         assert!(listings.fresh(&key).is_none());
     }
 }

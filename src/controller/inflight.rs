@@ -31,6 +31,14 @@ pub const DEFAULT_HORIZON: Duration = Duration::from_secs(90);
 /// Subjects kept at most; past it the oldest horizons are dropped first (they are the ones
 /// closest to passing). A fleet has one subject per NIC and VIP port.
 const MAX_SUBJECTS: usize = 65_536;
+/// How long a subject's horizon is remembered after it passed: a listing taken before then may
+/// still be used (see [`WritesInFlight::may_land_after`]), so no listing is kept longer.
+pub const REMEMBERED: Duration = Duration::from_secs(600);
+
+/// Whether `u`'s last horizon passed so long ago that no kept listing can predate it.
+fn forgotten(u: &Unsettled, now: Instant) -> bool {
+    u.latest().is_none_or(|at| at.checked_add(REMEMBERED).is_none_or(|until| until <= now))
+}
 
 /// Which way a write moves a subject; a decision is overtaken only by a write going the other
 /// way (an unbind landing after a bind, a bind after an unbind). A port's pair list is replaced
@@ -130,7 +138,7 @@ impl WritesInFlight {
         let now = Instant::now();
         let mut subjects = self.lock();
         if subjects.len() >= MAX_SUBJECTS && !subjects.contains_key(subject) {
-            subjects.retain(|_, u| u.latest().is_some_and(|at| at > now));
+            subjects.retain(|_, u| !forgotten(u, now));
             if subjects.len() >= MAX_SUBJECTS
                 && let Some(oldest) = subjects.iter().min_by_key(|(_, u)| u.latest()).map(|(k, _)| k.clone())
             {
@@ -152,13 +160,26 @@ impl WritesInFlight {
         let mut latest = takeover;
         for subject in subjects {
             let Some(u) = map.get(*subject).copied() else { continue };
-            if u.latest().is_none_or(|at| at <= now) {
+            if forgotten(&u, now) {
                 map.remove(*subject);
                 continue;
             }
             latest = latest.max(u.against(decided).filter(|at| *at > now));
         }
         latest
+    }
+
+    /// Whether a write going against `decided` on any of `subjects` may have landed after
+    /// `since`, or still may: a listing or read taken at `since` then proves nothing about them,
+    /// however late it is used. (Checking only "may a write still land now" would trust a
+    /// listing taken inside a horizon that has passed since.) `since` must be within
+    /// [`REMEMBERED`] of now.
+    pub fn may_land_after(&self, subjects: &[&str], decided: Direction, since: Instant) -> bool {
+        if self.takeover_until.is_some_and(|at| at > since) {
+            return true;
+        }
+        let map = self.lock();
+        subjects.iter().any(|s| map.get(*s).and_then(|u| u.against(decided)).is_some_and(|at| at > since))
     }
 
     /// `key`'s bind completed while a write could still overtake it until `at`: it is checked
@@ -248,6 +269,36 @@ mod tests {
         assert!(w.overtaken_until(&[], Direction::Bind).is_some());
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(w.overtaken_until(&["anything"], Direction::Unbind), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listing_taken_inside_a_horizon_proves_nothing_even_after_it_passed() {
+        let w = WritesInFlight::new(Duration::from_secs(10));
+        let before = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // A write that was in flight when the listing was taken, noted when its attempt ended.
+        let taken = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        w.note(Operation::UpdatePort, "port");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(w.overtaken_until(&["port"], Direction::Bind), None, "nothing can land now");
+        assert!(w.may_land_after(&["port"], Direction::Bind, taken), "but it may have landed after the listing");
+        assert!(w.may_land_after(&["port"], Direction::Bind, before));
+        assert!(!w.may_land_after(&["other"], Direction::Bind, taken));
+        assert!(!w.may_land_after(&["port"], Direction::Bind, Instant::now()), "a listing taken now is good");
+        // Remembered for as long as a listing is kept, then forgotten.
+        tokio::time::advance(REMEMBERED).await;
+        assert_eq!(w.overtaken_until(&["port"], Direction::Bind), None);
+        assert_eq!(w.lock().len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listing_taken_during_a_takeover_proves_nothing() {
+        let w = WritesInFlight::taking_over(Duration::from_secs(5));
+        let taken = Instant::now();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(w.may_land_after(&["anything"], Direction::Bind, taken));
+        assert!(!w.may_land_after(&["anything"], Direction::Bind, Instant::now()));
     }
 
     #[tokio::test(start_paused = true)]
