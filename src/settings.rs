@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::cli::RunArgs;
 use crate::controller::WatchConfig;
-use crate::controller::target::{DefaultCredentials, OperatorDefaults};
-use crate::controller::tenancy::{DefaultCredentialsScope, SelectorError, parse_selector};
+use crate::controller::{DefaultCredentials, OperatorDefaults};
+use crate::controller::{DefaultCredentialsScope, SelectorError, parse_selector};
 use crate::ecs::{
     CredentialsError, Endpoint, EndpointError, InvalidId, InvalidRegion, MetadataCredentials, RetryPolicy, SystemClock,
 };

@@ -659,7 +659,7 @@ fn default_values_allow_default_credentials_only_in_the_release_namespace_and_la
     use clap::Parser;
     use k8s_openapi::api::core::v1::Namespace;
     use kube::core::PartialObjectMeta;
-    use vip_operator::controller::tenancy::Tenancy;
+    use vip_operator::controller::Tenancy;
     use vip_operator::settings::{SdkEnvironment, Settings};
 
     let r = render("credentials: {existingSecret: huawei-default}\n");

@@ -19,12 +19,10 @@ use serde_json::{Value, json};
 use vip_operator::api::testing::{Fixture, NIC, SUBNET};
 use vip_operator::api::v1alpha1::{BindApi, FINALIZER, VipBinding, VipBindingStatus};
 use vip_operator::controller::Context;
-use vip_operator::controller::kube_ops::KubeOps;
-use vip_operator::controller::reconcile::reconcile;
-use vip_operator::controller::target::{DefaultCredentials, OperatorDefaults, TargetResolver};
-use vip_operator::controller::tenancy::{
-    ALLOWED_PROJECTS_ANNOTATION, DefaultCredentialsScope, Tenancy, parse_selector,
-};
+use vip_operator::controller::KubeOps;
+use vip_operator::controller::reconcile;
+use vip_operator::controller::{ALLOWED_PROJECTS_ANNOTATION, DefaultCredentialsScope, Tenancy, parse_selector};
+use vip_operator::controller::{DefaultCredentials, OperatorDefaults, TargetResolver};
 use vip_operator::ecs::error::{ApiError, TransportKind};
 use vip_operator::ecs::testing::ScriptedReads;
 use vip_operator::ecs::vpc::Port;
@@ -512,7 +510,7 @@ async fn a_due_drift_check_is_made_only_when_the_sweeper_asks() {
         )
         .with_resync(Duration::from_millis(20)),
     );
-    let key = vip_operator::controller::key::ObjectKey::of(&object);
+    let key = vip_operator::controller::ObjectKey::of(&object);
     let target = kube::runtime::reflector::ObjectRef::from_obj(&object);
     ctx.resync.track(&key, target.clone());
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1158,7 +1156,7 @@ async fn without_read_permission_the_release_rests_on_the_ecs_answer_and_says_so
 
 /// A reconcile whose context knows of a write that may still land: `op` on the NIC.
 async fn run_after_unsettled(object: VipBinding, cloud: Arc<FakeCloud>, op: vip_operator::ecs::Operation) -> Run {
-    use vip_operator::controller::inflight::WritesInFlight;
+    use vip_operator::controller::WritesInFlight;
     let (client, api) = MockApi::start(&object, MockOptions::default());
     let reporter = Reporter { controller: "vip-operator".into(), instance: Some("test".into()) };
     let writes = Arc::new(WritesInFlight::new(Duration::from_secs(90)));

@@ -16,19 +16,19 @@ use crate::ecs::vpc::VpcApi;
 use crate::ecs::{Clock, EcsApi};
 use crate::metrics::Metrics;
 
-use super::backoff::{Backoffs, trigger_fingerprint};
-use super::cloud::GatedCloud;
-use super::decide::{self, Facts};
-use super::drift::Resync;
-use super::evidence::Reads;
-use super::index::BindingIndex;
-use super::inflight::{Direction, WritesInFlight};
-use super::key::ObjectKey;
-use super::kube_ops::KubeOps;
-use super::memory::Memory;
-use super::pairs::PortPairs;
-use super::reconcile::Error;
-use super::target::TargetResolver;
+use crate::controller::binding::decide::{self, Facts};
+use crate::controller::binding::reconcile::Error;
+use crate::controller::cloud::GatedCloud;
+use crate::controller::cloud::evidence::Reads;
+use crate::controller::cloud::pairs::PortPairs;
+use crate::controller::kube_ops::KubeOps;
+use crate::controller::state::backoff::{Backoffs, trigger_fingerprint};
+use crate::controller::state::drift::Resync;
+use crate::controller::state::index::BindingIndex;
+use crate::controller::state::inflight::{Direction, WritesInFlight};
+use crate::controller::state::key::ObjectKey;
+use crate::controller::state::memory::Memory;
+use crate::controller::target::TargetResolver;
 
 /// Everything a reconcile needs. Cloud and Kubernetes access sit behind `cloud`, `kube` and
 /// `targets`; the decision itself is the pure [`decide::decide`].

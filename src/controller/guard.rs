@@ -15,8 +15,8 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 
-use super::index::BindingIndex;
-use super::kube_ops::{add_finalizer_patch, remove_finalizer_patch};
+use crate::controller::kube_ops::{add_finalizer_patch, remove_finalizer_patch};
+use crate::controller::state::index::BindingIndex;
 
 pub const CREDENTIALS_FINALIZER: &str = "vipoperator.dev/credentials-in-use";
 

@@ -1,40 +1,38 @@
-//! The VipBinding controller, one room per concern:
-//! - [`wiring`]: watches, triggers, the drift sweeper and the credentials guard, started by
-//!   [`run`];
-//! - [`reconcile`]: one reconcile (observe → decide → act → record) and the error policy;
-//! - [`decide`]: the decision itself, pure;
-//! - [`context`]: what a reconcile works with;
-//! - [`cloud`]: cloud calls, gated by the [`auth_gate`]; [`evidence`]: VPC reads that back a
-//!   release; [`pairs`]: VPC binds and unbinds, one port at a time, with [`checkoff`] owning each
-//!   NIC's `1.1.1.1/0`; [`inflight`]: writes that may still land, and the second looks they
-//!   call for;
+//! The controllers and what they share, one room per concern:
+//! - [`binding`]: the VipBinding controller (reconcile, decide, act, record);
+//! - [`cloud`]: the gated cloud, the only way out to Huawei Cloud, with evidence reads, VPC
+//!   pair edits and the NIC check-off ledger;
+//! - [`state`]: what is kept between reconciles (backoff, drift, memory, index, writes in
+//!   flight), keyed by object;
+//! - [`context`]: the dependencies a reconcile works with;
 //! - [`kube_ops`]: every Kubernetes call a reconcile makes;
 //! - [`target`] and [`tenancy`]: where a call goes, with whose keys, and who may ask;
-//! - per-object state: [`backoff`], [`drift`], [`memory`], [`index`], keyed by [`key`].
+//! - [`guard`]: the credentials Secret guard;
+//! - [`wiring`]: watches, triggers, the drift sweeper and the guard, started by [`run`].
+//!
+//! What `run.rs`, `settings.rs` and the tests use is re-exported here, and only here.
 
-pub mod auth_gate;
-pub mod backoff;
-pub mod checkoff;
-pub mod cloud;
-pub mod compare;
-pub mod context;
-pub mod decide;
-pub mod drift;
-pub mod evidence;
-pub mod guard;
-pub mod index;
-pub mod inflight;
-pub mod key;
-pub mod kube_ops;
-pub mod memory;
-pub mod pairs;
-pub mod reconcile;
-pub mod reconcile_vpc;
-pub mod status;
-pub mod target;
-pub mod tenancy;
-pub mod wiring;
+pub(crate) mod binding;
+pub(crate) mod cloud;
+pub(crate) mod context;
+pub(crate) mod guard;
+pub(crate) mod kube_ops;
+pub(crate) mod state;
+pub(crate) mod target;
+pub(crate) mod tenancy;
+pub(crate) mod wiring;
 
+pub use binding::decide::{Facts, Plan, SpecError, decide, validate_spec};
+pub use binding::reconcile::{error_policy, reconcile};
+pub use binding::status::{CondStatus, StatusBuilder};
 pub use context::Context;
-pub use reconcile::error_policy;
+pub use kube_ops::{FIELD_MANAGER, KubeOps};
+pub use state::index::BindingIndex;
+pub use state::inflight::WritesInFlight;
+pub use state::key::ObjectKey;
+pub use target::{DefaultCredentials, OperatorDefaults, SecretReader, TargetResolver};
+pub use tenancy::{
+    ALLOWED_PROJECTS_ANNOTATION, ALLOWED_REGIONS_ANNOTATION, DefaultCredentialsScope, SelectorError, Tenancy,
+    parse_selector,
+};
 pub use wiring::{Hooks, WatchConfig, run};

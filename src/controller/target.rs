@@ -1,7 +1,7 @@
 //! Resolving where a binding's cloud calls go and whose keys sign them: the binding's own
 //! Secret (`spec.credentialsSecretRef`) wins over the operator's default credentials; project and
 //! region come from the spec, else the Secret, else the operator's defaults. A bind must also
-//! pass the namespace's [tenancy](super::tenancy) policy; an unbind goes where the bind went
+//! pass the namespace's [tenancy](crate::controller::tenancy) policy; an unbind goes where the bind went
 //! (`status.boundWith`).
 
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use crate::api::v1alpha1::{BindApi, BoundWith, CONDITION_BOUND, Reason, VipBindi
 use crate::ecs::credentials::from_secret_data;
 use crate::ecs::{CloudTarget, Credentials, MetadataCredentials, check_path_id, check_region};
 
-use super::decide::Verdict;
-use super::tenancy::Tenancy;
+use crate::controller::binding::decide::Verdict;
+use crate::controller::tenancy::Tenancy;
 
 /// Reads Secrets (the one Kubernetes read the resolver needs), so tests can fake it.
 pub trait SecretReader: Send + Sync {

@@ -28,10 +28,8 @@ use kube::runtime::watcher;
 
 use crate::api::v1alpha1::Reason;
 
-use super::decide::Verdict;
+use crate::controller::binding::decide::Verdict;
 
-/// The label the Helm chart's default selector looks for.
-pub const DEFAULT_CREDENTIALS_LABEL: &str = "vipoperator.dev/default-credentials";
 /// Comma-separated Huawei project IDs bindings in the namespace may target.
 pub const ALLOWED_PROJECTS_ANNOTATION: &str = "vipoperator.dev/allowed-projects";
 /// Comma-separated regions bindings in the namespace may target.

@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::v1alpha1::VipBinding;
 
-use super::context::Context;
-use super::guard;
-use super::index::{BindingIndex, Claim};
-use super::key::ObjectKey;
-use super::reconcile::{self, error_policy};
+use crate::controller::binding::reconcile::{self, error_policy};
+use crate::controller::context::Context;
+use crate::controller::guard;
+use crate::controller::state::index::{BindingIndex, Claim};
+use crate::controller::state::key::ObjectKey;
 
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
@@ -133,7 +133,7 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
     if !ctx.resync.period().is_zero() {
         let (ctx, triggers, stop, stores) = (ctx.clone(), triggers.clone(), stop.clone(), hooks.stores.clone());
         tokio::spawn(async move {
-            let listings = Arc::new(super::compare::Listings::for_period(ctx.resync.period()));
+            let listings = Arc::new(crate::controller::binding::compare::Listings::for_period(ctx.resync.period()));
             let check = |due: Vec<ObjectRef<VipBinding>>| {
                 let (ctx, triggers, stores, listings) =
                     (ctx.clone(), triggers.clone(), stores.clone(), listings.clone());
@@ -144,17 +144,19 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
                         // One snapshot of the stores per sweep, not one per due binding.
                         let stores = stores.read().map(|s| s.clone()).unwrap_or_default();
                         let lookup = |r: &ObjectRef<VipBinding>| stores.iter().find_map(|s| s.get(r));
-                        let compared = super::compare::due_to_reconcile(&ctx, &listings, due, lookup);
+                        let compared =
+                            crate::controller::binding::compare::due_to_reconcile(&ctx, &listings, due, lookup);
                         crate::ecs::in_background(compared).await
                     };
-                    crate::ecs::in_background(super::compare::release_unneeded_check_offs(&ctx)).await;
+                    crate::ecs::in_background(crate::controller::binding::compare::release_unneeded_check_offs(&ctx))
+                        .await;
                     ctx.resync.ask(&compared);
                     for r in compared {
                         triggers.binding(r);
                     }
                 }
             };
-            super::drift::sweep(&ctx.resync, check, stop).await
+            crate::controller::state::drift::sweep(&ctx.resync, check, stop).await
         });
     }
     let mut tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = vec![];

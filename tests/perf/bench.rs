@@ -44,8 +44,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::Serialize;
 use serde_json::json;
 use vip_operator::api::v1alpha1::{CRD_NAME, Reason, VipBinding};
-use vip_operator::controller::kube_ops::KubeOps;
-use vip_operator::controller::status::{CondStatus, StatusBuilder};
+use vip_operator::controller::KubeOps;
+use vip_operator::controller::{CondStatus, StatusBuilder};
 use vip_operator::simulator::{CallRecord, SimOperation};
 
 use common::{knob, nic, round};

@@ -16,17 +16,17 @@ use tracing::Instrument;
 use crate::api::v1alpha1::{BindApi, BoundWith, Reason, VipBinding};
 use crate::ecs::{BindRequest, CloudTarget, EcsError, ErrorClass, UnbindRequest};
 
-use super::backoff::{Hold, trigger_fingerprint};
-use super::context::Context;
-use super::decide::{Plan, Verdict, decide};
-use super::evidence::{self, Gone};
-use super::index::api_of;
-use super::inflight::Direction;
-use super::key::ObjectKey;
-use super::memory::View;
-use super::reconcile_vpc;
-use super::status::{BoundKnowledge, CondStatus, StatusBuilder, bound_knowledge, has_finalizer};
-use super::target::{Resolved, TargetResolver};
+use crate::controller::binding::decide::{Plan, Verdict, decide};
+use crate::controller::binding::status::{BoundKnowledge, CondStatus, StatusBuilder, bound_knowledge, has_finalizer};
+use crate::controller::binding::vpc;
+use crate::controller::cloud::evidence::{self, Gone};
+use crate::controller::context::Context;
+use crate::controller::state::backoff::{Hold, trigger_fingerprint};
+use crate::controller::state::index::api_of;
+use crate::controller::state::inflight::Direction;
+use crate::controller::state::key::ObjectKey;
+use crate::controller::state::memory::View;
+use crate::controller::target::{Resolved, TargetResolver};
 
 /// Failures of the reconcile itself (Kubernetes API calls); cloud failures are not errors here.
 #[derive(Debug, thiserror::Error)]
@@ -402,7 +402,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
     let pairs = match (bound_with.api(), &ctx.pairs) {
         (BindApi::Ecs, _) => None,
         (BindApi::Vpc, Some(pairs)) => Some(pairs),
-        (BindApi::Vpc, None) => return reconcile_vpc::no_vpc_endpoint(b, ctx, key, "Bind").await,
+        (BindApi::Vpc, None) => return vpc::no_vpc_endpoint(b, ctx, key, "Bind").await,
     };
     // Asked before the finalizer goes on: a call that will not be made needs none.
     let admitted = match ctx.cloud.admit(&target) {
@@ -425,8 +425,8 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
         &added
     };
     if let Some(pairs) = pairs {
-        let step = reconcile_vpc::BindStep { admitted, pairs, bound_with, knowledge, reassert };
-        return reconcile_vpc::bind(b, ctx, key, step).await;
+        let step = vpc::BindStep { admitted, pairs, bound_with, knowledge, reassert };
+        return vpc::bind(b, ctx, key, step).await;
     }
     let req = BindRequest {
         nic_id: b.spec.nic_id.clone(),
@@ -443,7 +443,7 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
                 "VIP {} is bound to NIC {} (port {port_id}){}",
                 b.spec.ip_address,
                 b.spec.nic_id,
-                if recheck.is_some() { reconcile_vpc::RECHECK_NOTE } else { "" }
+                if recheck.is_some() { vpc::RECHECK_NOTE } else { "" }
             );
             let was_bound = knowledge == BoundKnowledge::Bound;
             let next = StatusBuilder::new(b, ctx.now())
@@ -556,7 +556,7 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action
         Err(action) => return Ok(action),
     };
     if api_of(b, ctx.targets.defaults().api) == BindApi::Vpc {
-        return reconcile_vpc::unbind(b, ctx, key, &target).await;
+        return vpc::unbind(b, ctx, key, &target).await;
     }
     let req = UnbindRequest { nic_id: b.spec.nic_id.clone(), reverse_binding: b.spec.reverse_binding };
     tracing::trace!("unbinding");

@@ -3,7 +3,7 @@
 //! shared by every VPC binding on the NIC, so it has one owner in the process:
 //!
 //! - every bind and unbind of a VPC binding edits the NIC's port under that port's lock (see
-//!   [`super::pairs`]), and a binding registers here that it needs the check off *before* it
+//!   [`crate::controller::cloud::pairs`]), and a binding registers here that it needs the check off *before* it
 //!   reads the NIC, so an unbind deciding under the lock sees a bind that is on its way;
 //! - the unbind removes the entry only if, right before that write and under the lock, no other
 //!   binding needs it (this ledger, and the bindings' records read fresh from the index), the
@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use crate::ecs::CloudTarget;
 
-use super::key::ObjectKey;
+use crate::controller::state::key::ObjectKey;
 
 /// NICs left with the operator's `1.1.1.1/0` by an unbind that found it still needed, kept at
 /// most: one per NIC that had VPC bindings.

@@ -178,10 +178,10 @@ mod tests {
         // Condition times go through the API at second precision; Context::now() writes them so.
         let at = jiff::Timestamp::from_second(1_800_000_000).unwrap();
         let mut written = status("p");
-        crate::controller::status::set_condition(
+        crate::controller::binding::status::set_condition(
             &mut written.conditions,
             "Ready",
-            crate::controller::status::CondStatus::True,
+            crate::controller::binding::status::CondStatus::True,
             crate::api::v1alpha1::Reason::Bound,
             "m",
             Some(1),

@@ -17,8 +17,8 @@ use futures::future::BoxFuture;
 use crate::ecs::vpc::{AddressPair, MAX_PAGE, PortFilter, VIP_PORT_OWNER, VpcApi};
 use crate::ecs::{CloudTarget, EcsError, ErrorClass};
 
-use super::checkoff::{CheckOffLedger, Cleanup};
-use super::key::ObjectKey;
+use crate::controller::cloud::checkoff::{CheckOffLedger, Cleanup};
+use crate::controller::state::key::ObjectKey;
 
 /// What the NIC's port carries to let traffic for other addresses through (source check off).
 pub const SOURCE_CHECK_OFF: &str = "1.1.1.1/0";
@@ -345,7 +345,7 @@ impl PortPairs {
 
     /// Unbinds: exactly this NIC's IP leaves the VIP port's pairs; then, under the NIC's lock,
     /// `1.1.1.1/0` leaves the NIC's port if the operator added it and nothing needs it any more
-    /// (see [`super::checkoff`]). `Ok` also when the VIP port is gone (nothing can be bound to
+    /// (see [`crate::controller::cloud::checkoff`]). `Ok` also when the VIP port is gone (nothing can be bound to
     /// it). A NIC whose port is gone, with no recorded IP, is the cloud's `Gone` (404
     /// `VPC.2502`).
     pub async fn unbind(

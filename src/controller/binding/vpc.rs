@@ -1,26 +1,26 @@
 //! The bind and unbind steps of one reconcile for `api: VPC` bindings: the same ordering rules
-//! as the ECS steps in [`super::reconcile`] (finalizer before the first write, status before
-//! the finalizer goes), with the edits of [`super::pairs`] in place of the ECS call.
+//! as the ECS steps in [`crate::controller::binding::reconcile`] (finalizer before the first write, status before
+//! the finalizer goes), with the edits of [`crate::controller::cloud::pairs`] in place of the ECS call.
 
 use kube::runtime::controller::Action;
 
 use crate::api::v1alpha1::{BoundWith, Reason, VipBinding};
 use crate::ecs::{CloudTarget, EcsError, ErrorClass};
 
-use super::cloud::Admitted;
-use super::context::Context;
-use super::key::ObjectKey;
+use crate::controller::cloud::Admitted;
+use crate::controller::context::Context;
+use crate::controller::state::key::ObjectKey;
 use futures::future::BoxFuture;
 
-use super::inflight::Direction;
-use super::pairs::{
-    BoundPairs, CheckOff, NicUsers, PairsError, PairsFailure, PairsRecord, PairsTarget, PortPairs, Recorded, Unbound,
-};
-use super::reconcile::{
+use crate::controller::binding::reconcile::{
     Error, FailedBind, Failure, await_probe, failure_reason, record_bind_failure, record_failure, release,
     unbound_inside_horizon,
 };
-use super::status::{BoundKnowledge, CondStatus, StatusBuilder};
+use crate::controller::binding::status::{BoundKnowledge, CondStatus, StatusBuilder};
+use crate::controller::cloud::pairs::{
+    BoundPairs, CheckOff, NicUsers, PairsError, PairsFailure, PairsRecord, PairsTarget, PortPairs, Recorded, Unbound,
+};
+use crate::controller::state::inflight::Direction;
 
 /// How long an observation of a binding found in place stands before it is written again.
 pub const OBSERVATION_REFRESH: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -226,7 +226,7 @@ const INTENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(super) const RECHECK_NOTE: &str =
     "; an earlier write that may still land could undo it, so it is checked again once that can no longer happen";
 
-fn with_record(bound_with: BoundWith, record: Option<&super::pairs::PairsRecord>) -> BoundWith {
+fn with_record(bound_with: BoundWith, record: Option<&crate::controller::cloud::pairs::PairsRecord>) -> BoundWith {
     match record {
         Some(r) => BoundWith {
             vip_port_id: Some(r.vip_port_id.clone()),

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::api::v1alpha1::VipBinding;
 
-use super::key::ObjectKey;
+use crate::controller::state::key::ObjectKey;
 
 /// The drift check: how often a bound binding's bind is re-asserted (so a VIP removed behind
 /// the operator's back comes back). Jittered by ±10% so a fleet spreads out; after a restart,

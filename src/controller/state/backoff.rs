@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::api::v1alpha1::{Reason, VipBinding};
 use crate::ecs::error::MAX_RETRY_AFTER;
 
-use super::key::ObjectKey;
+use crate::controller::state::key::ObjectKey;
 
 /// Base and cap of the requeue backoff for a failure reason; `None` waits for a change to the
 /// object (terminal errors: retrying the same request cannot help).

@@ -3,6 +3,15 @@
 //!
 //! Every write that leaves is also the audit trail's: one info line on [`AUDIT_TARGET`] once it
 //! is answered, naming the binding, the project and the access key's fingerprint (never a key).
+//!
+//! Its rooms: [`gate`] (the auth gate), [`evidence`] (VPC reads that back a release), [`pairs`]
+//! (VPC binds and unbinds, one port at a time) and [`checkoff`] (who owns each NIC's
+//! `1.1.1.1/0`).
+
+pub(crate) mod checkoff;
+pub(crate) mod evidence;
+pub(crate) mod gate;
+pub(crate) mod pairs;
 
 use std::sync::Arc;
 
@@ -13,11 +22,11 @@ use crate::api::v1alpha1::VipBinding;
 use crate::ecs::{BindRequest, CloudTarget, EcsApi, EcsError, Operation, UnbindRequest, Written};
 use crate::metrics::Metrics;
 
-use super::auth_gate::{Admission, AuthGate, Ticket};
-use super::key::ObjectKey;
-use super::pairs::{
+use crate::controller::cloud::gate::{Admission, AuthGate, Ticket};
+use crate::controller::cloud::pairs::{
     BoundPairs, CheckOff, NicUsers, PairsError, PairsFailure, PairsTarget, PortPairs, Recorded, Unbound,
 };
+use crate::controller::state::key::ObjectKey;
 
 /// The tracing target of the audit trail, so it can be filtered and routed on its own
 /// (`--log-level warn,vip_operator::audit=info`; the `target` field of a JSON line).

@@ -23,7 +23,7 @@ use kube::runtime::watcher;
 
 use crate::api::v1alpha1::{BindApi, VipBinding};
 
-use super::key::ObjectKey;
+use crate::controller::state::key::ObjectKey;
 
 /// A binding's claim on its NIC. The field order is the ownership order (derived `Ord`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,9 +100,10 @@ fn entry_of(b: &VipBinding, default_api: BindApi) -> Option<Entry> {
         source_check_off_added: record.is_some_and(|w| w.source_check_off_added),
         recorded: record.is_some(),
         needs_check_off: api_of(b, default_api) == BindApi::Vpc
-            && super::status::has_finalizer(b)
+            && crate::controller::binding::status::has_finalizer(b)
             && b.metadata.deletion_timestamp.is_none()
-            && super::status::bound_knowledge(b) != super::status::BoundKnowledge::NotBound,
+            && crate::controller::binding::status::bound_knowledge(b)
+                != crate::controller::binding::status::BoundKnowledge::NotBound,
         secrets: {
             let spec = b.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone());
             let recorded =
@@ -112,7 +113,7 @@ fn entry_of(b: &VipBinding, default_api: BindApi) -> Option<Entry> {
             names.into_iter().map(|name| (namespace.clone(), name)).collect()
         },
         claim: std::sync::Arc::new(Claim {
-            uncommitted: !super::status::has_finalizer(b),
+            uncommitted: !crate::controller::binding::status::has_finalizer(b),
             created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
             namespace,
             name: b.name_any(),

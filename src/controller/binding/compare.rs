@@ -25,12 +25,12 @@ use kube::runtime::reflector::ObjectRef;
 use crate::api::v1alpha1::{BindApi, VipBinding};
 use crate::ecs::ErrorClass;
 
-use super::context::Context;
-use super::index::api_of;
-use super::inflight::Direction;
-use super::key::ObjectKey;
-use super::pairs::{CheckOff, NetworkPorts};
 use crate::api::v1alpha1::Observed;
+use crate::controller::cloud::pairs::{CheckOff, NetworkPorts};
+use crate::controller::context::Context;
+use crate::controller::state::index::api_of;
+use crate::controller::state::inflight::Direction;
+use crate::controller::state::key::ObjectKey;
 
 /// Recent listings of a network's ports, per project, region, credentials and network.
 pub struct Listings {
@@ -41,7 +41,7 @@ impl Listings {
     /// Listings reused for a quarter of `period`, and never longer than the ledger of writes
     /// that may still land remembers a passed horizon (a listing's use checks it).
     pub fn for_period(period: Duration) -> Self {
-        Self { networks: Kept::new((period / 4).min(super::inflight::REMEMBERED)) }
+        Self { networks: Kept::new((period / 4).min(crate::controller::state::inflight::REMEMBERED)) }
     }
 }
 
@@ -127,7 +127,7 @@ const MAX_REFRESHES_PER_SWEEP: usize = 100;
 /// [`crate::api::v1alpha1::Observed`]); true when it wrote.
 async fn refresh_observation(ctx: &Context, c: &Checkable, allowed: bool) -> bool {
     let now = ctx.now();
-    if !allowed || !super::reconcile_vpc::observation_stale(&c.binding, now.0) {
+    if !allowed || !crate::controller::binding::vpc::observation_stale(&c.binding, now.0) {
         return false;
     }
     let observed = Observed { bound: true, vip_port_id: c.vip_port_id.clone(), at: now, by: "listing".into() };
@@ -249,7 +249,7 @@ pub async fn release_unneeded_check_offs(ctx: &Context) {
                 tracing::info!(nic = %nic, "NIC's source check on again: the binding it was kept for went without needing it");
                 // A cloud write of no binding's: the audit trail names the sweep instead.
                 tracing::info!(
-                    target: super::cloud::AUDIT_TARGET,
+                    target: crate::controller::cloud::AUDIT_TARGET,
                     binding = "-",
                     uid = "-",
                     operation = "update_port",
@@ -274,7 +274,7 @@ pub async fn release_unneeded_check_offs(ctx: &Context) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::pairs::VipPairs;
+    use crate::controller::cloud::pairs::VipPairs;
 
     #[tokio::test(start_paused = true)]
     async fn a_listing_serves_a_quarter_period_then_is_taken_again() {

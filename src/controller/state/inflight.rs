@@ -24,10 +24,8 @@ use tokio::time::Instant;
 use crate::ecs::Operation;
 use crate::ecs::client::{AttemptReport, CallObserver};
 
-use super::key::ObjectKey;
+use crate::controller::state::key::ObjectKey;
 
-/// The default horizon (see the module comment).
-pub const DEFAULT_HORIZON: Duration = Duration::from_secs(90);
 /// Subjects kept at most; past it the oldest horizons are dropped first (they are the ones
 /// closest to passing). A fleet has one subject per NIC and VIP port.
 const MAX_SUBJECTS: usize = 65_536;

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use crate::api::v1alpha1::{CONDITION_BOUND, DeletionPolicy, Reason, VipBinding, VipBindingSpec};
 use crate::ecs::{InvalidId, InvalidRegion, check_path_id, check_region};
 
-use super::status::{BoundKnowledge, bound_knowledge, has_finalizer};
+use crate::controller::binding::status::{BoundKnowledge, bound_knowledge, has_finalizer};
 
 /// Facts the decision needs beyond the object itself, all from in-memory state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

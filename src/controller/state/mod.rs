@@ -1,0 +1,10 @@
+//! What the controllers keep between reconciles, in memory: per-object state keyed by
+//! [`key::ObjectKey`] ([`backoff`], [`drift`], [`memory`]), the [`index`] of NICs and Secrets
+//! across every watched namespace, and the writes that may still land ([`inflight`]).
+
+pub(crate) mod backoff;
+pub(crate) mod drift;
+pub(crate) mod index;
+pub(crate) mod inflight;
+pub(crate) mod key;
+pub(crate) mod memory;
