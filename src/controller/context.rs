@@ -17,10 +17,8 @@ use crate::ecs::{Clock, EcsApi};
 use crate::metrics::Metrics;
 
 use crate::controller::binding::decide::{self, Facts};
-use crate::controller::binding::reconcile::Error;
 use crate::controller::cloud::GatedCloud;
-use crate::controller::cloud::evidence::Reads;
-use crate::controller::cloud::pairs::PortPairs;
+use crate::controller::error::Error;
 use crate::controller::kube_ops::KubeOps;
 use crate::controller::state::backoff::{Backoffs, trigger_fingerprint};
 use crate::controller::state::drift::Resync;
@@ -43,10 +41,6 @@ pub struct Context {
     /// NIC ownership and Secret use, across every watched namespace.
     pub index: Arc<BindingIndex>,
     pub resync: Resync,
-    /// VPC reads that back a release with evidence (optional).
-    pub reads: Option<Reads>,
-    /// Binds and unbinds of `api: VPC` bindings (absent without a VPC endpoint).
-    pub pairs: Option<PortPairs>,
     /// Writes that may still land, and the second looks they call for.
     pub writes: Arc<WritesInFlight>,
 }
@@ -63,17 +57,14 @@ impl Context {
             memory: Memory::default(),
             index: Arc::default(),
             resync: Resync::disabled(),
-            reads: None,
-            pairs: None,
             writes: Arc::default(),
         }
     }
 
-    /// Confirms "NIC gone" answers with a read of the NIC's port (see [`Reads`]), and binds
-    /// `api: VPC` bindings (see [`PortPairs`]).
+    /// Confirms "NIC gone" answers with a read of the NIC's port, and binds `api: VPC`
+    /// bindings (see [`GatedCloud::with_vpc`]).
     pub fn with_vpc(mut self, api: Arc<dyn VpcApi>) -> Self {
-        self.reads = Some(Reads::new(api.clone()));
-        self.pairs = Some(PortPairs::new(api));
+        self.cloud = self.cloud.with_vpc(api);
         self
     }
 
@@ -186,8 +177,8 @@ impl Context {
         self.backoffs.reset(key);
         self.resync.forget(key);
         self.writes.rechecked(key);
-        if let Some(pairs) = &self.pairs {
-            pairs.ledger().unneed(key);
+        if let Some(ledger) = self.cloud.check_off_ledger() {
+            ledger.unneed(key);
         }
     }
 

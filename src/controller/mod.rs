@@ -15,6 +15,7 @@
 pub(crate) mod binding;
 pub(crate) mod cloud;
 pub(crate) mod context;
+pub(crate) mod error;
 pub(crate) mod guard;
 pub(crate) mod kube_ops;
 pub(crate) mod state;
@@ -26,6 +27,7 @@ pub use binding::decide::{Facts, Plan, SpecError, decide, validate_spec};
 pub use binding::reconcile::{error_policy, reconcile};
 pub use binding::status::{CondStatus, StatusBuilder};
 pub use context::Context;
+pub use error::{Error, ErrorKind};
 pub use kube_ops::{FIELD_MANAGER, KubeOps};
 pub use state::index::BindingIndex;
 pub use state::inflight::WritesInFlight;

@@ -26,7 +26,7 @@ use crate::api::v1alpha1::{BindApi, VipBinding};
 use crate::ecs::ErrorClass;
 
 use crate::api::v1alpha1::Observed;
-use crate::controller::cloud::pairs::{CheckOff, NetworkPorts};
+use crate::controller::cloud::pairs::{CheckOff, NetworkPorts, PairsError};
 use crate::controller::context::Context;
 use crate::controller::state::index::api_of;
 use crate::controller::state::inflight::Direction;
@@ -127,7 +127,7 @@ const MAX_REFRESHES_PER_SWEEP: usize = 100;
 /// [`crate::api::v1alpha1::Observed`]); true when it wrote.
 async fn refresh_observation(ctx: &Context, c: &Checkable, allowed: bool) -> bool {
     let now = ctx.now();
-    if !allowed || !crate::controller::binding::vpc::observation_stale(&c.binding, now.0) {
+    if !allowed || !crate::controller::binding::status::observation_stale(&c.binding, now.0) {
         return false;
     }
     let observed = Observed { bound: true, vip_port_id: c.vip_port_id.clone(), at: now, by: "listing".into() };
@@ -157,7 +157,9 @@ pub async fn due_to_reconcile(
     due: Vec<ObjectRef<VipBinding>>,
     lookup: impl Fn(&ObjectRef<VipBinding>) -> Option<Arc<VipBinding>>,
 ) -> Vec<ObjectRef<VipBinding>> {
-    let Some(pairs) = &ctx.pairs else { return due };
+    if !ctx.cloud.has_vpc() {
+        return due;
+    }
     let default_api = ctx.targets.defaults().api;
     let mut reconcile = vec![];
     // One listing of each network's ports shows both halves: the VIP ports' pairs and the NIC
@@ -181,7 +183,9 @@ pub async fn due_to_reconcile(
             .networks
             .get_or_list(&key, || async {
                 let target = ctx.targets.resolve_for_unbind(&first).await.map_err(|_| ListFailed::NoTarget)?;
-                pairs.network_ports(&target, network).await.map_err(ListFailed::Cloud)
+                // Through the gate: a key the cloud refused lists nothing either.
+                let admitted = ctx.cloud.admit(&target).map_err(ListFailed::Cloud)?;
+                admitted.network_ports(network).await.map_err(ListFailed::Cloud)
             })
             .await;
         let (taken, seen) = match seen {
@@ -240,28 +244,18 @@ pub async fn due_to_reconcile(
 }
 
 /// NICs whose `1.1.1.1/0` an unbind left for a binding that then went without needing it: taken
-/// away now if nothing needs it (decided under the NIC's lock, as an unbind decides).
+/// away now if nothing needs it (decided under the NIC's lock, as an unbind decides), through
+/// the gate with the credentials the unbind used.
 pub async fn release_unneeded_check_offs(ctx: &Context) {
-    let Some(pairs) = &ctx.pairs else { return };
-    for (nic, cleanup) in pairs.ledger().cleanups() {
-        match pairs.release_unneeded(&nic, &cleanup, || ctx.index.nic_needs_check_off(&nic)).await {
+    let Some(ledger) = ctx.cloud.check_off_ledger() else { return };
+    for (nic, cleanup) in ledger.cleanups() {
+        let released = match ctx.cloud.admit(&cleanup.target) {
+            Ok(admitted) => admitted.release_unneeded(&nic, &cleanup, || ctx.index.nic_needs_check_off(&nic)).await,
+            Err(e) => Err(PairsError::Cloud(e).into()),
+        };
+        match released {
             Ok(CheckOff::Removed) => {
                 tracing::info!(nic = %nic, "NIC's source check on again: the binding it was kept for went without needing it");
-                // A cloud write of no binding's: the audit trail names the sweep instead.
-                tracing::info!(
-                    target: crate::controller::cloud::AUDIT_TARGET,
-                    binding = "-",
-                    uid = "-",
-                    operation = "update_port",
-                    project = %cleanup.target.project_id,
-                    region = %cleanup.target.region,
-                    nic = %nic,
-                    key = %cleanup.target.credentials.key_id(),
-                    request_id = "none",
-                    outcome = "ok",
-                    reason = "check-off no binding needs",
-                    "cloud write"
-                );
             }
             Ok(_) => {}
             Err(f) => {

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use crate::api::v1alpha1::{CONDITION_BOUND, DeletionPolicy, Reason, VipBinding, VipBindingSpec};
 use crate::ecs::{InvalidId, InvalidRegion, check_path_id, check_region};
 
+use crate::controller::binding::outcome::ORPHAN_HINT;
 use crate::controller::binding::status::{BoundKnowledge, bound_knowledge, has_finalizer};
 
 /// Facts the decision needs beyond the object itself, all from in-memory state.
@@ -152,7 +153,9 @@ fn decide_deleting(b: &VipBinding, facts: &Facts) -> Plan {
     if b.is_paused() {
         return Plan::Hold(Verdict::new(
             Reason::DeletionPaused,
-            "deletion is waiting: the binding is paused (vipoperator.dev/paused); remove the annotation to unbind, or set spec.deletionPolicy to Orphan to release it without unbinding",
+            format!(
+                "deletion is waiting: the binding is paused (vipoperator.dev/paused); remove the annotation to unbind, or {ORPHAN_HINT}"
+            ),
         ));
     }
     Plan::Unbind

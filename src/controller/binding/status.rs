@@ -67,6 +67,16 @@ fn truncate(message: &str) -> String {
     format!("{}…", &message[..end])
 }
 
+/// How long an observation of a binding found in place stands before it is written again.
+pub const OBSERVATION_REFRESH: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether the binding's observation (`status.observed`) is missing or older than
+/// [`OBSERVATION_REFRESH`].
+pub fn observation_stale(b: &VipBinding, now: jiff::Timestamp) -> bool {
+    let refresh = jiff::SignedDuration::try_from(OBSERVATION_REFRESH).unwrap_or(jiff::SignedDuration::MAX);
+    b.status.as_ref().and_then(|s| s.observed.as_ref()).is_none_or(|o| now.duration_since(o.at.0) >= refresh)
+}
+
 /// What we know about the VIP on the NIC, from the `Bound` condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BoundKnowledge {

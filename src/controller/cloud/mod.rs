@@ -1,5 +1,7 @@
-//! The cloud as the reconciler sees it: every call passes the [`AuthGate`] first, and what the
-//! gate holds back is counted. A wrapper around any [`EcsApi`] that is itself one.
+//! The cloud as the controllers see it, and their only way out to it: every call, ECS and VPC,
+//! writes, drift listings and evidence reads alike, passes the [`gate::AuthGate`] first (a key
+//! the cloud refused is held back everywhere), then the client's budget and leader fence; what
+//! the gate holds back is counted. A wrapper around any [`EcsApi`] that is itself one.
 //!
 //! Every write that leaves is also the audit trail's: one info line on [`AUDIT_TARGET`] once it
 //! is answered, naming the binding, the project and the access key's fingerprint (never a key).
@@ -19,21 +21,31 @@ use futures::future::BoxFuture;
 use kube::ResourceExt;
 
 use crate::api::v1alpha1::VipBinding;
+use crate::ecs::vpc::VpcApi;
 use crate::ecs::{BindRequest, CloudTarget, EcsApi, EcsError, Operation, UnbindRequest, Written};
 use crate::metrics::Metrics;
 
-use crate::controller::cloud::gate::{Admission, AuthGate, Ticket};
-use crate::controller::cloud::pairs::{
-    BoundPairs, CheckOff, NicUsers, PairsError, PairsFailure, PairsTarget, PortPairs, Recorded, Unbound,
-};
 use crate::controller::state::key::ObjectKey;
+use checkoff::{CheckOffLedger, Cleanup};
+use evidence::{Gone, Reads};
+use gate::{Admission, AuthGate, Ticket};
+use pairs::{
+    BoundPairs, CheckOff, NetworkPorts, NicUsers, PairsError, PairsFailure, PairsTarget, PortPairs, Recorded, Unbound,
+};
 
 /// The tracing target of the audit trail, so it can be filtered and routed on its own
 /// (`--log-level warn,vip_operator::audit=info`; the `target` field of a JSON line).
 pub const AUDIT_TARGET: &str = "vip_operator::audit";
 
+/// The VPC ports API, when the operator knows where it is: pair edits and evidence reads.
+struct Vpc {
+    pairs: PortPairs,
+    reads: Reads,
+}
+
 pub struct GatedCloud {
     inner: Arc<dyn EcsApi>,
+    vpc: Option<Vpc>,
     gate: AuthGate,
     metrics: Option<Arc<Metrics>>,
 }
@@ -47,9 +59,20 @@ pub struct Admitted<'a> {
     ticket: Option<Ticket>,
 }
 
+/// What a VPC call gets without a VPC endpoint (callers ask [`GatedCloud::has_vpc`] first).
+fn no_vpc() -> EcsError {
+    EcsError::InvalidRequest("the operator has no VPC endpoint".into())
+}
+
 impl GatedCloud {
     pub fn new(inner: Arc<dyn EcsApi>) -> Self {
-        Self { inner, gate: AuthGate::default(), metrics: None }
+        Self { inner, vpc: None, gate: AuthGate::default(), metrics: None }
+    }
+
+    /// Binds `api: VPC` bindings through `api`, and confirms "NIC gone" answers with its reads.
+    pub fn with_vpc(mut self, api: Arc<dyn VpcApi>) -> Self {
+        self.vpc = Some(Vpc { reads: Reads::new(api.clone()), pairs: PortPairs::new(api) });
+        self
     }
 
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
@@ -59,6 +82,17 @@ impl GatedCloud {
 
     pub fn gate(&self) -> &AuthGate {
         &self.gate
+    }
+
+    /// Whether the VPC API can be called (an operator with a fixed ECS endpoint and no VPC
+    /// endpoint cannot).
+    pub fn has_vpc(&self) -> bool {
+        self.vpc.is_some()
+    }
+
+    /// Who needs each NIC's check-off, and which this process turned off (with the VPC API).
+    pub fn check_off_ledger(&self) -> Option<&CheckOffLedger> {
+        self.vpc.as_ref().map(|v| v.pairs.ledger())
     }
 
     /// May a call with `target`'s credentials go now? `Err`: [`EcsError::HeldBack`] (refused
@@ -108,16 +142,22 @@ impl Admitted<'_> {
         result
     }
 
+    fn pairs(&self) -> Result<&PortPairs, PairsFailure> {
+        self.cloud.vpc.as_ref().map(|v| &v.pairs).ok_or_else(|| PairsError::Cloud(no_vpc()).into())
+    }
+
     /// Binds the VIP for `binding` through the VPC ports API.
     pub async fn bind_pairs(
         mut self,
         binding: &VipBinding,
-        pairs: &PortPairs,
         (t, recorded): (&PairsTarget<'_>, &Recorded),
         users: &dyn NicUsers,
     ) -> Result<BoundPairs, PairsFailure> {
         let audit = AuditEntry::new(Some(binding), self.target, Operation::UpdatePort, t.nic_id, Some(t.vip));
-        let result = pairs.bind(self.target, t, (&ObjectKey::of(binding), recorded), users).await;
+        let result = match self.pairs() {
+            Ok(pairs) => pairs.bind(self.target, t, (&ObjectKey::of(binding), recorded), users).await,
+            Err(f) => Err(f),
+        };
         audit.answered_pairs(result.as_ref().map(|b| b.record.vip_port_id.as_str()).map_err(|f| &f.error));
         self.settle_pairs(result.as_ref().map(|_| ()).map_err(|f| &f.error));
         result
@@ -127,14 +167,62 @@ impl Admitted<'_> {
     pub async fn unbind_pairs(
         mut self,
         binding: &VipBinding,
-        pairs: &PortPairs,
         (t, recorded): (&PairsTarget<'_>, &Recorded),
         users: &dyn NicUsers,
     ) -> Result<(Unbound, CheckOff), PairsFailure> {
         let audit = AuditEntry::new(Some(binding), self.target, Operation::UpdatePort, t.nic_id, Some(t.vip));
-        let result = pairs.unbind(self.target, t, (&ObjectKey::of(binding), recorded), users).await;
+        let result = match self.pairs() {
+            Ok(pairs) => pairs.unbind(self.target, t, (&ObjectKey::of(binding), recorded), users).await,
+            Err(f) => Err(f),
+        };
         audit.answered_pairs(result.as_ref().map(|_| t.nic_id).map_err(|f| &f.error));
         self.settle_pairs(result.as_ref().map(|_| ()).map_err(|f| &f.error));
+        result
+    }
+
+    /// Takes away a `1.1.1.1/0` an unbind left for another binding, if nothing needs it now
+    /// (`still_used`, asked under the NIC's lock): a write of no binding's, audited as the
+    /// sweep's.
+    pub async fn release_unneeded(
+        mut self,
+        nic: &str,
+        cleanup: &Cleanup,
+        still_used: impl Fn() -> bool,
+    ) -> Result<CheckOff, PairsFailure> {
+        let audit =
+            AuditEntry::new(None, self.target, Operation::UpdatePort, nic, None).because("check-off no binding needs");
+        let result = match self.pairs() {
+            Ok(pairs) => pairs.release_unneeded(nic, cleanup, still_used).await,
+            Err(f) => Err(f),
+        };
+        match &result {
+            Ok(CheckOff::Removed) => audit.answered_pairs(Ok(nic)),
+            Ok(_) => audit.not_a_write(),
+            Err(f) => audit.answered_pairs(Err(&f.error)),
+        }
+        self.settle_pairs(result.as_ref().map(|_| ()).map_err(|f| &f.error));
+        result
+    }
+
+    /// Reads the NIC's port to confirm an ECS "NIC gone" (see [`evidence`]). Without the VPC
+    /// API the ECS answer stands alone.
+    pub async fn confirm_gone(mut self, nic_id: &str) -> Gone {
+        let Some(vpc) = &self.cloud.vpc else { return evidence::no_reads() };
+        let gone = vpc.reads.confirm_gone(self.target, nic_id).await;
+        match &gone {
+            Gone::Unknown(e) => self.settle_read(Err(e)),
+            _ => self.settle_read(Ok(())),
+        }
+        gone
+    }
+
+    /// Every port of one network (see [`PortPairs::network_ports`]): the drift check's listing.
+    pub async fn network_ports(mut self, network: &str) -> Result<NetworkPorts, EcsError> {
+        let result = match &self.cloud.vpc {
+            Some(vpc) => vpc.pairs.network_ports(self.target, network).await,
+            None => Err(no_vpc()),
+        };
+        self.settle_read(result.as_ref().map(|_| ()));
         result
     }
 
@@ -144,6 +232,18 @@ impl Admitted<'_> {
                 Err(PairsError::Cloud(e)) => Err(e),
                 // Answers about the ports, not the credentials: they worked.
                 _ => Ok(()),
+            };
+            self.cloud.gate.settle(ticket, answer);
+        }
+    }
+
+    /// A read's answer: a 403 is a policy without read permission (said by the caller), not
+    /// a refused key, so it holds back no write.
+    fn settle_read(&mut self, result: Result<(), &EcsError>) {
+        if let Some(ticket) = self.ticket.take() {
+            let answer = match result {
+                Err(e) if e.status() == Some(403) => Ok(()),
+                other => other,
             };
             self.cloud.gate.settle(ticket, answer);
         }
@@ -176,6 +276,8 @@ struct AuditEntry<'a> {
     target: &'a CloudTarget,
     nic: &'a str,
     vip: Option<&'a str>,
+    /// Why a write of no binding's was made.
+    reason: Option<&'static str>,
     logged: bool,
 }
 
@@ -191,7 +293,17 @@ impl<'a> AuditEntry<'a> {
             Some(b) => (format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any()), b.uid().unwrap_or_default()),
             None => ("-".into(), "-".into()),
         };
-        Self { binding, uid, operation, target, nic, vip, logged: false }
+        Self { binding, uid, operation, target, nic, vip, reason: None, logged: false }
+    }
+
+    fn because(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The call turned out to write nothing (it decided, under a lock, not to).
+    fn not_a_write(mut self) {
+        self.logged = true;
     }
 
     fn answered(mut self, result: &Result<Written, EcsError>) {
@@ -231,6 +343,7 @@ impl<'a> AuditEntry<'a> {
             request_id = request_id.unwrap_or("none"),
             outcome,
             port,
+            reason = self.reason,
             "cloud write"
         );
     }

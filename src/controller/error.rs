@@ -1,0 +1,71 @@
+//! The failures of a reconcile itself (Kubernetes API calls, a panic), as every controller
+//! here has them; cloud failures are not errors: they are recorded in status.
+
+use std::time::Duration;
+
+/// Failures of the reconcile itself (Kubernetes API calls); cloud failures are not errors here.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// A bug: the reconcile panicked. Caught so that one object cannot stop the controller
+    /// (every reconcile runs inside its task); retried with backoff like an API failure.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
+}
+
+/// What kind of reconcile failure, for the requeue, the metric label and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 409: someone else wrote the object in between; retry soon with a fresh read.
+    Conflict,
+    /// 422: e.g. a finalizer patch whose `test` failed because the list changed.
+    Invalid,
+    NotFound,
+    /// Any other answer from the API server.
+    Api,
+    /// No answer (connection, timeout, TLS).
+    Transport,
+    Panic,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Api => "api",
+            ErrorKind::Transport => "transport",
+            ErrorKind::Panic => "panic",
+        }
+    }
+
+    /// How long to wait before the next try after `previous` failures of the same object:
+    /// soon after a write race (the next read is fresh), exponentially otherwise, up to 60 s.
+    pub fn requeue_after(self, previous: u32) -> Duration {
+        let delay = match self {
+            ErrorKind::Conflict | ErrorKind::Invalid => Duration::from_millis(500),
+            _ => Duration::from_secs(1).saturating_mul(2u32.saturating_pow(previous.min(6))),
+        };
+        delay.min(Duration::from_secs(60))
+    }
+}
+
+impl Error {
+    pub fn class(&self) -> ErrorKind {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => ErrorKind::Conflict,
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 => ErrorKind::Invalid,
+            Error::Kube(kube::Error::Api(s)) if s.code == 404 => ErrorKind::NotFound,
+            Error::Kube(kube::Error::Api(_)) => ErrorKind::Api,
+            Error::Kube(_) => ErrorKind::Transport,
+            Error::Panicked(_) => ErrorKind::Panic,
+        }
+    }
+
+    /// Bounded label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        self.class().as_str()
+    }
+}
