@@ -88,6 +88,23 @@ pub struct Metrics {
     pub drift_compared_drifted: Counter,
     /// Write attempts that ended without a trusted answer (they may still land), by operation.
     pub writes_unsettled: Family<OperationLabels, Counter>,
+    /// Binds whose binding left the API while they were in flight, by whether they were undone.
+    pub orphaned_binds: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+fn orphaned_binds(registry: &mut Registry) -> Family<OutcomeLabels, Counter> {
+    let family = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+        "orphaned_binds",
+        "Binds whose binding left the API while they were in flight, its finalizer notwithstanding (a kube-apiserver race), by outcome: undone, or left (the undo failed; the VIP may still be bound)",
+        family.clone(),
+    );
+    family
 }
 
 impl std::fmt::Debug for Metrics {
@@ -124,83 +141,97 @@ fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
     counter
 }
 
+/// `metric`, registered under `name`.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// `metric`, registered under `name` in seconds.
+fn registered_seconds<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register_with_unit(name, help, prometheus_client::registry::Unit::Seconds, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("vipop");
-        let reconciles = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "reconciles",
-            "Reconciles by result: ok (as the spec asks), waiting (held or a recorded cloud failure), error (Kubernetes API failure)",
-            reconciles.clone(),
-        );
-        let reconcile_duration = latency_histogram();
-        registry.register_with_unit(
-            "reconcile_duration",
-            "Duration of one reconcile, cloud calls included",
-            prometheus_client::registry::Unit::Seconds,
-            reconcile_duration.clone(),
-        );
-        let cloud_requests = Family::<CloudLabels, Counter>::default();
-        registry.register(
-            "cloud_requests",
-            "Cloud HTTP attempts (ECS and VPC) by operation, outcome (ok or error class) and Huawei error code",
-            cloud_requests.clone(),
-        );
+        let r = &mut registry;
         let cloud_latency =
             Family::<OperationLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        registry.register_with_unit(
-            "cloud_request_duration",
-            "Latency of one cloud HTTP attempt (ECS or VPC)",
-            prometheus_client::registry::Unit::Seconds,
-            cloud_latency.clone(),
-        );
-        let bindings = Family::<ReasonLabels, Gauge>::default();
-        registry.register(
-            "bindings",
-            "VipBindings by the reason of their Ready condition (None: no status yet)",
-            bindings.clone(),
-        );
-        let oldest_terminating_seconds = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "oldest_terminating_binding_age",
-            "How long the oldest VipBinding has been waiting to be deleted (0 when none)",
-            prometheus_client::registry::Unit::Seconds,
-            oldest_terminating_seconds.clone(),
-        );
-        let leader = Gauge::default();
-        registry.register("leader", "1 while this replica is the leader and reconciles", leader.clone());
         Self {
-            writes_unsettled: writes_unsettled(&mut registry),
-            reconciles,
-            reconcile_duration,
-            cloud_requests,
-            cloud_latency,
-            bindings,
-            oldest_terminating_seconds,
-            leader,
-            drift_reasserts: counter(&mut registry, "drift_reasserts", "Binds re-asserted by the periodic drift check"),
+            reconciles: registered(
+                r,
+                "reconciles",
+                "Reconciles by result: ok (as the spec asks), waiting (held or a recorded cloud failure), error (Kubernetes API failure)",
+                Family::default(),
+            ),
+            reconcile_duration: registered_seconds(
+                r,
+                "reconcile_duration",
+                "Duration of one reconcile, cloud calls included",
+                latency_histogram(),
+            ),
+            cloud_requests: registered(
+                r,
+                "cloud_requests",
+                "Cloud HTTP attempts (ECS and VPC) by operation, outcome (ok or error class) and Huawei error code",
+                Family::default(),
+            ),
+            cloud_latency: registered_seconds(
+                r,
+                "cloud_request_duration",
+                "Latency of one cloud HTTP attempt (ECS or VPC)",
+                cloud_latency,
+            ),
+            bindings: registered(
+                r,
+                "bindings",
+                "VipBindings by the reason of their Ready condition (None: no status yet)",
+                Family::default(),
+            ),
+            oldest_terminating_seconds: registered_seconds(
+                r,
+                "oldest_terminating_binding_age",
+                "How long the oldest VipBinding has been waiting to be deleted (0 when none)",
+                Gauge::<f64, AtomicU64>::default(),
+            ),
+            leader: registered(r, "leader", "1 while this replica is the leader and reconciles", Gauge::default()),
+            writes_unsettled: writes_unsettled(r),
+            orphaned_binds: orphaned_binds(r),
+            drift_reasserts: counter(r, "drift_reasserts", "Binds re-asserted by the periodic drift check"),
             credentials_unavailable: counter(
-                &mut registry,
+                r,
                 "credentials_unavailable",
                 "Reconciles that found no usable credentials for a binding",
             ),
             vpc_reads_denied: counter(
-                &mut registry,
+                r,
                 "vpc_reads_denied",
                 "Credentials (access key and project) found without VPC read permission: releases then rest on ECS answers alone",
             ),
             drift_compared_in_place: counter(
-                &mut registry,
+                r,
                 "drift_compared_in_place",
                 "VPC bindings a drift listing showed bound as recorded (no call of their own)",
             ),
             drift_compared_drifted: counter(
-                &mut registry,
+                r,
                 "drift_compared_drifted",
                 "VPC bindings a drift listing showed not bound (reconciled and re-bound)",
             ),
             held_back: counter(
-                &mut registry,
+                r,
                 "cloud_calls_held_back",
                 "Cloud calls not sent because the cloud had just refused the same access key",
             ),

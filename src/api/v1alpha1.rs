@@ -310,10 +310,14 @@ pub enum Reason {
     /// `api: VPC`: unbound, but other bindings on the NIC that need its `1.1.1.1/0` are still
     /// binding: released once they have read that the operator added it.
     HandingOver,
+    /// (Events only.) The binding left the API while its bind was in flight, though it carried
+    /// the finalizer (kube-apiserver can let a DELETE that read it before the finalizer was
+    /// added remove it all the same): its bind was undone, since no deletion will.
+    DeletedWhileBinding,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::Bound,
         Reason::Unbound,
         Reason::NotBound,
@@ -341,6 +345,7 @@ impl Reason {
         Reason::DriftRepaired,
         Reason::WritesInFlight,
         Reason::HandingOver,
+        Reason::DeletedWhileBinding,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -372,6 +377,7 @@ impl Reason {
             Reason::DriftRepaired => "DriftRepaired",
             Reason::WritesInFlight => "WritesInFlight",
             Reason::HandingOver => "HandingOver",
+            Reason::DeletedWhileBinding => "DeletedWhileBinding",
         }
     }
 

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::controller::binding::decide::{self, Facts};
 use crate::controller::cloud::GatedCloud;
 use crate::controller::error::Error;
-use crate::controller::kube_ops::KubeOps;
+use crate::controller::kube_ops::{KubeOps, StatusWrite};
 use crate::controller::state::backoff::{Backoffs, trigger_fingerprint};
 use crate::controller::state::drift::Resync;
 use crate::controller::state::index::BindingIndex;
@@ -76,6 +76,15 @@ impl Context {
         }
     }
 
+    /// A bind whose binding left the API while it was in flight was undone (`true`), or could
+    /// not be.
+    pub fn note_orphaned_bind(&self, undone: bool) {
+        if let Some(m) = &self.metrics {
+            let outcome = if undone { "undone" } else { "left" };
+            m.orphaned_binds.get_or_create(&crate::metrics::OutcomeLabels { outcome }).inc();
+        }
+    }
+
     pub fn note_reads_denied(&self) {
         if let Some(m) = &self.metrics {
             m.vpc_reads_denied.inc();
@@ -99,11 +108,16 @@ impl Context {
         self
     }
 
-    /// Writes the status and remembers it until the cache shows it.
+    /// Writes the status and remembers it until the cache shows it. [`Error::Gone`]: the
+    /// object left the API (or was replaced by another of its name) first.
     pub async fn record(&self, b: &VipBinding, status: &VipBindingStatus) -> Result<(), Error> {
-        let generation = self.kube.write_status(b, status).await?;
-        self.memory.wrote_status(b, generation, status);
-        Ok(())
+        match self.kube.write_status(b, status).await? {
+            StatusWrite::Stored { generation } => {
+                self.memory.wrote_status(b, generation, status);
+                Ok(())
+            }
+            StatusWrite::Gone => Err(Error::Gone),
+        }
     }
 
     /// Now, in whole seconds: the API stores condition times at second precision, and a

@@ -12,6 +12,10 @@ pub enum Error {
     /// (every reconcile runs inside its task); retried with backoff like an API failure.
     #[error("reconcile panicked: {0}")]
     Panicked(String),
+    /// The object this reconcile worked on left the API (or was replaced by another of its
+    /// name) before its status could be written.
+    #[error("the object is gone")]
+    Gone,
 }
 
 /// What kind of reconcile failure, for the requeue, the metric label and logs.
@@ -27,6 +31,8 @@ pub enum ErrorKind {
     /// No answer (connection, timeout, TLS).
     Transport,
     Panic,
+    /// The object is gone: nothing to retry.
+    Gone,
 }
 
 impl ErrorKind {
@@ -38,6 +44,7 @@ impl ErrorKind {
             ErrorKind::Api => "api",
             ErrorKind::Transport => "transport",
             ErrorKind::Panic => "panic",
+            ErrorKind::Gone => "gone",
         }
     }
 
@@ -61,6 +68,7 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => ErrorKind::Api,
             Error::Kube(_) => ErrorKind::Transport,
             Error::Panicked(_) => ErrorKind::Panic,
+            Error::Gone => ErrorKind::Gone,
         }
     }
 

@@ -118,6 +118,20 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
+fn is_invalid(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 422)
+}
+
+/// What became of a status write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// Stored; `generation` is the object's as the server had it after the write, which may be
+    /// newer than the copy's (a deletion bumps it).
+    Stored { generation: Option<i64> },
+    /// The object left the API, or another of its name took its place.
+    Gone,
+}
+
 impl KubeOps {
     pub fn new(client: kube::Client, reporter: Reporter) -> Self {
         Self { recorder: Recorder::new(client.clone(), reporter), client, event_timeout: Duration::from_secs(5) }
@@ -146,14 +160,21 @@ impl KubeOps {
     }
 
     /// Writes the whole status of `b` (not of a successor of the same name; see
-    /// [`status_patch`]). Returns the object's generation as the server had it after the write
-    /// (`None`: the object is gone), which may be newer than `b`'s (a deletion bumps it).
-    pub async fn write_status(&self, b: &VipBinding, status: &VipBindingStatus) -> Result<Option<i64>, kube::Error> {
+    /// [`status_patch`]).
+    pub async fn write_status(&self, b: &VipBinding, status: &VipBindingStatus) -> Result<StatusWrite, kube::Error> {
         let value = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
         let patch = status_patch(b.metadata.uid.as_deref(), None, value)?;
-        match api(&self.client, b).patch_status(&b.name_any(), &status_params(), &Patch::<()>::Json(patch)).await {
-            Err(e) if is_not_found(&e) => Ok(None),
-            other => other.map(|written| written.metadata.generation),
+        let api = api(&self.client, b);
+        match api.patch_status(&b.name_any(), &status_params(), &Patch::<()>::Json(patch)).await {
+            Ok(written) => Ok(StatusWrite::Stored { generation: written.metadata.generation }),
+            Err(e) if is_not_found(&e) => Ok(StatusWrite::Gone),
+            // The UID test failed, or the status is invalid: the answer does not say which
+            // (a failed test is a bare 422), so the object is looked at.
+            Err(e) if is_invalid(&e) => match api.get_metadata_opt(&b.name_any()).await? {
+                Some(now) if now.metadata.uid == b.metadata.uid => Err(e),
+                _ => Ok(StatusWrite::Gone),
+            },
+            Err(e) => Err(e),
         }
     }
 

@@ -58,6 +58,17 @@ pub(crate) enum Outcome {
     AwaitingProbe(String),
 }
 
+impl Outcome {
+    /// Whether the cloud may have been changed by the bind this is the outcome of.
+    pub(crate) fn may_have_written(&self) -> bool {
+        match self {
+            Outcome::Bound(bound) => bound.wrote,
+            Outcome::BindFailed(failed) => failed.may_have_applied || failed.record.is_some(),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Bound {
     /// The port the bind answered with (ECS), or the NIC (VPC).

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::api::v1alpha1::{BindApi, CONDITION_READY, Reason, VipBinding};
 use crate::controller::binding::act::{BindAsk, Job, binder};
 use crate::controller::binding::decide::{Plan, decide};
-use crate::controller::binding::outcome::{FailedBind, Failure, Outcome, Step, failure_reason};
+use crate::controller::binding::outcome::{FailedBind, Failure, Outcome, Step, Unbound, failure_reason};
 use crate::controller::binding::record::{self, Attempt, await_probe};
 use crate::controller::binding::status::{bound_knowledge, has_finalizer};
 use crate::controller::context::Context;
@@ -57,6 +57,15 @@ pub async fn reconcile(b: Arc<VipBinding>, ctx: Arc<Context>) -> Result<Action, 
             span.in_scope(|| tracing::error!(%message, "reconcile panicked; the other reconciles go on"));
             Err(Error::Panicked(message))
         }
+    };
+    let result = match result {
+        // Nothing is left to reconcile: its watch event drops the rest of its state.
+        Err(Error::Gone) => {
+            span.in_scope(|| tracing::debug!("the object left the API during the reconcile"));
+            ctx.forget(&b, &key);
+            Ok(Action::await_change())
+        }
+        other => other,
     };
     ctx.observe_reconcile(&result, started.elapsed());
     result
@@ -181,7 +190,56 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
     let job = Job { b, ctx, target: &target };
     let ask = BindAsk { bound_with, knowledge: attempt.knowledge, reassert };
     let outcome = binder(api).bind(job, admitted, ask).await?;
-    record::outcome(b, ctx, key, attempt, outcome).await
+    let wrote = outcome.may_have_written();
+    match record::outcome(b, ctx, key, attempt, outcome).await {
+        Err(Error::Gone) if wrote => undo_orphaned_bind(job, key, api).await,
+        other => other,
+    }
+}
+
+/// How often, and how far apart, an orphaned bind's undo is tried before it is given up (and
+/// said so): the object is gone, so no later reconcile will try again.
+const UNDO_ATTEMPTS: u32 = 4;
+const UNDO_FIRST_PAUSE: Duration = Duration::from_secs(1);
+
+/// The binding left the API while its bind was in flight, though our finalizer was on it:
+/// kube-apiserver can let a DELETE that read the object before the finalizer was added remove
+/// it all the same (kubernetes/kubernetes#77988), so no deletion of ours will ever unbind it.
+/// Undone here, as its deletion would have, unless another binding now claims what it bound
+/// (then that binding's own bind or unbind decides, and undoing it here would be wrong).
+async fn undo_orphaned_bind(job: Job<'_>, key: &ObjectKey, api: BindApi) -> Result<Action, Error> {
+    let Job { b, ctx, target } = job;
+    if ctx.index.others_claim_bind_of(b, api) {
+        tracing::warn!(
+            "the binding left the API while its bind was in flight; another binding now claims its NIC, so its bind is left to that one"
+        );
+        ctx.forget(b, key);
+        return Ok(Action::await_change());
+    }
+    tracing::warn!(
+        "the binding left the API while its bind was in flight, its finalizer notwithstanding; undoing the bind"
+    );
+    let mut pause = UNDO_FIRST_PAUSE;
+    let mut last = String::new();
+    for attempt in 1..=UNDO_ATTEMPTS {
+        let outcome = match ctx.cloud.admit(target) {
+            Ok(admitted) => binder(api).unbind(job, admitted).await,
+            Err(e) => Ok(Outcome::Failed(Failure::unbind(failure_reason(&e, Step::Unbind), &e, e.retry_after()))),
+        };
+        match outcome {
+            Ok(Outcome::Unbound(Unbound { message, .. }) | Outcome::HandingOver { message }) => {
+                return Ok(record::orphaned_bind_undone(b, ctx, key, &message).await);
+            }
+            Ok(Outcome::NicGone(gone)) => return Ok(record::orphaned_bind_undone(b, ctx, key, &gone.message).await),
+            Ok(other) => last = format!("{other:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        if attempt < UNDO_ATTEMPTS {
+            tokio::time::sleep(pause).await;
+            pause = pause.saturating_mul(2);
+        }
+    }
+    Ok(record::orphaned_bind_not_undone(b, ctx, key, &last).await)
 }
 
 /// Resolves where the unbind goes (where the bind went), admits it at the gate, then acts and

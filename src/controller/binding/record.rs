@@ -79,15 +79,19 @@ async fn bound_(
     // A drift check that found everything in place wrote nothing and re-asserted nothing.
     ctx.asserted(b, key, attempt.reassert && wrote);
     let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
-    let recheck = ctx.bound_inside_horizon(key, &subjects);
-    let message = format!("{message}{}", if recheck.is_some() { RECHECK_NOTE } else { "" });
+    // Bound now, but a write going the other way that may still land could undo it: not
+    // `Bound=True` until it can no longer land and the second look agrees.
+    let (bound, ready, reason, message) = match ctx.bound_inside_horizon(key, &subjects) {
+        None => (CondStatus::True, CondStatus::True, Reason::Bound, message),
+        Some(_) => (CondStatus::Unknown, CondStatus::False, Reason::WritesInFlight, format!("{message}{RECHECK_NOTE}")),
+    };
     let now = ctx.now();
     let mut builder = StatusBuilder::new(b, now.clone())
         .port_id(Some(port_id))
         .bound_reverse_binding(Some(b.spec.reverse_binding))
         .bound_with(Some(bound_with))
-        .bound(CondStatus::True, Reason::Bound, &message)
-        .ready(CondStatus::True, Reason::Bound, &message);
+        .bound(bound, reason, &message)
+        .ready(ready, reason, &message);
     // A re-bind that found the pair in place refreshes the observation only hourly.
     if let Some(vip_port) = observed
         && (wrote || !attempt.reassert || observation_stale(b, now.0))
@@ -131,6 +135,32 @@ async fn nic_gone(b: &VipBinding, ctx: &Context, key: &ObjectKey, gone: NicGone)
         .bound(CondStatus::False, Reason::NicNotFound, &message)
         .ready(CondStatus::False, Reason::NicNotFound, &message);
     release(b, ctx, key, builder, Reason::NicNotFound, &message).await
+}
+
+/// A bind whose binding left the API while it was in flight was undone (see
+/// `reconcile::undo_orphaned_bind`): said in an event and the log, as the object is gone.
+pub(crate) async fn orphaned_bind_undone(b: &VipBinding, ctx: &Context, key: &ObjectKey, unbound: &str) -> Action {
+    let note = format!(
+        "deleted while its bind was in flight, though its finalizer was on (a kube-apiserver race): the bind was undone: {unbound}"
+    );
+    tracing::warn!(%note, "orphaned bind undone");
+    ctx.kube.event(b, true, Reason::DeletedWhileBinding, Step::Unbind.as_str(), note).await;
+    ctx.note_orphaned_bind(true);
+    ctx.forget(b, key);
+    Action::await_change()
+}
+
+/// The undo of an orphaned bind did not succeed: said loudly, as nothing will try again.
+pub(crate) async fn orphaned_bind_not_undone(b: &VipBinding, ctx: &Context, key: &ObjectKey, why: &str) -> Action {
+    let note = format!(
+        "deleted while its bind was in flight, though its finalizer was on (a kube-apiserver race), and its bind could not be undone ({why}): VIP {} may still be bound to NIC {}",
+        b.spec.ip_address, b.spec.nic_id
+    );
+    tracing::error!(%note, "orphaned bind left in the cloud");
+    ctx.kube.event(b, true, Reason::DeletedWhileBinding, Step::Unbind.as_str(), note).await;
+    ctx.note_orphaned_bind(false);
+    ctx.forget(b, key);
+    Action::await_change()
 }
 
 /// Records why a binding waits; no cloud call, no finalizer change.

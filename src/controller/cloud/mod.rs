@@ -142,8 +142,8 @@ impl Admitted<'_> {
         result
     }
 
-    fn pairs(&self) -> Result<&PortPairs, PairsFailure> {
-        self.cloud.vpc.as_ref().map(|v| &v.pairs).ok_or_else(|| PairsError::Cloud(no_vpc()).into())
+    fn pairs(&self) -> Option<&PortPairs> {
+        self.cloud.vpc.as_ref().map(|v| &v.pairs)
     }
 
     /// Binds the VIP for `binding` through the VPC ports API.
@@ -155,8 +155,8 @@ impl Admitted<'_> {
     ) -> Result<BoundPairs, PairsFailure> {
         let audit = AuditEntry::new(Some(binding), self.target, Operation::UpdatePort, t.nic_id, Some(t.vip));
         let result = match self.pairs() {
-            Ok(pairs) => pairs.bind(self.target, t, (&ObjectKey::of(binding), recorded), users).await,
-            Err(f) => Err(f),
+            Some(pairs) => pairs.bind(self.target, t, (&ObjectKey::of(binding), recorded), users).await,
+            None => Err(PairsError::Cloud(no_vpc()).into()),
         };
         audit.answered_pairs(result.as_ref().map(|b| b.record.vip_port_id.as_str()).map_err(|f| &f.error));
         self.settle_pairs(result.as_ref().map(|_| ()).map_err(|f| &f.error));
@@ -172,8 +172,8 @@ impl Admitted<'_> {
     ) -> Result<(Unbound, CheckOff), PairsFailure> {
         let audit = AuditEntry::new(Some(binding), self.target, Operation::UpdatePort, t.nic_id, Some(t.vip));
         let result = match self.pairs() {
-            Ok(pairs) => pairs.unbind(self.target, t, (&ObjectKey::of(binding), recorded), users).await,
-            Err(f) => Err(f),
+            Some(pairs) => pairs.unbind(self.target, t, (&ObjectKey::of(binding), recorded), users).await,
+            None => Err(PairsError::Cloud(no_vpc()).into()),
         };
         audit.answered_pairs(result.as_ref().map(|_| t.nic_id).map_err(|f| &f.error));
         self.settle_pairs(result.as_ref().map(|_| ()).map_err(|f| &f.error));
@@ -192,8 +192,8 @@ impl Admitted<'_> {
         let audit =
             AuditEntry::new(None, self.target, Operation::UpdatePort, nic, None).because("check-off no binding needs");
         let result = match self.pairs() {
-            Ok(pairs) => pairs.release_unneeded(nic, cleanup, still_used).await,
-            Err(f) => Err(f),
+            Some(pairs) => pairs.release_unneeded(nic, cleanup, still_used).await,
+            None => Err(PairsError::Cloud(no_vpc()).into()),
         };
         match &result {
             Ok(CheckOff::Removed) => audit.answered_pairs(Ok(nic)),

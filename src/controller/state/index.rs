@@ -369,6 +369,16 @@ impl BindingIndex {
     }
 
     /// Whether any VPC binding on `nic` is bound or may be (see [`Self::others_need_check_off`]).
+    /// Whether a binding other than `b` claims what `b`'s bind through `api` wrote: through ECS,
+    /// any binding on its NIC (an unbind names no VIP); through VPC, one with the same VIP on
+    /// it (the pair is the NIC's IP in that VIP's port).
+    pub fn others_claim_bind_of(&self, b: &VipBinding, api: BindApi) -> bool {
+        self.read().on_nic(&b.spec.nic_id, b.uid().as_deref()).any(|(c, _)| match api {
+            BindApi::Ecs => true,
+            BindApi::Vpc => c.vip.as_deref() == Some(b.spec.ip_address.as_str()),
+        })
+    }
+
     pub fn nic_needs_check_off(&self, nic: &str) -> bool {
         self.read().on_nic(nic, None).any(|(_, e)| e.needs_check_off)
     }
