@@ -494,6 +494,20 @@ impl Ports {
     }
 }
 
+/// Why a listing's query is refused. The texts are what clients read in the 400 answer (after
+/// "Param is invalid: ").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("parameter {0} is given more than once")]
+    Repeated(String),
+    #[error("fixed_ips {0:?} is not ip_address=<address>")]
+    NotAnIpFilter(String),
+    #[error("limit {0:?} is not a non-negative integer")]
+    BadLimit(String),
+    #[error("unknown parameter {0:?}")]
+    Unknown(String),
+}
+
 /// A listing's query: the documented filters (`id`, `device_id`, `device_owner`, `network_id`,
 /// `fixed_ips=ip_address=X`) and paging (`limit`, `marker`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -512,11 +526,11 @@ pub(super) struct ListQuery {
 impl ListQuery {
     /// Parses the raw (still percent-encoded) query. Strict: an unknown or repeated parameter
     /// is refused, so a client that misspells a filter finds out here rather than in the cloud.
-    pub(super) fn parse(raw: Option<&str>) -> Result<Self, String> {
+    pub(super) fn parse(raw: Option<&str>) -> Result<Self, QueryError> {
         let mut q = ListQuery { limit: MAX_PAGE, ..Default::default() };
         for (key, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             let single = |slot: &mut Option<String>| match slot {
-                Some(_) => Err(format!("parameter {key} is given more than once")),
+                Some(_) => Err(QueryError::Repeated(key.to_string())),
                 None => {
                     *slot = Some(value.to_string());
                     Ok(())
@@ -530,15 +544,15 @@ impl ListQuery {
                 "marker" => single(&mut q.marker)?,
                 "fixed_ips" => match value.strip_prefix("ip_address=") {
                     Some(ip) => q.ip_addresses.push(ip.to_string()),
-                    None => return Err(format!("fixed_ips {value:?} is not ip_address=<address>")),
+                    None => return Err(QueryError::NotAnIpFilter(value.to_string())),
                 },
                 // 0 is the default page (the simulator's choice); more than a page is a page.
                 "limit" => match value.parse::<u64>() {
                     Ok(0) => q.limit = MAX_PAGE,
                     Ok(n) => q.limit = usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
-                    Err(_) => return Err(format!("limit {value:?} is not a non-negative integer")),
+                    Err(_) => return Err(QueryError::BadLimit(value.to_string())),
                 },
-                other => return Err(format!("unknown parameter {other:?}")),
+                other => return Err(QueryError::Unknown(other.to_string())),
             }
         }
         Ok(q)
@@ -762,6 +776,16 @@ mod tests {
         }
         let q = ListQuery::parse(Some("limit=3&marker=m&device_owner=o+x")).unwrap();
         assert_eq!((q.limit, q.marker.as_deref(), q.device_owner.as_deref()), (3, Some("m"), Some("o x")));
+    }
+
+    /// Clients read these texts in 400 answers: the typed errors must print what the strings did.
+    #[test]
+    fn query_error_texts_are_stable() {
+        let text = |q: &str| ListQuery::parse(Some(q)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(text("marker=a&marker=b"), "parameter marker is given more than once");
+        assert_eq!(text("fixed_ips=subnet_id%3Ds"), r#"fixed_ips "subnet_id=s" is not ip_address=<address>"#);
+        assert_eq!(text("limit=-1"), r#"limit "-1" is not a non-negative integer"#);
+        assert_eq!(text("ip_address=1.2.3.4"), r#"unknown parameter "ip_address""#);
     }
 
     #[test]
