@@ -37,12 +37,12 @@
 //! - `POST /sim/credentials` — accept another AK/SK (optionally temporary, with a token)
 //! - `POST /sim/reset` — forget state, ports, calls, faults and lockouts
 
+mod config;
 pub mod ports;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -54,71 +54,17 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+pub use config::{SimCredential, SimError, SimulatorConfig};
+use governor::DefaultDirectRateLimiter;
 pub use ports::{PairsChange, PairsError, PortError, SimAddressPair, SimFixedIp, SimPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use config::limiter;
 use ports::Ports;
 use verify::{AuthFailure, KnownKey, SignedRequest, Verified};
-
-/// Why the simulator could not start or take a new setting.
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    // The I/O error is part of the message (not a `source`) so that it is printed exactly once.
-    #[error("cannot listen on {addr}: {error}")]
-    Listen { addr: SocketAddr, error: std::io::Error },
-    #[error("{0}")]
-    LocalAddr(std::io::Error),
-    #[error("qps must be positive, got {0}")]
-    InvalidQps(f64),
-    #[error("qps {0} is too high")]
-    QpsTooHigh(f64),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SimCredential {
-    pub access_key: String,
-    pub secret_key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_token: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct SimulatorConfig {
-    pub listen: SocketAddr,
-    pub credentials: Vec<SimCredential>,
-    /// Added to every cloud call, after its effect is applied and before the answer.
-    pub latency: Duration,
-    /// Above this rate the gateway answers 429 `APIGW.0308`. Burst: one second's worth.
-    pub qps: Option<f64>,
-    pub missing_nics: Vec<String>,
-    pub max_clock_skew: Duration,
-    /// Consecutive signature failures that lock an access key, and for how long.
-    pub lockout_after: u32,
-    pub lockout_for: Duration,
-}
-
-impl SimulatorConfig {
-    pub fn new(listen: SocketAddr, access_key: &str, secret_key: &str) -> Self {
-        Self {
-            listen,
-            credentials: vec![SimCredential {
-                access_key: access_key.into(),
-                secret_key: secret_key.into(),
-                security_token: None,
-            }],
-            latency: Duration::ZERO,
-            qps: None,
-            missing_nics: vec![],
-            max_clock_skew: Duration::from_secs(15 * 60),
-            lockout_after: 5,
-            lockout_for: Duration::from_secs(5 * 60),
-        }
-    }
-}
 
 /// The ECS calls (the `PUT` on a NIC).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -382,16 +328,6 @@ impl Shared {
         // matters for a simulator; keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn limiter(qps: Option<f64>) -> Result<Option<Arc<DefaultDirectRateLimiter>>, SimError> {
-    let Some(qps) = qps else { return Ok(None) };
-    if !(qps.is_finite() && qps > 0.0) {
-        return Err(SimError::InvalidQps(qps));
-    }
-    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / qps)).ok_or(SimError::QpsTooHigh(qps))?;
-    let burst = NonZeroU32::new(qps.ceil() as u32).unwrap_or(NonZeroU32::MIN);
-    Ok(Some(Arc::new(RateLimiter::direct(quota.allow_burst(burst)))))
 }
 
 /// A running simulator. Dropping it does not stop it; call [`Simulator::shutdown`].
@@ -1650,9 +1586,5 @@ mod tests {
             "nic.subnet_id and nic.ip_address must both be empty (unbind) or both be set (bind)"
         );
         assert!(text("not json").starts_with("request body is not JSON: "));
-        assert_eq!(
-            limiter(Some(-1.0)).err().map(|e| e.to_string()).unwrap_or_default(),
-            "qps must be positive, got -1"
-        );
     }
 }
