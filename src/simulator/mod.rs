@@ -37,6 +37,7 @@
 //! - `POST /sim/credentials` — accept another AK/SK (optionally temporary, with a token)
 //! - `POST /sim/reset` — forget state, ports, calls, faults and lockouts
 
+mod call;
 mod config;
 pub mod ports;
 mod state;
@@ -54,6 +55,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
+pub use call::EnvelopeError;
 pub use config::{SimCredential, SimError, SimulatorConfig};
 pub use ports::{PairsChange, PairsError, PortError, SimAddressPair, SimFixedIp, SimPort};
 use serde::Deserialize;
@@ -65,8 +67,9 @@ pub use state::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use call::{Late, Outcome, Resource, SimRequest, Step, envelope};
 use config::limiter;
-use state::{Effect, Inner, NicFieldsIn, Shared, apply_after, fault_hold, reset, set_nic, snapshot, take_fault};
+use state::{Effect, Inner, NicFieldsIn, Shared, apply_after, reset, set_nic, snapshot, take_fault};
 use verify::{AuthFailure, KnownKey, SignedRequest, Verified};
 
 /// A running simulator. Dropping it does not stop it; call [`Simulator::shutdown`].
@@ -310,84 +313,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Outcome of a call before latency is applied.
-struct Outcome {
-    status: u16,
-    /// `None` for a success, which answers `body`.
-    code: Option<String>,
-    /// A boxed str: with the late effect, an `Outcome` stays small enough to be every step's
-    /// error (clippy's `result_large_err`).
-    message: Box<str>,
-    retry_after: Option<u64>,
-    hold: Duration,
-    body: Value,
-    /// The call's effect, put off ([`Fault::apply_after_ms`]). Boxed: rare, and every
-    /// refusal is an `Outcome` too.
-    late: Option<Box<Late>>,
-}
-
-struct Late {
-    after: Duration,
-    effect: Effect,
-}
-
-impl Outcome {
-    fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: Some(code.into()),
-            message: message.into().into_boxed_str(),
-            retry_after: None,
-            hold: Duration::ZERO,
-            body: Value::Null,
-            late: None,
-        }
-    }
-
-    fn ok(body: Value) -> Self {
-        Self {
-            status: 200,
-            code: None,
-            message: Box::default(),
-            retry_after: None,
-            hold: Duration::ZERO,
-            body,
-            late: None,
-        }
-    }
-
-    /// A scripted error fault's answer.
-    fn fault(f: Fault) -> Self {
-        let hold = fault_hold(Some(&f));
-        Self {
-            status: f.status,
-            code: Some(f.code.unwrap_or_else(|| "Common.0001".into())),
-            message: f.message.unwrap_or_else(|| "scripted fault".into()).into_boxed_str(),
-            retry_after: f.retry_after,
-            hold,
-            body: Value::Null,
-            late: None,
-        }
-    }
-
-    /// This answer, with the call's effect to be made late.
-    fn with_late(mut self, late: Late) -> Self {
-        self.late = Some(Box::new(late));
-        self
-    }
-
-    /// This answer, unless an error fault answers instead; a 2xx fault holds it.
-    fn unless(mut self, fault: Option<Fault>) -> Self {
-        match fault {
-            Some(f) if !(200..300).contains(&f.status) => Self::fault(f),
-            f => {
-                self.hold = fault_hold(f.as_ref());
-                self
-            }
-        }
-    }
-}
-
 /// Why ECS refuses a request body. The texts are what clients read in the 400 answer
 /// (after "Invalid request parameter: "), so they must not change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -406,33 +331,6 @@ enum BodyError {
     NotAnIp(String),
     #[error("nic.subnet_id and nic.ip_address must both be empty (unbind) or both be set (bind)")]
     HalfSet,
-}
-
-/// Why a body is not `{"<key>": {...}}`, the envelope both the ECS and the VPC calls take.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EnvelopeError {
-    // serde_json's error is kept as text: the variant must stay comparable in tests.
-    #[error("request body is not JSON: {0}")]
-    NotJson(String),
-    #[error("request body must be a JSON object")]
-    NotAnObject,
-    #[error("unknown field {0:?}")]
-    UnknownField(String),
-    #[error("field {0} (object) is required")]
-    Required(&'static str),
-}
-
-/// The object under `key` of a body that must be exactly `{"<key>": {...}}`.
-fn envelope(body: &[u8], key: &'static str) -> Result<serde_json::Map<String, Value>, EnvelopeError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
-    let Value::Object(mut obj) = value else { return Err(EnvelopeError::NotAnObject) };
-    if let Some(k) = obj.keys().find(|k| *k != key) {
-        return Err(EnvelopeError::UnknownField(k.clone()));
-    }
-    match obj.remove(key) {
-        Some(Value::Object(inner)) => Ok(inner),
-        _ => Err(EnvelopeError::Required(key)),
-    }
 }
 
 /// Validates the body as ECS does: exactly `{"nic": {subnet_id, ip_address[, reverse_binding]}}`,
@@ -468,32 +366,6 @@ fn parse_body(body: &[u8]) -> Result<(SimOperation, NicFieldsIn), BodyError> {
     };
     Ok((op, NicFieldsIn { subnet_id, ip_address, reverse_binding }))
 }
-
-/// What a cloud call is about, from its route.
-#[derive(Clone, Copy)]
-enum Resource<'a> {
-    /// `PUT /v1/{project_id}/cloudservers/nics/{nic_id}`
-    Nic(&'a str),
-    /// `GET /v1/{project_id}/ports/{port_id}`
-    Port(&'a str),
-    /// `PUT /v1/{project_id}/ports/{port_id}`
-    PortUpdate(&'a str),
-    /// `GET /v1/{project_id}/ports`
-    Ports,
-}
-
-/// One cloud call as received, borrowed from the handler's extractors.
-struct SimRequest<'a> {
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-    body: &'a [u8],
-    project_id: &'a str,
-    resource: Resource<'a>,
-}
-
-/// A step of [`decide`]: `Err` is the answer that ends the call before its effect.
-type Step<T> = Result<T, Outcome>;
 
 /// Runs a cloud call through the checks in the order the real gateway and the service make
 /// them, then does it (or plays a scripted fault). Records who called and what they asked for.
