@@ -43,6 +43,7 @@ mod ecs;
 pub mod ports;
 mod state;
 pub mod verify;
+mod vpc;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -68,9 +69,9 @@ pub use state::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use call::{Late, Outcome, Resource, SimRequest, Step, envelope};
+use call::{Late, Outcome, Resource, SimRequest, Step};
 use config::limiter;
-use state::{Effect, Inner, Shared, apply_after, reset, set_nic, snapshot, take_fault};
+use state::{Inner, Shared, reset, set_nic, snapshot};
 use verify::{AuthFailure, KnownKey, SignedRequest, Verified};
 
 /// A running simulator. Dropping it does not stop it; call [`Simulator::shutdown`].
@@ -322,9 +323,9 @@ fn decide(shared: &Shared, inner: &mut Inner, req: &SimRequest<'_>, record: &mut
     }
     match req.resource {
         Resource::Nic(nic_id) => ecs::decide_nic(inner, req, nic_id, record),
-        Resource::Port(port_id) => ports::get_port(inner, req, port_id, record),
-        Resource::PortUpdate(port_id) => ports::update_port(inner, req, port_id, record),
-        Resource::Ports => ports::list_ports(inner, req, record),
+        Resource::Port(port_id) => vpc::get_port(inner, req, port_id, record),
+        Resource::PortUpdate(port_id) => vpc::update_port(inner, req, port_id, record),
+        Resource::Ports => vpc::list_ports(inner, req, record),
     }
 }
 
