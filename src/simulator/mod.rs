@@ -35,9 +35,9 @@ mod call;
 mod config;
 mod ecs;
 mod pipeline;
-pub mod ports;
+mod ports;
 mod state;
-pub mod verify;
+mod verify;
 mod vpc;
 
 use std::net::SocketAddr;

@@ -199,7 +199,7 @@ pub enum PairsError {
 #[serde(rename_all = "snake_case")]
 pub enum PairsChange {
     /// Appends the pair, unless a pair with its `ip_address` is there already (or the port holds
-    /// [`MAX_PAIRS`]: that writer's update would be refused).
+    /// the most it may, `MAX_PAIRS`: that writer's update would be refused).
     Add(SimAddressPair),
     /// Removes every pair with this `ip_address`.
     Remove(String),
