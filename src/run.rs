@@ -439,8 +439,8 @@ fn context(client: &Client, settings: &Settings, cloud: &CloudSide, metrics: Arc
     )
     .with_metrics(metrics)
     .with_resync(settings.resync_period)
-    .with_writes(cloud.writes.clone());
-    ctx.index = Arc::new(BindingIndex::new(settings.defaults.api));
+    .with_writes(cloud.writes.clone())
+    .with_index(BindingIndex::new(settings.defaults.api));
     if cloud.reads {
         ctx = ctx.with_vpc(Arc::new(cloud.client.clone()));
     }

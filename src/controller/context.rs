@@ -97,6 +97,12 @@ impl Context {
         self
     }
 
+    /// The NIC-ownership index, for an operator whose default API is not ECS.
+    pub fn with_index(mut self, index: BindingIndex) -> Self {
+        self.index = Arc::new(index);
+        self
+    }
+
     pub fn with_resync(mut self, period: Duration) -> Self {
         self.resync = Resync::new(period);
         self

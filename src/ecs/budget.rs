@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Credentials;
+use super::credentials::Credentials;
 use super::credentials::key_id;
 
 /// Whose work a cloud call is: a user's change (bind, unbind, delete) or the operator's own

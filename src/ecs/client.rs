@@ -13,15 +13,16 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 use url::Url;
 
+use super::api::{
+    BindRequest, CloudTarget, EcsApi, Fence, InvalidId, InvalidRegion, NicBody, Operation, UnbindRequest, Written,
+    check_path_id, check_region,
+};
 use super::budget::{BudgetKey, Budgets, Priority, Quota, current_priority};
+use super::clock::{Clock, SystemClock};
 use super::error::{EcsError, TransportKind, parse_error_response, parse_retry_after};
 use super::retry::{RetryPolicy, with_retries};
 use super::sign::{RequestParts, sign};
 use super::vpc::{AddressPair, InvalidFilter, PairsUpdate, Port, PortEnvelope, PortFilter, PortList, VpcApi};
-use super::{
-    BindRequest, Clock, CloudTarget, EcsApi, InvalidId, InvalidRegion, NicBody, Operation, SystemClock, UnbindRequest,
-    Written, check_path_id, check_region,
-};
 
 /// An endpoint override (`--ecs-endpoint`, or `flag`) that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -305,7 +306,7 @@ struct Inner {
     in_flight: Semaphore,
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn CallObserver>>,
-    fence: Option<Arc<dyn super::Fence>>,
+    fence: Option<Arc<dyn Fence>>,
     request_timeout: Duration,
     max_response_bytes: usize,
 }
@@ -380,7 +381,7 @@ impl EcsClient {
         config: EcsClientConfig,
         clock: Arc<dyn Clock>,
         observer: Option<Arc<dyn CallObserver>>,
-        fence: Option<Arc<dyn super::Fence>>,
+        fence: Option<Arc<dyn Fence>>,
     ) -> Result<Self, ClientConfigError> {
         if config.max_concurrency == 0 {
             return Err(ClientConfigError::Concurrency);

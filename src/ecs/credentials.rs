@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::Clock;
+use super::clock::Clock;
 
 /// Secret keys (the Kubernetes Secret's `data` keys).
 pub const KEY_ACCESS_KEY: &str = "accessKey";

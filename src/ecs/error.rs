@@ -7,6 +7,20 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
+/// Why a [`Fence`](super::api::Fence) is closed. Cloned into every [`EcsError::Fenced`] it causes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FenceError {
+    /// The leader lease was not seen naming this replica within the last `window`.
+    #[error(
+        "this replica could not confirm it holds the leader lease within the last {}s (API server unreachable?)",
+        window.as_secs()
+    )]
+    LeadershipUnconfirmed { window: std::time::Duration },
+    /// Any other fence, in its own words (the trait is open to other implementations).
+    #[error("{0}")]
+    Closed(String),
+}
+
 /// The four classes of failure. Each has one policy (see `docs` in the README):
 /// - `Retryable`: transient (5xx, 429, flow control, timeouts, connection errors) — retried
 ///   within a call with backoff, then requeued.
@@ -91,9 +105,9 @@ pub enum EcsError {
     /// the controller's auth gate). Not a failure: the caller comes back shortly.
     #[error("not sent: {0}")]
     AwaitingProbe(String),
-    /// Not sent: this process could not confirm it still leads (see [`super::Fence`]).
+    /// Not sent: this process could not confirm it still leads (see [`super::api::Fence`]).
     #[error("not sent: {0}")]
-    Fenced(super::FenceError),
+    Fenced(FenceError),
     /// The last attempt of a call was refused, but an earlier one may have reached the cloud
     /// (it timed out or got a 5xx): the call may have applied. Class, code and status are the
     /// last answer's.

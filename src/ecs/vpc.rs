@@ -9,7 +9,8 @@
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::{CloudTarget, EcsError, InvalidId, check_path_id};
+use super::api::{CloudTarget, InvalidId, check_path_id};
+use super::error::EcsError;
 
 /// `device_owner` of a virtual IP's port.
 pub const VIP_PORT_OWNER: &str = "neutron:VIP_PORT";

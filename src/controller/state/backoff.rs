@@ -1,8 +1,7 @@
 //! How long to wait before looking at a binding again after a failure: per class of failure
 //! (its [`Reason`]), with per-object exponential backoff and jitter, reset on success.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use super::table::Keyed;
 use std::time::Duration;
 
 use rand::RngExt;
@@ -70,12 +69,12 @@ struct Entry {
 /// the binding uses changed ([`Backoffs::release_hold`]).
 #[derive(Default)]
 pub struct Backoffs {
-    entries: Mutex<HashMap<ObjectKey, Entry>>,
+    entries: Keyed<Entry>,
 }
 
 impl Backoffs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ObjectKey, Entry>> {
+        self.entries.lock()
     }
 
     /// Records a failure of `key` with `reason` and returns how long to wait: `base * 2^n`
@@ -152,7 +151,7 @@ impl Backoffs {
     }
 
     pub fn reset(&self, key: &ObjectKey) {
-        self.lock().remove(key);
+        self.entries.remove(key);
     }
 
     pub fn failures(&self, key: &ObjectKey) -> u32 {
@@ -160,7 +159,7 @@ impl Backoffs {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,8 +1,7 @@
 //! The drift check: how often a bound binding's bind is re-asserted, so a VIP removed behind
 //! the operator's back comes back, and the sweeper that asks for the due ones.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use super::table::Keyed;
 use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef;
@@ -22,7 +21,7 @@ use crate::controller::state::key::ObjectKey;
 /// map about 100 bytes.
 pub struct Resync {
     period: Duration,
-    entries: Mutex<HashMap<ObjectKey, DriftEntry>>,
+    entries: Keyed<DriftEntry>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,7 +38,7 @@ struct DriftEntry {
 
 impl Resync {
     pub fn new(period: Duration) -> Self {
-        Self { period, entries: Mutex::default() }
+        Self { period, entries: Keyed::default() }
     }
 
     pub fn disabled() -> Self {
@@ -50,8 +49,8 @@ impl Resync {
         self.period
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, DriftEntry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ObjectKey, DriftEntry>> {
+        self.entries.lock()
     }
 
     fn jittered(&self) -> Duration {
@@ -120,11 +119,11 @@ impl Resync {
     }
 
     pub fn forget(&self, key: &ObjectKey) {
-        self.lock().remove(key);
+        self.entries.remove(key);
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -15,6 +15,7 @@
 //! on, within 60 s of its arrival; 30 s more covers a backend that applies a request just as the
 //! gateway gives up, and the clocks of the two sides. 90 s, after the attempt ended.
 
+use super::table::Keyed;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -101,13 +102,13 @@ pub struct WritesInFlight {
     takeover_until: Option<Instant>,
     subjects: Mutex<HashMap<String, Unsettled>>,
     /// Bindings whose bind completed inside a horizon: checked again once it has passed.
-    rechecks: Mutex<HashMap<ObjectKey, Instant>>,
+    rechecks: Keyed<Instant>,
 }
 
 impl Default for WritesInFlight {
     /// Tracks nothing: for tests and tools that make no cloud writes of their own.
     fn default() -> Self {
-        Self { horizon: Duration::ZERO, takeover_until: None, subjects: Mutex::default(), rechecks: Mutex::default() }
+        Self { horizon: Duration::ZERO, takeover_until: None, subjects: Mutex::default(), rechecks: Keyed::default() }
     }
 }
 
@@ -183,7 +184,7 @@ impl WritesInFlight {
     /// `key`'s bind completed while a write could still overtake it until `at`: it is checked
     /// again then (a read for VPC, a re-assert for ECS, which has no read).
     pub fn recheck_at(&self, key: &ObjectKey, at: Instant) {
-        let mut rechecks = self.rechecks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rechecks = self.rechecks.lock();
         if rechecks.len() >= MAX_SUBJECTS && !rechecks.contains_key(key) {
             // Bounded: the oldest is the one most overdue, and is checked by the drift check.
             if let Some(oldest) = rechecks.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
@@ -196,19 +197,19 @@ impl WritesInFlight {
 
     /// Whether `key`'s second look is due now.
     pub fn recheck_due(&self, key: &ObjectKey) -> bool {
-        let rechecks = self.rechecks.lock().unwrap_or_else(|p| p.into_inner());
+        let rechecks = self.rechecks.lock();
         rechecks.get(key).is_some_and(|at| *at <= Instant::now())
     }
 
     /// How long until `key`'s second look, when one is pending and not yet due.
     pub fn recheck_in(&self, key: &ObjectKey) -> Option<Duration> {
-        let rechecks = self.rechecks.lock().unwrap_or_else(|p| p.into_inner());
+        let rechecks = self.rechecks.lock();
         rechecks.get(key).map(|at| at.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
     }
 
     /// `key` was checked again (or is gone): no second look is pending any more.
     pub fn rechecked(&self, key: &ObjectKey) {
-        self.rechecks.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.rechecks.remove(key);
     }
 
     /// Subjects with a write that may still land.

@@ -7,8 +7,8 @@
 //! calls are idempotent, but a second cloud call is still a wasted, rate-limited request and a
 //! second chance for a race. So the reconciler overlays what it knows it wrote.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use super::key::ObjectKey;
+use super::table::Keyed;
 use std::time::Duration;
 
 use kube::ResourceExt;
@@ -33,7 +33,7 @@ pub enum View<'a> {
 }
 
 pub struct Memory {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Keyed<Entry>,
     ttl: Duration,
 }
 
@@ -57,16 +57,16 @@ impl Default for Memory {
 
 impl Memory {
     pub fn new(ttl: Duration) -> Self {
-        Self { entries: Mutex::default(), ttl }
+        Self { entries: Keyed::default(), ttl }
     }
 
-    fn key(b: &VipBinding) -> Option<String> {
-        b.uid()
+    fn key(b: &VipBinding) -> Option<ObjectKey> {
+        b.uid().map(|uid| ObjectKey::from(uid.as_str()))
     }
 
     fn put(&self, b: &VipBinding, written: Written) {
         let Some(key) = Self::key(b) else { return };
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.lock();
         let now = Instant::now();
         let ttl = self.ttl;
         entries.retain(|_, e| {
@@ -91,7 +91,7 @@ impl Memory {
     /// can delay by minutes).
     pub fn observe(&self, b: &VipBinding) {
         let Some(key) = Self::key(b) else { return };
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.lock();
         if let Some(entry) = entries.get_mut(&key)
             && entry.confirmed.is_none()
             && let Written::Status { generation, status } = &entry.written
@@ -102,7 +102,7 @@ impl Memory {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -111,7 +111,7 @@ impl Memory {
 
     pub fn view<'a>(&self, b: &'a VipBinding) -> View<'a> {
         let Some(key) = Self::key(b) else { return View::Cached(b) };
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.lock();
         let Some(entry) = entries.get(&key) else { return View::Cached(b) };
         if entry.at.elapsed() >= self.ttl {
             entries.remove(&key);

@@ -14,7 +14,7 @@ use crate::controller::cloud::evidence::{self, Gone};
 use crate::controller::error::Error;
 use crate::ecs::{BindRequest, EcsError, ErrorClass, UnbindRequest};
 
-use super::{BindAsk, Binder, Job};
+use super::binder::{BindAsk, Binder, Job};
 
 pub(crate) struct EcsBinder;
 

@@ -1,44 +1,15 @@
 //! Act: the cloud side of a bind or an unbind, one [`Binder`] per API ([`ecs`], [`vpc`]), each
-//! returning an [`Outcome`]: what was done and what is known. A binder decides nothing (the
+//! returning an [`Outcome`](super::outcome::Outcome): what was done and what is known. A binder decides nothing (the
 //! plan is made before it runs) and writes no status: the one write made while it acts, a VPC
 //! bind's intent under the NIC's lock, is the record step's ([`super::record::intent`]).
 
+pub(crate) mod binder;
 pub(crate) mod ecs;
 pub(crate) mod vpc;
 
-use futures::future::BoxFuture;
+use crate::api::v1alpha1::BindApi;
 
-use crate::api::v1alpha1::{BindApi, BoundWith, VipBinding};
-use crate::controller::binding::outcome::Outcome;
-use crate::controller::binding::status::BoundKnowledge;
-use crate::controller::cloud::Admitted;
-use crate::controller::context::Context;
-use crate::controller::error::Error;
-use crate::ecs::CloudTarget;
-
-/// The binding acted for, and where its calls go.
-#[derive(Clone, Copy)]
-pub(crate) struct Job<'a> {
-    pub b: &'a VipBinding,
-    pub ctx: &'a Context,
-    pub target: &'a CloudTarget,
-}
-
-/// What a bind is asked to do beyond the binding itself.
-pub(crate) struct BindAsk {
-    /// Where the bind goes and whose keys sign it: the record it leaves.
-    pub bound_with: BoundWith,
-    /// What was known of the VIP before this attempt.
-    pub knowledge: BoundKnowledge,
-    /// A drift check of a binding already bound.
-    pub reassert: bool,
-}
-
-/// Binds and unbinds through one API. `admitted` is the gate's leave for the call.
-pub(crate) trait Binder: Sync {
-    fn bind<'a>(&'a self, job: Job<'a>, admitted: Admitted<'a>, ask: BindAsk) -> BoxFuture<'a, Result<Outcome, Error>>;
-    fn unbind<'a>(&'a self, job: Job<'a>, admitted: Admitted<'a>) -> BoxFuture<'a, Result<Outcome, Error>>;
-}
+pub(crate) use binder::{BindAsk, Binder, Job};
 
 /// The binder of `api`.
 pub(crate) fn binder(api: BindApi) -> &'static dyn Binder {

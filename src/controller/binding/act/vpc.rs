@@ -20,7 +20,7 @@ use crate::controller::context::Context;
 use crate::controller::error::Error;
 use crate::ecs::ErrorClass;
 
-use super::{BindAsk, Binder, Job};
+use super::binder::{BindAsk, Binder, Job};
 
 /// How long the intent's status write may hold the NIC's lock.
 const INTENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
