@@ -11,7 +11,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use proptest::prelude::*;
 use vip_operator::api::testing::Fixture;
-use vip_operator::api::v1alpha1::{DeletionPolicy, Reason, VipBinding};
+use vip_operator::api::v1alpha1::{BindApi, DeletionPolicy, Reason, VipBinding};
 use vip_operator::controller::{DefaultCredentials, OperatorDefaults, SecretReader, TargetResolver};
 use vip_operator::controller::{Facts, Plan, decide, validate_spec};
 use vip_operator::ecs::credentials::from_secret_data;
@@ -97,10 +97,11 @@ proptest! {
     #[test]
     fn decisions_never_send_a_malformed_request(
         spec in spec(), finalizer in any::<bool>(), deleting in any::<bool>(), paused in any::<bool>(),
-        conflict in any::<bool>(), crd_deleting in any::<bool>(), reassert in any::<bool>(),
+        conflict in any::<bool>(), crd_deleting in any::<bool>(), reassert in any::<bool>(), vpc in any::<bool>(),
     ) {
         let b = binding(spec, finalizer, deleting, paused);
-        let facts = Facts { conflict_owner: conflict.then(|| "ns/owner".to_string()), crd_deleting, reassert_due: reassert };
+        let api = if vpc { BindApi::Vpc } else { BindApi::Ecs };
+        let facts = Facts { conflict_owner: conflict.then(|| "ns/owner".to_string()), crd_deleting, reassert_due: reassert, api };
         match decide(&b, &facts) {
             Plan::Bind { .. } => {
                 // Only well-formed specs get to bind, and their URL path is exactly as intended.
@@ -113,10 +114,11 @@ proptest! {
                 prop_assert!(url.host_str().unwrap().ends_with(".myhuaweicloud.com"));
             }
             Plan::Unbind => {
-                prop_assert!(deleting && finalizer && !paused && !conflict && !crd_deleting);
+                // A conflicted binding unbinds only its own VPC pair (an ECS unbind names no VIP).
+                prop_assert!(deleting && finalizer && !paused && (!conflict || vpc) && !crd_deleting);
                 prop_assert_eq!(b.spec.deletion_policy, DeletionPolicy::Unbind);
             }
-            Plan::Hold(v) | Plan::Release(v) => prop_assert!(!v.message.is_empty()),
+            Plan::Hold(v) | Plan::Release(v) | Plan::Yield(v) => prop_assert!(!v.message.is_empty()),
             Plan::Nothing => {}
         }
     }

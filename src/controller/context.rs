@@ -140,6 +140,7 @@ impl Context {
             conflict_owner: self.index.conflict_owner(b),
             crd_deleting: false,
             reassert_due: decide::bound_as_specified(b) && (self.resync.is_asked(key) || self.writes.recheck_due(key)),
+            api: crate::controller::state::index::api_of(b, self.targets.defaults().api),
         }
     }
 
@@ -176,6 +177,15 @@ impl Context {
             None => self.writes.rechecked(key),
         }
         until
+    }
+
+    /// `b` lost its NIC to an owner after its own bind may have reached the cloud: the owner's
+    /// bind is re-asserted at the next drift sweep, replacing whatever `b` bound.
+    pub fn reassert_owner_of(&self, b: &VipBinding) {
+        if let Some(owner) = self.index.conflict_owner_claim(b) {
+            tracing::info!(owner = %owner.key(), "re-asserting the bind of the NIC's owner");
+            self.resync.due_now(owner.uid(), owner.object_ref());
+        }
     }
 
     /// A bind succeeded: the next drift check is a period away.

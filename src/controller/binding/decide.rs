@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::api::v1alpha1::{CONDITION_BOUND, DeletionPolicy, Reason, VipBinding, VipBindingSpec};
+use crate::api::v1alpha1::{BindApi, CONDITION_BOUND, DeletionPolicy, Reason, VipBinding, VipBindingSpec};
 use crate::ecs::{InvalidId, InvalidRegion, check_path_id, check_region};
 
 use crate::controller::binding::outcome::ORPHAN_HINT;
@@ -17,6 +17,8 @@ pub struct Facts {
     pub crd_deleting: bool,
     /// The periodic drift check is due: re-assert the bind.
     pub reassert_due: bool,
+    /// The API the binding is (or will be) bound through.
+    pub api: BindApi,
 }
 
 /// Why a binding is held or released without a cloud call.
@@ -44,6 +46,10 @@ pub enum Plan {
     Unbind,
     /// Record the verdict and remove the finalizer without a cloud call.
     Release(Verdict),
+    /// As `Release`, for an ECS binding that lost its NIC to an owner after its own bind may
+    /// have reached the cloud: an unbind would take the owner's VIP too (it names none), so the
+    /// owner's bind is re-asserted instead, which replaces whatever this one bound.
+    Yield(Verdict),
 }
 
 /// What is wrong with a spec (see [`validate_spec`]); its text is the Invalid condition's message.
@@ -132,10 +138,30 @@ fn decide_deleting(b: &VipBinding, facts: &Facts) -> Plan {
         ));
     }
     if let Some(owner) = &facts.conflict_owner {
-        return Plan::Release(Verdict::new(
-            Reason::Conflict,
-            format!("VipBinding {owner} owns NIC {}: released without unbinding it", b.spec.nic_id),
-        ));
+        // Two bindings created together can both bind before either sees the other; the one
+        // that lost the NIC then has its own bind in the cloud.
+        let may_have_bound =
+            bound_knowledge(b) != BoundKnowledge::NotBound || b.status.as_ref().is_some_and(|s| s.bound_with.is_some());
+        let nic = &b.spec.nic_id;
+        match (may_have_bound, facts.api) {
+            (false, _) => {
+                return Plan::Release(Verdict::new(
+                    Reason::Conflict,
+                    format!("VipBinding {owner} owns NIC {nic}: released without unbinding it"),
+                ));
+            }
+            // Its pair is its own (the unbind takes exactly its IP from its VIP port, and the
+            // NIC's check-off by the rules every binding on the NIC shares): unbound as usual.
+            (true, BindApi::Vpc) => {}
+            (true, BindApi::Ecs) => {
+                return Plan::Yield(Verdict::new(
+                    Reason::Conflict,
+                    format!(
+                        "VipBinding {owner} owns NIC {nic}: released without unbinding it (an ECS unbind names no VIP and would take the owner's); this binding's own bind may have reached the cloud first, so the owner's bind is re-asserted"
+                    ),
+                ));
+            }
+        }
     }
     // An earlier pass unbound (or found the NIC gone) and wrote that down, but could not remove
     // the finalizer: finish with that record, not as "nothing was ever bound".
@@ -189,7 +215,7 @@ mod tests {
 
     fn reason(plan: Plan) -> Reason {
         match plan {
-            Plan::Hold(v) | Plan::Release(v) => v.reason,
+            Plan::Hold(v) | Plan::Release(v) | Plan::Yield(v) => v.reason,
             other => panic!("expected a verdict, got {other:?}"),
         }
     }
@@ -333,6 +359,22 @@ mod tests {
         let b = VipBinding::test().with_status(bound("Unknown", None)).with_finalizer().deleting();
         let plan = decide(&b, &Facts { conflict_owner: Some("ns/owner".into()), ..none() });
         assert_eq!(reason(plan), Reason::Conflict);
+    }
+
+    /// Created together on one NIC, both bound before either saw the other (chaos seed 101):
+    /// the one that lost the NIC must not leave its own bind behind.
+    #[test]
+    fn a_conflicted_binding_that_bound_first_undoes_its_own_part_only() {
+        let facts = |api| Facts { conflict_owner: Some("ns/owner".into()), api, ..none() };
+        let bound_one = VipBinding::test().with_status(bound("True", Some(false))).with_finalizer().deleting();
+        // VPC: its pair is its own: unbound like any other.
+        assert_eq!(decide(&bound_one, &facts(BindApi::Vpc)), Plan::Unbind);
+        // ECS: an unbind would take the owner's VIP: the owner re-asserts instead.
+        let Plan::Yield(v) = decide(&bound_one, &facts(BindApi::Ecs)) else { panic!("an ECS loser yields") };
+        assert!(v.message.contains("re-asserted"), "{}", v.message);
+        // Never bound: released as before, whatever the API.
+        let never = VipBinding::test().with_status(bound("False", None)).with_finalizer().deleting();
+        assert!(matches!(decide(&never, &facts(BindApi::Vpc)), Plan::Release(_)));
     }
 
     #[test]

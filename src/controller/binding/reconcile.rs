@@ -115,6 +115,10 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &ObjectKey) ->
         Plan::Nothing => record::nothing(b, ctx, key).await,
         Plan::Hold(verdict) => record::hold(b, ctx, key, &verdict).await,
         Plan::Release(verdict) => record::release_verdict(b, ctx, key, &verdict).await,
+        Plan::Yield(verdict) => {
+            ctx.reassert_owner_of(b);
+            record::release_verdict(b, ctx, key, &verdict).await
+        }
         // A drift re-bind takes only what user work leaves of the cloud budget.
         Plan::Bind { reassert: true } => crate::ecs::in_background(bind(b, ctx, key, true)).await,
         Plan::Bind { reassert: false } => bind(b, ctx, key, false).await,

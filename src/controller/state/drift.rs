@@ -118,6 +118,16 @@ impl Resync {
         due
     }
 
+    /// `key`'s bind is to be re-asserted at the next sweep (another binding may have bound over
+    /// it); a no-op when drift checks are off.
+    pub fn due_now(&self, key: &ObjectKey, target: ObjectRef<VipBinding>) {
+        if self.period.is_zero() {
+            return;
+        }
+        let next = Instant::now();
+        self.lock().insert(key.clone(), DriftEntry { next, triggered: None, asked: false, target });
+    }
+
     pub fn forget(&self, key: &ObjectKey) {
         self.entries.remove(key);
     }
@@ -179,6 +189,8 @@ mod tests {
         assert!(r.take_due(Duration::from_secs(30)).is_empty(), "not before 90% of the period");
         tokio::time::advance(Duration::from_secs(122)).await;
         assert_eq!(r.take_due(Duration::from_secs(30)).len(), 1, "by 110% of the period");
+        r.due_now(&"k".into(), web());
+        assert_eq!(r.take_due(Duration::from_secs(30)), vec![web()], "due at the next sweep");
         r.forget(&"k".into());
         assert!(r.is_empty());
         let off = Resync::disabled();

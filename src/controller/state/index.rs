@@ -330,6 +330,11 @@ impl BindingIndex {
     /// `namespace/name` of another binding whose claim on `b`'s NIC comes first and conflicts
     /// with `b`'s (see the module comment).
     pub fn conflict_owner(&self, b: &VipBinding) -> Option<String> {
+        self.conflict_owner_claim(b).map(|c| c.key())
+    }
+
+    /// The claim of the binding that owns `b`'s NIC over `b` (see [`Self::conflict_owner`]).
+    pub fn conflict_owner_claim(&self, b: &VipBinding) -> Option<Claim> {
         let uid = b.uid()?;
         let inner = self.read();
         let claims = inner.by_nic.get(&b.spec.nic_id)?;
@@ -338,7 +343,7 @@ impl BindingIndex {
             // A binding the index has not seen yet is newer than everything it has seen.
             None => std::sync::Arc::new(entry_of(b, inner.default_api)?.claim.as_ref().clone()),
         };
-        claims.iter().take_while(|c| c.uid != mine.uid).find(|c| c.conflicts(&mine)).map(|c| c.key())
+        claims.iter().take_while(|c| c.uid != mine.uid).find(|c| c.conflicts(&mine)).map(|c| (**c).clone())
     }
 
     /// Whether another binding on `b`'s NIC recorded turning its source check off: `b` then
