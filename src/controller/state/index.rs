@@ -75,6 +75,9 @@ struct Entry {
     needs_check_off: bool,
     /// It has a record of a bind (`status.boundWith`), even one that found the check off there.
     recorded: bool,
+    /// A VPC binding that may have bound and still holds our finalizer, live or being deleted:
+    /// its bind may still be under way, or its unbind still to come.
+    may_touch_nic: bool,
     /// The Secrets it needs: the one its spec names, and the one its last bind used
     /// (`status.boundWith`), which the deletion's unbind signs with.
     secrets: Vec<(String, String)>,
@@ -91,6 +94,14 @@ pub fn api_of(b: &VipBinding, default: BindApi) -> BindApi {
     }
 }
 
+/// A VPC binding that may have bound (committed, not known unbound), live or deleting.
+fn may_touch_nic(b: &VipBinding, default_api: BindApi) -> bool {
+    api_of(b, default_api) == BindApi::Vpc
+        && crate::controller::binding::status::has_finalizer(b)
+        && crate::controller::binding::status::bound_knowledge(b)
+            != crate::controller::binding::status::BoundKnowledge::NotBound
+}
+
 fn entry_of(b: &VipBinding, default_api: BindApi) -> Option<Entry> {
     let uid = b.uid()?;
     let namespace = b.namespace().unwrap_or_default();
@@ -99,11 +110,8 @@ fn entry_of(b: &VipBinding, default_api: BindApi) -> Option<Entry> {
         nic: b.spec.nic_id.clone(),
         source_check_off_added: record.is_some_and(|w| w.source_check_off_added),
         recorded: record.is_some(),
-        needs_check_off: api_of(b, default_api) == BindApi::Vpc
-            && crate::controller::binding::status::has_finalizer(b)
-            && b.metadata.deletion_timestamp.is_none()
-            && crate::controller::binding::status::bound_knowledge(b)
-                != crate::controller::binding::status::BoundKnowledge::NotBound,
+        needs_check_off: may_touch_nic(b, default_api) && b.metadata.deletion_timestamp.is_none(),
+        may_touch_nic: may_touch_nic(b, default_api),
         secrets: {
             let spec = b.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone());
             let recorded =
@@ -220,6 +228,7 @@ impl Inner {
                     && old.claim == entry.claim
                     && old.source_check_off_added == entry.source_check_off_added
                     && old.needs_check_off == entry.needs_check_off
+                    && old.may_touch_nic == entry.may_touch_nic
                     && old.recorded == entry.recorded =>
             {
                 return;
@@ -359,16 +368,18 @@ impl BindingIndex {
         self.read().on_nic(&b.spec.nic_id, b.uid().as_deref()).any(|(_, e)| e.needs_check_off)
     }
 
-    /// `namespace/name` of the VPC bindings other than `b` on `b`'s NIC that need its check off
-    /// and have no record of a bind yet (they are binding): `b`'s record, which says the entry
-    /// is the operator's, must outlive `b` until their binds have read it, or the last of them
-    /// would leave the entry behind. (One that recorded finding the entry there is not waited
-    /// for: it has bound already, and waiting would not change what it read.)
+    /// `namespace/name` of the VPC bindings other than `b` on `b`'s NIC that may have bound and
+    /// have no record of a bind yet: live ones binding, and deleting ones whose bind was cut
+    /// short (chaos seed 105: one deleted while its bind was in flight). `b`'s record, which says
+    /// the entry is the operator's, must outlive `b` until they have read it or are gone, or the
+    /// last of them would leave the entry behind (a process's own memory of it dies with a
+    /// leader). One that recorded finding the entry there is not waited for: it has bound
+    /// already, and waiting would not change what it read.
     pub fn others_needing_unrecorded(&self, b: &VipBinding) -> Vec<String> {
         let inner = self.read();
         inner
             .on_nic(&b.spec.nic_id, b.uid().as_deref())
-            .filter(|(_, e)| e.needs_check_off && !e.recorded)
+            .filter(|(_, e)| e.may_touch_nic && !e.recorded)
             .map(|(c, _)| c.key())
             .collect()
     }
@@ -465,6 +476,17 @@ mod tests {
             idx.apply(None, &watcher::Event::Apply(other.clone()));
             assert_eq!(idx.others_need_check_off(&me), needs, "{:?}", other.status);
             assert_eq!(idx.nic_needs_check_off("nic"), needs, "{:?}", other.status);
+        }
+        // Waited for by a binding that recorded adding the entry: the unrecorded ones that may
+        // have bound, live or deleting (a bind cut short by its deletion).
+        for (other, waited) in [
+            (vpc(), true),
+            (vpc().deleting(), true),
+            (vpc().with_status(bound("False")).deleting(), false),
+            (other().with_finalizer().deleting(), false),
+        ] {
+            idx.apply(None, &watcher::Event::Apply(other.clone()));
+            assert_eq!(!idx.others_needing_unrecorded(&me).is_empty(), waited, "{other:?}");
         }
     }
 
