@@ -1,13 +1,11 @@
-//! Reconciler tests: a fake `EcsApi` and a tower-test mock API server. Every Kubernetes request
+//! Reconciler tests: the shared cloud fake and a tower-test mock API server. Every Kubernetes request
 //! the reconciler makes is recorded and asserted exactly (method, path, query, content type,
 //! body); a scenario that should make none asserts radio silence.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::ResourceExt;
@@ -24,9 +22,9 @@ use vip_operator::controller::reconcile;
 use vip_operator::controller::{ALLOWED_PROJECTS_ANNOTATION, DefaultCredentialsScope, Tenancy, parse_selector};
 use vip_operator::controller::{DefaultCredentials, OperatorDefaults, TargetResolver};
 use vip_operator::ecs::error::{ApiError, TransportKind};
-use vip_operator::ecs::testing::ScriptedReads;
+use vip_operator::ecs::testing::{Call, FakeCloud, Reply, Sent};
 use vip_operator::ecs::vpc::Port;
-use vip_operator::ecs::{BindRequest, Clock, CloudTarget, Credentials, EcsApi, EcsError, UnbindRequest, Written};
+use vip_operator::ecs::{Clock, Credentials, EcsError, Operation, Service};
 
 const NS: &str = "team-a";
 const NAME: &str = "web-vip";
@@ -55,60 +53,34 @@ struct CloudCall {
     reverse_binding: bool,
 }
 
-#[derive(Default)]
-struct FakeCloud {
-    script: Mutex<VecDeque<Result<String, EcsError>>>,
-    calls: Mutex<Vec<CloudCall>>,
-    /// Panic inside the call (stands in for any bug below the reconciler).
-    panics: bool,
+/// The ECS writes the cloud received, in order (the fake's port reads left out).
+fn ecs_calls(cloud: &FakeCloud) -> Vec<CloudCall> {
+    let call = |c: &Call, op, nic: &str, (subnet, ip): (&str, &str), reverse_binding| CloudCall {
+        op,
+        nic: nic.into(),
+        project: c.project.clone(),
+        region: c.region.clone(),
+        access_key: c.access_key.clone(),
+        subnet: subnet.into(),
+        ip: ip.into(),
+        reverse_binding,
+    };
+    cloud
+        .calls()
+        .iter()
+        .filter_map(|c| match &c.sent {
+            Sent::Bind(r) => Some(call(c, "bind", &r.nic_id, (&r.subnet_id, &r.ip_address), r.reverse_binding)),
+            Sent::Unbind(r) => Some(call(c, "unbind", &r.nic_id, ("", ""), r.reverse_binding)),
+            _ => None,
+        })
+        .collect()
 }
 
-impl FakeCloud {
-    fn answering(results: Vec<Result<String, EcsError>>) -> Arc<Self> {
-        Arc::new(Self { script: Mutex::new(results.into()), calls: Mutex::default(), panics: false })
-    }
-    fn panicking() -> Arc<Self> {
-        Arc::new(Self { panics: true, ..Default::default() })
-    }
-    fn calls(&self) -> Vec<CloudCall> {
-        self.calls.lock().unwrap().clone()
-    }
-    /// The next scripted answer (a port id or an error); by default the NIC's id as the port.
-    fn next(&self, call: CloudCall) -> Result<Written, EcsError> {
-        self.calls.lock().unwrap().push(call.clone());
-        assert!(!self.panics, "a bug in the cloud client");
-        let answer = self.script.lock().unwrap().pop_front().unwrap_or_else(|| Ok(call.nic.clone()));
-        answer.map(|port_id| Written { port_id, request_id: Some(format!("fake-{}", call.op)) })
-    }
-}
-
-impl EcsApi for FakeCloud {
-    fn bind<'a>(&'a self, t: &'a CloudTarget, r: &'a BindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
-        let call = CloudCall {
-            op: "bind",
-            nic: r.nic_id.clone(),
-            project: t.project_id.clone(),
-            region: t.region.clone(),
-            access_key: t.credentials.access_key().into(),
-            subnet: r.subnet_id.clone(),
-            ip: r.ip_address.clone(),
-            reverse_binding: r.reverse_binding,
-        };
-        async move { self.next(call) }.boxed()
-    }
-    fn unbind<'a>(&'a self, t: &'a CloudTarget, r: &'a UnbindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
-        let call = CloudCall {
-            op: "unbind",
-            nic: r.nic_id.clone(),
-            project: t.project_id.clone(),
-            region: t.region.clone(),
-            access_key: t.credentials.access_key().into(),
-            subnet: String::new(),
-            ip: String::new(),
-            reverse_binding: r.reverse_binding,
-        };
-        async move { self.next(call) }.boxed()
-    }
+/// A cloud whose next `op` on the NIC answers `reply`; everything else answers from its state.
+fn answering(op: Operation, reply: impl Into<Reply>) -> Arc<FakeCloud> {
+    let cloud = FakeCloud::new();
+    cloud.script(op, NIC, [reply]);
+    cloud
 }
 
 fn api_error(status: u16, code: &str, request_id: &str) -> EcsError {
@@ -467,11 +439,11 @@ fn cond(type_: &str, status: &str, reason: &str, message: &str, time: &str) -> V
 
 #[tokio::test]
 async fn create_adds_finalizer_binds_once_and_records_status() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_once(binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
 
     assert_eq!(
-        cloud.calls(),
+        ecs_calls(&cloud),
         vec![CloudCall {
             op: "bind",
             nic: NIC.into(),
@@ -504,9 +476,9 @@ async fn create_adds_finalizer_binds_once_and_records_status() {
 
 #[tokio::test]
 async fn resync_of_a_bound_binding_makes_no_calls_at_all() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_once(bound_binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert!(cloud.calls().is_empty());
+    assert!(ecs_calls(&cloud).is_empty());
     assert!(run.seen.is_empty(), "radio silence expected, got {:#?}", run.seen);
     assert_eq!(run.action, Action::await_change());
 }
@@ -515,7 +487,7 @@ async fn resync_of_a_bound_binding_makes_no_calls_at_all() {
 async fn a_due_drift_check_is_made_only_when_the_sweeper_asks() {
     let object = bound_binding();
     let (client, _api) = MockApi::start(&object, MockOptions::default());
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let reporter = Reporter { controller: "vip-operator".into(), instance: Some("test".into()) };
     let ctx = Arc::new(
         Context::new(
@@ -533,24 +505,24 @@ async fn a_due_drift_check_is_made_only_when_the_sweeper_asks() {
     // Due, but an unrelated event (a status write, say) starts this reconcile: the check is the
     // sweeper's, which compares VPC bindings with a listing instead of reading each one.
     reconcile(Arc::new(object.clone()), ctx.clone()).await.unwrap();
-    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    assert!(ecs_calls(&cloud).is_empty(), "{:?}", ecs_calls(&cloud));
     // Taken by the sweeper but not yet handed over (still being compared): the same.
     assert_eq!(ctx.resync.take_due(Duration::from_secs(30)), vec![target.clone()]);
     reconcile(Arc::new(object.clone()), ctx.clone()).await.unwrap();
-    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    assert!(ecs_calls(&cloud).is_empty(), "{:?}", ecs_calls(&cloud));
     // Handed to the reconcile: the bind is re-asserted.
     ctx.resync.ask(std::slice::from_ref(&target));
     reconcile(Arc::new(object), ctx).await.unwrap();
-    let ops: Vec<_> = cloud.calls().iter().map(|c| c.op).collect();
+    let ops: Vec<_> = ecs_calls(&cloud).iter().map(|c| c.op).collect();
     assert_eq!(ops, ["bind"]);
 }
 
 #[tokio::test]
 async fn delete_unbinds_records_port_and_conditions_then_releases() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_once(bound_binding().deleting(), cloud.clone(), static_defaults(), MockOptions::default()).await;
 
-    let calls = cloud.calls();
+    let calls = ecs_calls(&cloud);
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].op, "unbind");
     assert_eq!(calls[0].nic, NIC);
@@ -575,12 +547,12 @@ async fn delete_unbinds_records_port_and_conditions_then_releases() {
 async fn a_paused_deletion_is_released_as_orphaned_while_the_crd_is_deleted() {
     // Pause protects against cloud calls; releasing at uninstall makes none, so a paused binding
     // must not keep `kubectl delete crd` waiting.
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let paused = bound_binding().deleting().paused();
     let run =
         run_once(paused, cloud.clone(), static_defaults(), MockOptions { crd_deleting: true, ..Default::default() })
             .await;
-    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    assert!(ecs_calls(&cloud).is_empty(), "{:?}", ecs_calls(&cloud));
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 3, "{seen:#?}");
     assert_eq!(condition(seen[0].status(), "Ready")["reason"], "Orphaned");
@@ -589,10 +561,10 @@ async fn a_paused_deletion_is_released_as_orphaned_while_the_crd_is_deleted() {
 
 #[tokio::test]
 async fn a_paused_deletion_is_looked_at_again_so_an_uninstall_can_release_it() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let paused = bound_binding().deleting().paused();
     let run = run_once(paused, cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert!(cloud.calls().is_empty());
+    assert!(ecs_calls(&cloud).is_empty());
     let seen = after_crd_check(&run.seen);
     assert_eq!(condition(seen[0].status(), "Ready")["reason"], "DeletionPaused");
     assert!(requeue_delay(&run.action).is_some_and(|d| d <= Duration::from_secs(60)), "{:?}", run.action);
@@ -600,9 +572,9 @@ async fn a_paused_deletion_is_looked_at_again_so_an_uninstall_can_release_it() {
 
 #[tokio::test]
 async fn delete_with_the_nic_gone_releases_with_nic_not_found() {
-    let cloud = FakeCloud::answering(vec![Err(api_error(404, "Ecs.0614", "req-404"))]);
+    let cloud = answering(Operation::Unbind, api_error(404, "Ecs.0614", "req-404"));
     let run = run_once(bound_binding().deleting(), cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert_eq!(cloud.calls().len(), 1);
+    assert_eq!(ecs_calls(&cloud).len(), 1);
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 3);
     let status = seen[0].status();
@@ -621,9 +593,9 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 #[tokio::test]
 async fn delete_with_a_gateway_404_holds_the_finalizer_and_says_why() {
     // The API gateway found no such API (a wrong endpoint or path): no evidence about the NIC.
-    let cloud = FakeCloud::answering(vec![Err(api_error(404, "APIGW.0101", "req-gw"))]);
+    let cloud = answering(Operation::Unbind, api_error(404, "APIGW.0101", "req-gw"));
     let run = run_once(bound_binding().deleting(), cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert_eq!(cloud.calls().len(), 1);
+    assert_eq!(ecs_calls(&cloud).len(), 1);
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 2, "a status write and an event, and no finalizer removal: {seen:#?}");
     let status = seen[0].status();
@@ -639,7 +611,11 @@ async fn delete_with_a_gateway_404_holds_the_finalizer_and_says_why() {
 #[tokio::test]
 async fn a_panic_inside_a_reconcile_is_an_error_not_an_unwind() {
     let (client, _api) = MockApi::start(&bound_binding(), MockOptions::default());
-    let ctx = context(client, FakeCloud::panicking(), static_defaults());
+    let ctx = context(
+        client,
+        answering(Operation::Unbind, Reply::Panic("a bug in the cloud client".into())),
+        static_defaults(),
+    );
     let object = bound_binding().deleting();
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), ctx)).await.unwrap();
     match result {
@@ -653,7 +629,7 @@ async fn a_panic_inside_a_reconcile_is_an_error_not_an_unwind() {
 
 #[tokio::test]
 async fn a_new_object_with_an_old_name_does_not_inherit_its_backoff() {
-    let cloud = FakeCloud::answering(vec![Err(api_error(500, "Common.0001", "req-500"))]);
+    let cloud = answering(Operation::Unbind, api_error(500, "Common.0001", "req-500"));
     let object = bound_binding().deleting();
     let (client, api) = MockApi::start(&object, MockOptions::default());
     let ctx = context(client, cloud.clone(), static_defaults());
@@ -661,12 +637,12 @@ async fn a_new_object_with_an_old_name_does_not_inherit_its_backoff() {
     assert!(requeue_delay(&old).is_some_and(|d| d >= Duration::from_millis(2500)), "{old:?}");
     // The same object again at once is held by its backoff...
     let _ = reconcile(Arc::new(object.clone()), ctx.clone()).await.unwrap();
-    assert_eq!(cloud.calls().len(), 1, "held");
+    assert_eq!(ecs_calls(&cloud).len(), 1, "held");
     // ...but another object under the same name (deleted and created again) is not.
     let new = object.with_uid("uid-new");
     api.put(&new);
     let _ = reconcile(Arc::new(new), ctx).await.unwrap();
-    assert_eq!(cloud.calls().len(), 2, "{:?}", cloud.calls());
+    assert_eq!(ecs_calls(&cloud).len(), 2, "{:?}", ecs_calls(&cloud));
 }
 
 /// A reconcile from a stale copy of a binding that has gone (a late trigger, a previous leader's
@@ -677,7 +653,7 @@ async fn a_new_object_with_an_old_name_does_not_inherit_its_backoff() {
 async fn a_release_meant_for_a_gone_binding_leaves_its_successor_of_the_same_name_alone() {
     let successor = bound_binding().with_uid("uid-successor");
     let (client, api) = MockApi::start(&successor, MockOptions::default());
-    let ctx = context(client, FakeCloud::answering(vec![]), static_defaults());
+    let ctx = context(client, FakeCloud::new(), static_defaults());
     let stale = bound_binding().orphan().deleting();
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(stale), ctx)).await.unwrap();
     // The refused write is looked into: another object has the name, so this one is gone.
@@ -697,10 +673,10 @@ async fn a_release_meant_for_a_gone_binding_leaves_its_successor_of_the_same_nam
 /// The status write after the bind finds the object gone, and the bind is undone.
 #[tokio::test]
 async fn a_bind_whose_binding_vanished_around_its_finalizer_is_undone() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let opts = MockOptions { vanish_after_finalizer: true, ..MockOptions::default() };
     let run = run_once(binding(), cloud.clone(), static_defaults(), opts).await;
-    assert_eq!(cloud.calls().iter().map(|c| c.op).collect::<Vec<_>>(), ["bind", "unbind"]);
+    assert_eq!(ecs_calls(&cloud).iter().map(|c| c.op).collect::<Vec<_>>(), ["bind", "unbind"]);
     assert_eq!(run.action, Action::await_change());
     assert_finalizer_added(&run.seen[0]);
     assert_eq!(run.seen[1].method, "PATCH", "the status write after the bind: {:#?}", run.seen);
@@ -712,7 +688,7 @@ async fn a_bind_whose_binding_vanished_around_its_finalizer_is_undone() {
 /// made (the ECS unbind names no VIP).
 #[tokio::test]
 async fn a_vanished_bind_is_left_to_the_binding_that_now_claims_its_nic() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let opts = MockOptions { vanish_after_finalizer: true, ..MockOptions::default() };
     let first = jiff::Timestamp::from_second(1_700_000_000).unwrap();
     let object = binding().created(first);
@@ -723,12 +699,12 @@ async fn a_vanished_bind_is_left_to_the_binding_that_now_claims_its_nic() {
     ctx.index.apply(None, &kube::runtime::watcher::Event::Apply(object.clone()));
     ctx.index.apply(None, &kube::runtime::watcher::Event::Apply(other));
     reconcile(Arc::new(object), ctx).await.expect("reconcile");
-    assert_eq!(cloud.calls().iter().map(|c| c.op).collect::<Vec<_>>(), ["bind"]);
+    assert_eq!(ecs_calls(&cloud).iter().map(|c| c.op).collect::<Vec<_>>(), ["bind"]);
 }
 
 #[tokio::test]
 async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
-    let cloud = FakeCloud::answering(vec![Err(api_error(500, "Common.0001", "req-500"))]);
+    let cloud = answering(Operation::Unbind, api_error(500, "Common.0001", "req-500"));
     let first = run_once(bound_binding().deleting(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     let first_seen = after_crd_check(&first.seen);
     assert_eq!(first_seen.len(), 2, "{first_seen:#?}");
@@ -753,7 +729,7 @@ async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
     let object =
         bound_binding().deleting().with_status(serde_json::from_value(first_seen[0].status().clone()).unwrap());
     let second = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert_eq!(cloud.calls().len(), 2);
+    assert_eq!(ecs_calls(&cloud).len(), 2);
     let second_seen = after_crd_check(&second.seen);
     assert_eq!(second_seen.len(), 2);
     assert_eq!(second_seen[0].status()["conditions"][1]["reason"], "Unbound");
@@ -762,10 +738,10 @@ async fn delete_with_a_server_error_keeps_the_finalizer_then_succeeds() {
 
 #[tokio::test]
 async fn orphan_policy_releases_without_a_cloud_call() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let object = bound_binding().deleting().orphan();
     let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert!(cloud.calls().is_empty());
+    assert!(ecs_calls(&cloud).is_empty());
     assert_eq!(run.seen.len(), 3);
     let conditions = &run.seen[0].status()["conditions"];
     assert_eq!(conditions[1]["reason"], "Orphaned");
@@ -778,7 +754,7 @@ async fn orphan_policy_releases_without_a_cloud_call() {
 
 #[tokio::test]
 async fn auth_failure_is_recorded_and_the_key_is_not_retried_in_a_loop() {
-    let cloud = FakeCloud::answering(vec![Err(api_error(401, "APIGW.0301", "req-401"))]);
+    let cloud = answering(Operation::Bind, api_error(401, "APIGW.0301", "req-401"));
     let (client, api) = MockApi::start(&binding(), MockOptions::default());
     let ctx = context(client, cloud.clone(), static_defaults());
     let action = reconcile(Arc::new(binding()), ctx.clone()).await.unwrap();
@@ -799,7 +775,7 @@ async fn auth_failure_is_recorded_and_the_key_is_not_retried_in_a_loop() {
     let other = binding().named(NS, "other").with_finalizer();
     api.put(&other);
     let _ = reconcile(Arc::new(other), ctx).await.unwrap();
-    assert_eq!(cloud.calls().len(), 1, "the refused key must not be sent again at once");
+    assert_eq!(ecs_calls(&cloud).len(), 1, "the refused key must not be sent again at once");
     let seen = api.seen();
     let held = &seen[3].status()["conditions"][1];
     assert_eq!(held["reason"], "AuthFailed");
@@ -830,10 +806,10 @@ fn requeue_delay(action: &Action) -> Option<Duration> {
 
 #[tokio::test]
 async fn missing_credentials_never_reach_the_cloud_and_add_no_finalizer() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let defaults = OperatorDefaults { credentials: DefaultCredentials::None, ..static_defaults() };
     let run = run_once(binding(), cloud.clone(), defaults, MockOptions::default()).await;
-    assert!(cloud.calls().is_empty());
+    assert!(ecs_calls(&cloud).is_empty());
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
     let status = run.seen[0].status();
     assert_eq!(status["conditions"][1]["reason"], "CredentialsUnavailable");
@@ -845,7 +821,7 @@ async fn missing_credentials_never_reach_the_cloud_and_add_no_finalizer() {
 
 #[tokio::test]
 async fn binding_secret_is_read_and_wins_over_defaults() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let object = binding().secret("hw-creds").project(None).region(None);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "hw-creds", "namespace": NS},
@@ -862,7 +838,7 @@ async fn binding_secret_is_read_and_wins_over_defaults() {
             .await;
     assert_eq!(run.seen[0].method, "GET");
     assert_eq!(run.seen[0].uri, "/api/v1/namespaces/team-a/secrets/hw-creds");
-    let call = &cloud.calls()[0];
+    let call = &ecs_calls(&cloud)[0];
     assert_eq!(call.access_key, "SECRETAK");
     assert_eq!(call.project, "projectfromsecret");
     assert_eq!(call.region, "ap-southeast-1");
@@ -874,7 +850,7 @@ async fn binding_secret_is_read_and_wins_over_defaults() {
 
 #[tokio::test]
 async fn a_secret_with_a_missing_key_is_invalid_with_a_precise_message() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let object = binding().secret("hw-creds");
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "hw-creds", "namespace": NS},
@@ -884,7 +860,7 @@ async fn a_secret_with_a_missing_key_is_invalid_with_a_precise_message() {
     let run =
         run_once(object, cloud.clone(), static_defaults(), MockOptions { secret: Some(secret), ..Default::default() })
             .await;
-    assert!(cloud.calls().is_empty());
+    assert!(ecs_calls(&cloud).is_empty());
     let ready = &run.seen[1].status()["conditions"][1];
     assert_eq!(ready["reason"], "Invalid");
     assert_eq!(ready["message"], "credentials Secret team-a/hw-creds: key `secretKey` is missing");
@@ -893,7 +869,7 @@ async fn a_secret_with_a_missing_key_is_invalid_with_a_precise_message() {
 #[tokio::test]
 async fn deleting_a_binding_that_never_reached_the_cloud_needs_no_unbind() {
     // Never got a finalizer (credentials were missing from the start): nothing to do at all.
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let object = binding().deleting().with_status(
         serde_json::from_value(json!({
             "conditions": [cond("Bound", "False", "NotBound", "no bind request has been sent to the cloud", EARLIER)]
@@ -901,13 +877,13 @@ async fn deleting_a_binding_that_never_reached_the_cloud_needs_no_unbind() {
         .unwrap(),
     );
     let run = run_once(object.clone(), cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert!(cloud.calls().is_empty());
+    assert!(ecs_calls(&cloud).is_empty());
     assert!(run.seen.is_empty(), "{:#?}", run.seen);
 
     // Had the finalizer, but the cloud refused the only bind (Bound=False): released, no call.
     let object = object.with_finalizer();
     let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert!(cloud.calls().is_empty());
+    assert!(ecs_calls(&cloud).is_empty());
     assert_eq!(run.seen.len(), 3);
     assert_eq!(run.seen[0].status()["conditions"][1]["reason"], "NotBound");
     assert_finalizer_removed(&run.seen[1]);
@@ -917,7 +893,7 @@ async fn deleting_a_binding_that_never_reached_the_cloud_needs_no_unbind() {
 async fn event_failures_never_block_a_deletion() {
     // A terminating namespace refuses new events; the binding must still be released (here
     // through NicNotFound, a release that publishes an event).
-    let cloud = FakeCloud::answering(vec![Err(api_error(404, "Ecs.0614", "req-404"))]);
+    let cloud = answering(Operation::Unbind, api_error(404, "Ecs.0614", "req-404"));
     let run = run_once(
         bound_binding().deleting(),
         cloud.clone(),
@@ -935,7 +911,7 @@ async fn event_failures_never_block_a_deletion() {
 #[tokio::test]
 async fn a_lost_bind_answer_is_recorded_as_indeterminate_and_deletion_still_unbinds() {
     let timeout = EcsError::Transport { kind: TransportKind::Timeout, message: "operation timed out".into() };
-    let cloud = FakeCloud::answering(vec![Err(timeout)]);
+    let cloud = answering(Operation::Bind, timeout);
     let run = run_once(binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     let status = run.seen[1].status();
     assert_eq!(status["conditions"][0]["status"], "Unknown");
@@ -944,13 +920,13 @@ async fn a_lost_bind_answer_is_recorded_as_indeterminate_and_deletion_still_unbi
 
     let object = binding().deleting().with_finalizer().with_status(serde_json::from_value(status.clone()).unwrap());
     let run = run_once(object, cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert_eq!(cloud.calls().last().unwrap().op, "unbind");
+    assert_eq!(ecs_calls(&cloud).last().unwrap().op, "unbind");
     assert_finalizer_removed(&after_crd_check(&run.seen)[1]);
 }
 
 #[tokio::test]
 async fn terminal_bind_errors_wait_for_a_spec_change() {
-    let cloud = FakeCloud::answering(vec![Err(api_error(400, "Ecs.0039", "req-400"))]);
+    let cloud = answering(Operation::Bind, api_error(400, "Ecs.0039", "req-400"));
     let run = run_once(binding(), cloud.clone(), static_defaults(), MockOptions::default()).await;
     assert_eq!(run.seen[1].status()["conditions"][1]["reason"], "BindFailed");
     assert_eq!(run.action, Action::await_change());
@@ -959,9 +935,9 @@ async fn terminal_bind_errors_wait_for_a_spec_change() {
 #[tokio::test]
 async fn a_vpc_binding_without_a_vpc_endpoint_is_invalid_and_nothing_is_sent() {
     // This context has no VPC client (a fixed --ecs-endpoint and no --vpc-endpoint).
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_once(binding().api(BindApi::Vpc), cloud.clone(), static_defaults(), MockOptions::default()).await;
-    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    assert!(ecs_calls(&cloud).is_empty(), "{:?}", ecs_calls(&cloud));
     // The failure is recorded, then said: no finalizer went on, since nothing was sent.
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
     let ready = condition(run.seen[0].status(), "Ready");
@@ -974,7 +950,7 @@ async fn a_vpc_binding_without_a_vpc_endpoint_is_invalid_and_nothing_is_sent() {
 #[tokio::test]
 async fn crd_being_deleted_releases_without_unbinding() {
     // An uninstall deletes the CRD, which deletes every binding: that must not unbind the fleet.
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_once(
         bound_binding().deleting(),
         cloud.clone(),
@@ -982,7 +958,7 @@ async fn crd_being_deleted_releases_without_unbinding() {
         MockOptions { crd_deleting: true, ..Default::default() },
     )
     .await;
-    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    assert!(ecs_calls(&cloud).is_empty(), "{:?}", ecs_calls(&cloud));
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 3);
     let ready = &seen[0].status()["conditions"][1];
@@ -995,9 +971,9 @@ async fn crd_being_deleted_releases_without_unbinding() {
 
 #[tokio::test]
 async fn a_namespace_not_granted_the_default_credentials_gets_a_reason_an_event_and_no_cloud_call() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_with_tenancy(binding(), cloud.clone(), MockOptions::default()).await;
-    assert!(cloud.calls().is_empty());
+    assert!(ecs_calls(&cloud).is_empty());
     // No finalizer either: nothing can have been sent.
     assert_eq!(run.seen.len(), 2, "{:#?}", run.seen);
     let ready = condition(run.seen[0].status(), "Ready");
@@ -1019,7 +995,7 @@ async fn a_namespace_not_granted_the_default_credentials_gets_a_reason_an_event_
 
 #[tokio::test]
 async fn a_project_outside_the_namespace_scope_is_refused_even_with_the_namespace_s_own_secret() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "team-creds", "namespace": NS},
         "data": {"accessKey": "VEVBTUFL", "secretKey": "dGVhbS1zaw=="},
@@ -1027,7 +1003,7 @@ async fn a_project_outside_the_namespace_scope_is_refused_even_with_the_namespac
     .unwrap();
     let object = binding().secret("team-creds");
     let run = run_with_tenancy(object, cloud.clone(), MockOptions { secret: Some(secret), ..Default::default() }).await;
-    assert!(cloud.calls().is_empty());
+    assert!(ecs_calls(&cloud).is_empty());
     assert_eq!(run.seen[0].uri, "/api/v1/namespaces/team-a/secrets/team-creds");
     let ready = condition(run.seen[1].status(), "Ready");
     assert_eq!(ready["reason"], "ProjectNotAllowed");
@@ -1049,7 +1025,7 @@ async fn a_narrowed_policy_never_traps_a_deletion_it_unbinds_where_the_bind_went
     // Bound with the Secret team-creds in RECORDED_PROJECT (its projectId then); since then the
     // spec names no Secret, the namespace lost the default credentials, and its annotation
     // allows neither project. The unbind goes where the bind went, signed as it was.
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let mut object = bound_binding().project(None).deleting();
     if let Some(status) = object.status.as_mut() {
         status.bound_with = serde_json::from_value(
@@ -1059,7 +1035,7 @@ async fn a_narrowed_policy_never_traps_a_deletion_it_unbinds_where_the_bind_went
     }
     let opts = MockOptions { secret: Some(team_secret("team-creds")), ..Default::default() };
     let run = run_with_tenancy(object, cloud.clone(), opts).await;
-    let calls = cloud.calls();
+    let calls = ecs_calls(&cloud);
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(
         (calls[0].op, calls[0].project.as_str(), calls[0].region.as_str(), calls[0].access_key.as_str()),
@@ -1074,9 +1050,9 @@ async fn a_narrowed_policy_never_traps_a_deletion_it_unbinds_where_the_bind_went
 #[tokio::test]
 async fn a_binding_bound_before_records_existed_gets_its_record_at_first_sight() {
     // One status write (the record, from the spec as it is now); no cloud call.
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_with_tenancy(legacy_bound_binding(), cloud.clone(), MockOptions::default()).await;
-    assert!(cloud.calls().is_empty());
+    assert!(ecs_calls(&cloud).is_empty());
     assert_eq!(run.seen.len(), 1, "{:#?}", run.seen);
     assert_eq!(run.seen[0].status()["boundWith"], json!({"projectId": PROJECT, "region": "cn-north-4"}));
     assert_eq!(condition(run.seen[0].status(), "Ready")["reason"], "Bound");
@@ -1086,9 +1062,9 @@ async fn a_binding_bound_before_records_existed_gets_its_record_at_first_sight()
 async fn a_binding_bound_before_the_record_existed_still_unbinds() {
     // Deleted before the upgraded operator first saw it: Bound=True (only the operator writes
     // it) and no record. It unbinds as its spec resolves.
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_with_tenancy(legacy_bound_binding().deleting(), cloud.clone(), MockOptions::default()).await;
-    assert_eq!(cloud.calls().iter().map(|c| c.op).collect::<Vec<_>>(), ["unbind"]);
+    assert_eq!(ecs_calls(&cloud).iter().map(|c| c.op).collect::<Vec<_>>(), ["unbind"]);
     assert_finalizer_removed(&after_crd_check(&run.seen)[1]);
 }
 
@@ -1096,9 +1072,9 @@ async fn a_binding_bound_before_the_record_existed_still_unbinds() {
 async fn a_hand_added_finalizer_cannot_turn_a_refused_binding_into_an_unbind() {
     // Never bound (refused by the policy), but someone added the finalizer by hand: the
     // operator has no evidence it ever sent a bind, so the unbind is checked like a bind.
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_with_tenancy(binding().with_finalizer().deleting(), cloud.clone(), MockOptions::default()).await;
-    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    assert!(ecs_calls(&cloud).is_empty(), "{:?}", ecs_calls(&cloud));
     let seen = after_crd_check(&run.seen);
     // The refusal (status, then its event), and no finalizer removal.
     assert_eq!(seen.len(), 2, "{seen:#?}");
@@ -1110,33 +1086,32 @@ async fn a_hand_added_finalizer_cannot_turn_a_refused_binding_into_an_unbind() {
 
 /// Deletes `bound_binding()` with ECS answering "NIC gone" and the port read answering `read`.
 async fn delete_with_nic_gone_and_port_read(read: Result<Port, EcsError>) -> Run {
-    let ecs = vec![Err(api_error(400, "Ecs.0085", "req-ecs"))];
+    let ecs = vec![api_error(400, "Ecs.0085", "req-ecs")];
     reconcile_with_port_reads(bound_binding().deleting(), ecs, vec![read]).await
 }
 
 /// One reconcile of `object` with ECS answering `ecs` and port reads answering `reads` (all of
 /// which must be read).
-async fn reconcile_with_port_reads(
-    object: VipBinding,
-    ecs: Vec<Result<String, EcsError>>,
-    reads: Vec<Result<Port, EcsError>>,
-) -> Run {
-    let cloud = FakeCloud::answering(ecs);
-    let vpc = Arc::new(ScriptedReads::new(reads));
+async fn reconcile_with_port_reads(object: VipBinding, ecs: Vec<EcsError>, reads: Vec<Result<Port, EcsError>>) -> Run {
+    let cloud = FakeCloud::new();
+    cloud.script(Operation::Unbind, NIC, ecs);
+    // Any VPC call but these reads fails the test.
+    cloud.only_scripted(Service::Vpc);
+    cloud.script(Operation::GetPort, NIC, reads);
     let (client, api) = MockApi::start(&object, MockOptions::default());
     let reporter = Reporter { controller: "vip-operator".into(), instance: Some("test".into()) };
     let ctx = Arc::new(
         Context::new(
             KubeOps::new(client.clone(), reporter),
-            cloud,
+            cloud.clone(),
             TargetResolver::new(Arc::new(client), static_defaults()),
             Arc::new(FixedClock),
         )
-        .with_vpc(vpc.clone()),
+        .with_vpc(cloud.clone()),
     );
     let action = reconcile(Arc::new(object), ctx).await.expect("reconcile failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(vpc.all_read(), "the port was read");
+    assert!(cloud.all_answered(Operation::GetPort), "the port was read");
     Run { action, seen: api.seen() }
 }
 
@@ -1230,9 +1205,9 @@ async fn run_after_unsettled(object: VipBinding, cloud: Arc<FakeCloud>, op: vip_
 
 #[tokio::test]
 async fn an_unbind_that_a_bind_still_in_flight_could_undo_is_held_and_the_finalizer_stays() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_after_unsettled(bound_binding().deleting(), cloud.clone(), vip_operator::ecs::Operation::Bind).await;
-    assert_eq!(cloud.calls().len(), 1, "unbound once");
+    assert_eq!(ecs_calls(&cloud).len(), 1, "unbound once");
     let seen = after_crd_check(&run.seen);
     assert_eq!(seen.len(), 1, "the status only: the finalizer stays {seen:#?}");
     let status = seen[0].status();
@@ -1242,16 +1217,16 @@ async fn an_unbind_that_a_bind_still_in_flight_could_undo_is_held_and_the_finali
     let delay = requeue_delay(&run.action).expect("looked at again");
     assert!(delay >= Duration::from_secs(89) && delay <= Duration::from_secs(91), "{delay:?}");
     // A late unbind cannot undo an unbind: released at once.
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_after_unsettled(bound_binding().deleting(), cloud, vip_operator::ecs::Operation::Unbind).await;
     assert_finalizer_removed(after_crd_check(&run.seen).last().unwrap());
 }
 
 #[tokio::test]
 async fn a_bind_that_an_unbind_still_in_flight_could_undo_is_checked_again_after_the_horizon() {
-    let cloud = FakeCloud::answering(vec![]);
+    let cloud = FakeCloud::new();
     let run = run_after_unsettled(binding(), cloud.clone(), vip_operator::ecs::Operation::Unbind).await;
-    assert_eq!(cloud.calls().iter().map(|c| c.op).collect::<Vec<_>>(), ["bind"]);
+    assert_eq!(ecs_calls(&cloud).iter().map(|c| c.op).collect::<Vec<_>>(), ["bind"]);
     let status = &run.seen.last().unwrap().status();
     // Bound now, but not said to be until the unbind in flight can no longer undo it.
     assert_eq!(condition(status, "Bound")["status"], "Unknown");

@@ -1,7 +1,8 @@
 //! The operator's Kubernetes API types.
 
-// Test support, not API: the `VipBinding` fixture builder the tests share.
-#[doc(hidden)]
+// Test support, not API: the `VipBinding` fixture builder the tests share. Compiled only for
+// tests (the `testing` feature is turned on by the dev-dependencies alone).
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod v1alpha1;
 

@@ -66,8 +66,8 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
 }
 
-/// An answer with `status` and `code` and nothing else, for unit tests.
-#[cfg(test)]
+/// An answer with `status` and `code` and nothing else, for tests and their fakes.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn coded(status: u16, code: &str) -> EcsError {
     EcsError::Api(ApiError {
         status,

@@ -11,6 +11,8 @@ pub mod credentials;
 pub mod error;
 pub mod retry;
 pub mod sign;
+// Test support, not API: compiled only for tests (see `api::testing`).
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vpc;
 

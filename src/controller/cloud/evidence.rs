@@ -106,9 +106,9 @@ pub fn no_reads() -> Gone {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ecs::Credentials;
-    use crate::ecs::testing::ScriptedReads;
+    use crate::ecs::testing::FakeCloud;
     use crate::ecs::vpc::Port;
+    use crate::ecs::{Credentials, Operation, Service};
 
     use crate::ecs::error::coded as api;
 
@@ -124,14 +124,23 @@ mod tests {
         }
     }
 
+    /// Reads of the port `nic` answer `reads`, in order; any other VPC call fails the test:
+    /// evidence never lists nor writes.
+    fn reading(reads: Vec<Result<Port, EcsError>>) -> Reads {
+        let cloud = FakeCloud::new();
+        cloud.only_scripted(Service::Vpc);
+        cloud.script(Operation::GetPort, "nic", reads);
+        Reads::new(cloud)
+    }
+
     #[tokio::test]
     async fn only_the_vpc_api_saying_so_confirms_a_nic_is_gone() {
-        let reads = Reads::new(Arc::new(ScriptedReads::new(vec![
+        let reads = reading(vec![
             Err(api(404, "VPC.2502")),
             Ok(port("nic")),
             Err(api(404, "APIGW.0101")),
             Err(api(503, "VPC.0001")),
-        ])));
+        ]);
         assert!(matches!(reads.confirm_gone(&target(), "nic").await, Gone::Confirmed));
         assert!(
             matches!(reads.confirm_gone(&target(), "nic").await, Gone::Contradicted { port_id } if port_id == "nic")
@@ -142,8 +151,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_refused_read_permission_is_said_once_then_believed_for_a_while() {
-        let reads =
-            Reads::new(Arc::new(ScriptedReads::new(vec![Err(api(403, "VPC.0003")), Err(api(404, "VPC.2502"))])));
+        let reads = reading(vec![Err(api(403, "VPC.0003")), Err(api(404, "VPC.2502"))]);
         assert!(matches!(reads.confirm_gone(&target(), "nic").await, Gone::Unconfirmed { newly_denied: true, .. }));
         // No read is sent while the refusal is believed.
         assert!(matches!(reads.confirm_gone(&target(), "nic").await, Gone::Unconfirmed { newly_denied: false, .. }));

@@ -381,13 +381,13 @@ impl EcsApi for GatedCloud {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
     use std::sync::Mutex;
 
     use serde_json::Value;
 
     use super::*;
     use crate::api::testing::Fixture;
+    use crate::ecs::testing::{FakeCloud, Reply};
     use crate::ecs::{ApiError, Credentials};
 
     const AK: &str = "AUDITACCESSKEY000001";
@@ -403,41 +403,6 @@ mod tests {
             request_id: request_id.map(str::to_string),
             retry_after: None,
         })
-    }
-
-    /// Answers from a script, counting the calls; a call past the script never answers.
-    #[derive(Default)]
-    struct Scripted {
-        answers: Mutex<VecDeque<Result<Written, EcsError>>>,
-        calls: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Scripted {
-        fn new(answers: Vec<Result<Written, EcsError>>) -> Arc<Self> {
-            Arc::new(Self { answers: Mutex::new(answers.into()), ..Default::default() })
-        }
-
-        fn calls(&self) -> usize {
-            self.calls.load(std::sync::atomic::Ordering::SeqCst)
-        }
-
-        async fn answer(&self) -> Result<Written, EcsError> {
-            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let next = self.answers.lock().unwrap().pop_front();
-            match next {
-                Some(answer) => answer,
-                None => std::future::pending().await,
-            }
-        }
-    }
-
-    impl EcsApi for Scripted {
-        fn bind<'a>(&'a self, _: &'a CloudTarget, _: &'a BindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
-            Box::pin(self.answer())
-        }
-        fn unbind<'a>(&'a self, _: &'a CloudTarget, _: &'a UnbindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
-            Box::pin(self.answer())
-        }
     }
 
     fn audit_target() -> CloudTarget {
@@ -504,10 +469,10 @@ mod tests {
 
     #[tokio::test]
     async fn every_answered_write_is_audited_once_with_who_what_and_the_request_id() {
-        let inner = Scripted::new(vec![
-            Ok(Written { port_id: "port-1".into(), request_id: Some("rid-bind".into()) }),
-            Err(api_error(400, "Ecs.0085", Some("rid-unbind"))),
-        ]);
+        let inner = FakeCloud::new();
+        let answer = Written { port_id: "port-1".into(), request_id: Some("rid-bind".into()) };
+        inner.script(Operation::Bind, "nic-1", [answer]);
+        inner.script(Operation::Unbind, "nic-1", [api_error(400, "Ecs.0085", Some("rid-unbind"))]);
         let cloud = GatedCloud::new(inner.clone());
         let target = audit_target();
         let binding = VipBinding::test().named("team-a", "web-vip").with_uid("uid-1");
@@ -518,7 +483,7 @@ mod tests {
             assert_eq!(refused.request_id(), Some("rid-unbind"));
         })
         .await;
-        assert_eq!(inner.calls(), 2);
+        assert_eq!(inner.calls().len(), 2);
         let lines = audit_lines(&logs);
         assert_eq!(lines.len(), 2, "{logs}");
         let key = target.credentials.key_id();
@@ -546,7 +511,8 @@ mod tests {
 
     #[tokio::test]
     async fn held_back_calls_are_not_writes_and_the_bare_face_names_no_binding() {
-        let inner = Scripted::new(vec![Err(api_error(401, "APIGW.0301", None))]);
+        let inner = FakeCloud::new();
+        inner.script(Operation::Unbind, "nic-1", [api_error(401, "APIGW.0301", None)]);
         let cloud = GatedCloud::new(inner.clone());
         let target = audit_target();
         let logs = logged(async {
@@ -556,7 +522,7 @@ mod tests {
             assert!(matches!(cloud.admit(&target), Err(EcsError::HeldBack(_))));
         })
         .await;
-        assert_eq!(inner.calls(), 1);
+        assert_eq!(inner.calls().len(), 1);
         let lines = audit_lines(&logs);
         assert_eq!(lines.len(), 1, "{logs}");
         assert_eq!(lines[0]["binding"], "-");
@@ -568,8 +534,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_whose_caller_stops_waiting_is_audited_as_abandoned() {
-        // No answer scripted: the call never returns, like a cloud that hangs.
-        let inner = Scripted::new(vec![]);
+        // The call never returns, like a cloud that hangs.
+        let inner = FakeCloud::new();
+        inner.script(Operation::Unbind, "nic-1", [Reply::Hang]);
         let cloud = GatedCloud::new(inner.clone());
         let target = audit_target();
         let binding = VipBinding::test().named("team-a", "web-vip");
@@ -580,33 +547,13 @@ mod tests {
             assert!(waited.is_err(), "the scripted cloud never answers");
         })
         .await;
-        assert_eq!(inner.calls(), 1);
+        assert_eq!(inner.calls().len(), 1);
         let lines = audit_lines(&logs);
         assert_eq!(lines.len(), 1, "{logs}");
         assert_eq!(lines[0]["binding"], "team-a/web-vip");
         assert_eq!(lines[0]["outcome"], "abandoned");
         // The abandoned call's probe ended with it: the next caller may go.
         assert!(cloud.admit(&target).is_ok());
-    }
-
-    /// Answers every call with 401, counting them.
-    #[derive(Default)]
-    struct Refusing(std::sync::atomic::AtomicUsize);
-
-    impl Refusing {
-        fn refuse(&self) -> Result<Written, EcsError> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Err(api_error(401, "APIGW.0301", None))
-        }
-    }
-
-    impl EcsApi for Refusing {
-        fn bind<'a>(&'a self, _: &'a CloudTarget, _: &'a BindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
-            Box::pin(async move { self.refuse() })
-        }
-        fn unbind<'a>(&'a self, _: &'a CloudTarget, _: &'a UnbindRequest) -> BoxFuture<'a, Result<Written, EcsError>> {
-            Box::pin(async move { self.refuse() })
-        }
     }
 
     fn target() -> CloudTarget {
@@ -619,7 +566,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_unused_admission_ends_its_probe_and_a_refusal_holds_the_key_back() {
-        let inner = Arc::new(Refusing::default());
+        let inner = FakeCloud::new();
+        inner.script(Operation::Unbind, "nic", [api_error(401, "APIGW.0301", None)]);
         let cloud = GatedCloud::new(inner.clone());
         let target = target();
         let first = cloud.admit(&target).expect("the first call probes");
@@ -629,6 +577,6 @@ mod tests {
         // Through the EcsApi face: admitted, sent, refused, settled.
         assert!(matches!(EcsApi::unbind(&cloud, &target, &req).await, Err(EcsError::Api(_))));
         assert!(matches!(EcsApi::unbind(&cloud, &target, &req).await, Err(EcsError::HeldBack(_))));
-        assert_eq!(inner.0.load(std::sync::atomic::Ordering::SeqCst), 1, "the held-back call was not sent");
+        assert_eq!(inner.calls().len(), 1, "the held-back call was not sent");
     }
 }

@@ -690,32 +690,17 @@ impl PortPairs {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-
     use futures::future::BoxFuture;
 
     use super::*;
-    use crate::ecs::Credentials;
+    use crate::ecs::testing::{FakeCloud, Reply};
     use crate::ecs::vpc::{FixedIp, Port};
+    use crate::ecs::{Credentials, Operation};
 
     const NET: &str = "net-1";
     const VIP: &str = "10.0.0.100";
     const NIC: &str = "nic-1";
     const NIC_IP: &str = "10.0.0.5";
-
-    /// Ports in memory. `after_read` runs once, right after the read it is queued for: another
-    /// writer acting between our read and our write. `fail_update` answers the next update.
-    #[derive(Default)]
-    struct Cloud {
-        ports: Mutex<HashMap<String, Port>>,
-        after_read: Mutex<VecDeque<(String, Vec<AddressPair>)>>,
-        fail_update: Mutex<Option<EcsError>>,
-        /// After this many more updates succeed, the next one answers the error.
-        fail_update_after: Mutex<Option<(usize, EcsError)>>,
-        /// After this many more reads of the port succeed, the next one answers the error.
-        fail_get_after: Mutex<Option<(String, usize, EcsError)>>,
-        calls: Mutex<Vec<String>>,
-    }
 
     fn pair(ip: &str) -> AddressPair {
         AddressPair { ip_address: ip.into(), mac_address: None }
@@ -731,93 +716,6 @@ mod tests {
             allowed_address_pairs: pairs.iter().map(|p| pair(p)).collect(),
             status: "DOWN".into(),
             mac_address: "fa:16:3e:00:00:01".into(),
-        }
-    }
-
-    fn not_found() -> EcsError {
-        crate::ecs::error::coded(404, "VPC.2502")
-    }
-
-    impl Cloud {
-        fn with(ports: Vec<Port>) -> Arc<Self> {
-            let cloud = Self::default();
-            *cloud.ports.lock().unwrap() = ports.into_iter().map(|p| (p.id.clone(), p)).collect();
-            Arc::new(cloud)
-        }
-
-        fn pairs(&self, id: &str) -> Vec<String> {
-            self.ports.lock().unwrap()[id].allowed_address_pairs.iter().map(|p| p.ip_address.clone()).collect()
-        }
-
-        fn updates(&self) -> usize {
-            self.calls.lock().unwrap().iter().filter(|c| c.starts_with("put")).count()
-        }
-    }
-
-    impl VpcApi for Cloud {
-        fn get_port<'a>(&'a self, _: &'a CloudTarget, id: &'a str) -> BoxFuture<'a, Result<Port, EcsError>> {
-            self.calls.lock().unwrap().push(format!("get {id}"));
-            {
-                let mut after = self.fail_get_after.lock().unwrap();
-                match after.take() {
-                    Some((port, 0, e)) if port == id => return Box::pin(async move { Err(e) }),
-                    Some((port, n, e)) if port == id => *after = Some((port, n - 1, e)),
-                    other => *after = other,
-                }
-            }
-            let answer = self.ports.lock().unwrap().get(id).cloned().ok_or_else(not_found);
-            let mut queue = self.after_read.lock().unwrap();
-            if queue.front().is_some_and(|(port, _)| port == id) {
-                let (_, pairs) = queue.pop_front().unwrap();
-                if let Some(p) = self.ports.lock().unwrap().get_mut(id) {
-                    p.allowed_address_pairs = pairs;
-                }
-            }
-            Box::pin(async move { answer })
-        }
-
-        fn list_ports<'a>(
-            &'a self,
-            _: &'a CloudTarget,
-            f: &'a PortFilter,
-        ) -> BoxFuture<'a, Result<Vec<Port>, EcsError>> {
-            self.calls.lock().unwrap().push("list".into());
-            let ports = self.ports.lock().unwrap();
-            let found = ports
-                .values()
-                .filter(|p| f.network_id.as_deref().is_none_or(|n| p.network_id == n))
-                .filter(|p| f.ip_address.as_deref().is_none_or(|ip| p.fixed_ips.iter().any(|x| x.ip_address == ip)))
-                .cloned()
-                .collect();
-            Box::pin(async move { Ok(found) })
-        }
-
-        fn update_pairs<'a>(
-            &'a self,
-            _: &'a CloudTarget,
-            id: &'a str,
-            pairs: &'a [AddressPair],
-        ) -> BoxFuture<'a, Result<Port, EcsError>> {
-            self.calls.lock().unwrap().push(format!("put {id}"));
-            if let Some(e) = self.fail_update.lock().unwrap().take() {
-                return Box::pin(async move { Err(e) });
-            }
-            {
-                let mut after = self.fail_update_after.lock().unwrap();
-                match after.take() {
-                    Some((0, e)) => return Box::pin(async move { Err(e) }),
-                    Some((n, e)) => *after = Some((n - 1, e)),
-                    None => {}
-                }
-            }
-            let answer = match self.ports.lock().unwrap().get_mut(id) {
-                Some(p) => {
-                    p.allowed_address_pairs = pairs.to_vec();
-                    Ok(p.clone())
-                }
-                None => Err(not_found()),
-            };
-            Box::pin(async move { answer })
         }
     }
 
@@ -877,8 +775,8 @@ mod tests {
         PairsTarget { nic_id: NIC, network_id: NET, vip: VIP, with_mac: false }
     }
 
-    fn setup(vip_pairs: &[&str], nic_pairs: &[&str]) -> (Arc<Cloud>, PortPairs) {
-        let cloud = Cloud::with(vec![
+    fn setup(vip_pairs: &[&str], nic_pairs: &[&str]) -> (Arc<FakeCloud>, PortPairs) {
+        let cloud = FakeCloud::with_ports(vec![
             port("vip-port", VIP_PORT_OWNER, VIP, vip_pairs),
             port(NIC, "compute:az1", NIC_IP, nic_pairs),
         ]);
@@ -902,7 +800,7 @@ mod tests {
         assert_eq!(cloud.pairs("vip-port"), ["10.0.0.9", NIC_IP]);
         assert_eq!(cloud.pairs(NIC), ["10.0.0.77", SOURCE_CHECK_OFF]);
         // Bound already: reads only, and the record of who added 1.1.1.1/0 is kept.
-        let writes = cloud.updates();
+        let writes = cloud.count(Operation::UpdatePort);
         let (again, wrote) = pairs
             .bind(
                 &target(),
@@ -915,7 +813,7 @@ mod tests {
             .unwrap();
         assert!(!wrote);
         assert!(again.source_check_off_added);
-        assert_eq!(cloud.updates(), writes);
+        assert_eq!(cloud.count(Operation::UpdatePort), writes);
     }
 
     #[tokio::test]
@@ -958,7 +856,11 @@ mod tests {
     async fn a_writer_between_our_read_and_our_write_keeps_its_change() {
         let (cloud, pairs) = setup(&["10.0.0.9"], &[SOURCE_CHECK_OFF]);
         // Right after our first read of the VIP port, someone adds 10.0.0.44.
-        cloud.after_read.lock().unwrap().push_back(("vip-port".into(), vec![pair("10.0.0.9"), pair("10.0.0.44")]));
+        cloud.script(
+            Operation::GetPort,
+            "vip-port",
+            [Reply::ThenOthersWrite(vec![pair("10.0.0.9"), pair("10.0.0.44")])],
+        );
         pairs
             .bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default())
             .await
@@ -975,7 +877,7 @@ mod tests {
             .await
             .map(|b| (b.record, b.wrote_vip))
             .unwrap();
-        cloud.ports.lock().unwrap().get_mut("vip-port").unwrap().allowed_address_pairs = vec![pair("10.0.0.44")];
+        cloud.edit_port("vip-port", |p| p.allowed_address_pairs = vec![pair("10.0.0.44")]);
         let (_, wrote) = pairs
             .bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default())
             .await
@@ -989,38 +891,37 @@ mod tests {
     async fn writers_that_never_stop_leave_the_port_untouched_and_say_so() {
         let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
         // Every read is followed by another writer's change, so no two reads ever agree.
-        for i in 0..2 * MAX_ROUNDS {
-            cloud.after_read.lock().unwrap().push_back(("vip-port".into(), vec![pair(&format!("10.0.1.{i}"))]));
-        }
+        let others = (0..2 * MAX_ROUNDS).map(|i| Reply::ThenOthersWrite(vec![pair(&format!("10.0.1.{i}"))]));
+        cloud.script(Operation::GetPort, "vip-port", others);
         let failure =
             pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(matches!(failure.error, PairsError::Contended { wrote: false, .. }), "{failure:?}");
         assert!(!failure.may_have_applied);
-        assert_eq!(cloud.calls.lock().unwrap().iter().filter(|c| *c == "put vip-port").count(), 0);
+        assert_eq!(cloud.calls().iter().filter(|c| c.op() == Operation::UpdatePort && c.id() == "vip-port").count(), 0);
     }
 
     #[tokio::test]
     async fn no_vip_port_a_port_that_is_no_vip_and_a_nic_elsewhere_write_nothing() {
         let (cloud, pairs) = setup(&[], &[]);
-        cloud.ports.lock().unwrap().remove("vip-port");
+        cloud.remove_port("vip-port");
         let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(matches!(f.error, PairsError::VipNotFound { .. }), "{f:?}");
-        cloud.ports.lock().unwrap().insert("srv".into(), port("srv", "compute:az1", VIP, &[]));
+        cloud.put_port(port("srv", "compute:az1", VIP, &[]));
         let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(matches!(f.error, PairsError::NotAVip { .. }), "{f:?}");
         assert!(!f.error.is_retryable());
-        cloud.ports.lock().unwrap().remove("srv");
-        cloud.ports.lock().unwrap().insert("vip-port".into(), port("vip-port", VIP_PORT_OWNER, VIP, &[]));
-        cloud.ports.lock().unwrap().get_mut(NIC).unwrap().network_id = "net-2".into();
+        cloud.remove_port("srv");
+        cloud.put_port(port("vip-port", VIP_PORT_OWNER, VIP, &[]));
+        cloud.edit_port(NIC, |p| p.network_id = "net-2".into());
         let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(matches!(f.error, PairsError::NicOutsideNetwork { .. }), "{f:?}");
-        assert_eq!(cloud.updates(), 0);
+        assert_eq!(cloud.count(Operation::UpdatePort), 0);
     }
 
     #[tokio::test]
     async fn a_nic_that_is_gone_unbinds_by_its_recorded_ip_or_is_the_clouds_gone() {
         let (cloud, pairs) = setup(&[NIC_IP, "10.0.0.9"], &[]);
-        cloud.ports.lock().unwrap().remove(NIC);
+        cloud.remove_port(NIC);
         let recorded = recorded(true);
         let out =
             pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(false)).await.map(|(u, _)| u).unwrap();
@@ -1038,7 +939,7 @@ mod tests {
     #[tokio::test]
     async fn a_vip_port_that_is_gone_leaves_nothing_bound() {
         let (cloud, pairs) = setup(&[], &[]);
-        cloud.ports.lock().unwrap().remove("vip-port");
+        cloud.remove_port("vip-port");
         let recorded = recorded(false);
         let out =
             pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(false)).await.map(|(u, _)| u).unwrap();
@@ -1048,11 +949,11 @@ mod tests {
     #[tokio::test]
     async fn a_write_without_an_answer_may_have_applied_and_is_not_resent() {
         let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
-        *cloud.fail_update.lock().unwrap() = Some(crate::ecs::error::coded(500, "VPC.0001"));
+        cloud.script(Operation::UpdatePort, "vip-port", [crate::ecs::error::coded(500, "VPC.0001")]);
         let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(f.may_have_applied);
         assert_eq!(f.partial.as_ref().map(|r| r.vip_port_id.as_str()), Some("vip-port"));
-        assert_eq!(cloud.updates(), 1);
+        assert_eq!(cloud.count(Operation::UpdatePort), 1);
     }
 
     #[tokio::test]
@@ -1083,14 +984,14 @@ mod tests {
     async fn a_vip_port_that_still_lets_the_nic_through_keeps_the_check_off() {
         let (cloud, pairs) = setup(&[NIC_IP], &[SOURCE_CHECK_OFF]);
         // Another VIP in the network still pairs the NIC's IP (a binding the index does not know).
-        cloud.ports.lock().unwrap().insert("vip-2".into(), port("vip-2", VIP_PORT_OWNER, "10.0.0.101", &[NIC_IP]));
+        cloud.put_port(port("vip-2", VIP_PORT_OWNER, "10.0.0.101", &[NIC_IP]));
         let recorded = recorded(true);
         let (out, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
         assert_eq!(out, Unbound::Removed { vip_port_id: "vip-port".into() });
         assert_eq!(check, CheckOff::StillPaired { vip_port_id: "vip-2".into() });
         assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF]);
         // A binding on the NIC that the index shows bound keeps it too, listing or not.
-        cloud.ports.lock().unwrap().remove("vip-2");
+        cloud.remove_port("vip-2");
         let (_, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::needing(true)).await.unwrap();
         assert_eq!(check, CheckOff::StillNeeded);
         let (_, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
@@ -1104,7 +1005,7 @@ mod tests {
         let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &refusing).await.unwrap_err();
         assert!(matches!(f.error, PairsError::NotRecorded { .. }), "{f:?}");
         assert!(!f.wrote_nic && !f.may_have_applied);
-        assert_eq!(cloud.updates(), 0, "no intent on record, no write");
+        assert_eq!(cloud.count(Operation::UpdatePort), 0, "no intent on record, no write");
         assert!(pairs.ledger().is_empty(), "a bind that wrote nothing needs nothing");
         let others = Others::default();
         pairs
@@ -1130,7 +1031,7 @@ mod tests {
     async fn a_bind_that_wrote_the_nic_and_then_failed_says_so() {
         let (cloud, pairs) = setup(&[], &[]);
         // The NIC's write goes through; the VIP port's is refused (a 429 that changed nothing).
-        *cloud.fail_update_after.lock().unwrap() = Some((1, crate::ecs::error::coded(429, "APIGW.0308")));
+        cloud.script(Operation::UpdatePort, "vip-port", [crate::ecs::error::coded(429, "APIGW.0308")]);
         let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(f.wrote_nic, "{f:?}");
         assert!(!f.may_have_applied, "the VIP port's write was refused");
@@ -1167,7 +1068,8 @@ mod tests {
     async fn a_write_whose_read_back_is_refused_still_counts_as_written() {
         let (cloud, pairs) = setup(&[], &[]);
         // The NIC is read for its IP, then twice before the write; the read-back is throttled.
-        *cloud.fail_get_after.lock().unwrap() = Some((NIC.into(), 3, crate::ecs::error::coded(429, "APIGW.0308")));
+        let throttled = crate::ecs::error::coded(429, "APIGW.0308");
+        cloud.script(Operation::GetPort, NIC, [Reply::State, Reply::State, Reply::State, Reply::Error(throttled)]);
         let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF], "the write landed");
         assert!(f.wrote_nic, "a refused read-back does not unwrite it: {f:?}");
@@ -1178,7 +1080,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_check_off_write_does_not_make_the_entry_ours() {
         let (cloud, pairs) = setup(&[], &[]);
-        *cloud.fail_update.lock().unwrap() = Some(crate::ecs::error::coded(400, "VPC.0002"));
+        cloud.script(Operation::UpdatePort, NIC, [crate::ecs::error::coded(400, "VPC.0002")]);
         let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
         assert!(!f.wrote_nic && !f.may_have_applied, "{f:?}");
         assert!(!pairs.ledger().added(NIC), "nothing of ours is on the NIC");
