@@ -667,6 +667,26 @@ async fn a_release_meant_for_a_gone_binding_leaves_its_successor_of_the_same_nam
     assert_eq!(stored, successor, "the successor is untouched");
 }
 
+/// A binding whose record says nothing was sent (written by a hold before it owned its NIC)
+/// says a bind is under way before it sends one: a crash between the cloud's answer and the
+/// status write must not leave "nothing was sent" standing, or its deletion would release as
+/// NotBound with the VIP bound (chaos seed 2426686475).
+#[tokio::test]
+async fn a_binding_recorded_not_bound_says_a_bind_is_under_way_before_sending_one() {
+    let status: VipBindingStatus = serde_json::from_value(json!({"conditions": [
+        cond("Bound", "False", "NotBound", "no bind request has been sent to the cloud", EARLIER),
+        cond("Ready", "False", "Conflict", "VipBinding team-a/other already owns NIC", EARLIER),
+    ]}))
+    .unwrap();
+    let cloud = FakeCloud::new();
+    let run = run_once(binding().with_status(status), cloud.clone(), static_defaults(), MockOptions::default()).await;
+    assert_finalizer_added(&run.seen[0]);
+    let under_way = condition(run.seen[1].status(), "Bound");
+    assert_eq!((under_way["status"].as_str(), under_way["reason"].as_str()), (Some("Unknown"), Some("Indeterminate")));
+    assert_eq!(ecs_calls(&cloud).iter().map(|c| c.op).collect::<Vec<_>>(), ["bind"]);
+    assert_eq!(condition(run.seen[2].status(), "Bound")["status"], "True");
+}
+
 /// kube-apiserver can let a DELETE that read a binding before our finalizer was added remove it
 /// all the same once the finalizer is on (kubernetes/kubernetes#77988; seen by the chaos test,
 /// seeds 105, 106 and 107): its bind, already sent, would be left with no binding to unbind it.

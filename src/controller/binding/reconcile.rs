@@ -15,12 +15,12 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use tracing::Instrument;
 
-use crate::api::v1alpha1::{BindApi, CONDITION_READY, Reason, VipBinding};
+use crate::api::v1alpha1::{BindApi, CONDITION_BOUND, CONDITION_READY, Reason, VipBinding};
 use crate::controller::binding::act::{BindAsk, Job, binder};
 use crate::controller::binding::decide::{Plan, decide};
 use crate::controller::binding::outcome::{FailedBind, Failure, Outcome, Step, Unbound, failure_reason};
 use crate::controller::binding::record::{self, Attempt, await_probe};
-use crate::controller::binding::status::{bound_knowledge, has_finalizer};
+use crate::controller::binding::status::{BoundKnowledge, bound_knowledge, has_finalizer};
 use crate::controller::context::Context;
 use crate::controller::error::Error;
 use crate::controller::state::backoff::{Hold, trigger_fingerprint};
@@ -191,6 +191,13 @@ async fn bind(b: &VipBinding, ctx: &Context, key: &ObjectKey, reassert: bool) ->
         }
         &added
     };
+    // `Bound=False` was written while nothing had been sent (a hold, a refused bind): from
+    // here on a bind may be, and a crash between its answer and the status write must not
+    // leave the record saying nothing was (chaos seed 2426686475: a leader killed there, and
+    // the deletion released as NotBound with the pair in the cloud).
+    if attempt.knowledge == BoundKnowledge::NotBound && b.condition(CONDITION_BOUND).is_some() {
+        record::bind_under_way(b, ctx).await?;
+    }
     let job = Job { b, ctx, target: &target };
     let ask = BindAsk { bound_with, knowledge: attempt.knowledge, reassert };
     let outcome = binder(api).bind(job, admitted, ask).await?;

@@ -163,6 +163,18 @@ pub(crate) async fn orphaned_bind_not_undone(b: &VipBinding, ctx: &Context, key:
     Action::await_change()
 }
 
+/// A bind is about to be sent by a binding whose record says nothing was: `Bound` becomes
+/// `Unknown` first, so no crash before the outcome is written can leave that record standing.
+pub(crate) async fn bind_under_way(b: &VipBinding, ctx: &Context) -> Result<(), Error> {
+    let next = StatusBuilder::new(b, ctx.now())
+        .bound(CondStatus::Unknown, Reason::Indeterminate, "a bind request is being sent to the cloud")
+        .build();
+    if let Some(status) = next {
+        ctx.record(b, &status).await?;
+    }
+    Ok(())
+}
+
 /// Records why a binding waits; no cloud call, no finalizer change.
 pub(crate) async fn hold(b: &VipBinding, ctx: &Context, key: &ObjectKey, verdict: &Verdict) -> Result<Action, Error> {
     let next = StatusBuilder::new(b, ctx.now())
