@@ -97,16 +97,6 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
-fn orphaned_binds(registry: &mut Registry) -> Family<OutcomeLabels, Counter> {
-    let family = Family::<OutcomeLabels, Counter>::default();
-    registry.register(
-        "orphaned_binds",
-        "Binds whose binding left the API while they were in flight, its finalizer notwithstanding (a kube-apiserver race), by outcome: undone, or left (the undo failed; the VIP may still be bound)",
-        family.clone(),
-    );
-    family
-}
-
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
@@ -124,21 +114,12 @@ impl Default for Metrics {
     }
 }
 
-fn writes_unsettled(registry: &mut Registry) -> Family<OperationLabels, Counter> {
-    let family = Family::<OperationLabels, Counter>::default();
-    registry.register(
-        "writes_unsettled",
-        "Cloud write attempts that ended without an answer saying whether they applied (timeout, lost connection, 5xx): the cloud may still apply them within --write-horizon",
-        family.clone(),
-    );
-    family
-}
+const WRITES_UNSETTLED_HELP: &str = "Cloud write attempts that ended without an answer saying whether they applied (timeout, lost connection, 5xx): the cloud may still apply them within --write-horizon";
+const ORPHANED_BINDS_HELP: &str = "Binds whose binding left the API while they were in flight, its finalizer notwithstanding (a kube-apiserver race), by outcome: undone, or left (the undo failed; the VIP may still be bound)";
 
 /// A counter registered under `name`.
 fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
-    let counter = Counter::default();
-    registry.register(name, help, counter.clone());
-    counter
+    registered(registry, name, help, Counter::default())
 }
 
 /// `metric`, registered under `name`.
@@ -207,8 +188,8 @@ impl Metrics {
                 Gauge::<f64, AtomicU64>::default(),
             ),
             leader: registered(r, "leader", "1 while this replica is the leader and reconciles", Gauge::default()),
-            writes_unsettled: writes_unsettled(r),
-            orphaned_binds: orphaned_binds(r),
+            writes_unsettled: registered(r, "writes_unsettled", WRITES_UNSETTLED_HELP, Family::default()),
+            orphaned_binds: registered(r, "orphaned_binds", ORPHANED_BINDS_HELP, Family::default()),
             drift_reasserts: counter(r, "drift_reasserts", "Binds re-asserted by the periodic drift check"),
             credentials_unavailable: counter(
                 r,
