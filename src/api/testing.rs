@@ -11,6 +11,22 @@ use super::v1alpha1::{
     BindApi, DeletionPolicy, FINALIZER, PAUSED_ANNOTATION, SecretRef, VipBinding, VipBindingSpec, VipBindingStatus,
 };
 
+/// A status whose only condition is `Bound` with `status` ("True", "False", "Unknown"), at
+/// generation 1: what the decision and the index read of what was sent.
+pub fn bound_status(status: &str) -> VipBindingStatus {
+    VipBindingStatus {
+        conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: super::v1alpha1::CONDITION_BOUND.into(),
+            status: status.into(),
+            reason: "x".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: Time(DELETED_AT),
+        }],
+        ..Default::default()
+    }
+}
+
 /// The default `spec.nicId`.
 pub const NIC: &str = "d32019d3-bc6e-4319-9c1d-6722fc136a23";
 /// The default `spec.ipAddress`.

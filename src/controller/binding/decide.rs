@@ -192,21 +192,9 @@ mod tests {
     use super::*;
     use crate::api::testing::Fixture;
     use crate::api::v1alpha1::{PAUSED_ANNOTATION, VipBindingStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     fn bound(status: &str, reverse: Option<bool>) -> VipBindingStatus {
-        VipBindingStatus {
-            bound_reverse_binding: reverse,
-            conditions: vec![Condition {
-                type_: CONDITION_BOUND.into(),
-                status: status.into(),
-                reason: "x".into(),
-                message: String::new(),
-                observed_generation: Some(1),
-                last_transition_time: Time("2024-01-01T00:00:00Z".parse().unwrap()),
-            }],
-            ..Default::default()
-        }
+        VipBindingStatus { bound_reverse_binding: reverse, ..crate::api::testing::bound_status(status) }
     }
 
     fn none() -> Facts {

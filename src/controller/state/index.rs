@@ -439,19 +439,7 @@ mod tests {
 
     #[test]
     fn the_nics_check_off_is_needed_by_live_vpc_bindings_that_are_or_may_be_bound() {
-        use crate::api::v1alpha1::VipBindingStatus;
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-        let bound = |status: &str| VipBindingStatus {
-            conditions: vec![Condition {
-                type_: crate::api::v1alpha1::CONDITION_BOUND.into(),
-                status: status.into(),
-                reason: "x".into(),
-                message: String::new(),
-                observed_generation: Some(1),
-                last_transition_time: Time("2024-01-01T00:00:00Z".parse().unwrap()),
-            }],
-            ..Default::default()
-        };
+        let bound = crate::api::testing::bound_status;
         let idx = BindingIndex::default();
         // Known unbound itself, so whether the NIC needs the check off is the other's alone.
         let me = VipBinding::test()
