@@ -159,6 +159,11 @@ impl Failure {
         }
     }
 
+    /// An unbind the cloud (or the gate before it) answered with `e`.
+    pub(crate) fn unbind_refused(e: &EcsError) -> Self {
+        Self::unbind(failure_reason(e, Step::Unbind), e, e.retry_after())
+    }
+
     /// A VPC binding, and an operator that does not know where the VPC API is: nothing was
     /// sent, and nothing will be until the binding or the operator changes.
     pub(crate) fn no_vpc_endpoint(step: Step) -> Self {

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::api::v1alpha1::{BindApi, CONDITION_BOUND, CONDITION_READY, Reason, VipBinding};
 use crate::controller::binding::act::{BindAsk, Job, binder};
 use crate::controller::binding::decide::{Plan, decide};
-use crate::controller::binding::outcome::{FailedBind, Failure, Outcome, Step, Unbound, failure_reason};
+use crate::controller::binding::outcome::{FailedBind, Failure, Outcome, Step, Unbound};
 use crate::controller::binding::record::{self, Attempt, await_probe};
 use crate::controller::binding::status::{BoundKnowledge, bound_knowledge, has_finalizer};
 use crate::controller::context::Context;
@@ -219,7 +219,7 @@ const UNDO_FIRST_PAUSE: Duration = Duration::from_secs(1);
 /// Undone here, as its deletion would have, unless another binding now claims what it bound
 /// (then that binding's own bind or unbind decides, and undoing it here would be wrong).
 async fn undo_orphaned_bind(job: Job<'_>, key: &ObjectKey, api: BindApi) -> Result<Action, Error> {
-    let Job { b, ctx, target } = job;
+    let Job { b, ctx, .. } = job;
     if ctx.index.others_claim_bind_of(b, api) {
         tracing::warn!(
             "the binding left the API while its bind was in flight; another binding now claims its NIC, so its bind is left to that one"
@@ -233,11 +233,7 @@ async fn undo_orphaned_bind(job: Job<'_>, key: &ObjectKey, api: BindApi) -> Resu
     let mut pause = UNDO_FIRST_PAUSE;
     let mut last = String::new();
     for attempt in 1..=UNDO_ATTEMPTS {
-        let outcome = match ctx.cloud.admit(target) {
-            Ok(admitted) => binder(api).unbind(job, admitted).await,
-            Err(e) => Ok(Outcome::Failed(Failure::unbind(failure_reason(&e, Step::Unbind), &e, e.retry_after()))),
-        };
-        match outcome {
+        match unbind_now(job, api).await {
             Ok(Outcome::Unbound(Unbound { message, .. }) | Outcome::HandingOver { message }) => {
                 return Ok(record::orphaned_bind_undone(b, ctx, key, &message).await);
             }
@@ -273,10 +269,15 @@ async fn unbind(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action
         let outcome = Outcome::Failed(Failure::no_vpc_endpoint(Step::Unbind));
         return record::outcome(b, ctx, key, Attempt::unbind(), outcome).await;
     }
-    let outcome = match ctx.cloud.admit(&target) {
-        Ok(admitted) => binder(api).unbind(Job { b, ctx, target: &target }, admitted).await?,
-        Err(EcsError::AwaitingProbe(why)) => Outcome::AwaitingProbe(why),
-        Err(e) => Outcome::Failed(Failure::unbind(failure_reason(&e, Step::Unbind), &e, e.retry_after())),
-    };
+    let outcome = unbind_now(Job { b, ctx, target: &target }, api).await?;
     record::outcome(b, ctx, key, Attempt::unbind(), outcome).await
+}
+
+/// The unbind through `api`, if the gate lets it go.
+async fn unbind_now(job: Job<'_>, api: BindApi) -> Result<Outcome, Error> {
+    match job.ctx.cloud.admit(job.target) {
+        Ok(admitted) => binder(api).unbind(job, admitted).await,
+        Err(EcsError::AwaitingProbe(why)) => Ok(Outcome::AwaitingProbe(why)),
+        Err(e) => Ok(Outcome::Failed(Failure::unbind_refused(&e))),
+    }
 }

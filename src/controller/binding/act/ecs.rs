@@ -72,7 +72,7 @@ impl Binder for EcsBinder {
                     })
                 }
                 Err(e) if e.class() == ErrorClass::Gone => nic_gone(job, e).await,
-                Err(e) => Outcome::Failed(Failure::unbind(failure_reason(&e, Step::Unbind), &e, e.retry_after())),
+                Err(e) => Outcome::Failed(Failure::unbind_refused(&e)),
             })
         })
     }
