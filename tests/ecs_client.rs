@@ -646,6 +646,43 @@ async fn listing_filters_and_pages() {
 }
 
 #[tokio::test]
+async fn a_servers_nic_is_listed_by_device_and_network() {
+    let sim = simulator().await;
+    // Two NIC ports of one server in two networks, and another server's NIC in the first.
+    let nic = |id: &str, server: &str, net: &str, ip: &str| {
+        let mut p = SimPort::vip(id, PROJECT, net, SUBNET, ip);
+        p.device_owner = "compute:az1".into();
+        p.device_id = server.into();
+        p.status = "ACTIVE".into();
+        p
+    };
+    sim.set_port(nic("port-a1", "server-a", NET, "192.168.0.21")).unwrap();
+    sim.set_port(nic("port-a2", "server-a", "another-network", "192.168.1.21")).unwrap();
+    sim.set_port(nic("port-b1", "server-b", NET, "192.168.0.22")).unwrap();
+    sim.set_port(vip_port(1)).unwrap();
+    let client = vpc_client(&sim, |c| c.retry = RetryPolicy::none());
+    let t = target(SK);
+    let f = |server: &str| PortFilter {
+        device_id: Some(server.into()),
+        network_id: Some(NET.into()),
+        ..Default::default()
+    };
+    let found = client.list_ports(&t, &f("server-a")).await.unwrap();
+    assert_eq!(ids(&found), vec!["port-a1"]);
+    assert_eq!((found[0].device_id.as_str(), found[0].ip()), ("server-a", Some("192.168.0.21")));
+    assert_eq!(ids(&client.list_ports(&t, &f("server-b")).await.unwrap()), vec!["port-b1"]);
+    assert!(client.list_ports(&t, &f("server-c")).await.unwrap().is_empty());
+    // The exact query, signed by the client and verified by the simulator.
+    let calls = sim.calls();
+    assert_eq!(calls[0].query.as_deref(), Some(format!("device_id=server-a&network_id={NET}&limit=2000").as_str()));
+    assert!(calls.iter().all(|c| c.status == 200 && c.access_key.as_deref() == Some(AK)), "{calls:?}");
+    // A hostile server ID is refused before anything is sent.
+    let bad = PortFilter { device_id: Some("server-a&device_id=server-b".into()), ..Default::default() };
+    assert!(client.list_ports(&t, &bad).await.is_err());
+    assert_eq!(sim.calls().len(), 3);
+}
+
+#[tokio::test]
 async fn signatures_cover_the_query() {
     let sim = simulator().await;
     sim.set_port(SimPort::vip("vip-v6", PROJECT, NET, SUBNET, "fd00::7")).unwrap();

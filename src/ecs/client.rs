@@ -776,6 +776,7 @@ mod tests {
     fn ports_urls_carry_the_filters_encoded() {
         let filter = PortFilter {
             device_owner: Some(crate::ecs::vpc::VIP_PORT_OWNER.into()),
+            device_id: Some("0d5f7c4e-1b2a-4c3d-9e8f-a1b2c3d4e5f6".into()),
             network_id: Some("net-1".into()),
             ip_address: Some("192.168.0.7".into()),
             limit: 2,
@@ -783,7 +784,8 @@ mod tests {
         };
         assert_eq!(
             Endpoint::Regional.ports_url("cn-north-4", "p1", &filter).unwrap().as_str(),
-            "https://vpc.cn-north-4.myhuaweicloud.com/v1/p1/ports?device_owner=neutron%3AVIP_PORT&network_id=net-1\
+            "https://vpc.cn-north-4.myhuaweicloud.com/v1/p1/ports?device_owner=neutron%3AVIP_PORT\
+             &device_id=0d5f7c4e-1b2a-4c3d-9e8f-a1b2c3d4e5f6&network_id=net-1\
              &fixed_ips=ip_address%3D192.168.0.7&limit=2&marker=port-1"
         );
         let fixed = Endpoint::parse_override("http://127.0.0.1:9").unwrap();

@@ -262,12 +262,18 @@ impl State {
     /// One page, as the VPC API filters and pages it.
     fn list(&self, filter: &PortFilter) -> Vec<Port> {
         let given = |f: &Option<String>| f.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
-        let (owner, network, ip, marker) =
-            (given(&filter.device_owner), given(&filter.network_id), given(&filter.ip_address), given(&filter.marker));
+        let (owner, device, network, ip, marker) = (
+            given(&filter.device_owner),
+            given(&filter.device_id),
+            given(&filter.network_id),
+            given(&filter.ip_address),
+            given(&filter.marker),
+        );
         self.ports
             .values()
             .filter(|p| marker.as_ref().is_none_or(|m| p.id > *m))
             .filter(|p| owner.as_ref().is_none_or(|o| p.device_owner == *o))
+            .filter(|p| device.as_ref().is_none_or(|d| p.device_id == *d))
             .filter(|p| network.as_ref().is_none_or(|n| p.network_id == *n))
             .filter(|p| ip.as_ref().is_none_or(|ip| p.fixed_ips.iter().any(|f| f.ip_address == *ip)))
             .take(filter.page_size() as usize)
@@ -449,7 +455,10 @@ mod tests {
     async fn listings_filter_and_page_in_id_order() {
         let mut ports: Vec<Port> =
             (0..5).map(|i| port(&format!("v{i}"), VIP_PORT_OWNER, &format!("10.0.0.{i}"))).collect();
-        ports.push(port("nic", "compute:az1", "10.0.0.50"));
+        let mut nic = port("nic", "compute:az1", "10.0.0.50");
+        nic.device_id = "server-1".into();
+        ports.push(nic);
+        ports.push(port("nic-unheld", "compute:az1", "10.0.0.51"));
         ports[1].network_id = "other".into();
         let cloud = FakeCloud::with_ports(ports);
         let filter = PortFilter {
@@ -464,6 +473,14 @@ mod tests {
         assert_eq!(ids(cloud.list_ports(&target(), &next).await.unwrap()), ["v3", "v4"]);
         let by_ip = PortFilter { ip_address: Some("10.0.0.50".into()), ..PortFilter::default() };
         assert_eq!(ids(cloud.list_ports(&target(), &by_ip).await.unwrap()), ["nic"]);
+        // A server's NICs, by device_id (and network): only the ports that server holds.
+        let by_server = |device: &str| PortFilter {
+            device_id: Some(device.into()),
+            network_id: Some("net".into()),
+            ..PortFilter::default()
+        };
+        assert_eq!(ids(cloud.list_ports(&target(), &by_server("server-1")).await.unwrap()), ["nic"]);
+        assert!(cloud.list_ports(&target(), &by_server("server-2")).await.unwrap().is_empty());
         let fixed = FixedIp { subnet_id: String::new(), ip_address: "10.0.0.50".into() };
         assert_eq!(cloud.port("nic").map(|p| p.fixed_ips), Some(vec![fixed]));
     }

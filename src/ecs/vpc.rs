@@ -89,6 +89,9 @@ pub struct PortList {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortFilter {
     pub device_owner: Option<String>,
+    /// The server that holds the port (a server's NICs are its ports; Huawei's SDK sends
+    /// exactly `device_id`).
+    pub device_id: Option<String>,
     pub network_id: Option<String>,
     /// `fixed_ips=ip_address=X`.
     pub ip_address: Option<String>,
@@ -124,7 +127,7 @@ pub enum InvalidFilter {
     TooLong { what: &'static str },
     #[error("the {what} filter contains a control character")]
     ControlCharacter { what: &'static str },
-    /// `network_id` and `marker` are IDs, checked as path IDs are.
+    /// `device_id`, `network_id` and `marker` are IDs, checked as path IDs are.
     #[error(transparent)]
     Id(#[from] InvalidId),
 }
@@ -139,14 +142,19 @@ impl PortFilter {
         }
     }
 
-    /// The query parameters, in order, unencoded: `device_owner`, `network_id`,
+    /// The query parameters, in order, unencoded: `device_owner`, `device_id`, `network_id`,
     /// `fixed_ips=ip_address=X`, `limit`, `marker`. Empty filters are left out.
     pub fn query_pairs(&self) -> Result<Vec<(&'static str, String)>, InvalidFilter> {
         let given = |v: &Option<String>| v.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
-        let mut pairs = Vec::with_capacity(5);
+        let mut pairs = Vec::with_capacity(6);
         if let Some(owner) = given(&self.device_owner) {
             check_text("device_owner", &owner)?;
             pairs.push(("device_owner", owner));
+        }
+        if let Some(device) = given(&self.device_id) {
+            // A server ID: checked as path IDs are, like the network.
+            check_path_id("device_id", &device)?;
+            pairs.push(("device_id", device));
         }
         if let Some(network) = given(&self.network_id) {
             check_path_id("network_id", &network)?;
@@ -237,6 +245,7 @@ mod tests {
     fn query_pairs_in_order_and_empty_filters_left_out() {
         let all = PortFilter {
             device_owner: Some(VIP_PORT_OWNER.into()),
+            device_id: Some("server-1".into()),
             network_id: Some("net-1".into()),
             ip_address: Some(" 192.168.0.7 ".into()),
             limit: 2,
@@ -246,13 +255,19 @@ mod tests {
             all.query_pairs().unwrap(),
             vec![
                 ("device_owner", "neutron:VIP_PORT".to_string()),
+                ("device_id", "server-1".to_string()),
                 ("network_id", "net-1".to_string()),
                 ("fixed_ips", "ip_address=192.168.0.7".to_string()),
                 ("limit", "2".to_string()),
                 ("marker", "port-9".to_string()),
             ]
         );
-        let empty = PortFilter { device_owner: Some(String::new()), marker: Some(String::new()), ..filter() };
+        let empty = PortFilter {
+            device_owner: Some(String::new()),
+            device_id: Some(String::new()),
+            marker: Some(String::new()),
+            ..filter()
+        };
         assert_eq!(empty.query_pairs().unwrap(), vec![("limit", "2000".to_string())]);
         let v6 = PortFilter { ip_address: Some("FD00:0:0::1".into()), ..filter() };
         assert_eq!(v6.query_pairs().unwrap()[0], ("fixed_ips", "ip_address=fd00::1".to_string()));
@@ -266,6 +281,9 @@ mod tests {
             PortFilter { device_owner: Some("a\nb".into()), ..filter() },
             PortFilter { device_owner: Some("o".repeat(MAX_FILTER_LEN + 1)), ..filter() },
             PortFilter { network_id: Some("../x".into()), ..filter() },
+            PortFilter { device_id: Some("srv&limit=1".into()), ..filter() },
+            PortFilter { device_id: Some("..".into()), ..filter() },
+            PortFilter { device_id: Some("s".repeat(65)), ..filter() },
             PortFilter { marker: Some("a&b".into()), ..filter() },
         ];
         for f in bad {
@@ -273,6 +291,8 @@ mod tests {
         }
         let e = PortFilter { ip_address: Some("nope".into()), ..filter() }.query_pairs().unwrap_err();
         assert_eq!(e.to_string(), r#"the ip_address filter "nope" is not an IP address"#);
+        let e = PortFilter { device_id: Some("a/b".into()), ..filter() }.query_pairs().unwrap_err();
+        assert!(e.to_string().starts_with("device_id"), "{e}");
     }
 
     #[test]
