@@ -1,8 +1,9 @@
 # vip-operator developer tasks. `make help` lists them.
 SHELL := /bin/bash
 CARGO ?= cargo
-CRD_FILE := crds/vipbindings.vipoperator.dev.yaml
-CHART_CRD_FILE := charts/vip-operator/crds/vipbindings.vipoperator.dev.yaml
+CRD_NAMES := vipbindings.vipoperator.dev vipgroups.vipoperator.dev
+CRD_FILES := $(foreach n,$(CRD_NAMES),crds/$(n).yaml)
+CHART_CRD_FILES := $(foreach n,$(CRD_NAMES),charts/vip-operator/crds/$(n).yaml)
 
 # The real control plane for tests (etcd, kube-apiserver, kube-controller-manager v1.36), unpacked
 # into an envtest-style KUBEBUILDER_ASSETS folder by `make k8s-assets`.
@@ -31,11 +32,10 @@ fmt: ## Format the code
 	$(CARGO) fmt
 
 crds: ## Regenerate the CRD YAML (crds/ and the Helm chart's copy) from the code
-	$(CARGO) run -q -- crd > $(CRD_FILE)
-	cp $(CRD_FILE) $(CHART_CRD_FILE)
+	for n in $(CRD_NAMES); do $(CARGO) run -q -- crd --name $$n > crds/$$n.yaml && cp crds/$$n.yaml charts/vip-operator/crds/$$n.yaml; done
 
 check-crds: crds ## Fail if the committed CRD files differ from what the code generates
-	git diff --exit-code -- $(CRD_FILE) $(CHART_CRD_FILE)
+	git diff --exit-code -- $(CRD_FILES) $(CHART_CRD_FILES)
 
 tools: ## Install helm, kubectl and kubernetes-validate into .helm-tools/bin (put that on PATH)
 	.ci/install-tools.sh

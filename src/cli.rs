@@ -30,10 +30,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator: watch VipBindings and bind/unbind their VIPs.
     Run(Box<RunArgs>),
-    /// Print the VipBinding CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions (VipBinding, VipGroup) as YAML.
+    Crd(CrdArgs),
     /// Serve the bundled ECS simulator (a stand-in for Huawei Cloud, for demos and tests).
     Simulator(SimulatorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CrdArgs {
+    /// Print only this CRD (e.g. vipgroups.vipoperator.dev); all of them by default.
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// `--default-api` values.

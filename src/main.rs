@@ -23,7 +23,9 @@ async fn main() -> ExitCode {
             }
         },
         Command::Simulator(args) => args.run().await.map_err(Into::into),
-        Command::Crd => vip_operator::api::crd_yaml().map(|yaml| print!("{yaml}")).map_err(Into::into),
+        Command::Crd(args) => {
+            vip_operator::api::crds_yaml(args.name.as_deref()).map(|yaml| print!("{yaml}")).map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

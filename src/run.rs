@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::Reporter;
-use kube::{Client, Config, CustomResourceExt};
+use kube::{Client, Config};
 
 use crate::admin::{AdminError, AdminState, Health};
+use crate::api::group::GROUP_CRD_NAME;
 use crate::api::v1alpha1::{CRD_NAME, VipBinding};
 use crate::cli::RunArgs;
 use crate::controller::BindingIndex;
@@ -95,15 +96,15 @@ pub enum NoCluster {
 /// The cluster answered, but cannot be used as it is (exit code 1).
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot install the VipBinding CRD: {0}")]
+    #[error("cannot install the operator's CRDs: {0}")]
     InstallCrd(kube::Error),
     #[error("cannot read the VipBinding CRD: {0}")]
     ReadCrd(kube::Error),
     #[error(
-        "the VipBinding CRD ({CRD_NAME}) is being deleted (an uninstall is in progress): wait until it is gone, then start again"
+        "an operator CRD ({CRD_NAME} or {GROUP_CRD_NAME}) is being deleted (an uninstall is in progress): wait until it is gone, then start again"
     )]
     CrdDeleting,
-    #[error("the VipBinding CRD ({CRD_NAME}) was not established within {}s: {why}", CRD_ESTABLISHED_TIMEOUT.as_secs())]
+    #[error("an operator CRD was not established within {}s: {why}", CRD_ESTABLISHED_TIMEOUT.as_secs())]
     CrdNotEstablished { why: String },
     #[error(
         "the VipBinding CRD ({CRD_NAME}) is not installed: `kubectl apply -f crds/`, install the Helm chart, or run with --install-crd"
@@ -517,30 +518,33 @@ async fn supervise(
 /// How long `--install-crd` waits for the CRD to be served.
 const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Server-side applies the CRD (development convenience; production installs it with Helm) and
-/// waits until it is served.
+/// Server-side applies the CRDs (development convenience; production installs them with Helm)
+/// and waits until each is served.
 pub async fn install_crd(client: &Client) -> Result<(), ClusterError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut crd = api
-        .patch(CRD_NAME, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(VipBinding::crd()))
-        .await
-        .map_err(ClusterError::InstallCrd)?;
-    tracing::info!(crd = CRD_NAME, "CRD applied; waiting until it is established");
-    // The API server serves the new resource only once the CRD is Established: watching
-    // before then fails as "not installed".
-    let deadline = crate::instant_after(CRD_ESTABLISHED_TIMEOUT);
-    loop {
-        match crd_state(&crd) {
-            CrdState::Established => break,
-            CrdState::Deleting => return Err(ClusterError::CrdDeleting),
-            CrdState::Pending(why) if tokio::time::Instant::now() >= deadline => {
-                return Err(ClusterError::CrdNotEstablished { why });
+    for crd in crate::api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let mut crd = api
+            .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(crd))
+            .await
+            .map_err(ClusterError::InstallCrd)?;
+        tracing::info!(crd = %name, "CRD applied; waiting until it is established");
+        // The API server serves the new resource only once the CRD is Established: watching
+        // before then fails as "not installed".
+        let deadline = crate::instant_after(CRD_ESTABLISHED_TIMEOUT);
+        loop {
+            match crd_state(&crd) {
+                CrdState::Established => break,
+                CrdState::Deleting => return Err(ClusterError::CrdDeleting),
+                CrdState::Pending(why) if tokio::time::Instant::now() >= deadline => {
+                    return Err(ClusterError::CrdNotEstablished { why });
+                }
+                CrdState::Pending(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
-            CrdState::Pending(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            crd = api.get(&name).await.map_err(ClusterError::ReadCrd)?;
         }
-        crd = api.get(CRD_NAME).await.map_err(ClusterError::ReadCrd)?;
+        tracing::info!(crd = %name, "CRD established");
     }
-    tracing::info!(crd = CRD_NAME, "CRD established");
     Ok(())
 }
 
@@ -588,6 +592,7 @@ fn namespaces_or_all(namespaces: &[String]) -> Vec<Option<&str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::CustomResourceExt;
 
     fn crd(json: serde_json::Value) -> CustomResourceDefinition {
         let mut base = serde_json::to_value(VipBinding::crd()).expect("crd");

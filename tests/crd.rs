@@ -3,24 +3,26 @@
 //! implements the Kubernetes CEL libraries including `isIP` and transition rules).
 
 use serde_json::{Value, json};
-use vip_operator::api::crd_yaml;
+use vip_operator::api::{CRD_NAMES, crd_yaml};
 
 const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/vipbindings.vipoperator.dev.yaml");
-const CHART_CRD_FILE: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/charts/vip-operator/crds/vipbindings.vipoperator.dev.yaml");
 
 #[test]
-fn committed_crd_matches_the_code() {
-    let committed = std::fs::read_to_string(CRD_FILE).expect("crds/ file missing: run `make crds`");
-    assert!(committed == crd_yaml().unwrap(), "crds/ is stale: run `make crds` and commit the result");
+fn committed_crds_match_the_code() {
+    for name in CRD_NAMES {
+        let file = format!("{}/crds/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let committed = std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("{file} missing: run `make crds`"));
+        assert!(committed == crd_yaml(name).unwrap(), "{file} is stale: run `make crds` and commit the result");
+    }
 }
 
 #[test]
-fn chart_crd_is_the_same_generated_file() {
-    let Ok(chart) = std::fs::read_to_string(CHART_CRD_FILE) else {
-        panic!("{CHART_CRD_FILE} missing: run `make crds`");
-    };
-    assert!(chart == crd_yaml().unwrap(), "the chart's CRD is stale: run `make crds` and commit the result");
+fn chart_crds_are_the_same_generated_files() {
+    for name in CRD_NAMES {
+        let file = format!("{}/charts/vip-operator/crds/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let chart = std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("{file} missing: run `make crds`"));
+        assert!(chart == crd_yaml(name).unwrap(), "{file} is stale: run `make crds` and commit the result");
+    }
 }
 
 fn crd() -> Value {

@@ -216,18 +216,22 @@ impl KubeOps {
     /// Publishes an event; failures are logged and otherwise ignored (a terminating namespace
     /// refuses new objects, and a deletion must not wait on that).
     pub async fn event(&self, b: &VipBinding, warning: bool, reason: Reason, action: &str, note: String) {
-        let reference: ObjectReference = b.object_ref(&());
+        self.event_on(&b.object_ref(&()), warning, reason.as_str(), action, note).await
+    }
+
+    /// [`KubeOps::event`] on any object (a group's joins and leaves).
+    pub async fn event_on(&self, reference: &ObjectReference, warning: bool, reason: &str, action: &str, note: String) {
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.as_str().to_string(),
+            reason: reason.to_string(),
             note: Some(truncate(note, MAX_EVENT_NOTE)),
             action: action.to_string(),
             secondary: None,
         };
-        match tokio::time::timeout(self.event_timeout, self.recorder.publish(&event, &reference)).await {
+        match tokio::time::timeout(self.event_timeout, self.recorder.publish(&event, reference)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, reason = reason.as_str(), "event not published"),
-            Err(_) => tracing::debug!(reason = reason.as_str(), "event not published: timed out"),
+            Ok(Err(e)) => tracing::debug!(error = %e, reason, "event not published"),
+            Err(_) => tracing::debug!(reason, "event not published: timed out"),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`context`]: the dependencies a reconcile works with;
 //! - [`kube_ops`]: every Kubernetes call a reconcile makes;
 //! - [`target`] and [`tenancy`]: where a call goes, with whose keys, and who may ask;
+//! - [`group`]: the VipGroup controller (members that follow nodes);
 //! - [`guard`]: the credentials Secret guard;
 //! - [`wiring`]: watches, triggers, the drift sweeper and the guard, started by [`run`].
 //!
@@ -16,6 +17,7 @@ pub(crate) mod binding;
 pub(crate) mod cloud;
 pub(crate) mod context;
 pub(crate) mod error;
+pub(crate) mod group;
 pub(crate) mod guard;
 pub(crate) mod kube_ops;
 pub(crate) mod state;

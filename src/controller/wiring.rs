@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures::{Future, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -15,10 +15,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::group::VipGroup;
 use crate::api::v1alpha1::VipBinding;
 
 use crate::controller::binding::reconcile::{self, error_policy};
 use crate::controller::context::Context;
+use crate::controller::group;
 use crate::controller::guard;
 use crate::controller::state::index::{BindingIndex, Claim};
 use crate::controller::state::key::ObjectKey;
@@ -63,18 +65,64 @@ type Trigger<K> = futures::channel::mpsc::UnboundedSender<ObjectRef<K>>;
 struct Triggers {
     bindings: Vec<(Option<String>, Trigger<VipBinding>)>,
     secrets: Vec<(Option<String>, Trigger<PartialObjectMeta<Secret>>)>,
+    groups: Vec<(Option<String>, Trigger<VipGroup>)>,
+    /// Every group controller's cache, for a node change to wake each group.
+    group_stores: std::sync::RwLock<Vec<Store<VipGroup>>>,
 }
 
 fn covers(scope: &Option<String>, namespace: &str) -> bool {
     scope.as_deref().is_none_or(|s| s == namespace)
 }
 
+type Receivers<K> = futures::channel::mpsc::UnboundedReceiver<ObjectRef<K>>;
+
 impl Triggers {
+    /// One channel of each kind per watch scope, and their receiving ends.
+    #[allow(clippy::type_complexity)]
+    fn for_scopes(
+        scopes: &[Option<String>],
+    ) -> (Self, Vec<(Receivers<VipBinding>, Receivers<PartialObjectMeta<Secret>>)>, Vec<Receivers<VipGroup>>) {
+        let mut triggers =
+            Triggers { bindings: vec![], secrets: vec![], groups: vec![], group_stores: Default::default() };
+        let (mut receivers, mut group_receivers) = (vec![], vec![]);
+        for scope in scopes {
+            let (btx, brx) = futures::channel::mpsc::unbounded();
+            let (stx, srx) = futures::channel::mpsc::unbounded();
+            let (gtx, grx) = futures::channel::mpsc::unbounded();
+            triggers.bindings.push((scope.clone(), btx));
+            triggers.secrets.push((scope.clone(), stx));
+            triggers.groups.push((scope.clone(), gtx));
+            receivers.push((brx, srx));
+            group_receivers.push(grx);
+        }
+        (triggers, receivers, group_receivers)
+    }
+
     fn binding(&self, binding: ObjectRef<VipBinding>) {
         let namespace = binding.namespace.clone().unwrap_or_default();
         for (scope, tx) in &self.bindings {
             if covers(scope, &namespace) {
                 let _ = tx.unbounded_send(binding.clone());
+            }
+        }
+    }
+
+    fn group(&self, group: ObjectRef<VipGroup>) {
+        let namespace = group.namespace.clone().unwrap_or_default();
+        for (scope, tx) in &self.groups {
+            if covers(scope, &namespace) {
+                let _ = tx.unbounded_send(group.clone());
+            }
+        }
+    }
+
+    /// A node changed what groups select on: every group looks (groups are few; each
+    /// reconcile reads caches, and looks up only NICs it has not seen).
+    fn all_groups(&self) {
+        let stores = self.group_stores.read().map(|s| s.clone()).unwrap_or_default();
+        for store in stores {
+            for g in store.state() {
+                self.group(ObjectRef::from_obj(&*g));
             }
         }
     }
@@ -94,12 +142,18 @@ fn strip_managed_fields<K: Resource>(obj: &mut K) {
 }
 
 /// What the cache keeps of a binding: everything but what the operator never reads
-/// (managedFields, labels, annotations other than its own — `kubectl apply` stores a copy of
-/// the whole object in one). Memory per cached binding is what limits a large fleet.
+/// (managedFields, labels and annotations other than its own — `kubectl apply` stores a copy of
+/// the whole object in one). Memory per cached binding is what limits a large fleet. Its own
+/// labels say which group and node a member is for.
 fn slim_binding(b: &mut VipBinding) {
     strip_managed_fields(b);
     let meta = b.meta_mut();
-    meta.labels = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k.starts_with("vipoperator.dev/"));
+        if labels.is_empty() {
+            meta.labels = None;
+        }
+    }
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|k, _| k.starts_with("vipoperator.dev/"));
         if annotations.is_empty() {
@@ -112,23 +166,14 @@ fn slim_binding(b: &mut VipBinding) {
 /// Several namespaces run one controller each (a watch covers one namespace or all), sharing
 /// the context: one cloud client, one rate limit, one backoff table, one binding index.
 pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, hooks: Hooks, stop: CancellationToken) {
-    let scopes: Vec<Option<String>> =
-        if config.namespaces.is_empty() { vec![None] } else { config.namespaces.iter().cloned().map(Some).collect() };
+    let scopes = config_scopes(&config);
     // Readiness comes from the watch streams themselves (their first InitDone), not from
     // Store::wait_until_ready: that future keeps only its latest waiter's waker, and the
     // controller itself waits on it.
     ctx.index.expect_scopes(&scopes);
     // One per binding watch, and one for the namespace watch (the tenancy policy).
     let synced = Arc::new(Synced { remaining: AtomicUsize::new(scopes.len() + 1), health: hooks.health.clone() });
-    let mut triggers = Triggers { bindings: vec![], secrets: vec![] };
-    let mut receivers = vec![];
-    for scope in &scopes {
-        let (btx, brx) = futures::channel::mpsc::unbounded();
-        let (stx, srx) = futures::channel::mpsc::unbounded();
-        triggers.bindings.push((scope.clone(), btx));
-        triggers.secrets.push((scope.clone(), stx));
-        receivers.push((brx, srx));
-    }
+    let (triggers, receivers, group_receivers) = Triggers::for_scopes(&scopes);
     let triggers = Arc::new(triggers);
     if !ctx.resync.period().is_zero() {
         let (ctx, triggers, stop, stores) = (ctx.clone(), triggers.clone(), stop.clone(), hooks.stores.clone());
@@ -159,7 +204,7 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
             crate::controller::state::drift::sweep(&ctx.resync, check, stop).await
         });
     }
-    let mut tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = vec![];
+    let mut tasks: Vec<Task> = vec![];
     for (scope, (brx, srx)) in scopes.into_iter().zip(receivers) {
         let scope_synced = Arc::new(AtomicBool::new(false));
         let parts = Parts {
@@ -188,9 +233,144 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
             )));
         }
     }
+    if groups_served(&client, &config.namespaces).await {
+        tasks.extend(group_tasks(&client, &ctx, &config, &hooks, &triggers, group_receivers, &stop));
+    }
     ctx.targets.tenancy().expect_watch();
     tasks.push(Box::pin(watch_namespaces(client.clone(), ctx.clone(), triggers.clone(), synced, stop.clone())));
     futures::future::join_all(tasks).await;
+}
+
+type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The group controllers (one per watch scope, like the bindings') and the node watch.
+fn group_tasks(
+    client: &kube::Client,
+    ctx: &Arc<Context>,
+    config: &WatchConfig,
+    hooks: &Hooks,
+    triggers: &Arc<Triggers>,
+    receivers: Vec<Receivers<VipGroup>>,
+    stop: &CancellationToken,
+) -> Vec<Task> {
+    let mut tasks: Vec<Task> = vec![];
+    let (nodes, node_writer) = reflector::store();
+    let gctx = Arc::new(group::reconcile::GroupContext {
+        ctx: ctx.clone(),
+        nodes,
+        provider_ids: Default::default(),
+        nics: Default::default(),
+        bindings: hooks.stores.clone(),
+    });
+    for (scope, grx) in config_scopes(config).into_iter().zip(receivers) {
+        let groups: Api<VipGroup> = scoped_api(client.clone(), scope.as_deref());
+        let controller = Controller::new(groups, watcher::Config::default());
+        if let Ok(mut stores) = triggers.group_stores.write() {
+            stores.push(controller.store());
+        }
+        let controller = controller
+            .reconcile_on(grx)
+            .with_config(ControllerConfig::default().concurrency(4))
+            .graceful_shutdown_on(stop.clone().cancelled_owned())
+            .run(group::reconcile::reconcile, group::reconcile::error_policy, gctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "group controller event");
+                }
+            });
+        tasks.push(Box::pin(controller));
+    }
+    tasks.push(Box::pin(watch_nodes(client.clone(), gctx, node_writer, triggers.clone(), stop.clone())));
+    tasks
+}
+
+fn config_scopes(config: &WatchConfig) -> Vec<Option<String>> {
+    if config.namespaces.is_empty() { vec![None] } else { config.namespaces.iter().cloned().map(Some).collect() }
+}
+
+/// Whether the VipGroup CRD is served: an install whose CRDs predate groups (Helm does not
+/// upgrade `crds/`) runs without them, and says so once.
+async fn groups_served(client: &kube::Client, namespaces: &[String]) -> bool {
+    let api: Api<VipGroup> = scoped_api(client.clone(), namespaces.first().map(String::as_str));
+    match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::warn!(
+                "the VipGroup CRD (vipgroups.vipoperator.dev) is not installed: VIP groups are off (`kubectl apply --server-side -f crds/`, then restart)"
+            );
+            false
+        }
+        // Anything else (RBAC, a blip): run the controller; its watch says what is wrong.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list VipGroups; starting the group controller all the same");
+            true
+        }
+    }
+}
+
+/// What the node cache keeps: the name, UID, labels and the operator's annotations.
+fn slim_node(n: &mut PartialObjectMeta<Node>) {
+    strip_managed_fields(n);
+    let meta = n.meta_mut();
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k.starts_with("vipoperator.dev/"));
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// Nodes, metadata only (see [`group::nodes`]): a change of what groups select on wakes the
+/// groups; a status report changes nothing they read, and wakes nothing.
+async fn watch_nodes(
+    client: kube::Client,
+    gctx: Arc<group::reconcile::GroupContext>,
+    writer: reflector::store::Writer<PartialObjectMeta<Node>>,
+    triggers: Arc<Triggers>,
+    stop: CancellationToken,
+) {
+    use std::collections::HashMap;
+    let nodes: Api<PartialObjectMeta<Node>> = Api::all(client);
+    let events = watcher(nodes, watcher::Config::default()).default_backoff().modify(slim_node).reflect(writer);
+    let mut events = std::pin::pin!(events.take_until(stop.cancelled_owned()));
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut listing = false;
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch Nodes: VIP groups do not follow node changes until it works");
+                continue;
+            }
+        };
+        match event {
+            watcher::Event::Init => listing = true,
+            watcher::Event::InitApply(n) => {
+                if let Some(v) = group::nodes::NodeView::of(&n) {
+                    let fingerprint = v.fingerprint();
+                    seen.insert(v.uid, fingerprint);
+                }
+            }
+            watcher::Event::InitDone => {
+                listing = false;
+                triggers.all_groups();
+            }
+            watcher::Event::Apply(n) => {
+                let Some(v) = group::nodes::NodeView::of(&n) else { continue };
+                let fingerprint = v.fingerprint();
+                if seen.insert(v.uid, fingerprint) != Some(fingerprint) && !listing {
+                    triggers.all_groups();
+                }
+            }
+            watcher::Event::Delete(n) => {
+                if let Some(uid) = n.uid() {
+                    seen.remove(&uid);
+                    gctx.provider_ids.forget(&uid);
+                }
+                triggers.all_groups();
+            }
+        }
+    }
 }
 
 /// Namespaces' labels and annotations (metadata only: nothing else of a Namespace is read)
@@ -313,6 +493,11 @@ impl Observer {
     fn binding_event(&self, event: &watcher::Event<VipBinding>) {
         if let watcher::Event::Apply(b) | watcher::Event::InitApply(b) = event {
             self.ctx.memory.observe(b);
+        }
+        if let watcher::Event::Apply(b) | watcher::Event::Delete(b) = event
+            && let Some(group) = group::reconcile::group_of(b)
+        {
+            self.triggers.group(group);
         }
         let changes = self.ctx.index.apply(self.scope.as_deref(), event);
         for owner in changes.new_owners {

@@ -21,7 +21,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 use tokio::process::{Child, Command};
-use vip_operator::api::v1alpha1::{CRD_NAME, VipBinding};
+use vip_operator::api::v1alpha1::VipBinding;
 use vip_operator::simulator::{Simulator, SimulatorConfig};
 
 use crate::support::control_plane::{self, ControlPlane};
@@ -99,9 +99,12 @@ async fn connect(kubeconfig: &std::path::Path) -> Client {
     let client = Client::try_from(config).expect("client");
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
-    crds.patch(CRD_NAME, &PatchParams::apply("vip-operator-e2e").force(), &Patch::Apply(VipBinding::crd()))
-        .await
-        .expect("apply the CRD");
+    for crd in vip_operator::api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &PatchParams::apply("vip-operator-e2e").force(), &Patch::Apply(crd))
+            .await
+            .expect("apply the CRD");
+    }
     wait_crd_established(&client).await;
     client
 }
@@ -156,7 +159,9 @@ impl Env {
                 return skip("needs a real API server (set KUBEBUILDER_ASSETS or VIPOP_E2E_KUBECONFIG)");
             }
             let api = FakeApiServer::start().await;
-            api.register_crd(VipBinding::crd());
+            for crd in vip_operator::api::crds() {
+                api.register_crd(crd);
+            }
             api.write_kubeconfig(&kubeconfig);
             (api.client(), Backend::Fake(api))
         };
@@ -511,15 +516,18 @@ async fn wait_crd_established(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for _ in 0..100 {
-        let established = crds.get_opt(CRD_NAME).await.ok().flatten().and_then(|c| c.status).is_some_and(|s| {
-            s.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True")
-        });
+        let mut established = true;
+        for name in vip_operator::api::CRD_NAMES {
+            established &= crds.get_opt(name).await.ok().flatten().and_then(|c| c.status).is_some_and(|s| {
+                s.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        }
         if established {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the VipBinding CRD did not become Established");
+    panic!("the operator's CRDs did not become Established");
 }
 
 #[derive(Default)]

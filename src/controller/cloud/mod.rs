@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use kube::ResourceExt;
 
 use crate::api::v1alpha1::VipBinding;
-use crate::ecs::vpc::VpcApi;
+use crate::ecs::vpc::{MAX_PAGE, Port, PortFilter, VpcApi};
 use crate::ecs::{BindRequest, CloudTarget, EcsApi, EcsError, Operation, UnbindRequest, Written};
 use crate::metrics::Metrics;
 
@@ -41,6 +41,8 @@ pub const AUDIT_TARGET: &str = "vip_operator::audit";
 struct Vpc {
     pairs: PortPairs,
     reads: Reads,
+    /// For reads of no binding's (a group's NIC lookups).
+    api: Arc<dyn VpcApi>,
 }
 
 pub struct GatedCloud {
@@ -71,7 +73,7 @@ impl GatedCloud {
 
     /// Binds `api: VPC` bindings through `api`, and confirms "NIC gone" answers with its reads.
     pub fn with_vpc(mut self, api: Arc<dyn VpcApi>) -> Self {
-        self.vpc = Some(Vpc { reads: Reads::new(api.clone()), pairs: PortPairs::new(api) });
+        self.vpc = Some(Vpc { reads: Reads::new(api.clone()), pairs: PortPairs::new(api.clone()), api });
         self
     }
 
@@ -220,6 +222,30 @@ impl Admitted<'_> {
     pub async fn network_ports(mut self, network: &str) -> Result<NetworkPorts, EcsError> {
         let result = match &self.cloud.vpc {
             Some(vpc) => vpc.pairs.network_ports(self.target, network).await,
+            None => Err(no_vpc()),
+        };
+        self.settle_read(result.as_ref().map(|_| ()));
+        result
+    }
+
+    /// The ports of server `server` in network `network` (a node's NIC, for a group): one
+    /// listing filtered by `device_id` and `network_id`, its answer checked against both.
+    pub async fn server_ports(mut self, server: &str, network: &str) -> Result<Vec<Port>, EcsError> {
+        let result = match &self.cloud.vpc {
+            Some(vpc) => {
+                let filter = PortFilter {
+                    device_id: Some(server.into()),
+                    network_id: Some(network.into()),
+                    limit: MAX_PAGE,
+                    ..PortFilter::default()
+                };
+                vpc.api.list_ports(self.target, &filter).await.map(|ports| {
+                    ports
+                        .into_iter()
+                        .filter(|p| p.device_id == server && (p.network_id.is_empty() || p.network_id == network))
+                        .collect()
+                })
+            }
             None => Err(no_vpc()),
         };
         self.settle_read(result.as_ref().map(|_| ()));
