@@ -15,20 +15,20 @@
 //! - `vpc.rs` — the VPC port calls: read, list, update.
 //! - `call.rs` — one cloud call as the rooms pass it on: request, outcome, late effect, and the
 //!   body envelope both services use.
-//! - `state.rs` — the in-memory cloud: NICs, ports, missing NICs, credentials and lockouts,
-//!   faults, late writes, the call log, the snapshot; and what a write does to it.
+//! - `state.rs` — the in-memory cloud: NICs, ports, servers, missing NICs, credentials and
+//!   lockouts, faults, late writes, the call log, the snapshot; and what a write does to it
+//!   (adding and removing a server included).
+//! - `servers.rs` — servers and which NIC ports each holds (a NIC's port has the server's ID as
+//!   its `device_id`, so a listing by `device_id` and `network_id` finds it); the checks on a
+//!   new server and the ports it brings.
 //! - `ports.rs` — the port model: ports, their pairs and the checks on them, listing filters;
 //!   what is modelled of Huawei's VPC, and from where.
 //! - `config.rs` — what the simulator starts with and can be re-set to ([`SimulatorConfig`],
 //!   credentials, the qps limiter, [`SimError`]).
 //! - `verify.rs` — the independent signature check.
 //!
-//! Servers and their ports (next, for VIP groups) go in a room of their own, `servers.rs`, beside
-//! `ports.rs`: the servers and which NIC each holds, kept by `state.rs` next to the NICs and
-//! ports. A server's NIC port is a [`SimPort`] whose `device_id` is the server's ID (the listing
-//! filters on it already). The admin endpoints that add or remove a server and its NIC go in
-//! `admin.rs`; a cloud call about servers would get a route in `pipeline.rs` and its handling in
-//! `ecs.rs`.
+//! Servers are set up through the admin API or [`Simulator::add_server`]; the cloud serves no
+//! server call yet. One would get a route in `pipeline.rs` and its handling in `ecs.rs`.
 
 mod admin;
 mod call;
@@ -36,6 +36,7 @@ mod config;
 mod ecs;
 mod pipeline;
 mod ports;
+mod servers;
 mod state;
 mod verify;
 mod vpc;
@@ -52,13 +53,14 @@ use tokio_util::sync::CancellationToken;
 pub use call::EnvelopeError;
 pub use config::{SimCredential, SimError, SimulatorConfig};
 pub use ports::{PairsChange, PairsError, PortError, SimAddressPair, SimFixedIp, SimPort};
+pub use servers::{MAX_ID_LEN, MAX_NICS_PER_SERVER, MAX_SERVERS, NewServer, ServerError, SimNic, SimServer};
 pub use state::{
     CallRecord, CloudOperation, Fault, LateApply, LateState, MAX_APPLY_AFTER, MAX_CALL_LOG, MAX_LATENCY,
-    MAX_PENDING_LATE, NicState, PortOperation, SimOperation, StateSnapshot,
+    MAX_MISSING_NICS, MAX_PENDING_LATE, NicState, PortOperation, SimOperation, StateSnapshot,
 };
 
 use config::limiter;
-use state::{Inner, Shared, reset, set_nic, snapshot};
+use state::{Inner, Shared, add_server, remove_server, remove_server_nic, reset, set_nic, snapshot};
 
 /// A running simulator. Dropping it does not stop it; call [`Simulator::shutdown`].
 pub struct Simulator {
@@ -182,6 +184,30 @@ impl Simulator {
     /// The port as the simulator holds it (whatever its project, missing or not).
     pub fn port(&self, port_id: &str) -> Option<SimPort> {
         self.shared.lock().ports.get(port_id).cloned()
+    }
+
+    /// Adds server `id` in `project_id` with its NICs, each a port with `device_id` = `id` in its
+    /// network (checked as `POST /sim/servers` checks them; all or nothing). The NICs are usable
+    /// by ECS and port calls at once.
+    pub fn add_server(&self, project_id: &str, id: &str, nics: &[SimNic]) -> Result<SimServer, ServerError> {
+        let server = NewServer { id: id.into(), project_id: project_id.into(), nics: nics.to_vec() };
+        add_server(&mut self.shared.lock(), server)
+    }
+
+    /// Removes a server: its NICs' ports go and the NICs become missing (port reads answer 404
+    /// `VPC.2502`, ECS calls 404).
+    pub fn remove_server(&self, id: &str) -> Result<SimServer, ServerError> {
+        remove_server(&mut self.shared.lock(), id)
+    }
+
+    /// Removes one NIC of a server, as [`Simulator::remove_server`] removes all of them.
+    pub fn remove_server_nic(&self, server_id: &str, port_id: &str) -> Result<(), ServerError> {
+        remove_server_nic(&mut self.shared.lock(), server_id, port_id)
+    }
+
+    /// Every server, by ID.
+    pub fn servers(&self) -> Vec<SimServer> {
+        self.shared.lock().servers.list()
     }
 
     pub fn set_latency(&self, latency: Duration) {

@@ -117,7 +117,7 @@ impl SimPort {
             device_owner: NIC_PORT_OWNER.into(),
             device_id: String::new(),
             network_id: String::new(),
-            mac_address: format!("fa:16:3e:{:02x}:{:02x}:{:02x}", h[3], h[4], h[5]),
+            mac_address: derived_mac(nic_id),
             fixed_ips: vec![SimFixedIp {
                 subnet_id: String::new(),
                 ip_address: format!("10.{}.{}.{last}", h[0], h[1]),
@@ -147,6 +147,13 @@ impl SimPort {
     }
 }
 
+/// A MAC (`fa:16:3e:…`, OpenStack's default prefix) derived from a port ID: the same in every run
+/// (the simulator's convention). Different ports may rarely share one (24 bits of a hash).
+pub(super) fn derived_mac(port_id: &str) -> String {
+    let h = fnv1a(port_id.as_bytes()).to_be_bytes();
+    format!("fa:16:3e:{:02x}:{:02x}:{:02x}", h[3], h[4], h[5])
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
@@ -164,6 +171,8 @@ pub enum PortError {
     TooMany,
     #[error("no port {0}")]
     NotFound(String),
+    #[error("port {0} exists already")]
+    Exists(String),
     #[error("{0}")]
     InvalidPairs(PairsError),
 }
@@ -267,7 +276,7 @@ pub(super) fn check_pair(i: usize, pair: &SimAddressPair) -> Result<(), PairsErr
 }
 
 /// `xx:xx:xx:xx:xx:xx`, hexadecimal, either case.
-fn is_mac(mac: &str) -> bool {
+pub(super) fn is_mac(mac: &str) -> bool {
     let groups: Vec<&str> = mac.split(':').take(7).collect();
     groups.len() == 6 && groups.iter().all(|g| g.len() == 2 && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
@@ -297,6 +306,32 @@ impl Ports {
         }
         self.known_nics.insert(port.id.clone());
         self.ports.insert(port.id.clone(), port);
+        Ok(())
+    }
+
+    /// Creates new ports, all or none: each is checked as [`Ports::set`] checks one, none may
+    /// exist already (a new server's NIC is a new port), and all must fit.
+    pub(super) fn add_all(&mut self, ports: Vec<SimPort>) -> Result<(), PortError> {
+        let mut seen = BTreeSet::new();
+        for port in &ports {
+            if port.id.is_empty() || port.id.len() > 255 {
+                return Err(PortError::BadId);
+            }
+            if port.project_id.is_empty() {
+                return Err(PortError::NoProject);
+            }
+            if self.ports.contains_key(&port.id) || !seen.insert(port.id.as_str()) {
+                return Err(PortError::Exists(port.id.clone()));
+            }
+        }
+        // Saturating: the sum is only compared with the bound.
+        if self.ports.len().saturating_add(ports.len()) > MAX_PORTS {
+            return Err(PortError::TooMany);
+        }
+        for port in ports {
+            self.known_nics.insert(port.id.clone());
+            self.ports.insert(port.id.clone(), port);
+        }
         Ok(())
     }
 
@@ -582,6 +617,34 @@ mod tests {
         assert_eq!(list(&ports, "marker=vip-35"), ["vip-4", "vip-5"]);
         assert_eq!(list(&ports, "limit=0").len(), 6);
         assert_eq!(list(&ports, "limit=99999").len(), 6);
+    }
+
+    #[test]
+    fn listing_by_device_id_finds_a_servers_nics() {
+        let mut ports = ports();
+        let mut nic = SimPort::nic("nic-s1", P);
+        nic.device_id = "server-1".into();
+        nic.network_id = "net-1".into();
+        ports.set(nic).unwrap();
+        assert_eq!(list(&ports, "device_id=server-1&network_id=net-1"), ["nic-s1"]);
+        assert!(list(&ports, "device_id=server-1&network_id=net-2").is_empty());
+        assert!(list(&ports, "device_id=server-2").is_empty());
+    }
+
+    #[test]
+    fn ports_are_added_all_or_none() {
+        let mut ports = ports();
+        let before = ports.all();
+        let new = |id: &str| SimPort::vip(id, P, "n", "s", "10.0.0.1");
+        assert_eq!(ports.add_all(vec![new("a"), new("vip-1")]), Err(PortError::Exists("vip-1".into())));
+        assert_eq!(ports.add_all(vec![new("a"), new("a")]), Err(PortError::Exists("a".into())));
+        assert_eq!(
+            ports.add_all(vec![new("a"), SimPort::vip("b", "", "n", "s", "10.0.0.1")]),
+            Err(PortError::NoProject)
+        );
+        assert_eq!(ports.all(), before);
+        ports.add_all(vec![new("a"), new("b")]).unwrap();
+        assert!(ports.get("a").is_some() && ports.get("b").is_some());
     }
 
     #[test]

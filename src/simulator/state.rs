@@ -1,4 +1,4 @@
-//! The in-memory cloud: NICs and the VIPs ECS bound to them, ports, missing NICs, accepted
+//! The in-memory cloud: NICs and the VIPs ECS bound to them, ports, servers, missing NICs, accepted
 //! credentials and lockouts, scripted faults, the call log and the in-flight counters, all behind
 //! one lock ([`Shared::lock`]); what a write does to it ([`Effect`]), on arrival or late; and the
 //! snapshot the admin API shows. The rooms that serve calls read and change it; it knows none of
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::SimCredential;
 use super::ports::{PairsChange, Ports, SimAddressPair, SimPort};
+use super::servers::{NewServer, ServerError, Servers, SimServer};
 
 /// The ECS calls (the `PUT` on a NIC).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -264,6 +265,9 @@ pub struct StateSnapshot {
     /// Changes armed by [`Simulator::after_next_read`](super::Simulator::after_next_read) that no read has set off yet, by port ID.
     #[serde(default)]
     pub after_next_read: BTreeMap<String, PairsChange>,
+    /// Servers and their NICs' port IDs, by server ID.
+    #[serde(default)]
+    pub servers: BTreeMap<String, SimServer>,
     pub missing_nics: BTreeSet<String>,
     pub locked_access_keys: BTreeSet<String>,
     pub max_in_flight: usize,
@@ -273,6 +277,7 @@ pub struct StateSnapshot {
 pub(super) struct Inner {
     pub(super) nics: BTreeMap<String, NicState>,
     pub(super) ports: Ports,
+    pub(super) servers: Servers,
     pub(super) missing: BTreeSet<String>,
     pub(super) credentials: Vec<SimCredential>,
     pub(super) faults: Vec<Fault>,
@@ -313,6 +318,7 @@ pub(super) fn snapshot(shared: &Shared) -> StateSnapshot {
         nics: inner.nics.clone(),
         ports: inner.ports.all(),
         after_next_read: inner.ports.pending_after_read(),
+        servers: inner.servers.all(),
         missing_nics: inner.missing.clone(),
         locked_access_keys: inner
             .locked_until
@@ -338,11 +344,67 @@ pub(super) fn set_nic(inner: &mut Inner, nic_id: &str, state: Option<NicState>) 
     }
 }
 
+/// Missing NICs that removing servers adds at most: a NIC of a removed server stays missing
+/// (so the cloud keeps answering "not found" for it), and removals must not grow the set for ever.
+pub const MAX_MISSING_NICS: usize = 100_000;
+
+/// Adds a server and its NICs' ports, all or nothing. Its NICs are usable at once by ECS calls
+/// (a NIC with a port is a known NIC, as after `PUT /sim/ports`) and by port calls; a NIC missing
+/// before (a removed server's) is present again.
+pub(super) fn add_server(inner: &mut Inner, server: NewServer) -> Result<SimServer, ServerError> {
+    let (server, ports) = server.check()?;
+    inner.servers.can_add(&server.id)?;
+    inner.ports.add_all(ports).map_err(|e| ServerError::Ports(e.to_string()))?;
+    for nic in &server.nics {
+        inner.missing.remove(nic);
+    }
+    inner.servers.insert(server.clone());
+    Ok(server)
+}
+
+/// Removes a server: its NICs' ports go and the NICs become missing, so reads of the ports answer
+/// 404 `VPC.2502` and ECS calls on the NICs 404, as for a NIC that is gone; the VIP ECS had bound
+/// to each is forgotten. VIP ports whose pairs hold the NICs' addresses are left as they are
+/// (what Huawei does to them is not documented).
+pub(super) fn remove_server(inner: &mut Inner, id: &str) -> Result<SimServer, ServerError> {
+    let server = inner.servers.get(id).ok_or_else(|| ServerError::not_found(id))?;
+    room_for_missing(inner, &server.nics)?;
+    let server = inner.servers.remove(id).ok_or_else(|| ServerError::not_found(id))?;
+    for nic in &server.nics {
+        drop_nic(inner, nic);
+    }
+    Ok(server)
+}
+
+/// Takes one NIC off a server, as [`remove_server`] does all of them.
+pub(super) fn remove_server_nic(inner: &mut Inner, server: &str, port: &str) -> Result<(), ServerError> {
+    room_for_missing(inner, &[port.to_string()])?;
+    inner.servers.remove_nic(server, port)?;
+    drop_nic(inner, port);
+    Ok(())
+}
+
+/// Checked before anything changes, so a refused removal changes nothing.
+fn room_for_missing(inner: &Inner, nics: &[String]) -> Result<(), ServerError> {
+    let new = nics.iter().filter(|n| !inner.missing.contains(*n)).count();
+    if inner.missing.len().saturating_add(new) > MAX_MISSING_NICS {
+        return Err(ServerError::TooManyMissing(MAX_MISSING_NICS));
+    }
+    Ok(())
+}
+
+fn drop_nic(inner: &mut Inner, nic: &str) {
+    inner.ports.remove(nic);
+    inner.nics.remove(nic);
+    inner.missing.insert(nic.into());
+}
+
 pub(super) fn reset(shared: &Shared) {
     let mut inner = shared.lock();
     shared.epoch.fetch_add(1, Ordering::SeqCst);
     inner.nics.clear();
     inner.ports.clear();
+    inner.servers.clear();
     inner.calls.clear();
     inner.faults.clear();
     inner.failures.clear();
@@ -413,6 +475,26 @@ fn apply(inner: &mut Inner, op: SimOperation, project_id: &str, nic_id: &str, fi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removal_that_would_overfill_the_missing_nics_changes_nothing() {
+        use crate::simulator::servers::SimNic;
+        let mut inner = Inner::default();
+        let nics = vec![SimNic::new("p1", "n", "10.0.0.1"), SimNic::new("p2", "n", "10.0.0.2")];
+        add_server(&mut inner, NewServer { id: "s".into(), project_id: "proj".into(), nics }).unwrap();
+        inner.missing = (1..MAX_MISSING_NICS).map(|i| format!("m{i}")).collect();
+        assert_eq!(remove_server(&mut inner, "s"), Err(ServerError::TooManyMissing(MAX_MISSING_NICS)));
+        assert!(inner.servers.get("s").is_some() && inner.ports.get("p1").is_some());
+        // One NIC fits.
+        remove_server_nic(&mut inner, "s", "p1").unwrap();
+        assert!(inner.ports.get("p1").is_none() && inner.missing.contains("p1"));
+        assert_eq!(remove_server(&mut inner, "s"), Err(ServerError::TooManyMissing(MAX_MISSING_NICS)));
+        // Adding a server with a missing NIC makes it present again (and makes room).
+        let back = vec![SimNic::new("p1", "n", "10.0.0.1")];
+        add_server(&mut inner, NewServer { id: "t".into(), project_id: "proj".into(), nics: back }).unwrap();
+        assert!(!inner.missing.contains("p1"));
+        assert_eq!(remove_server(&mut inner, "s").map(|s| s.nics), Ok(vec!["p2".to_string()]));
+    }
 
     #[test]
     fn apply_after_is_optional_and_bounded() {
