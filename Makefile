@@ -82,6 +82,7 @@ chaos: k8s-assets ## Seeded random mix on a private real control plane, CHAOS_RU
 bench: k8s-assets ## Fleet benchmark on a private real control plane (BENCH_N, BENCH_LATENCY_MS, BENCH_QPS, BENCH_CONCURRENCY)
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} $(CARGO) bench --bench operator
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} $(CARGO) bench --bench drift
+	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} $(CARGO) bench --bench group
 
 bench-fake: ## The same benchmark on the in-repo fake API server
 	$(CARGO) bench --bench operator

@@ -329,6 +329,76 @@ impl Env {
         history
     }
 
+    /// A kubeconfig for a ServiceAccount granted exactly what the chart grants the operator
+    /// (`src/rbac.rs`: the core rows and credentials protection; leader election is off in the
+    /// scenarios), as a Role in the scenario namespace and a ClusterRole (owned by the
+    /// namespace, so they go with it). An operator run with it proves, on a real API server's
+    /// RBAC, that its requests stay inside the grant. Real backends only.
+    pub async fn chart_rbac_kubeconfig(&self) -> PathBuf {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+        use vip_operator::rbac::{Feature, PERMISSIONS, Scope};
+        assert!(!self.is_fake(), "the fake API server has no RBAC");
+        let ns = self.namespace.as_str();
+        let rules = |scope: Scope| {
+            PERMISSIONS
+                .iter()
+                .filter(|p| p.scope == scope && matches!(p.feature, Feature::Core | Feature::CredentialsProtection))
+                .map(|p| {
+                    let mut rule = json!({"apiGroups": [p.api_group], "resources": [p.resource], "verbs": p.verbs});
+                    if !p.resource_names.is_empty() {
+                        rule["resourceNames"] = json!(p.resource_names);
+                    }
+                    rule
+                })
+                .collect::<Vec<_>>()
+        };
+        let owner = Api::<Namespace>::all(self.client.clone()).get(ns).await.expect("the scenario namespace");
+        let owned = json!([{"apiVersion": "v1", "kind": "Namespace", "name": ns, "uid": owner.uid()}]);
+        let subject = json!([{"kind": "ServiceAccount", "name": "vip-operator", "namespace": ns}]);
+        let pp = PostParams::default();
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "vip-operator"}})).unwrap();
+        Api::<ServiceAccount>::namespaced(self.client.clone(), ns).create(&pp, &sa).await.expect("service account");
+        let role: Role =
+            serde_json::from_value(json!({"metadata": {"name": "vip-operator"}, "rules": rules(Scope::Watched)}))
+                .unwrap();
+        Api::<Role>::namespaced(self.client.clone(), ns).create(&pp, &role).await.expect("role");
+        let rb: RoleBinding = serde_json::from_value(json!({"metadata": {"name": "vip-operator"}, "subjects": subject,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "vip-operator"}}))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(self.client.clone(), ns).create(&pp, &rb).await.expect("role binding");
+        let cluster_name = format!("vip-operator-{ns}");
+        let cr: ClusterRole =
+            serde_json::from_value(json!({"metadata": {"name": cluster_name, "ownerReferences": owned},
+            "rules": rules(Scope::Cluster)}))
+            .unwrap();
+        Api::<ClusterRole>::all(self.client.clone()).create(&pp, &cr).await.expect("cluster role");
+        let crb: ClusterRoleBinding = serde_json::from_value(json!({"metadata": {"name": cluster_name, "ownerReferences": owned},
+            "subjects": subject, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name}}))
+        .unwrap();
+        Api::<ClusterRoleBinding>::all(self.client.clone()).create(&pp, &crb).await.expect("cluster role binding");
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+            ..Default::default()
+        };
+        let token = Api::<ServiceAccount>::namespaced(self.client.clone(), ns)
+            .create_token_request("vip-operator", &pp, &request)
+            .await
+            .expect("token request")
+            .status
+            .and_then(|s| s.token)
+            .expect("a token");
+        let mut config = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read the kubeconfig");
+        for named in &mut config.auth_infos {
+            named.auth_info =
+                Some(kube::config::AuthInfo { token: Some(token.clone().as_str().into()), ..Default::default() });
+        }
+        let path = self.dir().join("service-account.kubeconfig");
+        std::fs::write(&path, serde_json::to_vec(&config).expect("kubeconfig as JSON")).expect("write the kubeconfig");
+        path
+    }
+
     /// Every request the operator made (told apart by its User-Agent) must be allowed by the
     /// permission table the Helm chart grants (`src/rbac.rs`). Fake backend only.
     pub fn assert_operator_requests_within_rbac(&self) {

@@ -8,6 +8,7 @@ mod support;
 mod audit;
 mod chaos;
 mod evidence;
+mod group;
 mod harness;
 mod safety;
 mod shared;
