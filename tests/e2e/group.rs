@@ -152,7 +152,7 @@ async fn group_status(env: &Env, name: &str) -> Option<vip_operator::api::group:
 async fn all_bound(env: &Env, group: &str, n: u32) -> bool {
     let Some(s) = group_status(env, group).await else { return false };
     let ready = s.condition("Ready").is_some_and(|c| c.status == "True");
-    ready && s.bound == n && s.desired == n && members(env, group).await.iter().all(|b| ready_true(b))
+    ready && s.bound == n && s.desired == n && members(env, group).await.iter().all(ready_true)
 }
 
 fn ready_true(b: &VipBinding) -> bool {
