@@ -13,6 +13,7 @@ pub fn round(x: f64, digits: i32) -> f64 {
 }
 
 /// The NIC ID of the i-th binding of a fleet.
+#[allow(dead_code)] // not every benchmark makes a fleet of bindings
 pub fn nic(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
 }
