@@ -60,7 +60,10 @@ fn as_json_schema(v: &Value) -> Value {
 
 /// What the API server would say about a create (`old` = None) or an update.
 fn admit(object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
-    let schema = schema();
+    admit_with(schema(), object, old)
+}
+
+fn admit_with(schema: Value, object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
     let structural = jsonschema::validator_for(&as_json_schema(&schema)).unwrap();
     let mut errors: Vec<String> =
         structural.iter_errors(object).map(|e| format!("{}: {e}", e.instance_path())).collect();
@@ -253,4 +256,84 @@ fn user_facing_field_docs_exist() {
         let d = spec[field]["description"].as_str().unwrap_or_default();
         assert!(d.len() > 30, "{field} needs a kubectl-explain description");
     }
+}
+
+fn group_schema() -> Value {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/vipgroups.vipoperator.dev.yaml");
+    let crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn group(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "vipoperator.dev/v1alpha1", "kind": "VipGroup", "metadata": {"name": name, "namespace": "ns"}, "spec": spec})
+}
+
+fn good_group_spec() -> Value {
+    json!({
+        "ipAddress": "192.168.0.50",
+        "subnetId": "8c9d4f38-1a2b-4c3d-9e8f-001122334455",
+        "api": "VPC",
+        "nodeSelector": {"matchLabels": {"role": "lb"}},
+    })
+}
+
+fn group_rejected_with(object: &Value, old: Option<&Value>, needle: &str) {
+    match admit_with(group_schema(), object, old) {
+        Ok(()) => panic!("expected rejection containing {needle:?} for {object}"),
+        Err(errors) => assert!(errors.iter().any(|e| e.contains(needle)), "{needle:?} not in {errors:#?}"),
+    }
+}
+
+#[test]
+fn a_good_group_is_admitted_and_an_empty_selector_is_not() {
+    admit_with(group_schema(), &group("web", good_group_spec()), None).unwrap();
+    let expressions = with(
+        good_group_spec(),
+        "nodeSelector",
+        json!({"matchExpressions": [{"key": "role", "operator": "In", "values": ["lb"]}, {"key": "spot", "operator": "DoesNotExist"}]}),
+    );
+    admit_with(group_schema(), &group("web", expressions), None).unwrap();
+    for empty in [json!({}), json!({"matchLabels": {}}), json!({"matchExpressions": []})] {
+        group_rejected_with(
+            &group("web", with(good_group_spec(), "nodeSelector", empty)),
+            None,
+            "an empty selector would match every node",
+        );
+    }
+    let no_values = json!({"matchExpressions": [{"key": "role", "operator": "In"}]});
+    group_rejected_with(
+        &group("web", with(good_group_spec(), "nodeSelector", no_values)),
+        None,
+        "In and NotIn need values",
+    );
+    let bad_operator = json!({"matchExpressions": [{"key": "role", "operator": "Gt", "values": ["1"]}]});
+    assert!(
+        admit_with(group_schema(), &group("web", with(good_group_spec(), "nodeSelector", bad_operator)), None).is_err()
+    );
+}
+
+#[test]
+fn a_group_refuses_long_names_ipv6_on_vpc_out_of_range_max_nodes_and_spec_changes_that_cannot_be() {
+    group_rejected_with(&group(&"g".repeat(51), good_group_spec()), None, "at most 50 characters");
+    group_rejected_with(
+        &group("web", with(good_group_spec(), "ipAddress", json!("fd00::7"))),
+        None,
+        "api VPC binds IPv4 VIPs only",
+    );
+    admit_with(
+        group_schema(),
+        &group("web", with(with(good_group_spec(), "ipAddress", json!("fd00::7")), "api", json!("ECS"))),
+        None,
+    )
+    .unwrap();
+    for bad in [json!(0), json!(1001)] {
+        assert!(admit_with(group_schema(), &group("web", with(good_group_spec(), "maxNodes", bad)), None).is_err());
+    }
+    let old = group("web", good_group_spec());
+    for (field, value) in [("ipAddress", json!("192.168.0.51")), ("subnetId", json!("other")), ("api", json!("ECS"))] {
+        group_rejected_with(&group("web", with(good_group_spec(), field, value)), Some(&old), "immutable");
+    }
+    // The selector, the policy and the limit may change.
+    let changed = with(with(good_group_spec(), "deletionPolicy", json!("Orphan")), "maxNodes", json!(10));
+    admit_with(group_schema(), &group("web", changed), Some(&old)).unwrap();
 }

@@ -567,17 +567,25 @@ fn user_roles_aggregate_into_admin_edit_view() {
 
             let mut got = BTreeSet::new();
             expand(&role["rules"], None, &mut got);
-            let vipbindings: &[&str] = if write { &WRITE } else { &READ };
+            let objects: &[&str] = if write { &WRITE } else { &READ };
             assert_eq!(
                 got,
-                grants(&[("vipbindings", vipbindings), ("vipbindings/status", &READ)]),
+                grants(&[
+                    ("vipbindings", objects),
+                    ("vipbindings/status", &READ),
+                    ("vipgroups", objects),
+                    ("vipgroups/status", &READ)
+                ]),
                 "rules of the {builtin} role"
             );
-            // Spelled out, though implied by the equality.
+            // Spelled out, though implied by the equality: statuses are the operator's.
             for (_, group, resource, verb, name) in &got {
                 assert_eq!(group, "vipoperator.dev", "{builtin}: group {group}");
-                assert!(["vipbindings", "vipbindings/status"].contains(&resource.as_str()), "{builtin}: {resource}");
-                assert!(resource != "vipbindings/status" || READ.contains(&verb.as_str()), "{builtin}: status {verb}");
+                assert!(
+                    ["vipbindings", "vipbindings/status", "vipgroups", "vipgroups/status"].contains(&resource.as_str()),
+                    "{builtin}: {resource}"
+                );
+                assert!(!resource.ends_with("/status") || READ.contains(&verb.as_str()), "{builtin}: status {verb}");
                 assert!(name.is_none(), "{builtin}: resourceNames");
             }
             assert!(!role["rules"].to_string().contains("secrets"), "{builtin} mentions secrets");

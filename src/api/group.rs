@@ -149,6 +149,7 @@ pub struct SelectorRequirement {
     pub values: Vec<String>,
 }
 
+/// How a requirement's key and values are matched.
 #[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SelectorOperator {
     In,
@@ -214,6 +215,7 @@ fn is_zero(n: &u32) -> bool {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
+    /// The node's name.
     pub node: String,
     /// The node's NIC in the VIP's network, when found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,8 +225,11 @@ pub struct Member {
     pub binding: Option<String>,
     /// The VIP is bound to the node's NIC.
     pub ready: bool,
-    /// Why not, or Bound.
+    /// Bound; Binding (on its way); NotReady (the member VipBinding's own condition, in the
+    /// message); NoServerId, NoNicInNetwork or SeveralNics (the node's NIC cannot be told, so
+    /// nothing is bound); LookupFailed (the NIC lookup failed for now; retried); TooManyNodes.
     pub reason: String,
+    /// What to do about it, in words.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
