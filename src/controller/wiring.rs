@@ -119,10 +119,19 @@ impl Triggers {
     /// A node changed what groups select on: every group looks (groups are few; each
     /// reconcile reads caches, and looks up only NICs it has not seen).
     fn all_groups(&self) {
+        self.groups_where(|_| true);
+    }
+
+    /// The groups in a namespace whose policy changed (their NIC lookups use its credentials).
+    fn groups_in(&self, namespace: &str) {
+        self.groups_where(|g| g.namespace().as_deref() == Some(namespace));
+    }
+
+    fn groups_where(&self, pick: impl Fn(&VipGroup) -> bool) {
         let stores = self.group_stores.read().map(|s| s.clone()).unwrap_or_default();
         for store in stores {
-            for g in store.state() {
-                self.group(ObjectRef::from_obj(&*g));
+            for g in store.state().iter().filter(|g| pick(g)) {
+                self.group(ObjectRef::from_obj(&**g));
             }
         }
     }
@@ -399,6 +408,7 @@ async fn watch_namespaces(
             }
         };
         for namespace in ctx.targets.tenancy().apply(&event) {
+            triggers.groups_in(&namespace);
             for claim in ctx.index.in_namespace(&namespace) {
                 ctx.backoffs
                     .release_hold_for(claim.uid(), &[Reason::DefaultCredentialsNotAllowed, Reason::ProjectNotAllowed]);

@@ -292,3 +292,36 @@ async fn g3_a_group_and_a_binding_with_another_vip_share_a_nic() {
     fleet.cleanup().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g4_the_namespace_policy_applies_to_a_group_and_granting_it_takes_effect_live() {
+    const SELECTOR: &str = "--default-credentials-namespace-selector=vipoperator.dev/default-credentials=allowed";
+    let Some(mut env) = Env::with("group-tenancy", Needs::RealServer).await else { return };
+    let mut fleet = Fleet::new(&env);
+    let a = fleet.node(&env, 1, true).await;
+    let _op = env.operator().arg(SELECTOR).start().await;
+    create_group(&env, "web", VIP, &fleet.pool).await;
+    until("the refusal reported", Duration::from_secs(30), async || {
+        group_status(&env, "web").await.is_some_and(|s| {
+            s.members.iter().any(|m| m.reason == "LookupFailed" && m.message.contains("vipoperator.dev/default-credentials"))
+        })
+    })
+    .await;
+    assert!(env.sim.calls().is_empty(), "no cloud call for a refused namespace: {:#?}", env.sim.calls());
+    assert!(members(&env, "web").await.is_empty());
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client.clone())
+        .patch(
+            &env.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"vipoperator.dev/default-credentials": "allowed"}}})),
+        )
+        .await
+        .unwrap();
+    // Sooner than the group's own recheck (30 s): the namespace event wakes it.
+    until("bound once granted", Duration::from_secs(20), async || all_bound(&env, "web", 1).await).await;
+    assert_eq!(vip_pairs(&env), ips(&[&a]));
+    groups(&env).delete("web", &DeleteParams::default()).await.unwrap();
+    until("the group gone", Duration::from_secs(60), async || groups(&env).get_opt("web").await.unwrap().is_none()).await;
+    fleet.cleanup().await;
+    env.cleanup().await;
+}
