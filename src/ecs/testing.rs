@@ -25,6 +25,9 @@ pub enum Reply {
     /// What the state answers; then another writer replaces the named port's pairs with these,
     /// between this call and the caller's next.
     ThenOthersWrite(Vec<AddressPair>),
+    /// A port read or update: the call takes effect, then another writer replaces the port's
+    /// pairs with these before the answer is made, so the answer shows theirs.
+    OvertakenBy(Vec<AddressPair>),
     /// An ECS write's answer. The state is left as it was.
     Written(Written),
     /// A port read's or update's answer. The state is left as it was.
@@ -225,6 +228,17 @@ impl FakeCloud {
                     }
                     Outcome::Answer(answer)
                 }
+                Reply::OvertakenBy(pairs) => match from_state(&mut state) {
+                    Err(e) => Outcome::Answer(Err(e)),
+                    Ok(_) => match state.ports.get_mut(&id) {
+                        Some(port) => {
+                            port.allowed_address_pairs = pairs;
+                            let shown = format!("OvertakenBy is no answer to {op:?} {id:?}");
+                            T::fits(Reply::Port(port.clone())).map_or(Outcome::Panic(shown), |a| Outcome::Answer(Ok(a)))
+                        }
+                        None => Outcome::Answer(Err(port_not_found())),
+                    },
+                },
                 Reply::Error(e) => Outcome::Answer(Err(e)),
                 Reply::Hang => Outcome::Hang,
                 Reply::Panic(message) => Outcome::Panic(message),

@@ -176,6 +176,14 @@ impl Simulator {
         self.shared.lock().ports.after_next_read(port_id, change)
     }
 
+    /// Arms a one-shot change of `port_id`'s pairs made right after its next update lands and
+    /// before that update is answered: another writer overtaking it, so the answer shows their
+    /// list (recorded in the call's `after_read_fired`). Errors as for
+    /// [`Simulator::after_next_read`].
+    pub fn after_next_write(&self, port_id: &str, change: PairsChange) -> Result<(), PortError> {
+        self.shared.lock().ports.after_next_write(port_id, change)
+    }
+
     /// Disarms [`Simulator::after_next_read`] for the port. False when nothing was armed.
     pub fn clear_after_next_read(&self, port_id: &str) -> bool {
         self.shared.lock().ports.clear_after_next_read(port_id)

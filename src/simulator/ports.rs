@@ -20,7 +20,8 @@
 //!   (`nics` in the state) is what ECS calls said, as how Huawei links the two is not documented.
 //! - A test can act as a concurrent writer between a reader's read and its write:
 //!   [`Simulator::after_next_read`](super::Simulator::after_next_read) changes a port's pairs
-//!   right after the next read that shows it.
+//!   right after the next read that shows it; [`Simulator::after_next_write`](super::Simulator::after_next_write)
+//!   right after the next write of it lands, before that write is answered.
 //!
 //! Deliberately independent of `crate::ecs::vpc`: its own wire types, so a serialisation bug in
 //! the client's model cannot be mirrored here and "agree with itself".
@@ -291,6 +292,9 @@ pub(super) struct Ports {
     /// One-shot changes made right after the next read of a port (at most one a port, and
     /// only for ports that exist: bounded by [`MAX_PORTS`]).
     after_read: BTreeMap<String, PairsChange>,
+    /// One-shot changes made right after the next write of a port lands, before its answer is
+    /// made (another writer overtaking it; same bound).
+    after_write: BTreeMap<String, PairsChange>,
 }
 
 impl Ports {
@@ -337,6 +341,7 @@ impl Ports {
 
     pub(super) fn remove(&mut self, id: &str) -> Option<SimPort> {
         self.after_read.remove(id);
+        self.after_write.remove(id);
         self.ports.remove(id)
     }
 
@@ -348,6 +353,27 @@ impl Ports {
         change.check().map_err(PortError::InvalidPairs)?;
         self.after_read.insert(id.to_string(), change);
         Ok(())
+    }
+
+    /// Arms the one-shot change of `id`'s pairs after its next write lands.
+    pub(super) fn after_next_write(&mut self, id: &str, change: PairsChange) -> Result<(), PortError> {
+        if !self.ports.contains_key(id) {
+            return Err(PortError::NotFound(id.to_string()));
+        }
+        change.check().map_err(PortError::InvalidPairs)?;
+        self.after_write.insert(id.to_string(), change);
+        Ok(())
+    }
+
+    /// `id` was just written: its armed change happens now, once. Whether one did.
+    pub(super) fn fire_after_write(&mut self, id: &str) -> bool {
+        match (self.after_write.remove(id), self.ports.get_mut(id)) {
+            (Some(change), Some(port)) => {
+                change.apply(&mut port.allowed_address_pairs);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Disarms it. False when none was armed.
@@ -400,6 +426,7 @@ impl Ports {
         self.ports.clear();
         self.known_nics.clear();
         self.after_read.clear();
+        self.after_write.clear();
     }
 
     /// The first time the simulator hears of a NIC (an ECS call names it), the NIC's port comes

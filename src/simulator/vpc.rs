@@ -166,6 +166,10 @@ pub(super) fn update_port(inner: &mut Inner, req: &SimRequest<'_>, port_id: &str
         return Outcome::ok(json!({"port": shown.wire()})).with_late(Late { after, effect }).unless(fault);
     }
     inner.ports.set_pairs(port_id, pairs);
+    // Another writer overtaking this one, armed by a test: its list is what the answer shows.
+    if inner.ports.fire_after_write(port_id) {
+        record.after_read_fired = vec![port_id.to_string()];
+    }
     match inner.ports.get(port_id) {
         Some(port) => Outcome::ok(json!({"port": port.wire()})).unless(fault),
         None => Outcome::error(404, "VPC.2502", format!("Port {port_id} not found")),

@@ -183,26 +183,30 @@ async fn v7_a_nic_that_lost_its_source_check_is_put_back_by_the_drift_listing() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn v3_a_writer_between_our_read_and_our_write_keeps_its_change() {
+async fn v3_a_writer_that_overtakes_our_write_keeps_its_change_and_ours_is_redone_on_it() {
     let mut env = Env::new("vpc-race").await;
     let nic_ip = ports(&env);
-    // No drift rounds: this re-bind is the user's (a spec change), so its first read of the
-    // VIP port is the one the other writer follows.
+    // No drift rounds: this re-bind is the user's (a spec change).
     let _op = env.operator().arg("--resync-period").arg("0s").start().await;
     env.create("a", NIC, VIP_A, json!({"api": "VPC"})).await;
     env.wait_ready("a").await;
-    // Our pair goes missing; right after the operator's next read of the VIP port, another
-    // writer adds its own pair: the list read first is stale by the time it would be written.
+    // Our pair goes missing; right after the operator's next write of the VIP port lands,
+    // another writer replaces the list with its own (without ours), before our write is
+    // answered: the answer shows their list.
     assert!(env.sim.set_allowed_address_pairs("vip-port-a", vec![pair(FOREIGN)]));
-    env.sim.after_next_read("vip-port-a", PairsChange::Add(pair("10.99.0.2"))).unwrap();
+    let theirs = vec![pair(FOREIGN), pair("10.99.0.2")];
+    env.sim.after_next_write("vip-port-a", PairsChange::Replace(theirs)).unwrap();
+    let (reads_before, writes_before) = (reads(&env, "vip-port-a"), updates(&env, "vip-port-a"));
     env.patch_spec("a", json!({"reverseBinding": true})).await.expect("re-bind");
     until("the pair to be put back", Duration::from_secs(15), || pairs(&env, "vip-port-a").contains(&nic_ip)).await;
     let now = pairs(&env, "vip-port-a");
-    assert!(now.contains(&"10.99.0.2".to_string()), "the other writer's change was lost: {now:?}");
-    assert!(now.contains(&FOREIGN.to_string()), "{now:?}");
+    assert_eq!(now, [FOREIGN, "10.99.0.2", nic_ip.as_str()], "theirs kept, ours redone on it");
     let fired: Vec<_> = env.sim.calls().into_iter().filter(|c| !c.after_read_fired.is_empty()).collect();
     assert_eq!(fired.len(), 1, "the race happened once: {fired:#?}");
-    assert_eq!(fired[0].port_operation, Some(PortOperation::GetPort), "after a read of the port itself");
+    assert_eq!(fired[0].port_operation, Some(PortOperation::UpdatePort), "right after our write");
+    // The batch's read by the recorded ID, the overtaken write, the read-back, the write again.
+    assert_eq!(reads(&env, "vip-port-a") - reads_before, 2);
+    assert_eq!(updates(&env, "vip-port-a") - writes_before, 2);
     env.cleanup().await;
 }
 

@@ -7,13 +7,14 @@
 //! is answered, naming the binding, the project and the access key's fingerprint (never a key).
 //!
 //! Its rooms: [`gate`] (the auth gate), [`evidence`] (VPC reads that back a release), [`pairs`]
-//! (VPC binds and unbinds, one port at a time) and [`checkoff`] (who owns each NIC's
-//! `1.1.1.1/0`).
+//! (VPC binds and unbinds), [`vipport`] (each VIP port's edits, queued and coalesced into one
+//! write per batch) and [`checkoff`] (who owns each NIC's `1.1.1.1/0`).
 
 pub(crate) mod checkoff;
 pub(crate) mod evidence;
 pub(crate) mod gate;
 pub(crate) mod pairs;
+pub(crate) mod vipport;
 
 use std::sync::Arc;
 

@@ -3,11 +3,14 @@
 //! traffic passes its source check (Huawei's "update port" page; its console adds it too).
 //!
 //! Lost updates: the list is replaced whole and has no version. Writes to one port are
-//! serialised inside the operator; a list is written only when two reads in a row agree (a
-//! writer that changed the port in between is seen, and the edit starts again from its
-//! list); the port is read back after the write, and the edit is repeated (bounded) when
-//! another writer's list replaced ours. What no client can close without a version on
-//! Huawei's side is the moment between the last read and the write.
+//! serialised inside the operator: a NIC's port under its lock, a VIP port by its VIP's queue
+//! ([`crate::controller::cloud::vipport`], which also coalesces the edits of many bindings into
+//! one write). A list is built from one read made under that serialisation and written once;
+//! the write's answer (the port as stored) is the read-back, and the port is read again, and the
+//! edit redone on what it holds, only when the answer does not show the edit (bounded). What no
+//! client can close without a version on Huawei's side is the moment between the read and the
+//! write; an extra read right before the write (the rule before) did not close it, only moved
+//! it, for one more call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,12 +21,12 @@ use crate::ecs::vpc::{AddressPair, MAX_PAGE, PortFilter, VIP_PORT_OWNER, VpcApi}
 use crate::ecs::{CloudTarget, EcsError, ErrorClass};
 
 use crate::controller::cloud::checkoff::{CheckOffLedger, Cleanup};
+use crate::controller::cloud::vipport::{Change, Done, Failed, Vip, VipPorts};
 use crate::controller::state::key::ObjectKey;
 
 /// What the NIC's port carries to let traffic for other addresses through (source check off).
 pub const SOURCE_CHECK_OFF: &str = "1.1.1.1/0";
-/// Read-modify-write rounds on one port before giving up for this reconcile.
-const MAX_ROUNDS: usize = 4;
+pub use crate::controller::cloud::vipport::MAX_ROUNDS;
 /// Pages of one project's VIP ports read at most (2,000 each): a listing that never ends (a
 /// server that ignores the marker) is an error, not a loop.
 pub const MAX_LIST_PAGES: usize = 100;
@@ -208,7 +211,7 @@ pub trait NicUsers: Sync {
     fn before_check_off<'a>(&'a self, record: &'a PairsRecord) -> BoxFuture<'a, Result<(), String>>;
 }
 
-/// How an edit went.
+/// How an edit of the NIC's port went.
 #[derive(Debug)]
 enum Edit {
     /// The port already was as wanted: nothing was written.
@@ -221,17 +224,30 @@ enum Edit {
 /// Runs once, right before an edit's first write (see [`NicUsers::before_check_off`]).
 type BeforeWrite<'a> = Option<BoxFuture<'a, Result<(), PairsError>>>;
 
-/// VPC binds and unbinds, with writes to each port serialised.
+/// What the NIC's half of a bind found and did, under the NIC's lock.
+struct NicHalf {
+    nic_ip: String,
+    mac: Option<String>,
+    /// The VIP's port, when known before the VIP's edit (recorded, or found before turning the
+    /// NIC's check off).
+    vip_port_id: Option<String>,
+    edit: Edit,
+}
+
+/// VPC binds and unbinds: the NIC's port edited under its lock, the VIP port's edits queued and
+/// coalesced per VIP ([`vipport`]).
 pub struct PortPairs {
     api: Arc<dyn VpcApi>,
+    /// One per NIC port being edited.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    vips: VipPorts,
     /// Who needs each NIC's check off, and which this process turned off.
     ledger: CheckOffLedger,
 }
 
 impl PortPairs {
     pub fn new(api: Arc<dyn VpcApi>) -> Self {
-        Self { api, locks: Mutex::default(), ledger: CheckOffLedger::default() }
+        Self { vips: VipPorts::new(api.clone()), api, locks: Mutex::default(), ledger: CheckOffLedger::default() }
     }
 
     pub fn ledger(&self) -> &CheckOffLedger {
@@ -269,11 +285,67 @@ impl PortPairs {
         recorded: &Recorded,
         users: &dyn NicUsers,
     ) -> Result<BoundPairs, PairsFailure> {
-        // A VIP's port keeps its ID: a re-bind (drift) reads it directly instead of listing.
-        let vip_port_id = match &recorded.vip_port_id {
-            Some(id) => id.clone(),
-            None => self.find_vip_port(target, t).await?,
+        let lock = self.lock_for(t.nic_id);
+        let held = lock.lock().await;
+        let half = self.nic_half_of_bind(target, t, recorded, users).await;
+        // The entry is the operator's once a write of it may have landed (not on a refusal).
+        let wrote = |h: &Result<NicHalf, PairsFailure>| match h {
+            Ok(h) => matches!(h.edit, Edit::Written),
+            Err(f) => f.wrote_nic,
         };
+        if wrote(&half) {
+            self.ledger.mark_added(t.nic_id);
+        }
+        // Read under the lock: a binding bound on this NIC before us may have added it.
+        let inherited = self.ledger.added(t.nic_id) || users.added_by_another();
+        drop(held);
+        self.forget_unused(t.nic_id, lock);
+        let NicHalf { nic_ip, mac, vip_port_id, edit } = half?;
+        let (added, wrote_nic) = match edit {
+            Edit::Written => (true, true),
+            Edit::AlreadyThere => (recorded.source_check_off_added || inherited, false),
+            // The NIC's port went away since it was read.
+            Edit::PortGone(gone) => return Err(cloud(gone)),
+        };
+        let vip = Vip { network: t.network_id, address: t.vip, port_hint: vip_port_id.as_deref() };
+        let answer = self.vips.submit(target, vip, Change::Add { ip: nic_ip.clone(), mac }).await;
+        let record = |id: Option<String>| {
+            id.map(|vip_port_id| PairsRecord { vip_port_id, nic_ip: nic_ip.clone(), source_check_off_added: added })
+        };
+        let port_id = answer.port_id.or(vip_port_id);
+        let may_have_applied = answer.may_have_applied;
+        let error = match answer.result {
+            Ok(done @ (Done::Written | Done::AlreadyThere | Done::Found)) => {
+                let wrote_vip = matches!(done, Done::Written);
+                let Some(record) = record(port_id) else {
+                    // Every answer past the batch's read names the port.
+                    return Err(PairsFailure {
+                        error: PairsError::Cloud(EcsError::InvalidRequest("the VIP port's edit named no port".into())),
+                        partial: None,
+                        may_have_applied,
+                        wrote_nic,
+                    });
+                };
+                return Ok(BoundPairs { record, wrote_vip, wrote_nic });
+            }
+            Ok(Done::PortGone) | Err(Failed::NotFound) => {
+                PairsError::VipNotFound { vip: t.vip.into(), network: t.network_id.into() }
+            }
+            Err(failed) => vip_error(t, failed),
+        };
+        Err(PairsFailure { error, partial: record(port_id), may_have_applied, wrote_nic })
+    }
+
+    /// Under the NIC's lock: one read of the NIC's port (its IP, MAC, network and pairs), and,
+    /// when it lacks `1.1.1.1/0`, the VIP's port made sure of (nothing is turned off for a VIP
+    /// that does not exist), the intent recorded, and one write.
+    async fn nic_half_of_bind(
+        &self,
+        target: &CloudTarget,
+        t: &PairsTarget<'_>,
+        recorded: &Recorded,
+        users: &dyn NicUsers,
+    ) -> Result<NicHalf, PairsFailure> {
         let nic = self.api.get_port(target, t.nic_id).await.map_err(cloud)?;
         let nic_ip = nic
             .fixed_ips
@@ -283,63 +355,47 @@ impl PortPairs {
             .map(|ip| ip.ip_address.clone())
             .ok_or_else(|| PairsError::NicOutsideNetwork { nic: t.nic_id.into(), network: t.network_id.into() })?;
         let mac = (t.with_mac && !nic.mac_address.is_empty()).then(|| nic.mac_address.clone());
-        let check_off = |pairs: &[AddressPair]| {
-            (!pairs.iter().any(|p| p.ip_address == SOURCE_CHECK_OFF)).then(|| {
+        if has_check_off(&nic.allowed_address_pairs) {
+            let vip_port_id = recorded.vip_port_id.clone();
+            return Ok(NicHalf { nic_ip, mac, vip_port_id, edit: Edit::AlreadyThere });
+        }
+        let vip_port_id = match &recorded.vip_port_id {
+            Some(id) => id.clone(),
+            None => self.find_vip_port(target, t).await?,
+        };
+        let intent =
+            PairsRecord { vip_port_id: vip_port_id.clone(), nic_ip: nic_ip.clone(), source_check_off_added: true };
+        let before: BeforeWrite<'_> = Some(Box::pin(async {
+            users.before_check_off(&intent).await.map_err(|why| PairsError::NotRecorded { why })
+        }));
+        let add = |pairs: &[AddressPair]| {
+            (!has_check_off(pairs)).then(|| {
                 let mut next = pairs.to_vec();
                 next.push(AddressPair { ip_address: SOURCE_CHECK_OFF.into(), mac_address: None });
                 next
             })
         };
-        let intent =
-            PairsRecord { vip_port_id: vip_port_id.clone(), nic_ip: nic_ip.clone(), source_check_off_added: true };
-        let lock = self.lock_for(t.nic_id);
-        let held = lock.lock().await;
-        let before: BeforeWrite<'_> = Some(Box::pin(async {
-            users.before_check_off(&intent).await.map_err(|why| PairsError::NotRecorded { why })
-        }));
-        let nic_edit = self.edit_locked(target, t.nic_id, &check_off, before).await;
-        // The entry is the operator's once a write of it may have landed (not on a refusal).
-        if matches!(&nic_edit, Ok(Edit::Written)) || nic_edit.as_ref().is_err_and(PairsError::may_have_written) {
-            self.ledger.mark_added(t.nic_id);
-        }
-        // Read under the lock: a binding bound on this NIC before us may have added it.
-        let inherited = self.ledger.added(t.nic_id) || users.added_by_another();
-        drop(held);
-        self.forget_unused(t.nic_id, lock);
-        let added = match nic_edit {
-            Ok(Edit::Written) => true,
-            Ok(Edit::AlreadyThere) => recorded.source_check_off_added || inherited,
-            // The NIC's port went away since it was read above.
-            Ok(Edit::PortGone(gone)) => return Err(cloud(gone)),
-            Err(e) => {
-                let wrote_nic = e.may_have_written();
-                let partial = wrote_nic.then(|| PairsRecord { source_check_off_added: true, ..intent.clone() });
-                return Err(PairsFailure { may_have_applied: false, wrote_nic, partial, error: e });
-            }
-        };
-        let wrote_nic = matches!(nic_edit, Ok(Edit::Written));
-        let record =
-            PairsRecord { vip_port_id: vip_port_id.clone(), nic_ip: nic_ip.clone(), source_check_off_added: added };
-        let add_ip = |pairs: &[AddressPair]| {
-            (!pairs.iter().any(|p| p.ip_address == nic_ip)).then(|| {
-                let mut next = pairs.to_vec();
-                next.push(AddressPair { ip_address: nic_ip.clone(), mac_address: mac.clone() });
-                next
-            })
-        };
-        match self.edit(target, &vip_port_id, add_ip).await {
-            Ok(Edit::Written) => Ok(BoundPairs { record, wrote_vip: true, wrote_nic }),
-            Ok(Edit::AlreadyThere) => Ok(BoundPairs { record, wrote_vip: false, wrote_nic }),
-            Ok(Edit::PortGone(_)) => Err(PairsFailure {
-                error: PairsError::VipNotFound { vip: t.vip.into(), network: t.network_id.into() },
-                partial: Some(record),
-                may_have_applied: false,
-                wrote_nic,
-            }),
+        match self.edit_nic_locked(target, t.nic_id, Some(nic.allowed_address_pairs), &add, before).await {
+            Ok(edit) => Ok(NicHalf { nic_ip, mac, vip_port_id: Some(vip_port_id), edit }),
             Err(error) => {
-                let may_have_applied = error.may_have_written();
-                Err(PairsFailure { error, partial: Some(record), may_have_applied, wrote_nic })
+                let wrote_nic = error.may_have_written();
+                let partial = wrote_nic.then(|| intent.clone());
+                Err(PairsFailure { error, partial, may_have_applied: false, wrote_nic })
             }
+        }
+    }
+
+    /// The VIP's port, checked (one port with the address in the network, a VIP port), through
+    /// the VIP's queue: binds on many NICs of one VIP share one listing.
+    async fn find_vip_port(&self, target: &CloudTarget, t: &PairsTarget<'_>) -> Result<String, PairsFailure> {
+        let vip = Vip { network: t.network_id, address: t.vip, port_hint: None };
+        let answer = self.vips.submit(target, vip, Change::Find).await;
+        match (answer.result, answer.port_id) {
+            (Ok(_), Some(id)) => Ok(id),
+            (Ok(_), None) | (Err(Failed::NotFound), _) => {
+                Err(PairsError::VipNotFound { vip: t.vip.into(), network: t.network_id.into() }.into())
+            }
+            (Err(failed), _) => Err(vip_error(t, failed).into()),
         }
     }
 
@@ -373,22 +429,19 @@ impl PortPairs {
                 }
             }
         };
-        let vip_port_id = match &recorded.vip_port_id {
-            Some(id) => id.clone(),
-            None => self.find_vip_port(target, t).await?,
-        };
-        let remove = |pairs: &[AddressPair]| {
-            pairs
-                .iter()
-                .any(|p| p.ip_address == nic_ip)
-                .then(|| pairs.iter().filter(|p| p.ip_address != nic_ip).cloned().collect())
-        };
-        let outcome = match self.edit(target, &vip_port_id, remove).await {
-            Ok(Edit::Written) => Unbound::Removed { vip_port_id },
-            Ok(Edit::AlreadyThere) => Unbound::NotThere { vip_port_id },
-            Ok(Edit::PortGone(_)) => Unbound::VipGone { vip_port_id },
-            Err(error) => {
-                let may_have_applied = error.may_have_written();
+        let vip = Vip { network: t.network_id, address: t.vip, port_hint: recorded.vip_port_id.as_deref() };
+        let answer = self.vips.submit(target, vip, Change::Remove { ip: nic_ip.clone() }).await;
+        let vip_port_id = answer.port_id.or_else(|| recorded.vip_port_id.clone()).unwrap_or_default();
+        let outcome = match answer.result {
+            Ok(Done::Written) => Unbound::Removed { vip_port_id },
+            Ok(Done::AlreadyThere | Done::Found) => Unbound::NotThere { vip_port_id },
+            Ok(Done::PortGone) => Unbound::VipGone { vip_port_id },
+            Err(failed) => {
+                let error = match failed {
+                    Failed::NotFound => PairsError::VipNotFound { vip: t.vip.into(), network: t.network_id.into() },
+                    failed => vip_error(t, failed),
+                };
+                let may_have_applied = answer.may_have_applied;
                 return Err(PairsFailure { error, partial: None, may_have_applied, wrote_nic: false });
             }
         };
@@ -460,7 +513,8 @@ impl PortPairs {
 
     /// The last step of taking a NIC's check-off away, under its lock: nothing the bindings
     /// know of needs it (`still_needed` false), and no VIP port in its network lets its IP
-    /// through (the cloud's word: another operator's binding, a late write).
+    /// through (the cloud's word: another operator's binding, a late write). One listing of the
+    /// network's ports shows both that and the NIC's own pairs, read now, under the lock.
     async fn remove_check_off_locked(
         &self,
         target: &CloudTarget,
@@ -470,26 +524,26 @@ impl PortPairs {
         if still_needed {
             return Ok(CheckOff::StillNeeded);
         }
-        match self.vip_pairs_in(target, network).await {
-            Ok(seen) => {
-                if let Some(port) = seen.iter().find(|(_, ips)| ips.contains(nic_ip)).map(|(id, _)| id) {
+        let nic_pairs = match self.network_ports_of(target, network, nic).await {
+            Ok((vips, nic_pairs)) => {
+                if let Some(port) = vips.iter().find(|(_, ips)| ips.contains(nic_ip)).map(|(id, _)| id) {
                     return Ok(CheckOff::StillPaired { vip_port_id: port.clone() });
                 }
+                // Not in the listing: its absence proves nothing, so the port is read.
+                nic_pairs
             }
             // Credentials that may not list: the bindings' word alone, as before listings.
             Err(e) if e.class() == ErrorClass::Auth => {
-                tracing::debug!(nic, error = %e, "cannot list VIP ports; deciding the NIC's check-off from the bindings alone");
+                tracing::debug!(nic, error = %e, "cannot list the network's ports; deciding the NIC's check-off from the bindings alone");
+                None
             }
             Err(e) => return Err(cloud(e)),
-        }
+        };
         let remove_check_off = |pairs: &[AddressPair]| {
-            pairs
-                .iter()
-                .any(|p| p.ip_address == SOURCE_CHECK_OFF)
-                .then(|| pairs.iter().filter(|p| p.ip_address != SOURCE_CHECK_OFF).cloned().collect())
+            has_check_off(pairs).then(|| pairs.iter().filter(|p| p.ip_address != SOURCE_CHECK_OFF).cloned().collect())
         };
         // The VIP is off the NIC already; a NIC that is gone needs nothing more.
-        match self.edit_locked(target, nic, &remove_check_off, None).await {
+        match self.edit_nic_locked(target, nic, nic_pairs, &remove_check_off, None).await {
             Ok(Edit::Written) => {
                 self.ledger.mark_removed(nic);
                 Ok(CheckOff::Removed)
@@ -502,24 +556,30 @@ impl PortPairs {
         }
     }
 
-    /// The VIP ports of one network with the addresses each lets through: one listing
-    /// (filtered by `device_owner`, [`MAX_PAGE`] ports a page).
-    pub async fn vip_pairs_in(&self, target: &CloudTarget, network: &str) -> Result<VipPairs, EcsError> {
-        let filter = PortFilter {
-            device_owner: Some(VIP_PORT_OWNER.into()),
-            network_id: Some(network.to_string()),
-            limit: MAX_PAGE,
-            ..PortFilter::default()
-        };
-        let mut all = VipPairs::new();
+    /// One listing of a network's ports: the VIP ports with the addresses they let through, and
+    /// `nic`'s own pairs (`None` when the listing does not show it).
+    async fn network_ports_of(
+        &self,
+        target: &CloudTarget,
+        network: &str,
+        nic: &str,
+    ) -> Result<(VipPairs, Option<Vec<AddressPair>>), EcsError> {
+        let filter = PortFilter { network_id: Some(network.into()), limit: MAX_PAGE, ..PortFilter::default() };
+        let mut vips = VipPairs::new();
+        let mut nic_pairs = None;
         self.list_all(target, filter, |port| {
-            // The filters are the server's; the answer is checked, not trusted.
-            if port.device_owner == VIP_PORT_OWNER && (port.network_id.is_empty() || port.network_id == network) {
-                all.insert(port.id, port.allowed_address_pairs.into_iter().map(|p| p.ip_address).collect());
+            // The filter is the server's; the answer is checked, not trusted.
+            if !(port.network_id.is_empty() || port.network_id == network) {
+                return;
+            }
+            if port.device_owner == VIP_PORT_OWNER {
+                vips.insert(port.id, port.allowed_address_pairs.into_iter().map(|p| p.ip_address).collect());
+            } else if port.id == nic {
+                nic_pairs = Some(port.allowed_address_pairs);
             }
         })
         .await?;
-        Ok(all)
+        Ok((vips, nic_pairs))
     }
 
     /// Every port of one network: the VIP ports with the addresses they let through, and the
@@ -536,7 +596,7 @@ impl PortPairs {
             if port.device_owner == VIP_PORT_OWNER {
                 all.vips.insert(port.id, port.allowed_address_pairs.into_iter().map(|p| p.ip_address).collect());
             } else {
-                let off = port.allowed_address_pairs.iter().any(|p| p.ip_address == SOURCE_CHECK_OFF);
+                let off = has_check_off(&port.allowed_address_pairs);
                 all.nics.insert(port.id, off);
             }
         })
@@ -568,107 +628,55 @@ impl PortPairs {
         Err(EcsError::InvalidRequest(format!("the port listing ran past {MAX_LIST_PAGES} pages")))
     }
 
-    /// The VIP's port: the one port with the VIP's address in the network, a VIP port.
-    async fn find_vip_port(&self, target: &CloudTarget, t: &PairsTarget<'_>) -> Result<String, PairsFailure> {
-        let filter = PortFilter {
-            network_id: Some(t.network_id.into()),
-            ip_address: Some(t.vip.into()),
-            ..PortFilter::default()
-        };
-        let ports = match self.api.list_ports(target, &filter).await {
-            Ok(ports) => ports,
-            // A listing's 404 says nothing about any one port (and never that the NIC is gone).
-            Err(e) if e.class() == ErrorClass::Gone => {
-                return Err(PairsError::VipNotFound { vip: t.vip.into(), network: t.network_id.into() }.into());
-            }
-            Err(e) => return Err(cloud(e)),
-        };
-        // The filter is the server's; the answer is checked, not trusted.
-        let mut matching = ports.into_iter().filter(|p| p.fixed_ips.iter().any(|ip| ip.ip_address == t.vip));
-        let Some(port) = matching.next() else {
-            return Err(PairsError::VipNotFound { vip: t.vip.into(), network: t.network_id.into() }.into());
-        };
-        let rest = matching.count();
-        if rest > 0 {
-            return Err(PairsError::Ambiguous {
-                vip: t.vip.into(),
-                network: t.network_id.into(),
-                count: rest.saturating_add(1),
-            }
-            .into());
-        }
-        if port.device_owner != VIP_PORT_OWNER {
-            return Err(PairsError::NotAVip { vip: t.vip.into(), port_id: port.id, owner: port.device_owner }.into());
-        }
-        Ok(port.id)
-    }
-
-    /// Read-modify-write of one port's pairs under its lock. `change` returns the new list, or
-    /// `None` when the port already is as wanted.
-    async fn edit(
+    /// Read-modify-write of a NIC port's pairs; the caller holds the NIC's lock. `read` is a
+    /// read made under that lock (`None`: read it now). `change` returns the new list, or `None`
+    /// when the port already is as wanted. The write's answer (the port as stored) is the
+    /// read-back; only when it does not show the change is the port read again, and the edit
+    /// redone on what it holds (bounded).
+    async fn edit_nic_locked(
         &self,
         target: &CloudTarget,
         port_id: &str,
-        change: impl Fn(&[AddressPair]) -> Option<Vec<AddressPair>>,
-    ) -> Result<Edit, PairsError> {
-        let lock = self.lock_for(port_id);
-        let held = lock.lock().await;
-        let result = self.edit_locked(target, port_id, &change, None).await;
-        drop(held);
-        self.forget_unused(port_id, lock);
-        result
-    }
-
-    async fn edit_locked(
-        &self,
-        target: &CloudTarget,
-        port_id: &str,
+        read: Option<Vec<AddressPair>>,
         change: &impl Fn(&[AddressPair]) -> Option<Vec<AddressPair>>,
         mut before_write: BeforeWrite<'_>,
     ) -> Result<Edit, PairsError> {
-        // `Ok(Err(gone))`: the port does not exist; other failures end the edit.
-        let read = |what| async move {
-            match self.api.get_port(target, port_id).await {
-                Ok(port) => Ok(Ok(port.allowed_address_pairs)),
-                Err(e) if e.class() == ErrorClass::Gone => Ok(Err(e)),
-                Err(e) => {
-                    tracing::debug!(port = port_id, error = %e, "reading the port {what} failed");
-                    Err(PairsError::Cloud(e))
-                }
-            }
-        };
         let mut written = false;
-        // A read that fails after our write landed must not make the edit look unwritten.
-        let after_write = |written: bool, e: PairsError| match e {
-            PairsError::Cloud(last) if written && !last.may_have_applied() => PairsError::Cloud(EcsError::Uncertain {
+        // A read that fails after our write was answered must not make the edit look unwritten.
+        let after_write = |written: bool, last: EcsError| match last {
+            last if written && !last.may_have_applied() => PairsError::Cloud(EcsError::Uncertain {
                 last: Box::new(last),
-                earlier: format!("a write to port {port_id} was answered before this read"),
+                earlier: format!("a write to port {port_id} was answered before this call"),
             }),
-            e => e,
+            last => PairsError::Cloud(last),
+        };
+        let mut pairs = match read {
+            Some(pairs) => pairs,
+            None => match self.api.get_port(target, port_id).await {
+                Ok(port) => port.allowed_address_pairs,
+                Err(e) if e.class() == ErrorClass::Gone => return Ok(Edit::PortGone(e)),
+                Err(e) => return Err(PairsError::Cloud(e)),
+            },
         };
         for _ in 0..MAX_ROUNDS {
-            let first = match read("before an edit").await.map_err(|e| after_write(written, e))? {
-                Ok(pairs) => pairs,
-                Err(gone) => return Ok(Edit::PortGone(gone)),
-            };
-            let Some(next) = change(&first) else {
+            let Some(next) = change(&pairs) else {
                 return Ok(if written { Edit::Written } else { Edit::AlreadyThere });
             };
-            // Written only when a second read agrees with the one the list was built from.
-            let second = match read("right before the write").await.map_err(|e| after_write(written, e))? {
-                Ok(pairs) => pairs,
-                Err(gone) => return Ok(Edit::PortGone(gone)),
-            };
-            if second != first {
-                tracing::debug!(port = port_id, "the port changed between two reads; building the list again");
-                continue;
-            }
             if let Some(before) = before_write.take() {
                 before.await?;
             }
-            self.api.update_pairs(target, port_id, &next).await.map_err(PairsError::Cloud)?;
+            let answer = self.api.update_pairs(target, port_id, &next).await.map_err(|e| after_write(written, e))?;
             written = true;
-            // The next round's first read is the read-back: done if it shows the change.
+            if change(&answer.allowed_address_pairs).is_none() {
+                return Ok(Edit::Written);
+            }
+            // Another writer's list replaced ours: read it, and redo the change on it.
+            tracing::debug!(port = port_id, "the port's answer does not show the change; reading it again");
+            pairs = match self.api.get_port(target, port_id).await {
+                Ok(port) => port.allowed_address_pairs,
+                Err(e) if e.class() == ErrorClass::Gone => return Ok(Edit::PortGone(e)),
+                Err(e) => return Err(after_write(written, e)),
+            };
         }
         Err(PairsError::Contended { port_id: port_id.into(), wrote: written })
     }
@@ -685,6 +693,21 @@ impl PortPairs {
         if locks.get(port_id).is_some_and(|l| Arc::strong_count(l) == 1) {
             locks.remove(port_id);
         }
+    }
+}
+
+fn has_check_off(pairs: &[AddressPair]) -> bool {
+    pairs.iter().any(|p| p.ip_address == SOURCE_CHECK_OFF)
+}
+
+/// A VIP batch's failure as this binding's.
+fn vip_error(t: &PairsTarget<'_>, failed: Failed) -> PairsError {
+    match failed {
+        Failed::NotFound => PairsError::VipNotFound { vip: t.vip.into(), network: t.network_id.into() },
+        Failed::NotAVip { port_id, owner } => PairsError::NotAVip { vip: t.vip.into(), port_id, owner },
+        Failed::Ambiguous { count } => PairsError::Ambiguous { vip: t.vip.into(), network: t.network_id.into(), count },
+        Failed::Cloud(e) => PairsError::Cloud(e),
+        Failed::Contended { port_id, wrote } => PairsError::Contended { port_id, wrote },
     }
 }
 
@@ -853,20 +876,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_writer_between_our_read_and_our_write_keeps_its_change() {
+    async fn another_writer_replacing_our_list_right_after_our_write_is_seen_and_our_edit_redone_on_theirs() {
         let (cloud, pairs) = setup(&["10.0.0.9"], &[SOURCE_CHECK_OFF]);
-        // Right after our first read of the VIP port, someone adds 10.0.0.44.
-        cloud.script(
-            Operation::GetPort,
-            "vip-port",
-            [Reply::ThenOthersWrite(vec![pair("10.0.0.9"), pair("10.0.0.44")])],
+        // Our write lands, then someone writes their own list (without ours, and without .9)
+        // before the answer: the answer shows theirs.
+        cloud.script(Operation::UpdatePort, "vip-port", [Reply::OvertakenBy(vec![pair("10.0.0.44")])]);
+        let bound = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap();
+        assert!(bound.wrote_vip);
+        assert_eq!(cloud.pairs("vip-port"), ["10.0.0.44", NIC_IP], "theirs kept, ours redone on it");
+        // NIC read, the VIP's listing, write (overtaken), read-back, write again.
+        assert_eq!(
+            ops(&cloud),
+            ["GetPort nic-1", "ListPorts ", "UpdatePort vip-port", "GetPort vip-port", "UpdatePort vip-port"]
         );
-        pairs
-            .bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default())
-            .await
-            .map(|b| (b.record, b.wrote_vip))
-            .unwrap();
-        assert_eq!(cloud.pairs("vip-port"), ["10.0.0.9", "10.0.0.44", NIC_IP]);
     }
 
     #[tokio::test]
@@ -888,16 +910,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writers_that_never_stop_leave_the_port_untouched_and_say_so() {
+    async fn writers_that_replace_our_list_after_every_write_end_contended_with_a_write_on_record() {
         let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
-        // Every read is followed by another writer's change, so no two reads ever agree.
-        let others = (0..2 * MAX_ROUNDS).map(|i| Reply::ThenOthersWrite(vec![pair(&format!("10.0.1.{i}"))]));
-        cloud.script(Operation::GetPort, "vip-port", others);
+        // Every write of ours is replaced by another writer's list before it is answered.
+        let others = (0..MAX_ROUNDS).map(|i| Reply::OvertakenBy(vec![pair(&format!("10.0.1.{i}"))]));
+        cloud.script(Operation::UpdatePort, "vip-port", others);
         let failure =
             pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
-        assert!(matches!(failure.error, PairsError::Contended { wrote: false, .. }), "{failure:?}");
-        assert!(!failure.may_have_applied);
-        assert_eq!(cloud.calls().iter().filter(|c| c.op() == Operation::UpdatePort && c.id() == "vip-port").count(), 0);
+        assert!(matches!(failure.error, PairsError::Contended { wrote: true, .. }), "{failure:?}");
+        assert!(failure.may_have_applied, "our writes were answered");
+        assert_eq!(failure.partial.as_ref().map(|r| r.vip_port_id.as_str()), Some("vip-port"));
+        let vip_writes =
+            cloud.calls().iter().filter(|c| c.op() == Operation::UpdatePort && c.id() == "vip-port").count();
+        assert_eq!(vip_writes, MAX_ROUNDS, "bounded");
+        assert!(cloud.all_answered(Operation::UpdatePort));
     }
 
     #[tokio::test]
@@ -1067,14 +1093,18 @@ mod tests {
     #[tokio::test]
     async fn a_write_whose_read_back_is_refused_still_counts_as_written() {
         let (cloud, pairs) = setup(&[], &[]);
-        // The NIC is read for its IP, then twice before the write; the read-back is throttled.
+        // The NIC's write is answered with another writer's list (no check-off), and the
+        // read-back that follows is throttled.
         let throttled = crate::ecs::error::coded(429, "APIGW.0308");
-        cloud.script(Operation::GetPort, NIC, [Reply::State, Reply::State, Reply::State, Reply::Error(throttled)]);
+        cloud.script(Operation::UpdatePort, NIC, [Reply::OvertakenBy(vec![])]);
+        cloud.script(Operation::GetPort, NIC, [Reply::State, Reply::Error(throttled)]);
         let f = pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap_err();
-        assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF], "the write landed");
+        assert!(cloud.all_answered(Operation::GetPort), "the read-back was made");
         assert!(f.wrote_nic, "a refused read-back does not unwrite it: {f:?}");
+        assert!(matches!(&f.error, PairsError::Cloud(EcsError::Uncertain { .. })), "{f:?}");
         assert!(f.partial.as_ref().is_some_and(|r| r.source_check_off_added));
         assert!(pairs.ledger().added(NIC) && !pairs.ledger().is_empty());
+        assert_eq!(cloud.count(Operation::UpdatePort), 1, "the VIP port was not written");
     }
 
     #[tokio::test]
@@ -1096,5 +1126,216 @@ mod tests {
             .map(|b| (b.record, b.wrote_vip))
             .unwrap();
         assert!(pairs.locks.lock().unwrap().is_empty());
+        assert_eq!(pairs.vips.queued(), 0, "the VIP's queue went with its last edit");
+    }
+
+    /// Every call so far, as `Operation id`.
+    fn ops(cloud: &FakeCloud) -> Vec<String> {
+        cloud.calls().iter().map(|c| format!("{:?} {}", c.op(), c.id())).collect()
+    }
+
+    fn nic(i: usize) -> (String, String) {
+        (format!("nic-{i:03}"), format!("10.0.1.{i}"))
+    }
+
+    /// `n` more NICs in the network, with or without the check-off.
+    fn add_nics(cloud: &FakeCloud, n: usize, check_off: bool) {
+        for i in 0..n {
+            let (id, ip) = nic(i);
+            let pairs: &[&str] = if check_off { &[SOURCE_CHECK_OFF] } else { &[] };
+            cloud.put_port(port(&id, "compute:az1", &ip, pairs));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lone_bind_makes_three_calls_or_five_when_it_turns_the_check_off() {
+        let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
+        pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap();
+        // The NIC's read; the VIP's listing is the VIP port's read; one write.
+        assert_eq!(ops(&cloud), ["GetPort nic-1", "ListPorts ", "UpdatePort vip-port"]);
+
+        let (cloud, pairs) = setup(&[], &[]);
+        pairs.bind(&target(), &t(), (&who(), &Recorded::default()), &Others::default()).await.unwrap();
+        // The VIP is made sure of before the NIC's check goes off; the VIP port is then read
+        // by the ID found, under its queue.
+        assert_eq!(
+            ops(&cloud),
+            ["GetPort nic-1", "ListPorts ", "UpdatePort nic-1", "GetPort vip-port", "UpdatePort vip-port"]
+        );
+        assert_eq!(cloud.pairs(NIC), [SOURCE_CHECK_OFF]);
+        assert_eq!(cloud.pairs("vip-port"), [NIC_IP]);
+    }
+
+    #[tokio::test]
+    async fn a_rebind_with_a_recorded_port_reads_it_by_id_and_a_lone_unbind_makes_four_calls() {
+        let (cloud, pairs) = setup(&[], &[]);
+        let recorded = recorded(true);
+        pairs.bind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
+        assert_eq!(ops(&cloud), ["GetPort nic-1", "UpdatePort nic-1", "GetPort vip-port", "UpdatePort vip-port"]);
+        // Bound already: two reads.
+        let before = cloud.calls().len();
+        let bound = pairs.bind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
+        assert!(!bound.wrote_vip && !bound.wrote_nic);
+        assert_eq!(ops(&cloud)[before..], ["GetPort nic-1", "GetPort vip-port"]);
+        // The unbind: the VIP port's read and write, one listing of the network (other VIP
+        // ports' pairs and the NIC's own), the NIC's write.
+        let before = cloud.calls().len();
+        let (out, check) = pairs.unbind(&target(), &t(), (&who(), &recorded), &Others::default()).await.unwrap();
+        assert_eq!((out, check), (Unbound::Removed { vip_port_id: "vip-port".into() }, CheckOff::Removed));
+        assert_eq!(
+            ops(&cloud)[before..],
+            ["GetPort vip-port", "UpdatePort vip-port", "ListPorts ", "UpdatePort nic-1"]
+        );
+        assert!(cloud.pairs(NIC).is_empty() && cloud.pairs("vip-port").is_empty());
+    }
+
+    #[tokio::test]
+    async fn many_nics_binding_one_vip_at_once_make_one_write_to_its_port() {
+        const N: usize = 50;
+        let (cloud, pairs) = setup(&["10.0.0.9"], &[]);
+        add_nics(&cloud, N, false);
+        let keys: Vec<ObjectKey> = (0..N).map(|i| ObjectKey::from(format!("uid-{i}").as_str())).collect();
+        let targets: Vec<PairsTarget<'_>> = (0..N).map(|_| t()).collect();
+        let ids: Vec<String> = (0..N).map(|i| nic(i).0).collect();
+        let others = Others::default();
+        let binds = (0..N).map(|i| {
+            let t = PairsTarget { nic_id: &ids[i], ..targets[i].clone() };
+            let (pairs, others, key) = (&pairs, &others, &keys[i]);
+            async move { pairs.bind(&target(), &t, (key, &Recorded::default()), others).await }
+        });
+        let results = futures::future::join_all(binds).await;
+        for (i, r) in results.iter().enumerate() {
+            let bound = r.as_ref().unwrap_or_else(|f| panic!("{i}: {f:?}"));
+            assert!(bound.wrote_nic && bound.record.source_check_off_added, "{i}");
+        }
+        let mut want: Vec<String> = std::iter::once("10.0.0.9".to_string()).chain((0..N).map(|i| nic(i).1)).collect();
+        let mut got = cloud.pairs("vip-port");
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "every member bound, the other pair kept");
+        let vip_writes =
+            cloud.calls().iter().filter(|c| c.op() == Operation::UpdatePort && c.id() == "vip-port").count();
+        assert_eq!(vip_writes, 1, "one write for the whole batch");
+        assert_eq!(cloud.count(Operation::ListPorts), 1, "one listing found the VIP for all");
+        assert_eq!(cloud.count(Operation::UpdatePort), N + 1, "one write per NIC that lacked the check-off");
+        assert_eq!(pairs.vips.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_bind_and_an_unbind_of_one_vip_share_a_batch() {
+        let (tg, me, o) = (target(), who(), Others::default());
+        let t_ = t();
+        let none_ = Recorded::default();
+        let (cloud, pairs) = setup(&["10.0.1.0", "10.0.0.9"], &[SOURCE_CHECK_OFF]);
+        add_nics(&cloud, 1, true);
+        let (nic0, ip0) = nic(0);
+        let gone = PairsTarget { nic_id: &nic0, ..t() };
+        let recorded0 =
+            Recorded { vip_port_id: Some("vip-port".into()), nic_ip: Some(ip0.clone()), source_check_off_added: false };
+        let b = ObjectKey::from("uid-b");
+        let (bound, unbound) =
+            tokio::join!(pairs.bind(&tg, &t_, (&me, &none_), &o), pairs.unbind(&tg, &gone, (&b, &recorded0), &o),);
+        assert!(bound.unwrap().wrote_vip);
+        assert_eq!(unbound.unwrap(), (Unbound::Removed { vip_port_id: "vip-port".into() }, CheckOff::NotOurs));
+        assert_eq!(cloud.pairs("vip-port"), ["10.0.0.9", NIC_IP]);
+        // The unbind knew the port's ID: the batch read it by ID, and no listing was needed.
+        assert_eq!(ops(&cloud), ["GetPort nic-1", "GetPort vip-port", "UpdatePort vip-port"]);
+    }
+
+    #[tokio::test]
+    async fn a_write_without_an_answer_leaves_every_member_may_have_applied_and_is_not_resent() {
+        let (tg, me, o) = (target(), who(), Others::default());
+        let t_ = t();
+        let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
+        add_nics(&cloud, 2, true);
+        cloud.script(Operation::UpdatePort, "vip-port", [crate::ecs::error::coded(504, "APIGW.0201")]);
+        let ids = [nic(0).0, nic(1).0];
+        let (t0, t1) = (PairsTarget { nic_id: &ids[0], ..t() }, PairsTarget { nic_id: &ids[1], ..t() });
+        let (k0, k1) = (ObjectKey::from("uid-0"), ObjectKey::from("uid-1"));
+        let none = Recorded::default();
+        let (a, b, c) = tokio::join!(
+            pairs.bind(&tg, &t_, (&me, &none), &o),
+            pairs.bind(&tg, &t0, (&k0, &none), &o),
+            pairs.bind(&tg, &t1, (&k1, &none), &o),
+        );
+        for f in [a.unwrap_err(), b.unwrap_err(), c.unwrap_err()] {
+            assert!(f.may_have_applied, "{f:?}");
+            assert_eq!(f.partial.as_ref().map(|r| r.vip_port_id.as_str()), Some("vip-port"), "{f:?}");
+        }
+        assert_eq!(cloud.count(Operation::UpdatePort), 1, "not resent");
+        assert_eq!(pairs.ledger().len(), 3, "each may be bound: each keeps its need of the check-off");
+    }
+
+    #[tokio::test]
+    async fn the_batchs_answer_about_the_vip_reaches_every_member_and_nothing_is_written() {
+        let (tg, me, o) = (target(), who(), Others::default());
+        let t_ = t();
+        let (cloud, pairs) = setup(&[], &[]);
+        add_nics(&cloud, 2, false);
+        let ids = [nic(0).0, nic(1).0];
+        let none = Recorded::default();
+        let (k0, k1) = (ObjectKey::from("uid-0"), ObjectKey::from("uid-1"));
+        let all = async || {
+            let (t0, t1) = (PairsTarget { nic_id: &ids[0], ..t() }, PairsTarget { nic_id: &ids[1], ..t() });
+            let (a, b, c) = tokio::join!(
+                pairs.bind(&tg, &t_, (&me, &none), &o),
+                pairs.bind(&tg, &t0, (&k0, &none), &o),
+                pairs.bind(&tg, &t1, (&k1, &none), &o),
+            );
+            [a.unwrap_err(), b.unwrap_err(), c.unwrap_err()].map(|f| f.error)
+        };
+        cloud.remove_port("vip-port");
+        let lists = cloud.count(Operation::ListPorts);
+        for e in all().await {
+            assert!(matches!(e, PairsError::VipNotFound { .. }), "{e:?}");
+        }
+        assert_eq!(cloud.count(Operation::ListPorts), lists + 1, "one listing answered all three");
+        cloud.put_port(port("srv", "compute:az1", VIP, &[]));
+        for e in all().await {
+            assert!(matches!(e, PairsError::NotAVip { .. }), "{e:?}");
+        }
+        cloud.put_port(port("vip-port", VIP_PORT_OWNER, VIP, &[]));
+        for e in all().await {
+            assert!(matches!(e, PairsError::Ambiguous { count: 2, .. }), "{e:?}");
+        }
+        assert_eq!(cloud.count(Operation::UpdatePort), 0, "no NIC's check goes off for a VIP not made sure of");
+        assert!(pairs.ledger().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_submitter_that_stops_waiting_does_not_stop_the_batch() {
+        let (tg, me, o) = (target(), who(), Others::default());
+        let t_ = t();
+        let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
+        add_nics(&cloud, 1, true);
+        let (nic0, ip0) = nic(0);
+        let t0 = PairsTarget { nic_id: &nic0, ..t() };
+        let k0 = ObjectKey::from("uid-0");
+        let none = Recorded::default();
+        // a's reconcile is cancelled once its edit is queued; b's waits.
+        let mut a = Box::pin(pairs.bind(&tg, &t_, (&me, &none), &o));
+        assert!(futures::poll!(a.as_mut()).is_pending(), "a waits for its batch");
+        drop(a);
+        let b = pairs.bind(&tg, &t0, (&k0, &none), &o).await;
+        assert!(b.unwrap().wrote_vip);
+        // a's edit was applied with b's (a's caller treats it as may-have-applied).
+        assert_eq!(cloud.pairs("vip-port"), [NIC_IP, ip0.as_str()]);
+        assert_eq!(cloud.count(Operation::UpdatePort), 1);
+        assert_eq!(pairs.vips.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unbind_whose_nic_the_listing_does_not_show_reads_the_nic() {
+        let (tg, me, o) = (target(), who(), Others::default());
+        let (cloud, pairs) = setup(&[NIC_IP], &[SOURCE_CHECK_OFF]);
+        // The listing shows no NIC (a server that filters oddly): its absence proves nothing.
+        cloud.script(Operation::ListPorts, "", [Reply::Ports(vec![])]);
+        let (_, check) = pairs.unbind(&tg, &t(), (&me, &recorded(true)), &o).await.unwrap();
+        assert_eq!(check, CheckOff::Removed);
+        assert!(cloud.pairs(NIC).is_empty());
+        assert_eq!(
+            ops(&cloud),
+            ["GetPort vip-port", "UpdatePort vip-port", "ListPorts ", "GetPort nic-1", "UpdatePort nic-1"]
+        );
     }
 }
