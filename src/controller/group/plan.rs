@@ -218,6 +218,10 @@ pub fn plan(group: &VipGroup, candidates: Result<Vec<Candidate>, String>, member
             out.delete.push(leave(b, "?", "member without a node label: not one the group wants".into()));
         }
     }
+    // A binding that only carries the group's label (no owner reference: made or edited by
+    // hand) is put back when it is the member a node wants, and never deleted: a label alone
+    // must not let the group unbind someone's binding.
+    out.delete.retain(|l| members.iter().any(|b| b.uid() == l.uid && is_member_of(b, group)));
     let failing = listed.iter().filter(|m| !m.ready && is_failing(&m.reason)).count();
     let bound = listed.iter().filter(|m| m.ready).count();
     let ready = readiness(group, candidates.len(), bound, failing, over);
@@ -318,6 +322,9 @@ fn is_failing(reason: &str) -> bool {
 
 /// What a group being deleted does: delete every member, and say how many are left.
 pub fn plan_deletion(group: &VipGroup, members: &[VipBinding]) -> GroupPlan {
+    // Only the group's own (by owner reference): a label alone is not membership to delete.
+    let members: Vec<VipBinding> = members.iter().filter(|b| is_member_of(b, group)).cloned().collect();
+    let members = members.as_slice();
     let delete = members
         .iter()
         .filter(|b| b.meta().deletion_timestamp.is_none())
@@ -471,6 +478,17 @@ mod tests {
         // The unlabelled member is the one node b wants (by its name): put back, not replaced.
         assert!(delete.is_empty() && plan.joins.is_empty(), "{delete:?} {:?}", plan.joins);
         assert_eq!(plan.status.bound, 2);
+    }
+
+    #[test]
+    fn a_binding_with_only_the_group_label_is_never_deleted() {
+        let g = group(64);
+        let mut foreign = bound(&g, "x", "nic-x");
+        foreign.metadata.owner_references = None;
+        let plan1 = plan(&g, Ok(vec![found("a", "nic-a")]), std::slice::from_ref(&foreign));
+        assert!(plan1.delete.is_empty(), "{:?}", plan1.delete);
+        let plan2 = plan_deletion(&g, &[foreign]);
+        assert!(plan2.delete.is_empty() && plan2.empty);
     }
 
     #[test]
