@@ -303,7 +303,9 @@ async fn g4_the_namespace_policy_applies_to_a_group_and_granting_it_takes_effect
     create_group(&env, "web", VIP, &fleet.pool).await;
     until("the refusal reported", Duration::from_secs(30), async || {
         group_status(&env, "web").await.is_some_and(|s| {
-            s.members.iter().any(|m| m.reason == "LookupFailed" && m.message.contains("vipoperator.dev/default-credentials"))
+            s.members
+                .iter()
+                .any(|m| m.reason == "LookupFailed" && m.message.contains("vipoperator.dev/default-credentials"))
         })
     })
     .await;
@@ -321,7 +323,8 @@ async fn g4_the_namespace_policy_applies_to_a_group_and_granting_it_takes_effect
     until("bound once granted", Duration::from_secs(20), async || all_bound(&env, "web", 1).await).await;
     assert_eq!(vip_pairs(&env), ips(&[&a]));
     groups(&env).delete("web", &DeleteParams::default()).await.unwrap();
-    until("the group gone", Duration::from_secs(60), async || groups(&env).get_opt("web").await.unwrap().is_none()).await;
+    until("the group gone", Duration::from_secs(60), async || groups(&env).get_opt("web").await.unwrap().is_none())
+        .await;
     fleet.cleanup().await;
     env.cleanup().await;
 }

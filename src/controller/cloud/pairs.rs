@@ -1243,6 +1243,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batched_write_the_cloud_refuses_goes_again_one_edit_at_a_time() {
+        let (tg, me, o) = (target(), who(), Others::default());
+        let t_ = t();
+        let (cloud, pairs) = setup(&[], &[SOURCE_CHECK_OFF]);
+        add_nics(&cloud, 2, true);
+        // The batch of three is refused (a quota on the pairs, say); alone, the first and the
+        // third fit and the second is refused again.
+        let refused = || crate::ecs::error::coded(400, "VPC.2500");
+        cloud.script(
+            Operation::UpdatePort,
+            "vip-port",
+            [Reply::Error(refused()), Reply::State, Reply::Error(refused())],
+        );
+        let ids = [nic(0).0, nic(1).0];
+        let (t0, t1) = (PairsTarget { nic_id: &ids[0], ..t() }, PairsTarget { nic_id: &ids[1], ..t() });
+        let (k0, k1) = (ObjectKey::from("uid-0"), ObjectKey::from("uid-1"));
+        let none = Recorded::default();
+        let (a, b, c) = tokio::join!(
+            pairs.bind(&tg, &t_, (&me, &none), &o),
+            pairs.bind(&tg, &t0, (&k0, &none), &o),
+            pairs.bind(&tg, &t1, (&k1, &none), &o),
+        );
+        let results = [a, b, c];
+        let bound = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(bound, 2, "{results:?}");
+        let refused_one = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+        assert!(
+            matches!(&refused_one.error, PairsError::Cloud(e) if e.code() == Some("VPC.2500")),
+            "the cloud's own answer: {refused_one:?}"
+        );
+        assert!(!refused_one.may_have_applied, "a refusal changed nothing");
+        assert_eq!(cloud.pairs("vip-port").len(), 2, "the two that fit are bound");
+        let vip_writes =
+            cloud.calls().iter().filter(|c| c.op() == Operation::UpdatePort && c.id() == "vip-port").count();
+        assert_eq!(vip_writes, 4, "one refused batch, then one write each");
+        assert_eq!(pairs.vips.queued(), 0);
+    }
+
+    #[tokio::test]
     async fn a_write_without_an_answer_leaves_every_member_may_have_applied_and_is_not_resent() {
         let (tg, me, o) = (target(), who(), Others::default());
         let t_ = t();

@@ -117,6 +117,8 @@ struct Member {
     change: Change,
     hint: Option<String>,
     reply: oneshot::Sender<Answer>,
+    /// In a batch of its own: a batch it was in was refused as a whole (see [`run_batch`]).
+    solo: bool,
 }
 
 #[derive(Default)]
@@ -158,7 +160,8 @@ impl VipPorts {
             address: vip.address.to_string(),
         };
         let (reply, answer) = oneshot::channel();
-        let member = Member { target: target.clone(), change, hint: vip.port_hint.map(str::to_string), reply };
+        let member =
+            Member { target: target.clone(), change, hint: vip.port_hint.map(str::to_string), reply, solo: false };
         let start = {
             let mut queues = self.lock();
             match queues.queues.get_mut(&key) {
@@ -234,12 +237,17 @@ impl Worker {
             return None;
         };
         let target = first.target.clone();
+        if first.solo {
+            let read = first.hint.clone().map_or(Read::Listing, Read::ById);
+            let batch: Vec<Member> = queue.pop_front().into_iter().collect();
+            return Some((target, read, batch));
+        }
         let same = |m: &Member| m.target.credentials.same_keys(&target.credentials);
         let hint = queue.iter().filter(|m| same(m)).find_map(|m| m.hint.clone());
         let mut batch = Vec::new();
         let mut rest = VecDeque::with_capacity(queue.len());
         while let Some(m) = queue.pop_front() {
-            let fits = same(&m) && (m.hint.is_none() || m.hint == hint);
+            let fits = same(&m) && !m.solo && (m.hint.is_none() || m.hint == hint);
             if fits && batch.len() < MAX_BATCH {
                 batch.push(m);
             } else {
@@ -289,6 +297,22 @@ async fn run_batch(api: &dyn VpcApi, target: &CloudTarget, key: &Key, read: Read
     let changes: Vec<&Change> = edits.iter().map(|m| &m.change).collect();
     let outcome = edit_rounds(api, target, &port_id, port.allowed_address_pairs, &changes).await;
     tracing::debug!(port = %port_id, edits = edits.len(), wrote = outcome.wrote, "VIP port batch done");
+    // The cloud refused the batch's one write outright (a 4xx that changed nothing: a quota on
+    // the pairs, one bad entry): the edits go again one by one, so one member's refusal does not
+    // become everyone's. Huawei's limit on a port's pairs is not documented; this binds as many
+    // members as the cloud takes and fails the rest with its own answer.
+    let carriers = outcome.carried.iter().filter(|c| **c).count();
+    if let Err(RoundsFailed::Cloud(e)) = &outcome.result
+        && !outcome.wrote
+        && carriers > 1
+        && e.class() == ErrorClass::Terminal
+        && !e.may_have_applied()
+    {
+        tracing::info!(port = %port_id, edits = carriers, error = %e, "the VIP port refused a batched write; its edits go one by one");
+        let mut again = requeue;
+        again.extend(edits.into_iter().map(|m| Member { solo: true, ..m }));
+        return again;
+    }
     for (i, m) in edits.into_iter().enumerate() {
         let carried = outcome.carried.get(i).copied().unwrap_or(false);
         let answer = match &outcome.result {
