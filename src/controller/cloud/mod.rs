@@ -253,6 +253,21 @@ impl Admitted<'_> {
         result
     }
 
+    /// The ports of each of `servers` in `network`, from one listing of the network (see
+    /// [`PortPairs::server_ports_in`]).
+    pub async fn server_ports_in(
+        mut self,
+        network: &str,
+        servers: &std::collections::HashSet<String>,
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, EcsError> {
+        let result = match &self.cloud.vpc {
+            Some(vpc) => vpc.pairs.server_ports_in(self.target, network, servers).await,
+            None => Err(no_vpc()),
+        };
+        self.settle_read(result.as_ref().map(|_| ()));
+        result
+    }
+
     fn settle_pairs(&mut self, result: Result<(), &PairsError>) {
         if let Some(ticket) = self.ticket.take() {
             let answer = match result {

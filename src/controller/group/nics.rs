@@ -19,6 +19,9 @@ use super::plan::Nic;
 const FOUND_FOR: Duration = Duration::from_secs(600);
 /// "No port" or "several ports" is looked at again after this.
 const MISSING_FOR: Duration = Duration::from_secs(60);
+/// From this many servers to look up, one listing of the whole network is cheaper than one
+/// listing per server (a page holds 2,000 ports).
+const PREFETCH_FROM: usize = 4;
 /// Entries kept at most: one per server and network a group has looked up.
 const MAX_ENTRIES: usize = 20_000;
 
@@ -58,14 +61,45 @@ impl NicLookup {
         cache.insert(key, (nic.clone(), Instant::now()));
     }
 
+    /// Servers not looked up yet, or whose entry expired, among `servers`.
+    pub fn unknown<'a>(
+        &self,
+        target: &CloudTarget,
+        network: &str,
+        servers: impl Iterator<Item = &'a str>,
+    ) -> Vec<String> {
+        let mut out: Vec<String> =
+            servers.filter(|s| self.cached(&key(target, network, s)).is_none()).map(str::to_string).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Looks up many servers' NICs with one listing of the network's ports (a group's first
+    /// reconcile, or many new nodes): one call where one per server would be hundreds. A
+    /// failed listing leaves them to be looked up one by one.
+    pub async fn prefetch(&self, cloud: &GatedCloud, target: &CloudTarget, network: &str, servers: &[String]) {
+        if servers.len() < PREFETCH_FROM || !cloud.has_vpc() {
+            return;
+        }
+        let Ok(admitted) = cloud.admit(target) else { return };
+        let wanted: std::collections::HashSet<String> = servers.iter().cloned().collect();
+        match admitted.server_ports_in(network, &wanted).await {
+            Ok(found) => {
+                for (server, ports) in found {
+                    let nic = judge(&server, network, ports);
+                    self.remember(key(target, network, &server), &nic);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(network, error = %e, "listing the network for NICs failed; looking them up one by one")
+            }
+        }
+    }
+
     /// `server`'s port in `network`.
     pub async fn nic_of(&self, cloud: &GatedCloud, target: &CloudTarget, server: &str, network: &str) -> Nic {
-        let key = Key {
-            project: target.project_id.clone(),
-            region: target.region.clone(),
-            network: network.into(),
-            server: server.into(),
-        };
+        let key = key(target, network, server);
         if let Some(nic) = self.cached(&key) {
             return nic;
         }
@@ -83,6 +117,15 @@ impl NicLookup {
         };
         self.remember(key, &nic);
         nic
+    }
+}
+
+fn key(target: &CloudTarget, network: &str, server: &str) -> Key {
+    Key {
+        project: target.project_id.clone(),
+        region: target.region.clone(),
+        network: network.into(),
+        server: server.into(),
     }
 }
 
@@ -110,6 +153,64 @@ fn judge(server: &str, network: &str, mut ports: Vec<String>) -> Nic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ecs::testing::FakeCloud;
+    use crate::ecs::vpc::{FixedIp, Port};
+    use crate::ecs::{Credentials, Operation};
+
+    fn server_port(id: &str, server: &str, network: &str, owner: &str) -> Port {
+        Port {
+            id: id.into(),
+            device_owner: owner.into(),
+            device_id: server.into(),
+            network_id: network.into(),
+            fixed_ips: vec![FixedIp { subnet_id: "sub".into(), ip_address: "10.0.0.1".into() }],
+            allowed_address_pairs: vec![],
+            status: "ACTIVE".into(),
+            mac_address: "fa:16:3e:00:00:01".into(),
+        }
+    }
+
+    fn target() -> CloudTarget {
+        CloudTarget {
+            region: "r".into(),
+            project_id: "p".into(),
+            credentials: Credentials::new("AK", "sk", None).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn many_servers_are_found_with_one_listing_and_few_one_by_one() {
+        let mut ports: Vec<Port> =
+            (0..10).map(|i| server_port(&format!("nic-{i}"), &format!("srv-{i}"), "net", "compute:az1")).collect();
+        // srv-0 has a second port in the network; srv-1 one elsewhere only; a VIP port is no NIC.
+        ports.push(server_port("nic-0b", "srv-0", "net", "compute:az1"));
+        ports[1].network_id = "other".into();
+        ports.push(server_port("vip", "srv-2", "net", crate::ecs::vpc::VIP_PORT_OWNER));
+        let fake = FakeCloud::with_ports(ports);
+        let cloud = GatedCloud::new(fake.clone()).with_vpc(fake.clone());
+        let lookup = NicLookup::default();
+        let servers: Vec<String> = (0..10).map(|i| format!("srv-{i}")).collect();
+        let unknown = lookup.unknown(&target(), "net", servers.iter().map(String::as_str));
+        assert_eq!(unknown.len(), 10);
+        lookup.prefetch(&cloud, &target(), "net", &unknown).await;
+        assert_eq!(fake.count(Operation::ListPorts), 1, "one listing for ten servers");
+        assert!(lookup.unknown(&target(), "net", servers.iter().map(String::as_str)).is_empty());
+        assert!(matches!(
+            lookup.nic_of(&cloud, &target(), "srv-0", "net").await,
+            Nic::Missing { reason: MemberReason::SeveralNics, .. }
+        ));
+        assert!(matches!(
+            lookup.nic_of(&cloud, &target(), "srv-1", "net").await,
+            Nic::Missing { reason: MemberReason::NoNicInNetwork, .. }
+        ));
+        assert_eq!(lookup.nic_of(&cloud, &target(), "srv-2", "net").await, Nic::Found("nic-2".into()));
+        assert_eq!(fake.count(Operation::ListPorts), 1, "answered from what the listing showed");
+        // A few new servers are looked up one by one, by device_id.
+        lookup.prefetch(&cloud, &target(), "net", &["srv-new".to_string()]).await;
+        assert_eq!(fake.count(Operation::ListPorts), 1, "too few to list the network");
+        assert!(matches!(lookup.nic_of(&cloud, &target(), "srv-new", "net").await, Nic::Missing { .. }));
+        assert_eq!(fake.count(Operation::ListPorts), 2);
+    }
 
     #[test]
     fn one_port_is_the_nic_and_none_or_several_say_so() {

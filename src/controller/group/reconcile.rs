@@ -168,11 +168,27 @@ async fn candidates(group: &VipGroup, gctx: &GroupContext) -> Result<Vec<Candida
     // The group's cloud target, as its members' would be (the namespace's policy applies).
     let probe = plan::desired_member(group, "-", "-");
     let target = gctx.ctx.targets.resolve(&probe).await;
-    let lookups = futures::stream::iter(matching)
-        .map(|node| {
+    let servers: Vec<(NodeView, ServerId)> = futures::stream::iter(matching)
+        .map(|node| async move {
+            let server = node_server(gctx, &node).await;
+            (node, server)
+        })
+        .buffer_unordered(LOOKUPS_AT_ONCE)
+        .collect()
+        .await;
+    if let Ok(target) = &target {
+        let ids = servers.iter().filter_map(|(_, s)| match s {
+            ServerId::Server(id) => Some(id.as_str()),
+            _ => None,
+        });
+        let unknown = gctx.nics.unknown(target, &group.spec.subnet_id, ids);
+        gctx.nics.prefetch(&gctx.ctx.cloud, target, &group.spec.subnet_id, &unknown).await;
+    }
+    let lookups = futures::stream::iter(servers)
+        .map(|(node, server)| {
             let target = target.clone();
             async move {
-                let nic = match node_server(gctx, &node).await {
+                let nic = match server {
                     ServerId::Nic(nic) => Nic::Found(nic),
                     ServerId::Missing(message) => Nic::Missing { reason: MemberReason::NoServerId, message },
                     ServerId::Unread => Nic::Unknown("the node's providerID could not be read".into()),
