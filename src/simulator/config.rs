@@ -1,5 +1,6 @@
 //! What the simulator is started with, and what can be changed while it runs: listen address,
-//! credentials, latency, rate limit, lockout. Nothing here knows of the state or the routes.
+//! credentials, latency, rate limit, lockout, the pairs a port may hold. Nothing here knows of
+//! the state or the routes.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -8,6 +9,14 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
+
+/// Pairs one port holds unless set otherwise. Huawei's quota is NOT confirmed: this is the
+/// simulator's choice (see the ports module).
+pub const DEFAULT_MAX_PAIRS: usize = 100;
+
+/// The most `max_pairs` may be set to, so that no setting (an admin body included) makes a
+/// port's list unbounded.
+pub const MAX_PAIRS_CEILING: usize = 10_000;
 
 /// Why the simulator could not start or take a new setting.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +30,8 @@ pub enum SimError {
     InvalidQps(f64),
     #[error("qps {0} is too high")]
     QpsTooHigh(f64),
+    #[error("max_pairs must be 1 to {MAX_PAIRS_CEILING}, got {0}")]
+    InvalidMaxPairs(usize),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -44,6 +55,9 @@ pub struct SimulatorConfig {
     /// Consecutive signature failures that lock an access key, and for how long.
     pub lockout_after: u32,
     pub lockout_for: Duration,
+    /// Pairs one port's `allowed_address_pairs` holds at most (1 to [`MAX_PAIRS_CEILING`]): a
+    /// longer update is refused with 400 `VPC.2500`.
+    pub max_pairs: usize,
 }
 
 impl SimulatorConfig {
@@ -61,6 +75,7 @@ impl SimulatorConfig {
             max_clock_skew: Duration::from_secs(15 * 60),
             lockout_after: 5,
             lockout_for: Duration::from_secs(5 * 60),
+            max_pairs: DEFAULT_MAX_PAIRS,
         }
     }
 }
@@ -76,6 +91,12 @@ pub(super) fn limiter(qps: Option<f64>) -> Result<Option<Arc<DefaultDirectRateLi
     Ok(Some(Arc::new(RateLimiter::direct(quota.allow_burst(burst)))))
 }
 
+/// `n` if it may be the limit of pairs a port holds: 1 to [`MAX_PAIRS_CEILING`] (with 0 a port
+/// could hold no pair at all).
+pub(super) fn check_max_pairs(n: usize) -> Result<usize, SimError> {
+    if (1..=MAX_PAIRS_CEILING).contains(&n) { Ok(n) } else { Err(SimError::InvalidMaxPairs(n)) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +108,17 @@ mod tests {
             limiter(Some(-1.0)).err().map(|e| e.to_string()).unwrap_or_default(),
             "qps must be positive, got -1"
         );
+    }
+
+    #[test]
+    fn max_pairs_is_bounded() {
+        assert_eq!(check_max_pairs(1).ok(), Some(1));
+        assert_eq!(check_max_pairs(MAX_PAIRS_CEILING).ok(), Some(MAX_PAIRS_CEILING));
+        for bad in [0, MAX_PAIRS_CEILING + 1, usize::MAX] {
+            assert_eq!(
+                check_max_pairs(bad).err().map(|e| e.to_string()),
+                Some(format!("max_pairs must be 1 to 10000, got {bad}"))
+            );
+        }
     }
 }

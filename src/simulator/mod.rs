@@ -51,7 +51,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use call::EnvelopeError;
-pub use config::{SimCredential, SimError, SimulatorConfig};
+pub use config::{DEFAULT_MAX_PAIRS, MAX_PAIRS_CEILING, SimCredential, SimError, SimulatorConfig};
 pub use ports::{PairsChange, PairsError, PortError, SimAddressPair, SimFixedIp, SimPort};
 pub use servers::{MAX_ID_LEN, MAX_NICS_PER_SERVER, MAX_SERVERS, NewServer, ServerError, SimNic, SimServer};
 pub use state::{
@@ -60,6 +60,7 @@ pub use state::{
 };
 
 use config::limiter;
+use ports::Ports;
 use state::{Inner, Shared, add_server, remove_server, remove_server_nic, reset, set_nic, snapshot};
 
 /// A running simulator. Dropping it does not stop it; call [`Simulator::shutdown`].
@@ -72,6 +73,9 @@ pub struct Simulator {
 
 impl Simulator {
     pub async fn start(config: SimulatorConfig) -> Result<Self, SimError> {
+        // Settings are checked before anything listens.
+        let ports = Ports::new(config.max_pairs)?;
+        let limiter = limiter(config.qps)?;
         let listener =
             TcpListener::bind(config.listen).await.map_err(|error| SimError::Listen { addr: config.listen, error })?;
         let addr = listener.local_addr().map_err(SimError::LocalAddr)?;
@@ -80,7 +84,8 @@ impl Simulator {
                 missing: config.missing_nics.iter().cloned().collect(),
                 credentials: config.credentials.clone(),
                 latency: config.latency,
-                limiter: limiter(config.qps)?,
+                limiter,
+                ports,
                 ..Default::default()
             }),
             seq: AtomicU64::new(0),
@@ -226,6 +231,14 @@ impl Simulator {
         let l = limiter(qps)?;
         self.shared.lock().limiter = l;
         Ok(())
+    }
+
+    /// Sets the most pairs a port's `allowed_address_pairs` holds, for every write from now on
+    /// (updates, and changes armed or fired by [`Simulator::after_next_read`] and
+    /// [`Simulator::after_next_write`]). `Err(InvalidMaxPairs)`, and no change, outside 1 to
+    /// [`MAX_PAIRS_CEILING`]. Kept across [`Simulator::reset`].
+    pub fn set_max_pairs(&self, max_pairs: usize) -> Result<(), SimError> {
+        self.shared.lock().ports.set_max_pairs(max_pairs)
     }
 
     pub fn add_credential(&self, credential: SimCredential) {

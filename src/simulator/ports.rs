@@ -15,9 +15,18 @@
 //!   an update must set at least one attribute (documented). The simulator supports no other
 //!   attribute. Not confirmed, and the simulator's choice: the error code of a refused update
 //!   (`VPC.2500`, documented for creating a port), the 404 of a missing port on update (`VPC.2502`,
-//!   as for reads), the limit of [`MAX_PAIRS`] pairs, the MAC format, and the order of the checks
-//!   (body first, then the port). An update changes only the port: the ECS view of NIC → VIP
+//!   as for reads), the limit on pairs, the MAC format, and the order of the checks (body first,
+//!   then the port). An update changes only the port: the ECS view of NIC → VIP
 //!   (`nics` in the state) is what ECS calls said, as how Huawei links the two is not documented.
+//! - The most pairs a port holds is a setting, not a constant, because Huawei's quota is not
+//!   confirmed: [`SimulatorConfig::max_pairs`](super::SimulatorConfig::max_pairs), default
+//!   [`DEFAULT_MAX_PAIRS`] (100), at most [`MAX_PAIRS_CEILING`](super::MAX_PAIRS_CEILING) (so a
+//!   port stays bounded), changed while running by `PUT /sim/config` `{"max_pairs": N}` or
+//!   [`Simulator::set_max_pairs`](super::Simulator::set_max_pairs). A VPC update with a longer
+//!   list answers 400 `VPC.2500` "allowed_address_pairs holds at most N pairs"; the
+//!   concurrent-writer hooks below keep to it too. Lowering it leaves longer lists already held
+//!   as they are. Not held to it: the admin API's own writes (set-up and drift) and an ECS
+//!   reverse binding (what Huawei's ECS bind does at a quota is not documented).
 //! - A test can act as a concurrent writer between a reader's read and its write:
 //!   [`Simulator::after_next_read`](super::Simulator::after_next_read) changes a port's pairs
 //!   right after the next read that shows it; [`Simulator::after_next_write`](super::Simulator::after_next_write)
@@ -32,6 +41,8 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::config::{DEFAULT_MAX_PAIRS, SimError, check_max_pairs};
+
 /// `device_owner` of a virtual IP's port.
 pub const VIP_PORT_OWNER: &str = "neutron:VIP_PORT";
 
@@ -40,10 +51,6 @@ pub const MAX_PAGE: usize = 2000;
 
 /// Ports the simulator keeps at most (a long-running simulator must not grow for ever).
 pub const MAX_PORTS: usize = 100_000;
-
-/// Pairs one port holds at most. Huawei's quota is NOT confirmed: this is the simulator's bound,
-/// so a hostile body cannot grow a port without limit.
-pub const MAX_PAIRS: usize = 100;
 
 /// The longest `ip_address` or `mac_address` of a pair taken (the longest IPv6 CIDR is 43).
 pub const MAX_PAIR_FIELD_LEN: usize = 64;
@@ -184,8 +191,9 @@ pub enum PortError {
 pub enum PairsError {
     #[error("allowed_address_pairs must be an array")]
     NotAnArray,
-    #[error("allowed_address_pairs holds at most {MAX_PAIRS} pairs")]
-    TooMany,
+    /// The limit in force when the list was refused.
+    #[error("allowed_address_pairs holds at most {0} pairs")]
+    TooMany(usize),
     #[error("allowed_address_pairs[{0}] must be an object")]
     NotAnObject(usize),
     #[error("unknown field allowed_address_pairs[{0}].{1}")]
@@ -209,7 +217,7 @@ pub enum PairsError {
 #[serde(rename_all = "snake_case")]
 pub enum PairsChange {
     /// Appends the pair, unless a pair with its `ip_address` is there already (or the port holds
-    /// the most it may, `MAX_PAIRS`: that writer's update would be refused).
+    /// the most it may, the `max_pairs` setting: that writer's update would be refused).
     Add(SimAddressPair),
     /// Removes every pair with this `ip_address`.
     Remove(String),
@@ -218,20 +226,24 @@ pub enum PairsChange {
 }
 
 impl PairsChange {
-    /// The change must be one the API would take: that writer goes through the same checks.
-    fn check(&self) -> Result<(), PairsError> {
+    /// The change must be one the API would take under the limit `max_pairs`: that writer goes
+    /// through the same checks.
+    fn check(&self, max_pairs: usize) -> Result<(), PairsError> {
         match self {
             PairsChange::Add(pair) => check_pair(0, pair),
             PairsChange::Remove(_) => Ok(()),
-            PairsChange::Replace(pairs) if pairs.len() > MAX_PAIRS => Err(PairsError::TooMany),
+            PairsChange::Replace(pairs) if pairs.len() > max_pairs => Err(PairsError::TooMany(max_pairs)),
             PairsChange::Replace(pairs) => pairs.iter().enumerate().try_for_each(|(i, p)| check_pair(i, p)),
         }
     }
 
-    fn apply(self, pairs: &mut Vec<SimAddressPair>) {
+    /// Makes the change under the limit in force when it fires (it may have changed since it
+    /// was armed): a `Replace` checked against a higher limit is still made whole, as an update
+    /// accepted on arrival is.
+    fn apply(self, pairs: &mut Vec<SimAddressPair>, max_pairs: usize) {
         match self {
             PairsChange::Add(pair) => {
-                if pairs.len() < MAX_PAIRS && !pairs.iter().any(|p| p.ip_address == pair.ip_address) {
+                if pairs.len() < max_pairs && !pairs.iter().any(|p| p.ip_address == pair.ip_address) {
                     pairs.push(pair);
                 }
             }
@@ -283,7 +295,7 @@ pub(super) fn is_mac(mac: &str) -> bool {
 }
 
 /// Every port, and the NICs the simulator knows of.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Ports {
     ports: BTreeMap<String, SimPort>,
     /// NICs known to the simulator: a port removed through the admin API stays removed, even
@@ -295,9 +307,39 @@ pub(super) struct Ports {
     /// One-shot changes made right after the next write of a port lands, before its answer is
     /// made (another writer overtaking it; same bound).
     after_write: BTreeMap<String, PairsChange>,
+    /// Pairs one port holds at most: a setting (see the module doc), kept across a reset as
+    /// latency and qps are. Always 1 to [`MAX_PAIRS_CEILING`](super::MAX_PAIRS_CEILING).
+    max_pairs: usize,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            ports: BTreeMap::new(),
+            known_nics: BTreeSet::new(),
+            after_read: BTreeMap::new(),
+            after_write: BTreeMap::new(),
+            max_pairs: DEFAULT_MAX_PAIRS,
+        }
+    }
 }
 
 impl Ports {
+    /// No ports yet, holding at most `max_pairs` pairs each (refused out of bounds).
+    pub(super) fn new(max_pairs: usize) -> Result<Self, SimError> {
+        Ok(Self { max_pairs: check_max_pairs(max_pairs)?, ..Self::default() })
+    }
+
+    pub(super) fn max_pairs(&self) -> usize {
+        self.max_pairs
+    }
+
+    /// Changes the limit for every write from now on (refused out of bounds, leaving it as is).
+    pub(super) fn set_max_pairs(&mut self, max_pairs: usize) -> Result<(), SimError> {
+        self.max_pairs = check_max_pairs(max_pairs)?;
+        Ok(())
+    }
+
     pub(super) fn set(&mut self, port: SimPort) -> Result<(), PortError> {
         if port.id.is_empty() || port.id.len() > 255 {
             return Err(PortError::BadId);
@@ -350,7 +392,7 @@ impl Ports {
         if !self.ports.contains_key(id) {
             return Err(PortError::NotFound(id.to_string()));
         }
-        change.check().map_err(PortError::InvalidPairs)?;
+        change.check(self.max_pairs).map_err(PortError::InvalidPairs)?;
         self.after_read.insert(id.to_string(), change);
         Ok(())
     }
@@ -360,7 +402,7 @@ impl Ports {
         if !self.ports.contains_key(id) {
             return Err(PortError::NotFound(id.to_string()));
         }
-        change.check().map_err(PortError::InvalidPairs)?;
+        change.check(self.max_pairs).map_err(PortError::InvalidPairs)?;
         self.after_write.insert(id.to_string(), change);
         Ok(())
     }
@@ -369,7 +411,7 @@ impl Ports {
     pub(super) fn fire_after_write(&mut self, id: &str) -> bool {
         match (self.after_write.remove(id), self.ports.get_mut(id)) {
             (Some(change), Some(port)) => {
-                change.apply(&mut port.allowed_address_pairs);
+                change.apply(&mut port.allowed_address_pairs, self.max_pairs);
                 true
             }
             _ => false,
@@ -396,7 +438,7 @@ impl Ports {
             if let Some(change) = self.after_read.remove(id)
                 && let Some(port) = self.ports.get_mut(id)
             {
-                change.apply(&mut port.allowed_address_pairs);
+                change.apply(&mut port.allowed_address_pairs, self.max_pairs);
                 fired.push(id.to_string());
             }
         }
@@ -771,10 +813,10 @@ mod tests {
 
         // Add is idempotent; Remove and Replace do what they say.
         let mut list = vec![pair("10.0.0.9")];
-        PairsChange::Add(pair("10.0.0.9")).apply(&mut list);
+        PairsChange::Add(pair("10.0.0.9")).apply(&mut list, DEFAULT_MAX_PAIRS);
         assert_eq!(list.len(), 1);
-        PairsChange::Replace(vec![pair("10.0.0.1"), pair("10.0.0.2")]).apply(&mut list);
-        PairsChange::Remove("10.0.0.1".into()).apply(&mut list);
+        PairsChange::Replace(vec![pair("10.0.0.1"), pair("10.0.0.2")]).apply(&mut list, DEFAULT_MAX_PAIRS);
+        PairsChange::Remove("10.0.0.1".into()).apply(&mut list, DEFAULT_MAX_PAIRS);
         assert_eq!(list, vec![pair("10.0.0.2")]);
 
         // Removing the port disarms it.
@@ -784,6 +826,51 @@ mod tests {
         ports.after_next_read("vip-2", PairsChange::Replace(vec![])).unwrap();
         ports.remove("vip-2");
         assert!(ports.pending_after_read().is_empty());
+    }
+
+    /// `n` distinct pairs: 10.0.x.y.
+    fn pairs(n: usize) -> Vec<SimAddressPair> {
+        (0..n).map(|i| pair(&format!("10.0.{}.{}", i / 250, i % 250 + 1))).collect()
+    }
+
+    #[test]
+    fn concurrent_writers_follow_the_max_pairs_setting() {
+        use crate::simulator::MAX_PAIRS_CEILING;
+
+        let mut ports = ports();
+        assert_eq!(ports.max_pairs(), DEFAULT_MAX_PAIRS);
+        for bad in [0, MAX_PAIRS_CEILING + 1] {
+            assert_eq!(
+                ports.set_max_pairs(bad).map_err(|e| e.to_string()),
+                Err(format!("max_pairs must be 1 to 10000, got {bad}"))
+            );
+        }
+        assert_eq!(ports.max_pairs(), DEFAULT_MAX_PAIRS, "a refused value changes nothing");
+        assert!(Ports::new(0).is_err() && Ports::new(MAX_PAIRS_CEILING + 1).is_err());
+        assert_eq!(Ports::new(7).map(|p| p.max_pairs()).ok(), Some(7));
+
+        // Raised, then lowered: a Replace is checked against the limit when armed.
+        for limit in [250, 3] {
+            ports.set_max_pairs(limit).unwrap();
+            ports.after_next_read("vip-1", PairsChange::Replace(pairs(limit))).unwrap();
+            assert_eq!(
+                ports.after_next_read("vip-1", PairsChange::Replace(pairs(limit + 1))),
+                Err(PortError::InvalidPairs(PairsError::TooMany(limit)))
+            );
+            assert_eq!(
+                PortError::InvalidPairs(PairsError::TooMany(limit)).to_string(),
+                format!("allowed_address_pairs holds at most {limit} pairs")
+            );
+            assert_eq!(ports.fire_after_read(["vip-1"]), ["vip-1"]);
+            assert_eq!(ports.get("vip-1").unwrap().allowed_address_pairs, pairs(limit));
+            // An Add stops at the limit in force when it fires.
+            ports.after_next_write("vip-1", PairsChange::Add(pair("10.9.9.9"))).unwrap();
+            assert!(ports.fire_after_write("vip-1"));
+            assert_eq!(ports.get("vip-1").unwrap().allowed_address_pairs.len(), limit);
+        }
+        // A reset keeps the setting, as it keeps latency and qps.
+        ports.clear();
+        assert_eq!(ports.max_pairs(), 3);
     }
 
     #[test]

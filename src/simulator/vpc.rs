@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::call::{EnvelopeError, Late, Outcome, SimRequest, Step, envelope};
-use super::ports::{ListQuery, MAX_PAIRS, PairsError, SimAddressPair, check_pair};
+use super::ports::{ListQuery, PairsError, SimAddressPair, check_pair};
 use super::state::{CallRecord, CloudOperation, Effect, Inner, PortOperation, apply_after, take_fault};
 
 /// Why the simulator refuses an update's body. The texts are what clients read in the 400 answer.
@@ -25,9 +25,9 @@ pub enum UpdateError {
 
 /// Parses an update's body: exactly `{"port": {"allowed_address_pairs": [...]}}`, each pair
 /// `{ip_address[, mac_address]}`, checked. Bounded: the body is at most axum's body limit, the
-/// list at most [`MAX_PAIRS`], each field at most
+/// list at most `max_pairs` (the setting in force), each field at most
 /// [`MAX_PAIR_FIELD_LEN`](super::ports::MAX_PAIR_FIELD_LEN).
-pub(super) fn parse_update(body: &[u8]) -> Result<Vec<SimAddressPair>, UpdateError> {
+pub(super) fn parse_update(body: &[u8], max_pairs: usize) -> Result<Vec<SimAddressPair>, UpdateError> {
     let port = envelope(body, "port")?;
     if port.is_empty() {
         return Err(UpdateError::Empty);
@@ -36,8 +36,8 @@ pub(super) fn parse_update(body: &[u8]) -> Result<Vec<SimAddressPair>, UpdateErr
         return Err(UpdateError::Unsupported(k.clone()));
     }
     let list = port.get("allowed_address_pairs").and_then(Value::as_array).ok_or(PairsError::NotAnArray)?;
-    if list.len() > MAX_PAIRS {
-        return Err(PairsError::TooMany.into());
+    if list.len() > max_pairs {
+        return Err(PairsError::TooMany(max_pairs).into());
     }
     let mut pairs = Vec::with_capacity(list.len());
     for (i, entry) in list.iter().enumerate() {
@@ -130,7 +130,7 @@ pub(super) fn update_port(inner: &mut Inner, req: &SimRequest<'_>, port_id: &str
     if !content_type.is_some_and(|v| v.starts_with("application/json")) {
         return Outcome::error(400, "VPC.2500", "Param is invalid: Content-Type must be application/json");
     }
-    let pairs = match parse_update(req.body) {
+    let pairs = match parse_update(req.body, inner.ports.max_pairs()) {
         Ok(pairs) => pairs,
         Err(why) => return Outcome::error(400, "VPC.2500", format!("Param is invalid: {why}")),
     };
@@ -180,8 +180,26 @@ pub(super) fn update_port(inner: &mut Inner, req: &SimRequest<'_>, port_id: &str
 mod tests {
     use super::*;
 
+    use crate::simulator::config::DEFAULT_MAX_PAIRS;
+
     fn pairs(body: &str) -> Result<Vec<SimAddressPair>, String> {
-        parse_update(body.as_bytes()).map_err(|e| e.to_string())
+        parse_update(body.as_bytes(), DEFAULT_MAX_PAIRS).map_err(|e| e.to_string())
+    }
+
+    /// An update body of `n` pairs.
+    fn body_of(n: usize) -> String {
+        format!(r#"{{"port":{{"allowed_address_pairs":[{}]}}}}"#, vec![r#"{"ip_address":"10.0.0.1"}"#; n].join(","))
+    }
+
+    #[test]
+    fn the_list_is_bounded_by_the_limit_given() {
+        for limit in [1, 7, 250] {
+            assert_eq!(parse_update(body_of(limit).as_bytes(), limit).map(|p| p.len()), Ok(limit));
+            assert_eq!(
+                parse_update(body_of(limit + 1).as_bytes(), limit).map_err(|e| e.to_string()),
+                Err(format!("allowed_address_pairs holds at most {limit} pairs"))
+            );
+        }
     }
 
     fn pair(ip: &str) -> SimAddressPair {
@@ -203,10 +221,7 @@ mod tests {
             ])
         );
         let long = format!(r#"{{"port":{{"allowed_address_pairs":[{{"ip_address":"{}"}}]}}}}"#, "1".repeat(10_000));
-        let many = format!(
-            r#"{{"port":{{"allowed_address_pairs":[{}]}}}}"#,
-            vec![r#"{"ip_address":"10.0.0.1"}"#; MAX_PAIRS + 1].join(",")
-        );
+        let many = body_of(DEFAULT_MAX_PAIRS + 1);
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         for (bad, why) in [
             ("[]", "request body must be a JSON object"),
