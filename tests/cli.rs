@@ -37,3 +37,16 @@ fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
     assert!(!line.contains('\u{1b}'), "ANSI escape codes in {line:?}");
     assert!(line.contains("INFO"), "{line:?}");
 }
+
+/// A pairs limit out of bounds stops the simulator at start, saying why.
+#[test]
+fn an_out_of_bounds_pairs_limit_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vip-operator"))
+        .args(["simulator", "--listen", "127.0.0.1:0", "--max-pairs", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the simulator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("max_pairs must be 1 to 10000, got 0"), "{stderr}");
+}

@@ -25,7 +25,9 @@
 //! - `DELETE /sim/servers/{server_id}` — the server goes, and its NICs' ports with it: the NICs
 //!   are missing from then on (port reads 404 `VPC.2502`). 404 without such a server.
 //! - `DELETE /sim/servers/{server_id}/nics/{port_id}` — the same for one NIC of the server.
-//! - `PUT /sim/config` — `{"latency_ms": N, "qps": N|null}`
+//! - `PUT /sim/config` — `{"latency_ms": N, "qps": N|null, "max_pairs": N}`, any of them: 400
+//!   and no change for a value out of bounds (`max_pairs` 1 to
+//!   [`MAX_PAIRS_CEILING`](super::MAX_PAIRS_CEILING)), an unknown field or a malformed body
 //! - `POST /sim/credentials` — accept another AK/SK (optionally temporary, with a token)
 //! - `POST /sim/reset` — forget state, ports, servers, calls, faults and lockouts
 
@@ -221,11 +223,14 @@ async fn admin_remove_server_nic(
     }
 }
 
+/// Unknown fields are refused: a misspelt setting must not answer 204 and change nothing.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ConfigUpdate {
     latency_ms: Option<u64>,
     #[serde(default, with = "double_option")]
     qps: Option<Option<f64>>,
+    max_pairs: Option<usize>,
 }
 
 /// Distinguishes an absent field (leave as is) from `null` (turn off).
@@ -236,13 +241,28 @@ mod double_option {
     }
 }
 
-async fn admin_config(State(shared): State<Arc<Shared>>, axum::Json(update): axum::Json<ConfigUpdate>) -> Response {
+/// Every value is checked before any is set, so a refused update changes nothing. Any body it
+/// cannot take (a negative `max_pairs` included) answers 400 with why, as `POST /sim/servers`.
+async fn admin_config(
+    State(shared): State<Arc<Shared>>,
+    body: Result<axum::Json<ConfigUpdate>, JsonRejection>,
+) -> Response {
+    let update = match body {
+        Ok(axum::Json(update)) => update,
+        Err(rejection) => return refusal(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
     let new_limiter = match update.qps.map(limiter) {
-        Some(Err(e)) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Some(Err(e)) => return refusal(StatusCode::BAD_REQUEST, &e.to_string()),
         Some(Ok(l)) => Some(l),
         None => None,
     };
     let mut inner = shared.lock();
+    // The one setting that may still be refused goes first, leaving the others as they were.
+    if let Some(n) = update.max_pairs
+        && let Err(e) = inner.ports.set_max_pairs(n)
+    {
+        return refusal(StatusCode::BAD_REQUEST, &e.to_string());
+    }
     if let Some(ms) = update.latency_ms {
         inner.latency = Duration::from_millis(ms);
     }
@@ -273,7 +293,7 @@ mod tests {
     use crate::ecs::{
         BindRequest, CloudTarget, Credentials, EcsApi, EcsClient, EcsClientConfig, Endpoint, ErrorClass, RetryPolicy,
     };
-    use crate::simulator::{MAX_NICS_PER_SERVER, SimNic, SimPort, Simulator, SimulatorConfig};
+    use crate::simulator::{MAX_NICS_PER_SERVER, MAX_PAIRS_CEILING, SimNic, SimPort, Simulator, SimulatorConfig};
 
     const AK: &str = "UNITACCESSKEY0000002";
     const SK: &str = "unit-secret-key";
@@ -429,6 +449,92 @@ mod tests {
         assert_eq!((back.device_id.as_str(), back.ip()), ("node-2", Some("192.168.0.23")));
         assert!(back.allowed_address_pairs.is_empty(), "a new NIC port");
         c.bind(&t, &bind).await.unwrap();
+    }
+
+    async fn put_config(sim: &Simulator, body: Value) -> (u16, String) {
+        let r = reqwest::Client::new().put(format!("{}/sim/config", sim.url())).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// `n` distinct pairs.
+    fn pairs(n: usize) -> Vec<AddressPair> {
+        (0..n)
+            .map(|i| AddressPair { ip_address: format!("10.1.{}.{}", i / 250, i % 250 + 1), mac_address: None })
+            .collect()
+    }
+
+    /// Whether the VIP port takes an update of exactly `limit` pairs and refuses `limit + 1` with
+    /// 400 `VPC.2500` naming the limit (and keeps the list it had).
+    async fn holds_at_most(sim: &Simulator, limit: usize) {
+        let (c, t) = (client(sim), target());
+        let taken = c.update_pairs(&t, "vip-port", &pairs(limit)).await.unwrap();
+        assert_eq!(taken.allowed_address_pairs.len(), limit);
+        let err = c.update_pairs(&t, "vip-port", &pairs(limit + 1)).await.unwrap_err();
+        assert_eq!((err.status(), err.code()), (Some(400), Some("VPC.2500")), "{err}");
+        let why = format!("allowed_address_pairs holds at most {limit} pairs");
+        assert!(err.to_string().contains(&why), "{err}");
+        assert_eq!(sim.port("vip-port").unwrap().allowed_address_pairs.len(), limit);
+    }
+
+    #[tokio::test]
+    async fn the_pairs_limit_is_set_through_the_admin_api_and_the_hook() {
+        let sim = sim().await;
+        sim.set_port(SimPort::vip("vip-port", PROJECT, NET, "sub-1", "192.168.0.100")).unwrap();
+        holds_at_most(&sim, crate::simulator::DEFAULT_MAX_PAIRS).await;
+        // Raised through the admin API (a VIP shared by 200+ NICs), then lowered through it.
+        assert_eq!(put_config(&sim, json!({"max_pairs": 250})).await, (204, String::new()));
+        holds_at_most(&sim, 250).await;
+        assert_eq!(put_config(&sim, json!({"max_pairs": 3, "latency_ms": 0})).await.0, 204);
+        holds_at_most(&sim, 3).await;
+        // The same through the hook.
+        sim.set_max_pairs(220).unwrap();
+        holds_at_most(&sim, 220).await;
+        sim.set_max_pairs(2).unwrap();
+        holds_at_most(&sim, 2).await;
+        // The ceiling itself is a limit the API can reach.
+        sim.set_max_pairs(MAX_PAIRS_CEILING).unwrap();
+        holds_at_most(&sim, MAX_PAIRS_CEILING).await;
+        sim.set_max_pairs(2).unwrap();
+
+        // Bad values: refused, and nothing in the update changes (the limit stays 2).
+        let out_of_bounds = |n: u64| format!("max_pairs must be 1 to 10000, got {n}");
+        for (body, why) in [
+            (json!({"max_pairs": 0}), out_of_bounds(0)),
+            (json!({"max_pairs": 10_001}), out_of_bounds(10_001)),
+            (json!({"max_pairs": u64::MAX}), out_of_bounds(u64::MAX)),
+            (json!({"max_pairs": 0, "latency_ms": 60_000}), out_of_bounds(0)),
+            (json!({"max_pairs": -1}), "max_pairs: invalid value".into()),
+            (json!({"max_pairs": 2.5}), "max_pairs: invalid type".into()),
+            (json!({"max_pairs": "300"}), "max_pairs: invalid type".into()),
+            (json!({"max_pair": 300}), "unknown field `max_pair`".into()),
+        ] {
+            let (status, text) = put_config(&sim, body.clone()).await;
+            assert_eq!(status, 400, "{body}: {text}");
+            assert!(text.contains(&why), "{body}: {text}");
+        }
+        for bad in [0, MAX_PAIRS_CEILING + 1, usize::MAX] {
+            assert_eq!(
+                sim.set_max_pairs(bad).map_err(|e| e.to_string()),
+                Err(format!("max_pairs must be 1 to 10000, got {bad}"))
+            );
+        }
+        holds_at_most(&sim, 2).await;
+        let started = std::time::Instant::now();
+        client(&sim).get_port(&target(), "vip-port").await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the refused latency was not set");
+
+        // A reset keeps the setting, as it keeps latency and qps.
+        sim.reset();
+        sim.set_port(SimPort::vip("vip-port", PROJECT, NET, "sub-1", "192.168.0.100")).unwrap();
+        holds_at_most(&sim, 2).await;
+
+        // Out of bounds at start: refused before anything listens.
+        for bad in [0, MAX_PAIRS_CEILING + 1] {
+            let mut config = SimulatorConfig::new("127.0.0.1:0".parse().unwrap(), AK, SK);
+            config.max_pairs = bad;
+            let err = Simulator::start(config).await.err().map(|e| e.to_string());
+            assert_eq!(err, Some(format!("max_pairs must be 1 to 10000, got {bad}")));
+        }
     }
 
     #[tokio::test]
