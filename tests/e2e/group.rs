@@ -328,3 +328,37 @@ async fn g4_the_namespace_policy_applies_to_a_group_and_granting_it_takes_effect
     fleet.cleanup().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g5_a_group_larger_than_the_ports_quota_binds_what_fits_and_says_why_for_the_rest() {
+    let Some(mut env) = Env::with("group-quota", Needs::RealServer).await else { return };
+    // The simulator's stand-in for Huawei's (undocumented) limit on a port's pairs.
+    env.sim.set_max_pairs(3).unwrap();
+    let mut fleet = Fleet::new(&env);
+    let mut nodes = vec![];
+    for n in 1..=5 {
+        nodes.push(fleet.node(&env, n, true).await);
+    }
+    let _op = env.operator().start().await;
+    create_group(&env, "web", VIP, &fleet.pool).await;
+    until("3 bound, 2 refused", Duration::from_secs(60), async || {
+        group_status(&env, "web").await.is_some_and(|s| s.bound == 3 && s.failing == 2)
+    })
+    .await;
+    assert_eq!(vip_pairs(&env).len(), 3, "the members that fit are bound");
+    let s = group_status(&env, "web").await.unwrap();
+    let refused: Vec<_> = s.members.iter().filter(|m| !m.ready).collect();
+    assert!(
+        refused.iter().all(|m| m.message.contains("at most 3 pairs")),
+        "each refused member says why, in the cloud's words: {refused:#?}"
+    );
+    groups(&env).delete("web", &DeleteParams::default()).await.unwrap();
+    until("the group gone", Duration::from_secs(60), async || groups(&env).get_opt("web").await.unwrap().is_none())
+        .await;
+    assert!(vip_pairs(&env).is_empty());
+    for n in &nodes {
+        assert!(nic_pairs(&env, &n.nic).is_empty(), "{}'s check-off is gone", n.name);
+    }
+    fleet.cleanup().await;
+    env.cleanup().await;
+}
