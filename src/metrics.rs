@@ -84,6 +84,8 @@ pub struct Metrics {
     pub credentials_unavailable: Counter,
     pub held_back: Counter,
     pub vpc_reads_denied: Counter,
+    /// `managementPolicy: Observe` bindings found not matching their spec (reported, not repaired).
+    pub observed_drift: Counter,
     pub drift_compared_in_place: Counter,
     pub drift_compared_drifted: Counter,
     /// Write attempts that ended without a trusted answer (they may still land), by operation.
@@ -195,6 +197,11 @@ impl Metrics {
                 r,
                 "credentials_unavailable",
                 "Reconciles that found no usable credentials for a binding",
+            ),
+            observed_drift: counter(
+                r,
+                "observed_drift",
+                "Times an Observe binding was found not matching its spec (reported, not repaired)",
             ),
             vpc_reads_denied: counter(
                 r,

@@ -98,11 +98,22 @@ proptest! {
     fn decisions_never_send_a_malformed_request(
         spec in spec(), finalizer in any::<bool>(), deleting in any::<bool>(), paused in any::<bool>(),
         conflict in any::<bool>(), crd_deleting in any::<bool>(), reassert in any::<bool>(), vpc in any::<bool>(),
+        observe in any::<bool>(), observe_due in any::<bool>(),
     ) {
-        let b = binding(spec, finalizer, deleting, paused);
+        let mut b = binding(spec, finalizer, deleting, paused);
+        if observe {
+            b.spec.management_policy = vip_operator::api::v1alpha1::ManagementPolicy::Observe;
+        }
         let api = if vpc { BindApi::Vpc } else { BindApi::Ecs };
-        let facts = Facts { conflict_owner: conflict.then(|| "ns/owner".to_string()), crd_deleting, reassert_due: reassert, api };
-        match decide(&b, &facts) {
+        let facts = Facts { conflict_owner: conflict.then(|| "ns/owner".to_string()), crd_deleting, reassert_due: reassert, api, observe_due };
+        let plan = decide(&b, &facts);
+        // Observe never writes: no bind, no unbind, whatever else is true.
+        prop_assert!(!observe || !matches!(plan, Plan::Bind { .. } | Plan::Unbind | Plan::Yield(_)), "{:?}", plan);
+        match plan {
+            Plan::Observe => {
+                prop_assert!(observe && observe_due && !deleting && !paused && !conflict);
+                prop_assert!(validate_spec(&b.spec).is_ok());
+            }
             Plan::Bind { .. } => {
                 // Only well-formed specs get to bind, and their URL path is exactly as intended.
                 prop_assert!(validate_spec(&b.spec).is_ok());

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::v1alpha1::{BindApi, DeletionPolicy, SecretRef};
+use super::v1alpha1::{BindApi, DeletionPolicy, ManagementPolicy, SecretRef};
 
 pub const GROUP_KIND: &str = "VipGroup";
 pub const GROUP_CRD_NAME: &str = "vipgroups.vipoperator.dev";
@@ -110,6 +110,12 @@ pub struct VipGroupSpec {
     #[serde(default = "default_max_nodes")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_nodes: u32,
+
+    /// Manage (default) or Observe, copied to every member (see a VipBinding's
+    /// managementPolicy): under Observe the members only read and report. May be changed at any
+    /// time.
+    #[serde(default, skip_serializing_if = "ManagementPolicy::is_manage")]
+    pub management_policy: ManagementPolicy,
 }
 
 fn default_api() -> BindApi {

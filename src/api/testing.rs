@@ -80,6 +80,7 @@ impl Fixture for VipBinding {
             credentials_secret_ref: None,
             deletion_policy: DeletionPolicy::Unbind,
             api: None,
+            management_policy: Default::default(),
         };
         VipBinding::new("b", spec).named("ns", "b").generation(1)
     }

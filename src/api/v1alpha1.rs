@@ -105,6 +105,30 @@ pub struct VipBindingSpec {
     /// being deleted: switching a stuck deletion to Orphan releases it without a cloud call.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Manage (default): the operator binds, repairs drift and unbinds on deletion. Observe: it
+    /// never writes to the cloud: it reads, says in the Ready and Bound conditions whether the
+    /// cloud matches this spec (and why not), reports drift without repairing it, and a deletion
+    /// releases without a cloud call. Switching to Manage adopts: the first act is a read, and
+    /// only what differs is written. May be changed at any time.
+    #[serde(default, skip_serializing_if = "ManagementPolicy::is_manage")]
+    pub management_policy: ManagementPolicy,
+}
+
+/// Whether the operator may write to the cloud for an object.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ManagementPolicy {
+    /// Bind, repair and unbind.
+    #[default]
+    Manage,
+    /// Read and report only; never write.
+    Observe,
+}
+
+impl ManagementPolicy {
+    pub fn is_manage(&self) -> bool {
+        *self == ManagementPolicy::Manage
+    }
 }
 
 /// Reference to a Secret in the VipBinding's namespace.
@@ -314,10 +338,17 @@ pub enum Reason {
     /// the finalizer (kube-apiserver can let a DELETE that read it before the finalizer was
     /// added remove it all the same): its bind was undone, since no deletion will.
     DeletedWhileBinding,
+    /// `managementPolicy: Observe`: the cloud matches the spec (read, nothing written).
+    Observed,
+    /// `managementPolicy: Observe`: the cloud does not match the spec; reported, not repaired.
+    ObservedDrift,
+    /// `managementPolicy: Observe`: the cloud cannot be read for this binding (an ECS binding
+    /// whose VIP port shows nothing, credentials that may not read ports): nothing is guessed.
+    Unobservable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 31] = [
         Reason::Bound,
         Reason::Unbound,
         Reason::NotBound,
@@ -346,6 +377,9 @@ impl Reason {
         Reason::WritesInFlight,
         Reason::HandingOver,
         Reason::DeletedWhileBinding,
+        Reason::Observed,
+        Reason::ObservedDrift,
+        Reason::Unobservable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -378,6 +412,9 @@ impl Reason {
             Reason::WritesInFlight => "WritesInFlight",
             Reason::HandingOver => "HandingOver",
             Reason::DeletedWhileBinding => "DeletedWhileBinding",
+            Reason::Observed => "Observed",
+            Reason::ObservedDrift => "ObservedDrift",
+            Reason::Unobservable => "Unobservable",
         }
     }
 

@@ -28,6 +28,9 @@ use crate::controller::state::key::ObjectKey;
 use crate::controller::state::memory::Memory;
 use crate::controller::target::TargetResolver;
 
+/// `status.observed.by` of a read made for `managementPolicy: Observe`.
+pub const OBSERVE_BY: &str = "observe";
+
 /// Everything a reconcile needs. Cloud and Kubernetes access sit behind `cloud`, `kube` and
 /// `targets`; the decision itself is the pure [`decide::decide`].
 pub struct Context {
@@ -141,7 +144,40 @@ impl Context {
             crd_deleting: false,
             reassert_due: decide::bound_as_specified(b) && (self.resync.is_asked(key) || self.writes.recheck_due(key)),
             api: crate::controller::state::index::api_of(b, self.targets.defaults().api),
+            observe_due: self.observe_in(b).is_none(),
         }
+    }
+
+    /// How often an Observe binding is read: the drift period, or 10 minutes without one.
+    pub fn observe_period(&self) -> Duration {
+        let period = self.resync.period();
+        if period.is_zero() { Duration::from_secs(600) } else { period }
+    }
+
+    /// `managementPolicy: Observe`: how long until the binding is read again; `None` when it is
+    /// due now (never read as this spec, or the last read is a period old). Not an Observe
+    /// binding: `Some(ZERO)`, never due.
+    pub fn observe_in(&self, b: &VipBinding) -> Option<Duration> {
+        use crate::api::v1alpha1::{CONDITION_READY, ManagementPolicy};
+        if b.spec.management_policy != ManagementPolicy::Observe {
+            return Some(Duration::ZERO);
+        }
+        let ready = b.condition(CONDITION_READY)?;
+        let observed = matches!(
+            Reason::parse(&ready.reason),
+            Some(Reason::Observed | Reason::ObservedDrift | Reason::Unobservable)
+        );
+        if !observed || ready.observed_generation != b.metadata.generation {
+            return None;
+        }
+        // The last read: what the VIP port showed, else when the verdict was first written.
+        let at = match b.status.as_ref().and_then(|s| s.observed.as_ref()).filter(|o| o.by == OBSERVE_BY) {
+            Some(o) => o.at.0,
+            None => ready.last_transition_time.0,
+        };
+        let age = self.clock.now().duration_since(at).unsigned_abs();
+        let period = self.observe_period();
+        (age < period).then(|| period.saturating_sub(age))
     }
 
     /// After a reconcile that left the binding as its spec asks: wait for a change (the drift

@@ -2,7 +2,9 @@
 
 use std::net::IpAddr;
 
-use crate::api::v1alpha1::{BindApi, CONDITION_BOUND, DeletionPolicy, Reason, VipBinding, VipBindingSpec};
+use crate::api::v1alpha1::{
+    BindApi, CONDITION_BOUND, DeletionPolicy, ManagementPolicy, Reason, VipBinding, VipBindingSpec,
+};
 use crate::ecs::{InvalidId, InvalidRegion, check_path_id, check_region};
 
 use crate::controller::binding::outcome::ORPHAN_HINT;
@@ -19,6 +21,9 @@ pub struct Facts {
     pub reassert_due: bool,
     /// The API the binding is (or will be) bound through.
     pub api: BindApi,
+    /// `managementPolicy: Observe`: the cloud is to be read now (never read, the spec changed,
+    /// or the last read is older than the observation period).
+    pub observe_due: bool,
 }
 
 /// Why a binding is held or released without a cloud call.
@@ -50,6 +55,9 @@ pub enum Plan {
     /// have reached the cloud: an unbind would take the owner's VIP too (it names none), so the
     /// owner's bind is re-asserted instead, which replaces whatever this one bound.
     Yield(Verdict),
+    /// `managementPolicy: Observe`: read the cloud and record whether it matches the spec; no
+    /// write, no finalizer.
+    Observe,
 }
 
 /// What is wrong with a spec (see [`validate_spec`]); its text is the Invalid condition's message.
@@ -111,6 +119,9 @@ fn decide_live(b: &VipBinding, facts: &Facts) -> Plan {
             "paused by the vipoperator.dev/paused annotation: no cloud calls are made",
         ));
     }
+    if b.spec.management_policy == ManagementPolicy::Observe {
+        return if facts.observe_due { Plan::Observe } else { Plan::Nothing };
+    }
     if bound_as_specified(b) {
         if facts.reassert_due { Plan::Bind { reassert: true } } else { Plan::Nothing }
     } else {
@@ -121,6 +132,15 @@ fn decide_live(b: &VipBinding, facts: &Facts) -> Plan {
 fn decide_deleting(b: &VipBinding, facts: &Facts) -> Plan {
     if !has_finalizer(b) {
         return Plan::Nothing;
+    }
+    if b.spec.management_policy == ManagementPolicy::Observe {
+        return Plan::Release(Verdict::new(
+            Reason::Orphaned,
+            format!(
+                "managementPolicy is Observe: released without a cloud call; whatever is bound of VIP {} on NIC {} stays",
+                b.spec.ip_address, b.spec.nic_id
+            ),
+        ));
     }
     if b.spec.deletion_policy == DeletionPolicy::Orphan {
         return Plan::Release(Verdict::new(

@@ -10,6 +10,7 @@
 pub(crate) mod act;
 pub(crate) mod compare;
 pub(crate) mod decide;
+pub(crate) mod observe;
 pub(crate) mod outcome;
 pub(crate) mod reconcile;
 pub(crate) mod record;

@@ -112,6 +112,10 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &ObjectKey) ->
     }
     tracing::debug!(?plan, "decided");
     match plan {
+        // An Observe binding read less than a period ago: the next read is timed from that one.
+        Plan::Nothing if observing(b) => {
+            Ok(Action::requeue(ctx.observe_in(b).filter(|w| !w.is_zero()).unwrap_or_else(|| ctx.observe_period())))
+        }
         Plan::Nothing => record::nothing(b, ctx, key).await,
         Plan::Hold(verdict) => record::hold(b, ctx, key, &verdict).await,
         Plan::Release(verdict) => record::release_verdict(b, ctx, key, &verdict).await,
@@ -123,7 +127,39 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &ObjectKey) ->
         Plan::Bind { reassert: true } => crate::ecs::in_background(bind(b, ctx, key, true)).await,
         Plan::Bind { reassert: false } => bind(b, ctx, key, false).await,
         Plan::Unbind => unbind(b, ctx, key).await,
+        Plan::Observe => observe(b, ctx, key).await,
     }
+}
+
+fn observing(b: &VipBinding) -> bool {
+    b.metadata.deletion_timestamp.is_none()
+        && b.spec.management_policy == crate::api::v1alpha1::ManagementPolicy::Observe
+}
+
+/// `managementPolicy: Observe`: two reads (the NIC's port and the VIP's), the verdict recorded;
+/// never a write, never the finalizer.
+async fn observe(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
+    if let Some(wait) = wait_for_policy(b, ctx, true) {
+        return Ok(wait);
+    }
+    let epoch = ctx.targets.tenancy().epoch();
+    let resolved = ctx.targets.resolve_bind(b).await;
+    let Resolved { target, .. } = match record::or_record(b, ctx, key, Step::Read, (resolved, epoch)).await? {
+        Ok(r) => r,
+        Err(action) => return Ok(action),
+    };
+    let api = crate::controller::state::index::api_of(b, ctx.targets.defaults().api);
+    let seen = if ctx.cloud.has_vpc() {
+        match ctx.cloud.admit(&target) {
+            Ok(admitted) => admitted.observe(&b.spec.nic_id, &b.spec.subnet_id, &b.spec.ip_address).await,
+            Err(EcsError::AwaitingProbe(why)) => return Ok(await_probe(&why)),
+            Err(e) => Err(e),
+        }
+    } else {
+        Err(EcsError::InvalidRequest("the operator has no VPC endpoint to read ports with".into()))
+    };
+    let observation = crate::controller::binding::observe::judge(b, api, seen);
+    record::observed(b, ctx, key, &observation).await
 }
 
 /// A deletion already held for a write that may still land, which still may: looked at again

@@ -210,6 +210,43 @@ pub(crate) async fn release_verdict(
 
 /// Nothing to do but acknowledge a generation change (e.g. deletionPolicy edited), or write
 /// the record of a bind made before records existed.
+/// An Observe binding's verdict: `Bound` as read, `Ready` True only when the cloud matches the
+/// spec, what the VIP port showed; an event and the drift counter when it stops matching. The
+/// next read is a period away (sooner when nothing could be read).
+pub(crate) async fn observed(
+    b: &VipBinding,
+    ctx: &Context,
+    key: &ObjectKey,
+    o: &crate::controller::binding::observe::Observation,
+) -> Result<Action, Error> {
+    let ready = if o.reason == Reason::Observed { CondStatus::True } else { CondStatus::False };
+    let mut builder =
+        StatusBuilder::new(b, ctx.now()).ready(ready, o.reason, &o.message).bound(o.bound, o.reason, &o.message);
+    if let Some((paired, port)) = &o.vip_port {
+        builder = builder.observed(*paired, port, crate::controller::context::OBSERVE_BY);
+    }
+    // Written every time: `observed.at` says when it was last read (and the next read is timed
+    // from it); a read that shows the same costs one status write a period.
+    let status = builder.build_always();
+    let before = b.condition(CONDITION_READY).map(|c| c.reason.clone());
+    ctx.record(b, &status).await?;
+    if before.as_deref() != Some(o.reason.as_str()) && o.reason != Reason::Observed {
+        if o.reason == Reason::ObservedDrift
+            && let Some(m) = &ctx.metrics
+        {
+            m.observed_drift.inc();
+        }
+        ctx.kube.event(b, true, o.reason, Step::Read.as_str(), o.message.clone()).await;
+    }
+    ctx.backoffs.reset(key);
+    let next = if o.reason == Reason::Unobservable && o.vip_port.is_none() {
+        std::time::Duration::from_secs(30).min(ctx.observe_period())
+    } else {
+        ctx.observe_period()
+    };
+    Ok(Action::requeue(next))
+}
+
 pub(crate) async fn nothing(b: &VipBinding, ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
     if b.metadata.deletion_timestamp.is_none() && has_finalizer(b) {
         let builder = StatusBuilder::new(b, ctx.now()).bound_unchanged();

@@ -159,3 +159,78 @@ mod tests {
         assert!(matches!(reads.confirm_gone(&target(), "nic").await, Gone::Confirmed), "tried again later");
     }
 }
+
+/// What two reads show of a binding, for `managementPolicy: Observe`: the NIC's port and the
+/// VIP's port (found by the network and address, as a bind finds it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// The NIC's port read 404 `VPC.2502`: the cloud's word that it does not exist.
+    NicGone,
+    /// The NIC has no IPv4 address.
+    NicWithoutIp,
+    /// No port holds the VIP's address in the network, or several do, or it is no VIP port.
+    NoVipPort(String),
+    Ports {
+        nic_ip: String,
+        check_off: bool,
+        vip_port_id: String,
+        /// The VIP port's pairs hold the NIC's IP.
+        paired: bool,
+    },
+}
+
+impl Reads {
+    /// Reads a binding's two ports (two calls; no write). `Err`: a read failed (a refusal, a
+    /// timeout, a 403): nothing is known.
+    pub async fn observe(
+        &self,
+        target: &CloudTarget,
+        nic_id: &str,
+        network: &str,
+        vip: &str,
+    ) -> Result<Seen, EcsError> {
+        let nic = match self.api.get_port(target, nic_id).await {
+            Ok(port) => port,
+            Err(e) if e.class() == crate::ecs::ErrorClass::Gone => return Ok(Seen::NicGone),
+            Err(e) => return Err(e),
+        };
+        let Some(nic_ip) =
+            nic.fixed_ips.iter().map(|f| f.ip_address.as_str()).find(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+        else {
+            return Ok(Seen::NicWithoutIp);
+        };
+        let check_off = nic.allowed_address_pairs.iter().any(|p| p.ip_address == super::pairs::SOURCE_CHECK_OFF);
+        let filter = crate::ecs::vpc::PortFilter {
+            network_id: Some(network.into()),
+            ip_address: Some(vip.into()),
+            ..Default::default()
+        };
+        let ports = match self.api.list_ports(target, &filter).await {
+            Ok(ports) => ports,
+            // A listing's 404 says nothing about any one port.
+            Err(e) => return Err(e),
+        };
+        // The filters are the server's; the answer is checked, not trusted.
+        let holding: Vec<_> = ports
+            .into_iter()
+            .filter(|p| {
+                p.fixed_ips.iter().any(|f| f.ip_address == vip) && (p.network_id.is_empty() || p.network_id == network)
+            })
+            .collect();
+        let port = match holding.as_slice() {
+            [one] if one.device_owner == crate::ecs::vpc::VIP_PORT_OWNER => one,
+            [] => return Ok(Seen::NoVipPort(format!("no VIP port has address {vip} in network {network}"))),
+            [one] => {
+                return Ok(Seen::NoVipPort(format!(
+                    "address {vip} belongs to port {}, which is not a virtual IP (device_owner {:?})",
+                    one.id, one.device_owner
+                )));
+            }
+            several => {
+                return Ok(Seen::NoVipPort(format!("{} ports have address {vip} in network {network}", several.len())));
+            }
+        };
+        let paired = port.allowed_address_pairs.iter().any(|p| p.ip_address == nic_ip);
+        Ok(Seen::Ports { nic_ip: nic_ip.to_string(), check_off, vip_port_id: port.id.clone(), paired })
+    }
+}

@@ -219,6 +219,17 @@ impl Admitted<'_> {
         gone
     }
 
+    /// Reads a binding's NIC port and VIP port for `managementPolicy: Observe` (see
+    /// [`Reads::observe`]); never writes.
+    pub async fn observe(mut self, nic_id: &str, network: &str, vip: &str) -> Result<evidence::Seen, EcsError> {
+        let result = match &self.cloud.vpc {
+            Some(vpc) => vpc.reads.observe(self.target, nic_id, network, vip).await,
+            None => Err(no_vpc()),
+        };
+        self.settle_read(result.as_ref().map(|_| ()));
+        result
+    }
+
     /// Every port of one network (see [`PortPairs::network_ports`]): the drift check's listing.
     pub async fn network_ports(mut self, network: &str) -> Result<NetworkPorts, EcsError> {
         let result = match &self.cloud.vpc {

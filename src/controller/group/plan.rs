@@ -107,6 +107,7 @@ pub fn desired_member(group: &VipGroup, node: &str, nic: &str) -> VipBinding {
             credentials_secret_ref: spec.credentials_secret_ref.clone(),
             api: Some(spec.api),
             deletion_policy: spec.deletion_policy,
+            management_policy: spec.management_policy,
         },
     );
     b.metadata = ObjectMeta {
@@ -405,6 +406,7 @@ mod tests {
                 credentials_secret_ref: None,
                 deletion_policy: DeletionPolicy::Unbind,
                 max_nodes,
+                management_policy: Default::default(),
             },
         );
         g.metadata.namespace = Some("ns".into());
