@@ -10,6 +10,7 @@ mod chaos;
 mod evidence;
 mod group;
 mod harness;
+mod import;
 mod safety;
 mod shared;
 mod tenancy;
