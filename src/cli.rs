@@ -1,4 +1,4 @@
-//! Command line: `vip-operator run | crd | simulator`.
+//! Command line: `vip-operator run | import | crd | simulator`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,6 +30,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator: watch VipBindings and bind/unbind their VIPs.
     Run(Box<RunArgs>),
+    /// Print VipBindings (or VipGroups) for the VIPs already bound in one project and region, to
+    /// review and `kubectl apply -f -`. Reads the cloud, never writes it.
+    Import(Box<ImportArgs>),
     /// Print the CustomResourceDefinitions (VipBinding, VipGroup) as YAML.
     Crd(CrdArgs),
     /// Serve the bundled ECS simulator (a stand-in for Huawei Cloud, for demos and tests).
@@ -84,15 +87,8 @@ pub struct RunArgs {
     /// Default project ID (falls back to HUAWEICLOUD_SDK_PROJECT_ID).
     #[arg(long, env = "VIPOP_PROJECT_ID")]
     pub project_id: Option<String>,
-    /// Default credentials Secret, NAMESPACE/NAME (keys accessKey, secretKey, optional securityToken, projectId, region).
-    #[arg(long, env = "VIPOP_CREDENTIALS_SECRET")]
-    pub credentials_secret: Option<String>,
-    /// Use temporary credentials from the ECS metadata service (a node with an IAM agency) as the default.
-    #[arg(long, env = "VIPOP_METADATA_CREDENTIALS")]
-    pub metadata_credentials: bool,
-    /// Base URL of the ECS metadata service.
-    #[arg(long, env = "VIPOP_METADATA_URL", default_value = crate::ecs::credentials::DEFAULT_METADATA_URL)]
-    pub metadata_url: String,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     /// Namespaces whose bindings may use the operator's default credentials (repeat or
     /// comma-separate); `*` for every namespace. Default: none (with --simulator: every one).
     #[arg(long, env = "VIPOP_DEFAULT_CREDENTIALS_NAMESPACES", value_delimiter = ',')]
@@ -168,6 +164,88 @@ pub struct RunArgs {
     /// Latency the --simulator adds to each cloud call.
     #[arg(long, default_value_t = 200)]
     pub simulator_latency_ms: u64,
+}
+
+/// Where the operator's own credentials come from (besides HUAWEICLOUD_SDK_AK/SK in the
+/// environment); `run` and `import` take the same.
+#[derive(Debug, Clone, Args)]
+pub struct CredentialArgs {
+    /// Default credentials Secret, NAMESPACE/NAME (keys accessKey, secretKey, optional securityToken, projectId, region).
+    #[arg(long, env = "VIPOP_CREDENTIALS_SECRET")]
+    pub credentials_secret: Option<String>,
+    /// Use temporary credentials from the ECS metadata service (a node with an IAM agency) as the default.
+    #[arg(long, env = "VIPOP_METADATA_CREDENTIALS")]
+    pub metadata_credentials: bool,
+    /// Base URL of the ECS metadata service.
+    #[arg(long, env = "VIPOP_METADATA_URL", default_value = crate::ecs::credentials::DEFAULT_METADATA_URL)]
+    pub metadata_url: String,
+}
+
+/// `import -o` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One YAML document per object, a comment above each.
+    Yaml,
+    /// A `v1` `List` of the objects.
+    Json,
+}
+
+/// `vip-operator import`: credentials, project and region as `run` takes them (flags, then the
+/// HUAWEICLOUD_SDK_* environment; a --credentials-secret's projectId and region when the flags
+/// leave them out).
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The Huawei Cloud project to read (falls back to HUAWEICLOUD_SDK_PROJECT_ID).
+    #[arg(long, env = "VIPOP_PROJECT_ID")]
+    pub project_id: Option<String>,
+    /// The region to read, e.g. cn-north-4 (also written into every object).
+    #[arg(long, env = "VIPOP_REGION")]
+    pub region: Option<String>,
+    /// VPC endpoint URL (the simulator, a private cloud, a proxy). Default:
+    /// https://vpc.{region}.myhuaweicloud.com.
+    #[arg(long, env = "VIPOP_VPC_ENDPOINT")]
+    pub vpc_endpoint: Option<String>,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+    /// Only the VIPs in this network (the "Network ID" of their subnet).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Namespace of the printed objects.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Put in front of every printed object's name (lowercase letters, digits, '-'; at most 24).
+    #[arg(long, default_value = "")]
+    pub name_prefix: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    pub output: OutputFormat,
+    /// Read the cluster's Nodes (current kubeconfig) and print one VipGroup selecting
+    /// LABEL=<value> for a VIP whose NICs are exactly the nodes with that value (at least 2).
+    #[arg(long, value_name = "LABEL")]
+    pub group_by_selector: Option<String>,
+    /// Cloud API calls per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub cloud_qps: f64,
+    /// The managementPolicy of what is printed: observe (default: applying it writes nothing,
+    /// whatever has changed since; switch each to Manage after review) or manage.
+    #[arg(long, value_enum, default_value = "observe")]
+    pub management_policy: PolicyFlag,
+}
+
+/// `--management-policy` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyFlag {
+    Observe,
+    Manage,
+}
+
+impl From<PolicyFlag> for crate::api::v1alpha1::ManagementPolicy {
+    fn from(flag: PolicyFlag) -> Self {
+        match flag {
+            PolicyFlag::Observe => Self::Observe,
+            PolicyFlag::Manage => Self::Manage,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

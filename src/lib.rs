@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod ecs;
+pub mod import;
 pub mod leader;
 pub mod metrics;
 pub mod rbac;

@@ -22,6 +22,13 @@ async fn main() -> ExitCode {
                 return ExitCode::from(e.exit_code());
             }
         },
+        Command::Import(args) => match vip_operator::import::run(*args).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        },
         Command::Simulator(args) => args.run().await.map_err(Into::into),
         Command::Crd(args) => {
             vip_operator::api::crds_yaml(args.name.as_deref()).map(|yaml| print!("{yaml}")).map_err(Into::into)

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::RunArgs;
+use crate::cli::{CredentialArgs, ImportArgs, OutputFormat, RunArgs};
 use crate::controller::WatchConfig;
 use crate::controller::{DefaultCredentials, OperatorDefaults};
 use crate::controller::{DefaultCredentialsScope, SelectorError, parse_selector};
@@ -54,7 +54,19 @@ pub enum ConfigError {
     Selector(#[from] SelectorError),
     #[error("--write-horizon {0:?} is longer than the 10 minutes it may be")]
     WriteHorizon(Duration),
+    #[error("--namespace {0:?} is not a namespace name")]
+    ImportNamespace(String),
+    #[error(
+        "--name-prefix {0:?}: at most {MAX_NAME_PREFIX} lowercase letters, digits and '-', starting with a letter or digit"
+    )]
+    NamePrefix(String),
+    #[error("--group-by-selector {0:?} is not a label key ([prefix/]name, as in kubernetes.io/hostname)")]
+    LabelKey(String),
 }
+
+/// The longest `import --name-prefix`: a VipGroup's name (prefix + `vip-` + the VIP + a hash)
+/// must stay within the 50 characters its CRD allows.
+pub const MAX_NAME_PREFIX: usize = 24;
 
 /// The longest `--write-horizon`: a deletion may wait this long for a write that may still land.
 pub const MAX_WRITE_HORIZON: Duration = Duration::from_secs(600);
@@ -148,7 +160,7 @@ impl Settings {
         if args.default_api == crate::cli::ApiFlag::Vpc && vpc_endpoint.is_none() && !args.simulator {
             return Err(ConfigError::VpcWithoutEndpoint);
         }
-        let credentials = credentials(&args, env)?;
+        let credentials = credentials(&args.credentials, args.simulator, env)?;
         if let Some(region) = &args.region {
             crate::ecs::check_region(region)?;
         }
@@ -242,18 +254,104 @@ fn default_credentials_scope(args: &RunArgs) -> Result<(DefaultCredentialsScope,
     }
     let mut namespaces = std::collections::BTreeSet::new();
     for name in names.iter().map(|n| n.trim()) {
-        let dns_label = !name.is_empty()
-            && name.len() <= 63
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !name.starts_with('-')
-            && !name.ends_with('-');
-        if !dns_label {
+        if !is_dns_label(name) {
             return Err(ConfigError::NamespaceName(name.to_string()));
         }
         namespaces.insert(name.to_string());
     }
     let selector = args.default_credentials_namespace_selector.as_deref().map(parse_selector).transpose()?;
     Ok((DefaultCredentialsScope::Only { namespaces, selector }, false))
+}
+
+/// A namespace name (RFC 1123 label).
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63 letters,
+/// digits, `-`, `_` and `.`, beginning and ending with a letter or digit.
+fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_dns_label));
+    name_ok && prefix_ok
+}
+
+/// What `vip-operator import` starts from, validated like [`Settings`] (pure).
+#[derive(Debug)]
+pub struct ImportSettings {
+    pub credentials: DefaultCredentials,
+    /// The flag, else `HUAWEICLOUD_SDK_PROJECT_ID`; `None`: a credentials Secret's `projectId`.
+    pub project_id: Option<String>,
+    /// The flag; `None`: a credentials Secret's `region`.
+    pub region: Option<String>,
+    pub vpc_endpoint: Endpoint,
+    pub network: Option<String>,
+    pub namespace: String,
+    pub name_prefix: String,
+    pub output: OutputFormat,
+    pub group_by: Option<String>,
+    pub management_policy: crate::api::v1alpha1::ManagementPolicy,
+    pub qps: f64,
+}
+
+impl ImportSettings {
+    pub fn new(args: &ImportArgs, env: &SdkEnvironment) -> Result<Self, ConfigError> {
+        let vpc_endpoint = match &args.vpc_endpoint {
+            Some(url) => Endpoint::parse_override_for("--vpc-endpoint", url)?,
+            None => Endpoint::Regional,
+        };
+        let credentials = credentials(&args.credentials, false, env)?;
+        let project_id = args.project_id.clone().or_else(|| env.project_id.clone());
+        if let Some(p) = &project_id {
+            crate::ecs::check_path_id("--project-id", p)?;
+        }
+        if let Some(region) = &args.region {
+            crate::ecs::check_region(region)?;
+        }
+        if let Some(network) = &args.network {
+            crate::ecs::check_path_id("--network", network)?;
+        }
+        if !is_dns_label(&args.namespace) {
+            return Err(ConfigError::ImportNamespace(args.namespace.clone()));
+        }
+        let prefix = &args.name_prefix;
+        let prefix_ok = prefix.len() <= MAX_NAME_PREFIX
+            && prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !prefix.starts_with('-');
+        if !prefix_ok {
+            return Err(ConfigError::NamePrefix(prefix.clone()));
+        }
+        if let Some(key) = &args.group_by_selector
+            && !is_label_key(key)
+        {
+            return Err(ConfigError::LabelKey(key.clone()));
+        }
+        Ok(Self {
+            credentials,
+            project_id,
+            region: args.region.clone(),
+            vpc_endpoint,
+            network: args.network.clone(),
+            namespace: args.namespace.clone(),
+            name_prefix: prefix.clone(),
+            output: args.output,
+            group_by: args.group_by_selector.clone(),
+            management_policy: args.management_policy.into(),
+            qps: args.cloud_qps,
+        })
+    }
 }
 
 fn parse_secret_ref(value: &str) -> Result<(String, String), ConfigError> {
@@ -266,13 +364,17 @@ fn parse_secret_ref(value: &str) -> Result<(String, String), ConfigError> {
 /// Operator default credentials: `--credentials-secret`, else the simulator's keys with
 /// `--simulator`, else the `HUAWEICLOUD_SDK_*` environment, else the metadata service when
 /// asked for, else none (bindings must then name their own Secret).
-fn credentials(args: &RunArgs, env: &SdkEnvironment) -> Result<DefaultCredentials, ConfigError> {
+fn credentials(
+    args: &CredentialArgs,
+    simulator: bool,
+    env: &SdkEnvironment,
+) -> Result<DefaultCredentials, ConfigError> {
     use crate::ecs::Credentials;
     if let Some(s) = &args.credentials_secret {
         let (namespace, name) = parse_secret_ref(s)?;
         return Ok(DefaultCredentials::Secret { namespace, name });
     }
-    if args.simulator {
+    if simulator {
         return Credentials::new(SIMULATOR_ACCESS_KEY, SIMULATOR_SECRET_KEY, None)
             .map(DefaultCredentials::Static)
             .map_err(ConfigError::SimulatorCredentials);
@@ -376,6 +478,56 @@ mod tests {
                 );
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    fn import(flags: &[&str], env: &SdkEnvironment) -> Result<ImportSettings, ConfigError> {
+        let cli = crate::cli::Cli::try_parse_from(["vip-operator", "import"].iter().chain(flags)).expect("flags parse");
+        match cli.command {
+            crate::cli::Command::Import(args) => ImportSettings::new(&args, env),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn import_takes_credentials_and_project_as_run_does_and_checks_its_own_flags() {
+        let env = SdkEnvironment {
+            access_key: Some("ENVAK".into()),
+            secret_key: Some("envsk".into()),
+            project_id: Some("envproject".into()),
+            ..Default::default()
+        };
+        let s = import(&["--region", "cn-north-4", "--group-by-selector", "node-role.example.com/lb"], &env)
+            .expect("valid");
+        assert!(matches!(&s.credentials, DefaultCredentials::Static(c) if c.access_key() == "ENVAK"));
+        assert_eq!(s.project_id.as_deref(), Some("envproject"));
+        assert_eq!((s.namespace.as_str(), s.name_prefix.as_str()), ("default", ""));
+        assert_eq!(s.output, OutputFormat::Yaml);
+        assert_eq!(s.vpc_endpoint, Endpoint::Regional);
+        let s =
+            import(&["--credentials-secret", "ops/creds", "-o", "json"], &SdkEnvironment::default()).expect("valid");
+        assert!(matches!(&s.credentials, DefaultCredentials::Secret { name, .. } if name == "creds"));
+        assert_eq!((s.project_id, s.region, s.output), (None, None, OutputFormat::Json));
+        let error = |flags: &[&str]| import(flags, &SdkEnvironment::default()).err().map(|e| e.to_string());
+        assert_eq!(
+            error(&["--namespace", "Not_A_Namespace"]).as_deref(),
+            Some("--namespace \"Not_A_Namespace\" is not a namespace name")
+        );
+        assert!(error(&["--name-prefix", "UPPER-"]).is_some_and(|e| e.starts_with("--name-prefix")));
+        assert!(error(&["--name-prefix", &"a".repeat(MAX_NAME_PREFIX + 1)]).is_some());
+        assert!(error(&["--name-prefix", &"a".repeat(MAX_NAME_PREFIX)]).is_none());
+        assert!(error(&["--network", "a/b"]).is_some_and(|e| e.starts_with("--network")));
+        assert!(error(&["--region", "CN North"]).is_some_and(|e| e.starts_with("--region")));
+        assert!(error(&["--vpc-endpoint", "ftp://x"]).is_some_and(|e| e.starts_with("--vpc-endpoint")));
+        for bad in ["", "a b", "-a", "a/", "/a", "a/b/c", "Bad_Prefix/x"] {
+            assert!(
+                error(&[format!("--group-by-selector={bad}").as_str()])
+                    .is_some_and(|e| e.starts_with("--group-by-selector")),
+                "{bad:?}"
+            );
+        }
+        for good in ["role", "kubernetes.io/hostname", "a.b-c/D_e.f"] {
+            assert!(error(&["--group-by-selector", good]).is_none(), "{good:?}");
         }
     }
 

@@ -627,8 +627,14 @@ async fn listing_filters_and_pages() {
         let t = t.clone();
         async move { ids(&client.list_ports(&t, &f).await.unwrap()) }
     };
-    let by_ip = PortFilter { ip_address: Some("192.168.0.3".into()), ..Default::default() };
+    let by_ip = PortFilter { ip_addresses: vec!["192.168.0.3".into()], ..Default::default() };
     assert_eq!(only(by_ip).await, vec!["vip-port-3"], "another project's port with that IP is not seen");
+    // Repeated `fixed_ips`: any of the addresses (one listing for several NICs).
+    let by_ips = PortFilter {
+        ip_addresses: vec!["192.168.0.5".into(), "192.168.0.3".into(), "192.168.9.9".into()],
+        ..Default::default()
+    };
+    assert_eq!(only(by_ips).await, vec!["vip-port-3", "vip-port-5"]);
     let by_owner = PortFilter { device_owner: Some(VIP_OWNER.into()), ..Default::default() };
     assert_eq!(only(by_owner).await.len(), 6);
     let by_network = PortFilter { network_id: Some("another-network".into()), ..Default::default() };
@@ -640,6 +646,8 @@ async fn listing_filters_and_pages() {
     // What went over the wire: the exact forms, percent-encoded, each one verified.
     let queries: Vec<String> = sim.calls().iter().filter_map(|c| c.query.clone()).collect();
     assert!(queries.contains(&"fixed_ips=ip_address%3D192.168.0.3&limit=2000".to_string()), "{queries:?}");
+    let repeated = "fixed_ips=ip_address%3D192.168.0.5&fixed_ips=ip_address%3D192.168.0.3&fixed_ips=ip_address%3D192.168.9.9&limit=2000";
+    assert!(queries.contains(&repeated.to_string()), "{queries:?}");
     assert!(queries.iter().any(|q| q.starts_with("device_owner=neutron%3AVIP_PORT&network_id=")), "{queries:?}");
     assert!(queries.iter().any(|q| q.ends_with("&limit=2&marker=vip-port-4")), "{queries:?}");
     assert!(sim.calls().iter().all(|c| c.status == 200 && c.access_key.as_deref() == Some(AK)));
@@ -688,7 +696,7 @@ async fn signatures_cover_the_query() {
     sim.set_port(SimPort::vip("vip-v6", PROJECT, NET, SUBNET, "fd00::7")).unwrap();
     let client = vpc_client(&sim, |c| c.retry = RetryPolicy::none());
     // Colons, '=' and the IPv6 form, signed by the client and verified independently.
-    let f = PortFilter { ip_address: Some("fd00:0::7".into()), ..Default::default() };
+    let f = PortFilter { ip_addresses: vec!["fd00:0::7".into()], ..Default::default() };
     assert_eq!(ids(&client.list_ports(&target(SK), &f).await.unwrap()), vec!["vip-v6"]);
     assert_eq!(sim.calls()[0].query.as_deref(), Some("fixed_ips=ip_address%3Dfd00%3A%3A7&limit=2000"));
 
@@ -891,7 +899,7 @@ async fn reverse_binding_writes_the_nics_pair_on_the_vip_port() {
     // Found by the listing a controller would make.
     let f = PortFilter {
         device_owner: Some(VIP_OWNER.into()),
-        ip_address: Some("192.168.0.7".into()),
+        ip_addresses: vec!["192.168.0.7".into()],
         ..Default::default()
     };
     assert!(client.list_ports(&t, &f).await.unwrap()[0].allows(nic_ip));
@@ -1209,7 +1217,7 @@ async fn a_concurrent_writer_after_the_read_fires_once() {
         admin_get(&sim, "/sim/state").await["after_next_read"]["vip-port-7"],
         json!({"replace": [{"ip_address": "10.0.0.7"}]})
     );
-    let f = PortFilter { ip_address: Some("192.168.0.7".into()), ..Default::default() };
+    let f = PortFilter { ip_addresses: vec!["192.168.0.7".into()], ..Default::default() };
     let page = client.list_ports(&t, &f).await.unwrap();
     assert_eq!(page[0].allowed_address_pairs, mine);
     assert_eq!(sim_pairs(&sim, "vip-port-7"), ["10.0.0.7"]);

@@ -30,6 +30,8 @@ pub use binding::reconcile::{error_policy, reconcile};
 pub use binding::status::{CondStatus, StatusBuilder};
 pub use context::Context;
 pub use error::{Error, ErrorKind};
+/// A node's server (or NIC) as groups read it; `vip-operator import` groups by the same rules.
+pub(crate) use group::nodes::{NodeView, ServerId};
 pub use kube_ops::{FIELD_MANAGER, KubeOps};
 pub use state::index::BindingIndex;
 pub use state::inflight::WritesInFlight;

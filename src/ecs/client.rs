@@ -778,7 +778,7 @@ mod tests {
             device_owner: Some(crate::ecs::vpc::VIP_PORT_OWNER.into()),
             device_id: Some("0d5f7c4e-1b2a-4c3d-9e8f-a1b2c3d4e5f6".into()),
             network_id: Some("net-1".into()),
-            ip_address: Some("192.168.0.7".into()),
+            ip_addresses: vec!["192.168.0.7".into(), "192.168.0.8".into()],
             limit: 2,
             marker: Some("port-1".into()),
         };
@@ -786,15 +786,15 @@ mod tests {
             Endpoint::Regional.ports_url("cn-north-4", "p1", &filter).unwrap().as_str(),
             "https://vpc.cn-north-4.myhuaweicloud.com/v1/p1/ports?device_owner=neutron%3AVIP_PORT\
              &device_id=0d5f7c4e-1b2a-4c3d-9e8f-a1b2c3d4e5f6&network_id=net-1\
-             &fixed_ips=ip_address%3D192.168.0.7&limit=2&marker=port-1"
+             &fixed_ips=ip_address%3D192.168.0.7&fixed_ips=ip_address%3D192.168.0.8&limit=2&marker=port-1"
         );
         let fixed = Endpoint::parse_override("http://127.0.0.1:9").unwrap();
-        let v6 = PortFilter { ip_address: Some("fd00::7".into()), limit: 5000, ..Default::default() };
+        let v6 = PortFilter { ip_addresses: vec!["fd00::7".into()], limit: 5000, ..Default::default() };
         assert_eq!(
             fixed.ports_url("", "p", &v6).unwrap().as_str(),
             "http://127.0.0.1:9/v1/p/ports?fixed_ips=ip_address%3Dfd00%3A%3A7&limit=2000"
         );
-        let bad = PortFilter { ip_address: Some("1.2.3.4&limit=1".into()), ..Default::default() };
+        let bad = PortFilter { ip_addresses: vec!["1.2.3.4&limit=1".into()], ..Default::default() };
         assert!(matches!(fixed.ports_url("", "p", &bad), Err(UrlError::Filter(_))));
         assert!(matches!(fixed.ports_url("", "", &PortFilter::default()), Err(UrlError::Id(_))));
     }

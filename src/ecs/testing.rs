@@ -276,20 +276,17 @@ impl State {
     /// One page, as the VPC API filters and pages it.
     fn list(&self, filter: &PortFilter) -> Vec<Port> {
         let given = |f: &Option<String>| f.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
-        let (owner, device, network, ip, marker) = (
-            given(&filter.device_owner),
-            given(&filter.device_id),
-            given(&filter.network_id),
-            given(&filter.ip_address),
-            given(&filter.marker),
-        );
+        let (owner, device, network, marker) =
+            (given(&filter.device_owner), given(&filter.device_id), given(&filter.network_id), given(&filter.marker));
+        // Repeated `fixed_ips` filters: a port holding any of them matches.
+        let ips: Vec<&String> = filter.ip_addresses.iter().filter(|ip| !ip.is_empty()).collect();
         self.ports
             .values()
             .filter(|p| marker.as_ref().is_none_or(|m| p.id > *m))
             .filter(|p| owner.as_ref().is_none_or(|o| p.device_owner == *o))
             .filter(|p| device.as_ref().is_none_or(|d| p.device_id == *d))
             .filter(|p| network.as_ref().is_none_or(|n| p.network_id == *n))
-            .filter(|p| ip.as_ref().is_none_or(|ip| p.fixed_ips.iter().any(|f| f.ip_address == *ip)))
+            .filter(|p| ips.is_empty() || p.fixed_ips.iter().any(|f| ips.contains(&&f.ip_address)))
             .take(filter.page_size() as usize)
             .cloned()
             .collect()
@@ -485,8 +482,10 @@ mod tests {
         assert_eq!(ids(cloud.list_ports(&target(), &filter).await.unwrap()), ["v0", "v2"]);
         let next = PortFilter { marker: Some("v2".into()), ..filter.clone() };
         assert_eq!(ids(cloud.list_ports(&target(), &next).await.unwrap()), ["v3", "v4"]);
-        let by_ip = PortFilter { ip_address: Some("10.0.0.50".into()), ..PortFilter::default() };
+        let by_ip = PortFilter { ip_addresses: vec!["10.0.0.50".into()], ..PortFilter::default() };
         assert_eq!(ids(cloud.list_ports(&target(), &by_ip).await.unwrap()), ["nic"]);
+        let by_ips = PortFilter { ip_addresses: vec!["10.0.0.51".into(), "10.0.0.50".into()], ..PortFilter::default() };
+        assert_eq!(ids(cloud.list_ports(&target(), &by_ips).await.unwrap()), ["nic", "nic-unheld"]);
         // A server's NICs, by device_id (and network): only the ports that server holds.
         let by_server = |device: &str| PortFilter {
             device_id: Some(device.into()),

@@ -93,8 +93,10 @@ pub struct PortFilter {
     /// exactly `device_id`).
     pub device_id: Option<String>,
     pub network_id: Option<String>,
-    /// `fixed_ips=ip_address=X`.
-    pub ip_address: Option<String>,
+    /// `fixed_ips=ip_address=X`, one parameter per address, in this order (the SDK's
+    /// `fixed_ips` is a repeatable array): a port holding any of them matches. At most
+    /// [`MAX_FILTER_IPS`]; empty entries are left out.
+    pub ip_addresses: Vec<String>,
     /// Ports per page: at most [`MAX_PAGE`]; 0 asks for the API's default page, [`MAX_PAGE`]
     /// (see [`PortFilter::page_size`]).
     pub limit: u32,
@@ -118,11 +120,18 @@ impl Port {
 /// the API would match, and must not make a URL grow without bound.
 pub const MAX_FILTER_LEN: usize = 255;
 
+/// Addresses one listing filters by at most: 50 `fixed_ips` parameters keep the URL under 4 KiB
+/// even for IPv6 (far below the usual 8 KiB a gateway takes), and a listing by address of a
+/// whole fleet is still one call per 50 NICs.
+pub const MAX_FILTER_IPS: usize = 50;
+
 /// A [`PortFilter`] that cannot be sent. Nothing is sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidFilter {
     #[error("the ip_address filter {0:?} is not an IP address")]
     NotAnIp(String),
+    #[error("{0} ip_address filters in one listing; at most {MAX_FILTER_IPS}")]
+    TooManyIps(usize),
     #[error("the {what} filter is longer than {MAX_FILTER_LEN} characters")]
     TooLong { what: &'static str },
     #[error("the {what} filter contains a control character")]
@@ -143,10 +152,10 @@ impl PortFilter {
     }
 
     /// The query parameters, in order, unencoded: `device_owner`, `device_id`, `network_id`,
-    /// `fixed_ips=ip_address=X`, `limit`, `marker`. Empty filters are left out.
+    /// `fixed_ips=ip_address=X` (repeated, in order), `limit`, `marker`. Empty filters are left out.
     pub fn query_pairs(&self) -> Result<Vec<(&'static str, String)>, InvalidFilter> {
         let given = |v: &Option<String>| v.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
-        let mut pairs = Vec::with_capacity(6);
+        let mut pairs = Vec::with_capacity(5 + self.ip_addresses.len());
         if let Some(owner) = given(&self.device_owner) {
             check_text("device_owner", &owner)?;
             pairs.push(("device_owner", owner));
@@ -160,10 +169,13 @@ impl PortFilter {
             check_path_id("network_id", &network)?;
             pairs.push(("network_id", network));
         }
-        if let Some(ip) = given(&self.ip_address) {
-            check_text("ip_address", &ip)?;
+        if self.ip_addresses.len() > MAX_FILTER_IPS {
+            return Err(InvalidFilter::TooManyIps(self.ip_addresses.len()));
+        }
+        for ip in self.ip_addresses.iter().filter(|ip| !ip.is_empty()) {
+            check_text("ip_address", ip)?;
             // Sent in the canonical form: the API compares addresses as text.
-            let ip: std::net::IpAddr = ip.trim().parse().map_err(|_| InvalidFilter::NotAnIp(ip))?;
+            let ip: std::net::IpAddr = ip.trim().parse().map_err(|_| InvalidFilter::NotAnIp(ip.clone()))?;
             pairs.push(("fixed_ips", format!("ip_address={ip}")));
         }
         pairs.push(("limit", self.page_size().to_string()));
@@ -247,7 +259,7 @@ mod tests {
             device_owner: Some(VIP_PORT_OWNER.into()),
             device_id: Some("server-1".into()),
             network_id: Some("net-1".into()),
-            ip_address: Some(" 192.168.0.7 ".into()),
+            ip_addresses: vec![" 192.168.0.7 ".into(), String::new(), "10.0.0.1".into()],
             limit: 2,
             marker: Some("port-9".into()),
         };
@@ -258,6 +270,7 @@ mod tests {
                 ("device_id", "server-1".to_string()),
                 ("network_id", "net-1".to_string()),
                 ("fixed_ips", "ip_address=192.168.0.7".to_string()),
+                ("fixed_ips", "ip_address=10.0.0.1".to_string()),
                 ("limit", "2".to_string()),
                 ("marker", "port-9".to_string()),
             ]
@@ -269,15 +282,16 @@ mod tests {
             ..filter()
         };
         assert_eq!(empty.query_pairs().unwrap(), vec![("limit", "2000".to_string())]);
-        let v6 = PortFilter { ip_address: Some("FD00:0:0::1".into()), ..filter() };
+        let v6 = PortFilter { ip_addresses: vec!["FD00:0:0::1".into()], ..filter() };
         assert_eq!(v6.query_pairs().unwrap()[0], ("fixed_ips", "ip_address=fd00::1".to_string()));
     }
 
     #[test]
     fn hostile_filters_are_refused() {
         let bad = [
-            PortFilter { ip_address: Some("10.0.0.1&limit=1".into()), ..filter() },
-            PortFilter { ip_address: Some("x".repeat(300)), ..filter() },
+            PortFilter { ip_addresses: vec!["10.0.0.1&limit=1".into()], ..filter() },
+            PortFilter { ip_addresses: vec!["10.0.0.1".into(), "x".repeat(300)], ..filter() },
+            PortFilter { ip_addresses: vec!["10.0.0.1".into(); MAX_FILTER_IPS + 1], ..filter() },
             PortFilter { device_owner: Some("a\nb".into()), ..filter() },
             PortFilter { device_owner: Some("o".repeat(MAX_FILTER_LEN + 1)), ..filter() },
             PortFilter { network_id: Some("../x".into()), ..filter() },
@@ -289,10 +303,14 @@ mod tests {
         for f in bad {
             assert!(f.query_pairs().is_err(), "{f:?}");
         }
-        let e = PortFilter { ip_address: Some("nope".into()), ..filter() }.query_pairs().unwrap_err();
+        let e = PortFilter { ip_addresses: vec!["nope".into()], ..filter() }.query_pairs().unwrap_err();
         assert_eq!(e.to_string(), r#"the ip_address filter "nope" is not an IP address"#);
         let e = PortFilter { device_id: Some("a/b".into()), ..filter() }.query_pairs().unwrap_err();
         assert!(e.to_string().starts_with("device_id"), "{e}");
+        let many = PortFilter { ip_addresses: vec!["10.0.0.1".into(); 51], ..filter() }.query_pairs().unwrap_err();
+        assert_eq!(many.to_string(), "51 ip_address filters in one listing; at most 50");
+        let most = PortFilter { ip_addresses: vec!["10.0.0.1".into(); MAX_FILTER_IPS], ..filter() };
+        assert_eq!(most.query_pairs().unwrap().len(), MAX_FILTER_IPS + 1);
     }
 
     #[test]

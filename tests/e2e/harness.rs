@@ -209,6 +209,11 @@ impl Env {
         self.dir.as_ref().expect("temp dir lives as long as the Env").path()
     }
 
+    /// The scenario's kubeconfig, for processes other than the operator (`vip-operator import`).
+    pub fn kubeconfig_path(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
     pub fn bindings(&self) -> Api<VipBinding> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }

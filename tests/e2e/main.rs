@@ -10,6 +10,7 @@ mod chaos;
 mod evidence;
 mod group;
 mod harness;
+mod import;
 mod observe;
 mod safety;
 mod shared;

@@ -202,7 +202,7 @@ impl Reads {
         let check_off = nic.allowed_address_pairs.iter().any(|p| p.ip_address == super::pairs::SOURCE_CHECK_OFF);
         let filter = crate::ecs::vpc::PortFilter {
             network_id: Some(network.into()),
-            ip_address: Some(vip.into()),
+            ip_addresses: vec![vip.into()],
             ..Default::default()
         };
         let ports = match self.api.list_ports(target, &filter).await {

@@ -381,7 +381,7 @@ fn answer_all(batch: Vec<Member>, mut answer: impl FnMut() -> Answer) -> Vec<Mem
 async fn find(api: &dyn VpcApi, target: &CloudTarget, key: &Key) -> Result<crate::ecs::vpc::Port, Failed> {
     let filter = PortFilter {
         network_id: Some(key.network.clone()),
-        ip_address: Some(key.address.clone()),
+        ip_addresses: vec![key.address.clone()],
         ..PortFilter::default()
     };
     let ports = match api.list_ports(target, &filter).await {

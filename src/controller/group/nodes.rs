@@ -55,7 +55,11 @@ pub enum ServerId {
 
 impl NodeView {
     pub fn of(node: &PartialObjectMeta<Node>) -> Option<Self> {
-        let meta = &node.metadata;
+        Self::from_meta(&node.metadata)
+    }
+
+    /// From a node's metadata (a full Node read, as `vip-operator import` makes).
+    pub fn from_meta(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Self> {
         let annotation = |key: &str| {
             meta.annotations.as_ref().and_then(|a| a.get(key)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
         };
