@@ -249,6 +249,29 @@ mod tests {
     }
 
     #[test]
+    fn observe_reads_when_due_never_binds_and_its_deletion_makes_no_call() {
+        let mut b = VipBinding::test();
+        b.spec.management_policy = ManagementPolicy::Observe;
+        let due = Facts { observe_due: true, ..none() };
+        assert_eq!(decide(&b, &due), Plan::Observe);
+        assert_eq!(decide(&b, &none()), Plan::Nothing, "read less than a period ago");
+        // Whatever the record says, and a drift check due: no bind.
+        let recorded = b.clone().with_status(bound("False", None)).with_finalizer();
+        assert_eq!(decide(&recorded, &Facts { reassert_due: true, ..due.clone() }), Plan::Observe);
+        // Paused and invalid come first, as for Manage.
+        let mut paused = b.clone();
+        paused.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "true".to_string())].into());
+        assert_eq!(reason(decide(&paused, &due)), Reason::Paused);
+        // Deleting: no finalizer (Observe adds none), nothing; one left from Manage, released.
+        assert_eq!(decide(&b.clone().deleting(), &due), Plan::Nothing);
+        let from_manage = b.with_status(bound("True", Some(false))).with_finalizer().deleting();
+        match decide(&from_manage, &due) {
+            Plan::Release(v) => assert!(v.message.contains("Observe"), "{}", v.message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn new_binding_binds() {
         assert_eq!(decide(&VipBinding::test(), &none()), Plan::Bind { reassert: false });
     }
