@@ -32,12 +32,6 @@ use crate::ecs::{CloudTarget, EcsError, ErrorClass, TransportKind};
 pub const MAX_ROUNDS: usize = 4;
 /// Edits applied by one write at most; the rest go in the next batch.
 pub const MAX_BATCH: usize = 1_000;
-/// A batch that follows another this soon is under sustained arrival, and lingers.
-const SUSTAINED: std::time::Duration = std::time::Duration::from_secs(2);
-/// A lingering batch goes once no edit arrived for this long...
-const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
-/// ...or after this long at most.
-const MAX_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one member wants of the VIP port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,38 +214,14 @@ enum Read {
 
 impl Worker {
     async fn run(mut self) {
-        let mut last_batch: Option<tokio::time::Instant> = None;
-        loop {
-            // Edits that keep arriving while batches run (a group binding its nodes, paced by
-            // the cloud budget) wait a little for the rest: one write for many instead of one
-            // per arrival. An edit of an idle VIP goes at once.
-            if last_batch.is_some_and(|at| at.elapsed() < SUSTAINED) {
-                self.linger().await;
-            }
-            let Some((target, read, batch)) = self.next_batch() else { return };
+        while let Some((target, read, batch)) = self.next_batch() {
             let requeue = run_batch(self.ports.api.as_ref(), &target, &self.key, read, batch).await;
-            last_batch = Some(tokio::time::Instant::now());
             if !requeue.is_empty() {
                 let mut queues = self.ports.lock();
                 if let Some(queue) = queues.queues.get_mut(&self.key) {
                     requeue.into_iter().rev().for_each(|m| queue.push_front(m));
                 }
             }
-        }
-    }
-
-    /// Waits while edits keep arriving (one at least every [`QUIET`]), at most [`MAX_LINGER`].
-    async fn linger(&self) {
-        let started = tokio::time::Instant::now();
-        let queued = || self.ports.lock().queues.get(&self.key).map_or(0, VecDeque::len);
-        let mut seen = queued();
-        while started.elapsed() < MAX_LINGER && seen < MAX_BATCH {
-            tokio::time::sleep(QUIET).await;
-            let now = queued();
-            if now == seen {
-                return;
-            }
-            seen = now;
         }
     }
 
