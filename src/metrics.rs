@@ -71,6 +71,16 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// One VipGroup's members in one state. Bounded by the number of groups (objects users create
+/// by hand, like namespaces), not by members; a group's series go when the group does.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub namespace: String,
+    pub group: String,
+    /// `desired`, `bound` or `failing`.
+    pub state: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Family<ResultLabels, Counter>,
@@ -92,6 +102,8 @@ pub struct Metrics {
     pub writes_unsettled: Family<OperationLabels, Counter>,
     /// Binds whose binding left the API while they were in flight, by whether they were undone.
     pub orphaned_binds: Family<OutcomeLabels, Counter>,
+    /// Each VipGroup's members: desired, bound, failing.
+    pub group_members: Family<GroupLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,6 +204,12 @@ impl Metrics {
             leader: registered(r, "leader", "1 while this replica is the leader and reconciles", Gauge::default()),
             writes_unsettled: registered(r, "writes_unsettled", WRITES_UNSETTLED_HELP, Family::default()),
             orphaned_binds: registered(r, "orphaned_binds", ORPHANED_BINDS_HELP, Family::default()),
+            group_members: registered(
+                r,
+                "group_members",
+                "Each VipGroup's members by state: desired (matching nodes), bound, failing (cannot be bound as things stand)",
+                Family::default(),
+            ),
             drift_reasserts: counter(r, "drift_reasserts", "Binds re-asserted by the periodic drift check"),
             credentials_unavailable: counter(
                 r,
@@ -234,6 +252,22 @@ impl Metrics {
     }
 
     /// Recomputes the gauges that describe the cache (called at scrape time).
+    /// A group's counts as its status says them; `None`: the group is gone, its series too.
+    pub fn set_group(&self, namespace: &str, group: &str, counts: Option<(u32, u32, u32)>) {
+        for (i, state) in ["desired", "bound", "failing"].into_iter().enumerate() {
+            let labels = GroupLabels { namespace: namespace.into(), group: group.into(), state };
+            match counts {
+                Some((desired, bound, failing)) => {
+                    let n = [desired, bound, failing][i];
+                    self.group_members.get_or_create(&labels).set(i64::from(n));
+                }
+                None => {
+                    self.group_members.remove(&labels);
+                }
+            }
+        }
+    }
+
     pub fn refresh_bindings<'a>(&self, bindings: impl Iterator<Item = &'a VipBinding>, now: jiff::Timestamp) {
         let mut counts = [0i64; Reason::ALL.len()];
         let mut none = 0i64;

@@ -105,7 +105,7 @@ proptest! {
             b.spec.management_policy = vip_operator::api::v1alpha1::ManagementPolicy::Observe;
         }
         let api = if vpc { BindApi::Vpc } else { BindApi::Ecs };
-        let facts = Facts { conflict_owner: conflict.then(|| "ns/owner".to_string()), crd_deleting, reassert_due: reassert, api, observe_due };
+        let facts = Facts { conflict_owner: conflict.then(|| "ns/owner".to_string()), crd_deleting, reassert_due: reassert, api, observe_due, owner_shares_pair: conflict && vpc };
         let plan = decide(&b, &facts);
         // Observe never writes: no bind, no unbind, whatever else is true.
         prop_assert!(!observe || !matches!(plan, Plan::Bind { .. } | Plan::Unbind | Plan::Yield(_)), "{:?}", plan);

@@ -141,6 +141,7 @@ impl Context {
     pub fn facts(&self, b: &VipBinding, key: &ObjectKey) -> Facts {
         Facts {
             conflict_owner: self.index.conflict_owner(b),
+            owner_shares_pair: self.index.conflict_owner_claim(b).is_some_and(|c| c.is_vpc()),
             crd_deleting: false,
             reassert_due: decide::bound_as_specified(b) && (self.resync.is_asked(key) || self.writes.recheck_due(key)),
             api: crate::controller::state::index::api_of(b, self.targets.defaults().api),

@@ -167,9 +167,18 @@ async fn g1_a_group_follows_its_nodes_and_its_deletion_unbinds_every_member() {
     let outsider = fleet.node(&env, 4, false).await;
     // With exactly the chart's RBAC: the group's requests must be granted by a real API server.
     let kubeconfig = env.chart_rbac_kubeconfig().await;
-    let _op = env.operator().kubeconfig(&kubeconfig).start().await;
+    let port = crate::harness::free_port();
+    let _op = env.operator().kubeconfig(&kubeconfig).admin_port(port).start().await;
     create_group(&env, "web", VIP, &fleet.pool).await;
     until("3 members bound", Duration::from_secs(60), async || all_bound(&env, "web", 3).await).await;
+    let series =
+        |state: &str| format!("vipop_group_members{{namespace=\"{}\",group=\"web\",state=\"{state}\"}}", env.namespace);
+    until("the group's metrics", Duration::from_secs(30), async || {
+        crate::harness::metric(port, &series("bound")).await == 3.0
+            && crate::harness::metric(port, &series("desired")).await == 3.0
+    })
+    .await;
+    assert_eq!(crate::harness::metric(port, &series("failing")).await, 0.0);
     assert_eq!(vip_pairs(&env), ips(&[&a, &b, &c]), "the VIP port holds the 3 NIC IPs");
     for n in [&a, &b, &c] {
         assert_eq!(nic_pairs(&env, &n.nic), [CHECK_OFF], "{}'s source check is off", n.name);
@@ -223,6 +232,8 @@ async fn g1_a_group_follows_its_nodes_and_its_deletion_unbinds_every_member() {
     until("the group gone", Duration::from_secs(60), async || groups(&env).get_opt("web").await.unwrap().is_none())
         .await;
     assert!(vip_pairs(&env).is_empty(), "every pair is gone before the group is");
+    let (_, text) = crate::harness::admin_get(port, "/metrics").await.unwrap_or_default();
+    assert!(!text.contains("group=\"web\""), "a gone group's series go with it");
     assert!(members(&env, "web").await.is_empty());
     for n in [&a, &d] {
         assert!(nic_pairs(&env, &n.nic).is_empty(), "{}'s check-off is gone", n.name);

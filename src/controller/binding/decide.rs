@@ -15,6 +15,8 @@ use crate::controller::binding::status::{BoundKnowledge, bound_knowledge, has_fi
 pub struct Facts {
     /// `namespace/name` of another VipBinding that owns the same NIC.
     pub conflict_owner: Option<String>,
+    /// That owner is a VPC binding of the same VIP: its pair on the VIP port is this one's too.
+    pub owner_shares_pair: bool,
     /// The VipBinding CRD itself is being deleted (operator uninstall).
     pub crd_deleting: bool,
     /// The periodic drift check is due: re-assert the bind.
@@ -170,8 +172,21 @@ fn decide_deleting(b: &VipBinding, facts: &Facts) -> Plan {
                     format!("VipBinding {owner} owns NIC {nic}: released without unbinding it"),
                 ));
             }
-            // Its pair is its own (the unbind takes exactly its IP from its VIP port, and the
-            // NIC's check-off by the rules every binding on the NIC shares): unbound as usual.
+            // The owner binds the same VIP on the same NIC: the pair on the VIP port is one and
+            // the same, and taking it out would unbind the owner. Released; the owner's bind is
+            // re-asserted (it puts back whatever this one's bind or unbind touched).
+            (true, BindApi::Vpc) if facts.owner_shares_pair => {
+                return Plan::Yield(Verdict::new(
+                    Reason::Conflict,
+                    format!(
+                        "VipBinding {owner} binds VIP {} on NIC {nic} too: released without unbinding (the pair is the owner's as well); the owner's bind is re-asserted",
+                        b.spec.ip_address
+                    ),
+                ));
+            }
+            // Its pair is its own (the owner is an ECS binding of the NIC: the unbind takes
+            // exactly this binding's IP from its VIP port, and the NIC's check-off by the rules
+            // every binding on the NIC shares): unbound as usual.
             (true, BindApi::Vpc) => {}
             (true, BindApi::Ecs) => {
                 return Plan::Yield(Verdict::new(
@@ -398,8 +413,12 @@ mod tests {
     fn a_conflicted_binding_that_bound_first_undoes_its_own_part_only() {
         let facts = |api| Facts { conflict_owner: Some("ns/owner".into()), api, ..none() };
         let bound_one = VipBinding::test().with_status(bound("True", Some(false))).with_finalizer().deleting();
-        // VPC: its pair is its own: unbound like any other.
+        // VPC, the owner an ECS binding of the NIC: its pair is its own: unbound like any other.
         assert_eq!(decide(&bound_one, &facts(BindApi::Vpc)), Plan::Unbind);
+        // VPC, the owner a VPC binding of the same VIP: the pair is the owner's too: it yields.
+        let shared = Facts { owner_shares_pair: true, ..facts(BindApi::Vpc) };
+        let Plan::Yield(v) = decide(&bound_one, &shared) else { panic!("a VPC loser of the same VIP yields") };
+        assert!(v.message.contains("the pair is the owner's as well"), "{}", v.message);
         // ECS: an unbind would take the owner's VIP: the owner re-asserts instead.
         let Plan::Yield(v) = decide(&bound_one, &facts(BindApi::Ecs)) else { panic!("an ECS loser yields") };
         assert!(v.message.contains("re-asserted"), "{}", v.message);

@@ -47,6 +47,11 @@ impl Claim {
         }
     }
 
+    /// A VPC binding's claim (of one VIP on the NIC), not an ECS one (of the whole NIC).
+    pub fn is_vpc(&self) -> bool {
+        self.vip.is_some()
+    }
+
     /// `namespace/name`, for people (condition messages, logs).
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
