@@ -71,6 +71,9 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+const GROUP_MEMBERS_HELP: &str =
+    "Each VipGroup's members by state: desired (matching nodes), bound, failing (cannot be bound as things stand)";
+
 /// One VipGroup's members in one state. Bounded by the number of groups (objects users create
 /// by hand, like namespaces), not by members; a group's series go when the group does.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -204,12 +207,7 @@ impl Metrics {
             leader: registered(r, "leader", "1 while this replica is the leader and reconciles", Gauge::default()),
             writes_unsettled: registered(r, "writes_unsettled", WRITES_UNSETTLED_HELP, Family::default()),
             orphaned_binds: registered(r, "orphaned_binds", ORPHANED_BINDS_HELP, Family::default()),
-            group_members: registered(
-                r,
-                "group_members",
-                "Each VipGroup's members by state: desired (matching nodes), bound, failing (cannot be bound as things stand)",
-                Family::default(),
-            ),
+            group_members: registered(r, "group_members", GROUP_MEMBERS_HELP, Family::default()),
             drift_reasserts: counter(r, "drift_reasserts", "Binds re-asserted by the periodic drift check"),
             credentials_unavailable: counter(
                 r,

@@ -30,6 +30,8 @@ use crate::controller::target::TargetResolver;
 
 /// `status.observed.by` of a read made for `managementPolicy: Observe`.
 pub const OBSERVE_BY: &str = "observe";
+/// An Observe binding whose ports could not be read is read again this soon.
+pub const OBSERVE_RETRY: Duration = Duration::from_secs(30);
 
 /// Everything a reconcile needs. Cloud and Kubernetes access sit behind `cloud`, `kube` and
 /// `targets`; the decision itself is the pure [`decide::decide`].
@@ -171,13 +173,16 @@ impl Context {
         if !observed || ready.observed_generation != b.metadata.generation {
             return None;
         }
-        // The last read: what the VIP port showed, else when the verdict was first written.
-        let at = match b.status.as_ref().and_then(|s| s.observed.as_ref()).filter(|o| o.by == OBSERVE_BY) {
-            Some(o) => o.at.0,
-            None => ready.last_transition_time.0,
+        // The last read: what the VIP port showed, else when the verdict was first written (a
+        // read that failed: looked at again sooner).
+        let (at, period) = match b.status.as_ref().and_then(|s| s.observed.as_ref()).filter(|o| o.by == OBSERVE_BY) {
+            Some(o) => (o.at.0, self.observe_period()),
+            None if ready.reason == Reason::Unobservable.as_str() => {
+                (ready.last_transition_time.0, OBSERVE_RETRY.min(self.observe_period()))
+            }
+            None => (ready.last_transition_time.0, self.observe_period()),
         };
         let age = self.clock.now().duration_since(at).unsigned_abs();
-        let period = self.observe_period();
         (age < period).then(|| period.saturating_sub(age))
     }
 

@@ -270,6 +270,7 @@ fn group_tasks(
         provider_ids: Default::default(),
         nics: Default::default(),
         bindings: hooks.stores.clone(),
+        nodes_listed: AtomicBool::new(false),
     });
     for (scope, grx) in config_scopes(config).into_iter().zip(receivers) {
         let groups: Api<VipGroup> = scoped_api(client.clone(), scope.as_deref());
@@ -343,6 +344,9 @@ async fn watch_nodes(
     let events = watcher(nodes, watcher::Config::default()).default_backoff().modify(slim_node).reflect(writer);
     let mut events = std::pin::pin!(events.take_until(stop.cancelled_owned()));
     let mut seen: HashMap<String, u64> = HashMap::new();
+    // A relist rebuilds the fingerprints: nodes deleted while the watch was down leave no
+    // Delete event, and must not stay in the map.
+    let mut relisted: HashMap<String, u64> = HashMap::new();
     let mut listing = false;
     while let Some(event) = events.next().await {
         let event = match event {
@@ -353,15 +357,20 @@ async fn watch_nodes(
             }
         };
         match event {
-            watcher::Event::Init => listing = true,
+            watcher::Event::Init => {
+                listing = true;
+                relisted.clear();
+            }
             watcher::Event::InitApply(n) => {
                 if let Some(v) = group::nodes::NodeView::of(&n) {
                     let fingerprint = v.fingerprint();
-                    seen.insert(v.uid, fingerprint);
+                    relisted.insert(v.uid, fingerprint);
                 }
             }
             watcher::Event::InitDone => {
                 listing = false;
+                seen = std::mem::take(&mut relisted);
+                gctx.nodes_listed.store(true, Ordering::SeqCst);
                 triggers.all_groups();
             }
             watcher::Event::Apply(n) => {

@@ -284,11 +284,21 @@ async fn g3_a_group_and_a_binding_with_another_vip_share_a_nic() {
     let mut fleet = Fleet::new(&env);
     env.sim.set_port(SimPort::vip("vip-port-other", PROJECT, SUBNET, "subnet-v4", OTHER_VIP)).unwrap();
     let (a, b) = (fleet.node(&env, 1, true).await, fleet.node(&env, 2, true).await);
-    let _op = env.operator().start().await;
+    let op = env.operator().start().await;
     env.create("solo", &a.nic, OTHER_VIP, json!({"api": "VPC"})).await;
     env.wait_ready("solo").await;
     create_group(&env, "web", VIP, &fleet.pool).await;
     until("2 members bound", Duration::from_secs(60), async || all_bound(&env, "web", 2).await).await;
+    assert_eq!(vip_pairs(&env), ips(&[&a, &b]));
+    // A restart: the new process decides nothing before its caches are listed, so no member
+    // goes for a node it has not seen yet.
+    let uids = |ms: Vec<VipBinding>| ms.into_iter().filter_map(|m| m.metadata.uid).collect::<BTreeSet<_>>();
+    let before = uids(members(&env, "web").await);
+    drop(op);
+    let _op = env.operator().start().await;
+    until("the group reconciled again", Duration::from_secs(30), async || all_bound(&env, "web", 2).await).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(uids(members(&env, "web").await), before, "the same members");
     assert_eq!(vip_pairs(&env), ips(&[&a, &b]));
     groups(&env).delete("web", &DeleteParams::default()).await.unwrap();
     until("the group gone", Duration::from_secs(60), async || groups(&env).get_opt("web").await.unwrap().is_none())

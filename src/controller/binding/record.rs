@@ -240,7 +240,7 @@ pub(crate) async fn observed(
     }
     ctx.backoffs.reset(key);
     let next = if o.reason == Reason::Unobservable && o.vip_port.is_none() {
-        std::time::Duration::from_secs(30).min(ctx.observe_period())
+        crate::controller::context::OBSERVE_RETRY.min(ctx.observe_period())
     } else {
         ctx.observe_period()
     };

@@ -240,6 +240,17 @@ impl Admitted<'_> {
         result
     }
 
+    /// One port, read (a group confirming what a listing did not show before it lets a member
+    /// go).
+    pub async fn read_port(mut self, port_id: &str) -> Result<Port, EcsError> {
+        let result = match &self.cloud.vpc {
+            Some(vpc) => vpc.api.get_port(self.target, port_id).await,
+            None => Err(no_vpc()),
+        };
+        self.settle_read(result.as_ref().map(|_| ()));
+        result
+    }
+
     /// The ports of server `server` in network `network` (a node's NIC, for a group): one
     /// listing filtered by `device_id` and `network_id`, its answer checked against both.
     pub async fn server_ports(mut self, server: &str, network: &str) -> Result<Vec<Port>, EcsError> {

@@ -129,6 +129,38 @@ fn key(target: &CloudTarget, network: &str, server: &str) -> Key {
     }
 }
 
+/// A listing said the server has no port in the network, or several, while the node's member
+/// binds `member_nic`: before that member is let go, the NIC itself is read. Only the cloud's
+/// 404 for it, or a port now on another server or network, confirms the listing; a port that
+/// is still the server's keeps the member (one of several: as it is; not shown: unknown).
+pub async fn confirm_missing(
+    cloud: &GatedCloud,
+    target: &CloudTarget,
+    (server, network): (&str, &str),
+    member_nic: &str,
+    listed: Nic,
+) -> Nic {
+    let Nic::Missing { reason, message } = listed else { return listed };
+    let admitted = match cloud.admit(target) {
+        Ok(a) => a,
+        Err(e) => return Nic::Unknown(format!("{message}; NIC {member_nic} not read to confirm it: {e}")),
+    };
+    match admitted.read_port(member_nic).await {
+        Err(e) if e.class() == crate::ecs::ErrorClass::Gone => Nic::Missing { reason, message },
+        Err(e) => Nic::Unknown(format!("{message}; NIC {member_nic} could not be read to confirm it: {e}")),
+        Ok(port) if port.device_id != server || !(port.network_id.is_empty() || port.network_id == network) => {
+            Nic::Missing {
+                reason,
+                message: format!("{message}; NIC {member_nic} is no longer this server's port in the network"),
+            }
+        }
+        Ok(_) if reason == MemberReason::SeveralNics => Nic::Found(member_nic.to_string()),
+        Ok(_) => Nic::Unknown(format!(
+            "the listing did not show server {server}'s port in network {network}, but a read shows NIC {member_nic} still is: its member stays"
+        )),
+    }
+}
+
 /// One port is the NIC; none or several is the user's to sort out.
 fn judge(server: &str, network: &str, mut ports: Vec<String>) -> Nic {
     ports.sort();
@@ -210,6 +242,31 @@ mod tests {
         assert_eq!(fake.count(Operation::ListPorts), 1, "too few to list the network");
         assert!(matches!(lookup.nic_of(&cloud, &target(), "srv-new", "net").await, Nic::Missing { .. }));
         assert_eq!(fake.count(Operation::ListPorts), 2);
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_no_longer_shows_a_members_nic_is_confirmed_by_reading_it() {
+        let fake = FakeCloud::with_ports(vec![
+            server_port("nic-a", "srv-a", "net", "compute:az1"),
+            server_port("nic-moved", "srv-other", "net", "compute:az1"),
+        ]);
+        let cloud = GatedCloud::new(fake.clone()).with_vpc(fake.clone());
+        let none = || Nic::Missing { reason: MemberReason::NoNicInNetwork, message: "no port".into() };
+        let several = || Nic::Missing { reason: MemberReason::SeveralNics, message: "two ports".into() };
+        let ask = |nic: &'static str, listed: Nic| {
+            let cloud = &cloud;
+            async move { confirm_missing(cloud, &target(), ("srv-a", "net"), nic, listed).await }
+        };
+        // Still the server's port: not gone on a listing's word.
+        assert!(matches!(ask("nic-a", none()).await, Nic::Unknown(m) if m.contains("its member stays")));
+        assert_eq!(ask("nic-a", several()).await, Nic::Found("nic-a".into()), "one of several: as it is");
+        // The cloud's 404 for the NIC, or the port now another server's: confirmed.
+        assert!(matches!(ask("nic-gone", none()).await, Nic::Missing { .. }));
+        assert!(matches!(ask("nic-moved", several()).await, Nic::Missing { .. }));
+        // A found NIC is not second-guessed (and costs no read).
+        let reads = fake.count(Operation::GetPort);
+        assert_eq!(ask("nic-a", Nic::Found("nic-a".into())).await, Nic::Found("nic-a".into()));
+        assert_eq!(fake.count(Operation::GetPort), reads);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::controller::context::Context;
 use crate::controller::error::Error;
 use crate::controller::kube_ops::{add_finalizer_patch, remove_finalizer_patch, status_patch};
 
-use super::nics::NicLookup;
+use super::nics::{NicLookup, confirm_missing};
 use super::nodes::{NodeView, ProviderIds, ServerId};
 use super::plan::{self, Candidate, GroupPlan, Nic};
 
@@ -44,6 +44,9 @@ pub struct GroupContext {
     pub nics: NicLookup,
     /// The binding controllers' caches (the members are found there, not watched twice).
     pub bindings: Arc<RwLock<Vec<Store<VipBinding>>>>,
+    /// The node watch has listed every node once. Before, an empty cache would read as "no node
+    /// matches" and delete every member.
+    pub nodes_listed: std::sync::atomic::AtomicBool,
 }
 
 impl GroupContext {
@@ -97,6 +100,12 @@ pub async fn reconcile(group: Arc<VipGroup>, gctx: Arc<GroupContext>) -> Result<
 }
 
 async fn reconcile_inner(group: &VipGroup, gctx: &GroupContext) -> Result<Action, Error> {
+    // Nothing is decided from caches that have not been listed: no node would match, and no
+    // member would be known.
+    if !gctx.nodes_listed.load(std::sync::atomic::Ordering::SeqCst) || !gctx.ctx.index.synced() {
+        tracing::debug!("waiting for the node and binding caches to be listed");
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     let api: Api<VipGroup> = Api::namespaced(gctx.client().clone(), &group.namespace().unwrap_or_default());
     let finalizers = group.finalizers();
     let has_finalizer = finalizers.iter().any(|f| f == GROUP_FINALIZER);
@@ -132,7 +141,7 @@ async fn reconcile_inner(group: &VipGroup, gctx: &GroupContext) -> Result<Action
         // The patch is seen as a change: the next reconcile goes on from here.
         return Ok(Action::await_change());
     }
-    let candidates = candidates(group, gctx).await;
+    let candidates = candidates(group, gctx, &members).await;
     let plan = plan::plan(group, candidates, &members);
     apply_plan(group, gctx, &plan).await?;
     let settled = plan
@@ -149,7 +158,14 @@ async fn reconcile_inner(group: &VipGroup, gctx: &GroupContext) -> Result<Action
 
 /// The nodes the selector matches, with their NICs (`Err`: the selector cannot be read). No
 /// NIC is looked up for a group over its maxNodes: nothing would be done with them.
-async fn candidates(group: &VipGroup, gctx: &GroupContext) -> Result<Vec<Candidate>, String> {
+async fn candidates(group: &VipGroup, gctx: &GroupContext, members: &[VipBinding]) -> Result<Vec<Candidate>, String> {
+    // The NIC each node's member binds, to confirm a listing that no longer shows it.
+    let member_nics: HashMap<String, String> = members
+        .iter()
+        .filter(|b| plan::is_member_of(b, group) && b.meta().deletion_timestamp.is_none())
+        .filter_map(|b| Some((b.labels().get(crate::api::group::NODE_LABEL)?.clone(), b.spec.nic_id.clone())))
+        .collect();
+    let member_nics = &member_nics;
     let selector: kube::core::Selector = group
         .spec
         .node_selector
@@ -200,7 +216,10 @@ async fn candidates(group: &VipGroup, gctx: &GroupContext) -> Result<Vec<Candida
                     ServerId::Missing(message) => Nic::Missing { reason: MemberReason::NoServerId, message },
                     ServerId::Unread => Nic::Unknown("the node's providerID could not be read".into()),
                     ServerId::Server(server) => match &target {
-                        Ok(target) => gctx.nics.nic_of(&gctx.ctx.cloud, target, &server, &group.spec.subnet_id).await,
+                        Ok(target) => {
+                            let member_nic = member_nics.get(&plan::node_label(&node.name)).map(String::as_str);
+                            server_nic(gctx, target, (&server, &group.spec.subnet_id), member_nic).await
+                        }
                         Err(verdict) => Nic::Unknown(format!("cannot look the NIC up: {}", verdict.message)),
                     },
                 };
@@ -211,6 +230,23 @@ async fn candidates(group: &VipGroup, gctx: &GroupContext) -> Result<Vec<Candida
     let mut out: Vec<Candidate> = lookups.collect().await;
     out.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(out)
+}
+
+/// A server's NIC in the network, as looked up; a listing that says "none" or "several" while
+/// the node's member binds `member_nic` is confirmed by reading that NIC first.
+async fn server_nic(
+    gctx: &GroupContext,
+    target: &crate::ecs::CloudTarget,
+    (server, network): (&str, &str),
+    member_nic: Option<&str>,
+) -> Nic {
+    let listed = gctx.nics.nic_of(&gctx.ctx.cloud, target, server, network).await;
+    match (&listed, member_nic) {
+        (Nic::Missing { reason: MemberReason::NoNicInNetwork | MemberReason::SeveralNics, .. }, Some(nic)) => {
+            confirm_missing(&gctx.ctx.cloud, target, (server, network), nic, listed).await
+        }
+        _ => listed,
+    }
 }
 
 /// The node's server ID, reading its providerID when it is not known yet.
