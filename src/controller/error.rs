@@ -77,3 +77,25 @@ impl Error {
         self.class().as_str()
     }
 }
+
+/// Runs a reconcile so that a panic in it becomes [`Error::Panicked`] (logged in `span`), and
+/// the controller's other reconciles go on.
+pub(crate) async fn catching_panics<T>(
+    span: &tracing::Span,
+    reconcile: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    use tracing::Instrument;
+    let inner = std::panic::AssertUnwindSafe(reconcile.instrument(span.clone()));
+    match futures::FutureExt::catch_unwind(inner).await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            span.in_scope(|| tracing::error!(%message, "reconcile panicked; the other reconciles go on"));
+            Err(Error::Panicked(message))
+        }
+    }
+}

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use tracing::Instrument;
 
 use crate::api::v1alpha1::{BindApi, CONDITION_BOUND, CONDITION_READY, Reason, VipBinding};
 use crate::controller::binding::act::{BindAsk, Job, binder};
@@ -45,19 +44,7 @@ pub async fn reconcile(b: Arc<VipBinding>, ctx: Arc<Context>) -> Result<Action, 
     // The UID tells a binding from its successor of the same name in the logs.
     let span = tracing::info_span!("reconcile", namespace = %b.namespace().unwrap_or_default(), name = %b.name_any(), uid = %b.uid().unwrap_or_default());
     let started = std::time::Instant::now();
-    let inner = std::panic::AssertUnwindSafe(reconcile_inner(&b, &ctx, &key).instrument(span.clone()));
-    let result = match futures::FutureExt::catch_unwind(inner).await {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into());
-            span.in_scope(|| tracing::error!(%message, "reconcile panicked; the other reconciles go on"));
-            Err(Error::Panicked(message))
-        }
-    };
+    let result = crate::controller::error::catching_panics(&span, reconcile_inner(&b, &ctx, &key)).await;
     let result = match result {
         // Nothing is left to reconcile: its watch event drops the rest of its state.
         Err(Error::Gone) => {

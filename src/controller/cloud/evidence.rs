@@ -210,27 +210,27 @@ impl Reads {
             // A listing's 404 says nothing about any one port.
             Err(e) => return Err(e),
         };
-        // The filters are the server's; the answer is checked, not trusted.
-        let holding: Vec<_> = ports
-            .into_iter()
-            .filter(|p| {
-                p.fixed_ips.iter().any(|f| f.ip_address == vip) && (p.network_id.is_empty() || p.network_id == network)
-            })
-            .collect();
-        let port = match holding.as_slice() {
-            [one] if one.device_owner == crate::ecs::vpc::VIP_PORT_OWNER => one,
-            [] => return Ok(Seen::NoVipPort(format!("no VIP port has address {vip} in network {network}"))),
-            [one] => {
+        use super::vipport::Failed;
+        let port = match super::vipport::the_vip_port(ports, network, vip) {
+            Ok(port) => port,
+            Err(Failed::NotFound) => {
+                return Ok(Seen::NoVipPort(format!("no VIP port has address {vip} in network {network}")));
+            }
+            Err(Failed::NotAVip { port_id, owner }) => {
                 return Ok(Seen::NoVipPort(format!(
-                    "address {vip} belongs to port {}, which is not a virtual IP (device_owner {:?})",
-                    one.id, one.device_owner
+                    "address {vip} belongs to port {port_id}, which is not a virtual IP (device_owner {owner:?})"
                 )));
             }
-            several => {
-                return Ok(Seen::NoVipPort(format!("{} ports have address {vip} in network {network}", several.len())));
+            Err(Failed::Ambiguous { count }) => {
+                return Ok(Seen::NoVipPort(format!("{count} ports have address {vip} in network {network}")));
+            }
+            // Not answers of a check: a listing is neither a cloud error nor contended here.
+            Err(Failed::Cloud(e)) => return Err(e),
+            Err(Failed::Contended { .. }) => {
+                return Err(EcsError::InvalidRequest("a VIP port check cannot be contended".into()));
             }
         };
         let paired = port.allowed_address_pairs.iter().any(|p| p.ip_address == nic_ip);
-        Ok(Seen::Ports { nic_ip: nic_ip.to_string(), check_off, vip_port_id: port.id.clone(), paired })
+        Ok(Seen::Ports { nic_ip: nic_ip.to_string(), check_off, vip_port_id: port.id, paired })
     }
 }

@@ -360,10 +360,19 @@ async fn find(api: &dyn VpcApi, target: &CloudTarget, key: &Key) -> Result<crate
         Err(e) if e.class() == ErrorClass::Gone => return Err(Failed::NotFound),
         Err(e) => return Err(Failed::Cloud(e)),
     };
-    // The filters are the server's; the answer is checked, not trusted.
+    the_vip_port(ports, &key.network, &key.address)
+}
+
+/// The VIP's port in a listing filtered by network and address: the one port holding the
+/// address in the network, a VIP port. The filters are the server's; the answer is checked, not
+/// trusted.
+pub fn the_vip_port(
+    ports: Vec<crate::ecs::vpc::Port>,
+    network: &str,
+    address: &str,
+) -> Result<crate::ecs::vpc::Port, Failed> {
     let mut matching = ports.into_iter().filter(|p| {
-        p.fixed_ips.iter().any(|ip| ip.ip_address == key.address)
-            && (p.network_id.is_empty() || p.network_id == key.network)
+        p.fixed_ips.iter().any(|ip| ip.ip_address == address) && (p.network_id.is_empty() || p.network_id == network)
     });
     let Some(port) = matching.next() else { return Err(Failed::NotFound) };
     let rest = matching.count();

@@ -14,7 +14,6 @@ use kube::core::{PartialObjectMeta, SelectorExt};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use tracing::Instrument;
 
 use crate::api::group::{GROUP_FINALIZER, GROUP_LABEL, MemberReason, VipGroup, VipGroupStatus};
 use crate::api::v1alpha1::{CONDITION_READY, VipBinding};
@@ -84,19 +83,7 @@ pub fn error_policy(group: Arc<VipGroup>, error: &Error, _ctx: Arc<GroupContext>
 pub async fn reconcile(group: Arc<VipGroup>, gctx: Arc<GroupContext>) -> Result<Action, Error> {
     let span =
         tracing::info_span!("group", namespace = %group.namespace().unwrap_or_default(), name = %group.name_any());
-    let inner = std::panic::AssertUnwindSafe(reconcile_inner(&group, &gctx).instrument(span.clone()));
-    match futures::FutureExt::catch_unwind(inner).await {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into());
-            span.in_scope(|| tracing::error!(%message, "group reconcile panicked; the other reconciles go on"));
-            Err(Error::Panicked(message))
-        }
-    }
+    crate::controller::error::catching_panics(&span, reconcile_inner(&group, &gctx)).await
 }
 
 async fn reconcile_inner(group: &VipGroup, gctx: &GroupContext) -> Result<Action, Error> {
