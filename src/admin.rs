@@ -59,6 +59,7 @@ pub struct AdminState {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
+    state.metrics.ready.set(i64::from(state.health.is_ready()));
     let stores = state.stores.read().map(|s| s.clone()).unwrap_or_default();
     if !stores.is_empty() {
         let snapshot: Vec<_> = stores.iter().flat_map(|s| s.state()).collect();

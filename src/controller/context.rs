@@ -263,6 +263,24 @@ impl Context {
         }
     }
 
+    fn api_of(&self, b: &VipBinding) -> crate::api::v1alpha1::BindApi {
+        crate::controller::state::index::api_of(b, self.targets.defaults().api)
+    }
+
+    /// A drift check of a bound binding starts.
+    pub fn note_drift_check(&self, b: &VipBinding) {
+        if let Some(m) = &self.metrics {
+            m.drift_checks.get_or_create(&crate::metrics::ApiLabels { api: self.api_of(b).as_str() }).inc();
+        }
+    }
+
+    /// A drift check found `b` undone in the cloud and put it back.
+    pub fn note_drift_repaired(&self, b: &VipBinding) {
+        if let Some(m) = &self.metrics {
+            m.drift_repaired(b.metadata.namespace.as_deref().unwrap_or_default(), self.api_of(b).as_str());
+        }
+    }
+
     pub fn note_credentials_problem(&self, reason: Reason) {
         if let (Some(m), Reason::CredentialsUnavailable) = (&self.metrics, reason) {
             m.credentials_unavailable.inc();

@@ -101,6 +101,10 @@ pub struct BudgetKey {
 }
 
 impl BudgetKey {
+    pub fn service(&self) -> Service {
+        self.service
+    }
+
     pub fn new(credentials: &Credentials, region: &str, service: Service) -> Self {
         Self { access_key: credentials.access_key_shared(), region: region.into(), service }
     }

@@ -17,7 +17,7 @@ use super::api::{
     BindRequest, CloudTarget, EcsApi, Fence, InvalidId, InvalidRegion, NicBody, Operation, UnbindRequest, Written,
     check_path_id, check_region,
 };
-use super::budget::{BudgetKey, Budgets, Priority, Quota, current_priority};
+use super::budget::{BudgetKey, Budgets, Priority, Quota, Service, current_priority};
 use super::clock::{Clock, SystemClock};
 use super::error::{EcsError, TransportKind, parse_error_response, parse_retry_after};
 use super::retry::{RetryPolicy, with_retries};
@@ -249,6 +249,9 @@ pub trait CallObserver: Send + Sync {
     /// without an answer that says whether it applied: a timeout, a lost connection, a 5xx, or
     /// the attempt dropped mid-flight. The cloud may still apply it later.
     fn write_unsettled(&self, _op: Operation, _subject: &str) {}
+
+    /// An attempt waited `waited` (zero included) for a token of its budget.
+    fn budget_waited(&self, _service: Service, _priority: Priority, _waited: Duration) {}
 }
 
 /// Two observers, each told everything (metrics and the writes-in-flight ledger).
@@ -263,6 +266,11 @@ impl CallObserver for BothObservers {
     fn write_unsettled(&self, op: Operation, subject: &str) {
         self.0.write_unsettled(op, subject);
         self.1.write_unsettled(op, subject);
+    }
+
+    fn budget_waited(&self, service: Service, priority: Priority, waited: Duration) {
+        self.0.budget_waited(service, priority, waited);
+        self.1.budget_waited(service, priority, waited);
     }
 }
 
@@ -503,7 +511,11 @@ impl EcsClient {
         call: &Call<'_>,
         parse: &impl Fn(Answer) -> Result<T, EcsError>,
     ) -> Result<T, EcsError> {
+        let waiting = Instant::now();
         self.inner.budgets.acquire(key, *priority).await;
+        if let Some(observer) = &self.inner.observer {
+            observer.budget_waited(key.service(), *priority, waiting.elapsed());
+        }
         let _slot = self
             .inner
             .in_flight

@@ -111,7 +111,10 @@ async fn reconcile_inner(cached: &VipBinding, ctx: &Context, key: &ObjectKey) ->
             record::release_verdict(b, ctx, key, &verdict).await
         }
         // A drift re-bind takes only what user work leaves of the cloud budget.
-        Plan::Bind { reassert: true } => crate::ecs::in_background(bind(b, ctx, key, true)).await,
+        Plan::Bind { reassert: true } => {
+            ctx.note_drift_check(b);
+            crate::ecs::in_background(bind(b, ctx, key, true)).await
+        }
         Plan::Bind { reassert: false } => bind(b, ctx, key, false).await,
         Plan::Unbind => unbind(b, ctx, key).await,
         Plan::Observe => observe(b, ctx, key).await,

@@ -103,6 +103,9 @@ async fn bound_(
     }
     // No event for a routine bind: the Ready condition says it, and a create stays at two API
     // writes (finalizer, status). A repair of drift is an event.
+    if !repaired.is_empty() {
+        ctx.note_drift_repaired(b);
+    }
     for note in repaired {
         ctx.kube.event(b, true, Reason::DriftRepaired, Step::Bind.as_str(), note).await;
     }
