@@ -8,84 +8,28 @@
 //! Needs `helm` on PATH (or `$HELM`): `.ci/install-tools.sh` installs it into `.helm-tools/bin`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 use vip_operator::rbac::{Feature, PERMISSIONS, Scope};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const RELEASE: &str = "vip-operator";
-const RELEASE_NS: &str = "vip-system";
-/// The chart's kubeVersion floor; rendering checks the chart accepts it.
-const KUBE_VERSION: &str = "1.31.0";
+#[path = "support/chart.rs"]
+mod chart;
 
-fn chart() -> PathBuf {
-    Path::new(ROOT).join("charts/vip-operator")
-}
-
-fn helm() -> PathBuf {
-    if let Some(helm) = std::env::var_os("HELM").filter(|h| !h.is_empty()) {
-        return helm.into();
-    }
-    let on_path = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("helm"))
-        .find(|p| p.is_file());
-    let local = Path::new(ROOT).join(".helm-tools/bin/helm");
-    on_path.or_else(|| local.is_file().then_some(local)).unwrap_or_else(|| {
-        panic!(
-            "helm not found (not on PATH, $HELM unset, no .helm-tools/bin/helm): run `.ci/install-tools.sh` \
-             and `export PATH=\"$PWD/.helm-tools/bin:$PATH\"` (.ci/run does both)"
-        )
-    })
-}
-
-/// `helm template` with `values` (YAML) as a values file; Err(stderr) when rendering fails.
-fn template(values: &str, extra: &[&str]) -> Result<Rendered, String> {
-    let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
-    file.write_all(values.as_bytes()).unwrap();
-    let out = Command::new(helm())
-        .args(["template", RELEASE])
-        .arg(chart())
-        .args(["--namespace", RELEASE_NS, "--kube-version", KUBE_VERSION, "--values"])
-        .arg(file.path())
-        .args(extra)
-        .output()
-        .expect("cannot run helm");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let text = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("rendered YAML: {e}\n{text}"));
-    Ok(Rendered { docs })
-}
-
-fn render(values: &str) -> Rendered {
-    template(values, &[]).unwrap_or_else(|e| panic!("helm template failed:\n{e}"))
-}
+use chart::{RELEASE_NS, Rendered, chart, render, template};
 
 fn full_values() -> String {
     std::fs::read_to_string(chart().join("ci/full-values.yaml")).unwrap()
 }
 
-struct Rendered {
-    docs: Vec<Value>,
+trait Workload {
+    fn deployment(&self) -> &Value;
+    fn pod(&self) -> &Value;
+    fn container(&self) -> &Value;
+    fn args(&self) -> Vec<String>;
+    fn service_account(&self) -> String;
 }
 
-impl Rendered {
-    fn all(&self, kind: &str) -> Vec<&Value> {
-        self.docs.iter().filter(|d| d["kind"] == kind).collect()
-    }
-
-    fn one(&self, kind: &str) -> &Value {
-        let found = self.all(kind);
-        assert_eq!(found.len(), 1, "expected exactly one {kind}, found {}", found.len());
-        found[0]
-    }
-
+impl Workload for Rendered {
     fn deployment(&self) -> &Value {
         self.one("Deployment")
     }
@@ -356,6 +300,7 @@ fn default_values() {
             "--protect-credentials=true",
             "--leader-elect",
             "--leader-election-namespace=$(POD_NAMESPACE)",
+            "--leader-lease-seconds=15",
             "--metrics-addr=0.0.0.0:8080",
         ]
     );
@@ -411,6 +356,7 @@ fn full_values_file() {
             "--protect-credentials=true",
             "--leader-elect",
             "--leader-election-namespace=$(POD_NAMESPACE)",
+            "--leader-lease-seconds=20",
             "--metrics-addr=0.0.0.0:9090",
             "--cloud-concurrency=8",
         ]
