@@ -37,7 +37,7 @@ crds: ## Regenerate the CRD YAML (crds/ and the Helm chart's copy) from the code
 check-crds: crds ## Fail if the committed CRD files differ from what the code generates
 	git diff --exit-code -- $(CRD_FILES) $(CHART_CRD_FILES)
 
-tools: ## Install helm, kubectl and kubernetes-validate into .helm-tools/bin (put that on PATH)
+tools: ## Install helm, kubectl, kubernetes-validate and the Prometheus Operator CRD schemas into .helm-tools (put .helm-tools/bin on PATH)
 	.ci/install-tools.sh
 
 chart-check: ## helm lint --strict the chart and validate its rendered manifests offline
