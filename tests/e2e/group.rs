@@ -14,9 +14,9 @@ use vip_operator::simulator::{SimNic, SimPort};
 
 use crate::harness::{Env, Needs, PROJECT, REGION, SUBNET, ready};
 
-const VIP: &str = "192.168.0.50";
+pub(crate) const VIP: &str = "192.168.0.50";
 const OTHER_VIP: &str = "192.168.0.51";
-const VIP_PORT: &str = "vip-port-group";
+pub(crate) const VIP_PORT: &str = "vip-port-group";
 const CHECK_OFF: &str = "1.1.1.1/0";
 
 fn uuid() -> String {
@@ -27,29 +27,29 @@ fn uuid() -> String {
 
 /// One node of a scenario: its Node object's name, its server, its NIC and the NIC's IP.
 #[derive(Clone, Debug)]
-struct TestNode {
-    name: String,
-    server: String,
-    nic: String,
-    ip: String,
+pub(crate) struct TestNode {
+    pub name: String,
+    pub server: String,
+    pub nic: String,
+    pub ip: String,
 }
 
-struct Fleet {
+pub(crate) struct Fleet {
     nodes: Api<Node>,
     /// The label every node of this scenario carries (nodes are cluster-wide; scenarios share
     /// the control plane).
-    pool: String,
+    pub pool: String,
     made: Vec<String>,
 }
 
 impl Fleet {
-    fn new(env: &Env) -> Self {
+    pub(crate) fn new(env: &Env) -> Self {
         env.sim.set_port(SimPort::vip(VIP_PORT, PROJECT, SUBNET, "subnet-v4", VIP)).unwrap();
         Self { nodes: Api::all(env.client.clone()), pool: env.namespace.clone(), made: vec![] }
     }
 
     /// A server with one NIC in the VIP's network, and its Node (`role=lb` when `in_pool`).
-    async fn node(&mut self, env: &Env, n: u8, in_pool: bool) -> TestNode {
+    pub(crate) async fn node(&mut self, env: &Env, n: u8, in_pool: bool) -> TestNode {
         let server = uuid();
         let nic = uuid();
         let ip = format!("192.168.1.{n}");
@@ -98,7 +98,7 @@ impl Fleet {
         self.nodes.patch_status(node, &PatchParams::default(), &Patch::Merge(patch)).await.expect("heartbeat");
     }
 
-    async fn cleanup(self) {
+    pub(crate) async fn cleanup(self) {
         for name in &self.made {
             let _ = self.nodes.delete(name, &DeleteParams::default()).await;
         }
@@ -109,7 +109,7 @@ fn groups(env: &Env) -> Api<VipGroup> {
     Api::namespaced(env.client.clone(), &env.namespace)
 }
 
-async fn create_group(env: &Env, name: &str, vip: &str, pool: &str) {
+pub(crate) async fn create_group(env: &Env, name: &str, vip: &str, pool: &str) {
     let g: VipGroup = serde_json::from_value(json!({
         "apiVersion": "vipoperator.dev/v1alpha1", "kind": "VipGroup",
         "metadata": {"name": name},
@@ -120,7 +120,7 @@ async fn create_group(env: &Env, name: &str, vip: &str, pool: &str) {
     groups(env).create(&PostParams::default(), &g).await.expect("create group");
 }
 
-fn vip_pairs(env: &Env) -> BTreeSet<String> {
+pub(crate) fn vip_pairs(env: &Env) -> BTreeSet<String> {
     env.sim.port(VIP_PORT).expect("VIP port").allowed_address_pairs.into_iter().map(|p| p.ip_address).collect()
 }
 
@@ -133,7 +133,7 @@ async fn members(env: &Env, group: &str) -> Vec<VipBinding> {
     env.bindings().list(&lp).await.expect("list members").items
 }
 
-async fn until<F: AsyncFn() -> bool>(what: &str, within: Duration, check: F) {
+pub(crate) async fn until<F: AsyncFn() -> bool>(what: &str, within: Duration, check: F) {
     let deadline = tokio::time::Instant::now() + within;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
@@ -141,7 +141,7 @@ async fn until<F: AsyncFn() -> bool>(what: &str, within: Duration, check: F) {
     }
 }
 
-fn ips(nodes: &[&TestNode]) -> BTreeSet<String> {
+pub(crate) fn ips(nodes: &[&TestNode]) -> BTreeSet<String> {
     nodes.iter().map(|n| n.ip.clone()).collect()
 }
 
@@ -149,7 +149,7 @@ async fn group_status(env: &Env, name: &str) -> Option<vip_operator::api::group:
     groups(env).get_opt(name).await.ok().flatten().and_then(|g| g.status)
 }
 
-async fn all_bound(env: &Env, group: &str, n: u32) -> bool {
+pub(crate) async fn all_bound(env: &Env, group: &str, n: u32) -> bool {
     let Some(s) = group_status(env, group).await else { return false };
     let ready = s.condition("Ready").is_some_and(|c| c.status == "True");
     ready && s.bound == n && s.desired == n && members(env, group).await.iter().all(ready_true)

@@ -541,8 +541,11 @@ impl Drop for Env {
 /// finalizers with its backoff.
 async fn remove_namespace(client: &Client, namespace: &str, within: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + within;
+    let groups: Api<vip_operator::api::group::VipGroup> = Api::namespaced(client.clone(), namespace);
     let bindings: Api<VipBinding> = Api::namespaced(client.clone(), namespace);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    // Groups first: a group's finalizer waits on its members.
+    empty(&groups, deadline).await?;
     empty(&bindings, deadline).await?;
     empty(&secrets, deadline).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());

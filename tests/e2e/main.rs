@@ -5,6 +5,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+#[path = "../support/chart.rs"]
+mod chart;
+
 mod audit;
 mod chaos;
 mod evidence;
@@ -12,6 +15,7 @@ mod group;
 mod harness;
 mod import;
 mod observe;
+mod prometheus;
 mod safety;
 mod shared;
 mod tenancy;
@@ -24,8 +28,8 @@ use vip_operator::simulator::{Fault, SimOperation};
 
 use harness::{Env, Needs, admin_get, free_port, has_finalizer, ready};
 
-const NIC: &str = "d32019d3-bc6e-4319-9c1d-6722fc136a23";
-const NIC2: &str = "0b7e6a9c-5a3e-4d8e-9f1a-2b3c4d5e6f70";
+pub(crate) const NIC: &str = "d32019d3-bc6e-4319-9c1d-6722fc136a23";
+pub(crate) const NIC2: &str = "0b7e6a9c-5a3e-4d8e-9f1a-2b3c4d5e6f70";
 const SEED_UNBIND_BODY: &str = r#"{"nic":{"subnet_id":"","ip_address":"","reverse_binding":false}}"#;
 
 fn calls(env: &Env, op: SimOperation) -> Vec<vip_operator::simulator::CallRecord> {
