@@ -73,7 +73,19 @@ Validator = jsonschema.validators.extend(jsonschema.Draft4Validator, {"x-kuberne
 
 
 class Loader(yaml.SafeLoader):
-    """Like sigs.k8s.io/yaml: a date-like scalar is a string (PyYAML would make it a date)."""
+    """Like sigs.k8s.io/yaml: a date-like scalar is a string (PyYAML would make it a date), and a
+    duplicate key is an error (PyYAML keeps the last one silently; the API server refuses it)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 Loader.yaml_implicit_resolvers = {
@@ -108,7 +120,11 @@ def main(schema_dir, manifests):
     counts = dict.fromkeys(KINDS, 0)
     for manifest in manifests:
         with open(manifest) as f:
-            docs = list(yaml.load_all(f, Loader=Loader))
+            try:
+                docs = list(yaml.load_all(f, Loader=Loader))
+            except yaml.YAMLError as e:
+                errors.append(f"{manifest}: {e}")
+                continue
         for doc in docs:
             if not isinstance(doc, dict) or not str(doc.get("apiVersion", "")).startswith(GROUP + "/"):
                 continue

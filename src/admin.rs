@@ -56,6 +56,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The controller's caches, once it runs (for the binding gauges).
     pub stores: Arc<std::sync::RwLock<Vec<Store<VipBinding>>>>,
+    /// The group controller's caches, once it runs (for the group gauges).
+    pub groups: Arc<std::sync::RwLock<Vec<Store<crate::api::group::VipGroup>>>>,
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -64,6 +66,11 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     if !stores.is_empty() {
         let snapshot: Vec<_> = stores.iter().flat_map(|s| s.state()).collect();
         state.metrics.refresh_bindings(snapshot.iter().map(|b| &**b), jiff::Timestamp::now());
+    }
+    let groups = state.groups.read().map(|s| s.clone()).unwrap_or_default();
+    if !groups.is_empty() {
+        let snapshot: Vec<_> = groups.iter().flat_map(|s| s.state()).collect();
+        state.metrics.refresh_groups(snapshot.iter().map(|g| &**g));
     }
     match state.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::api::group::VipGroup;
 use crate::api::v1alpha1::{BindApi, CONDITION_READY, Reason, VipBinding};
 use crate::ecs::budget::{Priority, Service};
 use crate::ecs::client::{AttemptReport, CallObserver};
@@ -174,6 +175,7 @@ struct CacheSeries {
     bindings: HashSet<NamespaceReasonLabels>,
     deleting: HashSet<NamespaceReasonLabels>,
     deletion_age: HashSet<OldestDeletionLabels>,
+    groups: HashSet<GroupLabels>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -345,33 +347,41 @@ impl Metrics {
         self.reconcile_duration.observe(elapsed.as_secs_f64());
     }
 
-    /// Recomputes the gauges that describe the cache (called at scrape time).
-    /// A group's counts as its status says them; `None`: the group is gone, its series too.
-    pub fn set_group(&self, namespace: &str, group: &str, counts: Option<(u32, u32, u32)>) {
-        for (i, state) in ["desired", "bound", "failing"].into_iter().enumerate() {
-            let labels = GroupLabels { namespace: namespace.into(), group: group.into(), state };
-            match counts {
-                Some((desired, bound, failing)) => {
-                    let n = [desired, bound, failing][i];
-                    self.group_members.get_or_create(&labels).set(i64::from(n));
-                }
-                None => {
-                    self.group_members.remove(&labels);
-                }
+    /// The group gauges from the groups' status, at scrape time: a group gone (however: its
+    /// finalizer stripped by hand too) or deleting has no series; one without a status yet
+    /// neither.
+    pub fn refresh_groups<'a>(&self, groups: impl Iterator<Item = &'a VipGroup>) {
+        let mut now = HashMap::new();
+        for g in groups.filter(|g| g.metadata.deletion_timestamp.is_none()) {
+            let Some(s) = &g.status else { continue };
+            let (namespace, group) = (g.metadata.namespace.clone().unwrap_or_default(), g.metadata.name.clone());
+            for (state, n) in [("desired", s.desired), ("bound", s.bound), ("failing", s.failing)] {
+                let labels =
+                    GroupLabels { namespace: namespace.clone(), group: group.clone().unwrap_or_default(), state };
+                now.insert(labels, i64::from(n));
             }
         }
+        let mut seen = self.cache_series.lock().unwrap_or_else(|p| p.into_inner());
+        seen.groups = replace_series(&self.group_members, &seen.groups, now, |g, n| {
+            g.set(n);
+        });
     }
 
+    /// Recomputes the gauges that describe the cache (called at scrape time).
     pub fn refresh_bindings<'a>(&self, bindings: impl Iterator<Item = &'a VipBinding>, now: jiff::Timestamp) {
         let mut counts: HashMap<NamespaceReasonLabels, i64> = HashMap::new();
         let mut deleting: HashMap<NamespaceReasonLabels, i64> = HashMap::new();
         // Per (namespace, reason): the oldest deletion's timestamp and name.
         let mut oldest_by: HashMap<NamespaceReasonLabels, (jiff::Timestamp, String)> = HashMap::new();
         let mut oldest: Option<jiff::Timestamp> = None;
+        let mut vpc_namespaces = HashSet::new();
         for b in bindings {
             let reason =
                 b.condition(CONDITION_READY).and_then(|c| Reason::parse(&c.reason)).map_or("None", Reason::as_str);
             let key = NamespaceReasonLabels { namespace: b.metadata.namespace.clone().unwrap_or_default(), reason };
+            if b.status.as_ref().and_then(|s| s.bound_with.as_ref()).is_some_and(|w| w.api() == BindApi::Vpc) {
+                vpc_namespaces.insert(key.namespace.clone());
+            }
             *counts.entry(key.clone()).or_default() += 1;
             if let Some(ts) = &b.metadata.deletion_timestamp {
                 oldest = Some(oldest.map_or(ts.0, |o| o.min(ts.0)));
@@ -383,6 +393,12 @@ impl Metrics {
                     *entry = (ts.0, name);
                 }
             }
+        }
+        // A namespace's repair series exists, at zero, from the first scrape that sees one of its
+        // VPC bindings bound: increase() cannot see a series' first value, so a counter born
+        // at 1 would hide the namespace's first repair.
+        for namespace in vpc_namespaces {
+            drop(self.drift_repairs.get_or_create(&NamespaceApiLabels { namespace, api: BindApi::Vpc.as_str() }));
         }
         let age = |t: jiff::Timestamp| (now.as_millisecond().saturating_sub(t.as_millisecond())).max(0) as f64 / 1000.0;
         let mut seen = self.cache_series.lock().unwrap_or_else(|p| p.into_inner());
@@ -478,6 +494,7 @@ fn class_label(class: ErrorClass) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::group::VipGroup;
     use crate::ecs::Operation;
     use crate::ecs::error::ApiError;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -579,6 +596,45 @@ mod tests {
         assert!(!text.contains("vipop_bindings{"), "{text}");
         assert!(!text.contains("vipop_oldest_deletion_age_seconds{"), "{text}");
         assert!(text.contains("vipop_oldest_terminating_binding_age_seconds 0.0"));
+    }
+
+    #[test]
+    fn group_gauges_follow_the_groups_status_and_go_with_the_group() {
+        let m = Metrics::new();
+        let group = |name: &str, failing: u32, deleting: bool| -> VipGroup {
+            let mut g: VipGroup = serde_json::from_value(serde_json::json!({
+                "apiVersion": "vipoperator.dev/v1alpha1", "kind": "VipGroup",
+                "metadata": {"name": name, "namespace": "team-a"},
+                "spec": {"ipAddress": "10.0.0.1", "subnetId": "s", "nodeSelector": {"matchLabels": {"a": "b"}}},
+                "status": {"desired": 3, "bound": 3 - failing, "failing": failing},
+            }))
+            .unwrap();
+            if deleting {
+                g.metadata.deletion_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+            }
+            g
+        };
+        m.refresh_groups([group("web", 1, false), group("db", 0, false)].iter());
+        let text = m.encode().unwrap();
+        assert!(text.contains(r#"vipop_group_members{namespace="team-a",group="web",state="failing"} 1"#), "{text}");
+        assert!(text.contains(r#"vipop_group_members{namespace="team-a",group="db",state="bound"} 3"#), "{text}");
+        // web is deleting, db gone (say its finalizer was stripped by hand): no series lingers.
+        m.refresh_groups([group("web", 1, true)].iter());
+        let text = m.encode().unwrap();
+        assert!(!text.contains("vipop_group_members{"), "{text}");
+    }
+
+    #[test]
+    fn a_namespace_with_a_bound_vpc_binding_has_its_repair_series_before_its_first_repair() {
+        let m = Metrics::new();
+        let mut vpc = binding("team-v", "v", Some("Bound"), None);
+        vpc.status.as_mut().unwrap().bound_with =
+            serde_json::from_value(serde_json::json!({"projectId": "p", "api": "VPC"})).unwrap();
+        let ecs = binding("team-e", "e", Some("Bound"), None);
+        m.refresh_bindings([&vpc, &ecs].into_iter(), "2026-01-01T00:01:40Z".parse().unwrap());
+        let text = m.encode().unwrap();
+        assert!(text.contains(r#"vipop_drift_repairs_total{namespace="team-v",api="VPC"} 0"#), "{text}");
+        assert!(!text.contains(r#"namespace="team-e",api="#), "{text}");
     }
 
     #[test]

@@ -174,6 +174,7 @@ struct Process {
     /// One signal for everything that must stop; readiness turns false the moment it fires.
     stop: CancellationToken,
     stores: Arc<std::sync::RwLock<Vec<kube::runtime::reflector::Store<VipBinding>>>>,
+    groups: Arc<std::sync::RwLock<Vec<kube::runtime::reflector::Store<crate::api::group::VipGroup>>>>,
     admin_stop: CancellationToken,
 }
 
@@ -187,6 +188,7 @@ impl Process {
             health: Arc::new(Health::default()),
             stop: CancellationToken::new(),
             stores: Arc::default(),
+            groups: Arc::default(),
             admin_stop: CancellationToken::new(),
         };
         let (stop, health) = (process.stop.clone(), process.health.clone());
@@ -200,6 +202,7 @@ impl Process {
                 health: process.health.clone(),
                 metrics: process.metrics.clone(),
                 stores: process.stores.clone(),
+                groups: process.groups.clone(),
             };
             let local = crate::admin::serve(addr, state, process.admin_stop.clone()).await?;
             tracing::info!(%local, "admin server: /metrics /healthz /readyz");
@@ -478,7 +481,8 @@ async fn supervise(
     leadership: Option<&mut Leadership>,
 ) -> Stopped {
     tracing::info!(namespaces = ?settings.watch.namespaces, concurrency = settings.watch.concurrency, "watching VipBindings (all namespaces when empty)");
-    let hooks = Hooks { stores: process.stores.clone(), health: Some(process.health.clone()) };
+    let hooks =
+        Hooks { stores: process.stores.clone(), groups: process.groups.clone(), health: Some(process.health.clone()) };
     let stop = process.stop.clone();
     let mut controller = tokio::spawn(crate::controller::run(client, ctx, settings.watch.clone(), hooks, stop.clone()));
     let lost = async {

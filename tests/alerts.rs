@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-use chart::{ROOT, Rendered, prometheus_tool, render};
+use chart::{ROOT, Rendered, prometheus_tool, render, template};
 use serde_json::Value;
 
 const ENABLED: &str = "metrics: {prometheusRule: {enabled: true}, dashboard: {enabled: true}}";
@@ -38,7 +38,14 @@ fn promtool_unit_tests_pass_for_the_rendered_rules() {
     std::fs::write(dir.path().join("rules.yaml"), r.rule_file()).unwrap();
     let tests = dir.path().join("alerts.test.yaml");
     std::fs::copy(Path::new(ROOT).join("tests/prometheus/alerts.test.yaml"), &tests).unwrap();
-    for args in [vec!["check", "rules", "rules.yaml"], vec!["test", "rules", "alerts.test.yaml"]] {
+    // The full values file's rules (every alert value set) must load too.
+    let full = std::fs::read_to_string(chart::chart().join("ci/full-values.yaml")).unwrap();
+    std::fs::write(dir.path().join("full-rules.yaml"), render(&full).rule_file()).unwrap();
+    for args in [
+        vec!["check", "rules", "rules.yaml"],
+        vec!["check", "rules", "full-rules.yaml"],
+        vec!["test", "rules", "alerts.test.yaml"],
+    ] {
         let out = Command::new(&promtool).args(&args).current_dir(dir.path()).output().expect("run promtool");
         assert!(
             out.status.success(),
@@ -152,7 +159,14 @@ fn exported() -> BTreeSet<String> {
     }))
     .unwrap();
     m.refresh_bindings(std::iter::once(&deleting), "2026-01-01T00:01:00Z".parse().unwrap());
-    m.set_group("n", "g", Some((1, 1, 0)));
+    let group: vip_operator::api::group::VipGroup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "vipoperator.dev/v1alpha1", "kind": "VipGroup",
+        "metadata": {"name": "g", "namespace": "n"},
+        "spec": {"ipAddress": "10.0.0.1", "subnetId": "s", "nodeSelector": {"matchLabels": {"a": "b"}}},
+        "status": {"desired": 1, "bound": 1, "failing": 0},
+    }))
+    .unwrap();
+    m.refresh_groups(std::iter::once(&group));
     m.drift_repaired("n", "VPC");
     let text = m.encode().unwrap();
     let mut out = BTreeSet::new();
@@ -270,6 +284,45 @@ metrics:
         assert_eq!(a["labels"]["team"], "platform", "{name}");
         assert!(s(&a["expr"]).contains(r#"job="my-job""#), "{name}: {}", a["expr"]);
     }
-    assert_eq!(alerts["VipOperatorNoLeader"]["for"], "40s", "two lease durations");
+    assert_eq!(alerts["VipOperatorNoLeader"]["for"], "100s", "two lease durations and a minute");
     assert_eq!(alerts["VipOperatorDown"]["labels"]["job"], "my-job");
+}
+
+/// Values that would render rules Prometheus refuses (or templates it would expand) fail at
+/// `helm install`, with the value's path.
+#[test]
+fn bad_alert_values_fail_to_render() {
+    for (values, path) in [
+        (r#"alertLabels: {"team/x": a}"#, "propertyName"),
+        ("alertLabels: {severity: page}", "propertyName"),
+        ("alertLabels: {job: x}", "propertyName"),
+        (r#"alertLabels: {team: "{{ $value }}"}"#, "/metrics/prometheusRule/alertLabels/team"),
+        (r#"job: "{{x}}""#, "/metrics/prometheusRule/job"),
+        (r#"job: 'a"b'"#, "/metrics/prometheusRule/job"),
+        (r#"runbookUrl: "https://x/{{y}}""#, "/metrics/prometheusRule/runbookUrl"),
+        (
+            "alerts: {VipOperatorCloudErrors: {enabled: true, severity: warning, for: 1m, threshold: 1.5}}",
+            "/metrics/prometheusRule/alerts/VipOperatorCloudErrors/threshold",
+        ),
+        (
+            "alerts: {VipOperatorDown: {enabled: true, severity: page, for: 1m}}",
+            "/metrics/prometheusRule/alerts/VipOperatorDown/severity",
+        ),
+        (
+            "alerts: {VipOperatorDown: {enabled: true, severity: warning, for: 5}}",
+            "/metrics/prometheusRule/alerts/VipOperatorDown/for",
+        ),
+        (
+            "alerts: {VipOperatorDown: {enabled: true, severity: warning, for: soon}}",
+            "/metrics/prometheusRule/alerts/VipOperatorDown/for",
+        ),
+        ("alerts: {VipOperatorSlow: {enabled: true, severity: warning, for: 1m}}", "VipOperatorSlow"),
+    ] {
+        let values = format!("metrics:\n  prometheusRule:\n    enabled: true\n    {values}\n");
+        let err = match template(&values, &[]) {
+            Err(e) => e,
+            Ok(_) => panic!("rendered:\n{values}"),
+        };
+        assert!(err.contains(path), "{values}: {err}");
+    }
 }

@@ -39,6 +39,8 @@ pub struct WatchConfig {
 #[derive(Clone, Default)]
 pub struct Hooks {
     pub stores: Arc<std::sync::RwLock<Vec<Store<VipBinding>>>>,
+    /// The VipGroup caches (the group gauges are read from their status at scrape time).
+    pub groups: Arc<std::sync::RwLock<Vec<Store<VipGroup>>>>,
     pub health: Option<Arc<crate::admin::Health>>,
 }
 
@@ -276,6 +278,9 @@ fn group_tasks(
         let groups: Api<VipGroup> = scoped_api(client.clone(), scope.as_deref());
         let controller = Controller::new(groups, watcher::Config::default());
         if let Ok(mut stores) = triggers.group_stores.write() {
+            stores.push(controller.store());
+        }
+        if let Ok(mut stores) = hooks.groups.write() {
             stores.push(controller.store());
         }
         let controller = controller

@@ -150,6 +150,9 @@ async fn secret(env: &Env, name: &str, secret_key: &str) {
     api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(s)).await.expect("apply the Secret");
 }
 
+/// A dashboard panel (by title) showing a series with this label value, and what its value must be.
+type Shown<'a> = (&'a str, &'a str, &'a str, fn(f64) -> bool);
+
 /// A short resync: the drift repair below is found within seconds.
 async fn start_operator(env: &mut Env, port: u16) -> crate::harness::Operator {
     env.operator().admin_port(port).arg("--resync-period=1s").start().await
@@ -213,6 +216,42 @@ async fn p1_prometheus_runs_the_dashboard_queries_and_the_alerts_fire_and_resolv
             op.logs()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // And what they show is this scenario: a query of each section, by panel, with a value.
+    let shown = |title: &str, label: &str, value: &str| {
+        let exprs: Vec<&String> = queries.iter().filter(|(t, _)| t == title).map(|(_, e)| e).collect();
+        assert!(!exprs.is_empty(), "no panel {title}");
+        let (expr, label, value) = (exprs[0].clone(), label.to_owned(), value.to_owned());
+        let prom = &prom;
+        async move {
+            prom.query(&expr)
+                .await
+                .iter()
+                .find(|r| r["metric"][&label] == value.as_str())
+                .and_then(|r| r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
+        }
+    };
+    let expected: [Shown; 8] = [
+        ("Bindings by reason", "reason", "AuthFailed", |v| v == 1.0),
+        ("Deleting bindings by reason", "reason", "EndpointNotFound", |v| v == 1.0),
+        ("Oldest deletion per namespace and reason", "binding", "web", |v| v > 0.0),
+        ("VIP group members", "state", "bound", |v| v == 1.0),
+        ("Cloud errors by code", "code", "APIGW.0101", |v| v >= 0.0),
+        ("Drift repairs", "api", "VPC", |v| v > 0.0),
+        ("Leader and readiness", "instance", &format!("127.0.0.1:{port}"), |v| v == 1.0),
+        ("Reconciles by result", "result", "ok", |v| v >= 0.0),
+    ];
+    for (title, label, value, ok) in expected {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = shown(title, label, value).await;
+            if got.is_some_and(ok) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "panel {title}: {label}={value} shows {got:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     // Both alerts fire, labelled with the binding's namespace (not the operator's).

@@ -105,9 +105,6 @@ async fn reconcile_inner(group: &VipGroup, gctx: &GroupContext) -> Result<Action
         apply_plan(group, gctx, &plan).await?;
         write_status(&api, group, plan.status).await?;
         if plan.empty {
-            if let Some(m) = &gctx.ctx.metrics {
-                m.set_group(&group.namespace().unwrap_or_default(), &group.name_any(), None);
-            }
             if let Some(index) = finalizers.iter().position(|f| f == GROUP_FINALIZER) {
                 let patch = remove_finalizer_patch(group.uid().as_deref(), index, GROUP_FINALIZER)?;
                 match api.patch(&group.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await {
@@ -135,10 +132,6 @@ async fn reconcile_inner(group: &VipGroup, gctx: &GroupContext) -> Result<Action
         .status
         .condition(CONDITION_READY)
         .is_some_and(|c| c.status == "True" || c.reason == crate::api::group::GroupReason::NoMatchingNodes.as_str());
-    if let Some(m) = &gctx.ctx.metrics {
-        let s = &plan.status;
-        m.set_group(&group.namespace().unwrap_or_default(), &group.name_any(), Some((s.desired, s.bound, s.failing)));
-    }
     write_status(&api, group, plan.status).await?;
     Ok(Action::requeue(if settled { RECHECK } else { RECHECK_SOON }))
 }
