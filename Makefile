@@ -83,6 +83,7 @@ bench: k8s-assets ## Fleet benchmark on a private real control plane (BENCH_N, B
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} $(CARGO) bench --bench operator
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} $(CARGO) bench --bench drift
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(K8S_ASSETS)} $(CARGO) bench --bench group
+	$(CARGO) bench --bench metrics
 
 bench-fake: ## The same benchmark on the in-repo fake API server
 	$(CARGO) bench --bench operator
