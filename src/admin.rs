@@ -10,11 +10,11 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use kube::runtime::reflector::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::v1alpha1::VipBinding;
+use crate::controller::state::caches::Caches;
 use crate::metrics::Metrics;
 
 /// Readiness: a standby replica is ready once its start-up checks passed (API server reachable,
@@ -55,22 +55,18 @@ pub struct AdminState {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// The controller's caches, once it runs (for the binding gauges).
-    pub stores: Arc<std::sync::RwLock<Vec<Store<VipBinding>>>>,
+    pub stores: Caches<VipBinding>,
     /// The group controller's caches, once it runs (for the group gauges).
-    pub groups: Arc<std::sync::RwLock<Vec<Store<crate::api::group::VipGroup>>>>,
+    pub groups: Caches<crate::api::group::VipGroup>,
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     state.metrics.ready.set(i64::from(state.health.is_ready()));
-    let stores = state.stores.read().map(|s| s.clone()).unwrap_or_default();
-    if !stores.is_empty() {
-        let snapshot: Vec<_> = stores.iter().flat_map(|s| s.state()).collect();
-        state.metrics.refresh_bindings(snapshot.iter().map(|b| &**b), jiff::Timestamp::now());
+    if let Some(bindings) = state.stores.objects() {
+        state.metrics.refresh_bindings(bindings.iter().map(|b| &**b), jiff::Timestamp::now());
     }
-    let groups = state.groups.read().map(|s| s.clone()).unwrap_or_default();
-    if !groups.is_empty() {
-        let snapshot: Vec<_> = groups.iter().flat_map(|s| s.state()).collect();
-        state.metrics.refresh_groups(snapshot.iter().map(|g| &**g));
+    if let Some(groups) = state.groups.objects() {
+        state.metrics.refresh_groups(groups.iter().map(|g| &**g));
     }
     match state.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)

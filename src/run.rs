@@ -20,7 +20,7 @@ use crate::api::v1alpha1::{CRD_NAME, VipBinding};
 use crate::cli::RunArgs;
 use crate::controller::BindingIndex;
 use crate::controller::WritesInFlight;
-use crate::controller::{Context, Hooks};
+use crate::controller::{Caches, Context, Hooks};
 use crate::controller::{DefaultCredentials, TargetResolver};
 use crate::controller::{DefaultCredentialsScope, Tenancy};
 use crate::controller::{FIELD_MANAGER, KubeOps};
@@ -173,8 +173,8 @@ struct Process {
     health: Arc<Health>,
     /// One signal for everything that must stop; readiness turns false the moment it fires.
     stop: CancellationToken,
-    stores: Arc<std::sync::RwLock<Vec<kube::runtime::reflector::Store<VipBinding>>>>,
-    groups: Arc<std::sync::RwLock<Vec<kube::runtime::reflector::Store<crate::api::group::VipGroup>>>>,
+    stores: Caches<VipBinding>,
+    groups: Caches<crate::api::group::VipGroup>,
     admin_stop: CancellationToken,
 }
 
@@ -187,8 +187,8 @@ impl Process {
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::default()),
             stop: CancellationToken::new(),
-            stores: Arc::default(),
-            groups: Arc::default(),
+            stores: Caches::default(),
+            groups: Caches::default(),
             admin_stop: CancellationToken::new(),
         };
         let (stop, health) = (process.stop.clone(), process.health.clone());

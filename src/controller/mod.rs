@@ -33,6 +33,7 @@ pub use error::{Error, ErrorKind};
 /// A node's server (or NIC) as groups read it; `vip-operator import` groups by the same rules.
 pub(crate) use group::nodes::{NodeView, ServerId};
 pub use kube_ops::{FIELD_MANAGER, KubeOps};
+pub use state::caches::Caches;
 pub use state::index::BindingIndex;
 pub use state::inflight::WritesInFlight;
 pub use state::key::ObjectKey;

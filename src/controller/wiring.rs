@@ -22,6 +22,7 @@ use crate::controller::binding::reconcile::{self, error_policy};
 use crate::controller::context::Context;
 use crate::controller::group;
 use crate::controller::guard;
+use crate::controller::state::caches::Caches;
 use crate::controller::state::index::{BindingIndex, Claim};
 use crate::controller::state::key::ObjectKey;
 
@@ -38,9 +39,10 @@ pub struct WatchConfig {
 /// Lets the rest of the process see the controller's caches (metrics, readiness).
 #[derive(Clone, Default)]
 pub struct Hooks {
-    pub stores: Arc<std::sync::RwLock<Vec<Store<VipBinding>>>>,
-    /// The VipGroup caches (the group gauges are read from their status at scrape time).
-    pub groups: Arc<std::sync::RwLock<Vec<Store<VipGroup>>>>,
+    pub stores: Caches<VipBinding>,
+    /// The VipGroup caches: a node change wakes each group, and the group gauges are read from
+    /// their status at scrape time.
+    pub groups: Caches<VipGroup>,
     pub health: Option<Arc<crate::admin::Health>>,
 }
 
@@ -68,8 +70,8 @@ struct Triggers {
     bindings: Vec<(Option<String>, Trigger<VipBinding>)>,
     secrets: Vec<(Option<String>, Trigger<PartialObjectMeta<Secret>>)>,
     groups: Vec<(Option<String>, Trigger<VipGroup>)>,
-    /// Every group controller's cache, for a node change to wake each group.
-    group_stores: std::sync::RwLock<Vec<Store<VipGroup>>>,
+    /// Every group controller's cache ([`Hooks::groups`]), for a node change to wake each group.
+    group_stores: Caches<VipGroup>,
 }
 
 fn covers(scope: &Option<String>, namespace: &str) -> bool {
@@ -83,9 +85,9 @@ impl Triggers {
     #[allow(clippy::type_complexity)]
     fn for_scopes(
         scopes: &[Option<String>],
+        group_stores: Caches<VipGroup>,
     ) -> (Self, Vec<(Receivers<VipBinding>, Receivers<PartialObjectMeta<Secret>>)>, Vec<Receivers<VipGroup>>) {
-        let mut triggers =
-            Triggers { bindings: vec![], secrets: vec![], groups: vec![], group_stores: Default::default() };
+        let mut triggers = Triggers { bindings: vec![], secrets: vec![], groups: vec![], group_stores };
         let (mut receivers, mut group_receivers) = (vec![], vec![]);
         for scope in scopes {
             let (btx, brx) = futures::channel::mpsc::unbounded();
@@ -130,8 +132,7 @@ impl Triggers {
     }
 
     fn groups_where(&self, pick: impl Fn(&VipGroup) -> bool) {
-        let stores = self.group_stores.read().map(|s| s.clone()).unwrap_or_default();
-        for store in stores {
+        for store in self.group_stores.stores() {
             for g in store.state().iter().filter(|g| pick(g)) {
                 self.group(ObjectRef::from_obj(&**g));
             }
@@ -184,7 +185,7 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
     ctx.index.expect_scopes(&scopes);
     // One per binding watch, and one for the namespace watch (the tenancy policy).
     let synced = Arc::new(Synced { remaining: AtomicUsize::new(scopes.len() + 1), health: hooks.health.clone() });
-    let (triggers, receivers, group_receivers) = Triggers::for_scopes(&scopes);
+    let (triggers, receivers, group_receivers) = Triggers::for_scopes(&scopes, hooks.groups.clone());
     let triggers = Arc::new(triggers);
     if !ctx.resync.period().is_zero() {
         let (ctx, triggers, stop, stores) = (ctx.clone(), triggers.clone(), stop.clone(), hooks.stores.clone());
@@ -198,7 +199,7 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
                         vec![]
                     } else {
                         // One snapshot of the stores per sweep, not one per due binding.
-                        let stores = stores.read().map(|s| s.clone()).unwrap_or_default();
+                        let stores = stores.stores();
                         let lookup = |r: &ObjectRef<VipBinding>| stores.iter().find_map(|s| s.get(r));
                         let compared =
                             crate::controller::binding::compare::due_to_reconcile(&ctx, &listings, due, lookup);
@@ -229,9 +230,7 @@ pub async fn run(client: kube::Client, ctx: Arc<Context>, config: WatchConfig, h
             triggers: triggers.clone(),
         };
         let (controller, reader) = build(parts, brx);
-        if let Ok(mut stores) = hooks.stores.write() {
-            stores.push(reader);
-        }
+        hooks.stores.add(reader);
         tasks.push(Box::pin(controller));
         if config.protect_credentials {
             tasks.push(Box::pin(guard_controller(
@@ -277,12 +276,7 @@ fn group_tasks(
     for (scope, grx) in config_scopes(config).into_iter().zip(receivers) {
         let groups: Api<VipGroup> = scoped_api(client.clone(), scope.as_deref());
         let controller = Controller::new(groups, watcher::Config::default());
-        if let Ok(mut stores) = triggers.group_stores.write() {
-            stores.push(controller.store());
-        }
-        if let Ok(mut stores) = hooks.groups.write() {
-            stores.push(controller.store());
-        }
+        hooks.groups.add(controller.store());
         let controller = controller
             .reconcile_on(grx)
             .with_config(ControllerConfig::default().concurrency(4))

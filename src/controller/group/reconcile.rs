@@ -4,7 +4,7 @@
 //! evidence, conflicts, tenancy, audit, drift): the group never calls a cloud write itself.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -20,6 +20,7 @@ use crate::api::v1alpha1::{CONDITION_READY, VipBinding};
 use crate::controller::context::Context;
 use crate::controller::error::Error;
 use crate::controller::kube_ops::{add_finalizer_patch, remove_finalizer_patch, status_patch};
+use crate::controller::state::caches::Caches;
 
 use super::nics::{NicLookup, confirm_missing};
 use super::nodes::{NodeView, ProviderIds, ServerId};
@@ -42,7 +43,7 @@ pub struct GroupContext {
     pub provider_ids: ProviderIds,
     pub nics: NicLookup,
     /// The binding controllers' caches (the members are found there, not watched twice).
-    pub bindings: Arc<RwLock<Vec<Store<VipBinding>>>>,
+    pub bindings: Caches<VipBinding>,
     /// The node watch has listed every node once. Before, an empty cache would read as "no node
     /// matches" and delete every member.
     pub nodes_listed: std::sync::atomic::AtomicBool,
@@ -56,10 +57,9 @@ impl GroupContext {
     /// `group`'s members: bindings it controls, and bindings labelled as its own that lost
     /// their owner reference (a hand edit, put back).
     fn members(&self, group: &VipGroup) -> Vec<VipBinding> {
-        let stores = self.bindings.read().map(|s| s.clone()).unwrap_or_default();
         let (ns, name) = (group.namespace(), group.name_any());
         let mut out: Vec<VipBinding> = vec![];
-        for store in stores {
+        for store in self.bindings.stores() {
             for b in store.state() {
                 if b.namespace() != ns {
                     continue;

@@ -4,6 +4,7 @@
 //! namespace, and the writes that may still land ([`inflight`]).
 
 pub(crate) mod backoff;
+pub(crate) mod caches;
 pub(crate) mod drift;
 pub(crate) mod index;
 pub(crate) mod inflight;
